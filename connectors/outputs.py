@@ -1,0 +1,119 @@
+"""Wire contracts for Salvage's three output streams: interventions, lane-alerts, dead-letters.
+
+Triggers carry ids only (order, customer): no names, emails or addresses. ``trigger_id`` is a
+deterministic hash of what decided it, so a replay or a restart yields the same ids and downstream
+consumers can dedupe on it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from connectors.events import SCHEMA_VERSION
+
+
+class Action(StrEnum):
+    PROACTIVE_REASSURANCE = "proactive_reassurance"
+    DELAY_INTERVENTION = "delay_intervention"
+    EXCHANGE_FIRST_OFFER = "exchange_first_offer"
+    PRODUCT_GUIDANCE = "product_guidance"
+    HUMAN_REVIEW = "human_review"
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Scores(_Out):
+    recoverability: float = Field(ge=0.0, le=1.0)
+    abuse: float = Field(ge=0.0, le=1.0)
+
+
+class Trigger(_Out):
+    """An intervention for downstream messaging / ops tooling. Key: order_id."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    trigger_id: str
+    order_id: str
+    customer_id: str
+    action: Action
+    priority: Priority
+    reason_codes: list[str]
+    scores: Scores
+    expected_value: float
+    currency: str
+    policy_version: str
+    model_version: str
+    holdout: bool = False
+    decided_at: AwareDatetime = Field(description="event time of the case update that decided it")
+    expires_at: AwareDatetime
+    source_event_id: str
+
+
+class AlertState(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class LaneAlert(_Out):
+    """A courier-lane delay spike opening or closing. Key: lane."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    alert_id: str
+    lane: str
+    courier: str
+    origin_region: str
+    destination_region: str
+    state: AlertState
+    severity: Severity
+    delay_rate: float
+    baseline_rate: float
+    volume: int
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+
+
+class DeadLetterKind(StrEnum):
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    TOO_LARGE = "too_large"
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    WRONG_TYPE = "wrong_type"
+    BAD_TIMESTAMP = "bad_timestamp"
+    INVALID_VALUE = "invalid_value"
+    WRONG_STREAM = "wrong_stream"
+    TOO_LATE = "too_late"
+    UNKNOWN_ORDER = "unknown_order"
+    INCONSISTENT = "inconsistent"
+
+
+class DeadLetter(_Out):
+    """Anything we could not accept, with the original bytes (base64) and where it came from."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    source: str = Field(description="input topic, or file path in file mode")
+    partition: int
+    offset: int = Field(description="Kafka offset, or 1-based line number in file mode")
+    kind: DeadLetterKind
+    message: str
+    raw_b64: str
+    event_id: str | None = None
+    order_id: str | None = None

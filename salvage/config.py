@@ -1,0 +1,74 @@
+"""Settings from the environment (prefix ``SALVAGE_``); CLI flags override them."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SALVAGE_", extra="ignore")
+
+    # --- Kafka. No bootstrap => `salvage` starts the embedded broker.
+    kafka_bootstrap: str | None = None
+    kafka_security_protocol: str | None = None  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    topic_orders: str = "orders"
+    topic_deliveries: str = "deliveries"
+    topic_support: str = "support"
+    topic_returns: str = "returns"
+    topic_interventions: str = "interventions"
+    topic_lane_alerts: str = "lane-alerts"
+    topic_dead_letters: str = "dead-letters"
+    topic_partitions: int = Field(4, ge=1, description="partitions for topics salvage creates")
+
+    # --- Redis case store. Empty string disables it.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    case_ttl_seconds: int = Field(45 * 24 * 3600, ge=60)
+
+    # --- Dataflow.
+    shards: int = Field(8, ge=1, le=1024, description="logical shards per keyed stage; >= workers")
+    reorder_tolerance_seconds: float = Field(
+        60.0, ge=0, description="within-partition disorder absorbed without re-stamping"
+    )
+    max_lateness_seconds: float = Field(
+        7 * 24 * 3600, ge=0, description="older than this behind its partition: too_late"
+    )
+    return_window_days: float = Field(30.0, gt=0)
+    idle_partition_seconds: float = Field(
+        2.0, gt=0, description="live mode: a caught-up partition stops holding the watermark"
+    )
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables the endpoint")
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings common to producers, consumers and the admin client."""
+        if not self.kafka_bootstrap:
+            raise ValueError("no Kafka bootstrap configured")
+        conf: dict[str, str] = {"bootstrap.servers": self.kafka_bootstrap}
+        if self.kafka_security_protocol:
+            conf["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return conf
+
+    def input_topics(self) -> dict[str, str]:
+        """stream name -> topic."""
+        return {
+            "orders": self.topic_orders,
+            "deliveries": self.topic_deliveries,
+            "support": self.topic_support,
+            "returns": self.topic_returns,
+        }
+
+    def output_topics(self) -> list[str]:
+        return [self.topic_interventions, self.topic_lane_alerts, self.topic_dead_letters]
