@@ -1,0 +1,74 @@
+"""Per-customer context: compact aggregates of a customer's history, in event time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.eventtime import DAY_US
+
+MAX_CONTACT_LOG = 16
+
+
+@dataclass(slots=True)
+class CustomerContext:
+    customer_id: str
+    first_seen: int = 0
+    last_seen: int = 0
+    orders: int = 0
+    spend: float = 0.0
+    returns: int = 0
+    refunds: int = 0
+    refunded_value: float = 0.0
+    retained_returns: int = 0
+    abuse_flags: int = 0
+    not_received_claims: int = 0
+    chargebacks: int = 0
+    # event times of outbound customer contacts we triggered (for frequency caps)
+    contacted_at: list[int] = field(default_factory=list)
+
+    def observe(self, t: int, changes: tuple[str, ...], view) -> None:
+        """Fold one case update (see :class:`flows.stages.CaseView`) into the aggregates."""
+        if not self.first_seen:
+            self.first_seen = t
+        self.last_seen = max(self.last_seen, t)
+        for change in changes:
+            if change == "placed":
+                self.orders += 1
+                self.spend += view.order_value
+            elif change == "return_requested":
+                self.returns += 1
+                if view.features.get("reason_not_received"):
+                    self.not_received_claims += 1
+            elif change == "graded" and view.abuse_flags:
+                self.abuse_flags += 1
+            elif change == "closed":
+                outcome = view.outcome
+                if outcome == "refund":
+                    self.refunds += 1
+                    self.refunded_value += view.refunded_amount
+                elif outcome == "chargeback":
+                    self.chargebacks += 1
+                    self.refunded_value += view.refunded_amount
+                elif outcome in ("exchange", "store_credit", "return_cancelled") and view.returned:
+                    self.retained_returns += 1
+
+    def record_contact(self, t: int) -> None:
+        self.contacted_at.append(t)
+        if len(self.contacted_at) > MAX_CONTACT_LOG:
+            del self.contacted_at[0]
+
+    def contacts_within(self, t: int, window_us: int) -> int:
+        return sum(1 for c in self.contacted_at if t - window_us < c <= t)
+
+    def features(self, now: int) -> dict[str, float]:
+        prior_orders = max(self.orders, 1)
+        return {
+            "customer_orders": float(self.orders),
+            "customer_return_rate": self.returns / prior_orders,
+            "customer_refund_rate": self.refunds / prior_orders,
+            "customer_abuse_flags": float(self.abuse_flags),
+            "customer_not_received_claims": float(self.not_received_claims),
+            "customer_chargebacks": float(self.chargebacks),
+            "customer_net_value": self.spend - self.refunded_value,
+            "customer_tenure_days": (now - self.first_seen) / DAY_US if self.first_seen else 0.0,
+        }

@@ -1,0 +1,140 @@
+"""Event-time plumbing: partition clocks, watermarks and a deterministic reorder buffer.
+
+Why this exists (DESIGN §4): a keyed step fed by several upstream partitions or shards sees items in
+an arrival order that is an accident of scheduling. Every keyed stage in Salvage therefore holds its
+input and applies it in ``(event time, tiebreak)`` order once a *low watermark* has passed it.
+
+The rules, end to end:
+
+* **Source partitions** (a Kafka partition, an input file) keep a :class:`PartitionClock`. Its
+  watermark is ``max event time seen - reorder tolerance``. An event older than that watermark is
+  *late*: it is applied at the watermark (its *effective time*, a deterministic function of the
+  partition's own content) and counted; one more than ``max_lateness`` behind is a ``too_late``
+  dead letter. Either way the partition never emits an item older than its watermark.
+* Every partition periodically emits a tick ``(partition, watermark)``; at end of input the
+  watermark jumps to :data:`END`. A live partition that has caught up and stays quiet is *idle*
+  (:data:`IDLE`) and stops holding the others back until it produces again.
+* **Stages** keep a :class:`Reorderer` over their upstream ids. The low watermark is the minimum
+  over upstreams that are not idle; items strictly older than it are released in order. A stage
+  promises downstream the same thing its upstreams promised it, so it forwards ticks
+  ``(stage shard, low watermark)``.
+
+Because each upstream promise holds per partition, no item can arrive after the low watermark has
+passed it, whatever the interleaving across partitions, topics, shards or workers: the output is a
+function of the partitions' contents alone.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+BEGIN = -(2**62)
+END = 2**62
+IDLE = -1 - 2**62  # sentinel watermark: this upstream is idle, ignore it in the minimum
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(dt: datetime) -> int:
+    """Timezone-aware datetime -> integer microseconds since the Unix epoch (exact)."""
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
+
+
+def iso(us: int) -> str:
+    return from_us(us).isoformat().replace("+00:00", "Z")
+
+
+HOUR_US = 3_600 * 1_000_000
+DAY_US = 24 * HOUR_US
+
+
+class PartitionClock:
+    """Watermark and lateness rule for one source partition (see module docstring)."""
+
+    __slots__ = ("max_lateness_us", "max_t", "tolerance_us")
+
+    def __init__(self, tolerance_us: int, max_lateness_us: int, max_t: int = BEGIN) -> None:
+        self.tolerance_us = tolerance_us
+        self.max_lateness_us = max_lateness_us
+        self.max_t = max_t
+
+    @property
+    def watermark(self) -> int:
+        return BEGIN if self.max_t == BEGIN else self.max_t - self.tolerance_us
+
+    def observe(self, t: int) -> int | None:
+        """Return the effective time for an event at ``t``, or None if it is too late to apply."""
+        wm = self.watermark
+        if t >= wm:
+            if t > self.max_t:
+                self.max_t = t
+            return t
+        if wm - t > self.max_lateness_us:
+            return None
+        return wm
+
+
+class Reorderer:
+    """Merge items from several upstreams; release them in ``(t, tiebreak)`` order.
+
+    ``push`` buffers an item; ``advance`` records an upstream's watermark and returns the items
+    now below the low watermark, in order. Items are ``(t, tiebreak, payload)``; ``tiebreak`` must
+    make the order total for distinct items (e.g. the event id).
+    """
+
+    __slots__ = ("_heap", "_seq", "low", "upstream")
+
+    def __init__(self, upstreams: Iterable[str]) -> None:
+        self.upstream: dict[str, int] = {u: BEGIN for u in upstreams}
+        if not self.upstream:
+            raise ValueError("a reorderer needs at least one upstream")
+        self._heap: list[tuple[int, str, int, Any]] = []
+        self._seq = 0
+        self.low = BEGIN
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, t: int, tiebreak: str, payload: Any) -> bool:
+        """Buffer an item. Returns False (and does not buffer) if the low watermark passed it."""
+        if t < self.low:
+            return False
+        self._seq += 1
+        heapq.heappush(self._heap, (t, tiebreak, self._seq, payload))
+        return True
+
+    def tick(self, upstream: str, wm: int) -> None:
+        """Record an upstream watermark (monotone per upstream; IDLE marks it idle)."""
+        if upstream not in self.upstream:
+            raise KeyError(f"unknown upstream {upstream!r}")
+        current = self.upstream[upstream]
+        if wm == IDLE or current == IDLE or wm > current:
+            self.upstream[upstream] = wm
+
+    def compute_low(self) -> int:
+        active = [w for w in self.upstream.values() if w != IDLE]
+        low = min(active) if active else self.low
+        return max(low, self.low)
+
+    def release(self) -> list[tuple[int, str, Any]]:
+        """Advance the low watermark and pop every item strictly below it, in order."""
+        self.low = self.compute_low()
+        out: list[tuple[int, str, Any]] = []
+        heap = self._heap
+        low = self.low
+        while heap and heap[0][0] < low:
+            t, tie, _, payload = heapq.heappop(heap)
+            out.append((t, tie, payload))
+        return out
+
+    def pending(self) -> list[tuple[int, str, Any]]:
+        """Everything still buffered, in order (used at shutdown for diagnostics)."""
+        return [(t, tie, p) for t, tie, _, p in sorted(self._heap)]

@@ -1,0 +1,414 @@
+"""Per-order case state: rolling post-purchase features in event time, and the case's outcome.
+
+Pure Python, no I/O. Times are integer microseconds since the Unix epoch (see
+:mod:`features.eventtime`). Events are applied in ``(event time, event id)`` order by the flow;
+the state machine itself tolerates any order (no event is rejected for arriving "too early"), and a
+hypothesis test checks that any order within the reorder tolerance yields the same final case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from connectors.events import (
+    CarrierScan,
+    ChargebackFiled,
+    ExchangeCompleted,
+    OrderCancelled,
+    OrderPlaced,
+    OrderShipped,
+    RefundIssued,
+    ReturnCancelled,
+    ReturnGraded,
+    ReturnLabelIssued,
+    ReturnReceived,
+    ReturnRequested,
+    ScanCode,
+    StoreCreditIssued,
+    SupportContact,
+    lane_of,
+)
+from features.eventtime import DAY_US, HOUR_US, to_us
+
+MAX_CONTACTS = 32  # rolling contact memory per case; older contacts only count in totals
+MAX_SEEN_IDS = 256  # dedupe memory per case (an order has ~10-30 events)
+PROMISE_GRACE_US = 2 * HOUR_US  # a promise is "missed" this long after it passes undelivered
+HARD_TTL_US = 120 * DAY_US  # a case is closed this long after placement, whatever happened
+
+
+class Status(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Outcome(StrEnum):
+    """Final outcome; retained = kept | exchange | store_credit | return_cancelled."""
+
+    KEPT = "kept"
+    EXCHANGE = "exchange"
+    STORE_CREDIT = "store_credit"
+    RETURN_CANCELLED = "return_cancelled"
+    REFUND = "refund"
+    CHARGEBACK = "chargeback"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+RETAINED = frozenset(
+    {Outcome.KEPT, Outcome.EXCHANGE, Outcome.STORE_CREDIT, Outcome.RETURN_CANCELLED}
+)
+LOST = frozenset({Outcome.REFUND, Outcome.CHARGEBACK})
+
+REFUND_INTENTS = frozenset({"refund_request", "return_request", "cancel_request"})
+DELAY_INTENTS = frozenset({"where_is_my_order", "complaint"})
+FIT_INTENTS = frozenset({"sizing_question", "product_question", "exchange_request"})
+
+
+@dataclass(slots=True)
+class OrderCase:
+    order_id: str
+    customer_id: str = ""
+    placed_at: int = 0
+    currency: str = "EUR"
+    order_value: float = 0.0
+    margin: float = 0.0
+    n_units: int = 0
+    n_lines: int = 0
+    sku_family: str = "unknown"  # family of the highest-value line
+    bracketing_lines: int = 0  # extra lines of the same family in another size
+    campaign: str = "none"
+    channel: str = "unknown"
+    courier: str = "unknown"
+    lane: str = "unknown"
+    promised_at: int = 0
+    # delivery
+    shipped_at: int = 0
+    last_scan_at: int = 0
+    last_scan: str = ""
+    carrier_eta: int = 0
+    delivered_at: int = 0
+    exception_count: int = 0
+    delayed_scan_count: int = 0
+    lost: bool = False
+    returned_to_sender: bool = False
+    # support: rolling (t, intent, urgency_high, sentiment)
+    contacts: list[tuple[int, str, bool, float]] = field(default_factory=list)
+    contacts_total: int = 0
+    contacts_after_delivery: int = 0
+    wismo_after_delivered: int = 0
+    # returns
+    return_id: str = ""
+    return_requested_at: int = 0
+    return_reason: str = ""
+    preferred_resolution: str = ""
+    return_units: int = 0
+    return_value: float = 0.0
+    label_issued_at: int = 0
+    label_cost: float = 0.0
+    received_at: int = 0
+    graded_at: int = 0
+    grade: str = ""
+    abuse_flags: tuple[str, ...] = ()
+    refunded_amount: float = 0.0
+    refund_at: int = 0
+    resolved_at: int = 0
+    # lifecycle
+    status: Status = Status.OPEN
+    outcome: Outcome | None = None
+    closed_at: int = 0
+    events: int = 0
+    last_event_at: int = 0
+    seen: set[str] = field(default_factory=set)
+    has_order: bool = False
+
+    # ------------------------------------------------------------------ apply
+
+    def is_duplicate(self, event_id: str) -> bool:
+        return event_id in self.seen
+
+    def apply(self, ev, t: int, return_window_us: int) -> list[str]:
+        """Apply one event at effective time ``t``; return change codes (e.g. ``delay_signal``)."""
+        if len(self.seen) < MAX_SEEN_IDS:
+            self.seen.add(ev.event_id)
+        self.events += 1
+        self.last_event_at = max(self.last_event_at, t)
+        changes: list[str] = []
+        kind = ev.event_type
+        if kind == "order_placed":
+            self._placed(ev, t)
+            changes.append("placed")
+        elif kind == "carrier_scan":
+            changes.extend(self._scan(ev, t))
+        elif kind == "support_contact":
+            changes.extend(self._contact(ev, t))
+        elif kind == "order_shipped":
+            self._shipped(ev, t)
+        elif kind == "order_cancelled":
+            self._cancelled(ev, t)
+            changes.append("cancelled")
+        else:
+            changes.extend(self._returns(ev, t))
+        if self.status is Status.OPEN:
+            self._maybe_close(t, return_window_us)
+        if self.status is Status.CLOSED:
+            changes.append("closed")
+        return changes
+
+    def _placed(self, ev: OrderPlaced, t: int) -> None:
+        self.has_order = True
+        self.customer_id = ev.customer_id
+        self.placed_at = t
+        self.currency = ev.currency
+        self.campaign = ev.campaign or "none"
+        self.channel = ev.channel
+        self.courier = ev.courier
+        self.lane = lane_of(ev.courier, ev.origin_region, ev.destination_region)
+        self.promised_at = to_us(ev.promised_delivery_at)
+        value = margin = 0.0
+        units = 0
+        best = -1.0
+        families: dict[str, set[str | None]] = {}
+        for line in ev.lines:
+            line_value = line.qty * line.unit_price
+            value += line_value
+            margin += line.qty * (line.unit_price - line.unit_cost)
+            units += line.qty
+            if line_value > best:
+                best, self.sku_family = line_value, line.sku_family
+            families.setdefault(line.sku_family, set()).add(line.size)
+        self.order_value = round(value, 2)
+        self.margin = round(margin, 2)
+        self.n_units = units
+        self.n_lines = len(ev.lines)
+        self.bracketing_lines = sum(
+            len(sizes) - 1 for sizes in families.values() if None not in sizes and len(sizes) > 1
+        )
+
+    def _shipped(self, ev: OrderShipped, t: int) -> None:
+        self.shipped_at = self.shipped_at or t
+        if ev.courier:
+            self.courier = ev.courier
+
+    def _cancelled(self, ev: OrderCancelled, t: int) -> None:
+        if not self.shipped_at and not self.delivered_at:
+            self._close(Outcome.CANCELLED, t)
+
+    def _scan(self, ev: CarrierScan, t: int) -> list[str]:
+        changes = ["scan"]
+        self.last_scan_at = max(self.last_scan_at, t)
+        self.last_scan = ev.scan.value
+        if ev.estimated_delivery_at is not None:
+            self.carrier_eta = to_us(ev.estimated_delivery_at)
+        scan = ev.scan
+        if scan is ScanCode.DELIVERED:
+            self.delivered_at = self.delivered_at or t
+            changes.append("delivered")
+        elif scan is ScanCode.EXCEPTION:
+            self.exception_count += 1
+            changes.append("delay_signal")
+        elif scan is ScanCode.DELAYED:
+            self.delayed_scan_count += 1
+            changes.append("delay_signal")
+        elif scan is ScanCode.LOST:
+            self.lost = True
+            changes.append("delay_signal")
+        elif scan is ScanCode.RETURNED_TO_SENDER:
+            self.returned_to_sender = True
+            changes.append("delay_signal")
+        elif scan is ScanCode.PICKED_UP and not self.shipped_at:
+            self.shipped_at = t
+        if (
+            "delay_signal" not in changes
+            and self.promised_at
+            and not self.delivered_at
+            and self.carrier_eta > self.promised_at + PROMISE_GRACE_US
+        ):
+            changes.append("delay_signal")
+        return changes
+
+    def _contact(self, ev: SupportContact, t: int) -> list[str]:
+        intent = ev.intent.value if ev.intent is not None else "other"
+        self.contacts.append((t, intent, ev.urgency.value == "high", ev.sentiment or 0.0))
+        if len(self.contacts) > MAX_CONTACTS:
+            del self.contacts[0]
+        self.contacts_total += 1
+        if self.delivered_at and t >= self.delivered_at:
+            self.contacts_after_delivery += 1
+            if intent == "where_is_my_order":
+                self.wismo_after_delivered += 1
+        return ["contact", f"intent:{intent}"]
+
+    def _returns(self, ev, t: int) -> list[str]:
+        kind = ev.event_type
+        if kind == "return_requested":
+            assert isinstance(ev, ReturnRequested)
+            self.return_id = ev.return_id
+            self.return_requested_at = self.return_requested_at or t
+            self.return_reason = ev.reason.value
+            self.preferred_resolution = ev.preferred_resolution.value
+            self.return_units = sum(i.qty for i in ev.items)
+            unit_value = self.order_value / self.n_units if self.n_units else 0.0
+            self.return_value = round(min(self.order_value, unit_value * self.return_units), 2)
+            return ["return_requested"]
+        if kind == "return_label_issued":
+            assert isinstance(ev, ReturnLabelIssued)
+            self.label_issued_at = t
+            self.label_cost += ev.label_cost
+            return ["return_progress"]
+        if kind == "return_received":
+            assert isinstance(ev, ReturnReceived)
+            self.received_at = t
+            return ["return_progress"]
+        if kind == "return_graded":
+            assert isinstance(ev, ReturnGraded)
+            self.graded_at = t
+            self.grade = ev.grade.value
+            self.abuse_flags = tuple(sorted({f.value for f in ev.abuse_flags}))
+            return ["graded"]
+        if kind == "refund_issued":
+            assert isinstance(ev, RefundIssued)
+            self.refunded_amount = round(self.refunded_amount + ev.amount, 2)
+            self.refund_at = self.refund_at or t
+            self._close(Outcome.REFUND, t)
+            return ["outcome"]
+        if kind == "exchange_completed":
+            assert isinstance(ev, ExchangeCompleted)
+            self._close(Outcome.EXCHANGE, t)
+            return ["outcome"]
+        if kind == "store_credit_issued":
+            assert isinstance(ev, StoreCreditIssued)
+            self._close(Outcome.STORE_CREDIT, t)
+            return ["outcome"]
+        if kind == "return_cancelled":
+            assert isinstance(ev, ReturnCancelled)
+            # The return is off; the order is kept unless something else happens.
+            self.resolved_at = t
+            self.outcome = Outcome.RETURN_CANCELLED
+            return ["return_cancelled"]
+        if kind == "chargeback_filed":
+            assert isinstance(ev, ChargebackFiled)
+            self.refunded_amount = round(self.refunded_amount + ev.amount, 2)
+            self._close(Outcome.CHARGEBACK, t)
+            return ["outcome"]
+        return []  # return_in_transit: nothing decision-relevant beyond the event count
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _close(self, outcome: Outcome, t: int) -> None:
+        if self.status is Status.CLOSED:
+            return
+        self.status = Status.CLOSED
+        self.outcome = outcome
+        self.closed_at = t
+        self.resolved_at = self.resolved_at or t
+
+    def return_open(self) -> bool:
+        return bool(self.return_requested_at) and self.outcome is None
+
+    def next_deadline(self, return_window_us: int) -> int:
+        """The next event time at which time alone changes this case (0: none)."""
+        if self.status is Status.CLOSED:
+            return 0
+        candidates = [self.placed_at + HARD_TTL_US] if self.placed_at else []
+        if self.promised_at and not self.delivered_at:
+            missed = self.promised_at + PROMISE_GRACE_US
+            if self.last_event_at < missed:
+                candidates.append(missed)
+        if self.delivered_at and not self.return_open():
+            candidates.append(self.delivered_at + return_window_us)
+        return min(candidates) if candidates else 0
+
+    def on_time(self, now: int, return_window_us: int) -> list[str]:
+        """Time passed ``now`` with no event: close the case or flag a missed promise."""
+        self.last_event_at = max(self.last_event_at, now)
+        if self.status is Status.CLOSED:
+            return []
+        if self.placed_at and now >= self.placed_at + HARD_TTL_US:
+            self._close(Outcome.EXPIRED if self.return_open() else Outcome.KEPT, now)
+            return ["closed"]
+        self._maybe_close(now, return_window_us)
+        if self.status is Status.CLOSED:
+            return ["closed"]
+        if self.promised_at and not self.delivered_at and now >= self.promised_at:
+            return ["promise_missed", "delay_signal"]
+        return []
+
+    def _maybe_close(self, now: int, return_window_us: int) -> None:
+        if (
+            self.delivered_at
+            and not self.return_open()
+            and now >= self.delivered_at + return_window_us
+        ):
+            self._close(
+                self.outcome if self.outcome is Outcome.RETURN_CANCELLED else Outcome.KEPT, now
+            )
+
+    # ------------------------------------------------------------------ features
+
+    def slippage_hours(self, now: int) -> float:
+        """How far delivery is (or is expected to be) behind the promise, in hours (>= 0)."""
+        if not self.promised_at:
+            return 0.0
+        if self.delivered_at:
+            end = self.delivered_at
+        else:
+            end = max(self.carrier_eta, now if now > self.promised_at else 0)
+        return max(0.0, (end - self.promised_at) / HOUR_US)
+
+    def features(self, now: int) -> dict[str, float]:
+        """Numeric features known at ``now`` (never anything from the future)."""
+        c24 = c7d = wismo7 = refund7 = fit7 = high7 = 0
+        sentiment_sum = 0.0
+        for t, intent, high, sentiment in self.contacts:
+            if t > now:
+                continue
+            age = now - t
+            if age <= 7 * DAY_US:
+                c7d += 1
+                sentiment_sum += sentiment
+                if intent in DELAY_INTENTS:
+                    wismo7 += 1
+                if intent in REFUND_INTENTS:
+                    refund7 += 1
+                if intent in FIT_INTENTS:
+                    fit7 += 1
+                if high:
+                    high7 += 1
+                if age <= DAY_US:
+                    c24 += 1
+        delivered = bool(self.delivered_at)
+        days_since_delivery = (now - self.delivered_at) / DAY_US if delivered else 0.0
+        return {
+            "order_value": self.order_value,
+            "margin": self.margin,
+            "margin_rate": self.margin / self.order_value if self.order_value else 0.0,
+            "units": float(self.n_units),
+            "bracketing_lines": float(self.bracketing_lines),
+            "slippage_hours": self.slippage_hours(now),
+            "exception_count": float(self.exception_count),
+            "delayed_scans": float(self.delayed_scan_count),
+            "lost": float(self.lost),
+            "hours_since_last_scan": (now - self.last_scan_at) / HOUR_US
+            if self.last_scan_at and not delivered
+            else 0.0,
+            "delivered": float(delivered),
+            "days_since_delivery": days_since_delivery,
+            "contacts_24h": float(c24),
+            "contacts_7d": float(c7d),
+            "wismo_7d": float(wismo7),
+            "refund_intent_7d": float(refund7),
+            "fit_intent_7d": float(fit7),
+            "urgent_contacts_7d": float(high7),
+            "mean_sentiment_7d": sentiment_sum / c7d if c7d else 0.0,
+            "wismo_after_delivered": float(self.wismo_after_delivered),
+            "return_requested": float(bool(self.return_requested_at)),
+            "return_share": self.return_units / self.n_units if self.n_units else 0.0,
+            "prefers_exchange": float(self.preferred_resolution == "exchange"),
+            "prefers_refund": float(self.preferred_resolution == "refund"),
+            "reason_fit": float(self.return_reason in ("too_small", "too_large")),
+            "reason_late": float(self.return_reason == "arrived_late"),
+            "reason_damaged": float(self.return_reason in ("damaged", "wrong_item")),
+            "reason_not_received": float(self.return_reason == "not_received"),
+            "reason_changed_mind": float(self.return_reason in ("changed_mind", "quality")),
+        }

@@ -1,0 +1,284 @@
+"""The recovery dataflow: sources -> cases -> (customers | lanes) -> ordered output -> sinks.
+
+Run it with ``salvage run`` or ``python -m bytewax.run flows.recovery:flow`` (settings from the
+environment: ``SALVAGE_INPUT`` + ``SALVAGE_OUT_DIR`` for file mode, else Kafka mode on
+``SALVAGE_KAFKA_BOOTSTRAP``). Every keyed stage is a :mod:`flows.stages` object; this module only
+routes items between them (see DESIGN §1 and the "Event time" section of the README).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from flows.sources import EventLogSource, KafkaEventSource
+from flows.stages import (
+    OUT_KEY,
+    CaseStage,
+    CustomerStage,
+    LaneStage,
+    OutputStage,
+    StageConfig,
+    case_key,
+    shard_of,
+)
+from salvage.config import Settings
+
+# ----------------------------------------------------------------------------- logic glue
+
+
+class _StageLogic(StatefulBatchLogic):
+    """Bytewax wrapper: values are ``(key, item)``; the stage is built lazily from its key."""
+
+    def __init__(self, factory: Callable[[str], Any], state: bytes | None) -> None:
+        self._factory = factory
+        self.stage = pickle.loads(state) if state is not None else None
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        if self.stage is None:
+            self.stage = self._factory(values[0][0])
+        return self.stage.on_batch([v for _, v in values]), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.stage, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _stateful(step: str, up, factory: Callable[[str], Any]):
+    return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state))
+
+
+def _shard_no(key: str) -> int:
+    return int(key.rsplit("-", 1)[1])
+
+
+# ----------------------------------------------------------------------------- file sink
+
+
+class _JsonlPartition(StatefulSinkPartition[str, int]):
+    def __init__(self, path: Path, resume: int | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "a+b")
+        self._f.seek(resume or 0)
+        self._f.truncate()  # exactly-once on resume: drop what was written after the snapshot
+
+    def write_batch(self, values: list[str]) -> None:
+        self._f.write("".join(v + "\n" for v in values).encode())
+
+    def snapshot(self) -> int:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.flush()
+        self._f.close()
+
+
+class JsonlSink(FixedPartitionedSink[str, int]):
+    """One JSON document per line into one file; resumes exactly (truncates to the snapshot)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def list_parts(self) -> list[str]:
+        return ["0"]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None):
+        return _JsonlPartition(self.path, resume_state)
+
+
+# ----------------------------------------------------------------------------- the flow
+
+
+@dataclass
+class FlowSpec:
+    """Everything the flow needs; built by the CLI or from the environment."""
+
+    settings: Settings
+    inputs: list[Path] = field(default_factory=list)  # file mode when non-empty
+    out_dir: Path | None = None
+    to_end: bool = True
+    kafka_partitions: dict[str, int] | None = None  # topic -> partitions (Kafka mode)
+    case_store: bool = True
+    extra_sinks: dict[str, Any] = field(default_factory=dict)  # for tests: name -> sink
+
+    @property
+    def file_mode(self) -> bool:
+        return bool(self.inputs)
+
+
+def _source(spec: FlowSpec):
+    s = spec.settings
+    tol = int(s.reorder_tolerance_seconds * 1e6)
+    late = int(s.max_lateness_seconds * 1e6)
+    if spec.file_mode:
+        return EventLogSource(spec.inputs, tol, late)
+    if spec.kafka_partitions is None:
+        from connectors.broker import ensure_topics
+
+        spec.kafka_partitions = ensure_topics(
+            s.kafka_client_config(), list(s.input_topics().values()), s.topic_partitions
+        )
+    return KafkaEventSource(
+        s.kafka_client_config(),
+        s.input_topics(),
+        spec.kafka_partitions,
+        tol,
+        late,
+        spec.to_end,
+        s.idle_partition_seconds,
+    )
+
+
+def _sinks(spec: FlowSpec) -> dict[str, Any]:
+    s = spec.settings
+    sinks: dict[str, Any] = {}
+    if spec.file_mode:
+        out = spec.out_dir or Path("out")
+        sinks["triggers"] = JsonlSink(out / "interventions.jsonl")
+        sinks["alerts"] = JsonlSink(out / "lane_alerts.jsonl")
+        sinks["dlq"] = JsonlSink(out / "dead_letters.jsonl")
+    else:
+        from sinks.kafka import KafkaOutputSink
+
+        conf = s.kafka_client_config()
+        sinks["triggers"] = KafkaOutputSink(conf, s.topic_interventions)
+        sinks["alerts"] = KafkaOutputSink(conf, s.topic_lane_alerts)
+        sinks["dlq"] = KafkaOutputSink(conf, s.topic_dead_letters)
+    if spec.case_store and s.redis_url:
+        from sinks.redis_store import RedisCaseSink
+
+        pw = s.redis_password.get_secret_value() if s.redis_password else None
+        sinks["cases"] = RedisCaseSink(s.redis_url, password=pw, ttl_seconds=s.case_ttl_seconds)
+    sinks.update(spec.extra_sinks)
+    return sinks
+
+
+def build_flow(spec: FlowSpec) -> Dataflow:
+    s = spec.settings
+    source = _source(spec)
+    cfg = StageConfig(
+        case_shards=s.shards,
+        cust_shards=s.shards,
+        lane_shards=max(1, min(s.shards, 4)),
+        sources=tuple(source.part_ids()),
+        return_window_us=int(s.return_window_days * 86_400 * 1e6),
+    )
+    case_keys, cust_keys, lane_keys = cfg.case_keys(), cfg.cust_keys(), cfg.lane_keys()
+    n_case = cfg.case_shards
+
+    flow = Dataflow("salvage-recovery")
+    raw = op.input("input", flow, source)
+
+    def route_source(item):
+        if item[0] == "e":
+            k = case_key(shard_of(item[3].order_id, n_case))
+            return [(k, (k, item))]
+        if item[0] == "w":
+            return [(k, (k, item)) for k in case_keys]
+        return []
+
+    source_dlq = op.filter_map("source_dlq", raw, lambda i: i[1] if i[0] == "x" else None)
+    cases = _stateful(
+        "cases",
+        op.flat_map("route_cases", raw, route_source),
+        lambda k: CaseStage(_shard_no(k), cfg),
+    )
+
+    def fan(route: str, keys: list[str]):
+        def f(kv):
+            r, payload = kv[1]
+            if r == route:
+                dest, item = payload
+                return [(dest, (dest, item))]
+            if r == "tick":
+                return [(k, (k, payload)) for k in keys]
+            return []
+
+        return f
+
+    customers = _stateful(
+        "customers",
+        op.flat_map("route_customers", cases, fan("cust", cust_keys)),
+        lambda k: CustomerStage(_shard_no(k), cfg),
+    )
+    lanes = _stateful(
+        "lanes",
+        op.flat_map("route_lanes", cases, fan("lane", lane_keys)),
+        lambda k: LaneStage(_shard_no(k), cfg),
+    )
+    to_out = op.flat_map(
+        "route_output", op.merge("cust_lane", customers, lanes), fan("out", [OUT_KEY])
+    )
+    ordered = _stateful("output", to_out, lambda k: OutputStage(cfg))
+
+    def only(kind: str):
+        return lambda kv: kv[1][1] if kv[1][0] == kind else None
+
+    triggers = op.filter_map("triggers", ordered, only("trigger"))
+    alerts = op.filter_map("alerts", ordered, only("alert"))
+    case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
+    dlq = op.merge("dead_letters", source_dlq, case_dlq)
+
+    sinks = _sinks(spec)
+    file_mode = spec.file_mode
+    if file_mode:
+        op.output(
+            "out_triggers",
+            op.map("ser_t", triggers, lambda t: ("t", t.model_dump_json())),
+            sinks["triggers"],
+        )
+        op.output(
+            "out_alerts",
+            op.map("ser_a", alerts, lambda a: ("a", a.model_dump_json())),
+            sinks["alerts"],
+        )
+        op.output(
+            "out_dlq", op.map("ser_d", dlq, lambda d: ("d", d.model_dump_json())), sinks["dlq"]
+        )
+    else:
+        op.output(
+            "out_triggers",
+            op.map("ser_t", triggers, lambda t: (t.order_id, t.model_dump_json().encode())),
+            sinks["triggers"],
+        )
+        op.output(
+            "out_alerts",
+            op.map("ser_a", alerts, lambda a: (a.lane, a.model_dump_json().encode())),
+            sinks["alerts"],
+        )
+        op.output(
+            "out_dlq",
+            op.map("ser_d", dlq, lambda d: (d.order_id or d.source, d.model_dump_json().encode())),
+            sinks["dlq"],
+        )
+    if "cases" in sinks:
+        records = op.filter_map("case_records", customers, only("case"))
+        op.output("out_cases", records, sinks["cases"])
+    return flow
+
+
+def spec_from_env() -> FlowSpec:
+    settings = Settings()
+    inputs = [Path(p) for p in os.environ.get("SALVAGE_INPUT", "").split(",") if p]
+    out_dir = Path(os.environ.get("SALVAGE_OUT_DIR", "out"))
+    return FlowSpec(settings=settings, inputs=inputs, out_dir=out_dir, to_end=True)
+
+
+def __getattr__(name: str):
+    # `python -m bytewax.run flows.recovery:flow` builds the flow from the environment.
+    if name == "flow":
+        return build_flow(spec_from_env())
+    raise AttributeError(name)

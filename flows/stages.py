@@ -1,0 +1,444 @@
+"""The keyed stages of the recovery dataflow, as plain Python (no Bytewax import).
+
+Each stage instance is one logical shard. It receives data items ``("e", t, tiebreak, payload)``
+and watermark ticks ``("w", upstream_id, watermark)``, holds data in a :class:`Reorderer`, and
+applies it in event-time order once every upstream has passed it. What it emits is a list of
+``(route, item)`` pairs; the Bytewax wiring (:mod:`flows.recovery`) turns routes into keys.
+
+Routes: ``cust`` / ``lane`` / ``out`` carry data to the next stage (``(dest_key, item)``),
+``tick`` a watermark to broadcast downstream, ``dlq`` a dead letter, ``case`` a case-store record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from connectors.events import STREAM_OF
+from connectors.outputs import (
+    Action,
+    AlertState,
+    DeadLetter,
+    DeadLetterKind,
+    LaneAlert,
+    Scores,
+    Severity,
+    Trigger,
+)
+from features.customer import CustomerContext
+from features.eventtime import DAY_US, END, HOUR_US, Reorderer, from_us, iso
+from features.lane import LaneConfig, LaneMonitor, LaneTransition
+from features.order_case import OrderCase, Status
+from policy.baseline import CUSTOMER_FACING, POLICY_VERSION, decide
+from scoring.baseline import RuleScorer
+from sinks import metrics
+
+Emit = list[tuple[str, Any]]
+
+TOMBSTONE_US = 30 * DAY_US  # closed cases are remembered (for dedupe / diagnostics) this long
+CUSTOMER_IDLE_US = 400 * DAY_US  # customer context evicted after this long without activity
+CAP_24H = 1
+CAP_30D = 3
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Stable across processes and runs (unlike ``hash``)."""
+    return zlib.crc32(key.encode()) % shards
+
+
+def case_key(shard: int) -> str:
+    return f"case-{shard:04d}"
+
+
+def cust_key(shard: int) -> str:
+    return f"cust-{shard:04d}"
+
+
+def lane_key(shard: int) -> str:
+    return f"lane-{shard:04d}"
+
+
+OUT_KEY = "out"
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    case_shards: int
+    cust_shards: int
+    lane_shards: int
+    sources: tuple[str, ...]
+    return_window_us: int = 30 * DAY_US
+    lane: LaneConfig = LaneConfig()
+
+    def case_keys(self) -> list[str]:
+        return [case_key(i) for i in range(self.case_shards)]
+
+    def cust_keys(self) -> list[str]:
+        return [cust_key(i) for i in range(self.cust_shards)]
+
+    def lane_keys(self) -> list[str]:
+        return [lane_key(i) for i in range(self.lane_shards)]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseView:
+    """What the case stage tells the customer stage about one update of one order."""
+
+    order_id: str
+    customer_id: str
+    t: int
+    source_id: str
+    changes: tuple[str, ...]
+    features: dict[str, float]
+    status: str
+    outcome: str | None
+    lane: str
+    campaign: str
+    sku_family: str
+    currency: str
+    order_value: float
+    refunded_amount: float
+    returned: bool
+    abuse_flags: tuple[str, ...]
+
+
+class _Stage:
+    """Shared watermark handling: buffer, release in order, forward the low watermark."""
+
+    def __init__(self, name: str, upstreams: list[str]) -> None:
+        self.name = name
+        self.reorderer = Reorderer(upstreams)
+        self.late = 0
+
+    def on_batch(self, items: list[tuple]) -> Emit:
+        out: Emit = []
+        ticked = False
+        for item in items:
+            if item[0] == "e":
+                _, t, tie, payload = item
+                if not self.reorderer.push(t, tie, payload):
+                    # Only possible after an idle upstream wakes up (live mode): apply now.
+                    self.late += 1
+                    self.reorderer.push(self.reorderer.low, tie, payload)
+            else:
+                _, src, wm = item
+                self.reorderer.tick(src, wm)
+                ticked = True
+        if ticked:
+            before = self.reorderer.low
+            released = self.reorderer.release()
+            self.apply(released, self.reorderer.low, out)
+            if self.reorderer.low != before:
+                out.append(("tick", ("w", self.name, self.reorderer.low)))
+        return out
+
+    def apply(self, released: list[tuple[int, str, Any]], low: int, out: Emit) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class CaseStage(_Stage):
+    """Per-order case state for the orders of one shard (key ``case-NNNN``)."""
+
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(case_key(shard), list(cfg.sources))
+        self.shard = shard
+        self.cfg = cfg
+        self.cases: dict[str, OrderCase] = {}
+        self.timers: list[tuple[int, str]] = []
+        self.tombstones: dict[str, int] = {}
+        self.tomb_heap: list[tuple[int, str]] = []
+
+    # -- helpers -----------------------------------------------------------------
+    def _schedule(self, case: OrderCase) -> None:
+        deadline = case.next_deadline(self.cfg.return_window_us)
+        if deadline:
+            heapq.heappush(self.timers, (deadline, case.order_id))
+
+    def _fire_timers(self, until: int, out: Emit) -> None:
+        """Fire every timer with deadline < until, in (deadline, order id) order."""
+        timers = self.timers
+        while timers and timers[0][0] < until:
+            deadline, order_id = heapq.heappop(timers)
+            case = self.cases.get(order_id)
+            if case is None or case.next_deadline(self.cfg.return_window_us) != deadline:
+                continue  # stale timer
+            changes = case.on_time(deadline, self.cfg.return_window_us)
+            if changes:
+                self._emit_view(case, deadline, f"~timer:{order_id}", changes, out)
+            self._after_update(case, deadline)
+
+    def _after_update(self, case: OrderCase, t: int) -> None:
+        if case.status is Status.CLOSED:
+            del self.cases[case.order_id]
+            self.tombstones[case.order_id] = t
+            heapq.heappush(self.tomb_heap, (t + TOMBSTONE_US, case.order_id))
+            metrics.CASES_CLOSED.labels(case.outcome.value if case.outcome else "unknown").inc()
+        else:
+            self._schedule(case)
+
+    def _expire_tombstones(self, low: int) -> None:
+        heap = self.tomb_heap
+        while heap and heap[0][0] < low:
+            _, order_id = heapq.heappop(heap)
+            self.tombstones.pop(order_id, None)
+
+    def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
+        view = CaseView(
+            order_id=case.order_id,
+            customer_id=case.customer_id,
+            t=t,
+            source_id=source_id,
+            changes=tuple(changes),
+            features=case.features(t),
+            status=case.status.value,
+            outcome=case.outcome.value if case.outcome else None,
+            lane=case.lane,
+            campaign=case.campaign,
+            sku_family=case.sku_family,
+            currency=case.currency,
+            order_value=case.order_value,
+            refunded_amount=case.refunded_amount,
+            returned=bool(case.return_requested_at),
+            abuse_flags=case.abuse_flags,
+        )
+        dest = cust_key(shard_of(case.customer_id, self.cfg.cust_shards))
+        out.append(("cust", (dest, ("e", t, f"{source_id}|{case.order_id}", view))))
+
+    def _dead(self, raw_event, kind: DeadLetterKind, message: str, out: Emit) -> None:
+        raw = raw_event.model_dump_json().encode()
+        out.append(
+            (
+                "dlq",
+                DeadLetter(
+                    source=f"stage:{self.name}",
+                    partition=self.shard,
+                    offset=-1,
+                    kind=kind,
+                    message=message,
+                    raw_b64=__import__("base64").b64encode(raw).decode(),
+                    event_id=raw_event.event_id,
+                    order_id=raw_event.order_id,
+                ),
+            )
+        )
+
+    # -- the stage ---------------------------------------------------------------
+    def apply(self, released, low: int, out: Emit) -> None:
+        window = self.cfg.return_window_us
+        for t, _tie, ev in released:
+            self._fire_timers(t, out)
+            order_id = ev.order_id
+            case = self.cases.get(order_id)
+            if case is None:
+                if order_id in self.tombstones:
+                    self._dead(
+                        ev,
+                        DeadLetterKind.UNKNOWN_ORDER,
+                        f"case closed at {iso(self.tombstones[order_id])}",
+                        out,
+                    )
+                    continue
+                if ev.event_type != "order_placed":
+                    self._dead(ev, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+                    continue
+                case = self.cases[order_id] = OrderCase(order_id)
+                metrics.CASES_OPENED.inc()
+            elif case.is_duplicate(ev.event_id):
+                metrics.DUPLICATES.inc()
+                continue
+            elif ev.event_type == "order_placed":
+                self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
+                continue
+            changes = case.apply(ev, t, window)
+            metrics.EVENTS.labels(STREAM_OF[ev.event_type].value).inc()
+            self._emit_view(case, t, ev.event_id, changes, out)
+            if ev.event_type == "carrier_scan" and case.lane != "unknown":
+                delayed = "delay_signal" in changes
+                dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
+                out.append(
+                    ("lane", (dest, ("e", t, f"{ev.event_id}", (case.lane, order_id, delayed))))
+                )
+            self._after_update(case, t)
+        if low >= END:
+            low = END  # end of input: fire everything still scheduled
+        self._fire_timers(low, out)
+        self._expire_tombstones(low)
+        metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
+
+
+def trigger_id(order_id: str, action: str, source_id: str, policy_version: str) -> str:
+    digest = hashlib.sha256(f"{order_id}|{action}|{source_id}|{policy_version}".encode())
+    return digest.hexdigest()[:32]
+
+
+class CustomerStage(_Stage):
+    """Customer context, scoring, policy and dispatch guardrails for one customer shard."""
+
+    def __init__(self, shard: int, cfg: StageConfig, scorer=None) -> None:
+        super().__init__(cust_key(shard), cfg.case_keys())
+        self.shard = shard
+        self.cfg = cfg
+        self.scorer = scorer or RuleScorer()
+        self.customers: dict[str, CustomerContext] = {}
+        self.sent: dict[str, list[str]] = {}  # order id -> actions already triggered
+        self.last_sweep = 0
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        for t, _tie, view in released:
+            self._update(t, view, out)
+        if low < END and low - self.last_sweep > DAY_US:
+            self.last_sweep = low
+            stale = [
+                c for c, ctx in self.customers.items() if low - ctx.last_seen > CUSTOMER_IDLE_US
+            ]
+            for c in stale:
+                del self.customers[c]
+
+    def _update(self, t: int, view: CaseView, out: Emit) -> None:
+        ctx = self.customers.get(view.customer_id)
+        if ctx is None:
+            ctx = self.customers[view.customer_id] = CustomerContext(view.customer_id)
+        ctx.observe(t, view.changes, view)
+        features = view.features | ctx.features(t)
+        scores = self.scorer.score(features)
+        closed = view.status == "closed"
+        decision = decide(features, scores, resolved=closed or view.outcome is not None)
+        record: dict[str, Any] = {
+            "order_id": view.order_id,
+            "customer_id": view.customer_id,
+            "status": view.status,
+            "outcome": view.outcome,
+            "updated_at": iso(t),
+            "lane": view.lane,
+            "campaign": view.campaign,
+            "sku_family": view.sku_family,
+            "features": features,
+            "scores": {
+                "recoverability": scores.recoverability,
+                "abuse": scores.abuse,
+                "model_version": scores.model_version,
+            },
+            "decision": None,
+        }
+        if decision is not None:
+            action = decision.action
+            record["decision"] = {
+                "action": action.value,
+                "expected_value": decision.expected_value,
+                "reason_codes": list(decision.reason_codes),
+                "candidates": [list(c) for c in decision.candidates],
+            }
+            suppressed = self._guardrail(view, ctx, action, t)
+            record["decision"]["suppressed_by"] = suppressed
+            if suppressed:
+                metrics.SUPPRESSED.labels(suppressed).inc()
+            else:
+                sent = self.sent.setdefault(view.order_id, [])
+                sent.append(action.value)
+                if action in CUSTOMER_FACING:
+                    ctx.record_contact(t)
+                trig = Trigger(
+                    trigger_id=trigger_id(
+                        view.order_id, action.value, view.source_id, POLICY_VERSION
+                    ),
+                    order_id=view.order_id,
+                    customer_id=view.customer_id,
+                    action=action,
+                    priority=decision.priority,
+                    reason_codes=list(decision.reason_codes),
+                    scores=Scores(recoverability=scores.recoverability, abuse=scores.abuse),
+                    expected_value=decision.expected_value,
+                    currency=view.currency,
+                    policy_version=POLICY_VERSION,
+                    model_version=scores.model_version,
+                    holdout=False,
+                    decided_at=from_us(t),
+                    expires_at=from_us(t + decision.ttl_hours * HOUR_US),
+                    source_event_id=view.source_id,
+                )
+                metrics.TRIGGERS.labels(action.value).inc()
+                record["decision"]["trigger_id"] = trig.trigger_id
+                out.append(("out", (OUT_KEY, ("e", t, f"t|{trig.trigger_id}", ("trigger", trig)))))
+        if closed:
+            self.sent.pop(view.order_id, None)
+        record["triggered"] = self.sent.get(view.order_id, [])
+        out.append(("case", (view.order_id, t, json.dumps(record, sort_keys=True))))
+
+    def _guardrail(self, view: CaseView, ctx: CustomerContext, action: Action, t: int) -> str:
+        if action.value in self.sent.get(view.order_id, ()):
+            return "once_per_order"
+        if action in CUSTOMER_FACING:
+            if ctx.contacts_within(t, DAY_US) >= CAP_24H:
+                return "contact_cap_24h"
+            if ctx.contacts_within(t, 30 * DAY_US) >= CAP_30D:
+                return "contact_cap_30d"
+        return ""
+
+
+class LaneStage(_Stage):
+    """Per-courier-lane delay monitors for one lane shard."""
+
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(lane_key(shard), cfg.case_keys())
+        self.shard = shard
+        self.cfg = cfg
+        self.lanes: dict[str, LaneMonitor] = {}
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        lcfg = self.cfg.lane
+        for t, _tie, (lane, order_id, delayed) in released:
+            monitor = self.lanes.get(lane)
+            if monitor is None:
+                monitor = self.lanes[lane] = LaneMonitor(lane)
+            monitor.observe(t, order_id, delayed, lcfg)
+        for lane in sorted(self.lanes):
+            monitor = self.lanes[lane]
+            shipped, delayed_before = monitor.shipments_total, monitor.delayed_total
+            for tr in monitor.close_windows(low, lcfg):
+                alert = _lane_alert(tr)
+                metrics.LANE_ALERT_OPEN.labels(lane).set(1 if tr.opened else 0)
+                out.append(
+                    (
+                        "out",
+                        (OUT_KEY, ("e", tr.window_end, f"a|{alert.alert_id}", ("alert", alert))),
+                    )
+                )
+            if monitor.shipments_total != shipped:
+                metrics.LANE_SHIPMENTS.labels(lane).inc(monitor.shipments_total - shipped)
+                metrics.LANE_DELAYED.labels(lane).inc(monitor.delayed_total - delayed_before)
+
+
+def _lane_alert(tr: LaneTransition) -> LaneAlert:
+    courier, _, route = tr.lane.partition(":")
+    origin, _, destination = route.partition(">")
+    state = AlertState.OPEN if tr.opened else AlertState.CLOSED
+    alert_id = hashlib.sha256(f"{tr.lane}|{state}|{tr.window_start}".encode()).hexdigest()[:24]
+    return LaneAlert(
+        alert_id=alert_id,
+        lane=tr.lane,
+        courier=courier,
+        origin_region=origin,
+        destination_region=destination,
+        state=state,
+        severity=Severity.CRITICAL if tr.critical else Severity.WARNING,
+        delay_rate=tr.delay_rate,
+        baseline_rate=tr.baseline_rate,
+        volume=tr.volume,
+        window_start=from_us(tr.window_start),
+        window_end=from_us(tr.window_end),
+    )
+
+
+class OutputStage(_Stage):
+    """Total order over every trigger and alert, so output files are byte-identical."""
+
+    def __init__(self, cfg: StageConfig) -> None:
+        super().__init__(OUT_KEY, cfg.cust_keys() + cfg.lane_keys())
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        for _t, _tie, (kind, payload) in released:
+            out.append((kind, payload))

@@ -1,0 +1,42 @@
+"""Prometheus metrics (prometheus_client, default registry). Labels are bounded sets only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS = Counter("salvage_events_total", "Input events accepted, by stream", ["stream"])
+DEAD_LETTERS = Counter("salvage_dead_letters_total", "Rejected input, by kind", ["kind"])
+DUPLICATES = Counter("salvage_duplicate_events_total", "Events dropped as duplicate event_id")
+LATE = Counter(
+    "salvage_late_events_total",
+    "Events older than their partition watermark, applied at the watermark",
+    ["stream"],
+)
+TRIGGERS = Counter("salvage_triggers_total", "Interventions emitted, by action", ["action"])
+SUPPRESSED = Counter(
+    "salvage_suppressed_total", "Proposed interventions suppressed, by guardrail", ["guardrail"]
+)
+CASES_OPENED = Counter("salvage_cases_opened_total", "Order cases opened")
+CASES_CLOSED = Counter("salvage_cases_closed_total", "Order cases closed, by outcome", ["outcome"])
+OPEN_CASES = Gauge("salvage_open_cases", "Open order cases held in state", ["shard"])
+LANE_SHIPMENTS = Counter(
+    "salvage_lane_shipments_total", "Shipments observed per lane window", ["lane"]
+)
+LANE_DELAYED = Counter(
+    "salvage_lane_delayed_shipments_total", "Delayed shipments per lane window", ["lane"]
+)
+LANE_ALERT_OPEN = Gauge("salvage_lane_alert_open", "1 while a lane delay alert is open", ["lane"])
+EVENT_TIME_LAG = Gauge(
+    "salvage_watermark_lag_seconds", "Wall clock minus the case stage's watermark", ["shard"]
+)
+PROCESSING_LATENCY = Histogram(
+    "salvage_processing_latency_seconds",
+    "Wall time from source read to trigger emission",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on ``port`` (0: do nothing)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")
