@@ -1,0 +1,158 @@
+import json
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors.events import EVENT_ADAPTER
+from features.eventtime import DAY_US, HOUR_US, PartitionClock, Reorderer, to_us
+from features.order_case import OrderCase, Outcome, Status
+from tests.helpers import event, order_placed
+
+WINDOW = 30 * DAY_US
+
+
+def _ev(doc):
+    return EVENT_ADAPTER.validate_json(json.dumps(doc))
+
+
+def story(order_id: str = "o1") -> list:
+    """A delayed order, a WISMO contact, a size return, then an exchange."""
+    docs = [
+        order_placed(order_id, "2026-03-02T10:00:00Z", price=120.0, cost=40.0, qty=2),
+        event("s1", "carrier_scan", order_id, "2026-03-03T08:00:00Z", scan="picked_up",
+              courier="dhl", estimated_delivery_at="2026-03-04T18:00:00Z"),
+        event("s2", "carrier_scan", order_id, "2026-03-04T09:00:00Z", scan="delayed",
+              courier="dhl", estimated_delivery_at="2026-03-06T18:00:00Z"),
+        event("c1", "support_contact", order_id, "2026-03-04T12:00:00Z", channel="chat",
+              intent="where_is_my_order", urgency="high", sentiment=-0.6),
+        event("s3", "carrier_scan", order_id, "2026-03-06T15:00:00Z", scan="delivered",
+              courier="dhl"),
+        event("c2", "support_contact", order_id, "2026-03-07T09:00:00Z", channel="email",
+              intent="sizing_question"),
+        event("r1", "return_requested", order_id, "2026-03-08T10:00:00Z", return_id="R1",
+              reason="too_small", items=[{"sku": "sku-1", "qty": 1}],
+              preferred_resolution="exchange"),
+        event("r2", "return_label_issued", order_id, "2026-03-08T10:05:00Z", return_id="R1",
+              courier="dhl", label_cost=6.5),
+        event("r3", "return_received", order_id, "2026-03-11T10:00:00Z", return_id="R1"),
+        event("r4", "return_graded", order_id, "2026-03-11T16:00:00Z", return_id="R1",
+              grade="A", abuse_flags=[]),
+        event("r5", "exchange_completed", order_id, "2026-03-12T10:00:00Z", return_id="R1"),
+    ]
+    return [_ev(d) for d in docs]
+
+
+def apply_all(events) -> OrderCase:
+    case = OrderCase(events[0].order_id)
+    for ev in events:
+        case.apply(ev, to_us(ev.occurred_at), WINDOW)
+    return case
+
+
+def test_features_follow_the_story():
+    evs = story()
+    case = OrderCase("o1")
+    snapshots = {}
+    for ev in evs:
+        t = to_us(ev.occurred_at)
+        case.apply(ev, t, WINDOW)
+        snapshots[ev.event_id] = case.features(t)
+    placed = snapshots["o1-placed"]
+    assert placed["order_value"] == 240.0 and placed["margin"] == 160.0
+    assert placed["slippage_hours"] == 0.0
+    delayed = snapshots["s2"]
+    assert delayed["delayed_scans"] == 1.0
+    assert delayed["slippage_hours"] == 48.0  # ETA moved two days past the promise
+    wismo = snapshots["c1"]
+    assert wismo["wismo_7d"] == 1.0 and wismo["contacts_24h"] == 1.0
+    assert wismo["urgent_contacts_7d"] == 1.0 and wismo["mean_sentiment_7d"] == -0.6
+    delivered = snapshots["s3"]
+    assert delivered["delivered"] == 1.0
+    assert delivered["slippage_hours"] == 45.0  # delivered 45 h after the promise
+    ret = snapshots["r1"]
+    assert ret["return_requested"] == 1.0 and ret["reason_fit"] == 1.0
+    assert ret["prefers_exchange"] == 1.0 and ret["return_share"] == 0.5
+    assert case.status is Status.CLOSED and case.outcome is Outcome.EXCHANGE
+    assert case.label_cost == 6.5 and case.grade == "A"
+
+
+def test_contacts_age_out_of_rolling_windows():
+    evs = story()
+    case = apply_all(evs[:4])
+    t = to_us(evs[3].occurred_at)
+    assert case.features(t + 23 * HOUR_US)["contacts_24h"] == 1.0
+    assert case.features(t + 25 * HOUR_US)["contacts_24h"] == 0.0
+    assert case.features(t + 8 * DAY_US)["wismo_7d"] == 0.0
+
+
+def test_case_closes_when_the_return_window_passes():
+    evs = [e for e in story() if not e.event_type.startswith(("return", "exchange"))]
+    case = apply_all(evs)
+    deadline = case.next_deadline(WINDOW)
+    assert deadline == case.delivered_at + WINDOW
+    assert case.on_time(deadline, WINDOW) == ["closed"]
+    assert case.outcome is Outcome.KEPT
+
+
+def test_missed_promise_fires_without_any_event():
+    case = apply_all(story()[:2])  # placed and picked up, then silence
+    deadline = case.next_deadline(WINDOW)
+    assert deadline == case.promised_at + 2 * HOUR_US
+    assert "promise_missed" in case.on_time(deadline, WINDOW)
+
+
+def test_refund_closes_as_lost_and_cancel_before_shipping_closes():
+    o = _ev(order_placed("o2", "2026-03-02T10:00:00Z"))
+    case = OrderCase("o2")
+    case.apply(o, to_us(o.occurred_at), WINDOW)
+    c = _ev(event("x", "order_cancelled", "o2", "2026-03-02T11:00:00Z"))
+    case.apply(c, to_us(c.occurred_at), WINDOW)
+    assert case.outcome is Outcome.CANCELLED
+    case = OrderCase("o3")
+    o3 = _ev(order_placed("o3", "2026-03-02T10:00:00Z"))
+    case.apply(o3, to_us(o3.occurred_at), WINDOW)
+    r = _ev(event("rf", "refund_issued", "o3", "2026-03-20T10:00:00Z", amount=80.0,
+                  currency="EUR"))
+    case.apply(r, to_us(r.occurred_at), WINDOW)
+    assert case.outcome is Outcome.REFUND and case.refunded_amount == 80.0
+
+
+def test_bracketing_is_seen_in_the_order_lines():
+    lines = [{"sku": f"sku-{s}", "sku_family": "apparel_bottoms", "qty": 1, "unit_price": 60.0,
+              "unit_cost": 20.0, "size": s} for s in ("S", "M", "L")]
+    o = _ev(order_placed("o4", "2026-03-02T10:00:00Z", lines=lines))
+    case = OrderCase("o4")
+    case.apply(o, to_us(o.occurred_at), WINDOW)
+    assert case.bracketing_lines == 2
+
+
+def _final_via_reorder(events, tol_us: int) -> OrderCase:
+    clock = PartitionClock(tol_us, 10**15)
+    r = Reorderer(["p"])
+    for ev in events:
+        eff = clock.observe(to_us(ev.occurred_at))
+        r.push(eff, ev.event_id, ev)
+    r.tick("p", 2**62)
+    case = OrderCase(events[0].order_id)
+    for t, _, ev in r.release():
+        case.apply(ev, t, WINDOW)
+    return case
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_any_arrival_order_within_tolerance_gives_the_same_case(rng: random.Random):
+    tol = 6 * HOUR_US
+    evs = story()
+    expected = apply_all(evs)
+    jittered = sorted(evs, key=lambda e: to_us(e.occurred_at) + rng.randrange(tol))
+    got = _final_via_reorder(jittered, tol)
+    assert got == expected
+
+
+def test_duplicates_are_recognised():
+    evs = story()
+    case = apply_all(evs[:3])
+    assert case.is_duplicate(evs[1].event_id)
+    assert not case.is_duplicate("never-seen")
