@@ -9,6 +9,7 @@ minimum volume) and closes once (rate back near baseline): hysteresis, no flappi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from features.eventtime import HOUR_US
@@ -17,12 +18,13 @@ from features.eventtime import HOUR_US
 @dataclass(frozen=True, slots=True)
 class LaneConfig:
     window_us: int = 6 * HOUR_US
-    min_volume: int = 8
+    min_volume: int = 15
     prior_rate: float = 0.10
     ewma_alpha: float = 0.2
-    open_ratio: float = 2.0
-    open_margin: float = 0.15
-    close_margin: float = 0.05
+    open_margin: float = 0.20  # rate must exceed baseline by this much ...
+    open_z: float = 3.0  # ... and be this many binomial standard errors above it
+    close_margin: float = 0.05  # closes after `close_windows` windows at most this far above
+    close_windows: int = 2
     critical_margin: float = 0.35
 
 
@@ -44,6 +46,7 @@ class LaneMonitor:
     baseline: float = -1.0  # <0: no baseline yet (prior used)
     windows_seen: int = 0
     alert_open: bool = False
+    calm_windows: int = 0  # consecutive calm windows while an alert is open
     # window start -> {order id: delayed?}
     windows: dict[int, dict[str, bool]] = field(default_factory=dict)
     shipments_total: int = 0
@@ -67,21 +70,27 @@ class LaneMonitor:
             base = self.baseline if self.baseline >= 0 else cfg.prior_rate
             transition = None
             if volume >= cfg.min_volume:
-                if not self.alert_open and rate >= max(
-                    base * cfg.open_ratio, base + cfg.open_margin
-                ):
-                    self.alert_open = True
-                    transition = True
-                elif self.alert_open and rate <= base + cfg.close_margin:
-                    self.alert_open = False
-                    transition = False
-                if not self.alert_open and transition is None:
-                    self.baseline = (
-                        rate
-                        if self.baseline < 0
-                        else (1 - cfg.ewma_alpha) * self.baseline + cfg.ewma_alpha * rate
-                    )
-                    self.windows_seen += 1
+                spread = math.sqrt(max(base, 0.02) * (1 - min(base, 0.98)) / volume)
+                z = (rate - base) / spread
+                if not self.alert_open:
+                    if rate >= base + cfg.open_margin and z >= cfg.open_z:
+                        self.alert_open = True
+                        self.calm_windows = 0
+                        transition = True
+                    else:
+                        self.baseline = (
+                            rate
+                            if self.baseline < 0
+                            else (1 - cfg.ewma_alpha) * self.baseline + cfg.ewma_alpha * rate
+                        )
+                        self.windows_seen += 1
+                elif rate <= base + cfg.close_margin:
+                    self.calm_windows += 1
+                    if self.calm_windows >= cfg.close_windows:
+                        self.alert_open = False
+                        transition = False
+                else:
+                    self.calm_windows = 0
             if transition is not None:
                 out.append(
                     LaneTransition(

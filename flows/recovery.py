@@ -169,7 +169,9 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
 def build_flow(spec: FlowSpec) -> Dataflow:
     s = spec.settings
     source = _source(spec)
+    sinks = _sinks(spec)
     cfg = StageConfig(
+        case_records="cases" in sinks,
         case_shards=s.shards,
         cust_shards=s.shards,
         lane_shards=max(1, min(s.shards, 4)),
@@ -232,7 +234,6 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
     dlq = op.merge("dead_letters", source_dlq, case_dlq)
 
-    sinks = _sinks(spec)
     file_mode = spec.file_mode
     if file_mode:
         op.output(

@@ -15,7 +15,7 @@ import hashlib
 import heapq
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.events import STREAM_OF
@@ -38,6 +38,25 @@ from scoring.baseline import RuleScorer
 from sinks import metrics
 
 Emit = list[tuple[str, Any]]
+
+
+def _cached(metric):
+    """Memoise ``metric.labels(value)``: the lookup costs more than the increment."""
+    children: dict[str, Any] = {}
+
+    def child(value: str):
+        c = children.get(value)
+        if c is None:
+            c = children[value] = metric.labels(value)
+        return c
+
+    return child
+
+
+_EVENTS = _cached(metrics.EVENTS)
+_CLOSED = _cached(metrics.CASES_CLOSED)
+_TRIGGERS = _cached(metrics.TRIGGERS)
+_SUPPRESSED = _cached(metrics.SUPPRESSED)
 
 TOMBSTONE_US = 30 * DAY_US  # closed cases are remembered (for dedupe / diagnostics) this long
 CUSTOMER_IDLE_US = 400 * DAY_US  # customer context evicted after this long without activity
@@ -72,7 +91,8 @@ class StageConfig:
     lane_shards: int
     sources: tuple[str, ...]
     return_window_us: int = 30 * DAY_US
-    lane: LaneConfig = LaneConfig()
+    lane: LaneConfig = field(default_factory=LaneConfig)
+    case_records: bool = True  # emit case-store records (off when no store is configured)
 
     def case_keys(self) -> list[str]:
         return [case_key(i) for i in range(self.case_shards)]
@@ -176,7 +196,7 @@ class CaseStage(_Stage):
             del self.cases[case.order_id]
             self.tombstones[case.order_id] = t
             heapq.heappush(self.tomb_heap, (t + TOMBSTONE_US, case.order_id))
-            metrics.CASES_CLOSED.labels(case.outcome.value if case.outcome else "unknown").inc()
+            _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
             self._schedule(case)
 
@@ -254,7 +274,7 @@ class CaseStage(_Stage):
                 self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
                 continue
             changes = case.apply(ev, t, window)
-            metrics.EVENTS.labels(STREAM_OF[ev.event_type].value).inc()
+            _EVENTS(STREAM_OF[ev.event_type].value).inc()
             self._emit_view(case, t, ev.event_id, changes, out)
             if ev.event_type == "carrier_scan" and case.lane != "unknown":
                 delayed = "delay_signal" in changes
@@ -307,35 +327,19 @@ class CustomerStage(_Stage):
         scores = self.scorer.score(features)
         closed = view.status == "closed"
         decision = decide(features, scores, resolved=closed or view.outcome is not None)
-        record: dict[str, Any] = {
-            "order_id": view.order_id,
-            "customer_id": view.customer_id,
-            "status": view.status,
-            "outcome": view.outcome,
-            "updated_at": iso(t),
-            "lane": view.lane,
-            "campaign": view.campaign,
-            "sku_family": view.sku_family,
-            "features": features,
-            "scores": {
-                "recoverability": scores.recoverability,
-                "abuse": scores.abuse,
-                "model_version": scores.model_version,
-            },
-            "decision": None,
-        }
+        decision_doc: dict[str, Any] | None = None
         if decision is not None:
             action = decision.action
-            record["decision"] = {
+            decision_doc = {
                 "action": action.value,
                 "expected_value": decision.expected_value,
                 "reason_codes": list(decision.reason_codes),
                 "candidates": [list(c) for c in decision.candidates],
             }
             suppressed = self._guardrail(view, ctx, action, t)
-            record["decision"]["suppressed_by"] = suppressed
+            decision_doc["suppressed_by"] = suppressed
             if suppressed:
-                metrics.SUPPRESSED.labels(suppressed).inc()
+                _SUPPRESSED(suppressed).inc()
             else:
                 sent = self.sent.setdefault(view.order_id, [])
                 sent.append(action.value)
@@ -360,13 +364,31 @@ class CustomerStage(_Stage):
                     expires_at=from_us(t + decision.ttl_hours * HOUR_US),
                     source_event_id=view.source_id,
                 )
-                metrics.TRIGGERS.labels(action.value).inc()
-                record["decision"]["trigger_id"] = trig.trigger_id
+                _TRIGGERS(action.value).inc()
+                decision_doc["trigger_id"] = trig.trigger_id
                 out.append(("out", (OUT_KEY, ("e", t, f"t|{trig.trigger_id}", ("trigger", trig)))))
+        if self.cfg.case_records:
+            record = {
+                "order_id": view.order_id,
+                "customer_id": view.customer_id,
+                "status": view.status,
+                "outcome": view.outcome,
+                "updated_at": iso(t),
+                "lane": view.lane,
+                "campaign": view.campaign,
+                "sku_family": view.sku_family,
+                "features": features,
+                "scores": {
+                    "recoverability": scores.recoverability,
+                    "abuse": scores.abuse,
+                    "model_version": scores.model_version,
+                },
+                "decision": decision_doc,
+                "triggered": self.sent.get(view.order_id, []),
+            }
+            out.append(("case", (view.order_id, t, json.dumps(record))))
         if closed:
             self.sent.pop(view.order_id, None)
-        record["triggered"] = self.sent.get(view.order_id, [])
-        out.append(("case", (view.order_id, t, json.dumps(record, sort_keys=True))))
 
     def _guardrail(self, view: CaseView, ctx: CustomerContext, action: Action, t: int) -> str:
         if action.value in self.sent.get(view.order_id, ()):
