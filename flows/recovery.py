@@ -147,6 +147,9 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
     sinks: dict[str, Any] = {}
     if spec.file_mode:
         out = spec.out_dir or Path("out")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("interventions", "lane_alerts", "dead_letters"):
+            (out / f"{name}.jsonl").touch()  # exists even when a stream stays empty
         sinks["triggers"] = JsonlSink(out / "interventions.jsonl")
         sinks["alerts"] = JsonlSink(out / "lane_alerts.jsonl")
         sinks["dlq"] = JsonlSink(out / "dead_letters.jsonl")

@@ -48,6 +48,8 @@ def _reasons(f: dict[str, float], scores) -> list[str]:
         r.append("slippage_24h")
     elif slip >= 6:
         r.append("slippage_6h")
+    if f["delayed_scans"]:
+        r.append("carrier_delay_scan")
     if f["exception_count"]:
         r.append("carrier_exception")
     if f["lost"]:
@@ -70,8 +72,12 @@ def _reasons(f: dict[str, float], scores) -> list[str]:
             r.append("reason_not_received")
         if f["prefers_exchange"]:
             r.append("prefers_exchange")
+    if f["wismo_after_delivered"]:
+        r.append("wismo_after_delivered")
     if scores.abuse >= ABUSE_BLOCK:
         r.append("abuse_risk_high")
+    if AMBIGUOUS[0] <= scores.recoverability <= AMBIGUOUS[1]:
+        r.append("recoverability_ambiguous")
     if f["order_value"] >= HIGH_VALUE:
         r.append("high_value")
     return r

@@ -1,0 +1,44 @@
+"""Helpers to run the recovery flow in tests (file mode, bytewax.testing, 1 or 2 workers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bytewax.testing import cluster_main
+
+from connectors.simulator import write_log
+from flows.recovery import FlowSpec, build_flow
+from salvage.config import Settings
+
+_LOGS: dict[tuple, Path] = {}
+
+
+def sim_log(tmp_root: Path, scenario: str = "launch-week-backlog", orders: int = 600,
+            seed: int = 3) -> Path:
+    """A simulator log, generated once per (scenario, orders, seed) per session."""
+    key = (scenario, orders, seed)
+    if key not in _LOGS:
+        path = tmp_root / f"{scenario}-{orders}-{seed}.jsonl"
+        write_log(scenario, orders, seed, path, tmp_root / f"{scenario}-{orders}-{seed}.truth")
+        _LOGS[key] = path
+    return _LOGS[key]
+
+
+def run_file_flow(inputs: list[Path], out_dir: Path, workers: int = 1,
+                  **settings: Any) -> dict[str, bytes]:
+    """Run file mode to the end; return the three output files' bytes."""
+    base: dict[str, Any] = {"redis_url": "", "shards": 4}
+    base.update(settings)
+    spec = FlowSpec(Settings(**base), inputs=inputs, out_dir=out_dir,
+                    case_store=bool(base["redis_url"]))
+    cluster_main(build_flow(spec), [], 0, worker_count_per_proc=workers)
+    return {
+        name: (out_dir / f"{name}.jsonl").read_bytes()
+        for name in ("interventions", "lane_alerts", "dead_letters")
+    }
+
+
+def jsonl(data: bytes) -> list[dict]:
+    return [json.loads(x) for x in data.splitlines()]
