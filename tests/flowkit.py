@@ -15,8 +15,9 @@ from salvage.config import Settings
 _LOGS: dict[tuple, Path] = {}
 
 
-def sim_log(tmp_root: Path, scenario: str = "launch-week-backlog", orders: int = 600,
-            seed: int = 3) -> Path:
+def sim_log(
+    tmp_root: Path, scenario: str = "launch-week-backlog", orders: int = 600, seed: int = 3
+) -> Path:
     """A simulator log, generated once per (scenario, orders, seed) per session."""
     key = (scenario, orders, seed)
     if key not in _LOGS:
@@ -26,13 +27,15 @@ def sim_log(tmp_root: Path, scenario: str = "launch-week-backlog", orders: int =
     return _LOGS[key]
 
 
-def run_file_flow(inputs: list[Path], out_dir: Path, workers: int = 1,
-                  **settings: Any) -> dict[str, bytes]:
+def run_file_flow(
+    inputs: list[Path], out_dir: Path, workers: int = 1, **settings: Any
+) -> dict[str, bytes]:
     """Run file mode to the end; return the three output files' bytes."""
     base: dict[str, Any] = {"redis_url": "", "shards": 4}
     base.update(settings)
-    spec = FlowSpec(Settings(**base), inputs=inputs, out_dir=out_dir,
-                    case_store=bool(base["redis_url"]))
+    spec = FlowSpec(
+        Settings(**base), inputs=inputs, out_dir=out_dir, case_store=bool(base["redis_url"])
+    )
     cluster_main(build_flow(spec), [], 0, worker_count_per_proc=workers)
     return {
         name: (out_dir / f"{name}.jsonl").read_bytes()

@@ -19,15 +19,43 @@ def event(event_id: str, event_type: str, order_id: str, occurred_at: str, **fie
     }
 
 
-def order_placed(order_id: str, at: str, customer: str = "c1", promised: str = "2026-03-04T18:00:00Z",
-                 price: float = 80.0, cost: float = 30.0, qty: int = 1, **kw: Any) -> dict:
+def order_placed(
+    order_id: str,
+    at: str,
+    customer: str = "c1",
+    promised: str = "2026-03-04T18:00:00Z",
+    price: float = 80.0,
+    cost: float = 30.0,
+    qty: int = 1,
+    **kw: Any,
+) -> dict:
     return event(
-        f"{order_id}-placed", "order_placed", order_id, at,
-        customer_id=customer, channel="web", campaign=kw.pop("campaign", None),
-        lines=kw.pop("lines", [{"sku": "sku-1", "sku_family": "apparel_tops", "qty": qty,
-                                "unit_price": price, "unit_cost": cost, "size": "M"}]),
-        currency="EUR", promised_delivery_at=promised, courier=kw.pop("courier", "dhl"),
-        origin_region="DE", destination_region=kw.pop("destination", "FR"), **kw,
+        f"{order_id}-placed",
+        "order_placed",
+        order_id,
+        at,
+        customer_id=customer,
+        channel="web",
+        campaign=kw.pop("campaign", None),
+        lines=kw.pop(
+            "lines",
+            [
+                {
+                    "sku": "sku-1",
+                    "sku_family": "apparel_tops",
+                    "qty": qty,
+                    "unit_price": price,
+                    "unit_cost": cost,
+                    "size": "M",
+                }
+            ],
+        ),
+        currency="EUR",
+        promised_delivery_at=promised,
+        courier=kw.pop("courier", "dhl"),
+        origin_region="DE",
+        destination_region=kw.pop("destination", "FR"),
+        **kw,
     )
 
 

@@ -34,8 +34,11 @@ def test_the_flow_emits_every_action_with_valid_triggers(baseline):
     triggers = jsonl(baseline["interventions"])
     actions = Counter(t["action"] for t in triggers)
     assert set(actions) == {
-        "proactive_reassurance", "delay_intervention", "exchange_first_offer",
-        "product_guidance", "human_review",
+        "proactive_reassurance",
+        "delay_intervention",
+        "exchange_first_offer",
+        "product_guidance",
+        "human_review",
     }
     assert len({t["trigger_id"] for t in triggers}) == len(triggers)
     for t in triggers:
@@ -111,17 +114,26 @@ def test_duplicates_are_dropped_and_counted(log, baseline, tmp_path):
 
 CORRUPT = [
     (b"this is not json", "invalid_json"),
-    (b'{"event_type": "carrier_scan", "order_id": "O1", "schema_version": 1, '
-     b'"occurred_at": "2026-03-02T10:00:00Z", "scan": "delivered", "courier": "x"}',
-     "missing_field"),
-    (b'{"event_id": "bad-ts", "event_type": "support_contact", "order_id": "O00000001", '
-     b'"schema_version": 1, "occurred_at": "2026-03-02 10:00", "channel": "chat"}',
-     "bad_timestamp"),
-    (b'{"event_id": "alien", "event_type": "abducted_by_aliens", "order_id": "O00000001", '
-     b'"schema_version": 1, "occurred_at": "2026-03-02T10:00:00Z"}', "unknown_event_type"),
-    (b'{"event_id": 42, "event_type": "support_contact", "order_id": "O00000001", '
-     b'"schema_version": 1, "occurred_at": "2026-03-02T10:00:00Z", "channel": "chat"}',
-     "wrong_type"),
+    (
+        b'{"event_type": "carrier_scan", "order_id": "O1", "schema_version": 1, '
+        b'"occurred_at": "2026-03-02T10:00:00Z", "scan": "delivered", "courier": "x"}',
+        "missing_field",
+    ),
+    (
+        b'{"event_id": "bad-ts", "event_type": "support_contact", "order_id": "O00000001", '
+        b'"schema_version": 1, "occurred_at": "2026-03-02 10:00", "channel": "chat"}',
+        "bad_timestamp",
+    ),
+    (
+        b'{"event_id": "alien", "event_type": "abducted_by_aliens", "order_id": "O00000001", '
+        b'"schema_version": 1, "occurred_at": "2026-03-02T10:00:00Z"}',
+        "unknown_event_type",
+    ),
+    (
+        b'{"event_id": 42, "event_type": "support_contact", "order_id": "O00000001", '
+        b'"schema_version": 1, "occurred_at": "2026-03-02T10:00:00Z", "channel": "chat"}',
+        "wrong_type",
+    ),
     (b'{"event_id": "\xff\xfe", "event_type": "support_contact"}', "invalid_utf8"),
     (b"[]", "not_an_object"),
 ]
@@ -155,12 +167,16 @@ def test_each_corrupted_line_is_exactly_one_dead_letter(log, baseline, tmp_path)
 def test_cases_close_and_state_is_evicted(log, tmp_path):
     placed = sum(1 for x in log.read_bytes().splitlines() if b'"order_placed"' in x)
     before = sum(
-        s.value for m in REGISTRY.collect() for s in m.samples
+        s.value
+        for m in REGISTRY.collect()
+        for s in m.samples
         if s.name == "salvage_cases_closed_total"
     )
     run_file_flow([log], tmp_path, **WIDE)
     after = sum(
-        s.value for m in REGISTRY.collect() for s in m.samples
+        s.value
+        for m in REGISTRY.collect()
+        for s in m.samples
         if s.name == "salvage_cases_closed_total"
     )
     assert after - before == placed  # at end of input every case closes (window / outcome)

@@ -20,24 +20,74 @@ def story(order_id: str = "o1") -> list:
     """A delayed order, a WISMO contact, a size return, then an exchange."""
     docs = [
         order_placed(order_id, "2026-03-02T10:00:00Z", price=120.0, cost=40.0, qty=2),
-        event("s1", "carrier_scan", order_id, "2026-03-03T08:00:00Z", scan="picked_up",
-              courier="dhl", estimated_delivery_at="2026-03-04T18:00:00Z"),
-        event("s2", "carrier_scan", order_id, "2026-03-04T09:00:00Z", scan="delayed",
-              courier="dhl", estimated_delivery_at="2026-03-06T18:00:00Z"),
-        event("c1", "support_contact", order_id, "2026-03-04T12:00:00Z", channel="chat",
-              intent="where_is_my_order", urgency="high", sentiment=-0.6),
-        event("s3", "carrier_scan", order_id, "2026-03-06T15:00:00Z", scan="delivered",
-              courier="dhl"),
-        event("c2", "support_contact", order_id, "2026-03-07T09:00:00Z", channel="email",
-              intent="sizing_question"),
-        event("r1", "return_requested", order_id, "2026-03-08T10:00:00Z", return_id="R1",
-              reason="too_small", items=[{"sku": "sku-1", "qty": 1}],
-              preferred_resolution="exchange"),
-        event("r2", "return_label_issued", order_id, "2026-03-08T10:05:00Z", return_id="R1",
-              courier="dhl", label_cost=6.5),
+        event(
+            "s1",
+            "carrier_scan",
+            order_id,
+            "2026-03-03T08:00:00Z",
+            scan="picked_up",
+            courier="dhl",
+            estimated_delivery_at="2026-03-04T18:00:00Z",
+        ),
+        event(
+            "s2",
+            "carrier_scan",
+            order_id,
+            "2026-03-04T09:00:00Z",
+            scan="delayed",
+            courier="dhl",
+            estimated_delivery_at="2026-03-06T18:00:00Z",
+        ),
+        event(
+            "c1",
+            "support_contact",
+            order_id,
+            "2026-03-04T12:00:00Z",
+            channel="chat",
+            intent="where_is_my_order",
+            urgency="high",
+            sentiment=-0.6,
+        ),
+        event(
+            "s3", "carrier_scan", order_id, "2026-03-06T15:00:00Z", scan="delivered", courier="dhl"
+        ),
+        event(
+            "c2",
+            "support_contact",
+            order_id,
+            "2026-03-07T09:00:00Z",
+            channel="email",
+            intent="sizing_question",
+        ),
+        event(
+            "r1",
+            "return_requested",
+            order_id,
+            "2026-03-08T10:00:00Z",
+            return_id="R1",
+            reason="too_small",
+            items=[{"sku": "sku-1", "qty": 1}],
+            preferred_resolution="exchange",
+        ),
+        event(
+            "r2",
+            "return_label_issued",
+            order_id,
+            "2026-03-08T10:05:00Z",
+            return_id="R1",
+            courier="dhl",
+            label_cost=6.5,
+        ),
         event("r3", "return_received", order_id, "2026-03-11T10:00:00Z", return_id="R1"),
-        event("r4", "return_graded", order_id, "2026-03-11T16:00:00Z", return_id="R1",
-              grade="A", abuse_flags=[]),
+        event(
+            "r4",
+            "return_graded",
+            order_id,
+            "2026-03-11T16:00:00Z",
+            return_id="R1",
+            grade="A",
+            abuse_flags=[],
+        ),
         event("r5", "exchange_completed", order_id, "2026-03-12T10:00:00Z", return_id="R1"),
     ]
     return [_ev(d) for d in docs]
@@ -112,15 +162,23 @@ def test_refund_closes_as_lost_and_cancel_before_shipping_closes():
     case = OrderCase("o3")
     o3 = _ev(order_placed("o3", "2026-03-02T10:00:00Z"))
     case.apply(o3, to_us(o3.occurred_at), WINDOW)
-    r = _ev(event("rf", "refund_issued", "o3", "2026-03-20T10:00:00Z", amount=80.0,
-                  currency="EUR"))
+    r = _ev(event("rf", "refund_issued", "o3", "2026-03-20T10:00:00Z", amount=80.0, currency="EUR"))
     case.apply(r, to_us(r.occurred_at), WINDOW)
     assert case.outcome is Outcome.REFUND and case.refunded_amount == 80.0
 
 
 def test_bracketing_is_seen_in_the_order_lines():
-    lines = [{"sku": f"sku-{s}", "sku_family": "apparel_bottoms", "qty": 1, "unit_price": 60.0,
-              "unit_cost": 20.0, "size": s} for s in ("S", "M", "L")]
+    lines = [
+        {
+            "sku": f"sku-{s}",
+            "sku_family": "apparel_bottoms",
+            "qty": 1,
+            "unit_price": 60.0,
+            "unit_cost": 20.0,
+            "size": s,
+        }
+        for s in ("S", "M", "L")
+    ]
     o = _ev(order_placed("o4", "2026-03-02T10:00:00Z", lines=lines))
     case = OrderCase("o4")
     case.apply(o, to_us(o.occurred_at), WINDOW)

@@ -60,10 +60,12 @@ def test_each_corruption_has_its_own_kind():
 def test_absurd_amounts_and_quantities_are_rejected():
     bad_qty = {**GOOD, "lines": [{**GOOD["lines"][0], "qty": 0}]}
     huge = {**GOOD, "lines": [{**GOOD["lines"][0], "unit_price": 1e12}]}
-    negative = event("r1", "refund_issued", "o1", "2026-03-09T10:00:00Z", amount=-5.0,
-                     currency="EUR")
-    nan = line(event("r2", "refund_issued", "o1", "2026-03-09T10:00:00Z", currency="EUR",
-                     amount=0.0)).replace(b'"amount": 0.0', b'"amount": NaN')
+    negative = event(
+        "r1", "refund_issued", "o1", "2026-03-09T10:00:00Z", amount=-5.0, currency="EUR"
+    )
+    nan = line(
+        event("r2", "refund_issued", "o1", "2026-03-09T10:00:00Z", currency="EUR", amount=0.0)
+    ).replace(b'"amount": 0.0', b'"amount": NaN')
     for doc in (bad_qty, huge, negative):
         assert _kind(line(doc)) == DeadLetterKind.INVALID_VALUE
     assert _kind(nan) == DeadLetterKind.INVALID_VALUE
@@ -83,8 +85,9 @@ def test_arbitrary_bytes_never_raise(value):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 

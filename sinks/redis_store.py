@@ -1,0 +1,293 @@
+"""Redis case store: the latest state of each order case, written idempotently.
+
+Each case is a hash at ``salvage:case:{order_id}`` with fields ``v`` (the case version, an integer
+that grows with every update of the case) and ``doc`` (the case as JSON), and a TTL. A write only
+applies if its version is >= the stored one (a Lua script, atomic per key), so:
+
+- replaying older states after a restart (Bytewax resumes from the last snapshot, so the sink sees
+  some updates again) never regresses the store;
+- writing the same record twice leaves the same state (equal versions overwrite; the TTL restarts).
+
+Transient outages (connection refused/reset, timeouts, a server still loading, a replica that just
+lost its primary) are retried with capped exponential backoff for a bounded time, then
+:class:`CaseStoreUnavailable` is raised and the dataflow stops; restarting from the last snapshot
+rewrites what was lost, and the version guard makes that safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError
+from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from salvage.config import Settings
+
+__all__ = [
+    "CASE_KEY_PREFIX",
+    "CaseRecord",
+    "CaseStore",
+    "CaseStoreUnavailable",
+    "RedisCaseSink",
+    "redis_available",
+]
+
+log = logging.getLogger(__name__)
+
+CASE_KEY_PREFIX = "salvage:case:"
+DEFAULT_TTL_SECONDS = 45 * 24 * 3600
+
+CaseRecord = tuple[str, int, str]
+"""``(order_id, version, doc_json)``."""
+
+T = TypeVar("T")
+
+# Versions go through Lua numbers (doubles): integers are exact up to 2**53.
+_MAX_VERSION = 2**53
+
+# KEYS[1] case key; ARGV: version, doc json, ttl seconds. Returns 1 if written, 0 if stale.
+_WRITE_IF_NOT_OLDER = """
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'doc', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_TRANSIENT: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ReadOnlyError,
+)
+_NOT_TRANSIENT: tuple[type[Exception], ...] = (AuthenticationError, AuthorizationError)
+
+
+class CaseStoreUnavailable(RuntimeError):
+    """Redis stayed unreachable for the whole retry budget."""
+
+
+def _client(
+    url: str, password: str | None, socket_timeout: float, connect_timeout: float
+) -> redis.Redis:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        # No hidden retries inside redis-py: CaseStore's own loop owns the time budget.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if password is not None:
+        kwargs["password"] = password
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def redis_available(url: str, password: str | None = None, timeout: float = 0.5) -> bool:
+    """Whether a Redis server answers PING at ``url`` within ``timeout`` seconds."""
+    try:
+        client = _client(url, password, timeout, timeout)
+    except ValueError:
+        return False
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+class CaseStore:
+    """Latest case documents in Redis, guarded by version, with a TTL.
+
+    :param url: ``redis://[user:pass@]host:port/db`` (``rediss://`` for TLS).
+    :param password: Used when the URL carries none.
+    :param ttl_seconds: Expiry of a case key, restarted on every accepted write.
+    :param key_prefix: Keys are ``{key_prefix}{order_id}``.
+    :param retry_budget_seconds: How long :meth:`write_many` retries a batch through transient
+        errors before raising :class:`CaseStoreUnavailable`. The total can exceed it by one
+        ``socket_timeout``.
+    :param chunk_size: Records per pipeline round trip.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        *,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        key_prefix: str = CASE_KEY_PREFIX,
+        retry_budget_seconds: float = 30.0,
+        backoff_initial_seconds: float = 0.05,
+        backoff_max_seconds: float = 2.0,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        chunk_size: int = 500,
+    ) -> None:
+        if ttl_seconds < 1:
+            raise ValueError("ttl_seconds must be >= 1")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.ttl_seconds = int(ttl_seconds)
+        self.key_prefix = key_prefix
+        self.retry_budget_seconds = retry_budget_seconds
+        self._backoff_initial = backoff_initial_seconds
+        self._backoff_max = backoff_max_seconds
+        self._chunk_size = chunk_size
+        self._redis = _client(url, password, socket_timeout, connect_timeout)
+        self._script = self._redis.register_script(_WRITE_IF_NOT_OLDER)
+        self.retries = 0
+        """Failed attempts that were retried, over this store's life."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        kwargs.setdefault("ttl_seconds", settings.case_ttl_seconds)
+        return cls(settings.redis_url, password, **kwargs)
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The underlying client (bytes responses)."""
+        return self._redis
+
+    def key(self, order_id: str) -> str:
+        return f"{self.key_prefix}{order_id}"
+
+    # ------------------------------------------------------------------ writes
+    def write_many(self, records: Iterable[CaseRecord]) -> int:
+        """Write each ``(order_id, version, doc_json)`` unless the store holds a newer version.
+
+        Within the batch, the highest version of an order wins (the last one among equals), exactly
+        as if the records were written one by one.
+
+        :returns: How many keys were written (stale records are skipped, not counted).
+        :raises CaseStoreUnavailable: transient errors outlasted the retry budget.
+        """
+        latest: dict[str, tuple[int, str]] = {}
+        for order_id, version, doc in records:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise TypeError(f"case version must be an int, got {version!r}")
+            if not -_MAX_VERSION < version < _MAX_VERSION:
+                raise ValueError(f"case version {version} out of range (|v| < 2**53)")
+            prev = latest.get(order_id)
+            if prev is None or version >= prev[0]:
+                latest[order_id] = (version, doc)
+        items = list(latest.items())
+        written = 0
+        for start in range(0, len(items), self._chunk_size):
+            chunk = items[start : start + self._chunk_size]
+            written += self._with_retry(lambda c=chunk: self._write_chunk(c), "write cases")
+        return written
+
+    def _write_chunk(self, chunk: list[tuple[str, tuple[int, str]]]) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        for order_id, (version, doc) in chunk:
+            self._script(
+                keys=[self.key(order_id)], args=[version, doc, self.ttl_seconds], client=pipe
+            )
+        return sum(int(r) for r in pipe.execute())
+
+    def _with_retry(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn``; on transient errors retry with capped exponential backoff within budget.
+
+        The single place that decides what happens during an outage (a later buffering mode hooks
+        in here / around the :class:`CaseStoreUnavailable` it raises).
+        """
+        deadline = time.monotonic() + self.retry_budget_seconds
+        delay = self._backoff_initial
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return fn()
+            except _NOT_TRANSIENT:
+                raise
+            except _TRANSIENT as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CaseStoreUnavailable(
+                        f"Redis {what} failed {attempts} times over "
+                        f"{self.retry_budget_seconds:.1f}s: {exc}"
+                    ) from exc
+                self.retries += 1
+                log.warning(
+                    "Redis %s failed (%s: %s); retry %d in %.2fs",
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    attempts,
+                    min(delay, remaining),
+                )
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, self._backoff_max)
+
+    # ------------------------------------------------------------------ reads & admin
+    def get(self, order_id: str) -> dict[str, Any] | None:
+        """``{"order_id", "version", "doc"}`` (``doc`` parsed from JSON), or ``None`` if absent."""
+        version, doc = self._redis.hmget(self.key(order_id), ["v", "doc"])
+        if version is None or doc is None:
+            return None
+        return {"order_id": order_id, "version": int(version), "doc": json.loads(doc)}
+
+    def delete(self, order_id: str) -> bool:
+        """Remove a case; ``True`` if it existed."""
+        return bool(self._redis.delete(self.key(order_id)))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _CasePartition(StatelessSinkPartition[CaseRecord]):
+    def __init__(self, store: CaseStore) -> None:
+        self._store = store
+
+    def write_batch(self, items: list[CaseRecord]) -> None:
+        self._store.write_many(items)
+
+    def close(self) -> None:
+        self._store.close()
+
+
+class RedisCaseSink(DynamicSink[CaseRecord]):
+    """Bytewax sink of ``(order_id, version, doc_json)`` items into a :class:`CaseStore`.
+
+    Each worker writes its batches through its own store; the version guard makes concurrent and
+    replayed writes converge. Keyword arguments go to :class:`CaseStore`.
+    """
+
+    def __init__(self, url: str, password: str | None = None, **store_kwargs: Any) -> None:
+        self._url = url
+        self._password = password
+        self._store_kwargs = store_kwargs
+        # Fail at flow-build time on bad arguments, not inside a worker.
+        CaseStore(url, password, **store_kwargs).close()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **store_kwargs: Any) -> Self:
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        store_kwargs.setdefault("ttl_seconds", settings.case_ttl_seconds)
+        return cls(settings.redis_url, password, **store_kwargs)
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[CaseRecord]:
+        return _CasePartition(CaseStore(self._url, self._password, **self._store_kwargs))
