@@ -72,7 +72,9 @@ def generate(
     from connectors.simulator import SCENARIOS, write_log
 
     if scenario not in SCENARIOS:
-        console.print(f"[red]unknown scenario {scenario!r}[/red]; choose from {', '.join(SCENARIOS)}")
+        console.print(
+            f"[red]unknown scenario {scenario!r}[/red]; choose from {', '.join(SCENARIOS)}"
+        )
         raise typer.Exit(2)
     with _progress() as bar:
         task = bar.add_task(f"generating {scenario}", total=orders)
@@ -94,12 +96,16 @@ def run(
     to_end: Annotated[
         bool, typer.Option("--to-end/--follow", help="Kafka mode: stop at the end of the topics")
     ] = False,
-    shards: Annotated[int | None, typer.Option(help="Logical shards per stage (>= workers)")] = None,
+    shards: Annotated[
+        int | None, typer.Option(help="Logical shards per stage (>= workers)")
+    ] = None,
     kafka_bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka bootstrap; default SALVAGE_KAFKA_BOOTSTRAP or embedded")
+        str | None,
+        typer.Option(help="Kafka bootstrap; default SALVAGE_KAFKA_BOOTSTRAP or embedded"),
     ] = None,
     redis_url: Annotated[
-        str | None, typer.Option(help="Redis case store URL ('' disables); default SALVAGE_REDIS_URL")
+        str | None,
+        typer.Option(help="Redis case store URL ('' disables); default SALVAGE_REDIS_URL"),
     ] = None,
     summary: Annotated[bool, typer.Option(help="Print a summary at the end")] = True,
 ) -> None:
@@ -171,7 +177,9 @@ def replay(
 
     settings = _settings(kafka_bootstrap=kafka_bootstrap)
     if not settings.kafka_bootstrap:
-        console.print("[red]replay needs a broker: set SALVAGE_KAFKA_BOOTSTRAP or --kafka-bootstrap[/red]")
+        console.print(
+            "[red]replay needs a broker: set SALVAGE_KAFKA_BOOTSTRAP or --kafka-bootstrap[/red]"
+        )
         raise typer.Exit(2)
     if not log.is_file():
         console.print(f"[red]no such event log: {log}[/red]")
@@ -222,6 +230,8 @@ def demo(
             progress=lambda n: bar.update(task, completed=n),
         )
         bar.update(task, completed=orders)
+    salted = _salt(log)
+    console.print(f"salted the log with {salted} malformed records (they must become dead letters)")
     use_store = bool(settings.redis_url) and redis_available(settings.redis_url)
     if not use_store:
         console.print("[yellow]no Redis answers: running without the case store[/yellow]")
@@ -229,9 +239,7 @@ def demo(
         with _progress() as bar:
             task = bar.add_task("publishing to Kafka", total=log.stat().st_size)
             counts = publish_log(live, log, lambda done, _t: bar.update(task, completed=done))
-        console.print(
-            "published " + ", ".join(f"{t}={n:,}" for t, n in sorted(counts.items()))
-        )
+        console.print("published " + ", ".join(f"{t}={n:,}" for t, n in sorted(counts.items())))
         console.print("running the recovery dataflow (Kafka mode, to the end of the topics)...")
         secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store))
         console.print(f"dataflow finished in {secs:.1f}s; reading the output topics...")
@@ -245,6 +253,29 @@ def demo(
     if use_store:
         console.print(f"Case store: Redis {settings.redis_url} (keys salvage:case:<order_id>)")
     console.print(f"demo finished in {time.perf_counter() - started:.0f}s")
+
+
+_MALFORMED = [
+    b"this line is not JSON",
+    b'{"event_type": "carrier_scan", "order_id": "O00000001", "schema_version": 1}',
+    b'{"event_id": "bad-ts", "event_type": "support_contact", "order_id": "O00000002", '
+    b'"schema_version": 1, "occurred_at": "last tuesday", "channel": "chat"}',
+    b'{"event_id": "x1", "event_type": "teleported", "order_id": "O00000003", '
+    b'"schema_version": 1, "occurred_at": "2026-03-02T10:00:00Z"}',
+    b'{"event_id": 7, "event_type": "support_contact", "order_id": "O00000004", '
+    b'"schema_version": 1, "occurred_at": "2026-03-02T10:00:00Z", "channel": "chat"}',
+    b'{"event_id": "\xff\xfe", "event_type": "support_contact"}',
+]
+
+
+def _salt(log: Path) -> int:
+    """Spread a few malformed records through a log (deterministically)."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    step = max(1, len(lines) // (len(_MALFORMED) + 1))
+    for i, bad in enumerate(_MALFORMED, start=1):
+        lines.insert(i * step + i - 1, bad + b"\n")
+    log.write_bytes(b"".join(lines))
+    return len(_MALFORMED)
 
 
 def main() -> None:  # pragma: no cover

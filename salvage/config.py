@@ -48,7 +48,11 @@ class Settings(BaseSettings):
         """librdkafka settings common to producers, consumers and the admin client."""
         if not self.kafka_bootstrap:
             raise ValueError("no Kafka bootstrap configured")
-        conf: dict[str, str] = {"bootstrap.servers": self.kafka_bootstrap}
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            # Idle connections closed by the broker are routine; don't log each one.
+            "log.connection.close": "false",
+        }
         if self.kafka_security_protocol:
             conf["security.protocol"] = self.kafka_security_protocol
         if self.kafka_sasl_mechanism:

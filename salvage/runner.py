@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 from collections import Counter
@@ -47,6 +48,8 @@ def run_flow(spec: FlowSpec, workers: int = 1) -> float:
     flow = build_flow(spec)
     started = time.perf_counter()
     cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    del flow
+    gc.collect()  # free the run's Kafka clients now, not at some later collection
     return time.perf_counter() - started
 
 
@@ -90,39 +93,48 @@ def publish_log(
 
 
 def consume_topic(
-    settings: Settings, topic: str, out: Path, group: str, idle_s: float = 3.0
+    settings: Settings, topic: str, out: Path, group: str, timeout_s: float = 60.0
 ) -> int:
-    """Drain a topic into a JSONL file with a real consumer group (as downstream teams would)."""
-    from confluent_kafka import Consumer
+    """Drain a topic into a JSONL file with a real consumer group (as downstream teams would).
+
+    Stops when every partition assigned to the group has reached its end.
+    """
+    from confluent_kafka import Consumer, KafkaError
 
     conf = {
         **settings.kafka_client_config(),
         "group.id": group,
         "auto.offset.reset": "earliest",
         "session.timeout.ms": 6000,
-        "enable.auto.commit": True,
+        "enable.partition.eof": True,
     }
     consumer = Consumer(conf)
     consumer.subscribe([topic])
+    at_end: set[int] = set()
     n = 0
-    last = time.monotonic()
-    assigned_deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("wb") as f:
-        while True:
-            msg = consumer.poll(0.2)
-            now = time.monotonic()
-            if msg is None:
-                waited_enough = now - last > idle_s and consumer.assignment()
-                if waited_enough or now > assigned_deadline + idle_s:
-                    break
-                continue
-            if msg.error():
-                continue
-            f.write((msg.value() or b"") + b"\n")
-            n += 1
-            last = now
-    consumer.close()
+    try:
+        with out.open("wb") as f:
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                        assigned = {tp.partition for tp in consumer.assignment()}
+                        if assigned and assigned <= at_end:
+                            break
+                    continue
+                at_end.discard(msg.partition())
+                f.write((msg.value() or b"") + b"\n")
+                n += 1
+            else:
+                raise TimeoutError(f"{topic}: not at the end after {timeout_s:.0f}s ({n} read)")
+    finally:
+        consumer.close()
     return n
 
 
@@ -212,15 +224,16 @@ def render_summary(s: RunSummary, out_dir: Path, console) -> None:
         )
     if s.outcomes:
         console.print(
-            "Cases closed by outcome: "
-            + ", ".join(f"{o}={n}" for o, n in s.outcomes.most_common())
+            "Cases closed by outcome: " + ", ".join(f"{o}={n}" for o, n in s.outcomes.most_common())
         )
     t = Table(title="Most-delayed courier lanes")
     for col in ("lane", "shipments", "delayed", "delay rate", "alerts"):
         t.add_column(col, justify="left" if col == "lane" else "right")
     opened = Counter(a["lane"] for a in s.alerts if a["state"] == "open")
     for lane, shipped, delayed in s.lanes[:8]:
-        t.add_row(lane, f"{shipped:,}", f"{delayed:,}", f"{delayed / shipped:.1%}", str(opened[lane]))
+        t.add_row(
+            lane, f"{shipped:,}", f"{delayed:,}", f"{delayed / shipped:.1%}", str(opened[lane])
+        )
     console.print(t)
     if s.alerts:
         console.print(f"Lane alerts: {len(s.alerts)} transitions")

@@ -376,7 +376,16 @@ class TopicProducer:
         if self._closed:
             return
         self._closed = True
-        self.flush(timeout)
+        try:
+            self.flush(timeout)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Drop the librdkafka handle now (its callbacks reference us: a cycle GC frees late),
+        so its connections close with it instead of lingering after the dataflow ends."""
+        self._callbacks = {}
+        self._producer = None  # type: ignore[assignment]
 
     def __enter__(self) -> Self:
         return self
