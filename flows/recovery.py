@@ -32,6 +32,7 @@ from flows.stages import (
     shard_of,
 )
 from salvage.config import Settings
+from sinks import metrics
 
 # ----------------------------------------------------------------------------- logic glue
 
@@ -184,6 +185,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     case_keys, cust_keys, lane_keys = cfg.case_keys(), cfg.cust_keys(), cfg.lane_keys()
     n_case = cfg.case_shards
 
+    metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
     flow = Dataflow("salvage-recovery")
     raw = op.input("input", flow, source)
 

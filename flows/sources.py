@@ -6,7 +6,7 @@ ends every batch with a watermark tick. Items:
 
 * ``("e", effective_time_us, tiebreak, event)``
 * ``("x", DeadLetter)``
-* ``("w", partition_id, watermark_us)``
+* ``("w", partition_id, watermark_us, latest_event_time_us)``
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ class _Parser:
 
     def tick(self, out: list[Item], wm: int | None = None) -> None:
         wm = self.clock.watermark if wm is None else wm
-        if wm != self.last_tick:
+        if wm != self.last_tick or wm == END:
             self.last_tick = wm
-            out.append(("w", self.part_id, wm))
+            out.append(("w", self.part_id, wm, self.clock.max_t))
 
 
 # ------------------------------------------------------------------------ files

@@ -1,7 +1,7 @@
 """The keyed stages of the recovery dataflow, as plain Python (no Bytewax import).
 
 Each stage instance is one logical shard. It receives data items ``("e", t, tiebreak, payload)``
-and watermark ticks ``("w", upstream_id, watermark)``, holds data in a :class:`Reorderer`, and
+and watermark ticks ``("w", upstream_id, watermark, latest_event_time)``, holds data in a :class:`Reorderer`, and
 applies it in event-time order once every upstream has passed it. What it emits is a list of
 ``(route, item)`` pairs; the Bytewax wiring (:mod:`flows.recovery`) turns routes into keys.
 
@@ -30,7 +30,7 @@ from connectors.outputs import (
     Trigger,
 )
 from features.customer import CustomerContext
-from features.eventtime import DAY_US, END, HOUR_US, Reorderer, from_us, iso
+from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
 from features.order_case import OrderCase, Status
 from policy.baseline import CUSTOMER_FACING, POLICY_VERSION, decide
@@ -133,6 +133,13 @@ class _Stage:
         self.name = name
         self.reorderer = Reorderer(upstreams)
         self.late = 0
+        self.seen_t = BEGIN  # latest event time any upstream has seen (carried by ticks)
+
+    def horizon(self, low: int) -> int:
+        """How far time may advance for timers and windows: the watermark, except that the end of
+        input (watermark +inf) only advances time to the last event seen anywhere upstream. The
+        end of a replayed log is not the end of time; what is still open stays open, in state."""
+        return self.seen_t + 1 if low >= END else low
 
     def on_batch(self, items: list[tuple]) -> Emit:
         out: Emit = []
@@ -145,15 +152,17 @@ class _Stage:
                     self.late += 1
                     self.reorderer.push(self.reorderer.low, tie, payload)
             else:
-                _, src, wm = item
+                _, src, wm, seen = item
                 self.reorderer.tick(src, wm)
+                if seen > self.seen_t:
+                    self.seen_t = seen
                 ticked = True
         if ticked:
             before = self.reorderer.low
             released = self.reorderer.release()
             self.apply(released, self.reorderer.low, out)
             if self.reorderer.low != before:
-                out.append(("tick", ("w", self.name, self.reorderer.low)))
+                out.append(("tick", ("w", self.name, self.reorderer.low, self.seen_t)))
         return out
 
     def apply(self, released: list[tuple[int, str, Any]], low: int, out: Emit) -> None:
@@ -283,10 +292,9 @@ class CaseStage(_Stage):
                     ("lane", (dest, ("e", t, f"{ev.event_id}", (case.lane, order_id, delayed))))
                 )
             self._after_update(case, t)
-        if low >= END:
-            low = END  # end of input: fire everything still scheduled
-        self._fire_timers(low, out)
-        self._expire_tombstones(low)
+        horizon = self.horizon(low)
+        self._fire_timers(horizon, out)
+        self._expire_tombstones(horizon)
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
 
 
@@ -420,7 +428,7 @@ class LaneStage(_Stage):
         for lane in sorted(self.lanes):
             monitor = self.lanes[lane]
             shipped, delayed_before = monitor.shipments_total, monitor.delayed_total
-            for tr in monitor.close_windows(low, lcfg):
+            for tr in monitor.close_windows(self.horizon(low), lcfg):
                 alert = _lane_alert(tr)
                 metrics.LANE_ALERT_OPEN.labels(lane).set(1 if tr.opened else 0)
                 out.append(
