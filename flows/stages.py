@@ -1,9 +1,10 @@
 """The keyed stages of the recovery dataflow, as plain Python (no Bytewax import).
 
 Each stage instance is one logical shard. It receives data items ``("e", t, tiebreak, payload)``
-and watermark ticks ``("w", upstream_id, watermark, latest_event_time)``, holds data in a :class:`Reorderer`, and
-applies it in event-time order once every upstream has passed it. What it emits is a list of
-``(route, item)`` pairs; the Bytewax wiring (:mod:`flows.recovery`) turns routes into keys.
+and watermark ticks ``("w", upstream_id, watermark, latest_event_time)``, holds data in a
+:class:`Reorderer`, and applies it in event-time order once every upstream has passed it.
+What it emits is a list of ``(route, item)`` pairs; the Bytewax wiring
+(:mod:`flows.recovery`) turns routes into keys.
 
 Routes: ``cust`` / ``lane`` / ``out`` carry data to the next stage (``(dest_key, item)``),
 ``tick`` a watermark to broadcast downstream, ``dlq`` a dead letter, ``case`` a case-store record.

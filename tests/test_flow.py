@@ -178,7 +178,6 @@ def test_cases_close_in_event_time_and_state_is_evicted(log, tmp_path):
     of a replayed log is not the end of time), and only those whose deadline lies beyond it."""
     docs = [json.loads(x) for x in log.read_bytes().splitlines()]
     placed = {d["order_id"] for d in docs if d["event_type"] == "order_placed"}
-    last = max(d["occurred_at"] for d in docs)
     closed_before = sum(_samples("salvage_cases_closed_total").values())
     run_file_flow([log], tmp_path, **WIDE)
     closed = sum(_samples("salvage_cases_closed_total").values()) - closed_before
