@@ -344,6 +344,42 @@ class OrderCase:
                 self.outcome if self.outcome is Outcome.RETURN_CANCELLED else Outcome.KEPT, now
             )
 
+    def facts(self) -> dict:
+        """Scalar facts of the case (for KPIs at close); times in µs, 0 when unknown."""
+        return {
+            "order_id": self.order_id,
+            "customer_id": self.customer_id,
+            "placed_at": self.placed_at,
+            "currency": self.currency,
+            "order_value": self.order_value,
+            "margin": self.margin,
+            "units": self.n_units,
+            "sku_family": self.sku_family,
+            "campaign": self.campaign,
+            "channel": self.channel,
+            "courier": self.courier,
+            "lane": self.lane,
+            "promised_at": self.promised_at,
+            "delivered_at": self.delivered_at,
+            "slippage_hours": self.slippage_hours(self.closed_at or self.last_event_at),
+            "contacts_total": self.contacts_total,
+            "last_contact_intent": self.contacts[-1][1] if self.contacts else "",
+            "return_requested_at": self.return_requested_at,
+            "return_reason": self.return_reason,
+            "preferred_resolution": self.preferred_resolution,
+            "return_value": self.return_value,
+            "label_issued_at": self.label_issued_at,
+            "label_cost": self.label_cost,
+            "received_at": self.received_at,
+            "graded_at": self.graded_at,
+            "grade": self.grade,
+            "abuse_flags": list(self.abuse_flags),
+            "refunded_amount": self.refunded_amount,
+            "refund_at": self.refund_at,
+            "outcome": self.outcome.value if self.outcome else None,
+            "closed_at": self.closed_at,
+        }
+
     # ------------------------------------------------------------------ features
 
     def slippage_hours(self, now: int) -> float:

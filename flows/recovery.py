@@ -32,7 +32,7 @@ from flows.stages import (
     shard_of,
 )
 from salvage.config import Settings
-from sinks import metrics
+from sinks import kpis, metrics
 
 # ----------------------------------------------------------------------------- logic glue
 
@@ -270,6 +270,10 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             op.map("ser_d", dlq, lambda d: (d.order_id or d.source, d.model_dump_json().encode())),
             sinks["dlq"],
         )
+    # KPIs: a stateless tap on closed cases (Prometheus counters commute; order is irrelevant)
+    op.inspect(
+        "kpis", customers, lambda _step, kv: kpis.observe(kv[1][1]) if kv[1][0] == "kpi" else None
+    )
     if "cases" in sinks:
         records = op.filter_map("case_records", customers, only("case"))
         op.output("out_cases", records, sinks["cases"])

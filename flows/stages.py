@@ -125,6 +125,7 @@ class CaseView:
     refunded_amount: float
     returned: bool
     abuse_flags: tuple[str, ...]
+    facts: dict | None = None  # the case's scalar facts, on the closing update only
 
 
 class _Stage:
@@ -234,6 +235,7 @@ class CaseStage(_Stage):
             refunded_amount=case.refunded_amount,
             returned=bool(case.return_requested_at),
             abuse_flags=case.abuse_flags,
+            facts=case.facts() if case.status is Status.CLOSED else None,
         )
         dest = cust_key(shard_of(case.customer_id, self.cfg.cust_shards))
         out.append(("cust", (dest, ("e", t, f"{source_id}|{case.order_id}", view))))
@@ -397,6 +399,19 @@ class CustomerStage(_Stage):
             }
             out.append(("case", (view.order_id, t, json.dumps(record))))
         if closed:
+            # KPI fact: what happened to the case, and what we did about it (metrics only)
+            out.append(
+                (
+                    "kpi",
+                    {
+                        "t": t,
+                        "case": view.facts,
+                        "triggered": list(self.sent.get(view.order_id, ())),
+                        "holdout": False,
+                        "customer": ctx.features(t),
+                    },
+                )
+            )
             self.sent.pop(view.order_id, None)
 
     def _guardrail(self, view: CaseView, ctx: CustomerContext, action: Action, t: int) -> str:

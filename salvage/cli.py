@@ -33,6 +33,19 @@ def _settings(**overrides) -> Settings:
     return base.model_copy(update=updates) if updates else base
 
 
+def _serve_metrics(port: int) -> None:
+    """Serve Prometheus metrics on 127.0.0.1:port; a busy port is a warning, not a failure."""
+    from sinks.metrics import serve
+
+    if not port:
+        return
+    try:
+        serve(port)
+        console.print(f"metrics: http://127.0.0.1:{port}/metrics")
+    except OSError as exc:
+        console.print(f"[yellow]metrics endpoint not started on port {port}: {exc}[/yellow]")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -108,13 +121,23 @@ def run(
         typer.Option(help="Redis case store URL ('' disables); default SALVAGE_REDIS_URL"),
     ] = None,
     summary: Annotated[bool, typer.Option(help="Print a summary at the end")] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus /metrics here (0: off; SALVAGE_METRICS_PORT)"),
+    ] = None,
 ) -> None:
     """Run the recovery dataflow (file mode with --input, else Kafka mode)."""
     from flows.recovery import FlowSpec
     from salvage.runner import kafka_available, render_summary, run_flow, summarise
     from sinks.redis_store import redis_available
 
-    settings = _settings(shards=shards, kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
+    settings = _settings(
+        shards=shards,
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        metrics_port=metrics_port,
+    )
+    _serve_metrics(settings.metrics_port)
     if settings.shards < workers:
         settings = settings.model_copy(update={"shards": workers})
     use_store = bool(settings.redis_url) and redis_available(
@@ -218,6 +241,7 @@ def demo(
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     settings = _settings()
+    _serve_metrics(settings.metrics_port)
     log = out_dir / "events.jsonl"
     with _progress() as bar:
         task = bar.add_task(f"simulating {scenario}", total=orders)

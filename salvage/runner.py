@@ -236,8 +236,8 @@ def render_summary(s: RunSummary, out_dir: Path, console) -> None:
         )
     console.print(t)
     if s.alerts:
-        console.print(f"Lane alerts: {len(s.alerts)} transitions")
-        for a in s.alerts[:6]:
+        console.print(f"Lane alerts: {len(s.alerts)} transitions (first 8 in event time)")
+        for a in sorted(s.alerts, key=lambda a: (a["window_end"], a["lane"]))[:8]:
             console.print(
                 f"  {a['window_end']}  {a['lane']:<24} {a['state']:<6} {a['severity']:<8} "
                 f"rate {a['delay_rate']:.0%} vs baseline {a['baseline_rate']:.0%} "
