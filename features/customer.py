@@ -23,6 +23,7 @@ class CustomerContext:
     abuse_flags: int = 0
     not_received_claims: int = 0
     chargebacks: int = 0
+    last_return_at: int = 0
     # event times of outbound customer contacts we triggered (for frequency caps)
     contacted_at: list[int] = field(default_factory=list)
 
@@ -37,6 +38,7 @@ class CustomerContext:
                 self.spend += view.order_value
             elif change == "return_requested":
                 self.returns += 1
+                self.last_return_at = t
                 if view.features.get("reason_not_received"):
                     self.not_received_claims += 1
             elif change == "graded" and view.abuse_flags:
@@ -71,4 +73,7 @@ class CustomerContext:
             "customer_chargebacks": float(self.chargebacks),
             "customer_net_value": self.spend - self.refunded_value,
             "customer_tenure_days": (now - self.first_seen) / DAY_US if self.first_seen else 0.0,
+            "customer_days_since_return": (now - self.last_return_at) / DAY_US
+            if self.last_return_at
+            else -1.0,
         }

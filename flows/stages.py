@@ -316,6 +316,7 @@ class CustomerStage(_Stage):
         self.scorer = scorer or RuleScorer()
         self.customers: dict[str, CustomerContext] = {}
         self.sent: dict[str, list[str]] = {}  # order id -> actions already triggered
+        self.first_score: dict[str, float] = {}  # order id -> first recoverability score
         self.last_sweep = 0
 
     def apply(self, released, low: int, out: Emit) -> None:
@@ -333,9 +334,13 @@ class CustomerStage(_Stage):
         ctx = self.customers.get(view.customer_id)
         if ctx is None:
             ctx = self.customers[view.customer_id] = CustomerContext(view.customer_id)
+        if "placed" in view.changes:
+            # KPI fact: an order, and how long ago this customer last returned something
+            out.append(("kpi", {"kind": "order", "t": t, "customer": ctx.features(t)}))
         ctx.observe(t, view.changes, view)
         features = view.features | ctx.features(t)
         scores = self.scorer.score(features)
+        self.first_score.setdefault(view.order_id, scores.recoverability)
         closed = view.status == "closed"
         decision = decide(features, scores, resolved=closed or view.outcome is not None)
         decision_doc: dict[str, Any] | None = None
@@ -404,8 +409,11 @@ class CustomerStage(_Stage):
                 (
                     "kpi",
                     {
+                        "kind": "case",
                         "t": t,
                         "case": view.facts,
+                        "first_recoverability": self.first_score.pop(view.order_id, None),
+                        "scores": {"recoverability": scores.recoverability, "abuse": scores.abuse},
                         "triggered": list(self.sent.get(view.order_id, ())),
                         "holdout": False,
                         "customer": ctx.features(t),
