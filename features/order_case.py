@@ -127,8 +127,10 @@ class OrderCase:
     def is_duplicate(self, event_id: str) -> bool:
         return event_id in self.seen
 
-    def apply(self, ev, t: int, return_window_us: int) -> list[str]:
-        """Apply one event at effective time ``t``; return change codes (e.g. ``delay_signal``)."""
+    def apply(self, ev, t: int, return_window_us: int, intent: str | None = None) -> list[str]:
+        """Apply one event at effective time ``t``; return change codes (e.g. ``delay_signal``).
+
+        ``intent``: for a support contact without an agent-set intent, the inferred one."""
         if len(self.seen) < MAX_SEEN_IDS:
             self.seen.add(ev.event_id)
         self.events += 1
@@ -141,7 +143,7 @@ class OrderCase:
         elif kind == "carrier_scan":
             changes.extend(self._scan(ev, t))
         elif kind == "support_contact":
-            changes.extend(self._contact(ev, t))
+            changes.extend(self._contact(ev, t, intent))
         elif kind == "order_shipped":
             self._shipped(ev, t)
         elif kind == "order_cancelled":
@@ -227,8 +229,8 @@ class OrderCase:
             changes.append("delay_signal")
         return changes
 
-    def _contact(self, ev: SupportContact, t: int) -> list[str]:
-        intent = ev.intent.value if ev.intent is not None else "other"
+    def _contact(self, ev: SupportContact, t: int, inferred: str | None) -> list[str]:
+        intent = ev.intent.value if ev.intent is not None else inferred or "other"
         self.contacts.append((t, intent, ev.urgency.value == "high", ev.sentiment or 0.0))
         if len(self.contacts) > MAX_CONTACTS:
             del self.contacts[0]

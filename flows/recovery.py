@@ -8,6 +8,7 @@ routes items between them (see DESIGN §1 and the "Event time" section of the RE
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Callable
@@ -24,14 +25,17 @@ from flows.sources import EventLogSource, KafkaEventSource
 from flows.stages import (
     OUT_KEY,
     CaseStage,
-    CustomerStage,
+    ContextStage,
+    DispatchStage,
     LaneStage,
+    ModelStage,
     OutputStage,
     StageConfig,
     case_key,
     shard_of,
 )
 from salvage.config import Settings
+from scoring.models import ModelConfig
 from sinks import kpis, metrics
 
 # ----------------------------------------------------------------------------- logic glue
@@ -149,11 +153,12 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
     if spec.file_mode:
         out = spec.out_dir or Path("out")
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("interventions", "lane_alerts", "dead_letters"):
+        for name in ("interventions", "lane_alerts", "dead_letters", "model_events"):
             (out / f"{name}.jsonl").touch()  # exists even when a stream stays empty
         sinks["triggers"] = JsonlSink(out / "interventions.jsonl")
         sinks["alerts"] = JsonlSink(out / "lane_alerts.jsonl")
         sinks["dlq"] = JsonlSink(out / "dead_letters.jsonl")
+        sinks["model_events"] = JsonlSink(out / "model_events.jsonl")
     else:
         from sinks.kafka import KafkaOutputSink
 
@@ -161,6 +166,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         sinks["triggers"] = KafkaOutputSink(conf, s.topic_interventions)
         sinks["alerts"] = KafkaOutputSink(conf, s.topic_lane_alerts)
         sinks["dlq"] = KafkaOutputSink(conf, s.topic_dead_letters)
+        sinks["model_events"] = KafkaOutputSink(conf, s.topic_model_events)
     if spec.case_store and s.redis_url:
         from sinks.redis_store import RedisCaseSink
 
@@ -181,26 +187,37 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         lane_shards=max(1, min(s.shards, 4)),
         sources=tuple(source.part_ids()),
         return_window_us=int(s.return_window_days * 86_400 * 1e6),
+        model_shards=s.model_shards,
+        model=ModelConfig(min_labels=s.model_min_labels, promote_margin=s.model_promote_margin),
+        infer_intents=s.infer_intents,
+        intent_threshold=s.intent_threshold,
     )
-    case_keys, cust_keys, lane_keys = cfg.case_keys(), cfg.cust_keys(), cfg.lane_keys()
+    case_keys, lane_keys = cfg.case_keys(), cfg.lane_keys()
+    ctx_keys, disp_keys, model_keys = cfg.cust_keys("ctx"), cfg.cust_keys("disp"), cfg.model_keys()
     n_case = cfg.case_shards
 
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
     flow = Dataflow("salvage-recovery")
     raw = op.input("input", flow, source)
 
-    def route_source(item):
-        if item[0] == "e":
-            k = case_key(shard_of(item[3].order_id, n_case))
-            return [(k, (k, item))]
-        if item[0] == "w":
-            return [(k, (k, item)) for k in case_keys]
-        return []
+    def route_source(items: list) -> list:
+        """Group a source batch per case shard: one item per shard, then the ticks."""
+        groups: dict[str, list] = {}
+        ticks = []
+        for item in items:
+            if item[0] == "e":
+                k = case_key(shard_of(item[3].order_id, n_case))
+                groups.setdefault(k, []).append(item[1:])
+            elif item[0] == "w":
+                ticks.append(item)
+        out = [(k, (k, ("b", batch))) for k, batch in groups.items()]
+        out += [(k, (k, tick)) for tick in ticks for k in case_keys]
+        return out
 
     source_dlq = op.filter_map("source_dlq", raw, lambda i: i[1] if i[0] == "x" else None)
     cases = _stateful(
         "cases",
-        op.flat_map("route_cases", raw, route_source),
+        op.flat_map_batch("route_cases", raw, route_source),
         lambda k: CaseStage(_shard_no(k), cfg),
     )
 
@@ -216,10 +233,20 @@ def build_flow(spec: FlowSpec) -> Dataflow:
 
         return f
 
-    customers = _stateful(
-        "customers",
-        op.flat_map("route_customers", cases, fan("cust", cust_keys)),
-        lambda k: CustomerStage(_shard_no(k), cfg),
+    context = _stateful(
+        "context",
+        op.flat_map("route_context", cases, fan("ctx", ctx_keys)),
+        lambda k: ContextStage(_shard_no(k), cfg),
+    )
+    models = _stateful(
+        "models",
+        op.flat_map("route_models", context, fan("model", model_keys)),
+        lambda k: ModelStage(_shard_no(k), cfg),
+    )
+    dispatch = _stateful(
+        "dispatch",
+        op.flat_map("route_dispatch", models, fan("disp", disp_keys)),
+        lambda k: DispatchStage(_shard_no(k), cfg),
     )
     lanes = _stateful(
         "lanes",
@@ -227,7 +254,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         lambda k: LaneStage(_shard_no(k), cfg),
     )
     to_out = op.flat_map(
-        "route_output", op.merge("cust_lane", customers, lanes), fan("out", [OUT_KEY])
+        "route_output", op.merge("disp_lane", dispatch, lanes), fan("out", [OUT_KEY])
     )
     ordered = _stateful("output", to_out, lambda k: OutputStage(cfg))
 
@@ -236,6 +263,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
 
     triggers = op.filter_map("triggers", ordered, only("trigger"))
     alerts = op.filter_map("alerts", ordered, only("alert"))
+    model_events = op.filter_map("model_events", ordered, only("model_event"))
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
     dlq = op.merge("dead_letters", source_dlq, case_dlq)
 
@@ -254,6 +282,11 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         op.output(
             "out_dlq", op.map("ser_d", dlq, lambda d: ("d", d.model_dump_json())), sinks["dlq"]
         )
+        op.output(
+            "out_model_events",
+            op.map("ser_m", model_events, lambda m: ("m", json.dumps(m, sort_keys=True))),
+            sinks["model_events"],
+        )
     else:
         op.output(
             "out_triggers",
@@ -270,12 +303,21 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             op.map("ser_d", dlq, lambda d: (d.order_id or d.source, d.model_dump_json().encode())),
             sinks["dlq"],
         )
-    # KPIs: a stateless tap on closed cases (Prometheus counters commute; order is irrelevant)
-    op.inspect(
-        "kpis", customers, lambda _step, kv: kpis.observe(kv[1][1]) if kv[1][0] == "kpi" else None
-    )
+        op.output(
+            "out_model_events",
+            op.map("ser_m", model_events, lambda m: (m["model"], json.dumps(m).encode())),
+            sinks["model_events"],
+        )
+
+    # KPIs: a stateless tap on order/case facts (Prometheus counters commute; order is irrelevant)
+    def tap(_step, kv) -> None:
+        if kv[1][0] == "kpi":
+            kpis.observe(kv[1][1])
+
+    op.inspect("kpis_orders", context, tap)
+    op.inspect("kpis_cases", dispatch, tap)
     if "cases" in sinks:
-        records = op.filter_map("case_records", customers, only("case"))
+        records = op.filter_map("case_records", dispatch, only("case"))
         op.output("out_cases", records, sinks["cases"])
     return flow
 

@@ -36,6 +36,8 @@ from features.lane import LaneConfig, LaneMonitor, LaneTransition
 from features.order_case import OrderCase, Status
 from policy.baseline import CUSTOMER_FACING, POLICY_VERSION, decide
 from scoring.baseline import RuleScorer
+from scoring.models import ModelConfig, ModelSet
+from scoring.text import IntentClassifier
 from sinks import metrics
 
 Emit = list[tuple[str, Any]]
@@ -58,6 +60,11 @@ _EVENTS = _cached(metrics.EVENTS)
 _CLOSED = _cached(metrics.CASES_CLOSED)
 _TRIGGERS = _cached(metrics.TRIGGERS)
 _SUPPRESSED = _cached(metrics.SUPPRESSED)
+_INFERRED = _cached(metrics.INTENTS_INFERRED)
+_MODEL_CHANGES = {
+    "promoted": _cached(metrics.MODEL_PROMOTIONS),
+    "demoted": _cached(metrics.MODEL_DEMOTIONS),
+}
 
 TOMBSTONE_US = 30 * DAY_US  # closed cases are remembered (for dedupe / diagnostics) this long
 CUSTOMER_IDLE_US = 400 * DAY_US  # customer context evicted after this long without activity
@@ -74,8 +81,16 @@ def case_key(shard: int) -> str:
     return f"case-{shard:04d}"
 
 
-def cust_key(shard: int) -> str:
-    return f"cust-{shard:04d}"
+def ctx_key(shard: int) -> str:
+    return f"ctx-{shard:04d}"
+
+
+def model_key(shard: int) -> str:
+    return f"model-{shard:04d}"
+
+
+def disp_key(shard: int) -> str:
+    return f"disp-{shard:04d}"
 
 
 def lane_key(shard: int) -> str:
@@ -94,12 +109,23 @@ class StageConfig:
     return_window_us: int = 30 * DAY_US
     lane: LaneConfig = field(default_factory=LaneConfig)
     case_records: bool = True  # emit case-store records (off when no store is configured)
+    model_shards: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    infer_intents: bool = True
+    intent_threshold: float = 0.6
 
     def case_keys(self) -> list[str]:
         return [case_key(i) for i in range(self.case_shards)]
 
-    def cust_keys(self) -> list[str]:
-        return [cust_key(i) for i in range(self.cust_shards)]
+    def cust_keys(self, kind: str = "ctx") -> list[str]:
+        make = ctx_key if kind == "ctx" else disp_key
+        return [make(i) for i in range(self.cust_shards)]
+
+    def model_keys(self) -> list[str]:
+        return [model_key(i) for i in range(self.model_shards)]
+
+    def model_shard_of(self, view) -> int:
+        return shard_of(view.customer_id, self.model_shards)
 
     def lane_keys(self) -> list[str]:
         return [lane_key(i) for i in range(self.lane_shards)]
@@ -136,6 +162,20 @@ class _Stage:
         self.reorderer = Reorderer(upstreams)
         self.late = 0
         self.seen_t = BEGIN  # latest event time any upstream has seen (carried by ticks)
+        self._outbox: dict[tuple[str, str], list[tuple[int, str, Any]]] = {}
+
+    def send(self, route: str, dest: str, t: int, tie: str, payload: Any) -> None:
+        """Queue a data item for ``dest``; one batch item per destination leaves per call."""
+        box = self._outbox.get((route, dest))
+        if box is None:
+            box = self._outbox[(route, dest)] = []
+        box.append((t, tie, payload))
+
+    def _push(self, t: int, tie: str, payload: Any) -> None:
+        if not self.reorderer.push(t, tie, payload):
+            # Only possible after an idle upstream wakes up (live mode): apply at the watermark.
+            self.late += 1
+            self.reorderer.push(self.reorderer.low, tie, payload)
 
     def horizon(self, low: int) -> int:
         """How far time may advance for timers and windows: the watermark, except that the end of
@@ -147,12 +187,12 @@ class _Stage:
         out: Emit = []
         ticked = False
         for item in items:
-            if item[0] == "e":
-                _, t, tie, payload = item
-                if not self.reorderer.push(t, tie, payload):
-                    # Only possible after an idle upstream wakes up (live mode): apply now.
-                    self.late += 1
-                    self.reorderer.push(self.reorderer.low, tie, payload)
+            kind = item[0]
+            if kind == "b":
+                for t, tie, payload in item[1]:
+                    self._push(t, tie, payload)
+            elif kind == "e":
+                self._push(item[1], item[2], item[3])
             else:
                 _, src, wm, seen = item
                 self.reorderer.tick(src, wm)
@@ -163,6 +203,10 @@ class _Stage:
             before = self.reorderer.low
             released = self.reorderer.release()
             self.apply(released, self.reorderer.low, out)
+            if self._outbox:
+                for (route, dest), batch in self._outbox.items():
+                    out.append((route, (dest, ("b", batch))))
+                self._outbox = {}
             if self.reorderer.low != before:
                 out.append(("tick", ("w", self.name, self.reorderer.low, self.seen_t)))
         return out
@@ -182,6 +226,9 @@ class CaseStage(_Stage):
         self.timers: list[tuple[int, str]] = []
         self.tombstones: dict[str, int] = {}
         self.tomb_heap: list[tuple[int, str]] = []
+        self.intents = (
+            IntentClassifier(threshold=cfg.intent_threshold) if cfg.infer_intents else None
+        )
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
@@ -237,8 +284,8 @@ class CaseStage(_Stage):
             abuse_flags=case.abuse_flags,
             facts=case.facts() if case.status is Status.CLOSED else None,
         )
-        dest = cust_key(shard_of(case.customer_id, self.cfg.cust_shards))
-        out.append(("cust", (dest, ("e", t, f"{source_id}|{case.order_id}", view))))
+        dest = ctx_key(shard_of(case.customer_id, self.cfg.cust_shards))
+        self.send("ctx", dest, t, f"{source_id}|{case.order_id}", view)
 
     def _dead(self, raw_event, kind: DeadLetterKind, message: str, out: Emit) -> None:
         raw = raw_event.model_dump_json().encode()
@@ -257,6 +304,18 @@ class CaseStage(_Stage):
                 ),
             )
         )
+
+    def _intent(self, ev) -> str | None:
+        """Learn from agent-set intents; infer the missing ones from text (None: nothing to do)."""
+        if self.intents is None or not ev.text:
+            return None
+        if ev.intent is not None:
+            self.intents.learn(ev.text, ev.intent.value)
+            metrics.INTENT_ACCURACY.labels(str(self.shard)).set(self.intents.accuracy)
+            return None
+        intent, _confidence = self.intents.infer(ev.text)
+        _INFERRED(intent).inc()
+        return intent
 
     # -- the stage ---------------------------------------------------------------
     def apply(self, released, low: int, out: Emit) -> None:
@@ -285,15 +344,14 @@ class CaseStage(_Stage):
             elif ev.event_type == "order_placed":
                 self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
                 continue
-            changes = case.apply(ev, t, window)
+            inferred = self._intent(ev) if ev.event_type == "support_contact" else None
+            changes = case.apply(ev, t, window, inferred)
             _EVENTS(STREAM_OF[ev.event_type].value).inc()
             self._emit_view(case, t, ev.event_id, changes, out)
             if ev.event_type == "carrier_scan" and case.lane != "unknown":
                 delayed = "delay_signal" in changes
                 dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
-                out.append(
-                    ("lane", (dest, ("e", t, f"{ev.event_id}", (case.lane, order_id, delayed))))
-                )
+                self.send("lane", dest, t, ev.event_id, (case.lane, order_id, delayed))
             self._after_update(case, t)
         horizon = self.horizon(low)
         self._fire_timers(horizon, out)
@@ -306,42 +364,112 @@ def trigger_id(order_id: str, action: str, source_id: str, policy_version: str) 
     return digest.hexdigest()[:32]
 
 
-class CustomerStage(_Stage):
-    """Customer context, scoring, policy and dispatch guardrails for one customer shard."""
+class ContextStage(_Stage):
+    """Customer context for one customer shard; forwards each case update, with the merged
+    case + customer features, to the model shard of its customer."""
 
-    def __init__(self, shard: int, cfg: StageConfig, scorer=None) -> None:
-        super().__init__(cust_key(shard), cfg.case_keys())
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(ctx_key(shard), cfg.case_keys())
         self.shard = shard
         self.cfg = cfg
-        self.scorer = scorer or RuleScorer()
         self.customers: dict[str, CustomerContext] = {}
+        self.last_sweep = 0
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        for t, tie, view in released:
+            ctx = self.customers.get(view.customer_id)
+            if ctx is None:
+                ctx = self.customers[view.customer_id] = CustomerContext(view.customer_id)
+            if "placed" in view.changes:
+                # KPI fact: an order, and how long ago this customer last returned something
+                out.append(("kpi", {"kind": "order", "t": t, "customer": ctx.features(t)}))
+            ctx.observe(t, view.changes, view)
+            features = view.features | ctx.features(t)
+            dest = model_key(shard_of(view.customer_id, self.cfg.model_shards))
+            self.send("model", dest, t, tie, (view, features))
+        if low < END and low - self.last_sweep > DAY_US:
+            self.last_sweep = low
+            idle = [c for c, x in self.customers.items() if low - x.last_seen > CUSTOMER_IDLE_US]
+            for c in idle:
+                del self.customers[c]
+
+
+class ModelStage(_Stage):
+    """Rule baseline + online models for one model shard: score, learn on labels, promote."""
+
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(model_key(shard), cfg.cust_keys("ctx"))
+        self.shard = shard
+        self.cfg = cfg
+        self.rules = RuleScorer()
+        self.models = ModelSet(cfg.model)
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        labelled = False
+        for t, tie, (view, features) in released:
+            events: list[dict] = []
+            closed = view.status == "closed"
+            if closed:
+                labelled = True
+                if view.facts is not None:
+                    events = self.models.label(view.order_id, t, view.facts)
+                else:
+                    self.models.forget(view.order_id)
+                for ev in events:
+                    _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
+            rules = self.rules.score(features)
+            scored = self.models.score(
+                view.order_id, t, features, rules, view.returned, snapshot=not closed
+            )
+            dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
+            self.send("disp", dest, t, tie, (view, features, scored, events))
+        if labelled:
+            self._export_metrics()
+
+    def _export_metrics(self) -> None:
+        shard = str(self.shard)
+        for name, summary in self.models.summary().items():
+            metrics.MODEL_ACTIVE.labels(name, shard).set(1 if summary["active"] else 0)
+            for scorer in ("model", "rules"):
+                s = summary[scorer]
+                metrics.MODEL_AUC.labels(name, scorer, shard).set(s["auc"])
+                metrics.MODEL_LOGLOSS.labels(name, scorer, shard).set(s["logloss"])
+                metrics.MODEL_BRIER.labels(name, scorer, shard).set(s["brier"])
+            metrics.MODEL_LABELS.labels(name, shard).set(summary["labels"])
+
+
+class DispatchStage(_Stage):
+    """Policy, guardrails and triggers for one customer shard (contact caps live here)."""
+
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(disp_key(shard), cfg.model_keys())
+        self.shard = shard
+        self.cfg = cfg
+        self.contacted: dict[str, list[int]] = {}  # customer -> our outbound contact times
         self.sent: dict[str, list[str]] = {}  # order id -> actions already triggered
         self.first_score: dict[str, float] = {}  # order id -> first recoverability score
         self.last_sweep = 0
 
     def apply(self, released, low: int, out: Emit) -> None:
-        for t, _tie, view in released:
-            self._update(t, view, out)
+        for t, _tie, (view, features, scored, events) in released:
+            for ev in events:
+                out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
+                tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
+                self.send("out", OUT_KEY, t, tie, ("model_event", out_ev))
+            self._update(t, view, features, scored, out)
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
-            stale = [
-                c for c, ctx in self.customers.items() if low - ctx.last_seen > CUSTOMER_IDLE_US
-            ]
+            stale = [c for c, ts in self.contacted.items() if ts and low - ts[-1] > 30 * DAY_US]
             for c in stale:
-                del self.customers[c]
+                del self.contacted[c]
 
-    def _update(self, t: int, view: CaseView, out: Emit) -> None:
-        ctx = self.customers.get(view.customer_id)
-        if ctx is None:
-            ctx = self.customers[view.customer_id] = CustomerContext(view.customer_id)
-        if "placed" in view.changes:
-            # KPI fact: an order, and how long ago this customer last returned something
-            out.append(("kpi", {"kind": "order", "t": t, "customer": ctx.features(t)}))
-        ctx.observe(t, view.changes, view)
-        features = view.features | ctx.features(t)
-        scores = self.scorer.score(features)
-        self.first_score.setdefault(view.order_id, scores.recoverability)
+    def _contacts_within(self, customer: str, t: int, window_us: int) -> int:
+        return sum(1 for c in self.contacted.get(customer, ()) if t - window_us < c <= t)
+
+    def _update(self, t: int, view: CaseView, features, scored, out: Emit) -> None:
+        scores = scored.scores
         closed = view.status == "closed"
+        self.first_score.setdefault(view.order_id, scores.recoverability)
         decision = decide(features, scores, resolved=closed or view.outcome is not None)
         decision_doc: dict[str, Any] | None = None
         if decision is not None:
@@ -352,15 +480,16 @@ class CustomerStage(_Stage):
                 "reason_codes": list(decision.reason_codes),
                 "candidates": [list(c) for c in decision.candidates],
             }
-            suppressed = self._guardrail(view, ctx, action, t)
+            suppressed = self._guardrail(view, action, t)
             decision_doc["suppressed_by"] = suppressed
             if suppressed:
                 _SUPPRESSED(suppressed).inc()
             else:
-                sent = self.sent.setdefault(view.order_id, [])
-                sent.append(action.value)
+                self.sent.setdefault(view.order_id, []).append(action.value)
                 if action in CUSTOMER_FACING:
-                    ctx.record_contact(t)
+                    log = self.contacted.setdefault(view.customer_id, [])
+                    log.append(t)
+                    del log[:-8]
                 trig = Trigger(
                     trigger_id=trigger_id(
                         view.order_id, action.value, view.source_id, POLICY_VERSION
@@ -382,7 +511,7 @@ class CustomerStage(_Stage):
                 )
                 _TRIGGERS(action.value).inc()
                 decision_doc["trigger_id"] = trig.trigger_id
-                out.append(("out", (OUT_KEY, ("e", t, f"t|{trig.trigger_id}", ("trigger", trig)))))
+                self.send("out", OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig))
         if self.cfg.case_records:
             record = {
                 "order_id": view.order_id,
@@ -398,6 +527,11 @@ class CustomerStage(_Stage):
                     "recoverability": scores.recoverability,
                     "abuse": scores.abuse,
                     "model_version": scores.model_version,
+                    "rules": {
+                        "recoverability": scored.rules.recoverability,
+                        "abuse": scored.rules.abuse,
+                    },
+                    "models": scored.shadow,
                 },
                 "decision": decision_doc,
                 "triggered": self.sent.get(view.order_id, []),
@@ -416,19 +550,21 @@ class CustomerStage(_Stage):
                         "scores": {"recoverability": scores.recoverability, "abuse": scores.abuse},
                         "triggered": list(self.sent.get(view.order_id, ())),
                         "holdout": False,
-                        "customer": ctx.features(t),
+                        "customer": {
+                            k: v for k, v in features.items() if k.startswith("customer_")
+                        },
                     },
                 )
             )
             self.sent.pop(view.order_id, None)
 
-    def _guardrail(self, view: CaseView, ctx: CustomerContext, action: Action, t: int) -> str:
+    def _guardrail(self, view: CaseView, action: Action, t: int) -> str:
         if action.value in self.sent.get(view.order_id, ()):
             return "once_per_order"
         if action in CUSTOMER_FACING:
-            if ctx.contacts_within(t, DAY_US) >= CAP_24H:
+            if self._contacts_within(view.customer_id, t, DAY_US) >= CAP_24H:
                 return "contact_cap_24h"
-            if ctx.contacts_within(t, 30 * DAY_US) >= CAP_30D:
+            if self._contacts_within(view.customer_id, t, 30 * DAY_US) >= CAP_30D:
                 return "contact_cap_30d"
         return ""
 
@@ -491,7 +627,7 @@ class OutputStage(_Stage):
     """Total order over every trigger and alert, so output files are byte-identical."""
 
     def __init__(self, cfg: StageConfig) -> None:
-        super().__init__(OUT_KEY, cfg.cust_keys() + cfg.lane_keys())
+        super().__init__(OUT_KEY, cfg.cust_keys("disp") + cfg.lane_keys())
 
     def apply(self, released, low: int, out: Emit) -> None:
         for _t, _tie, (kind, payload) in released:

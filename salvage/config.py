@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     idle_partition_seconds: float = Field(
         2.0, gt=0, description="live mode: a caught-up partition stops holding the watermark"
     )
+    model_shards: int = Field(
+        1, ge=1, le=256, description="model replicas (stable key: customer); results per count"
+    )
+    model_min_labels: int = Field(300, ge=1, description="labels before a promotion is considered")
+    model_promote_margin: float = Field(0.02, ge=0, description="AUC margin over the rules")
+    infer_intents: bool = Field(True, description="fill missing support intents from free text")
+    intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
+    topic_model_events: str = "model-events"
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables the endpoint")
 
     def kafka_client_config(self) -> dict[str, str]:
@@ -75,4 +83,9 @@ class Settings(BaseSettings):
         }
 
     def output_topics(self) -> list[str]:
-        return [self.topic_interventions, self.topic_lane_alerts, self.topic_dead_letters]
+        return [
+            self.topic_interventions,
+            self.topic_lane_alerts,
+            self.topic_dead_letters,
+            self.topic_model_events,
+        ]

@@ -36,6 +36,29 @@ PROCESSING_LATENCY = Histogram(
 )
 
 
+MODEL_AUC = Gauge(
+    "salvage_model_auc",
+    "Rolling ROC AUC on labelled predictions, for the model and the rule baseline (same cases)",
+    ["model", "scorer", "shard"],
+)
+MODEL_LOGLOSS = Gauge("salvage_model_logloss", "Rolling log loss", ["model", "scorer", "shard"])
+MODEL_BRIER = Gauge(
+    "salvage_model_brier", "Rolling Brier score (calibration)", ["model", "scorer", "shard"]
+)
+MODEL_LABELS = Gauge("salvage_model_labels", "Labelled predictions seen", ["model", "shard"])
+MODEL_ACTIVE = Gauge(
+    "salvage_model_active", "1 when the model drives decisions, 0 in shadow", ["model", "shard"]
+)
+MODEL_PROMOTIONS = Counter("salvage_model_promotions_total", "Shadow -> active", ["model"])
+MODEL_DEMOTIONS = Counter("salvage_model_demotions_total", "Active -> shadow", ["model"])
+INTENT_ACCURACY = Gauge(
+    "salvage_intent_accuracy", "Rolling accuracy of the text intent classifier", ["shard"]
+)
+INTENTS_INFERRED = Counter(
+    "salvage_intents_inferred_total", "Support intents filled in from text", ["intent"]
+)
+
+
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0: do nothing)."""
     if port:

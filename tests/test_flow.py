@@ -44,7 +44,8 @@ def test_the_flow_emits_every_action_with_valid_triggers(baseline):
     for t in triggers:
         assert t["reason_codes"], t
         assert t["expires_at"] > t["decided_at"]
-        assert t["model_version"] == "rules-v1"
+        # which scorer drove it: the rule baseline, or promoted model versions
+        assert t["model_version"] == "rules-v1" or t["model_version"].startswith("recoverability:")
         assert not {"name", "email", "address"} & set(t)
     # decided in event-time order: the output stage totally orders triggers
     assert [t["decided_at"] for t in triggers] == sorted(t["decided_at"] for t in triggers)
@@ -62,9 +63,12 @@ def test_two_workers_give_the_same_bytes(log, baseline, tmp_path):
     assert two["lane_alerts"] == baseline["lane_alerts"]
 
 
-def test_shard_count_changes_nothing_with_rule_scores(log, baseline, tmp_path):
-    other = run_file_flow([log], tmp_path, shards=7, **WIDE)
-    assert other["interventions"] == baseline["interventions"]
+def test_shard_count_changes_nothing_but_the_per_shard_intent_classifiers(log, tmp_path):
+    """Case/customer shard counts do not change results, except through the text classifier,
+    which learns per case shard (so results are deterministic for a given shard count)."""
+    a = run_file_flow([log], tmp_path / "a", shards=4, infer_intents=False, **WIDE)
+    b = run_file_flow([log], tmp_path / "b", shards=7, infer_intents=False, **WIDE)
+    assert a["interventions"] == b["interventions"]
 
 
 def test_split_partitions_interleave_to_the_same_result(log, baseline, tmp_path):

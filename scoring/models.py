@@ -1,0 +1,330 @@
+"""Online River models for recoverability and abuse: delayed labels, progressive validation,
+shadow-first promotion and drift demotion. Plain Python; the flow calls it in event-time order.
+
+Life of a prediction (see :class:`ModelSet`):
+
+1. ``score(order, t, x, rules)``: both models predict on the features known *now*; the policy acts
+   on the model only once it has been promoted, else on the rule baseline. A compact snapshot of
+   ``x`` and both predictions is kept for the order (at most :data:`MAX_SNAPSHOTS`: the first,
+   the one at the return request, and the latest).
+2. ``label(order, t, outcome facts)``: when the case closes, its stored snapshots are first scored
+   against the label (progressive validation: the predictions were made before the label existed),
+   then the models learn from those snapshots — never from features computed at or after the
+   outcome (the closing update itself is not snapshotted).
+3. Every labelled pair updates rolling ROC AUC, log loss and Brier for the model *and* for the rule
+   baseline on the same cases. A shadow model is promoted when, over at least ``min_labels`` labels,
+   its rolling AUC beats the baseline's by ``promote_margin``; an active model is demoted when ADWIN
+   detects a rise in its error, or its AUC falls below the baseline's. Both are events with reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import compose, drift, linear_model, metrics, optim, preprocessing
+
+from scoring.baseline import RULES_VERSION, ScoreResult
+
+MAX_SNAPSHOTS = 3
+RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
+LOST = frozenset({"refund", "chargeback"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    min_labels: int = 300  # labels since the last change before a promotion is considered
+    promote_margin: float = 0.02  # rolling AUC margin over the rule baseline
+    demote_margin: float = 0.0  # active model demoted when its AUC < baseline - this
+    window: int = 1000  # rolling window for AUC / log loss / Brier
+    learning_rate: float = 0.01
+    l2: float = 1e-3
+    abuse_weight_cap: float = 10.0  # positives weighted by min(cap, negatives/positives)
+    adwin_delta: float = 0.0005
+
+
+class RollingEval:
+    """Rolling ROC AUC, log loss and Brier score over the last ``window`` labelled predictions."""
+
+    def __init__(self, window: int) -> None:
+        self.auc = metrics.RollingROCAUC(window_size=window)
+        self.window: deque[tuple[float, float]] = deque(maxlen=window)  # (logloss, brier)
+        self.n = 0
+
+    def update(self, y: bool, p: float) -> None:
+        self.n += 1
+        self.auc.update(y, p)
+        q = min(max(p, 1e-7), 1 - 1e-7)
+        self.window.append((-math.log(q if y else 1 - q), (p - float(y)) ** 2))
+
+    def summary(self) -> dict[str, float]:
+        k = len(self.window) or 1
+        return {
+            "auc": round(self.auc.get(), 4),
+            "logloss": round(sum(w[0] for w in self.window) / k, 4),
+            "brier": round(sum(w[1] for w in self.window) / k, 4),
+            "labels": float(self.n),
+        }
+
+
+LOG_SCALED = frozenset(
+    {
+        "order_value",
+        "margin",
+        "slippage_hours",
+        "hours_since_last_scan",
+        "days_since_delivery",
+        "customer_net_value",
+        "customer_tenure_days",
+        "customer_orders",
+    }
+)
+
+
+def prepare(x: dict[str, float]) -> dict[str, float]:
+    """Model inputs: heavy-tailed money and durations on a signed log scale."""
+    return {
+        k: (math.copysign(math.log1p(abs(v)), v) if k in LOG_SCALED else v) for k, v in x.items()
+    }
+
+
+def clip(x: dict[str, float]) -> dict[str, float]:
+    """Standardised values of rare flags explode (a 1-in-1000 flag becomes ~30): cap them."""
+    return {k: -5.0 if v < -5.0 else 5.0 if v > 5.0 else v for k, v in x.items()}
+
+
+def _pipeline(cfg: ModelConfig) -> compose.Pipeline:
+    return compose.Pipeline(
+        preprocessing.StandardScaler(),
+        compose.FuncTransformer(clip),
+        linear_model.LogisticRegression(optimizer=optim.Adam(cfg.learning_rate), l2=cfg.l2),
+    )
+
+
+class OnlineModel:
+    """One binary classifier with its shadow/active state and its evaluation against the rules."""
+
+    def __init__(self, name: str, cfg: ModelConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.pipeline = _pipeline(cfg)
+        self.active = False
+        self.version = 0  # promotions so far
+        self.labels = 0
+        self.labels_since_change = 0
+        self.model_eval = RollingEval(cfg.window)
+        self.rules_eval = RollingEval(cfg.window)
+        self.adwin = drift.ADWIN(delta=cfg.adwin_delta)
+        self.positives = 0
+        self.negatives = 0
+
+    @property
+    def tag(self) -> str:
+        """What currently drives decisions: the model version, or the rule baseline."""
+        return f"{self.name}-lr-v{self.version}" if self.active else RULES_VERSION
+
+    def predict(self, x: dict[str, float]) -> float:
+        return float(self.pipeline.predict_proba_one(prepare(x)).get(True, 0.0))
+
+    def learn(self, x: dict[str, float], y: bool, weighted: bool) -> None:
+        w = 1.0
+        if weighted and y:
+            w = min(self.cfg.abuse_weight_cap, max(1.0, self.negatives / max(self.positives, 1)))
+        self.pipeline.learn_one(prepare(x), y, w=w)
+
+    def evaluate(self, y: bool, p_model: float, p_rules: float, t: int) -> dict[str, Any] | None:
+        """Progressive validation of one labelled prediction; returns a promotion/demotion event."""
+        self.labels += 1
+        self.labels_since_change += 1
+        if y:
+            self.positives += 1
+        else:
+            self.negatives += 1
+        self.model_eval.update(y, p_model)
+        self.rules_eval.update(y, p_rules)
+        m, r = self.model_eval.auc.get(), self.rules_eval.auc.get()
+        enough = (
+            self.labels_since_change >= self.cfg.min_labels and self.positives and self.negatives
+        )
+        if not self.active:
+            if enough and m >= r + self.cfg.promote_margin:
+                self.active = True
+                self.version += 1
+                return self._event(t, "promoted", f"rolling AUC {m:.3f} beats rules {r:.3f}")
+            return None
+        before = self.adwin.estimation
+        self.adwin.update(abs(float(y) - p_model))
+        if self.adwin.drift_detected and self.adwin.estimation > before:
+            # a change for the worse (an improvement is no reason to step down)
+            return self._demote(
+                t, f"ADWIN: error rose from {before:.3f} to {self.adwin.estimation:.3f}"
+            )
+        if enough and m < r - self.cfg.demote_margin:
+            return self._demote(t, f"rolling AUC {m:.3f} fell below rules {r:.3f}")
+        return None
+
+    def _demote(self, t: int, reason: str) -> dict[str, Any]:
+        self.active = False
+        self.adwin = drift.ADWIN(delta=self.cfg.adwin_delta)
+        return self._event(t, "demoted", reason)
+
+    def _event(self, t: int, change: str, reason: str) -> dict[str, Any]:
+        self.labels_since_change = 0
+        return {
+            "t": t,
+            "model": self.name,
+            "change": change,
+            "version": f"{self.name}-lr-v{self.version}",
+            "reason": reason,
+            "labels": self.labels,
+            "model_auc": round(self.model_eval.auc.get(), 4),
+            "rules_auc": round(self.rules_eval.auc.get(), 4),
+        }
+
+
+@dataclass(slots=True)
+class Snapshot:
+    t: int
+    x: array  # feature values in ModelSet.feature_names order
+    p_rec: float
+    p_rec_rules: float
+    p_abuse: float
+    p_abuse_rules: float
+    kind: str  # "first" | "return" | "latest"
+
+
+@dataclass(slots=True)
+class Scored:
+    scores: ScoreResult  # what the policy acts on
+    shadow: dict[str, float]  # model predictions, recorded whether active or not
+    rules: ScoreResult
+
+
+def recoverability_label(facts: dict[str, Any]) -> bool | None:
+    """Retained (True) or lost (False); None when the case says nothing (cancelled, expired)."""
+    outcome = facts.get("outcome")
+    if outcome in RETAINED:
+        return True
+    if outcome in LOST:
+        return False
+    return None
+
+
+def abuse_label(facts: dict[str, Any], review_verdict: bool | None = None) -> bool | None:
+    """Was the return (or claim) abusive? None when there was neither a return nor a claim."""
+    claimed = bool(facts.get("return_requested_at")) or facts.get("outcome") == "chargeback"
+    if not claimed:
+        return None
+    if review_verdict is not None:
+        return review_verdict
+    delivered = bool(facts.get("delivered_at"))
+    return bool(
+        facts.get("abuse_flags")
+        or (facts.get("outcome") == "chargeback" and delivered)
+        or (facts.get("return_reason") == "not_received" and delivered)
+    )
+
+
+@dataclass
+class ModelSet:
+    """Both models of one model shard, plus the pending snapshots of its open cases."""
+
+    cfg: ModelConfig = field(default_factory=ModelConfig)
+    feature_names: tuple[str, ...] = ()
+    pending: dict[str, list[Snapshot]] = field(default_factory=dict)
+    recoverability: OnlineModel = field(init=False)
+    abuse: OnlineModel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recoverability = OnlineModel("recoverability", self.cfg)
+        self.abuse = OnlineModel("abuse", self.cfg)
+
+    @property
+    def version(self) -> str:
+        r, a = self.recoverability.tag, self.abuse.tag
+        return RULES_VERSION if r == a == RULES_VERSION else f"recoverability:{r},abuse:{a}"
+
+    def score(
+        self,
+        order_id: str,
+        t: int,
+        x: dict[str, float],
+        rules: ScoreResult,
+        returned: bool,
+        snapshot: bool = True,
+    ) -> Scored:
+        if not self.feature_names:
+            self.feature_names = tuple(sorted(x))
+        p_rec = self.recoverability.predict(x)
+        p_abuse = self.abuse.predict(x)
+        rec = p_rec if self.recoverability.active else rules.recoverability
+        ab = p_abuse if self.abuse.active else rules.abuse
+        if snapshot:
+            self._snapshot(
+                order_id, t, x, p_rec, rules.recoverability, p_abuse, rules.abuse, returned
+            )
+        return Scored(
+            scores=ScoreResult(round(rec, 6), round(ab, 6), self.version),
+            shadow={"recoverability": round(p_rec, 6), "abuse": round(p_abuse, 6)},
+            rules=rules,
+        )
+
+    def _snapshot(self, order_id, t, x, p_rec, r_rec, p_ab, r_ab, returned: bool) -> None:
+        snaps = self.pending.setdefault(order_id, [])
+        values = array("d", (float(x.get(k, 0.0)) for k in self.feature_names))
+        kinds = {s.kind for s in snaps}
+        kind = (
+            "first" if not snaps else "return" if returned and "return" not in kinds else "latest"
+        )
+        snap = Snapshot(t, values, p_rec, r_rec, p_ab, r_ab, kind)
+        if kind == "latest" and snaps and snaps[-1].kind == "latest":
+            snaps[-1] = snap
+        else:
+            snaps.append(snap)
+        del snaps[:-MAX_SNAPSHOTS]
+
+    def label(
+        self, order_id: str, t: int, facts: dict[str, Any], review: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """The case closed: evaluate its stored predictions, then learn. Returns model events."""
+        snaps = self.pending.pop(order_id, [])
+        events: list[dict[str, Any]] = []
+        y_rec = recoverability_label(facts)
+        y_abuse = abuse_label(facts, review)
+        names = self.feature_names
+        for snap in snaps:
+            if snap.t >= t:
+                continue  # leakage guard: nothing scored at or after the outcome may teach
+            x = dict(zip(names, snap.x, strict=True))
+            if y_rec is not None:
+                ev = self.recoverability.evaluate(y_rec, snap.p_rec, snap.p_rec_rules, t)
+                self.recoverability.learn(x, y_rec, weighted=False)
+                if ev:
+                    events.append(ev)
+            if y_abuse is not None and snap.kind != "first":
+                # abuse is about the return: learn from snapshots taken once it was claimed
+                ev = self.abuse.evaluate(y_abuse, snap.p_abuse, snap.p_abuse_rules, t)
+                self.abuse.learn(x, y_abuse, weighted=True)
+                if ev:
+                    events.append(ev)
+        return events
+
+    def forget(self, order_id: str) -> None:
+        self.pending.pop(order_id, None)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for m in (self.recoverability, self.abuse):
+            out[m.name] = {
+                "driving": m.tag,
+                "active": m.active,
+                "version": m.version,
+                "labels": m.labels,
+                "positives": m.positives,
+                "model": m.model_eval.summary(),
+                "rules": m.rules_eval.summary(),
+            }
+        return out
