@@ -69,6 +69,7 @@ _MODEL_CHANGES = {
 TOMBSTONE_US = 30 * DAY_US  # closed cases are remembered (for dedupe / diagnostics) this long
 CUSTOMER_IDLE_US = 400 * DAY_US  # customer context evicted after this long without activity
 CAP_24H = 1
+RISK_SIGNALS = frozenset({"delay_signal", "promise_missed", "contact", "return_requested"})
 CAP_30D = 3
 
 
@@ -403,6 +404,9 @@ class ModelStage(_Stage):
         self.cfg = cfg
         self.rules = RuleScorer()
         self.models = ModelSet(cfg.model)
+        for name in ("recoverability", "abuse"):  # series exist from the start (increase() works)
+            _MODEL_CHANGES["promoted"](name)
+            _MODEL_CHANGES["demoted"](name)
 
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False
@@ -469,7 +473,9 @@ class DispatchStage(_Stage):
     def _update(self, t: int, view: CaseView, features, scored, out: Emit) -> None:
         scores = scored.scores
         closed = view.status == "closed"
-        self.first_score.setdefault(view.order_id, scores.recoverability)
+        if RISK_SIGNALS.intersection(view.changes):
+            # the score when the case first showed risk: what "recoverable" means for leakage
+            self.first_score.setdefault(view.order_id, scores.recoverability)
         decision = decide(features, scores, resolved=closed or view.outcome is not None)
         decision_doc: dict[str, Any] | None = None
         if decision is not None:

@@ -1,4 +1,4 @@
-"""Business KPIs from closed cases, as Prometheus metrics (bounded labels only).
+"""Business KPIs from closed cases and placed orders, as Prometheus metrics (bounded labels only).
 
 ``observe`` receives fact dicts from ``CustomerStage``:
 
@@ -8,23 +8,364 @@
   (customer-context features at close);
 * ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
   incl. ``customer_days_since_return``, -1 when the customer never returned anything).
+
+Metrics (all counters end in ``_total``; money is in currency units with a ``currency`` label; times
+in seconds). ``D`` = ``campaign, sku_family, lane``:
+
+==========================================  ====================================================
+``salvage_cases_resolved_total``            closed cases {outcome, D, support_reason}
+``salvage_closed_order_value_total``        order value of closed cases {currency, outcome, D}
+``salvage_retained_revenue_total``          order value of *retained* cases, once per triggered
+                                            action (``none`` if none) {currency, action, holdout,
+                                            D}; a case with two actions counts under both, so
+                                            use ``salvage_closed_order_value_total`` for totals
+``salvage_cases_by_action_total``           closed cases per triggered action {action, holdout,
+                                            retained, D}: retention rate and uplift by action
+``salvage_refunded_total``                  value refunded (refunds + chargebacks) {currency, D,
+                                            support_reason}
+``salvage_refund_leakage_total``            value refunded on cases that were recoverable when
+                                            first scored (``first_recoverability >=
+                                            recoverable_threshold``) {currency, D, support_reason}
+``salvage_returns_total``                   closed cases with a return request {reason, D,
+                                            support_reason}
+``salvage_return_cost_total``               fully loaded cost of returns {currency, component,
+                                            courier, D} (:mod:`sinks.cost_model`)
+``salvage_returns_graded_total``            graded returns {grade, D}; restock rate = A / all
+``salvage_time_to_refund_seconds``          histogram, refund minus return request {D}
+``salvage_scored_cases_total``              closed cases by first recoverability decile and
+                                            outcome {score_bin, retained} (calibration)
+``salvage_orders_placed_total``             orders placed
+``salvage_repeat_orders_total``             orders by customers whose last return was at most
+                                            ``repeat_window_days`` (90) before: repeat-customer
+                                            rate = this / ``salvage_returns_total``
+==========================================  ====================================================
+
+Label bounding: every label value goes through a :class:`TopN` bucket per label name. The first
+``N`` distinct values seen by this process claim a slot and keep it; every later value is reported
+as ``other``. The placeholder values ``none``, ``unknown`` and ``other`` never take a slot. ``N``
+per label is configurable (:class:`KpiSettings`, env ``SALVAGE_KPI_TOP_N_<LABEL>``, e.g.
+``SALVAGE_KPI_TOP_N_LANE=40``); ``preset`` values claim their slots first, so a deployment that
+needs stable buckets across restarts lists its important campaigns/lanes there
+(``SALVAGE_KPI_PRESET_LANE='["swiftship:central>north"]'``). Slots are per process: two processes
+of a cluster may bucket a late newcomer differently (both still bounded).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sinks.cost_model import CostModel, load_cost_model
+
+OTHER = "other"
+PLACEHOLDERS = frozenset({"none", "unknown", OTHER})
+RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
+US = 1_000_000
+
+# ---------------------------------------------------------------------------------- settings
+
+
+class KpiSettings(BaseSettings):
+    """KPI knobs (env prefix ``SALVAGE_KPI_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SALVAGE_KPI_", extra="ignore")
+
+    recoverable_threshold: float = Field(
+        0.5, ge=0, le=1, description="first recoverability score at/above which a case counts"
+    )
+    repeat_window_days: float = Field(90.0, gt=0, description="repeat-customer window")
+    top_n_campaign: int = Field(12, ge=0)
+    top_n_sku_family: int = Field(16, ge=0)
+    top_n_lane: int = Field(32, ge=0)
+    top_n_courier: int = Field(8, ge=0)
+    top_n_support_reason: int = Field(12, ge=0)
+    top_n_action: int = Field(12, ge=0)
+    top_n_outcome: int = Field(12, ge=0)
+    top_n_grade: int = Field(6, ge=0)
+    top_n_reason: int = Field(12, ge=0)
+    top_n_currency: int = Field(4, ge=0)
+    preset_campaign: list[str] = []
+    preset_sku_family: list[str] = []
+    preset_lane: list[str] = []
+    preset_courier: list[str] = []
+
+    def top_n(self, label: str) -> int:
+        return int(getattr(self, f"top_n_{label}"))
+
+    def preset(self, label: str) -> list[str]:
+        return list(getattr(self, f"preset_{label}", []))
+
+
+# ---------------------------------------------------------------------------------- buckets
+
+
+class TopN:
+    """First-come top-N bucketing of one label's values; later newcomers become ``other``."""
+
+    __slots__ = ("_lock", "_map", "n", "slots")
+
+    def __init__(self, n: int, preset: Iterable[str] = ()) -> None:
+        self.n = n
+        self.slots = 0
+        self._map: dict[str, str] = {p: p for p in PLACEHOLDERS}
+        self._lock = threading.Lock()
+        for value in preset:
+            self(value)
+
+    def __call__(self, value: Any) -> str:
+        key = value if isinstance(value, str) else ("none" if value is None else str(value))
+        got = self._map.get(key)
+        if got is not None:
+            return got
+        if not key:
+            return "none"
+        with self._lock:  # a miss: claim a slot (at most N, even with several worker threads)
+            got = self._map.get(key)
+            if got is None:
+                if self.slots < self.n:
+                    self.slots += 1
+                    got = key
+                else:
+                    got = OTHER
+                self._map[key] = got
+            return got
+
+
+LABELS = (
+    "campaign",
+    "sku_family",
+    "lane",
+    "courier",
+    "support_reason",
+    "action",
+    "outcome",
+    "grade",
+    "reason",
+    "currency",
+)
+
+# ---------------------------------------------------------------------------------- metrics
+
+D = ["campaign", "sku_family", "lane"]
 
 CASES_RESOLVED = Counter(
-    "salvage_cases_resolved_total",
-    "Closed cases by outcome and SKU family",
-    ["outcome", "sku_family"],
+    "salvage_cases_resolved",
+    "Closed cases by outcome, campaign, SKU family, lane and support reason",
+    ["outcome", *D, "support_reason"],
 )
+CLOSED_VALUE = Counter(
+    "salvage_closed_order_value",
+    "Order value of closed cases, by outcome (currency units)",
+    ["currency", "outcome", *D],
+)
+RETAINED_REVENUE = Counter(
+    "salvage_retained_revenue",
+    "Order value of retained cases, once per triggered action (none: no action)",
+    ["currency", "action", "holdout", *D],
+)
+CASES_BY_ACTION = Counter(
+    "salvage_cases_by_action",
+    "Closed cases per triggered action (none: no action), treated vs holdout, retained or not",
+    ["action", "holdout", "retained", *D],
+)
+REFUNDED = Counter(
+    "salvage_refunded",
+    "Value refunded on closed cases, refunds and chargebacks (currency units)",
+    ["currency", *D, "support_reason"],
+)
+LEAKAGE = Counter(
+    "salvage_refund_leakage",
+    "Value refunded on cases that were recoverable when first scored (currency units)",
+    ["currency", *D, "support_reason"],
+)
+RETURNS = Counter(
+    "salvage_returns",
+    "Closed cases with a return request, by return reason",
+    ["reason", *D, "support_reason"],
+)
+RETURN_COST = Counter(
+    "salvage_return_cost",
+    "Fully loaded cost of returns by component (sinks/cost_model.py; currency units)",
+    ["currency", "component", "courier", *D],
+)
+GRADED = Counter(
+    "salvage_returns_graded",
+    "Returns graded by the warehouse, by grade (restock rate = A / all)",
+    ["grade", *D],
+)
+TIME_TO_REFUND = Histogram(
+    "salvage_time_to_refund_seconds",
+    "Event time from return request to refund",
+    D,
+    buckets=tuple(h * 3600.0 for h in (6, 12, 24, 48, 72, 120, 168, 240, 336, 504, 720, 1440)),
+)
+SCORED = Counter(
+    "salvage_scored_cases",
+    "Closed cases by first recoverability score decile and whether they were retained",
+    ["score_bin", "retained"],
+)
+ORDERS = Counter("salvage_orders_placed", "Orders placed")
+REPEAT_ORDERS = Counter(
+    "salvage_repeat_orders",
+    "Orders placed by customers whose last return was within the repeat window (90 days)",
+)
+
+SCORE_BINS = tuple(f"{i / 10:.1f}" for i in range(10))
+
+# ---------------------------------------------------------------------------------- state
+
+
+class _Children:
+    """``metric.labels(*values)`` memoised per label tuple (the lookup costs more than inc)."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: MetricWrapperBase) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        c = self._cache.get(values)
+        if c is None:
+            c = self._cache[values] = self._metric.labels(*values)
+        return c
+
+
+class _State:
+    def __init__(self, settings: KpiSettings, cost: CostModel) -> None:
+        self.settings = settings
+        self.cost = cost
+        self.threshold = settings.recoverable_threshold
+        self.repeat_days = settings.repeat_window_days
+        self.bucket: dict[str, TopN] = {
+            name: TopN(settings.top_n(name), settings.preset(name)) for name in LABELS
+        }
+        m = (
+            CASES_RESOLVED,
+            CLOSED_VALUE,
+            RETAINED_REVENUE,
+            CASES_BY_ACTION,
+            REFUNDED,
+            LEAKAGE,
+            RETURNS,
+            RETURN_COST,
+            GRADED,
+            TIME_TO_REFUND,
+            SCORED,
+        )
+        (
+            self.resolved,
+            self.closed_value,
+            self.retained_revenue,
+            self.by_action,
+            self.refunded,
+            self.leakage,
+            self.returns,
+            self.return_cost,
+            self.graded,
+            self.time_to_refund,
+            self.scored,
+        ) = (_Children(x) for x in m)
+
+
+_state: _State | None = None
+_state_lock = threading.Lock()
+
+
+def configure(settings: KpiSettings | None = None, cost: CostModel | None = None) -> None:
+    """(Re)load settings and cost model; resets the top-N slots (for tests and startup)."""
+    with _state_lock:
+        _set_state(_State(settings or KpiSettings(), cost or load_cost_model()))
+
+
+def _get_state() -> _State:
+    if _state is None:
+        with _state_lock:  # first use, possibly from several worker threads at once
+            if _state is None:
+                _set_state(_State(KpiSettings(), load_cost_model()))
+    assert _state is not None
+    return _state
+
+
+def _set_state(state: _State) -> None:
+    global _state
+    _state = state
+
+
+def bucket(label: str, value: Any) -> str:
+    """The bounded label value ``value`` is reported as (``other`` past the top-N)."""
+    return _get_state().bucket[label](value)
+
+
+# ---------------------------------------------------------------------------------- observe
 
 
 def observe(fact: dict[str, Any]) -> None:
-    if fact.get("kind") != "case":
-        return
-    case = fact["case"] or {}
-    CASES_RESOLVED.labels(case.get("outcome") or "unknown", case.get("sku_family", "unknown")).inc()
+    """Account one KPI fact (see the module docstring); unknown kinds are ignored."""
+    kind = fact.get("kind")
+    if kind == "case":
+        _case(_get_state(), fact)
+    elif kind == "order":
+        _order(_get_state(), fact)
+
+
+def _order(s: _State, fact: dict[str, Any]) -> None:
+    ORDERS.inc()
+    days = (fact.get("customer") or {}).get("customer_days_since_return", -1.0)
+    if days is not None and 0.0 <= days <= s.repeat_days:
+        REPEAT_ORDERS.inc()
+
+
+def _case(s: _State, fact: dict[str, Any]) -> None:
+    case: dict[str, Any] = fact.get("case") or {}
+    b = s.bucket
+    get = case.get
+    d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    support = b["support_reason"](get("last_contact_intent"))
+    raw_outcome = get("outcome") or "unknown"
+    outcome = b["outcome"](raw_outcome)
+    currency = b["currency"](get("currency"))
+    retained = raw_outcome in RETAINED
+    retained_s = "true" if retained else "false"
+    holdout = "true" if fact.get("holdout") else "false"
+    value = float(get("order_value") or 0.0)
+
+    s.resolved(outcome, *d, support).inc()
+    if value:
+        s.closed_value(currency, outcome, *d).inc(value)
+
+    actions: Iterable[str] = dict.fromkeys(fact.get("triggered") or ()) or ("none",)
+    for a in actions:
+        action = b["action"](a)
+        s.by_action(action, holdout, retained_s, *d).inc()
+        if retained and value:
+            s.retained_revenue(currency, action, holdout, *d).inc(value)
+
+    first = fact.get("first_recoverability")
+    refunded = float(get("refunded_amount") or 0.0)
+    if refunded > 0:
+        s.refunded(currency, *d, support).inc(refunded)
+        if first is not None and first >= s.threshold:
+            s.leakage(currency, *d, support).inc(refunded)
+    if first is not None:
+        s.scored(SCORE_BINS[min(9, max(0, int(first * 10 + 1e-9)))], retained_s).inc()
+
+    requested = int(get("return_requested_at") or 0)
+    if requested:
+        s.returns(b["reason"](get("return_reason")), *d, support).inc()
+        courier = b["courier"](get("courier"))
+        for component, amount in s.cost.components(case).items():
+            if amount:
+                s.return_cost(currency, component, courier, *d).inc(amount)
+        refund_at = int(get("refund_at") or 0)
+        if refund_at >= requested and refund_at:
+            s.time_to_refund(*d).observe((refund_at - requested) / US)
+    grade = get("grade")
+    if grade:
+        s.graded(b["grade"](grade), *d).inc()

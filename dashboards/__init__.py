@@ -1,0 +1,1 @@
+"""Salvage dashboards and alert rules as code (see dashboards/README.md)."""

@@ -1,0 +1,301 @@
+"""Business KPI metrics: exact deltas for hand-built facts, label bucketing, the cost model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from sinks import kpis
+from sinks.cost_model import CostModel, load_cost_model
+
+DAY = 86_400 * 1_000_000
+T0 = 1_772_000_000 * 1_000_000
+
+
+@pytest.fixture(autouse=True)
+def fresh_kpis() -> Iterator[None]:
+    """Fresh top-N slots and the default cost model per test; defaults restored afterwards."""
+    kpis.configure(kpis.KpiSettings(), CostModel())
+    yield
+    kpis.configure(kpis.KpiSettings(), CostModel())
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Delta:
+    """Sample values before/after a block: ``d = Delta(); ...; d(name, **labels)``."""
+
+    def __init__(self) -> None:
+        self.before = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> dict[tuple[str, frozenset], float]:
+        out = {}
+        for metric in REGISTRY.collect():
+            for s in metric.samples:
+                if s.name.startswith("salvage_") and not s.name.endswith("_created"):
+                    out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    def __call__(self, name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return round(self._snapshot().get(key, 0.0) - self.before.get(key, 0.0), 6)
+
+    def changed(self) -> dict[tuple[str, frozenset], float]:
+        after = self._snapshot()
+        return {
+            k: round(v - self.before.get(k, 0.0), 6)
+            for k, v in after.items()
+            if round(v - self.before.get(k, 0.0), 6) != 0
+        }
+
+
+D = {"campaign": "glow-launch", "sku_family": "skincare", "lane": "swiftship:central>north"}
+
+
+def case_fact(
+    first: float | None = 0.7,
+    triggered: tuple[str, ...] = (),
+    holdout: bool = False,
+    **case: Any,
+) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "order_id": "O1",
+        "customer_id": "C1",
+        "placed_at": T0,
+        "currency": "EUR",
+        "order_value": 120.0,
+        "margin": 60.0,
+        "units": 2,
+        "sku_family": D["sku_family"],
+        "campaign": D["campaign"],
+        "channel": "web",
+        "courier": "swiftship",
+        "lane": D["lane"],
+        "promised_at": T0 + 3 * DAY,
+        "delivered_at": T0 + 4 * DAY,
+        "slippage_hours": 24.0,
+        "contacts_total": 0,
+        "last_contact_intent": "",
+        "return_requested_at": 0,
+        "return_reason": "",
+        "preferred_resolution": "",
+        "return_value": 0.0,
+        "label_issued_at": 0,
+        "label_cost": 0.0,
+        "received_at": 0,
+        "graded_at": 0,
+        "grade": "",
+        "abuse_flags": [],
+        "refunded_amount": 0.0,
+        "refund_at": 0,
+        "outcome": "kept",
+        "closed_at": T0 + 34 * DAY,
+    }
+    facts.update(case)
+    return {
+        "kind": "case",
+        "t": facts["closed_at"],
+        "case": facts,
+        "first_recoverability": first,
+        "scores": {"recoverability": 0.5, "abuse": 0.1},
+        "triggered": list(triggered),
+        "holdout": holdout,
+        "customer": {"customer_days_since_return": -1.0},
+    }
+
+
+def refunded_case(**over: Any) -> dict[str, Any]:
+    """A returned, received, graded-B, refunded case with two support contacts."""
+    case = {
+        "contacts_total": 2,
+        "last_contact_intent": "refund_request",
+        "return_requested_at": T0 + 5 * DAY,
+        "return_reason": "too_small",
+        "preferred_resolution": "refund",
+        "return_value": 60.0,
+        "label_issued_at": T0 + 5 * DAY,
+        "label_cost": 4.5,
+        "received_at": T0 + 8 * DAY,
+        "graded_at": T0 + 9 * DAY,
+        "grade": "B",
+        "refunded_amount": 60.0,
+        "refund_at": T0 + 10 * DAY,
+        "outcome": "refund",
+        "closed_at": T0 + 10 * DAY,
+    }
+    case.update(over)
+    first = case.pop("first", 0.7)
+    return case_fact(first=first, **case)
+
+
+def test_kept_case_with_an_action_counts_retained_revenue_by_action():
+    d = Delta()
+    kpis.observe(case_fact(triggered=("proactive_reassurance", "delay_intervention")))
+    assert d("salvage_cases_resolved_total", outcome="kept", support_reason="none", **D) == 1
+    assert d("salvage_closed_order_value_total", currency="EUR", outcome="kept", **D) == 120.0
+    for action in ("proactive_reassurance", "delay_intervention"):
+        labels = {"currency": "EUR", "action": action, "holdout": "false", **D}
+        assert d("salvage_retained_revenue_total", **labels) == 120.0
+        labels = {"action": action, "holdout": "false", "retained": "true", **D}
+        assert d("salvage_cases_by_action_total", **labels) == 1
+    assert d("salvage_scored_cases_total", score_bin="0.7", retained="true") == 1
+    # not a return: no refund, return, cost, grade or time-to-refund samples
+    changed = {name for name, _ in d.changed()}
+    assert changed == {
+        "salvage_cases_resolved_total",
+        "salvage_closed_order_value_total",
+        "salvage_retained_revenue_total",
+        "salvage_cases_by_action_total",
+        "salvage_scored_cases_total",
+    }
+
+
+def test_no_action_and_holdout_labels():
+    d = Delta()
+    kpis.observe(case_fact(outcome="exchange", holdout=True))
+    labels = {"currency": "EUR", "action": "none", "holdout": "true", **D}
+    assert d("salvage_retained_revenue_total", **labels) == 120.0
+    labels = {"action": "none", "holdout": "true", "retained": "true", **D}
+    assert d("salvage_cases_by_action_total", **labels) == 1
+
+
+def test_refunded_recoverable_case_leaks_and_costs_per_the_model():
+    d = Delta()
+    kpis.observe(refunded_case(triggered=("exchange_first_offer",)))
+    sr = {"support_reason": "refund_request"}
+    assert d("salvage_cases_resolved_total", outcome="refund", **D, **sr) == 1
+    assert d("salvage_refunded_total", currency="EUR", **D, **sr) == 60.0
+    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == 60.0
+    assert d("salvage_returns_total", reason="too_small", **D, **sr) == 1
+    assert d("salvage_returns_graded_total", grade="B", **D) == 1
+    # not retained: counted as an action that did not retain, no retained revenue
+    labels = {"action": "exchange_first_offer", "holdout": "false", "retained": "false", **D}
+    assert d("salvage_cases_by_action_total", **labels) == 1
+    assert d("salvage_retained_revenue_total", currency="EUR", holdout="false", **D,
+             action="exchange_first_offer") == 0  # fmt: skip
+    # cost model defaults: label from the event, intake 3.50, 2 touches x 4.00,
+    # write-off 60 x 0.35 (grade B), refund fee 0.80
+    cost = {"currency": "EUR", "courier": "swiftship", **D}
+    assert d("salvage_return_cost_total", component="return_label", **cost) == 4.5
+    assert d("salvage_return_cost_total", component="intake_labour", **cost) == 3.5
+    assert d("salvage_return_cost_total", component="support", **cost) == 8.0
+    assert d("salvage_return_cost_total", component="write_off", **cost) == 21.0
+    assert d("salvage_return_cost_total", component="refund_processing", **cost) == 0.8
+    # time to refund: 5 days = 432000 s -> first bucket >= it is 120 h (432000 s)
+    assert d("salvage_time_to_refund_seconds_count", **D) == 1
+    assert d("salvage_time_to_refund_seconds_sum", **D) == 5 * 86_400
+    assert d("salvage_time_to_refund_seconds_bucket", le="432000.0", **D) == 1
+    assert d("salvage_time_to_refund_seconds_bucket", le="259200.0", **D) == 0
+
+
+def test_leakage_only_above_the_recoverable_threshold():
+    d = Delta()
+    kpis.observe(refunded_case(first=0.49))
+    kpis.observe(refunded_case(first=None))
+    kpis.observe(refunded_case(first=0.5, refunded_amount=25.0))
+    sr = {"support_reason": "refund_request"}
+    assert d("salvage_refunded_total", currency="EUR", **D, **sr) == 145.0
+    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == 25.0
+    kpis.configure(kpis.KpiSettings(recoverable_threshold=0.4), CostModel())
+    kpis.observe(refunded_case(first=0.45))
+    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == 85.0
+
+
+def test_default_label_cost_by_courier_and_no_refund_before_request():
+    d = Delta()
+    # label issued without a cost: the courier default (bluebird 6.10); unknown courier: 5.00
+    kpis.observe(refunded_case(label_cost=0.0, courier="bluebird", grade="", graded_at=0))
+    kpis.observe(refunded_case(label_cost=0.0, courier="mystery", grade="", graded_at=0))
+    cost = {"currency": "EUR", "component": "return_label", **D}
+    assert d("salvage_return_cost_total", courier="bluebird", **cost) == 6.1
+    assert d("salvage_return_cost_total", courier="mystery", **cost) == 5.0
+    assert d("salvage_return_cost_total", courier="bluebird", currency="EUR",
+             component="write_off", **D) == 0  # fmt: skip
+    assert d("salvage_returns_graded_total", grade="B", **D) == 0
+    # a chargeback without a return request: refunded value counts, no return/cost/histogram
+    kpis.observe(case_fact(first=0.9, outcome="chargeback", refunded_amount=120.0))
+    assert d("salvage_refund_leakage_total", currency="EUR", support_reason="none", **D) == 120
+    assert d("salvage_time_to_refund_seconds_count", **D) == 2
+
+
+def test_repeat_customer_orders_within_90_days():
+    d = Delta()
+    for days in (-1.0, 0.0, 45.5, 90.0, 90.01, 400.0):
+        kpis.observe({"kind": "order", "t": T0, "customer": {"customer_days_since_return": days}})
+    kpis.observe({"kind": "something-else"})
+    assert d("salvage_orders_placed_total") == 6
+    assert d("salvage_repeat_orders_total") == 3
+
+
+def test_labels_past_top_n_go_to_other_first_come():
+    kpis.configure(kpis.KpiSettings(top_n_campaign=2, top_n_lane=1), CostModel())
+    d = Delta()
+    for campaign in ("c1", "none", "c2", "c3", "c1", "c4"):
+        kpis.observe(case_fact(campaign=campaign, lane=f"lane-{campaign}"))
+    base = {"outcome": "kept", "sku_family": "skincare", "support_reason": "none"}
+    name = "salvage_cases_resolved_total"
+    assert d(name, campaign="c1", lane="lane-c1", **base) == 2  # first lane claims the one slot
+    assert d(name, campaign="none", lane="other", **base) == 1  # placeholders take no slot
+    assert d(name, campaign="c2", lane="other", **base) == 1
+    assert d(name, campaign="other", lane="other", **base) == 2  # c3, c4
+    assert kpis.bucket("campaign", "c3") == "other"
+    assert kpis.bucket("campaign", "c2") == "c2"
+    assert kpis.bucket("campaign", "") == "none"
+    assert kpis.bucket("campaign", None) == "none"
+
+
+def test_top_n_preset_and_env(monkeypatch):
+    monkeypatch.setenv("SALVAGE_KPI_TOP_N_LANE", "1")
+    monkeypatch.setenv("SALVAGE_KPI_PRESET_LANE", '["vip-lane"]')
+    kpis.configure(kpis.KpiSettings(), CostModel())
+    assert kpis.bucket("lane", "first-seen") == "other"
+    assert kpis.bucket("lane", "vip-lane") == "vip-lane"
+
+
+def test_top_n_bucket_is_bounded_under_threads():
+    import threading
+
+    b = kpis.TopN(5)
+    values = [f"v{i}" for i in range(200)]
+
+    def run() -> None:
+        for v in values:
+            b(v)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({b(v) for v in values} - {"other"}) == 5
+
+
+def test_cost_model_components_and_loading(tmp_path, monkeypatch):
+    model = CostModel()
+    assert model.components(case_fact()["case"]) == {}  # not returned: no cost
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"intake_labour_per_return": 2.0, "write_off_share": {"B": 0.5}}))
+    monkeypatch.setenv("SALVAGE_COST_MODEL_FILE", str(path))
+    monkeypatch.setenv("SALVAGE_COST_REFUND_PROCESSING_FEE", "1.25")
+    monkeypatch.setenv("SALVAGE_COST_LABEL_COST_BY_COURIER", '{"bluebird": 9.0}')
+    loaded = load_cost_model()
+    assert loaded.intake_labour_per_return == 2.0
+    assert loaded.refund_processing_fee == 1.25
+    assert loaded.label_cost("bluebird") == 9.0
+    assert loaded.label_cost("swiftship") == loaded.default_label_cost
+    assert loaded.components(refunded_case(label_cost=0.0, courier="bluebird")["case"]) == {
+        "return_label": 9.0,
+        "intake_labour": 2.0,
+        "support": 8.0,
+        "write_off": 30.0,
+        "refund_processing": 1.25,
+    }
+    with pytest.raises(ValueError):
+        CostModel(write_off_share={"A": 1.5})
