@@ -191,6 +191,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         model=ModelConfig(min_labels=s.model_min_labels, promote_margin=s.model_promote_margin),
         infer_intents=s.infer_intents,
         intent_threshold=s.intent_threshold,
+        score_log="scores" in sinks,
     )
     case_keys, lane_keys = cfg.case_keys(), cfg.lane_keys()
     ctx_keys, disp_keys, model_keys = cfg.cust_keys("ctx"), cfg.cust_keys("disp"), cfg.model_keys()
@@ -316,6 +317,10 @@ def build_flow(spec: FlowSpec) -> Dataflow:
 
     op.inspect("kpis_orders", context, tap)
     op.inspect("kpis_cases", dispatch, tap)
+    if "scores" in sinks:  # per-prediction log (benchmarks): an extra sink named "scores"
+        op.output(
+            "out_scores", op.filter_map("score_log", dispatch, only("score")), sinks["scores"]
+        )
     if "cases" in sinks:
         records = op.filter_map("case_records", dispatch, only("case"))
         op.output("out_cases", records, sinks["cases"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,7 @@ class StageConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     infer_intents: bool = True
     intent_threshold: float = 0.6
+    score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
 
     def case_keys(self) -> list[str]:
         return [case_key(i) for i in range(self.case_shards)]
@@ -357,6 +359,8 @@ class CaseStage(_Stage):
         horizon = self.horizon(low)
         self._fire_timers(horizon, out)
         self._expire_tombstones(horizon)
+        if low < END:
+            metrics.EVENT_TIME_LAG.labels(str(self.shard)).set(time.time() - low / 1e6)
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
 
 
@@ -476,6 +480,23 @@ class DispatchStage(_Stage):
         if RISK_SIGNALS.intersection(view.changes):
             # the score when the case first showed risk: what "recoverable" means for leakage
             self.first_score.setdefault(view.order_id, scores.recoverability)
+            if self.cfg.score_log:
+                out.append(
+                    (
+                        "score",
+                        {
+                            "order_id": view.order_id,
+                            "t": t,
+                            "returned": view.returned,
+                            "model": scored.shadow,
+                            "rules": {
+                                "recoverability": scored.rules.recoverability,
+                                "abuse": scored.rules.abuse,
+                            },
+                            "driving": scores.model_version,
+                        },
+                    )
+                )
         decision = decide(features, scores, resolved=closed or view.outcome is not None)
         decision_doc: dict[str, Any] | None = None
         if decision is not None:
@@ -516,6 +537,8 @@ class DispatchStage(_Stage):
                     source_event_id=view.source_id,
                 )
                 _TRIGGERS(action.value).inc()
+                for reason in decision.reason_codes:
+                    metrics.TRIGGER_REASONS.labels(action.value, reason).inc()
                 decision_doc["trigger_id"] = trig.trigger_id
                 self.send("out", OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig))
         if self.cfg.case_records:

@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     model_shards: int = Field(
         1, ge=1, le=256, description="model replicas (stable key: customer); results per count"
     )
-    model_min_labels: int = Field(300, ge=1, description="labels before a promotion is considered")
-    model_promote_margin: float = Field(0.02, ge=0, description="AUC margin over the rules")
+    model_min_labels: int = Field(1000, ge=1, description="labels before a promotion is considered")
+    model_promote_margin: float = Field(0.03, ge=0, description="AUC margin over the rules")
     infer_intents: bool = Field(True, description="fill missing support intents from free text")
     intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
     topic_model_events: str = "model-events"

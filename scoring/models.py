@@ -36,8 +36,8 @@ LOST = frozenset({"refund", "chargeback"})
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    min_labels: int = 300  # labels since the last change before a promotion is considered
-    promote_margin: float = 0.02  # rolling AUC margin over the rule baseline
+    min_labels: int = 1000  # labels since the last change before a promotion is considered
+    promote_margin: float = 0.03  # rolling AUC margin over the rule baseline
     demote_margin: float = 0.0  # active model demoted when its AUC < baseline - this
     window: int = 1000  # rolling window for AUC / log loss / Brier
     learning_rate: float = 0.01
@@ -129,10 +129,19 @@ class OnlineModel:
     def predict(self, x: dict[str, float]) -> float:
         return float(self.pipeline.predict_proba_one(prepare(x)).get(True, 0.0))
 
-    def learn(self, x: dict[str, float], y: bool, weighted: bool) -> None:
+    def learn(self, x: dict[str, float], y: bool, weighted: bool, prior: float | None = None) -> None:
+        """``weighted``: up-weight rare positives (abuse). ``prior``: correct label-prior shift —
+        weight the classes so the labelled mix matches ``prior``, the expected positive share of
+        the *scored* population (delayed labels arrive class by class: refunds resolve in days,
+        kept orders only when the return window closes)."""
         w = 1.0
         if weighted and y:
             w = min(self.cfg.abuse_weight_cap, max(1.0, self.negatives / max(self.positives, 1)))
+        elif prior is not None and self.labels:
+            observed = self.positives / self.labels
+            if 0.0 < observed < 1.0:
+                w = prior / observed if y else (1.0 - prior) / (1.0 - observed)
+                w = min(10.0, max(0.1, w))
         self.pipeline.learn_one(prepare(x), y, w=w)
 
     def evaluate(self, y: bool, p_model: float, p_rules: float, t: int) -> dict[str, Any] | None:
@@ -235,6 +244,8 @@ class ModelSet:
     cfg: ModelConfig = field(default_factory=ModelConfig)
     feature_names: tuple[str, ...] = ()
     pending: dict[str, list[Snapshot]] = field(default_factory=dict)
+    scored: int = 0
+    rules_prior_sum: float = 0.0  # sum of the rules' P(retained) over every scored update
     recoverability: OnlineModel = field(init=False)
     abuse: OnlineModel = field(init=False)
 
@@ -258,6 +269,8 @@ class ModelSet:
     ) -> Scored:
         if not self.feature_names:
             self.feature_names = tuple(sorted(x))
+        self.scored += 1
+        self.rules_prior_sum += rules.recoverability
         p_rec = self.recoverability.predict(x)
         p_abuse = self.abuse.predict(x)
         rec = p_rec if self.recoverability.active else rules.recoverability
@@ -301,7 +314,8 @@ class ModelSet:
             x = dict(zip(names, snap.x, strict=True))
             if y_rec is not None:
                 ev = self.recoverability.evaluate(y_rec, snap.p_rec, snap.p_rec_rules, t)
-                self.recoverability.learn(x, y_rec, weighted=False)
+                prior = self.rules_prior_sum / self.scored if self.scored else None
+                self.recoverability.learn(x, y_rec, weighted=False, prior=prior)
                 if ev:
                     events.append(ev)
             if y_abuse is not None and snap.kind != "first":

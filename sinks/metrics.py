@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 EVENTS = Counter("salvage_events_total", "Input events accepted, by stream", ["stream"])
 DEAD_LETTERS = Counter("salvage_dead_letters_total", "Rejected input, by kind", ["kind"])
@@ -13,6 +13,11 @@ LATE = Counter(
     ["stream"],
 )
 TRIGGERS = Counter("salvage_triggers_total", "Interventions emitted, by action", ["action"])
+TRIGGER_REASONS = Counter(
+    "salvage_trigger_reasons_total",
+    "Reason codes on emitted interventions (a bounded vocabulary, see policy/baseline.py)",
+    ["action", "reason"],
+)
 SUPPRESSED = Counter(
     "salvage_suppressed_total", "Proposed interventions suppressed, by guardrail", ["guardrail"]
 )
@@ -28,11 +33,6 @@ LANE_DELAYED = Counter(
 LANE_ALERT_OPEN = Gauge("salvage_lane_alert_open", "1 while a lane delay alert is open", ["lane"])
 EVENT_TIME_LAG = Gauge(
     "salvage_watermark_lag_seconds", "Wall clock minus the case stage's watermark", ["shard"]
-)
-PROCESSING_LATENCY = Histogram(
-    "salvage_processing_latency_seconds",
-    "Wall time from source read to trigger emission",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 
