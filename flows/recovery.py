@@ -34,6 +34,7 @@ from flows.stages import (
     case_key,
     shard_of,
 )
+from policy.config import load_policy
 from salvage.config import Settings
 from scoring.models import ModelConfig
 from sinks import kpis, metrics
@@ -192,6 +193,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         infer_intents=s.infer_intents,
         intent_threshold=s.intent_threshold,
         score_log="scores" in sinks,
+        policy=load_policy(s.policy),
     )
     case_keys, lane_keys = cfg.case_keys(), cfg.lane_keys()
     ctx_keys, disp_keys, model_keys = cfg.cust_keys("ctx"), cfg.cust_keys("disp"), cfg.model_keys()

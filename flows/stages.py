@@ -35,7 +35,8 @@ from features.customer import CustomerContext
 from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
 from features.order_case import OrderCase, Status
-from policy.baseline import CUSTOMER_FACING, POLICY_VERSION, decide
+from policy.config import Policy, load_policy
+from policy.engine import CUSTOMER_FACING, decide, holdout_unit
 from scoring.baseline import RuleScorer
 from scoring.models import ModelConfig, ModelSet
 from scoring.text import IntentClassifier
@@ -61,6 +62,7 @@ _EVENTS = _cached(metrics.EVENTS)
 _CLOSED = _cached(metrics.CASES_CLOSED)
 _TRIGGERS = _cached(metrics.TRIGGERS)
 _SUPPRESSED = _cached(metrics.SUPPRESSED)
+_HOLDOUT = _cached(metrics.HOLDOUT)
 _INFERRED = _cached(metrics.INTENTS_INFERRED)
 _MODEL_CHANGES = {
     "promoted": _cached(metrics.MODEL_PROMOTIONS),
@@ -116,6 +118,7 @@ class StageConfig:
     infer_intents: bool = True
     intent_threshold: float = 0.6
     score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
+    policy: Policy = field(default_factory=load_policy)
 
     def case_keys(self) -> list[str]:
         return [case_key(i) for i in range(self.case_shards)]
@@ -456,6 +459,8 @@ class DispatchStage(_Stage):
         self.contacted: dict[str, list[int]] = {}  # customer -> our outbound contact times
         self.sent: dict[str, list[str]] = {}  # order id -> actions already triggered
         self.first_score: dict[str, float] = {}  # order id -> first recoverability score
+        self.held_out: set[str] = set()  # orders with at least one held-out decision
+        self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
         self.last_sweep = 0
 
     def apply(self, released, low: int, out: Emit) -> None:
@@ -470,6 +475,9 @@ class DispatchStage(_Stage):
             stale = [c for c, ts in self.contacted.items() if ts and low - ts[-1] > 30 * DAY_US]
             for c in stale:
                 del self.contacted[c]
+            today = low // DAY_US
+            for key in [k for k in self.spent if k[1] < today - 1]:
+                del self.spent[key]
 
     def _contacts_within(self, customer: str, t: int, window_us: int) -> int:
         return sum(1 for c in self.contacted.get(customer, ()) if t - window_us < c <= t)
@@ -497,29 +505,32 @@ class DispatchStage(_Stage):
                         },
                     )
                 )
-        decision = decide(features, scores, resolved=closed or view.outcome is not None)
+        policy = self.cfg.policy
+        decision = decide(policy, features, scores, resolved=closed or view.outcome is not None)
         decision_doc: dict[str, Any] | None = None
         if decision is not None:
             action = decision.action
             decision_doc = {
                 "action": action.value,
                 "expected_value": decision.expected_value,
+                "cost": decision.cost,
                 "reason_codes": list(decision.reason_codes),
                 "candidates": [list(c) for c in decision.candidates],
+                "guardrails": list(decision.guardrails),
             }
-            suppressed = self._guardrail(view, action, t)
+            if "abuse_block" in decision.guardrails:
+                _SUPPRESSED("abuse_block").inc()
+            suppressed = self._guardrail(view, action, decision.cost, t)
             decision_doc["suppressed_by"] = suppressed
             if suppressed:
                 _SUPPRESSED(suppressed).inc()
             else:
                 self.sent.setdefault(view.order_id, []).append(action.value)
-                if action in CUSTOMER_FACING:
-                    log = self.contacted.setdefault(view.customer_id, [])
-                    log.append(t)
-                    del log[:-8]
+                share = policy.actions[action].holdout_share
+                holdout = share > 0 and holdout_unit(view.order_id, policy.version) < share
                 trig = Trigger(
                     trigger_id=trigger_id(
-                        view.order_id, action.value, view.source_id, POLICY_VERSION
+                        view.order_id, action.value, view.source_id, policy.version
                     ),
                     order_id=view.order_id,
                     customer_id=view.customer_id,
@@ -529,18 +540,30 @@ class DispatchStage(_Stage):
                     scores=Scores(recoverability=scores.recoverability, abuse=scores.abuse),
                     expected_value=decision.expected_value,
                     currency=view.currency,
-                    policy_version=POLICY_VERSION,
+                    policy_version=policy.version,
                     model_version=scores.model_version,
-                    holdout=False,
+                    holdout=holdout,
                     decided_at=from_us(t),
                     expires_at=from_us(t + decision.ttl_hours * HOUR_US),
                     source_event_id=view.source_id,
                 )
-                _TRIGGERS(action.value).inc()
-                for reason in decision.reason_codes:
-                    metrics.TRIGGER_REASONS.labels(action.value, reason).inc()
                 decision_doc["trigger_id"] = trig.trigger_id
-                self.send("out", OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig))
+                decision_doc["holdout"] = holdout
+                if holdout:
+                    # the control group: recorded, never published, no contact, no spend
+                    self.held_out.add(view.order_id)
+                    _HOLDOUT(action.value).inc()
+                else:
+                    if action in CUSTOMER_FACING:
+                        log = self.contacted.setdefault(view.customer_id, [])
+                        log.append(t)
+                        del log[:-8]
+                    key = (action.value, t // DAY_US)
+                    self.spent[key] = self.spent.get(key, 0.0) + decision.cost
+                    _TRIGGERS(action.value).inc()
+                    for reason in decision.reason_codes:
+                        metrics.TRIGGER_REASONS.labels(action.value, reason).inc()
+                    self.send("out", OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig))
         if self.cfg.case_records:
             record = {
                 "order_id": view.order_id,
@@ -578,7 +601,7 @@ class DispatchStage(_Stage):
                         "first_recoverability": self.first_score.pop(view.order_id, None),
                         "scores": {"recoverability": scores.recoverability, "abuse": scores.abuse},
                         "triggered": list(self.sent.get(view.order_id, ())),
-                        "holdout": False,
+                        "holdout": view.order_id in self.held_out,
                         "customer": {
                             k: v for k, v in features.items() if k.startswith("customer_")
                         },
@@ -586,15 +609,25 @@ class DispatchStage(_Stage):
                 )
             )
             self.sent.pop(view.order_id, None)
+            self.held_out.discard(view.order_id)
 
-    def _guardrail(self, view: CaseView, action: Action, t: int) -> str:
+    def _guardrail(self, view: CaseView, action: Action, cost: float, t: int) -> str:
+        """The stateful guardrails, in order; returns the one that suppresses, or ''."""
+        policy = self.cfg.policy
+        g = policy.guardrails
         if action.value in self.sent.get(view.order_id, ()):
             return "once_per_order"
         if action in CUSTOMER_FACING:
-            if self._contacts_within(view.customer_id, t, DAY_US) >= CAP_24H:
+            if self._contacts_within(view.customer_id, t, DAY_US) >= g.contact_cap_24h:
                 return "contact_cap_24h"
-            if self._contacts_within(view.customer_id, t, 30 * DAY_US) >= CAP_30D:
+            if self._contacts_within(view.customer_id, t, 30 * DAY_US) >= g.contact_cap_30d:
                 return "contact_cap_30d"
+        budget = policy.actions[action].budget_per_day
+        if budget is not None:
+            # the daily budget is split evenly over the dispatch shards (deterministic)
+            share = budget / self.cfg.cust_shards
+            if self.spent.get((action.value, t // DAY_US), 0.0) + cost > share:
+                return "daily_budget"
         return ""
 
 

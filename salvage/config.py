@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     idle_partition_seconds: float = Field(
         2.0, gt=0, description="live mode: a caught-up partition stops holding the watermark"
     )
+    policy: str | None = Field(
+        None, description="policy YAML (SALVAGE_POLICY); default: the shipped policy/default.yaml"
+    )
     model_shards: int = Field(
         1, ge=1, le=256, description="model replicas (stable key: customer); results per count"
     )

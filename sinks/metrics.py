@@ -15,8 +15,11 @@ LATE = Counter(
 TRIGGERS = Counter("salvage_triggers_total", "Interventions emitted, by action", ["action"])
 TRIGGER_REASONS = Counter(
     "salvage_trigger_reasons_total",
-    "Reason codes on emitted interventions (a bounded vocabulary, see policy/baseline.py)",
+    "Reason codes on emitted interventions (a bounded vocabulary, see policy/engine.py)",
     ["action", "reason"],
+)
+HOLDOUT = Counter(
+    "salvage_holdout_total", "Decisions withheld for the control group, by action", ["action"]
 )
 SUPPRESSED = Counter(
     "salvage_suppressed_total", "Proposed interventions suppressed, by guardrail", ["guardrail"]

@@ -1,0 +1,176 @@
+"""The intervention policy as a file: YAML validated by pydantic, explicit and auditable.
+
+Each action has an eligibility rule (``when``), its economics (expected lift on P(retained), message
+cost, goodwill credit, label cost), a budget per event-time day, a channel, a time-to-live and a
+holdout share. Global guardrails cap contact frequency and goodwill, block automatic offers above an
+abuse threshold, and send costly or ambiguous cases to human review.
+
+The eligibility language is deliberately small. ``when`` maps feature names to comparisons, all of
+which must hold; ``any`` holds when at least one of its sub-rules holds::
+
+    when:
+      delivered: false            # equality (booleans are 1.0 / 0.0 features)
+      slippage_hours: ">= 6"      # one of < <= > >= == !=, then a number
+      any:
+        - {wismo_7d: ">= 1"}
+        - {lost: true}
+
+Feature names are checked at load time against the features the flow computes (case, customer,
+and the scores ``recoverability`` / ``abuse``): a typo stops start-up with its field path.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from connectors.outputs import Action
+
+DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
+
+_OPS = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_CMP = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
+
+
+class PolicyError(ValueError):
+    """An invalid policy file: the message names the field path and the reason."""
+
+
+def known_features() -> frozenset[str]:
+    """Every feature name a rule may use (computed the way the flow computes them)."""
+    from features.customer import CustomerContext
+    from features.order_case import OrderCase
+
+    names = set(OrderCase("x").features(0)) | set(CustomerContext("x").features(0))
+    return frozenset(names | {"recoverability", "abuse"})
+
+
+def _compile(value: Any) -> tuple[Any, float]:
+    if isinstance(value, bool):
+        return operator.eq, float(value)
+    if isinstance(value, int | float):
+        return operator.eq, float(value)
+    if isinstance(value, str):
+        m = _CMP.match(value)
+        if m:
+            return _OPS[m.group(1)], float(m.group(2))
+    raise ValueError(f"not a comparison: {value!r} (use e.g. '>= 6', '< 0.5', true, 3)")
+
+
+class Rule(BaseModel):
+    """All conditions hold, and (if given) at least one ``any`` sub-rule holds."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    any: list[Rule] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Rule:
+        names = known_features()
+        for name, value in (self.model_extra or {}).items():
+            if name not in names:
+                raise ValueError(f"unknown feature {name!r}")
+            _compile(value)
+        return self
+
+    def compiled(self) -> tuple[list[tuple[str, Any, float]], list]:
+        conds = [(n, *_compile(v)) for n, v in sorted((self.model_extra or {}).items())]
+        return conds, [r.compiled() for r in self.any or ()]
+
+
+def holds(compiled: tuple[list, list], f: dict[str, float]) -> bool:
+    conds, anys = compiled
+    for name, op, value in conds:
+        if not op(f[name], value):
+            return False
+    return not anys or any(holds(sub, f) for sub in anys)
+
+
+Money = Annotated[float, Field(ge=0, le=10_000)]
+
+
+class ActionPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    when: Rule
+    lift: float = Field(ge=0, le=1, description="expected gain in P(retained) when lost-bound")
+    message_cost: Money = 0.0
+    goodwill_credit: Money = 0.0
+    label_cost: Money = 0.0
+    budget_per_day: Money | None = Field(None, description="spend cap per event-time day")
+    channel: Literal["email", "sms", "push", "app", "agent"] = "email"
+    ttl_hours: int = Field(48, ge=1, le=24 * 30)
+    holdout_share: float = Field(0.0, ge=0, le=0.5)
+
+    @property
+    def cost(self) -> float:
+        return self.message_cost + self.goodwill_credit + self.label_cost
+
+
+class Guardrails(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contact_cap_24h: int = Field(1, ge=0)
+    contact_cap_30d: int = Field(3, ge=0)
+    max_goodwill_share_of_margin: float = Field(0.3, ge=0, le=1)
+    abuse_block: float = Field(0.5, gt=0, le=1, description="no automatic offer at or above")
+    review_value: Money = Field(400.0, description="ambiguous cases above this go to review")
+    ambiguity_band: tuple[float, float] = (0.35, 0.65)
+
+    @field_validator("ambiguity_band")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1] <= 1:
+            raise ValueError("ambiguity_band must be two probabilities, low <= high")
+        return v
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
+    guardrails: Guardrails = Guardrails()
+    actions: dict[Action, ActionPolicy]
+
+    @model_validator(mode="after")
+    def _all_actions(self) -> Policy:
+        missing = set(Action) - set(self.actions)
+        if missing:
+            raise ValueError(f"actions missing: {', '.join(sorted(a.value for a in missing))}")
+        return self
+
+
+def _where(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "<root>"
+
+
+def load_policy(path: Path | str | None = None) -> Policy:
+    """Load and validate a policy file (default: the shipped ``policy/default.yaml``)."""
+    path = Path(path) if path else DEFAULT_POLICY
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise PolicyError(f"{path}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise PolicyError(f"{path}: a policy is a mapping with version, guardrails, actions")
+    try:
+        return Policy.model_validate(doc)
+    except ValidationError as exc:
+        lines = [f"{_where(e)}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise PolicyError(f"{path}: invalid policy\n  " + "\n  ".join(lines)) from exc

@@ -1,0 +1,165 @@
+"""Decide the best intervention for a case update under a :class:`~policy.config.Policy`.
+
+For every enabled action whose rule holds, the expected value is
+
+    EV = lift x P(lost) x value at risk - (message + goodwill + label cost)
+
+where P(lost) = 1 - recoverability and the value at risk is the order (or returned share) value plus
+the margin behind it. Human review is valued differently: it protects the amount at stake from
+abuse (abuse x amount) and gives a small chance to save an ambiguous case. The best positive EV
+wins; every candidate and every guardrail that shaped the decision is recorded for the audit trail.
+
+Stateless guardrails live here (abuse block, review routing, goodwill cap); the ones that need
+memory (contact caps, once per order, daily budgets, holdout) are applied by the dispatch stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from connectors.outputs import Action, Priority
+from policy.config import Policy, holds
+
+CUSTOMER_FACING = frozenset(a for a in Action if a is not Action.HUMAN_REVIEW)
+_COMPILED: dict[int, dict[Action, tuple]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    expected_value: float
+    cost: float
+    priority: Priority
+    reason_codes: tuple[str, ...]
+    ttl_hours: int
+    candidates: tuple[tuple[str, float, str], ...]  # (action, EV, note)
+    guardrails: tuple[str, ...]  # stateless guardrails that shaped this decision
+
+
+def _rules(policy: Policy) -> dict[Action, tuple]:
+    key = id(policy)
+    rules = _COMPILED.get(key)
+    if rules is None:
+        rules = _COMPILED[key] = {a: p.when.compiled() for a, p in policy.actions.items()}
+    return rules
+
+
+def holdout_unit(order_id: str, policy_version: str) -> float:
+    """Deterministic uniform [0, 1) per (order, policy version): the holdout draw."""
+    digest = hashlib.sha256(f"{policy_version}|{order_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def reasons(f: dict[str, float], abuse: float, recoverability: float, policy: Policy) -> list[str]:
+    g = policy.guardrails
+    r: list[str] = []
+    slip = f["slippage_hours"]
+    if slip >= 48:
+        r.append("slippage_48h")
+    elif slip >= 24:
+        r.append("slippage_24h")
+    elif slip >= 6:
+        r.append("slippage_6h")
+    for feature, code in (
+        ("delayed_scans", "carrier_delay_scan"),
+        ("exception_count", "carrier_exception"),
+        ("lost", "parcel_lost"),
+        ("wismo_7d", "wismo_contact"),
+        ("refund_intent_7d", "refund_intent"),
+        ("fit_intent_7d", "fit_question"),
+    ):
+        if f[feature]:
+            r.append(code)
+    if f["return_requested"]:
+        r.append("return_open")
+        for feature, code in (
+            ("reason_fit", "reason_fit"),
+            ("reason_damaged", "reason_damaged"),
+            ("reason_late", "reason_late"),
+            ("reason_not_received", "reason_not_received"),
+            ("prefers_exchange", "prefers_exchange"),
+        ):
+            if f[feature]:
+                r.append(code)
+    if f["wismo_after_delivered"]:
+        r.append("wismo_after_delivered")
+    if abuse >= g.abuse_block:
+        r.append("abuse_risk_high")
+    if g.ambiguity_band[0] <= recoverability <= g.ambiguity_band[1]:
+        r.append("recoverability_ambiguous")
+    if f["order_value"] >= g.review_value:
+        r.append("high_value")
+    return r
+
+
+def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> Decision | None:
+    """The best action for this case update, or None (no eligible action with positive EV)."""
+    if resolved:
+        return None
+    g = policy.guardrails
+    rec, abuse = scores.recoverability, scores.abuse
+    x = {**f, "recoverability": rec, "abuse": abuse}
+    p_lost = 1.0 - rec
+    at_risk = f["return_share"] * f["order_value"] if f["return_requested"] else f["order_value"]
+    value_at_risk = at_risk * (0.5 + 0.5 * max(f["margin_rate"], 0.0))
+    claim_open = bool(f["return_requested"] or f["wismo_after_delivered"])
+    ambiguous = g.ambiguity_band[0] <= rec <= g.ambiguity_band[1]
+    rules = _rules(policy)
+    shaped: list[str] = []
+    candidates: list[tuple[str, float, str]] = []
+    best: tuple[float, Action, float] | None = None
+    review_forced = claim_open and (
+        abuse >= g.abuse_block or (f["order_value"] >= g.review_value and ambiguous)
+    )
+    for action, ap in policy.actions.items():
+        if not ap.enabled:
+            continue
+        eligible = holds(rules[action], x)
+        note = ""
+        if action is Action.HUMAN_REVIEW:
+            if not eligible and review_forced:
+                eligible, note = True, "routed by guardrail"
+                shaped.append("review_routing")
+            if not eligible:
+                continue
+            ev = abuse * at_risk + 0.1 * p_lost * value_at_risk - ap.cost
+        else:
+            if not eligible:
+                continue
+            if abuse >= g.abuse_block:
+                candidates.append((action.value, 0.0, "blocked: abuse risk"))
+                shaped.append("abuse_block")
+                continue
+            goodwill = ap.goodwill_credit
+            cap = g.max_goodwill_share_of_margin * max(f["margin"], 0.0)
+            if goodwill > cap:
+                goodwill, note = cap, f"goodwill capped at {cap:.2f}"
+                shaped.append("goodwill_cap")
+            cost = ap.message_cost + goodwill + ap.label_cost
+            ev = ap.lift * p_lost * value_at_risk - cost
+        ev = round(ev, 2)
+        candidates.append((action.value, ev, note))
+        if ev > 0 and (best is None or ev > best[0]):
+            best = (ev, action, ap.cost)
+    if best is None:
+        return None
+    ev, action, cost = best
+    if action is Action.HUMAN_REVIEW or ev >= 50:
+        priority = Priority.HIGH
+    elif ev >= 10:
+        priority = Priority.NORMAL
+    else:
+        priority = Priority.LOW
+    if f["urgent_contacts_7d"] and priority is not Priority.HIGH:
+        priority = Priority.HIGH
+    return Decision(
+        action=action,
+        expected_value=ev,
+        cost=round(cost, 2),
+        priority=priority,
+        reason_codes=tuple(reasons(f, abuse, rec, policy)),
+        ttl_hours=policy.actions[action].ttl_hours,
+        candidates=tuple(candidates),
+        guardrails=tuple(dict.fromkeys(shaped)),
+    )

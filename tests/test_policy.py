@@ -1,0 +1,249 @@
+"""The intervention policy: file validation, expected-value ranking, guardrails, holdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from connectors.outputs import Action
+from features.eventtime import DAY_US, HOUR_US
+from flows.stages import CaseView, DispatchStage, StageConfig
+from policy.config import DEFAULT_POLICY, PolicyError, load_policy
+from policy.engine import decide, holdout_unit
+from scoring.baseline import ScoreResult
+from scoring.models import Scored
+
+POLICY = load_policy()
+
+
+def _write(tmp_path: Path, doc) -> Path:
+    p = tmp_path / "policy.yaml"
+    p.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return p
+
+
+def _default_doc() -> dict:
+    return yaml.safe_load(DEFAULT_POLICY.read_text())
+
+
+def test_the_shipped_policy_is_valid_and_complete():
+    assert POLICY.version == "default-v1"
+    assert set(POLICY.actions) == set(Action)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda d: d["actions"]["delay_intervention"]["when"].update(slipage_hours=">= 6"),
+            "actions.delay_intervention.when: Value error, unknown feature 'slipage_hours'",
+        ),
+        (
+            lambda d: d["actions"]["product_guidance"].update(lift=1.5),
+            "actions.product_guidance.lift: Input should be less than or equal to 1",
+        ),
+        (
+            lambda d: d["actions"]["product_guidance"]["when"].update(fit_intent_7d="lots"),
+            "not a comparison: 'lots'",
+        ),
+        (lambda d: d["actions"].pop("human_review"), "actions missing: human_review"),
+        (lambda d: d["guardrails"].update(ambiguity_band=[0.8, 0.2]), "guardrails.ambiguity_band"),
+        (
+            lambda d: d["actions"]["proactive_reassurance"].update(colour="red"),
+            "actions.proactive_reassurance.colour: Extra inputs are not permitted",
+        ),
+        (lambda d: d.update(version="has spaces"), "version: String should match pattern"),
+    ],
+)
+def test_invalid_policies_fail_with_field_path_and_reason(tmp_path, mutate, expected):
+    doc = _default_doc()
+    mutate(doc)
+    with pytest.raises(PolicyError) as err:
+        load_policy(_write(tmp_path, doc))
+    assert expected in str(err.value)
+
+
+def test_unreadable_policy_files_are_clear_errors(tmp_path):
+    with pytest.raises(PolicyError, match="file not found"):
+        load_policy(tmp_path / "nope.yaml")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(_write(tmp_path, "actions: [unclosed"))
+    with pytest.raises(PolicyError, match="is a mapping"):
+        load_policy(_write(tmp_path, "- 1\n- 2\n"))
+
+
+def _features(**over) -> dict[str, float]:
+    from features.customer import CustomerContext
+    from features.order_case import OrderCase
+
+    f = OrderCase("o").features(0) | CustomerContext("c").features(0)
+    f.update(order_value=120.0, margin=60.0, margin_rate=0.5)
+    f.update(over)
+    return f
+
+
+def _scores(rec: float = 0.5, abuse: float = 0.05) -> ScoreResult:
+    return ScoreResult(rec, abuse, "rules-v1")
+
+
+def test_late_parcel_gets_reassurance_then_intervention_when_the_customer_asks():
+    late = _features(slippage_hours=30.0, delayed_scans=1.0)
+    d = decide(POLICY, late, _scores(0.6), resolved=False)
+    assert d.action is Action.PROACTIVE_REASSURANCE
+    asked = _features(slippage_hours=30.0, delayed_scans=1.0, wismo_7d=1.0)
+    # still likely kept: the voucher costs more than it can save, reassurance wins
+    d = decide(POLICY, asked, _scores(0.6), resolved=False)
+    assert d.action is Action.PROACTIVE_REASSURANCE
+    # likely lost: the intervention's larger lift pays for its cost
+    d = decide(POLICY, asked, _scores(0.2), resolved=False)
+    assert d.action is Action.DELAY_INTERVENTION
+    evs = {a: ev for a, ev, _ in d.candidates}
+    assert evs["delay_intervention"] > evs["proactive_reassurance"]
+    # EV = lift x P(lost) x value at risk - cost, with goodwill capped at 30% of margin (5 < 18)
+    assert evs["delay_intervention"] == round(0.2 * 0.8 * 120 * 0.75 - (0.5 + 5.0), 2)
+    assert "slippage_24h" in d.reason_codes and "wismo_contact" in d.reason_codes
+
+
+def test_never_auto_offers_to_likely_abuse_and_routes_to_review():
+    ret = _features(return_requested=1.0, return_share=1.0, reason_fit=1.0, delivered=1.0)
+    d = decide(POLICY, ret, _scores(0.5, abuse=0.3), resolved=False)
+    assert d.action is Action.EXCHANGE_FIRST_OFFER
+    d = decide(POLICY, ret, _scores(0.5, abuse=0.7), resolved=False)
+    assert d.action is Action.HUMAN_REVIEW
+    assert "abuse_block" in d.guardrails
+    assert ("exchange_first_offer", 0.0, "blocked: abuse risk") in d.candidates
+
+
+def test_costly_ambiguous_cases_go_to_human_review():
+    ret = _features(
+        return_requested=1.0,
+        return_share=1.0,
+        prefers_refund=1.0,
+        order_value=900.0,
+        margin=400.0,
+        delivered=1.0,
+    )
+    d = decide(POLICY, ret, _scores(0.5, abuse=0.1), resolved=False)
+    assert d.action is Action.HUMAN_REVIEW and "review_routing" in d.guardrails
+
+
+def test_goodwill_is_capped_at_a_share_of_margin():
+    asked = _features(slippage_hours=30.0, wismo_7d=1.0, margin=5.0, order_value=120.0)
+    d = decide(POLICY, asked, _scores(0.2), resolved=False)
+    notes = {a: n for a, _, n in d.candidates}
+    assert notes["delay_intervention"] == "goodwill capped at 1.50"
+    assert "goodwill_cap" in d.guardrails
+
+
+def test_resolved_cases_and_no_signal_get_nothing():
+    assert decide(POLICY, _features(slippage_hours=30.0), _scores(), resolved=True) is None
+    assert decide(POLICY, _features(), _scores(), resolved=False) is None
+
+
+def test_holdout_is_deterministic_and_close_to_its_share():
+    draws = [holdout_unit(f"O{i:06d}", "default-v1") for i in range(20000)]
+    assert draws == [holdout_unit(f"O{i:06d}", "default-v1") for i in range(20000)]
+    share = sum(d < 0.1 for d in draws) / len(draws)
+    assert 0.09 < share < 0.11
+    # another policy version re-draws the control group
+    other = [holdout_unit(f"O{i:06d}", "default-v2") for i in range(20000)]
+    assert sum((a < 0.1) != (b < 0.1) for a, b in zip(draws, other, strict=True)) > 1000
+
+
+# ------------------------------------------------------------------ dispatch (stateful guardrails)
+
+
+def _stage(policy=POLICY, shards: int = 1) -> DispatchStage:
+    cfg = StageConfig(
+        case_shards=1,
+        cust_shards=shards,
+        lane_shards=1,
+        sources=("p",),
+        case_records=False,
+        policy=policy,
+    )
+    return DispatchStage(0, cfg)
+
+
+def _update(stage, t: int, order: str, features, customer: str = "c1", rec: float = 0.5):
+    view = CaseView(
+        order_id=order,
+        customer_id=customer,
+        t=t,
+        source_id=f"{order}-{t}",
+        changes=("scan",),
+        features=features,
+        status="open",
+        outcome=None,
+        lane="l",
+        campaign="none",
+        sku_family="f",
+        currency="EUR",
+        order_value=features["order_value"],
+        refunded_amount=0.0,
+        returned=False,
+        abuse_flags=(),
+    )
+    scores = _scores(rec)
+    out: list = []
+    stage.apply([(t, "x", (view, features, Scored(scores, {}, scores), []))], t + 1, out)
+    return out
+
+
+def _sent(stage) -> list:
+    """Triggers queued for the output stage (then cleared)."""
+    box = stage._outbox.pop(("out", "out"), [])
+    return [payload for _, _, (kind, payload) in box if kind == "trigger"]
+
+
+def test_once_per_order_and_contact_caps():
+    stage = _stage(load_policy_with(holdout=0.0))
+    late = _features(slippage_hours=30.0, delayed_scans=1.0)
+    _update(stage, 0, "o1", late)
+    assert [t.action for t in _sent(stage)] == [Action.PROACTIVE_REASSURANCE]
+    _update(stage, HOUR_US, "o1", late)  # same order again: once per order
+    _update(stage, 2 * HOUR_US, "o2", late)  # same customer within 24 h: capped
+    assert _sent(stage) == []
+    _update(stage, 25 * HOUR_US, "o3", late)  # next day: allowed (2nd in 30 days)
+    _update(stage, 50 * HOUR_US, "o4", late)  # 3rd in 30 days
+    _update(stage, 75 * HOUR_US, "o5", late)  # 4th: over the 30-day cap
+    assert [t.order_id for t in _sent(stage)] == ["o3", "o4"]
+
+
+def load_policy_with(holdout: float | None = None, budget: float | None = None):
+    doc = _default_doc()
+    for a in doc["actions"].values():
+        if holdout is not None and a.get("holdout_share", 0) > 0:
+            a["holdout_share"] = holdout
+    if budget is not None:
+        doc["actions"]["proactive_reassurance"]["budget_per_day"] = budget
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(doc, f)
+    return load_policy(f.name)
+
+
+def test_daily_budget_is_exhausted_in_event_time_and_renews_the_next_day():
+    stage = _stage(load_policy_with(holdout=0.0, budget=0.12))  # 0.05 each: two per day
+    late = _features(slippage_hours=30.0, delayed_scans=1.0)
+    for i in range(3):
+        _update(stage, i * HOUR_US, f"o{i}", late, customer=f"c{i}")
+    assert len(_sent(stage)) == 2
+    _update(stage, DAY_US + HOUR_US, "o9", late, customer="c9")  # a new event-time day
+    assert len(_sent(stage)) == 1
+
+
+def test_holdout_decisions_are_recorded_but_never_published():
+    stage = _stage(load_policy_with(holdout=0.5))
+    late = _features(slippage_hours=30.0, delayed_scans=1.0)
+    orders = [f"O{i:04d}" for i in range(40)]
+    for i, o in enumerate(orders):
+        _update(stage, i * DAY_US, o, late, customer=f"c{i}")
+    published = {t.order_id for t in _sent(stage)}
+    expected_held = {o for o in orders if holdout_unit(o, "default-v1") < 0.5}
+    assert stage.held_out == expected_held
+    assert published == set(orders) - expected_held
+    assert 5 < len(expected_held) < 35
