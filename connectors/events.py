@@ -259,6 +259,21 @@ class ReturnCancelled(_Event):
     return_id: Id
 
 
+class Verdict(StrEnum):
+    APPROVE = "approve"  # legitimate: proceed (refund / exchange as requested)
+    DENY = "deny"  # refused, not necessarily abuse
+    ABUSE_CONFIRMED = "abuse_confirmed"
+
+
+class ReviewResolved(_Event):
+    """A human reviewer's verdict on a case sent to review (published by ``salvage review``)."""
+
+    event_type: Literal["review_resolved"]
+    review_id: Id
+    verdict: Verdict
+    reviewer: Id | None = None  # an internal reviewer id, never a name
+
+
 class ChargebackFiled(_Event):
     event_type: Literal["chargeback_filed"]
     amount: Money
@@ -281,7 +296,8 @@ Event = Annotated[
     | ExchangeCompleted
     | StoreCreditIssued
     | ReturnCancelled
-    | ChargebackFiled,
+    | ChargebackFiled
+    | ReviewResolved,
     Field(discriminator="event_type"),
 ]
 
@@ -305,6 +321,7 @@ EVENT_MODELS: dict[str, type[_Event]] = {
         StoreCreditIssued,
         ReturnCancelled,
         ChargebackFiled,
+        ReviewResolved,
     )
 }
 
@@ -327,6 +344,7 @@ STREAM_OF: dict[str, Stream] = {
             "store_credit_issued",
             "return_cancelled",
             "chargeback_filed",
+            "review_resolved",
         )
     },
 }

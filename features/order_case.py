@@ -112,6 +112,7 @@ class OrderCase:
     abuse_flags: tuple[str, ...] = ()
     refunded_amount: float = 0.0
     refund_at: int = 0
+    review_verdict: str = ""
     resolved_at: int = 0
     # lifecycle
     status: Status = Status.OPEN
@@ -293,6 +294,9 @@ class OrderCase:
             self.refunded_amount = round(self.refunded_amount + ev.amount, 2)
             self._close(Outcome.CHARGEBACK, t)
             return ["outcome"]
+        if kind == "review_resolved":
+            self.review_verdict = ev.verdict.value
+            return ["reviewed"]
         return []  # return_in_transit: nothing decision-relevant beyond the event count
 
     # ------------------------------------------------------------------ lifecycle
@@ -380,6 +384,7 @@ class OrderCase:
             "refund_at": self.refund_at,
             "outcome": self.outcome.value if self.outcome else None,
             "closed_at": self.closed_at,
+            "review_verdict": self.review_verdict,
         }
 
     # ------------------------------------------------------------------ features

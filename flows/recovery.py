@@ -173,6 +173,9 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
 
         pw = s.redis_password.get_secret_value() if s.redis_password else None
         sinks["cases"] = RedisCaseSink(s.redis_url, password=pw, ttl_seconds=s.case_ttl_seconds)
+        from sinks.review_queue import RedisReviewSink
+
+        sinks["reviews"] = RedisReviewSink(s.redis_url, password=pw)
     sinks.update(spec.extra_sinks)
     return sinks
 
@@ -319,6 +322,13 @@ def build_flow(spec: FlowSpec) -> Dataflow:
 
     op.inspect("kpis_orders", context, tap)
     op.inspect("kpis_cases", dispatch, tap)
+    if "reviews" in sinks:  # human-review triggers also go to the reviewers' queue
+        reviews = op.filter_map(
+            "reviews",
+            triggers,
+            lambda t: t.model_dump(mode="json") if t.action.value == "human_review" else None,
+        )
+        op.output("out_reviews", reviews, sinks["reviews"])
     if "scores" in sinks:  # per-prediction log (benchmarks): an extra sink named "scores"
         op.output(
             "out_scores", op.filter_map("score_log", dispatch, only("score")), sinks["scores"]

@@ -129,7 +129,9 @@ class OnlineModel:
     def predict(self, x: dict[str, float]) -> float:
         return float(self.pipeline.predict_proba_one(prepare(x)).get(True, 0.0))
 
-    def learn(self, x: dict[str, float], y: bool, weighted: bool, prior: float | None = None) -> None:
+    def learn(
+        self, x: dict[str, float], y: bool, weighted: bool, prior: float | None = None
+    ) -> None:
         """``weighted``: up-weight rare positives (abuse). ``prior``: correct label-prior shift —
         weight the classes so the labelled mix matches ``prior``, the expected positive share of
         the *scored* population (delayed labels arrive class by class: refunds resolve in days,
@@ -306,6 +308,9 @@ class ModelSet:
         snaps = self.pending.pop(order_id, [])
         events: list[dict[str, Any]] = []
         y_rec = recoverability_label(facts)
+        if review is None:
+            verdict = facts.get("review_verdict")
+            review = {"abuse_confirmed": True, "approve": False}.get(verdict) if verdict else None
         y_abuse = abuse_label(facts, review)
         names = self.feature_names
         for snap in snaps:

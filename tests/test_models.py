@@ -188,3 +188,21 @@ def test_intent_classifier_learns_and_stays_other_when_unsure():
     assert intent == "where_is_my_order" and p >= 0.6
     assert clf.infer("purple elephant")[0] == "other"
     assert clf.accuracy > 0.8
+
+
+def test_a_review_verdict_is_the_abuse_label():
+    ms = ModelSet(ModelConfig(min_labels=10**6))
+    ms.score("o1", 100, {"a": 1.0}, RULES, returned=False)
+    ms.score("o1", 200, {"a": 2.0}, RULES, returned=True)
+    facts = {
+        "outcome": "refund",
+        "return_requested_at": 200,
+        "return_reason": "too_small",
+        "review_verdict": "abuse_confirmed",
+    }
+    ms.label("o1", 300, facts)
+    assert ms.abuse.positives == 1  # no flags, but a reviewer confirmed abuse
+    ms.score("o2", 100, {"a": 1.0}, RULES, returned=True)
+    ms.score("o2", 150, {"a": 1.5}, RULES, returned=True)
+    ms.label("o2", 300, {**facts, "abuse_flags": ["worn"], "review_verdict": "approve"})
+    assert ms.abuse.negatives == 1  # the reviewer overrules the grading flag
