@@ -349,5 +349,11 @@ def spec_from_env() -> FlowSpec:
 def __getattr__(name: str):
     # `python -m bytewax.run flows.recovery:flow` builds the flow from the environment.
     if name == "flow":
+        import signal
+
+        from flows.sources import request_stop
+
+        # SIGTERM drains: sources stop at the next batch, state is snapshotted, exit 0
+        signal.signal(signal.SIGTERM, lambda *_: request_stop())
         return build_flow(spec_from_env())
     raise AttributeError(name)

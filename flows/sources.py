@@ -7,10 +7,16 @@ ends every batch with a watermark tick. Items:
 * ``("e", effective_time_us, tiebreak, event)``
 * ``("x", DeadLetter)``
 * ``("w", partition_id, watermark_us, latest_event_time_us)``
+
+**Draining.** :func:`request_stop` (what ``salvage run`` calls on SIGTERM/SIGINT) makes every
+partition finish at its next batch boundary *without* the end-of-input tick: what is buffered in
+the stages stays in their state, the dataflow completes normally (sinks flushed and closed, final
+Bytewax snapshot written), and a restart with the same ``--recovery-dir`` resumes exactly there.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -26,6 +32,22 @@ from features.eventtime import END, IDLE, PartitionClock, to_us
 from sinks import metrics
 
 Item = tuple[Any, ...]
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every source partition of this process to stop at its next batch boundary (drain)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def clear_stop() -> None:
+    """Forget a previous stop request (before starting another run in the same process)."""
+    _STOP.clear()
 
 
 class _Parser:
@@ -87,7 +109,7 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         self._batch = batch_size
 
     def next_batch(self) -> list[Item]:
-        if self._done:
+        if self._done or _STOP.is_set():
             raise StopIteration()
         out: list[Item] = []
         readline = self._f.readline
@@ -173,7 +195,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._idle = False
 
     def next_batch(self) -> list[Item]:
-        if self._done:
+        if self._done or _STOP.is_set():
             raise StopIteration()
         out: list[Item] = []
         msgs = self._consumer.consume(self._batch, 0.05)

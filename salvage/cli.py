@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -125,10 +125,43 @@ def run(
         int | None,
         typer.Option(help="Serve Prometheus /metrics here (0: off; SALVAGE_METRICS_PORT)"),
     ] = None,
+    recovery_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bytewax recovery directory: created and initialised when empty, resumed from "
+            "its last snapshot otherwise (restart with the same arguments)"
+        ),
+    ] = None,
+    snapshot_interval: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds between recovery snapshots (the Bytewax epoch)"),
+    ] = 5.0,
+    backup_interval: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds superseded snapshots are kept (your backup interval)"),
+    ] = 0.0,
+    recovery_partitions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Partitions created in a new recovery dir (default: shards)"),
+    ] = None,
 ) -> None:
-    """Run the recovery dataflow (file mode with --input, else Kafka mode)."""
+    """Run the recovery dataflow (file mode with --input, else Kafka mode).
+
+    SIGTERM or Ctrl-C drains: sources stop at the next batch, everything in flight is written,
+    the final snapshot is taken and the command exits 0; with --recovery-dir a restart with the
+    same arguments continues where it stopped. A second signal exits at once (code 143).
+    """
     from flows.recovery import FlowSpec
-    from salvage.runner import kafka_available, render_summary, run_flow, summarise
+    from flows.sources import clear_stop, stop_requested
+    from salvage.runner import (
+        Recovery,
+        RecoveryMismatch,
+        kafka_available,
+        prepare_recovery,
+        render_summary,
+        run_flow,
+        summarise,
+    )
     from sinks.redis_store import redis_available
 
     settings = _settings(
@@ -146,7 +179,30 @@ def run(
     )
     if settings.redis_url and not use_store:
         console.print("[yellow]no Redis answers: running without the case store[/yellow]")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    clear_stop()
+    _install_drain_handlers()
+    recovery = None
+    if recovery_dir is not None:
+        recovery = Recovery(
+            recovery_dir,
+            snapshot_seconds=snapshot_interval,
+            backup_seconds=backup_interval,
+            partitions=recovery_partitions or max(settings.shards, workers),
+        )
+
+    def start(spec: FlowSpec) -> float:
+        if recovery is not None:
+            try:
+                resumed = prepare_recovery(recovery, spec)
+            except RecoveryMismatch as exc:
+                console.print(f"[red]{exc}[/red]")
+                raise typer.Exit(2) from exc
+            console.print(
+                f"recovery: {'resuming from' if resumed else 'initialised'} {recovery_dir} "
+                f"(snapshot every {snapshot_interval:g}s, backup interval {backup_interval:g}s)"
+            )
+        return run_flow(spec, workers, recovery)
+
     if input:
         for p in input:
             if not p.is_file():
@@ -154,15 +210,38 @@ def run(
                 raise typer.Exit(2)
         out_dir.mkdir(parents=True, exist_ok=True)
         spec = FlowSpec(settings, inputs=list(input), out_dir=out_dir, case_store=use_store)
-        secs = run_flow(spec, workers)
+        secs = start(spec)
+        if stop_requested():
+            console.print(f"file mode: drained on signal after {secs:.1f}s -> {out_dir}/")
+            if recovery is None:
+                console.print("[yellow]no --recovery-dir: the outputs are partial[/yellow]")
+            return
         console.print(f"file mode: done in {secs:.1f}s -> {out_dir}/")
         if summary:
             render_summary(summarise(out_dir), out_dir, console)
         return
     with kafka_available(settings, console.print) as live:
         spec = FlowSpec(live, to_end=to_end, case_store=use_store)
-        secs = run_flow(spec, workers)
-        console.print(f"kafka mode: done in {secs:.1f}s")
+        secs = start(spec)
+        how = "drained on signal" if stop_requested() else "done"
+        console.print(f"kafka mode: {how} in {secs:.1f}s")
+
+
+def _install_drain_handlers() -> None:
+    """SIGTERM / SIGINT: first one drains (see ``flows.sources.request_stop``), second one exits.
+
+    Bytewax runs the dataflow in Rust and calls back into Python's signal machinery between
+    activations, so the handler runs promptly on the main thread; it only sets a flag."""
+    from flows.sources import request_stop, stop_requested
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop_requested():
+            os._exit(128 + signum)
+        console.print(f"{signal.Signals(signum).name}: draining (send again to exit at once)")
+        request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @app.command()
@@ -192,12 +271,44 @@ def broker(
 
 @app.command()
 def replay(
-    log: Annotated[Path, typer.Argument(help="Event log (JSONL) to publish")],
+    log: Annotated[Path, typer.Argument(help="Event log: JSONL, gzip'd JSONL or Parquet")],
+    speed: Annotated[
+        float | None,
+        typer.Option(min=0.000001, help="Pace by event time, N times faster than real time"),
+    ] = None,
+    max_speed: Annotated[
+        bool, typer.Option("--max", help="As fast as possible (the default)")
+    ] = False,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Only events with occurred_at >= this (ISO 8601 with zone)"),
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Only events with occurred_at < this")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(min=0.000001, help="At most N messages per second")
+    ] = None,
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
 ) -> None:
-    """Publish an event log to the input topics, keyed by order id, with a progress bar."""
-    from salvage.runner import publish_log
+    """Publish an event log to the input topics, keyed by order id, with a progress bar.
 
+    Records go out in the log's own (arrival) order; --speed paces them by occurred_at and
+    --rate caps messages per second. Re-publishing a log is harmless: the pipeline drops repeated
+    event ids, and the same key always lands on the same partition.
+    """
+    from connectors.replay import parse_time
+    from salvage.runner import replay_log
+
+    if max_speed and speed is not None:
+        console.print("[red]--max and --speed exclude each other[/red]")
+        raise typer.Exit(2)
+    try:
+        t_from = parse_time(from_) if from_ else None
+        t_to = parse_time(to) if to else None
+    except ValueError as exc:
+        console.print(f"[red]bad --from/--to: {exc}[/red]")
+        raise typer.Exit(2) from exc
     settings = _settings(kafka_bootstrap=kafka_bootstrap)
     if not settings.kafka_bootstrap:
         console.print(
@@ -208,10 +319,51 @@ def replay(
         console.print(f"[red]no such event log: {log}[/red]")
         raise typer.Exit(2)
     with _progress() as bar:
-        task = bar.add_task(f"publishing {log.name}", total=log.stat().st_size)
-        counts = publish_log(settings, log, lambda done, _t: bar.update(task, completed=done))
-    for topic, n in sorted(counts.items()):
+        task = bar.add_task(f"publishing {log.name}", total=None)
+        stats = replay_log(
+            settings,
+            log,
+            lambda done, total: bar.update(task, completed=done, total=total),
+            speed=speed,
+            rate=rate,
+            t_from=t_from,
+            t_to=t_to,
+        )
+    for topic, n in sorted(stats.counts.items()):
         console.print(f"  {topic}: {n:,} messages")
+    rate_s = stats.published / stats.seconds if stats.seconds > 0 else 0.0
+    console.print(
+        f"published {stats.published:,} messages in {stats.seconds:.1f}s ({rate_s:,.0f}/s); "
+        f"{stats.skipped:,} outside the time window, {stats.untimed:,} without an event time"
+    )
+
+
+@app.command()
+def record(
+    out: Annotated[Path, typer.Option("--out", help="Event log to write (JSONL)")] = Path(
+        "events.jsonl"
+    ),
+    follow: Annotated[
+        float | None,
+        typer.Option(help="Keep reading until no message arrived for this many seconds"),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds")] = 600.0,
+    kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
+) -> None:
+    """Capture the live input topics into an event log (event-time order), for replay or run."""
+    from salvage.runner import record_topics
+
+    settings = _settings(kafka_bootstrap=kafka_bootstrap)
+    if not settings.kafka_bootstrap:
+        console.print(
+            "[red]record needs a broker: set SALVAGE_KAFKA_BOOTSTRAP or --kafka-bootstrap[/red]"
+        )
+        raise typer.Exit(2)
+    written, skipped = record_topics(settings, out, follow_seconds=follow, timeout_s=timeout)
+    console.print(
+        f"recorded {written:,} messages to {out}"
+        + (f" ({skipped} skipped: empty or containing a newline)" if skipped else "")
+    )
 
 
 @app.command()
@@ -256,7 +408,10 @@ def demo(
         bar.update(task, completed=orders)
     salted = _salt(log)
     console.print(f"salted the log with {salted} malformed records (they must become dead letters)")
-    use_store = bool(settings.redis_url) and redis_available(settings.redis_url)
+    use_store = bool(settings.redis_url) and redis_available(
+        settings.redis_url,
+        settings.redis_password.get_secret_value() if settings.redis_password else None,
+    )
     if not use_store:
         console.print("[yellow]no Redis answers: running without the case store[/yellow]")
     with kafka_available(settings, console.print) as live:
@@ -275,7 +430,11 @@ def demo(
             consume_topic(live, topic, out_dir / name, group="salvage-demo")
     render_summary(summarise(out_dir), out_dir, console)
     if use_store:
-        console.print(f"Case store: Redis {settings.redis_url} (keys salvage:case:<order_id>)")
+        from sinks.redis_store import redact_url
+
+        console.print(
+            f"Case store: Redis {redact_url(settings.redis_url)} (keys salvage:case:<order_id>)"
+        )
     console.print(f"demo finished in {time.perf_counter() - started:.0f}s")
 
 

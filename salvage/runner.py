@@ -9,8 +9,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
 from connectors.events import STREAM_OF
@@ -43,53 +45,256 @@ def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[
         yield live
 
 
-def run_flow(spec: FlowSpec, workers: int = 1) -> float:
-    """Run to completion in this process; return wall seconds."""
+DEFAULT_SNAPSHOT_SECONDS = 5.0
+DEFAULT_BACKUP_SECONDS = 0.0
+RUN_MANIFEST = "salvage-run.json"
+
+
+class RecoveryMismatch(ValueError):
+    """A recovery directory holds the state of a run with different arguments."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Bytewax recovery for ``salvage run --recovery-dir``.
+
+    ``snapshot_seconds`` is the Bytewax epoch: state, source offsets and the file sinks' offsets
+    are snapshotted at the end of every epoch, and a restart resumes at the last one (work after
+    it is redone: the file sinks truncate to their snapshot offset, Kafka output repeats with the
+    same ids, Redis writes are version-guarded). ``backup_seconds`` is how long superseded
+    snapshots are kept (set it to your off-machine backup interval; 0 when the directory itself
+    is durable).
+    """
+
+    db_dir: Path
+    snapshot_seconds: float = DEFAULT_SNAPSHOT_SECONDS
+    backup_seconds: float = DEFAULT_BACKUP_SECONDS
+    partitions: int = 1
+
+
+def run_manifest(spec: FlowSpec) -> dict[str, object]:
+    """What must not change between a run and its resumption (a different shard count, input set
+    or topic set would resume state into the wrong keys or partitions)."""
+    s = spec.settings
+    doc: dict[str, object] = {"shards": s.shards, "mode": "file" if spec.file_mode else "kafka"}
+    if spec.file_mode:
+        doc["inputs"] = [str(Path(p).resolve()) for p in spec.inputs]
+        doc["out_dir"] = str(Path(spec.out_dir or "out").resolve())
+    else:
+        doc["topics"] = s.input_topics()
+    return doc
+
+
+def prepare_recovery(rec: Recovery, spec: FlowSpec) -> bool:
+    """Create and initialise the recovery partitions when ``rec.db_dir`` holds none; otherwise
+    check the directory belongs to a run with the same arguments. Returns True when resuming."""
+    db = Path(rec.db_dir)
+    manifest = run_manifest(spec)
+    parts = sorted(db.glob("part-*.sqlite3")) if db.is_dir() else []
+    mpath = db / RUN_MANIFEST
+    if parts:
+        if mpath.is_file():
+            before = json.loads(mpath.read_text())
+            if before != manifest:
+                diff = sorted(
+                    k for k in set(before) | set(manifest) if before.get(k) != manifest.get(k)
+                )
+                raise RecoveryMismatch(
+                    f"{db} holds the state of a run with different {', '.join(diff)}; "
+                    "use the same arguments or a fresh --recovery-dir"
+                )
+        return True
+    db.mkdir(parents=True, exist_ok=True)
+    init_db_dir(db, max(1, rec.partitions))
+    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return False
+
+
+def run_flow(spec: FlowSpec, workers: int = 1, recovery: Recovery | None = None) -> float:
+    """Run to completion (or to a drain, see :func:`flows.sources.request_stop`) in this process;
+    return wall seconds. With ``recovery``, initialise or resume ``recovery.db_dir``."""
     flow = build_flow(spec)
+    kwargs: dict[str, object] = {"worker_count_per_proc": workers}
+    if recovery is not None:
+        prepare_recovery(recovery, spec)
+        kwargs["epoch_interval"] = timedelta(seconds=recovery.snapshot_seconds)
+        kwargs["recovery_config"] = RecoveryConfig(
+            Path(recovery.db_dir), timedelta(seconds=recovery.backup_seconds)
+        )
     started = time.perf_counter()
-    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    cluster_main(flow, [], 0, **kwargs)  # type: ignore[arg-type]
     del flow
     gc.collect()  # free the run's Kafka clients now, not at some later collection
     return time.perf_counter() - started
+
+
+@dataclass
+class ReplayStats:
+    """What a replay published: messages per topic, records skipped by the time window, how many
+    records had no readable event time, and the wall time it took."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+    untimed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def published(self) -> int:
+        return sum(self.counts.values())
+
+
+def replay_log(
+    settings: Settings,
+    path: Path,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    speed: float | None = None,
+    rate: float | None = None,
+    t_from: int | None = None,
+    t_to: int | None = None,
+) -> ReplayStats:
+    """Publish an event log (JSONL, gzip'd JSONL or Parquet) to the input topics.
+
+    * Order: the log's own (arrival) order, which for a recorded or simulated log is event-time
+      order up to its late records; nothing is re-sorted, so a replay reproduces the lateness the
+      pipeline saw. Each record goes to the topic of its ``event_type``'s stream, keyed by its
+      ``order_id`` (Kafka's murmur2 partitioner: same key, same partition, every time).
+    * Records that are not a JSON object with a known ``event_type`` go to the orders topic
+      (unkeyed unless they carry a string ``order_id``), so the pipeline dead-letters them as it
+      would in production.
+    * ``t_from`` / ``t_to`` (µs, inclusive / exclusive) keep records whose ``occurred_at`` falls
+      in the window; records without a readable ``occurred_at`` are always published.
+    * ``speed`` / ``rate``: see :class:`connectors.replay.Pacer`; by default as fast as possible.
+    * Re-publishing the same log is harmless: every event keeps its ``event_id`` (the pipeline
+      drops duplicates) and lands on the same partition.
+
+    The producer is idempotent with ``acks=all``; the call returns after every message is
+    acknowledged and raises :class:`sinks.kafka.KafkaDeliveryError` if any was not.
+    """
+    from connectors.replay import Pacer, Progress, event_time_us, iter_records
+    from sinks.kafka import TopicProducer
+
+    topics = settings.input_topics()
+    stats = ReplayStats()
+    pacer = Pacer(speed, rate) if speed or rate else None
+    windowed = t_from is not None or t_to is not None
+    prog = Progress()
+    started = time.perf_counter()
+    with TopicProducer(settings.kafka_client_config()) as producer:
+        for i, value in enumerate(iter_records(path, prog)):
+            stream, key = "orders", None
+            with contextlib.suppress(ValueError, AttributeError, TypeError, RecursionError):
+                doc = json.loads(value)
+                stream = STREAM_OF.get(doc.get("event_type"), "orders")
+                key = doc.get("order_id") if isinstance(doc.get("order_id"), str) else None
+            t = event_time_us(value) if (windowed or pacer is not None) else None
+            if windowed:
+                if t is None:
+                    stats.untimed += 1
+                elif (t_from is not None and t < t_from) or (t_to is not None and t >= t_to):
+                    stats.skipped += 1
+                    continue
+            if pacer is not None:
+                pacer.wait(t)
+            topic = topics[str(stream)]
+            producer.produce(topic, key.encode() if key else None, value)
+            stats.counts[topic] += 1
+            if progress is not None and i % 5000 == 0:
+                progress(prog.done, prog.total)
+        producer.flush()
+    stats.seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(prog.total, prog.total)
+    return stats
 
 
 def publish_log(
     settings: Settings,
     path: Path,
     progress: Callable[[int, int], None] | None = None,
+    **options: float | int | None,
 ) -> Counter[str]:
-    """Publish an event log to the input topics (keyed by order id), in file order.
+    """:func:`replay_log`, returning messages per topic."""
+    return replay_log(settings, path, progress, **options).counts  # type: ignore[arg-type]
 
-    Lines that do not parse as an event still go to a topic: the orders topic by default, or the
-    topic their ``event_type`` names, so the pipeline's dead-letter handling sees them as it would
-    in production. Returns messages per topic.
+
+def record_topics(
+    settings: Settings,
+    out: Path,
+    *,
+    follow_seconds: float | None = None,
+    timeout_s: float = 120.0,
+) -> tuple[int, int]:
+    """Capture the input topics into a JSONL event log (``salvage record``).
+
+    Assigns every partition of the four input topics from the beginning (no consumer group, no
+    committed offsets: recording never disturbs anyone) and reads until each partition is at its
+    end; with ``follow_seconds``, keeps reading until no message arrived for that long.
+
+    The log is written in event-time order: records are sorted by ``(occurred_at, topic,
+    partition, offset)``; a record without a readable ``occurred_at`` takes the time of the record
+    before it in its partition, so it stays where it arrived. A message whose value contains a
+    newline byte cannot be a JSONL line and is skipped (counted). Returns ``(written, skipped)``.
     """
-    from sinks.kafka import TopicProducer
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    topics = settings.input_topics()
-    counts: Counter[str] = Counter()
-    total = path.stat().st_size
-    done = 0
-    with TopicProducer(settings.kafka_client_config()) as producer, path.open("rb") as f:
-        for i, line in enumerate(f):
-            done += len(line)
-            value = line.rstrip(b"\r\n")
-            if not value.strip():
-                continue
-            stream, key = "orders", None
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
-                doc = json.loads(value)
-                stream = STREAM_OF.get(doc.get("event_type"), "orders")
-                key = doc.get("order_id") if isinstance(doc.get("order_id"), str) else None
-            topic = topics[str(stream)]
-            producer.produce(topic, key.encode() if key else None, value)
-            counts[topic] += 1
-            if progress is not None and i % 5000 == 0:
-                progress(done, total)
-        producer.flush()
-    if progress is not None:
-        progress(total, total)
-    return counts
+    from connectors.broker import topic_partitions
+    from connectors.replay import event_time_us
+
+    conf = {
+        **settings.kafka_client_config(),
+        "group.id": "salvage-record",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    }
+    client = settings.kafka_client_config()
+    assignment = [
+        TopicPartition(topic, p, 0)
+        for topic in settings.input_topics().values()
+        for p in range(topic_partitions(client, topic))
+    ]
+    consumer = Consumer(conf)
+    consumer.assign(assignment)
+    pending = {(tp.topic, tp.partition) for tp in assignment}
+    last_t: dict[tuple[str, int], int] = {}
+    rows: list[tuple[int, str, int, int, bytes]] = []
+    skipped = 0
+    deadline = time.monotonic() + timeout_s
+    last_msg = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if not pending and (
+                follow_seconds is None or time.monotonic() - last_msg >= follow_seconds
+            ):
+                break
+            for msg in consumer.consume(1000, 0.2):
+                err = msg.error()
+                where = (msg.topic(), msg.partition())
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(where)
+                        continue
+                    raise RuntimeError(f"error consuming {where}: {err}")
+                last_msg = time.monotonic()
+                value = msg.value() or b""
+                if b"\n" in value or b"\r" in value or not value.strip():
+                    skipped += 1
+                    continue
+                t = event_time_us(value)
+                if t is None:
+                    t = last_t.get(where, -(2**62))
+                last_t[where] = t
+                rows.append((t, where[0], where[1], msg.offset(), value))
+        else:
+            raise TimeoutError(f"recording: not at the end after {timeout_s:.0f}s")
+    finally:
+        consumer.close()
+    rows.sort(key=lambda r: r[:4])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as f:
+        f.writelines(r[4] + b"\n" for r in rows)
+    return len(rows), skipped
 
 
 def consume_topic(

@@ -9,9 +9,20 @@ applies if its version is >= the stored one (a Lua script, atomic per key), so:
 - writing the same record twice leaves the same state (equal versions overwrite; the TTL restarts).
 
 Transient outages (connection refused/reset, timeouts, a server still loading, a replica that just
-lost its primary) are retried with capped exponential backoff for a bounded time, then
-:class:`CaseStoreUnavailable` is raised and the dataflow stops; restarting from the last snapshot
-rewrites what was lost, and the version guard makes that safe.
+lost its primary): :meth:`CaseStore.write_many` retries with capped exponential backoff for a
+bounded time, then raises :class:`CaseStoreUnavailable`.
+
+Outages in the dataflow (:class:`RedisCaseSink`): the flow keeps processing. Each worker keeps a
+**backlog** of the latest record per order that Redis has not acknowledged (so its size is bounded
+by the number of distinct orders touched during the outage, and by ``max_backlog``), exposed as the
+gauge ``salvage_case_store_backlog``. While Redis is down a write attempt is made at most every
+``retry_interval_seconds`` (doubling up to 10 s); when one succeeds the whole backlog is written
+and the flow has caught up. Past ``max_backlog`` records the sink raises
+:class:`CaseStoreUnavailable` and the dataflow stops loudly; at the end of the flow the backlog is
+flushed with the full retry budget, and a failure then also stops it loudly. Never silently
+dropped: with ``--recovery-dir`` a restart rewrites everything after the last snapshot, and the
+version guard makes re-writes safe. (The backlog itself lives in memory: a SIGKILL *during* an
+outage loses the part of it older than the last snapshot; see the README's recovery section.)
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from prometheus_client import Counter, Gauge
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError
 from redis.retry import Retry
@@ -37,6 +49,7 @@ __all__ = [
     "CaseStore",
     "CaseStoreUnavailable",
     "RedisCaseSink",
+    "redact_url",
     "redis_available",
 ]
 
@@ -72,6 +85,18 @@ _TRANSIENT: tuple[type[Exception], ...] = (
 _NOT_TRANSIENT: tuple[type[Exception], ...] = (AuthenticationError, AuthorizationError)
 
 
+BACKLOG = Gauge(
+    "salvage_case_store_backlog",
+    "Case records waiting for Redis (latest per order), per sink worker",
+    ["worker"],
+)
+WRITE_FAILURES = Counter(
+    "salvage_case_store_write_failures_total",
+    "Case-store write attempts that failed with a transient Redis error",
+)
+DEFAULT_MAX_BACKLOG = 200_000
+
+
 class CaseStoreUnavailable(RuntimeError):
     """Redis stayed unreachable for the whole retry budget."""
 
@@ -88,6 +113,22 @@ def _client(
     if password is not None:
         kwargs["password"] = password
     return redis.Redis.from_url(url, **kwargs)
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0`` (for logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redis_available(url: str, password: str | None = None, timeout: float = 0.5) -> bool:
@@ -186,6 +227,16 @@ class CaseStore:
             written += self._with_retry(lambda c=chunk: self._write_chunk(c), "write cases")
         return written
 
+    def write_many_once(self, records: Iterable[CaseRecord]) -> int:
+        """:meth:`write_many` without retries: one attempt, transient errors raised as they are."""
+        budget, self.retry_budget_seconds = self.retry_budget_seconds, -1.0
+        try:
+            return self.write_many(records)
+        except CaseStoreUnavailable as exc:
+            raise exc.__cause__ or exc from None
+        finally:
+            self.retry_budget_seconds = budget
+
     def _write_chunk(self, chunk: list[tuple[str, tuple[int, str]]]) -> int:
         pipe = self._redis.pipeline(transaction=False)
         for order_id, (version, doc) in chunk:
@@ -257,26 +308,115 @@ class CaseStore:
 
 
 class _CasePartition(StatelessSinkPartition[CaseRecord]):
-    def __init__(self, store: CaseStore) -> None:
+    """Writes batches; during an outage buffers the latest record per order (see module doc)."""
+
+    def __init__(
+        self,
+        store: CaseStore,
+        worker: str,
+        max_backlog: int,
+        retry_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
+        self._backlog: dict[str, tuple[int, str]] = {}
+        self._max_backlog = max_backlog
+        self._retry_initial = retry_interval
+        self._retry_interval = retry_interval
+        self._next_try = 0.0
+        self._clock = clock
+        self._gauge = BACKLOG.labels(worker)
+        self._gauge.set(0)
+        self._failed = False
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
 
     def write_batch(self, items: list[CaseRecord]) -> None:
-        self._store.write_many(items)
+        if not self._backlog:
+            try:
+                self._store.write_many_once(items)
+                return
+            except _TRANSIENT as exc:
+                self._outage_began(exc)
+        self._buffer(items)
+        if self._clock() >= self._next_try:
+            self._try_flush()
+
+    def _outage_began(self, exc: Exception) -> None:
+        WRITE_FAILURES.inc()
+        log.warning(
+            "Redis case store unavailable (%s: %s); buffering case writes", type(exc).__name__, exc
+        )
+        self._retry_interval = self._retry_initial
+        self._next_try = self._clock() + self._retry_interval
+
+    def _buffer(self, items: list[CaseRecord]) -> None:
+        backlog = self._backlog
+        for order_id, version, doc in items:
+            prev = backlog.get(order_id)
+            if prev is None or version >= prev[0]:
+                backlog[order_id] = (version, doc)
+        self._gauge.set(len(backlog))
+        if len(backlog) > self._max_backlog:
+            self._failed = True  # close() must not raise again while the flow unwinds
+            raise CaseStoreUnavailable(
+                f"Redis case store down and the write backlog passed its bound "
+                f"({len(backlog)} > {self._max_backlog} records); stopping rather than dropping"
+            )
+
+    def _records(self) -> list[CaseRecord]:
+        return [(o, v, d) for o, (v, d) in self._backlog.items()]
+
+    def _try_flush(self) -> None:
+        try:
+            self._store.write_many_once(self._records())
+        except _TRANSIENT:
+            WRITE_FAILURES.inc()
+            self._retry_interval = min(self._retry_interval * 2, 10.0)
+            self._next_try = self._clock() + self._retry_interval
+            return
+        log.warning("Redis case store back: wrote a backlog of %d cases", len(self._backlog))
+        self._backlog.clear()
+        self._gauge.set(0)
 
     def close(self) -> None:
-        self._store.close()
+        try:
+            if self._backlog and self._failed:
+                log.error("%d case writes not stored (Redis unavailable)", len(self._backlog))
+            elif self._backlog:
+                self._store.write_many(self._records())  # full retry budget, then loud
+                self._backlog.clear()
+                self._gauge.set(0)
+        finally:
+            self._store.close()
 
 
 class RedisCaseSink(DynamicSink[CaseRecord]):
     """Bytewax sink of ``(order_id, version, doc_json)`` items into a :class:`CaseStore`.
 
     Each worker writes its batches through its own store; the version guard makes concurrent and
-    replayed writes converge. Keyword arguments go to :class:`CaseStore`.
+    replayed writes converge. During an outage each worker buffers up to ``max_backlog`` records
+    and retries every ``retry_interval_seconds`` (see the module docstring). Other keyword
+    arguments go to :class:`CaseStore`.
     """
 
-    def __init__(self, url: str, password: str | None = None, **store_kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        *,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        retry_interval_seconds: float = 0.5,
+        **store_kwargs: Any,
+    ) -> None:
+        if max_backlog < 1:
+            raise ValueError("max_backlog must be >= 1")
         self._url = url
         self._password = password
+        self._max_backlog = max_backlog
+        self._retry_interval = retry_interval_seconds
         self._store_kwargs = store_kwargs
         # Fail at flow-build time on bad arguments, not inside a worker.
         CaseStore(url, password, **store_kwargs).close()
@@ -290,4 +430,5 @@ class RedisCaseSink(DynamicSink[CaseRecord]):
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition[CaseRecord]:
-        return _CasePartition(CaseStore(self._url, self._password, **self._store_kwargs))
+        store = CaseStore(self._url, self._password, **self._store_kwargs)
+        return _CasePartition(store, str(worker_index), self._max_backlog, self._retry_interval)

@@ -124,3 +124,41 @@ def redis_server_factory() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- issue 6 fixtures
+from sys import executable as sys_executable  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def salvage_cli(tmp_path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``salvage ARGS...`` as a real subprocess (cwd: the repo), env overrides applied.
+
+    Metrics endpoint off and ``SALVAGE_*`` from the caller's environment dropped, so a developer's
+    shell settings cannot leak into a test. stdout/stderr go to files under ``tmp_path``.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("SALVAGE_")}
+        full.update({"SALVAGE_METRICS_PORT": "0", "PYTHONPATH": REPO_ROOT})
+        full.update(env or {})
+        n = len(procs)
+        out = (tmp_path / f"cli{n}.out").open("wb")
+        err = (tmp_path / f"cli{n}.err").open("wb")
+        cmd = [sys_executable, "-c", "from salvage.cli import main; main()", *args]
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=full, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        proc.out_path = tmp_path / f"cli{n}.out"  # type: ignore[attr-defined]
+        proc.err_path = tmp_path / f"cli{n}.err"  # type: ignore[attr-defined]
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

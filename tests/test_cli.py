@@ -16,7 +16,7 @@ from salvage.cli import app
 from tests.flowkit import sim_log
 
 runner = CliRunner()
-COMMANDS = ["schemas", "generate", "run", "broker", "replay", "demo"]
+COMMANDS = ["schemas", "generate", "run", "broker", "replay", "record", "demo"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

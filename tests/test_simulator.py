@@ -88,8 +88,10 @@ def test_every_event_validates_against_the_contract(log: Log) -> None:
         assert model.occurred_at.tzinfo is not None
         counts[e["event_type"]] += 1
     assert set(counts) <= set(STREAM_OF)
-    # every kind of event the pipeline consumes shows up in a few thousand orders
-    assert set(counts) == set(STREAM_OF), set(STREAM_OF) - set(counts)
+    # every kind of event the brand emits shows up in a few thousand orders (review verdicts come
+    # from Salvage's own reviewers, not from the brand's systems)
+    expected = set(STREAM_OF) - {"review_resolved"}
+    assert set(counts) == expected, expected - set(counts)
 
 
 def test_ids_versions_money_and_timestamps(log: Log) -> None:
