@@ -460,6 +460,7 @@ class DispatchStage(_Stage):
         self.sent: dict[str, list[str]] = {}  # order id -> actions already triggered
         self.first_score: dict[str, float] = {}  # order id -> first recoverability score
         self.held_out: set[str] = set()  # orders with at least one held-out decision
+        self.last_decision: dict[str, dict] = {}  # order id -> the latest non-empty decision
         self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
         self.last_sweep = 0
 
@@ -564,6 +565,8 @@ class DispatchStage(_Stage):
                     for reason in decision.reason_codes:
                         metrics.TRIGGER_REASONS.labels(action.value, reason).inc()
                     self.send("out", OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig))
+        if decision_doc is not None and self.cfg.case_records:
+            self.last_decision[view.order_id] = decision_doc
         if self.cfg.case_records:
             record = {
                 "order_id": view.order_id,
@@ -586,6 +589,7 @@ class DispatchStage(_Stage):
                     "models": scored.shadow,
                 },
                 "decision": decision_doc,
+                "last_decision": decision_doc or self.last_decision.get(view.order_id),
                 "triggered": self.sent.get(view.order_id, []),
             }
             out.append(("case", (view.order_id, t, json.dumps(record))))
@@ -610,6 +614,7 @@ class DispatchStage(_Stage):
             )
             self.sent.pop(view.order_id, None)
             self.held_out.discard(view.order_id)
+            self.last_decision.pop(view.order_id, None)
 
     def _guardrail(self, view: CaseView, action: Action, cost: float, t: int) -> str:
         """The stateful guardrails, in order; returns the one that suppresses, or ''."""

@@ -146,12 +146,13 @@ class Policy(BaseModel):
     guardrails: Guardrails = Guardrails()
     actions: dict[Action, ActionPolicy]
 
-    @model_validator(mode="after")
-    def _all_actions(self) -> Policy:
-        missing = set(Action) - set(self.actions)
+    @field_validator("actions")
+    @classmethod
+    def _all_actions(cls, actions: dict[Action, ActionPolicy]) -> dict[Action, ActionPolicy]:
+        missing = set(Action) - set(actions)
         if missing:
             raise ValueError(f"actions missing: {', '.join(sorted(a.value for a in missing))}")
-        return self
+        return actions
 
 
 def _where(err: dict) -> str:

@@ -33,6 +33,18 @@ def _settings(**overrides) -> Settings:
     return base.model_copy(update=updates) if updates else base
 
 
+def _check_policy(path: str | None) -> None:
+    """Validate the policy before anything starts: a bad file stops with its field path, exit 2."""
+    from policy.config import PolicyError, load_policy
+
+    try:
+        p = load_policy(path)
+    except PolicyError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"policy {p.version} ({path or 'shipped default'})")
+
+
 def _serve_metrics(port: int) -> None:
     """Serve Prometheus metrics on 127.0.0.1:port; a busy port is a warning, not a failure."""
     from sinks.metrics import serve
@@ -144,6 +156,12 @@ def run(
         int | None,
         typer.Option(min=1, help="Partitions created in a new recovery dir (default: shards)"),
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Intervention policy YAML (default SALVAGE_POLICY, else the shipped one)"
+        ),
+    ] = None,
 ) -> None:
     """Run the recovery dataflow (file mode with --input, else Kafka mode).
 
@@ -169,7 +187,9 @@ def run(
         kafka_bootstrap=kafka_bootstrap,
         redis_url=redis_url,
         metrics_port=metrics_port,
+        policy=str(policy) if policy else None,
     )
+    _check_policy(settings.policy)
     _serve_metrics(settings.metrics_port)
     if settings.shards < workers:
         settings = settings.model_copy(update={"shards": workers})
@@ -459,6 +479,150 @@ def _salt(log: Path) -> int:
         lines.insert(i * step + i - 1, bad + b"\n")
     log.write_bytes(b"".join(lines))
     return len(_MALFORMED)
+
+
+@app.command()
+def explain(
+    order_id: Annotated[str, typer.Argument(help="The order to explain")],
+    redis_url: Annotated[str | None, typer.Option(help="Case store URL")] = None,
+) -> None:
+    """Print a case's features, scores, candidate actions, guardrails and decision."""
+    from rich.table import Table
+
+    from sinks.redis_store import CaseStore
+
+    settings = _settings(redis_url=redis_url)
+    pw = settings.redis_password.get_secret_value() if settings.redis_password else None
+    rec = CaseStore(settings.redis_url, pw).get(order_id)
+    if rec is None:
+        console.print(f"[red]no case {order_id!r} in the case store[/red]")
+        raise typer.Exit(1)
+    doc = rec["doc"]
+    out = Console()
+    out.print(
+        f"[bold]{doc['order_id']}[/bold]  customer {doc['customer_id']}  status {doc['status']}"
+        f"  outcome {doc['outcome']}  updated {doc['updated_at']}  lane {doc['lane']}"
+    )
+    sc = doc["scores"]
+    line = (
+        f"scores (driving: {sc['model_version']}): recoverability {sc['recoverability']:.3f}, "
+        f"abuse {sc['abuse']:.3f}"
+    )
+    if "rules" in sc:
+        line += f"; rules {sc['rules']['recoverability']:.3f} / {sc['rules']['abuse']:.3f}"
+    if sc.get("models"):
+        line += "; models (shadow or active) " + " / ".join(
+            f"{v:.3f}" for v in sc["models"].values()
+        )
+    out.print(line)
+    t = Table(title="Features at the last update")
+    t.add_column("feature")
+    t.add_column("value", justify="right")
+    for k, v in sorted(doc["features"].items()):
+        if v:
+            t.add_row(k, f"{v:.4g}")
+    out.print(t)
+    d = doc.get("decision")
+    if not d and doc.get("last_decision"):
+        out.print("this update decided nothing; the latest decision on the case was:")
+        d = doc["last_decision"]
+    if not d:
+        out.print("decision: no eligible action with a positive expected value")
+    else:
+        t = Table(title="Candidate actions (expected value = lift x P(lost) x value - cost)")
+        for col in ("action", "EV", "note"):
+            t.add_column(col)
+        for action, ev, *note in d["candidates"]:
+            t.add_row(action, f"{ev:.2f}", note[0] if note else "")
+        out.print(t)
+        out.print(
+            f"decision: [bold]{d['action']}[/bold] EV {d['expected_value']:.2f} cost "
+            f"{d.get('cost', 0.0):.2f}; reasons {', '.join(d['reason_codes']) or '-'}; "
+            f"stateless guardrails {', '.join(d.get('guardrails', [])) or '-'}; "
+            f"suppressed by {d['suppressed_by'] or '-'}; holdout {d.get('holdout', False)}; "
+            f"trigger {d.get('trigger_id', '-')}"
+        )
+    out.print(f"actions triggered on this order: {', '.join(doc['triggered']) or 'none'}")
+
+
+review_app = typer.Typer(help="The human review queue (Redis Stream, consumer group).")
+app.add_typer(review_app, name="review")
+
+
+def _queue(redis_url: str | None):
+    from sinks.review_queue import ReviewQueue
+
+    settings = _settings(redis_url=redis_url)
+    pw = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return settings, ReviewQueue(settings.redis_url, pw)
+
+
+@review_app.command("list")
+def review_list(
+    deadline_hours: Annotated[float, typer.Option(help="Unclaimed longer than this: overdue")] = 4,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
+) -> None:
+    """Open reviews, oldest first, with the queue's depth and overdue count."""
+    _, queue = _queue(redis_url)
+    out = Console()
+    for r in queue.list():
+        doc = r.doc
+        out.print(
+            f"{r.entry_id}  {r.age_seconds() / 3600:6.1f} h  order {r.order_id}  "
+            f"EV {doc.get('expected_value', 0):.2f}  {', '.join(doc.get('reason_codes', []))}"
+        )
+    stats = queue.stats(deadline_hours * 3600)
+    out.print(
+        f"depth {stats['depth']:.0f}, unclaimed {stats['unclaimed']:.0f}, "
+        f"overdue {stats['overdue']:.0f} (> {deadline_hours:g} h unclaimed)"
+    )
+
+
+@review_app.command("claim")
+def review_claim(
+    reviewer: Annotated[str, typer.Option(help="Your reviewer id (not a name)")],
+    count: Annotated[int, typer.Option(min=1, help="How many to claim")] = 1,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
+) -> None:
+    """Claim the oldest unclaimed (or abandoned) reviews."""
+    _, queue = _queue(redis_url)
+    got = queue.claim(reviewer, count)
+    for r in got:
+        Console().print(f"{r.entry_id}  order {r.order_id}  trigger {r.trigger_id}")
+    if not got:
+        console.print("nothing to claim")
+
+
+@review_app.command("resolve")
+def review_resolve(
+    entry_id: Annotated[str, typer.Argument(help="The review's entry id (from claim)")],
+    verdict: Annotated[str, typer.Option(help="approve | deny | abuse_confirmed")],
+    reviewer: Annotated[str, typer.Option(help="Your reviewer id (not a name)")],
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
+    kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
+) -> None:
+    """Resolve a claimed review; the verdict is published as a review_resolved event."""
+    import json
+
+    from sinks.kafka import TopicProducer
+
+    settings, queue = _queue(redis_url)
+    try:
+        event = queue.resolve(entry_id, verdict, reviewer)
+    except (KeyError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    bootstrap = kafka_bootstrap or settings.kafka_bootstrap
+    if bootstrap:
+        live = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        with TopicProducer(live.kafka_client_config()) as producer:
+            producer.produce(
+                live.topic_returns, event["order_id"].encode(), json.dumps(event).encode()
+            )
+        console.print(f"published review_resolved for {event['order_id']} to {live.topic_returns}")
+    else:
+        print(json.dumps(event))
+        console.print("no Kafka bootstrap configured: the event is printed above, not published")
 
 
 def main() -> None:  # pragma: no cover

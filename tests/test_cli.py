@@ -16,7 +16,7 @@ from salvage.cli import app
 from tests.flowkit import sim_log
 
 runner = CliRunner()
-COMMANDS = ["schemas", "generate", "run", "broker", "replay", "record", "demo"]
+COMMANDS = ["schemas", "generate", "run", "broker", "replay", "record", "demo", "explain", "review"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -104,3 +104,92 @@ def test_bytewax_run_entry_point(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert (tmp_path / "o" / "interventions.jsonl").read_text().count("\n") > 0
+
+
+def test_run_with_an_invalid_policy_stops_with_the_field_path(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("version: v1\nactions: {}\n")
+    log = sim_log(tmp_path, orders=150, seed=4)
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--input",
+            str(log),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--redis-url",
+            "",
+            "--policy",
+            str(bad),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "actions: Value error, actions missing:" in " ".join(result.output.split())
+
+
+@pytest.mark.integration
+def test_explain_prints_a_real_case_and_review_cli_round_trip(tmp_path, redis_url, monkeypatch):
+    import redis as redis_lib
+
+    from sinks.redis_store import CaseStore
+    from sinks.review_queue import STREAM
+
+    log = sim_log(tmp_path, orders=600, seed=3)
+    redis_url = redis_url.rsplit("/", 1)[0] + "/13"  # a DB of its own: order ids recur across runs
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushdb()
+    client.delete(STREAM, f"{STREAM}:seen")
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--input",
+            str(log),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--redis-url",
+            redis_url,
+            "--no-summary",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    triggers = [
+        json.loads(x) for x in (tmp_path / "o" / "interventions.jsonl").read_text().splitlines()
+    ]
+    trig = next(t for t in triggers if t["action"] == "exchange_first_offer")
+    result = runner.invoke(app, ["explain", trig["order_id"], "--redis-url", redis_url])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert trig["order_id"] in out and "Candidate actions" in out and "recoverability" in out
+    assert "exchange_first_offer" in out and "return_requested" in out
+    assert CaseStore(redis_url).get(trig["order_id"])["doc"]["triggered"]
+    result = runner.invoke(app, ["explain", "no-such-order", "--redis-url", redis_url])
+    assert result.exit_code == 1
+
+    monkeypatch.delenv("SALVAGE_KAFKA_BOOTSTRAP", raising=False)
+    result = runner.invoke(app, ["review", "list", "--redis-url", redis_url])
+    assert result.exit_code == 0 and "depth" in result.output
+    result = runner.invoke(
+        app, ["review", "claim", "--reviewer", "agent-3", "--redis-url", redis_url]
+    )
+    assert result.exit_code == 0, result.output
+    entry = result.output.split()[0]
+    result = runner.invoke(
+        app,
+        [
+            "review",
+            "resolve",
+            entry,
+            "--verdict",
+            "deny",
+            "--reviewer",
+            "agent-3",
+            "--redis-url",
+            redis_url,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    event = json.loads(next(x for x in result.output.splitlines() if x.startswith("{")))
+    assert event["event_type"] == "review_resolved" and event["verdict"] == "deny"
+    client.flushdb()
