@@ -448,4 +448,84 @@ def render_summary(s: RunSummary, out_dir: Path, console) -> None:
                 f"rate {a['delay_rate']:.0%} vs baseline {a['baseline_rate']:.0%} "
                 f"({a['volume']} shipments)"
             )
+    render_models(console)
+    render_uplift(console)
     console.print(f"Outputs: {out_dir.resolve()}")
+
+
+def _samples(name: str) -> list:
+    from prometheus_client import REGISTRY
+
+    return [x for m in REGISTRY.collect() for x in m.samples if x.name == name]
+
+
+def render_models(console) -> None:
+    """Rolling model metrics vs the rule baseline, from this process's registry."""
+    from rich.table import Table
+
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for metric in ("auc", "logloss", "brier"):
+        for x in _samples(f"salvage_model_{metric}"):
+            rows.setdefault((x.labels["model"], x.labels["scorer"]), {})[metric] = x.value
+    if not rows:
+        return
+    active = {x.labels["model"]: x.value for x in _samples("salvage_model_active")}
+    labels = {x.labels["model"]: x.value for x in _samples("salvage_model_labels")}
+    t = Table(title="Models: progressive validation on delayed labels (rolling, same cases)")
+    for col in ("model", "scorer", "ROC AUC", "log loss", "Brier", "labels", "drives"):
+        t.add_column(col, justify="left" if col in ("model", "scorer", "drives") else "right")
+    for (model, scorer), v in sorted(rows.items()):
+        drives = (active.get(model, 0) > 0) == (scorer == "model")
+        t.add_row(
+            model,
+            scorer,
+            f"{v.get('auc', float('nan')):.3f}",
+            f"{v.get('logloss', float('nan')):.3f}",
+            f"{v.get('brier', float('nan')):.3f}",
+            f"{labels.get(model, 0):,.0f}",
+            "yes" if drives else "shadow" if scorer == "model" else "",
+        )
+    console.print(t)
+
+
+def _wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    if not n:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def render_uplift(console) -> None:
+    """Retained rate, treated vs holdout, per action (95% Wilson intervals)."""
+    from rich.table import Table
+
+    cells: dict[tuple[str, str], list[float]] = {}
+    for x in _samples("salvage_cases_by_action_total"):
+        c = cells.setdefault((x.labels["action"], x.labels["holdout"]), [0.0, 0.0])
+        c[1] += x.value
+        if x.labels["retained"] == "true":
+            c[0] += x.value
+    actions = sorted({a for a, _ in cells if a != "none"})
+    if not actions:
+        return
+    t = Table(title="Uplift: retained rate, treated vs holdout (95% CI)")
+    for col in ("action", "treated", "holdout", "uplift"):
+        t.add_column(col, justify="left" if col == "action" else "right")
+    for a in actions:
+        k1, n1 = cells.get((a, "false"), [0.0, 0.0])
+        k0, n0 = cells.get((a, "true"), [0.0, 0.0])
+
+        def fmt(k: float, n: float) -> str:
+            if not n:
+                return "-"
+            lo, hi = _wilson(k, n)
+            return f"{k / n:.1%} [{lo:.0%}-{hi:.0%}] n={n:.0f}"
+
+        uplift = f"{k1 / n1 - k0 / n0:+.1%}" if n1 and n0 else "-"
+        t.add_row(a, fmt(k1, n1), fmt(k0, n0), uplift)
+    console.print(t)
+    console.print(
+        "(the simulator is open-loop: outcomes ignore interventions, so uplift should be ~0 here)"
+    )
