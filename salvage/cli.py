@@ -482,6 +482,71 @@ def _salt(log: Path) -> int:
 
 
 @app.command()
+def compare(
+    policy: Annotated[
+        list[Path], typer.Option("--policy", help="Two policy files: A then B (give it twice)")
+    ],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Event log to replay")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """What-if: run two policies over the same log; compare triggers, cost, retained revenue."""
+    import json
+
+    from rich.table import Table
+
+    from policy.config import PolicyError
+    from salvage.compare import compare as compare_runs
+    from salvage.compare import run_policy
+
+    if len(policy) != 2:
+        console.print("[red]give exactly two policies: --policy A.yaml --policy B.yaml[/red]")
+        raise typer.Exit(2)
+    if not input.is_file():
+        console.print(f"[red]no such event log: {input}[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    try:
+        a, b = (run_policy(settings, input, str(p)) for p in policy)
+    except PolicyError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    result = compare_runs(a, b)
+    if json_out:
+        print(json.dumps(result, indent=1))
+        return
+    t = Table(
+        title=f"A = {result['a']['policy']} ({policy[0]}), B = {result['b']['policy']} "
+        f"({policy[1]})"
+    )
+    for col in (
+        "action",
+        "triggers A",
+        "triggers B",
+        "cost A",
+        "cost B",
+        "exp. retained A",
+        "exp. retained B",
+    ):
+        t.add_column(col, justify="left" if col == "action" else "right")
+    for r in [*result["rows"], {"action": "total", **result["total"]}]:
+        t.add_row(
+            r["action"],
+            str(r["a"]),
+            str(r["b"]),
+            f"{r['cost_a']:,.2f}",
+            f"{r['cost_b']:,.2f}",
+            f"{r['retained_a']:,.2f}",
+            f"{r['retained_b']:,.2f}",
+        )
+    Console().print(t)
+    Console().print(
+        f"(order, action) pairs: {result['both']} in both, {result['only_a']} only in A, "
+        f"{result['only_b']} only in B. Expected retained revenue = lift x P(lost) x value at "
+        "risk, before holdout."
+    )
+
+
+@app.command()
 def explain(
     order_id: Annotated[str, typer.Argument(help="The order to explain")],
     redis_url: Annotated[str | None, typer.Option(help="Case store URL")] = None,

@@ -247,3 +247,43 @@ def test_holdout_decisions_are_recorded_but_never_published():
     assert stage.held_out == expected_held
     assert published == set(orders) - expected_held
     assert 5 < len(expected_held) < 35
+
+
+def test_compare_shows_what_a_policy_change_would_do(tmp_path):
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from salvage.cli import app
+    from tests.flowkit import sim_log
+
+    doc = _default_doc()
+    doc["version"] = "no-exchange-v1"
+    doc["actions"]["exchange_first_offer"]["enabled"] = False
+    b = _write(tmp_path, doc)
+    log = sim_log(tmp_path, orders=400, seed=5)
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--policy",
+            str(DEFAULT_POLICY),
+            "--policy",
+            str(b),
+            "--input",
+            str(log),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = _json.loads(result.output[result.output.index("{") :])
+    rows = {r["action"]: r for r in out["rows"]}
+    assert out["a"]["policy"] == "default-v1" and out["b"]["policy"] == "no-exchange-v1"
+    assert rows["exchange_first_offer"]["a"] > 0 and rows["exchange_first_offer"]["b"] == 0
+    assert rows["exchange_first_offer"]["cost_a"] == round(
+        rows["exchange_first_offer"]["a"] * 4.1, 2
+    )  # 0.10 message + 4.00 label
+    assert out["only_a"] >= rows["exchange_first_offer"]["a"]
+    assert out["total"]["retained_a"] > out["total"]["retained_b"]
+    bad = CliRunner().invoke(app, ["compare", "--policy", str(b), "--input", str(log)])
+    assert bad.exit_code == 2
