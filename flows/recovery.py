@@ -154,12 +154,19 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
     if spec.file_mode:
         out = spec.out_dir or Path("out")
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("interventions", "lane_alerts", "dead_letters", "model_events"):
+        for name in (
+            "interventions",
+            "lane_alerts",
+            "dead_letters",
+            "model_events",
+            "dispositions",
+        ):
             (out / f"{name}.jsonl").touch()  # exists even when a stream stays empty
         sinks["triggers"] = JsonlSink(out / "interventions.jsonl")
         sinks["alerts"] = JsonlSink(out / "lane_alerts.jsonl")
         sinks["dlq"] = JsonlSink(out / "dead_letters.jsonl")
         sinks["model_events"] = JsonlSink(out / "model_events.jsonl")
+        sinks["dispositions"] = JsonlSink(out / "dispositions.jsonl")
     else:
         from sinks.kafka import KafkaOutputSink
 
@@ -168,6 +175,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         sinks["alerts"] = KafkaOutputSink(conf, s.topic_lane_alerts)
         sinks["dlq"] = KafkaOutputSink(conf, s.topic_dead_letters)
         sinks["model_events"] = KafkaOutputSink(conf, s.topic_model_events)
+        sinks["dispositions"] = KafkaOutputSink(conf, s.topic_dispositions)
     if spec.case_store and s.redis_url:
         from sinks.redis_store import RedisCaseSink
 
@@ -270,6 +278,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     triggers = op.filter_map("triggers", ordered, only("trigger"))
     alerts = op.filter_map("alerts", ordered, only("alert"))
     model_events = op.filter_map("model_events", ordered, only("model_event"))
+    dispositions = op.filter_map("dispositions", ordered, only("disposition"))
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
     dlq = op.merge("dead_letters", source_dlq, case_dlq)
 
@@ -293,6 +302,11 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             op.map("ser_m", model_events, lambda m: ("m", json.dumps(m, sort_keys=True))),
             sinks["model_events"],
         )
+        op.output(
+            "out_dispositions",
+            op.map("ser_p", dispositions, lambda d: ("p", json.dumps(d, sort_keys=True))),
+            sinks["dispositions"],
+        )
     else:
         op.output(
             "out_triggers",
@@ -313,6 +327,11 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             "out_model_events",
             op.map("ser_m", model_events, lambda m: (m["model"], json.dumps(m).encode())),
             sinks["model_events"],
+        )
+        op.output(
+            "out_dispositions",
+            op.map("ser_p", dispositions, lambda d: (d["order_id"], json.dumps(d).encode())),
+            sinks["dispositions"],
         )
 
     # KPIs: a stateless tap on order/case facts (Prometheus counters commute; order is irrelevant)

@@ -36,6 +36,7 @@ from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, 
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
 from features.order_case import OrderCase, Status
 from policy.config import Policy, load_policy
+from policy.disposition import decide_disposition
 from policy.engine import CUSTOMER_FACING, decide, holdout_unit
 from scoring.baseline import RuleScorer
 from scoring.models import ModelConfig, ModelSet
@@ -63,6 +64,7 @@ _CLOSED = _cached(metrics.CASES_CLOSED)
 _TRIGGERS = _cached(metrics.TRIGGERS)
 _SUPPRESSED = _cached(metrics.SUPPRESSED)
 _HOLDOUT = _cached(metrics.HOLDOUT)
+_DISPOSITIONS = _cached(metrics.DISPOSITIONS)
 _INFERRED = _cached(metrics.INTENTS_INFERRED)
 _MODEL_CHANGES = {
     "promoted": _cached(metrics.MODEL_PROMOTIONS),
@@ -158,6 +160,9 @@ class CaseView:
     returned: bool
     abuse_flags: tuple[str, ...]
     facts: dict | None = None  # the case's scalar facts, on the closing update only
+    grade: str = ""
+    return_value: float = 0.0
+    received_at: int = 0
 
 
 class _Stage:
@@ -289,6 +294,9 @@ class CaseStage(_Stage):
             returned=bool(case.return_requested_at),
             abuse_flags=case.abuse_flags,
             facts=case.facts() if case.status is Status.CLOSED else None,
+            grade=case.grade,
+            return_value=case.return_value,
+            received_at=case.received_at,
         )
         dest = ctx_key(shard_of(case.customer_id, self.cfg.cust_shards))
         self.send("ctx", dest, t, f"{source_id}|{case.order_id}", view)
@@ -483,7 +491,29 @@ class DispatchStage(_Stage):
     def _contacts_within(self, customer: str, t: int, window_us: int) -> int:
         return sum(1 for c in self.contacted.get(customer, ()) if t - window_us < c <= t)
 
+    def _disposition(self, t: int, view: CaseView) -> None:
+        """A graded return: recommend restock / open box / refurbish / donate / dispose."""
+        waited = (t - view.received_at) / DAY_US if view.received_at else 0.0
+        doc = decide_disposition(
+            self.cfg.policy.disposition,
+            view.grade,
+            view.sku_family,
+            view.return_value or view.order_value,
+            waited,
+        )
+        doc = {
+            "disposition_id": trigger_id(view.order_id, "disposition", view.source_id, ""),
+            "order_id": view.order_id,
+            "decided_at": iso(t),
+            "policy_version": self.cfg.policy.version,
+            **doc,
+        }
+        _DISPOSITIONS(doc["route"]).inc()
+        self.send("out", OUT_KEY, t, f"d|{doc['disposition_id']}", ("disposition", doc))
+
     def _update(self, t: int, view: CaseView, features, scored, out: Emit) -> None:
+        if "graded" in view.changes and view.grade:
+            self._disposition(t, view)
         scores = scored.scores
         closed = view.status == "closed"
         if RISK_SIGNALS.intersection(view.changes):

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.outputs import Action
+from policy.disposition import DispositionPolicy
 
 DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
 
@@ -145,6 +146,7 @@ class Policy(BaseModel):
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
     guardrails: Guardrails = Guardrails()
     actions: dict[Action, ActionPolicy]
+    disposition: DispositionPolicy = DispositionPolicy()
 
     @field_validator("actions")
     @classmethod

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     infer_intents: bool = Field(True, description="fill missing support intents from free text")
     intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
     topic_model_events: str = "model-events"
+    topic_dispositions: str = "dispositions"
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables the endpoint")
 
     def kafka_client_config(self) -> dict[str, str]:
@@ -91,4 +92,5 @@ class Settings(BaseSettings):
             self.topic_lane_alerts,
             self.topic_dead_letters,
             self.topic_model_events,
+            self.topic_dispositions,
         ]

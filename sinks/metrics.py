@@ -21,6 +21,11 @@ TRIGGER_REASONS = Counter(
 HOLDOUT = Counter(
     "salvage_holdout_total", "Decisions withheld for the control group, by action", ["action"]
 )
+DISPOSITIONS = Counter(
+    "salvage_dispositions_total",
+    "Warehouse disposition recommendations for graded returns (restock rate = restock / all)",
+    ["route"],
+)
 SUPPRESSED = Counter(
     "salvage_suppressed_total", "Proposed interventions suppressed, by guardrail", ["guardrail"]
 )

@@ -287,3 +287,40 @@ def test_compare_shows_what_a_policy_change_would_do(tmp_path):
     assert out["total"]["retained_a"] > out["total"]["retained_b"]
     bad = CliRunner().invoke(app, ["compare", "--policy", str(b), "--input", str(log)])
     assert bad.exit_code == 2
+
+
+def test_disposition_routes_by_expected_recovered_value():
+    from policy.disposition import DispositionPolicy, decide_disposition
+
+    p = DispositionPolicy()
+    a = decide_disposition(p, "A", "apparel_tops", 80.0, waited_days=1)
+    assert a["route"] == "restock"
+    restock = next(c for c in a["candidates"] if c["route"] == "restock")
+    # 0.95 x 80 x (1 - 0.004)^(1 + 2) - 2.00 handling - 0.05 x 2 days to sale
+    assert restock["recovered"] == round(0.95 * 80 * 0.996**3 - 2.0 - 0.10, 2)
+    assert decide_disposition(p, "B", "apparel_tops", 80.0, 1)["route"] == "open_box"
+    assert decide_disposition(p, "refurbish", "footwear", 120.0, 1)["route"] == "refurbish"
+    # cheap items are not worth refurbishing; opened cosmetics cannot be resold
+    assert decide_disposition(p, "refurbish", "footwear", 12.0, 1)["route"] == "donate"
+    assert decide_disposition(p, "B", "beauty_skincare", 60.0, 1)["route"] == "donate"
+    # waiting costs value: the same item left ungraded for 300 days is not worth reselling
+    assert decide_disposition(p, "B", "apparel_tops", 12.0, 0)["route"] == "open_box"
+    assert decide_disposition(p, "B", "apparel_tops", 12.0, 300)["route"] == "donate"
+
+
+def test_every_graded_return_gets_a_disposition_in_the_flow(tmp_path):
+    import json as _json
+
+    from tests.flowkit import run_file_flow, sim_log
+
+    log = sim_log(tmp_path, orders=400, seed=6)
+    run_file_flow([log], tmp_path / "out")
+    graded = [_json.loads(x) for x in log.read_text().splitlines() if '"return_graded"' in x]
+    disp = [
+        _json.loads(x) for x in (tmp_path / "out" / "dispositions.jsonl").read_text().splitlines()
+    ]
+    assert {d["order_id"] for d in disp} == {g["order_id"] for g in graded}
+    for d in disp:
+        assert d["route"] in ("restock", "open_box", "refurbish", "donate", "dispose")
+        assert d["candidates"][0]["route"] == d["route"]
+        assert d["expected_recovered_value"] == max(c["recovered"] for c in d["candidates"])
