@@ -45,15 +45,15 @@ def _check_policy(path: str | None) -> None:
     console.print(f"policy {p.version} ({path or 'shipped default'})")
 
 
-def _serve_metrics(port: int) -> None:
+def _serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serve Prometheus metrics on 127.0.0.1:port; a busy port is a warning, not a failure."""
     from sinks.metrics import serve
 
     if not port:
         return
     try:
-        serve(port)
-        console.print(f"metrics: http://127.0.0.1:{port}/metrics")
+        serve(port, host)
+        console.print(f"metrics: http://{host}:{port}/metrics")
     except OSError as exc:
         console.print(f"[yellow]metrics endpoint not started on port {port}: {exc}[/yellow]")
 
@@ -190,7 +190,7 @@ def run(
         policy=str(policy) if policy else None,
     )
     _check_policy(settings.policy)
-    _serve_metrics(settings.metrics_port)
+    _serve_metrics(settings.metrics_port, settings.metrics_host)
     if settings.shards < workers:
         settings = settings.model_copy(update={"shards": workers})
     use_store = bool(settings.redis_url) and redis_available(
@@ -413,7 +413,7 @@ def demo(
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     settings = _settings()
-    _serve_metrics(settings.metrics_port)
+    _serve_metrics(settings.metrics_port, settings.metrics_host)
     log = out_dir / "events.jsonl"
     with _progress() as bar:
         task = bar.add_task(f"simulating {scenario}", total=orders)

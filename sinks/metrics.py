@@ -67,7 +67,7 @@ INTENTS_INFERRED = Counter(
 )
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (0: do nothing)."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``host:port`` (port 0: do nothing)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
