@@ -362,7 +362,7 @@ def spec_from_env() -> FlowSpec:
     settings = Settings()
     inputs = [Path(p) for p in os.environ.get("SALVAGE_INPUT", "").split(",") if p]
     out_dir = Path(os.environ.get("SALVAGE_OUT_DIR", "out"))
-    return FlowSpec(settings=settings, inputs=inputs, out_dir=out_dir, to_end=True)
+    return FlowSpec(settings=settings, inputs=inputs, out_dir=out_dir, to_end=not settings.follow)
 
 
 def __getattr__(name: str):
@@ -374,5 +374,10 @@ def __getattr__(name: str):
 
         # SIGTERM drains: sources stop at the next batch, state is snapshotted, exit 0
         signal.signal(signal.SIGTERM, lambda *_: request_stop())
-        return build_flow(spec_from_env())
+        spec = spec_from_env()
+        try:
+            metrics.serve(spec.settings.metrics_port, spec.settings.metrics_host)
+        except OSError:  # another process of this host's cluster serves it already
+            pass
+        return build_flow(spec)
     raise AttributeError(name)

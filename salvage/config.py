@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
     topic_model_events: str = "model-events"
     topic_dispositions: str = "dispositions"
+    follow: bool = Field(
+        False, description="bytewax.run entry point in Kafka mode: keep following the topics"
+    )
     metrics_host: str = Field(
         "127.0.0.1", description="bind address of /metrics (0.0.0.0 in containers)"
     )
