@@ -12,7 +12,9 @@ so a systematically slow lane is normal for itself and does not alert:
   window teaches at most ``baseline + learn_cap`` (an incident building up below the threshold
   must not drag the baseline up with it);
 * warm-up: no alert before ``warmup_windows`` windows with shipments have built the baseline;
-* open once: ``open_windows`` consecutive evaluations with span volume >= ``min_volume``, rate >=
+* open once: ``open_windows`` consecutive evaluations with span volume >= ``min_volume`` (and >=
+  ``min_volume_share`` of the lane's usual volume: when intake dries up the parcels still scanning
+  are the late ones), rate >=
   baseline + ``open_margin`` and at least ``open_z`` binomial standard errors above it;
 * close once: ``close_windows`` consecutive evaluations with the excess over the baseline at most
   ``close_margin`` or at most ``close_fraction`` of the peak excess (recovering: parcels delayed
@@ -35,13 +37,15 @@ from features.eventtime import HOUR_US
 class LaneConfig:
     window_us: int = 6 * HOUR_US
     span_windows: int = 4  # evaluate over the trailing 4 windows (24 h)
-    min_volume: int = 40  # shipments in the span
+    min_volume: int = 20  # shipments in the span ...
+    min_volume_share: float = 0.5  # ... and this share of the lane's usual span volume (when
+    # intake dries up, e.g. at the end of a campaign, the parcels still scanning are the late ones)
     prior_rate: float = 0.06
     prior_weight: float = 30.0  # pseudo-shipments at prior_rate
     baseline_decay: float = 0.95  # per window: half-life ~3.4 days
     warmup_windows: int = 6  # windows with shipments before the lane may alert
     learn_cap: float = 0.05  # after warm-up a window teaches at most baseline + this rate
-    open_margin: float = 0.20  # rate must exceed baseline by this much ...
+    open_margin: float = 0.27  # rate must exceed baseline by this much ...
     open_z: float = 3.0  # ... and be this many binomial standard errors above it ...
     open_windows: int = 2  # ... in this many consecutive evaluations
     close_margin: float = 0.10  # calm: at most this far above the baseline, or ...
@@ -133,8 +137,9 @@ class LaneMonitor:
             if not self.alert_open:
                 armed = self.windows_seen >= cfg.warmup_windows and not self.rearm_left
                 spread = math.sqrt(max(base, 0.02) * (1 - min(base, 0.98)) / max(volume, 1))
+                usual = cfg.span_windows * self.base_volume * (1 - cfg.baseline_decay)
                 hot = (
-                    volume >= cfg.min_volume
+                    volume >= max(cfg.min_volume, cfg.min_volume_share * usual)
                     and rate >= base + cfg.open_margin
                     and (rate - base) / spread >= cfg.open_z
                 )

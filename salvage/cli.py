@@ -455,6 +455,10 @@ def demo(
         console.print(
             f"Case store: Redis {redact_url(settings.redis_url)} (keys salvage:case:<order_id>)"
         )
+    from salvage.report import write_report
+
+    report_path = write_report(out_dir, out_dir / "report.html")
+    console.print(f"HTML report: {report_path.resolve()}")
     console.print(f"demo finished in {time.perf_counter() - started:.0f}s")
 
 
@@ -544,6 +548,43 @@ def compare(
         f"{result['only_b']} only in B. Expected retained revenue = lift x P(lost) x value at "
         "risk, before holdout."
     )
+
+
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Option(help="A finished run's output directory")] = Path(
+        "demo-out"
+    ),
+    html: Annotated[Path, typer.Option(help="HTML report to write")] = Path("report.html"),
+    events: Annotated[
+        Path | None, typer.Option(help="Event log (default OUT_DIR/events.jsonl)")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report (charts, lane heatmap, uplift) of a finished run."""
+    from salvage.report import write_report
+
+    if not out_dir.is_dir():
+        console.print(f"[red]no such output directory: {out_dir}[/red]")
+        raise typer.Exit(2)
+    console.print(f"report: {write_report(out_dir, html, events=events).resolve()}")
+
+
+dashboards_app = typer.Typer(help="Grafana dashboards (generated from dashboards/).")
+app.add_typer(dashboards_app, name="dashboards")
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    url: Annotated[str, typer.Option(envvar="GRAFANA_URL", help="Grafana base URL")] = (
+        "http://localhost:3000"
+    ),
+    folder: Annotated[str, typer.Option(help="Grafana folder")] = "Salvage",
+) -> None:
+    """Push the committed dashboards to Grafana (token from GRAFANA_TOKEN, never a flag)."""
+    from dashboards.push import push_dashboards
+
+    for u in push_dashboards(url, os.environ.get("GRAFANA_TOKEN"), folder=folder):
+        console.print(f"pushed {u}")
 
 
 @app.command()

@@ -16,7 +16,19 @@ from salvage.cli import app
 from tests.flowkit import sim_log
 
 runner = CliRunner()
-COMMANDS = ["schemas", "generate", "run", "broker", "replay", "record", "demo", "explain", "review"]
+COMMANDS = [
+    "schemas",
+    "generate",
+    "run",
+    "broker",
+    "replay",
+    "record",
+    "demo",
+    "explain",
+    "review",
+    "report",
+    "dashboards",
+]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

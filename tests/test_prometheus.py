@@ -71,7 +71,9 @@ class Prom:
         self.base = f"http://127.0.0.1:{self.port}"
         config = root / "prometheus.yml"
         config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            # a generous scrape timeout: late in a full test run this process's registry holds
+            # every earlier in-process flow's series (several MB of text to render)
+            "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 1s\n"
             f"rule_files:\n  - {RULES}\n"
             "scrape_configs:\n  - job_name: salvage\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{target_port}']\n"
@@ -105,9 +107,9 @@ class Prom:
                 raise TimeoutError("prometheus not ready")
             time.sleep(0.1)
 
-    def scrapes_after(self, t: float, n: int = 1, timeout: float = 15.0) -> None:
+    def scrapes_after(self, t: float, n: int = 1, timeout: float = 30.0) -> None:
         """Wait until the salvage target's last successful scrape started ``n`` scrapes after
-        wall time ``t`` (1 s interval)."""
+        wall time ``t`` (2 s interval)."""
         deadline = time.monotonic() + timeout
         while True:
             targets = _get(f"{self.base}/api/v1/targets?state=active")["data"]["activeTargets"]
@@ -115,7 +117,7 @@ class Prom:
             if ours and ours[0]["health"] == "up":
                 last = ours[0]["lastScrape"]  # RFC 3339 with nanoseconds
                 ts = _rfc3339(last)
-                if ts >= t + (n - 1) * 1.0:
+                if ts >= t + (n - 1) * 2.0:
                     return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no successful scrape after {t}: {ours}")
