@@ -446,6 +446,8 @@ def demo(
             (live.topic_interventions, "interventions.jsonl"),
             (live.topic_lane_alerts, "lane_alerts.jsonl"),
             (live.topic_dead_letters, "dead_letters.jsonl"),
+            (live.topic_model_events, "model_events.jsonl"),
+            (live.topic_dispositions, "dispositions.jsonl"),
         ):
             consume_topic(live, topic, out_dir / name, group="salvage-demo")
     render_summary(summarise(out_dir), out_dir, console)

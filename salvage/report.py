@@ -49,13 +49,30 @@ def wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _valid_events(path: Path) -> Iterator[dict]:
+    """The log's events that the pipeline would accept (same parser); the rest are skipped."""
+    from connectors.parse import RawRecord, parse
+
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            value = raw.rstrip(b"\r\n")
+            if value.strip() and hasattr(parse(RawRecord(str(path), 0, i, value)), "event_type"):
+                yield json.loads(value)
+
+
 def _jsonl(path: Path) -> Iterator[dict]:
+    """JSON objects of a JSONL file; lines that are not (the pipeline dead-letters those) are
+    skipped, so a raw event log with garbage in it still reports."""
     if not path.exists():
         return
-    with path.open() as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                yield doc
 
 
 def _day(ts: str) -> str:
@@ -85,7 +102,7 @@ def collect(out_dir: Path, events: Path | None = None, registry=None) -> dict:
     lane_of: dict[str, str] = {}
     scanned: dict[tuple[str, str], set] = defaultdict(set)
     delayed: dict[tuple[str, str], set] = defaultdict(set)
-    for ev in _jsonl(log) if log.exists() else ():
+    for ev in _valid_events(log) if log.exists() else ():
         kind = ev.get("event_type")
         if kind == "order_placed":
             lane_of[ev["order_id"]] = (

@@ -221,3 +221,24 @@ def test_push_dashboards_posts_every_committed_dashboard_into_the_folder(
     assert fake.calls[-1][2] == "Bearer other-token"
     captured = capsys.readouterr()
     assert "secret" not in captured.out + captured.err
+
+
+def test_report_tolerates_garbage_lines_in_the_event_log(tmp_path):
+    from salvage.report import _jsonl
+
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b'{"a": 1}\nnot json\n\xff\xfe\n[1, 2]\n\n{"b": 2}\n')
+    assert list(_jsonl(log)) == [{"a": 1}, {"b": 2}]
+
+
+def test_report_uses_only_events_the_pipeline_would_accept(tmp_path):
+    from salvage.report import _valid_events
+
+    good = (
+        '{"event_id": "e1", "event_type": "carrier_scan", "order_id": "O1", '
+        '"schema_version": 1, "occurred_at": "2026-03-02T10:00:00Z", "scan": "delayed", '
+        '"courier": "x"}'
+    )
+    log = tmp_path / "events.jsonl"
+    log.write_text(good + '\n{"event_type": "carrier_scan", "order_id": "O1"}\nnot json\n')
+    assert [e["event_id"] for e in _valid_events(log)] == ["e1"]
