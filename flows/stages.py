@@ -17,6 +17,7 @@ import heapq
 import json
 import time
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,7 +166,7 @@ class CaseView:
     received_at: int = 0
 
 
-class _Stage:
+class _Stage(ABC):
     """Shared watermark handling: buffer, release in order, forward the low watermark."""
 
     def __init__(self, name: str, upstreams: list[str]) -> None:
@@ -222,8 +223,9 @@ class _Stage:
                 out.append(("tick", ("w", self.name, self.reorderer.low, self.seen_t)))
         return out
 
+    @abstractmethod
     def apply(self, released: list[tuple[int, str, Any]], low: int, out: Emit) -> None:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Apply the items released below the low watermark ``low``, in order."""
 
 
 class CaseStage(_Stage):
