@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from features.eventtime import DAY_US
-
-MAX_CONTACT_LOG = 16
 
 
 @dataclass(slots=True)
@@ -24,8 +22,6 @@ class CustomerContext:
     not_received_claims: int = 0
     chargebacks: int = 0
     last_return_at: int = 0
-    # event times of outbound customer contacts we triggered (for frequency caps)
-    contacted_at: list[int] = field(default_factory=list)
 
     def observe(self, t: int, changes: tuple[str, ...], view) -> None:
         """Fold one case update (see :class:`flows.stages.CaseView`) into the aggregates."""
@@ -53,14 +49,6 @@ class CustomerContext:
                     self.refunded_value += view.refunded_amount
                 elif outcome in ("exchange", "store_credit", "return_cancelled") and view.returned:
                     self.retained_returns += 1
-
-    def record_contact(self, t: int) -> None:
-        self.contacted_at.append(t)
-        if len(self.contacted_at) > MAX_CONTACT_LOG:
-            del self.contacted_at[0]
-
-    def contacts_within(self, t: int, window_us: int) -> int:
-        return sum(1 for c in self.contacted_at if t - window_us < c <= t)
 
     def features(self, now: int) -> dict[str, float]:
         prior_orders = max(self.orders, 1)

@@ -247,26 +247,15 @@ def build_flow(spec: FlowSpec) -> Dataflow:
 
         return f
 
-    context = _stateful(
-        "context",
-        op.flat_map("route_context", cases, fan("ctx", ctx_keys)),
-        lambda k: ContextStage(_shard_no(k), cfg),
-    )
-    models = _stateful(
-        "models",
-        op.flat_map("route_models", context, fan("model", model_keys)),
-        lambda k: ModelStage(_shard_no(k), cfg),
-    )
-    dispatch = _stateful(
-        "dispatch",
-        op.flat_map("route_dispatch", models, fan("disp", disp_keys)),
-        lambda k: DispatchStage(_shard_no(k), cfg),
-    )
-    lanes = _stateful(
-        "lanes",
-        op.flat_map("route_lanes", cases, fan("lane", lane_keys)),
-        lambda k: LaneStage(_shard_no(k), cfg),
-    )
+    def stage(name: str, up, route: str, keys: list[str], make):
+        """Route ``route`` items of ``up`` (ticks to every key) into a keyed stage."""
+        routed = op.flat_map(f"route_{name}", up, fan(route, keys))
+        return _stateful(name, routed, lambda k: make(_shard_no(k), cfg))
+
+    context = stage("context", cases, "ctx", ctx_keys, ContextStage)
+    models = stage("models", context, "model", model_keys, ModelStage)
+    dispatch = stage("dispatch", models, "disp", disp_keys, DispatchStage)
+    lanes = stage("lanes", cases, "lane", lane_keys, LaneStage)
     to_out = op.flat_map(
         "route_output", op.merge("disp_lane", dispatch, lanes), fan("out", [OUT_KEY])
     )

@@ -25,13 +25,13 @@ from connectors.events import STREAM_OF
 from connectors.outputs import (
     Action,
     AlertState,
-    DeadLetter,
     DeadLetterKind,
     LaneAlert,
     Scores,
     Severity,
     Trigger,
 )
+from connectors.parse import RawRecord, dead_letter
 from features.customer import CustomerContext
 from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
@@ -304,22 +304,9 @@ class CaseStage(_Stage):
         self.send("ctx", dest, t, f"{source_id}|{case.order_id}", view)
 
     def _dead(self, raw_event, kind: DeadLetterKind, message: str, out: Emit) -> None:
-        raw = raw_event.model_dump_json().encode()
-        out.append(
-            (
-                "dlq",
-                DeadLetter(
-                    source=f"stage:{self.name}",
-                    partition=self.shard,
-                    offset=-1,
-                    kind=kind,
-                    message=message,
-                    raw_b64=__import__("base64").b64encode(raw).decode(),
-                    event_id=raw_event.event_id,
-                    order_id=raw_event.order_id,
-                ),
-            )
-        )
+        raw = RawRecord(f"stage:{self.name}", self.shard, -1, raw_event.model_dump_json().encode())
+        letter = dead_letter(raw, kind, message, raw_event.event_id, raw_event.order_id)
+        out.append(("dlq", letter))
 
     def _intent(self, ev) -> str | None:
         """Learn from agent-set intents; infer the missing ones from text (None: nothing to do)."""

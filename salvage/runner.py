@@ -360,23 +360,20 @@ def summarise(out_dir: Path) -> RunSummary:
     from prometheus_client import REGISTRY
 
     s = RunSummary()
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            if sample.name == "salvage_events_total":
-                s.events_by_stream[sample.labels["stream"]] += int(sample.value)
-            elif sample.name == "salvage_suppressed_total":
-                s.suppressed[sample.labels["guardrail"]] += int(sample.value)
-            elif sample.name == "salvage_cases_closed_total":
-                s.outcomes[sample.labels["outcome"]] += int(sample.value)
     lanes: dict[str, list[int]] = {}
     for metric in REGISTRY.collect():
         for sample in metric.samples:
-            if sample.name == "salvage_lane_shipments_total":
-                lanes.setdefault(sample.labels["lane"], [0, 0])[0] += int(sample.value)
-            elif sample.name == "salvage_lane_delayed_shipments_total":
-                lanes.setdefault(sample.labels["lane"], [0, 0])[1] += int(sample.value)
+            name, labels, n = sample.name, sample.labels, int(sample.value)
+            if name == "salvage_events_total":
+                s.events_by_stream[labels["stream"]] += n
+            elif name == "salvage_suppressed_total":
+                s.suppressed[labels["guardrail"]] += n
+            elif name == "salvage_cases_closed_total":
+                s.outcomes[labels["outcome"]] += n
+            elif name == "salvage_lane_shipments_total":
+                lanes.setdefault(labels["lane"], [0, 0])[0] += n
+            elif name == "salvage_lane_delayed_shipments_total":
+                lanes.setdefault(labels["lane"], [0, 0])[1] += n
     s.lanes = sorted(
         ((lane, v[0], v[1]) for lane, v in lanes.items() if v[0]),
         key=lambda x: (-x[2] / x[1], x[0]),
