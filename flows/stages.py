@@ -172,7 +172,6 @@ class _Stage(ABC):
     def __init__(self, name: str, upstreams: list[str]) -> None:
         self.name = name
         self.reorderer = Reorderer(upstreams)
-        self.late = 0
         self.seen_t = BEGIN  # latest event time any upstream has seen (carried by ticks)
         self._outbox: dict[tuple[str, str], list[tuple[int, str, Any]]] = {}
 
@@ -186,7 +185,7 @@ class _Stage(ABC):
     def _push(self, t: int, tie: str, payload: Any) -> None:
         if not self.reorderer.push(t, tie, payload):
             # Only possible after an idle upstream wakes up (live mode): apply at the watermark.
-            self.late += 1
+            metrics.LATE_AFTER_IDLE.inc()
             self.reorderer.push(self.reorderer.low, tie, payload)
 
     def horizon(self, low: int) -> int:
@@ -306,6 +305,7 @@ class CaseStage(_Stage):
     def _dead(self, raw_event, kind: DeadLetterKind, message: str, out: Emit) -> None:
         raw = RawRecord(f"stage:{self.name}", self.shard, -1, raw_event.model_dump_json().encode())
         letter = dead_letter(raw, kind, message, raw_event.event_id, raw_event.order_id)
+        metrics.DEAD_LETTERS.labels(kind.value).inc()
         out.append(("dlq", letter))
 
     def _intent(self, ev) -> str | None:

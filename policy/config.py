@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connectors.outputs import Action
 from policy.disposition import DispositionPolicy
@@ -147,6 +155,13 @@ class Policy(BaseModel):
     guardrails: Guardrails = Guardrails()
     actions: dict[Action, ActionPolicy]
     disposition: DispositionPolicy = DispositionPolicy()
+    _compiled: dict | None = PrivateAttr(None)
+
+    def compiled_rules(self) -> dict:
+        """Each action's eligibility rule, compiled once per policy object."""
+        if self._compiled is None:
+            self._compiled = {a: p.when.compiled() for a, p in self.actions.items()}
+        return self._compiled
 
     @field_validator("actions")
     @classmethod

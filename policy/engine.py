@@ -22,7 +22,6 @@ from connectors.outputs import Action, Priority
 from policy.config import Policy, holds
 
 CUSTOMER_FACING = frozenset(a for a in Action if a is not Action.HUMAN_REVIEW)
-_COMPILED: dict[int, dict[Action, tuple]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +34,6 @@ class Decision:
     ttl_hours: int
     candidates: tuple[tuple[str, float, str], ...]  # (action, EV, note)
     guardrails: tuple[str, ...]  # stateless guardrails that shaped this decision
-
-
-def _rules(policy: Policy) -> dict[Action, tuple]:
-    key = id(policy)
-    rules = _COMPILED.get(key)
-    if rules is None:
-        rules = _COMPILED[key] = {a: p.when.compiled() for a, p in policy.actions.items()}
-    return rules
 
 
 def holdout_unit(order_id: str, policy_version: str) -> float:
@@ -105,7 +96,7 @@ def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> De
     value_at_risk = at_risk * (0.5 + 0.5 * max(f["margin_rate"], 0.0))
     claim_open = bool(f["return_requested"] or f["wismo_after_delivered"])
     ambiguous = g.ambiguity_band[0] <= rec <= g.ambiguity_band[1]
-    rules = _rules(policy)
+    rules = policy.compiled_rules()
     shaped: list[str] = []
     candidates: list[tuple[str, float, str]] = []
     best: tuple[float, Action, float] | None = None

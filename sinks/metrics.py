@@ -12,6 +12,10 @@ LATE = Counter(
     "Events older than their partition watermark, applied at the watermark",
     ["stream"],
 )
+LATE_AFTER_IDLE = Counter(
+    "salvage_late_after_idle_total",
+    "Live mode: items that arrived behind a stage's watermark after an idle upstream woke up",
+)
 TRIGGERS = Counter("salvage_triggers_total", "Interventions emitted, by action", ["action"])
 TRIGGER_REASONS = Counter(
     "salvage_trigger_reasons_total",

@@ -188,3 +188,30 @@ def test_cases_close_in_event_time_and_state_is_evicted(log, tmp_path):
     still_open = sum(_samples("salvage_open_cases").values())
     assert closed + still_open == len(placed)
     assert closed > 0.9 * len(placed)
+
+
+def test_dead_letters_from_the_case_stage_are_counted(log, tmp_path):
+    """Events for an order never placed are dead letters, and counted like parse failures."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    at = len(lines) // 3
+    when = json.loads(lines[at])["occurred_at"]  # in time order, so it is not too late
+    orphan = json.dumps(
+        {
+            "event_id": "orphan-1",
+            "event_type": "carrier_scan",
+            "order_id": "NEVER-PLACED",
+            "schema_version": 1,
+            "occurred_at": when,
+            "scan": "delayed",
+            "courier": "dhl",
+        }
+    )
+    with_orphan = tmp_path / "orphan.jsonl"
+    with_orphan.write_bytes(
+        b"".join(lines[: at + 1]) + orphan.encode() + b"\n" + b"".join(lines[at + 1 :])
+    )
+    before = _metric("salvage_dead_letters_total", kind="unknown_order")
+    out = run_file_flow([with_orphan], tmp_path / "out", **WIDE)
+    letters = jsonl(out["dead_letters"])
+    assert [(d["kind"], d["order_id"]) for d in letters] == [("unknown_order", "NEVER-PLACED")]
+    assert _metric("salvage_dead_letters_total", kind="unknown_order") - before == 1

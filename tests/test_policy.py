@@ -324,3 +324,25 @@ def test_every_graded_return_gets_a_disposition_in_the_flow(tmp_path):
         assert d["route"] in ("restock", "open_box", "refurbish", "donate", "dispose")
         assert d["candidates"][0]["route"] == d["route"]
         assert d["expected_recovered_value"] == max(c["recovered"] for c in d["candidates"])
+
+
+def test_each_policy_object_decides_by_its_own_rules_even_when_ids_are_reused(tmp_path):
+    """Compiled rules once lived in a cache keyed by id(policy); CPython reuses the id of a freed
+    policy, so a new policy could decide by the old one's rules."""
+    import gc
+
+    doc = _default_doc()
+    doc["actions"]["proactive_reassurance"]["when"] = {"delivered": True, "return_requested": True}
+    variant = _write(tmp_path, doc)
+    late = _features(slippage_hours=30.0, delayed_scans=1.0)
+    for _ in range(100):
+        first = load_policy()
+        assert decide(first, late, _scores(0.6), resolved=False).action is (
+            Action.PROACTIVE_REASSURANCE
+        )
+        del first
+        gc.collect()
+        second = load_policy(variant)
+        assert decide(second, late, _scores(0.6), resolved=False) is None
+        del second
+        gc.collect()
