@@ -1,0 +1,494 @@
+"""Throughput: the full Salvage flow vs bare Bytewax vs the same domain logic without Bytewax.
+
+    .venv/bin/python benchmarks/throughput.py --events 1000000
+
+On one simulator log (`steady-state`, the first --events lines; generated once and cached in
+--work, default /tmp/salvage-bench), one worker each, one after the other:
+
+* **full**: the real dataflow (`flows.recovery.build_flow`, file mode): parse + validate
+  (pydantic), partition clocks, dedupe, every keyed stage (cases, context, models, dispatch,
+  lanes, output), rule + River scoring, policy; sinks replaced by null sinks that only hash the
+  triggers (no file, Redis or Kafka I/O). `run_main`, one worker.
+* **bare**: a Bytewax flow over the same file doing only `json.loads` + `key_on(order_id)` +
+  a per-key `stateful_map` count into a null sink: what Bytewax itself costs per event here.
+* **plain**: the same stage classes (`flows/stages.py`) driven directly in one Python loop with
+  the same batching, routing and ticks (no Bytewax): the domain logic's own cost. Its triggers
+  are checked to be identical to the full flow's (same SHA-256).
+
+Prints events/s for each and the ratios full/bare and full/plain, a per-stage time split of the
+plain loop, and a cProfile of the plain loop (or the flow, --profile flow) on the first
+--profile-events events, top --top functions by internal and by cumulative time. Targets
+(issue 7): full >= 50,000 events/s per worker and >= 20% of bare; the gap is printed when not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import hashlib
+import io
+import json
+import pstats
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from _common import DEFAULT_WORK, NullSink, file_progress, machine, say, sim_log, table
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import run_main
+
+TARGET_EPS = 50_000
+TARGET_SHARE_OF_BARE = 0.20
+
+
+# ----------------------------------------------------------------------------- sinks
+
+
+class _HashPartition(StatelessSinkPartition):
+    def __init__(self, sink: HashSink) -> None:
+        self._sink = sink
+
+    def write_batch(self, items: list) -> None:
+        for _kind, text in items:
+            self._sink.digest.update(text.encode())
+            self._sink.count += 1
+
+
+class HashSink(DynamicSink):
+    """Drops file-mode output items ``(kind, json)``, keeping a SHA-256 of them and a count."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _HashPartition:
+        return _HashPartition(self)
+
+
+# ----------------------------------------------------------------------------- the three runs
+
+
+@contextlib.contextmanager
+def gc_setting(tuned: bool):
+    """``salvage run``'s cyclic-GC thresholds (:func:`salvage.runner.tuned_gc`), or CPython's."""
+    from salvage.runner import tuned_gc
+
+    with tuned_gc() if tuned else contextlib.nullcontext():
+        yield
+
+
+def run_full(
+    log: Path, shards: int, work: Path, gc_tuned: bool = True
+) -> tuple[float, dict[str, Any]]:
+    from flows.recovery import FlowSpec, _sinks, build_flow
+    from salvage.config import Settings
+
+    settings = Settings(redis_url="", shards=shards, metrics_port=0)
+    spec = FlowSpec(settings, inputs=[log], out_dir=work / "full-out", case_store=False)
+    sinks = {name: HashSink() for name in _sinks(spec)}  # every output: hashed, not written
+    spec.extra_sinks = dict(sinks)
+    flow = build_flow(spec)
+    started = time.perf_counter()
+    with file_progress(log, "full flow"), gc_setting(gc_tuned):
+        run_main(flow)
+    secs = time.perf_counter() - started
+    return secs, {
+        "triggers": sinks["triggers"].count,
+        "trigger_sha": sinks["triggers"].digest.hexdigest(),
+        "dead_letters": sinks["dlq"].count,
+    }
+
+
+class _Lines(StatefulSourcePartition):
+    def __init__(self, path: Path, batch: int) -> None:
+        self._f = path.open("rb")
+        self._batch = batch
+
+    def next_batch(self) -> list[bytes]:
+        lines = self._f.readlines(self._batch * 220)  # ~batch lines of ~220 bytes
+        if not lines:
+            raise StopIteration()
+        return lines
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class RawLines(FixedPartitionedSource):
+    def __init__(self, path: Path, batch: int = 2000) -> None:
+        self.path, self.batch = path, batch
+
+    def list_parts(self) -> list[str]:
+        return ["0"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _Lines:
+        return _Lines(self.path, self.batch)
+
+
+def run_bare(log: Path) -> tuple[float, dict[str, Any]]:
+    sink = NullSink()
+    flow = Dataflow("bare")
+    raw = op.input("in", flow, RawLines(log))
+    parsed = op.map("parse", raw, json.loads)
+    keyed = op.key_on("key", parsed, lambda d: d.get("order_id") or "")
+
+    def count(state: int | None, _value: Any) -> tuple[int, int]:
+        n = (state or 0) + 1
+        return n, n
+
+    op.output("out", op.stateful_map("count", keyed, count), sink)
+    started = time.perf_counter()
+    with file_progress(log, "bare Bytewax"):
+        run_main(flow)
+    return time.perf_counter() - started, {"outputs": sink.count[0]}
+
+
+class PlainPipeline:
+    """The flow's stages and routing (``flows.recovery.build_flow``) in one Python loop.
+
+    Per source batch: the parser's items are grouped per case shard (one ``("b", ...)`` item per
+    shard, ticks to every shard), then each stage level runs on what the previous one emitted,
+    routed by the same rules as the Bytewax wiring (``fan``), until the output stage."""
+
+    def __init__(self, log: Path, shards: int) -> None:
+        from flows.recovery import _shard_no
+        from flows.sources import _Parser, file_part_id
+        from flows.stages import (
+            CaseStage,
+            ContextStage,
+            DispatchStage,
+            LaneStage,
+            ModelStage,
+            OutputStage,
+            StageConfig,
+        )
+        from policy.config import load_policy
+        from salvage.config import Settings
+        from scoring.models import ModelConfig
+
+        s = Settings(redis_url="", shards=shards, metrics_port=0)
+        part = file_part_id(0, log)
+        self.cfg = cfg = StageConfig(
+            case_records=False,
+            case_shards=s.shards,
+            cust_shards=s.shards,
+            lane_shards=max(1, min(s.shards, 4)),
+            sources=(part,),
+            return_window_us=int(s.return_window_days * 86_400 * 1e6),
+            model_shards=s.model_shards,
+            model=ModelConfig(min_labels=s.model_min_labels, promote_margin=s.model_promote_margin),
+            infer_intents=s.infer_intents,
+            intent_threshold=s.intent_threshold,
+            policy=load_policy(s.policy),
+        )
+        self.log = log
+        self.parser = _Parser(
+            part,
+            int(s.reorder_tolerance_seconds * 1e6),
+            int(s.max_lateness_seconds * 1e6),
+            -(2**62),
+        )
+
+        def build(keys: list[str], make) -> dict[str, Any]:
+            return {k: make(_shard_no(k), cfg) for k in keys}
+
+        self.stages: dict[str, dict[str, Any]] = {
+            "cases": build(cfg.case_keys(), CaseStage),
+            "context": build(cfg.cust_keys("ctx"), ContextStage),
+            "lanes": build(cfg.lane_keys(), LaneStage),
+            "models": build(cfg.model_keys(), ModelStage),
+            "dispatch": build(cfg.cust_keys("disp"), DispatchStage),
+            "output": {"out": OutputStage(cfg)},
+        }
+        self.wiring = self._wire()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.digest = hashlib.sha256()
+        self.triggers = 0
+        self.dead_letters = 0
+
+    # the route name each consuming stage is fed by (``fan(route, ...)`` in build_flow)
+    ROUTE_OF = {"context": "ctx", "lanes": "lane", "models": "model", "dispatch": "disp"}
+    ROUTE_OF["output"] = "out"
+    LEVELS = ("cases", "context", "lanes", "models", "dispatch", "output")
+
+    def _wire(self) -> dict[str, dict[str, str]]:
+        """producer stage -> {route: consumer stage}, read from each consumer's upstream list
+        (so the loop follows the flow's wiring as stages gain or lose upstreams)."""
+        wiring: dict[str, dict[str, str]] = {name: {} for name in self.stages}
+        for consumer, route in self.ROUTE_OF.items():
+            upstreams = next(iter(self.stages[consumer].values())).reorderer.upstream
+            for producer, stages in self.stages.items():
+                if any(k in upstreams for k in stages):
+                    wiring[producer][route] = consumer
+        return wiring
+
+    def _run_level(self, name: str, inbox: dict[str, list], outbox: dict[str, dict]) -> None:
+        from sinks import kpis
+
+        stages = self.stages[name]
+        emitted: list = []
+        t0 = time.perf_counter()
+        for key, items in inbox.items():
+            emitted.extend(stages[key].on_batch(items))
+        self.seconds[name] += time.perf_counter() - t0
+        if name == "output":
+            t0 = time.perf_counter()
+            for kind, payload in emitted:
+                self._serialise(kind, payload)
+            self.seconds["serialise outputs"] += time.perf_counter() - t0
+            return
+        routes = self.wiring[name]
+        t0 = time.perf_counter()
+        for route, payload in emitted:
+            dest_stage = routes.get(route)
+            if dest_stage is not None:
+                dest, item = payload
+                outbox[dest_stage].setdefault(dest, []).append(item)
+            elif route == "tick":
+                for dest_stage in routes.values():
+                    box = outbox[dest_stage]
+                    for k in self.stages[dest_stage]:
+                        box.setdefault(k, []).append(payload)
+            elif route == "kpi":
+                kpis.observe(payload)
+            elif route == "dlq":
+                self._serialise("dlq", payload)
+        self.seconds["routing, KPIs"] += time.perf_counter() - t0
+
+    def _serialise(self, kind: str, payload: Any) -> None:
+        if kind == "trigger":
+            self.digest.update(payload.model_dump_json().encode())
+            self.triggers += 1
+        elif hasattr(payload, "model_dump_json"):
+            payload.model_dump_json()
+            self.dead_letters += kind == "dlq"
+        else:
+            json.dumps(payload, sort_keys=True)
+
+    def feed(self, lines: list[bytes], line_no: int, final: bool) -> None:
+        from connectors.parse import RawRecord
+        from features.eventtime import END
+        from flows.stages import case_key, shard_of
+
+        t0 = time.perf_counter()
+        items: list = []
+        source = str(self.log)
+        for i, line in enumerate(lines):
+            value = line.rstrip(b"\r\n")
+            if value.strip():
+                self.parser.handle(RawRecord(source, 0, line_no + i + 1, value), items)
+        self.parser.tick(items, END if final else None)
+        self.seconds["parse + validate + clock"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n_case = self.cfg.case_shards
+        inbox: dict[str, list] = {}
+        ticks = []
+        for item in items:
+            if item[0] == "e":
+                k = case_key(shard_of(item[3].order_id, n_case))
+                box = inbox.get(k)
+                if box is None:
+                    box = inbox[k] = [("b", [])]
+                box[0][1].append(item[1:])
+            elif item[0] == "w":
+                ticks.append(item)
+            else:
+                self._serialise("dlq", item[1])
+        for k in self.stages["cases"]:
+            if ticks:
+                inbox.setdefault(k, []).extend(ticks)
+        self.seconds["routing, KPIs"] += time.perf_counter() - t0
+        levels: dict[str, dict[str, list]] = {n: {} for n in self.stages}
+        levels["cases"] = inbox
+        for name in self.LEVELS:
+            if levels[name]:
+                self._run_level(name, levels[name], levels)
+
+
+def run_plain(
+    log: Path, shards: int, limit: int | None = None, batch: int = 2000, gc_tuned: bool = True
+):
+    with gc_setting(gc_tuned):
+        return _run_plain(log, shards, limit, batch)
+
+
+def _run_plain(log: Path, shards: int, limit: int | None, batch: int):
+    pipe = PlainPipeline(log, shards)
+    started = time.perf_counter()
+    last_report = started
+    size = log.stat().st_size
+    line_no = 0
+    with log.open("rb") as f:
+        while True:
+            lines = []
+            for _ in range(batch):
+                if limit is not None and line_no + len(lines) >= limit:
+                    break
+                line = f.readline()
+                if not line:
+                    break
+                lines.append(line)
+            final = len(lines) < batch
+            pipe.feed(lines, line_no, final)
+            line_no += len(lines)
+            now = time.perf_counter()
+            if now - last_report > 5:
+                last_report = now
+                say(f"  plain loop: {f.tell() / size:5.1%} of the log read, {now - started:.0f}s")
+            if final:
+                break
+    return time.perf_counter() - started, pipe, line_no
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def profile_text(prof: cProfile.Profile, top: int) -> str:
+    out = io.StringIO()
+    for key in ("tottime", "cumulative"):
+        out.write(f"\n--- top {top} by {key} ---\n")
+        stats = pstats.Stats(prof, stream=out)
+        stats.strip_dirs().sort_stats(key).print_stats(top)
+    return out.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000, help="events in the log")
+    ap.add_argument("--log", type=Path, help="use this event log instead of a simulated one")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="cache for generated logs")
+    ap.add_argument("--shards", type=int, default=8, help="logical shards per stage")
+    ap.add_argument(
+        "--profile",
+        choices=("plain", "flow", "none"),
+        default="plain",
+        help="what to cProfile (on --profile-events events)",
+    )
+    ap.add_argument("--profile-events", type=int, default=100_000)
+    ap.add_argument("--top", type=int, default=25, help="functions shown per profile table")
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=("full", "bare", "plain"), help="runs to skip"
+    )
+    ap.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="CPython's default GC thresholds instead of salvage run's (salvage.runner.tuned_gc)",
+    )
+    args = ap.parse_args()
+    tuned = not args.default_gc
+
+    log = args.log or sim_log(args.events, args.work)
+    n_events = sum(1 for _ in log.open("rb"))
+    say(f"log: {log} ({n_events:,} events, {log.stat().st_size / 1e6:.0f} MB)")
+    results: dict[str, tuple[float, dict[str, Any]]] = {}
+    if "bare" not in args.skip:
+        say("bare Bytewax: parse + key + stateful count ...")
+        results["bare"] = run_bare(log)
+    if "plain" not in args.skip:
+        say("plain Python loop: the same stages without Bytewax ...")
+        secs, pipe, _ = run_plain(log, args.shards, gc_tuned=tuned)
+        results["plain"] = (
+            secs,
+            {
+                "triggers": pipe.triggers,
+                "trigger_sha": pipe.digest.hexdigest(),
+                "dead_letters": pipe.dead_letters,
+                "split": dict(pipe.seconds),
+            },
+        )
+    if "full" not in args.skip:
+        say("full flow (Bytewax, one worker) ...")
+        results["full"] = run_full(log, args.shards, args.work, tuned)
+
+    eps = {k: n_events / v[0] for k, v in results.items()}
+    rows = []
+    labels = {
+        "full": "full flow (Bytewax, 1 worker)",
+        "bare": "bare Bytewax: parse + key + count",
+        "plain": "plain Python: same stages, no Bytewax",
+    }
+    for k in ("full", "bare", "plain"):
+        if k in results:
+            rel = f"{eps['full'] / eps[k]:.3f}" if "full" in eps else "-"
+            rows.append([labels[k], f"{results[k][0]:.1f}", f"{eps[k]:,.0f}", rel])
+    print(
+        f"\nthroughput, {n_events:,} events, {machine()}, GC thresholds "
+        + ("of salvage run" if tuned else "CPython defaults")
+    )
+    print(table(["run", "seconds", "events/s", "full / this"], rows))
+
+    if "plain" in results:
+        split = results["plain"][1]["split"]
+        total = sum(split.values())
+        print("\nplain loop: where the time goes")
+        print(
+            table(
+                ["part", "seconds", "share", "µs/event"],
+                [
+                    [k, f"{v:.1f}", f"{v / total:.1%}", f"{v / n_events * 1e6:.1f}"]
+                    for k, v in sorted(split.items(), key=lambda kv: -kv[1])
+                ],
+            )
+        )
+    if "full" in results and "plain" in results:
+        same = results["full"][1]["trigger_sha"] == results["plain"][1]["trigger_sha"]
+        print(
+            f"\ntriggers: full {results['full'][1]['triggers']:,}, plain "
+            f"{results['plain'][1]['triggers']:,}; identical bytes: {'yes' if same else 'NO'}"
+        )
+    if "full" in eps:
+        print("\ntargets (issue 7)")
+        full = eps["full"]
+        print(
+            f"  full >= {TARGET_EPS:,} events/s per worker: {full:,.0f} -> "
+            + ("met" if full >= TARGET_EPS else f"NOT met, gap x{TARGET_EPS / full:.1f}")
+        )
+        if "bare" in eps:
+            share = full / eps["bare"]
+            print(
+                f"  full >= {TARGET_SHARE_OF_BARE:.0%} of bare Bytewax: {share:.1%} -> "
+                + (
+                    "met"
+                    if share >= TARGET_SHARE_OF_BARE
+                    else f"NOT met, gap x{TARGET_SHARE_OF_BARE / share:.1f}"
+                )
+            )
+        if "plain" in eps:
+            print(
+                f"  Bytewax's share of the full flow's time: "
+                f"{1 - results['plain'][0] / results['full'][0]:.0%} "
+                "(the rest is the domain logic itself)"
+            )
+
+    if args.profile != "none":
+        limit = min(args.profile_events, n_events)
+        say(f"profiling the {args.profile} run on the first {limit:,} events ...")
+        prof = cProfile.Profile()
+        if args.profile == "plain":
+            prof.enable()
+            run_plain(log, args.shards, limit, gc_tuned=tuned)
+            prof.disable()
+        else:
+            head = args.work / f"head-{limit}.jsonl"
+            with log.open("rb") as src, head.open("wb") as dst:
+                for i, line in enumerate(src):
+                    if i >= limit:
+                        break
+                    dst.write(line)
+            prof.enable()
+            run_full(head, args.shards, args.work, tuned)
+            prof.disable()
+        print(f"\ncProfile of the {args.profile} run, first {limit:,} events")
+        print(profile_text(prof, args.top))
+
+
+if __name__ == "__main__":
+    main()
