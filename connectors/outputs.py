@@ -1,12 +1,14 @@
-"""Wire contracts for Salvage's three output streams: interventions, lane-alerts, dead-letters.
+"""Wire contracts for Salvage's output streams: interventions, lane-alerts, dead-letters, and the
+return journey's status updates (return-status) and breakage alerts (journey-alerts).
 
 Triggers carry ids only (order, customer): no names, emails or addresses. ``trigger_id`` is a
 deterministic hash of what decided it, so a replay or a restart yields the same ids and downstream
-consumers can dedupe on it.
+consumers can dedupe on it; ``update_id`` and the journey ``alert_id`` likewise.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from enum import StrEnum
 from typing import Literal
 
@@ -117,3 +119,75 @@ class DeadLetter(_Out):
     raw_b64: str
     event_id: str | None = None
     order_id: str | None = None
+
+
+class JourneyStage(StrEnum):
+    """Where a return stands, in journey order (the three settlements share the last rank)."""
+
+    LABEL_ISSUED = "label_issued"
+    PICKED_UP = "picked_up"
+    RECEIVED = "received"
+    GRADED = "graded"
+    REFUND_ISSUED = "refund_issued"
+    STORE_CREDIT_ISSUED = "store_credit_issued"
+    EXCHANGE_COMPLETED = "exchange_completed"
+
+
+class StatusUpdate(_Out):
+    """A return-journey status for the messaging systems. Key: order_id.
+
+    A service message, not an intervention: never held out, never counted against contact caps,
+    at most one per stage per order, and the journey only moves forward (a stage behind one
+    already reached is not announced)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    update_id: str = Field(description="hash of (order, return, stage): the same on every replay")
+    order_id: str
+    customer_id: str
+    return_id: str
+    stage: JourneyStage
+    occurred_at: AwareDatetime = Field(description="event time of the event that moved the return")
+    preferred_resolution: str = Field(description="refund, exchange or store_credit ('' unknown)")
+    expected_refund_date: date | None = Field(
+        description="receipt date + the policy's refund SLA in business days (Mon-Fri, UTC); "
+        "on received and graded when the customer asked for a refund (or did not say); else null"
+    )
+    amount: float | None = Field(
+        None, description="on refund_issued / store_credit_issued: the amount paid out"
+    )
+    currency: str
+    policy_version: str
+    source_event_id: str
+
+
+class JourneyAlertKind(StrEnum):
+    REFUND_BEFORE_GRADING = "refund_before_grading"
+    RECEIVED_UNGRADED = "received_ungraded"
+    REFUND_OVERDUE = "refund_overdue"
+
+
+class JourneyAlert(_Out):
+    """A breakage in a return's journey, for the operations team. Key: order_id.
+
+    At most one per kind per order. ``received_ungraded`` and ``refund_overdue`` are event-time
+    timers: they fire when the watermark passes receipt + threshold with nothing resolving them,
+    so ``observed_hours`` equals ``threshold_hours`` for them (the moment of the breach)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    alert_id: str = Field(description="hash of (order, return, kind): the same on every replay")
+    order_id: str
+    return_id: str
+    kind: JourneyAlertKind
+    detected_at: AwareDatetime = Field(description="event time of the breach")
+    threshold_hours: float | None = Field(description="the policy threshold (none: a rule)")
+    observed_hours: float | None = Field(
+        description="hours since receipt at detection (null when the parcel was never received)"
+    )
+    received_at: AwareDatetime | None
+    return_reason: str
+    return_value: float
+    currency: str
+    sku_family: str
+    lane: str
+    policy_version: str
+    source_event_id: str = Field(description="the event that revealed it, or '~timer:<order>'")

@@ -45,6 +45,15 @@ The world
   the outcome is sampled from it: retained orders are kept, or start a return that ends in an
   exchange, store credit or a cancelled return; lost orders end in a refund or a chargeback.
   A cancelled order (before shipping) has recoverability 0.
+* **Warehouse breakages**: a returned parcel is graded 0.1-3 days after receipt and settled
+  (refund, exchange, store credit) 0.05-1.5 days after grading, except for
+  ``JOURNEY_ANOMALY_SHARE`` (5%) of received returns, drawn from a separate seeded stream (the
+  rest of the log is unchanged by them): ``refund_before_grading`` (refunds only: the full
+  amount is refunded between receipt and the grading that would have happened, and no
+  ``return_graded`` follows), ``received_ungraded`` (graded 3.5-5 days after receipt, settled
+  within 6 days) and ``refund_overdue`` (graded in time, settled 8-12 days after receipt). With
+  the default journey policy (72 h, 7 days) each raises exactly its own journey alert, and
+  ordinary returns raise none.
 * **Scenarios**: ``steady-state`` (no incidents) and ``launch-week-backlog`` (the ``glow-launch``
   campaign: beauty dominates orders on days 1-8 at 1.8x volume; a courier backlog at the central
   hub makes 3 lanes from ``central`` badly delayed for pick-ups on days 2-6, then they recover.
@@ -68,7 +77,8 @@ Truth records
 ``{"type": "order", "order_id", "customer_id", "recoverability", "abusive" (this order is an
 abuse attempt), "abuse_kind", "outcome", "retained", "lane", "slippage_hours" (hours delivered
 after the promise, >= 0; for lost / returned parcels up to that scan), plus "segment",
-"customer_abusive", "cause" (the main problem or null), "final_at"}`` is emitted when the order's
+"customer_abusive", "cause" (the main problem or null), "journey_anomaly" (a warehouse breakage
+above, or null), "final_at"}`` is emitted when the order's
 story ends (its last event, or the end of the return window for kept orders). ``{"type":
 "lane_incident", "lane", "start", "end", "delay_prob"}`` is emitted at the incident's end; an
 incident applies to shipments *picked up* in ``[start, end)``.
@@ -124,6 +134,8 @@ LAUNCH_CAMPAIGN = "glow-launch"
 LAUNCH_DAYS = (1.0, 8.0)  # launch window, days after start
 LAUNCH_RATE_MULT = 1.8
 BACKLOG_DAYS = (2.0, 6.0)  # incident window (shipments picked up in it), days after start
+JOURNEY_ANOMALY_SHARE = 0.05  # received returns with a warehouse breakage (see the docstring)
+JOURNEY_ANOMALIES = ("refund_before_grading", "received_ungraded", "refund_overdue")
 
 HOUR = 3600
 DAY = 86400
@@ -457,7 +469,14 @@ class _Story:
 
 
 class _World:
-    def __init__(self, scenario: str, orders: int, seed: int, start: datetime | None) -> None:
+    def __init__(
+        self,
+        scenario: str,
+        orders: int,
+        seed: int,
+        start: datetime | None,
+        orders_per_day: float = ORDERS_PER_DAY,
+    ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {SCENARIOS}")
         if orders < 0:
@@ -469,10 +488,15 @@ class _World:
         self.launch = scenario == "launch-week-backlog"
         self.orders = orders
         self.rng = random.Random(seed)
+        # return-journey breakages draw from their own stream, so the rest of the log is the same
+        # bytes as without them (only the affected orders' warehouse timings change)
+        self.journey_rng = random.Random(f"journey-{seed}")
         self.t_start = int((start.astimezone(UTC) - _EPOCH).total_seconds())
-        # arrival rate: ~ORDERS_PER_DAY, spread over at least a week (two for the launch)
+        # arrival rate: ~orders_per_day, spread over at least a week (two for the launch)
+        if orders_per_day <= 0:
+            raise ValueError("orders_per_day must be > 0")
         min_days = 14.0 if self.launch else 7.0
-        self.span_days = max(min_days, orders / ORDERS_PER_DAY)
+        self.span_days = max(min_days, orders / orders_per_day)
         effective = self.span_days
         if self.launch:
             effective += (LAUNCH_RATE_MULT - 1.0) * (LAUNCH_DAYS[1] - LAUNCH_DAYS[0])
@@ -785,6 +809,7 @@ class _World:
             "segment": TIERS[tier],
             "customer_abusive": bool(abuse_code),
             "lane": lane.key,
+            "journey_anomaly": None,
         }
         handling = int(uni(4, 28) * HOUR)
 
@@ -1298,18 +1323,34 @@ class _World:
         t_recv = t_transit + int(uni(1.5, 5) * DAY)
         t_grade = t_recv + int(uni(0.1, 3) * DAY)
         t_res = t_grade + int(uni(0.05, 1.5) * DAY)
+        anomaly = self._journey_anomaly(outcome)
+        if anomaly is not None:
+            jr = self.journey_rng
+            if anomaly == "refund_before_grading":  # refunded on the receipt scan, never graded
+                t_res = t_recv + int((t_grade - t_recv) * jr.uniform(0.2, 0.8))
+            elif anomaly == "received_ungraded":  # sits 3.5-5 days, settled within 6 days
+                t_grade = t_recv + int(jr.uniform(3.5, 5.0) * DAY)
+                t_res = t_grade + int(jr.uniform(0.05, 1.0) * DAY)
+            else:  # refund_overdue: graded in time, settled 8-12 days after receipt
+                t_res = t_recv + int(jr.uniform(8.0, 12.0) * DAY)
+            truth["journey_anomaly"] = anomaly
         st.add(t_transit, "return_in_transit", {"return_id": return_id})
         st.add(t_recv, "return_received", {"return_id": return_id})
         grade, flags = self._grade(cause, lines)
-        st.add(
-            t_grade, "return_graded", {"return_id": return_id, "grade": grade, "abuse_flags": flags}
-        )
+        if anomaly != "refund_before_grading":
+            st.add(
+                t_grade,
+                "return_graded",
+                {"return_id": return_id, "grade": grade, "abuse_flags": flags},
+            )
         if outcome == "refund" and rand() < 0.2:
             self._contact(st, t_recv + int((t_res - t_recv) * rand()), "refund_request", temper)
         if outcome == "refund":
             amount = ret_value
             if "empty_box" in flags or "swapped_item" in flags:
                 amount = round(ret_value * uni(0.0, 0.5), 2)  # partial refund after a dispute
+                if anomaly == "refund_before_grading":  # nobody looked: the full amount went out
+                    amount = ret_value
             st.add(
                 t_res,
                 "refund_issued",
@@ -1333,6 +1374,16 @@ class _World:
             )
         truth.update(outcome=outcome, retained=retained)
         return self._finish(st, truth, t_res)
+
+    def _journey_anomaly(self, outcome: str) -> str | None:
+        """A warehouse breakage for a received return (``JOURNEY_ANOMALY_SHARE``), or None."""
+        jr = self.journey_rng
+        if jr.random() >= JOURNEY_ANOMALY_SHARE:
+            return None
+        r = jr.random()
+        if outcome == "refund" and r < 0.5:
+            return "refund_before_grading"
+        return "received_ungraded" if jr.random() < 0.5 else "refund_overdue"
 
     def _grade(self, cause: str, lines: list[dict]) -> tuple[str, list[str]]:
         rand = self.rng.random
@@ -1468,12 +1519,16 @@ class _World:
 
 
 def generate(
-    scenario: str, orders: int, seed: int, start: datetime | None = None
+    scenario: str,
+    orders: int,
+    seed: int,
+    start: datetime | None = None,
+    orders_per_day: float = ORDERS_PER_DAY,
 ) -> Iterator[tuple[str, dict]]:
     """Yield ``("event", event)`` in non-decreasing ``occurred_at`` order (ties broken
     deterministically; late-recorded carrier scans excepted, see ``LATE_SCAN_PROB``), interleaved
     with ``("truth", record)`` records. Memory is bounded by the orders in flight."""
-    return _World(scenario, orders, seed, start).run()
+    return _World(scenario, orders, seed, start, orders_per_day).run()
 
 
 def lane_profiles(scenario: str, seed: int) -> list[dict]:
@@ -1500,13 +1555,14 @@ def write_log(
     truth: Path | None = None,
     start: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    orders_per_day: float = ORDERS_PER_DAY,
 ) -> dict[str, int]:
     """Write the events as JSON lines to ``out`` (truth records to ``truth`` if given).
 
     Returns counts per ``event_type`` plus ``"events"`` (the total). ``progress`` is called with
     the number of orders placed so far every 10,000 orders and once at the end. Same arguments,
     same bytes."""
-    world = _World(scenario, orders, seed, start)
+    world = _World(scenario, orders, seed, start, orders_per_day)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}

@@ -276,6 +276,56 @@ RETURN_RECOVERY = Dashboard(
                 )
             ),
         ),
+        Row(
+            "Return journey: status updates and warehouse breakages",
+            (
+                Panel(
+                    "Status updates by stage (per hour)",
+                    (
+                        Target(
+                            "sum by (stage) "
+                            f"({rate('salvage_status_updates_total', sliced=False)}) * 3600",
+                            "{{stage}}",
+                        ),
+                    ),
+                    description="Return-journey service messages sent to the messaging systems "
+                    "(return-status topic): one per stage per order, never held out. Not sliced "
+                    "by campaign / SKU family / lane.",
+                    stacked=True,
+                    width=8,
+                ),
+                Panel(
+                    "Journey breakage alerts by kind",
+                    (
+                        Target(
+                            f"sum by (kind) ({inc('salvage_journey_alerts_total', sliced=False)})",
+                            "{{kind}}",
+                        ),
+                    ),
+                    kind="bargauge",
+                    decimals=0,
+                    description="journey-alerts over the selected range: refunds issued before "
+                    "grading, returns received but ungraded past the policy threshold (72 h), "
+                    "returns not settled within the refund target after receipt (7 days).",
+                    width=8,
+                ),
+                Panel(
+                    "Grading delay (received → graded)",
+                    tuple(
+                        Target(
+                            f"histogram_quantile({q}, sum by (le) "
+                            f"({rate('salvage_grading_delay_seconds_bucket', sliced=False)}))",
+                            f"p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.9)
+                    ),
+                    unit="s",
+                    description="Event time a returned item waits at the warehouse before it "
+                    "is graded; it loses resale value meanwhile.",
+                    width=8,
+                ),
+            ),
+        ),
     ),
 )
 
@@ -531,6 +581,42 @@ DECISIONS_MODELS = Dashboard(
                 ),
             ),
         ),
+        Row(
+            "Human review queue",
+            (
+                Panel(
+                    "Review queue depth",
+                    (
+                        Target(
+                            "max by (state) (salvage_review_queue_depth)",
+                            "{{state}}",
+                        ),
+                    ),
+                    stacked=True,
+                    decimals=0,
+                    description="Human-review triggers not yet resolved (Redis stream "
+                    "salvage:reviews): unclaimed = no reviewer has it yet, claimed = delivered to "
+                    "a reviewer, no verdict yet. Refreshed by the pipeline after each review it "
+                    "queues and every 15 s; max over processes (they export the same queue).",
+                    width=16,
+                ),
+                Panel(
+                    "Oldest unresolved review",
+                    (Target("max(salvage_review_queue_oldest_age_seconds)", "oldest"),),
+                    kind="stat",
+                    unit="s",
+                    decimals=0,
+                    thresholds=(
+                        Threshold(None, "green"),
+                        Threshold(3600, "orange"),
+                        Threshold(4 * 3600, "red"),
+                    ),
+                    description="Wall-clock age of the oldest review without a verdict (0: the "
+                    "queue is empty). Alert SalvageReviewBacklogOld fires past 4 hours.",
+                    width=8,
+                ),
+            ),
+        ),
     ),
 )
 
@@ -603,6 +689,20 @@ PIPELINE_HEALTH = Dashboard(
                     ),
                     unit="ops",
                     width=12,
+                ),
+                Panel(
+                    "Kafka consumer lag by topic (messages)",
+                    (
+                        Target(
+                            "sum by (topic) (salvage_kafka_consumer_lag)",
+                            "{{topic}}",
+                        ),
+                    ),
+                    decimals=0,
+                    description="Messages in the input topics not read yet (high watermark minus "
+                    "the next offset to read, summed over partitions). Alert "
+                    "SalvageKafkaConsumerLagHigh fires when a partition stays 50k behind.",
+                    width=24,
                 ),
             ),
         ),

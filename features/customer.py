@@ -22,6 +22,8 @@ class CustomerContext:
     not_received_claims: int = 0
     chargebacks: int = 0
     last_return_at: int = 0
+    contacts: int = 0
+    sentiment_sum: float = 0.0
 
     def observe(self, t: int, changes: tuple[str, ...], view) -> None:
         """Fold one case update (see :class:`flows.stages.CaseView`) into the aggregates."""
@@ -37,6 +39,9 @@ class CustomerContext:
                 self.last_return_at = t
                 if view.features.get("reason_not_received"):
                     self.not_received_claims += 1
+            elif change == "contact":
+                self.contacts += 1
+                self.sentiment_sum += view.features.get("last_contact_sentiment", 0.0)
             elif change == "graded" and view.abuse_flags:
                 self.abuse_flags += 1
             elif change == "closed":
@@ -56,6 +61,12 @@ class CustomerContext:
             "customer_orders": float(self.orders),
             "customer_return_rate": self.returns / prior_orders,
             "customer_refund_rate": self.refunds / prior_orders,
+            # of the returns that ended, the share the brand kept (exchange, credit, cancelled)
+            "customer_retained_return_rate": self.retained_returns
+            / max(self.retained_returns + self.refunds, 1),
+            # the customer's tone over every contact so far (temperament outlives one order)
+            "customer_mean_sentiment": self.sentiment_sum / self.contacts if self.contacts else 0.0,
+            "customer_contacts": float(self.contacts),
             "customer_abuse_flags": float(self.abuse_flags),
             "customer_not_received_claims": float(self.not_received_claims),
             "customer_chargebacks": float(self.chargebacks),

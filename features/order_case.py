@@ -29,6 +29,7 @@ from connectors.events import (
     SupportContact,
     lane_of,
 )
+from features import journey
 from features.eventtime import DAY_US, HOUR_US, to_us
 
 MAX_CONTACTS = 32  # rolling contact memory per case; older contacts only count in totals
@@ -114,6 +115,11 @@ class OrderCase:
     refund_at: int = 0
     review_verdict: str = ""
     resolved_at: int = 0
+    # return journey (features/journey.py): furthest stage reached (-1: none), stages announced
+    # and alert kinds raised (bit sets)
+    journey_rank: int = -1
+    journey_sent: int = 0
+    journey_alerted: int = 0
     # lifecycle
     status: Status = Status.OPEN
     outcome: Outcome | None = None
@@ -312,7 +318,16 @@ class OrderCase:
     def return_open(self) -> bool:
         return bool(self.return_requested_at) and self.outcome is None
 
-    def next_deadline(self, return_window_us: int) -> int:
+    def next_deadline(
+        self, return_window_us: int, journey_cfg: journey.JourneyConfig | None = None
+    ) -> int:
+        """The next event time at which time alone changes this case or raises a journey alert
+        (0: none)."""
+        core = self.core_deadline(return_window_us)
+        j = journey.deadline(self, journey_cfg) if journey_cfg is not None else 0
+        return min(core, j) if core and j else core or j
+
+    def core_deadline(self, return_window_us: int) -> int:
         """The next event time at which time alone changes this case (0: none)."""
         if self.status is Status.CLOSED:
             return 0
@@ -444,6 +459,7 @@ class OrderCase:
             "fit_intent_7d": float(fit7),
             "urgent_contacts_7d": float(high7),
             "mean_sentiment_7d": sentiment_sum / c7d if c7d else 0.0,
+            "last_contact_sentiment": self.contacts[-1][3] if self.contacts else 0.0,
             "wismo_after_delivered": float(self.wismo_after_delivered),
             "return_requested": float(bool(self.return_requested_at)),
             "return_share": self.return_units / self.n_units if self.n_units else 0.0,

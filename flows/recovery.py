@@ -90,13 +90,19 @@ class _JsonlPartition(StatefulSinkPartition[str, int]):
 
 
 class JsonlSink(FixedPartitionedSink[str, int]):
-    """One JSON document per line into one file; resumes exactly (truncates to the snapshot)."""
+    """One JSON document per line into one file; resumes exactly (truncates to the snapshot).
 
-    def __init__(self, path: Path) -> None:
+    One partition, so exactly one worker of the cluster owns the file, opens (and on a fresh
+    run truncates) it, and receives every line. ``local=False`` (every process of a cluster but
+    process 0) does not list the partition, so the owner is always a worker of process 0: the
+    files land on process 0's host, and no other process ever opens them."""
+
+    def __init__(self, path: Path, local: bool = True) -> None:
         self.path = Path(path)
+        self.local = local
 
     def list_parts(self) -> list[str]:
-        return ["0"]
+        return ["0"] if self.local else []
 
     def part_fn(self, item_key: str) -> int:
         return 0
@@ -119,6 +125,7 @@ class FlowSpec:
     kafka_partitions: dict[str, int] | None = None  # topic -> partitions (Kafka mode)
     case_store: bool = True
     extra_sinks: dict[str, Any] = field(default_factory=dict)  # for tests: name -> sink
+    process_id: int = 0  # in a multi-process cluster: file outputs are written by process 0
 
     @property
     def file_mode(self) -> bool:
@@ -130,7 +137,7 @@ def _source(spec: FlowSpec):
     tol = int(s.reorder_tolerance_seconds * 1e6)
     late = int(s.max_lateness_seconds * 1e6)
     if spec.file_mode:
-        return EventLogSource(spec.inputs, tol, late)
+        return EventLogSource(spec.inputs, tol, late, s.source_batch_size)
     if spec.kafka_partitions is None:
         from connectors.broker import ensure_topics
 
@@ -145,6 +152,7 @@ def _source(spec: FlowSpec):
         late,
         spec.to_end,
         s.idle_partition_seconds,
+        s.source_batch_size,
     )
 
 
@@ -153,20 +161,26 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
     sinks: dict[str, Any] = {}
     if spec.file_mode:
         out = spec.out_dir or Path("out")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (
-            "interventions",
-            "lane_alerts",
-            "dead_letters",
-            "model_events",
-            "dispositions",
-        ):
-            (out / f"{name}.jsonl").touch()  # exists even when a stream stays empty
-        sinks["triggers"] = JsonlSink(out / "interventions.jsonl")
-        sinks["alerts"] = JsonlSink(out / "lane_alerts.jsonl")
-        sinks["dlq"] = JsonlSink(out / "dead_letters.jsonl")
-        sinks["model_events"] = JsonlSink(out / "model_events.jsonl")
-        sinks["dispositions"] = JsonlSink(out / "dispositions.jsonl")
+        local = spec.process_id == 0
+        if local:
+            out.mkdir(parents=True, exist_ok=True)
+            for name in (
+                "interventions",
+                "lane_alerts",
+                "dead_letters",
+                "model_events",
+                "dispositions",
+                "status_updates",
+                "journey_alerts",
+            ):
+                (out / f"{name}.jsonl").touch()  # exists even when a stream stays empty
+        sinks["triggers"] = JsonlSink(out / "interventions.jsonl", local)
+        sinks["alerts"] = JsonlSink(out / "lane_alerts.jsonl", local)
+        sinks["dlq"] = JsonlSink(out / "dead_letters.jsonl", local)
+        sinks["model_events"] = JsonlSink(out / "model_events.jsonl", local)
+        sinks["dispositions"] = JsonlSink(out / "dispositions.jsonl", local)
+        sinks["status_updates"] = JsonlSink(out / "status_updates.jsonl", local)
+        sinks["journey_alerts"] = JsonlSink(out / "journey_alerts.jsonl", local)
     else:
         from sinks.kafka import KafkaOutputSink
 
@@ -176,6 +190,8 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         sinks["dlq"] = KafkaOutputSink(conf, s.topic_dead_letters)
         sinks["model_events"] = KafkaOutputSink(conf, s.topic_model_events)
         sinks["dispositions"] = KafkaOutputSink(conf, s.topic_dispositions)
+        sinks["status_updates"] = KafkaOutputSink(conf, s.topic_status_updates)
+        sinks["journey_alerts"] = KafkaOutputSink(conf, s.topic_journey_alerts)
     if spec.case_store and s.redis_url:
         from sinks.redis_store import RedisCaseSink
 
@@ -256,8 +272,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     models = stage("models", context, "model", model_keys, ModelStage)
     dispatch = stage("dispatch", models, "disp", disp_keys, DispatchStage)
     lanes = stage("lanes", cases, "lane", lane_keys, LaneStage)
-    to_out = op.flat_map(
-        "route_output", op.merge("disp_lane", dispatch, lanes), fan("out", [OUT_KEY])
+    to_out = op.flat_map(  # cases: the return journey's status updates and alerts
+        "route_output", op.merge("to_output", dispatch, lanes, cases), fan("out", [OUT_KEY])
     )
     ordered = _stateful("output", to_out, lambda k: OutputStage(cfg))
 
@@ -268,60 +284,35 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     alerts = op.filter_map("alerts", ordered, only("alert"))
     model_events = op.filter_map("model_events", ordered, only("model_event"))
     dispositions = op.filter_map("dispositions", ordered, only("disposition"))
+    status_updates = op.filter_map("status_updates", ordered, only("status_update"))
+    journey_alerts = op.filter_map("journey_alerts", ordered, only("journey_alert"))
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
     dlq = op.merge("dead_letters", source_dlq, case_dlq)
 
-    file_mode = spec.file_mode
-    if file_mode:
-        op.output(
-            "out_triggers",
-            op.map("ser_t", triggers, lambda t: ("t", t.model_dump_json())),
-            sinks["triggers"],
-        )
-        op.output(
-            "out_alerts",
-            op.map("ser_a", alerts, lambda a: ("a", a.model_dump_json())),
-            sinks["alerts"],
-        )
-        op.output(
-            "out_dlq", op.map("ser_d", dlq, lambda d: ("d", d.model_dump_json())), sinks["dlq"]
-        )
-        op.output(
-            "out_model_events",
-            op.map("ser_m", model_events, lambda m: ("m", json.dumps(m, sort_keys=True))),
-            sinks["model_events"],
-        )
-        op.output(
-            "out_dispositions",
-            op.map("ser_p", dispositions, lambda d: ("p", json.dumps(d, sort_keys=True))),
-            sinks["dispositions"],
-        )
-    else:
-        op.output(
-            "out_triggers",
-            op.map("ser_t", triggers, lambda t: (t.order_id, t.model_dump_json().encode())),
-            sinks["triggers"],
-        )
-        op.output(
-            "out_alerts",
-            op.map("ser_a", alerts, lambda a: (a.lane, a.model_dump_json().encode())),
-            sinks["alerts"],
-        )
-        op.output(
-            "out_dlq",
-            op.map("ser_d", dlq, lambda d: (d.order_id or d.source, d.model_dump_json().encode())),
-            sinks["dlq"],
-        )
-        op.output(
-            "out_model_events",
-            op.map("ser_m", model_events, lambda m: (m["model"], json.dumps(m).encode())),
-            sinks["model_events"],
-        )
-        op.output(
-            "out_dispositions",
-            op.map("ser_p", dispositions, lambda d: (d["order_id"], json.dumps(d).encode())),
-            sinks["dispositions"],
-        )
+    # (sink, step suffix, stream, file-mode line, Kafka (key, value)); step ids are recovery state
+    def pyd(m) -> str:
+        return m.model_dump_json()
+
+    def dumps(d) -> str:
+        return json.dumps(d, sort_keys=True)
+
+    outputs = [
+        ("triggers", "t", "out_triggers", triggers, pyd, lambda t: t.order_id),
+        ("alerts", "a", "out_alerts", alerts, pyd, lambda a: a.lane),
+        ("dlq", "d", "out_dlq", dlq, pyd, lambda d: d.order_id or d.source),
+        ("model_events", "m", "out_model_events", model_events, dumps, lambda m: m["model"]),
+        ("dispositions", "p", "out_dispositions", dispositions, dumps, lambda d: d["order_id"]),
+        ("status_updates", "s", "out_status_updates", status_updates, pyd, lambda u: u.order_id),
+        ("journey_alerts", "j", "out_journey_alerts", journey_alerts, pyd, lambda a: a.order_id),
+    ]
+    for sink, tag, step, stream, line, key in outputs:
+        if spec.file_mode:
+            ser = op.map(f"ser_{tag}", stream, lambda x, tag=tag, line=line: (tag, line(x)))
+        else:
+            ser = op.map(
+                f"ser_{tag}", stream, lambda x, line=line, key=key: (key(x), line(x).encode())
+            )
+        op.output(step, ser, sinks[sink])
 
     # KPIs: a stateless tap on order/case facts (Prometheus counters commute; order is irrelevant)
     def tap(_step, kv) -> None:
@@ -351,7 +342,30 @@ def spec_from_env() -> FlowSpec:
     settings = Settings()
     inputs = [Path(p) for p in os.environ.get("SALVAGE_INPUT", "").split(",") if p]
     out_dir = Path(os.environ.get("SALVAGE_OUT_DIR", "out"))
-    return FlowSpec(settings=settings, inputs=inputs, out_dir=out_dir, to_end=not settings.follow)
+    return FlowSpec(
+        settings=settings,
+        inputs=inputs,
+        out_dir=out_dir,
+        to_end=not settings.follow,
+        process_id=process_id_from_env() or 0,
+    )
+
+
+def process_id_from_env(env: dict[str, str] | None = None) -> int | None:
+    """This process's index in a Bytewax cluster, from the variables ``bytewax.run`` reads
+    (``BYTEWAX_PROCESS_ID``, else the StatefulSet ordinal of ``BYTEWAX_POD_NAME`` in
+    ``BYTEWAX_STATEFULSET_NAME``); None if unset. Raises ValueError when it is not a number."""
+    env = os.environ if env is None else env
+    raw = env.get("BYTEWAX_PROCESS_ID", "").strip()
+    pod, sts = env.get("BYTEWAX_POD_NAME", ""), env.get("BYTEWAX_STATEFULSET_NAME", "")
+    if not raw and sts and pod.startswith(sts + "-"):
+        raw = pod[len(sts) + 1 :]
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"process id {raw!r} is not a number") from None
 
 
 def __getattr__(name: str):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.events import STREAM_OF, Stream
 from connectors.outputs import DeadLetterKind
@@ -177,6 +177,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         to_end: bool,
         idle_s: float,
         resume,
+        lag_interval_s: float = 1.0,
     ) -> None:
         offset, max_t = resume or (OFFSET_BEGINNING, parser_args[2])
         self._consumer = Consumer(conf)
@@ -193,6 +194,12 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._done = False
         self._last_data = time.monotonic()
         self._idle = False
+        # consumer lag: high watermark (librdkafka caches it from every fetch response: no request
+        # of its own) minus the next offset to read, at most once per lag_interval_s
+        self._wm_tp = TopicPartition(topic, partition)
+        self._lag = metrics.KAFKA_CONSUMER_LAG.labels(topic, str(partition))
+        self._lag_interval_s = lag_interval_s
+        self._lag_at = float("-inf")
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -223,13 +230,30 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         if self._eof and self._to_end and not got_data:
             self._done = True
             self._parser.tick(out, END)
+            self._report_lag(now, force=True)
         elif self._eof and not got_data and now - self._last_data >= self._idle_s:
             if not self._idle:
                 self._idle = True
                 self._parser.tick(out, IDLE)
         else:
             self._parser.tick(out)
+        self._report_lag(now)
         return out
+
+    def _report_lag(self, now: float, force: bool = False) -> None:
+        """Set ``salvage_kafka_consumer_lag`` from the cached watermarks (no broker round trip);
+        unknown until the first fetch response has arrived."""
+        if not force and now - self._lag_at < self._lag_interval_s:
+            return
+        try:
+            low, high = self._consumer.get_watermark_offsets(self._wm_tp, cached=True)
+        except KafkaException:
+            return
+        position = self._offset if self._offset >= 0 else low  # nothing read yet: from the start
+        if high < 0 or position < 0:
+            return
+        self._lag_at = now
+        self._lag.set(max(0, high - position))
 
     def next_awake(self):
         return None
@@ -246,6 +270,8 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
 
     Offsets live in Bytewax recovery snapshots, as with Bytewax's own KafkaSource.
     ``to_end``: stop each partition when it reaches the end of what is in the topic.
+    Each partition exports ``salvage_kafka_consumer_lag{topic,partition}`` (high watermark minus
+    the next offset to read), refreshed at most every ``lag_interval_s`` and when it finishes.
     """
 
     def __init__(
@@ -258,6 +284,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         to_end: bool,
         idle_s: float = 2.0,
         batch_size: int = 2000,
+        lag_interval_s: float = 1.0,
     ) -> None:
         self._conf = {
             **client_conf,
@@ -272,6 +299,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         self._to_end = to_end
         self._idle_s = idle_s
         self._batch = batch_size
+        self._lag_interval_s = lag_interval_s
 
     def part_ids(self) -> list[str]:
         return [
@@ -296,4 +324,5 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             self._to_end,
             self._idle_s,
             resume_state,
+            self._lag_interval_s,
         )

@@ -8,6 +8,8 @@ What it emits is a list of ``(route, item)`` pairs; the Bytewax wiring
 
 Routes: ``cust`` / ``lane`` / ``out`` carry data to the next stage (``(dest_key, item)``),
 ``tick`` a watermark to broadcast downstream, ``dlq`` a dead letter, ``case`` a case-store record.
+The case stage also sends the return journey's status updates and alerts on ``out``, straight to
+the output stage (service messages: no scoring, policy, holdout or contact caps).
 """
 
 from __future__ import annotations
@@ -21,17 +23,20 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.events import STREAM_OF
+from connectors.events import STREAM_OF, Stream
 from connectors.outputs import (
     Action,
     AlertState,
     DeadLetterKind,
+    JourneyAlert,
     LaneAlert,
     Scores,
     Severity,
+    StatusUpdate,
     Trigger,
 )
 from connectors.parse import RawRecord, dead_letter
+from features import journey
 from features.customer import CustomerContext
 from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
@@ -67,6 +72,8 @@ _SUPPRESSED = _cached(metrics.SUPPRESSED)
 _HOLDOUT = _cached(metrics.HOLDOUT)
 _DISPOSITIONS = _cached(metrics.DISPOSITIONS)
 _INFERRED = _cached(metrics.INTENTS_INFERRED)
+_STATUS_UPDATES = _cached(metrics.STATUS_UPDATES)
+_JOURNEY_ALERTS = _cached(metrics.JOURNEY_ALERTS)
 _MODEL_CHANGES = {
     "promoted": _cached(metrics.MODEL_PROMOTIONS),
     "demoted": _cached(metrics.MODEL_DEMOTIONS),
@@ -241,25 +248,86 @@ class CaseStage(_Stage):
         self.intents = (
             IntentClassifier(threshold=cfg.intent_threshold) if cfg.infer_intents else None
         )
+        self.journey = cfg.policy.journey.config()  # None: journey tracking off
+        if self.journey is not None:  # series exist from the start (increase() works)
+            for stage in self.journey.stages:
+                _STATUS_UPDATES(stage.value)
+            for kind in self.journey.alerts:
+                _JOURNEY_ALERTS(kind.value)
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
-        deadline = case.next_deadline(self.cfg.return_window_us)
+        deadline = case.next_deadline(self.cfg.return_window_us, self.journey)
         if deadline:
             heapq.heappush(self.timers, (deadline, case.order_id))
 
     def _fire_timers(self, until: int, out: Emit) -> None:
         """Fire every timer with deadline < until, in (deadline, order id) order."""
         timers = self.timers
+        window = self.cfg.return_window_us
         while timers and timers[0][0] < until:
             deadline, order_id = heapq.heappop(timers)
             case = self.cases.get(order_id)
-            if case is None or case.next_deadline(self.cfg.return_window_us) != deadline:
+            if case is None or case.next_deadline(window, self.journey) != deadline:
                 continue  # stale timer
-            changes = case.on_time(deadline, self.cfg.return_window_us)
-            if changes:
-                self._emit_view(case, deadline, f"~timer:{order_id}", changes, out)
+            if case.core_deadline(window) == deadline:
+                changes = case.on_time(deadline, window)
+                if changes:
+                    self._emit_view(case, deadline, f"~timer:{order_id}", changes, out)
+            if self.journey is not None and journey.deadline(case, self.journey) == deadline:
+                # journey alerts go straight to the output: no case view, so no new decision
+                for alert in journey.on_time(case, deadline, self.journey):
+                    self._journey_alert(case, alert, f"~timer:{order_id}")
             self._after_update(case, deadline)
+
+    def _journey(self, case: OrderCase, ev, t: int) -> None:
+        """Status updates and breakage alerts caused by a returns event (after case.apply)."""
+        if ev.event_type == "return_graded" and case.received_at and t >= case.received_at:
+            metrics.GRADING_DELAY.observe((t - case.received_at) / 1e6)
+        if self.journey is None or ev.event_type not in journey.STAGE_OF_EVENT:
+            return
+        amount = getattr(ev, "amount", None)
+        statuses, alerts = journey.on_event(case, ev.event_type, t, amount, self.journey)
+        for alert in alerts:
+            self._journey_alert(case, alert, ev.event_id)
+        for notice in statuses:
+            update = StatusUpdate(
+                update_id=journey.journey_id(case.order_id, case.return_id, notice.stage.value),
+                order_id=case.order_id,
+                customer_id=case.customer_id,
+                return_id=case.return_id,
+                stage=notice.stage,
+                occurred_at=from_us(t),
+                preferred_resolution=case.preferred_resolution,
+                expected_refund_date=notice.expected_refund_date,
+                amount=notice.amount,
+                currency=case.currency,
+                policy_version=self.cfg.policy.version,
+                source_event_id=ev.event_id,
+            )
+            _STATUS_UPDATES(notice.stage.value).inc()
+            self.send("out", OUT_KEY, t, f"s|{update.update_id}", ("status_update", update))
+
+    def _journey_alert(self, case: OrderCase, notice: journey.AlertNotice, source: str) -> None:
+        alert = JourneyAlert(
+            alert_id=journey.journey_id(case.order_id, case.return_id, notice.kind.value),
+            order_id=case.order_id,
+            return_id=case.return_id,
+            kind=notice.kind,
+            detected_at=from_us(notice.t),
+            threshold_hours=notice.threshold_hours,
+            observed_hours=notice.observed_hours,
+            received_at=from_us(case.received_at) if case.received_at else None,
+            return_reason=case.return_reason,
+            return_value=case.return_value,
+            currency=case.currency,
+            sku_family=case.sku_family,
+            lane=case.lane,
+            policy_version=self.cfg.policy.version,
+            source_event_id=source,
+        )
+        _JOURNEY_ALERTS(notice.kind.value).inc()
+        self.send("out", OUT_KEY, notice.t, f"j|{alert.alert_id}", ("journey_alert", alert))
 
     def _after_update(self, case: OrderCase, t: int) -> None:
         if case.status is Status.CLOSED:
@@ -351,6 +419,8 @@ class CaseStage(_Stage):
             changes = case.apply(ev, t, window, inferred)
             _EVENTS(STREAM_OF[ev.event_type].value).inc()
             self._emit_view(case, t, ev.event_id, changes, out)
+            if STREAM_OF[ev.event_type] is Stream.RETURNS:
+                self._journey(case, ev, t)
             if ev.event_type == "carrier_scan" and case.lane != "unknown":
                 delayed = "delay_signal" in changes
                 dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
@@ -359,7 +429,7 @@ class CaseStage(_Stage):
         horizon = self.horizon(low)
         self._fire_timers(horizon, out)
         self._expire_tombstones(horizon)
-        if low < END:
+        if BEGIN < low < END:  # a shard without a watermark yet has no position to report
             metrics.EVENT_TIME_LAG.labels(str(self.shard)).set(time.time() - low / 1e6)
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
 
@@ -427,7 +497,13 @@ class ModelStage(_Stage):
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             rules = self.rules.score(features)
             scored = self.models.score(
-                view.order_id, t, features, rules, view.returned, snapshot=not closed
+                view.order_id,
+                t,
+                features,
+                rules,
+                view.returned,
+                snapshot=not closed,
+                risk=not RISK_SIGNALS.isdisjoint(view.changes),
             )
             dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
             self.send("disp", dest, t, tie, (view, features, scored, events))
@@ -710,10 +786,12 @@ def _lane_alert(tr: LaneTransition) -> LaneAlert:
 
 
 class OutputStage(_Stage):
-    """Total order over every trigger and alert, so output files are byte-identical."""
+    """Total order over every trigger and alert, so output files are byte-identical. Upstreams:
+    dispatch (triggers, model events, dispositions), lanes (lane alerts) and cases (the return
+    journey's status updates and alerts, which bypass scoring and policy)."""
 
     def __init__(self, cfg: StageConfig) -> None:
-        super().__init__(OUT_KEY, cfg.cust_keys("disp") + cfg.lane_keys())
+        super().__init__(OUT_KEY, cfg.cust_keys("disp") + cfg.lane_keys() + cfg.case_keys())
 
     def apply(self, released, low: int, out: Emit) -> None:
         for _t, _tie, (kind, payload) in released:

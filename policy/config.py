@@ -37,7 +37,9 @@ from pydantic import (
     model_validator,
 )
 
-from connectors.outputs import Action
+from connectors.outputs import Action, JourneyAlertKind, JourneyStage
+from features.eventtime import DAY_US, HOUR_US
+from features.journey import JourneyConfig
 from policy.disposition import DispositionPolicy
 
 DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
@@ -147,6 +149,44 @@ class Guardrails(BaseModel):
         return v
 
 
+class JourneyPolicy(BaseModel):
+    """Return-journey status updates and breakage alerts (features/journey.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    status_stages: tuple[JourneyStage, ...] = tuple(JourneyStage)
+    alerts: tuple[JourneyAlertKind, ...] = tuple(JourneyAlertKind)
+    received_ungraded_hours: float = Field(
+        72.0, gt=0, le=24 * 60, description="received but ungraded for longer: alert"
+    )
+    refund_target_days: float = Field(
+        7.0, gt=0, le=120, description="received and not settled this long after receipt: alert"
+    )
+    refund_sla_business_days: int = Field(
+        5, ge=0, le=60, description="expected refund date = receipt date + this many business days"
+    )
+
+    @field_validator("status_stages", "alerts")
+    @classmethod
+    def _unique(cls, v: tuple) -> tuple:
+        if len(set(v)) != len(v):
+            raise ValueError("listed twice: " + ", ".join(sorted({x for x in v if v.count(x) > 1})))
+        return v
+
+    def config(self) -> JourneyConfig | None:
+        """The case stage's view of this section (None: journey tracking off)."""
+        if not self.enabled:
+            return None
+        return JourneyConfig(
+            stages=frozenset(self.status_stages),
+            alerts=frozenset(self.alerts),
+            received_ungraded_us=int(self.received_ungraded_hours * HOUR_US),
+            refund_target_us=int(self.refund_target_days * DAY_US),
+            refund_sla_business_days=self.refund_sla_business_days,
+        )
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -155,6 +195,7 @@ class Policy(BaseModel):
     guardrails: Guardrails = Guardrails()
     actions: dict[Action, ActionPolicy]
     disposition: DispositionPolicy = DispositionPolicy()
+    journey: JourneyPolicy = JourneyPolicy()
     _compiled: dict | None = PrivateAttr(None)
 
     def compiled_rules(self) -> dict:

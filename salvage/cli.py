@@ -92,6 +92,10 @@ def generate(
     truth: Annotated[
         Path | None, typer.Option(help="Also write latent truth per order (JSONL)")
     ] = None,
+    orders_per_day: Annotated[
+        float,
+        typer.Option(min=1, help="Arrival rate: the log spans orders / rate days (at least 7)"),
+    ] = 2500.0,
 ) -> None:
     """Simulate a brand: one interleaved event log in event-time order."""
     from connectors.simulator import SCENARIOS, write_log
@@ -104,7 +108,13 @@ def generate(
     with _progress() as bar:
         task = bar.add_task(f"generating {scenario}", total=orders)
         counts = write_log(
-            scenario, orders, seed, out, truth, progress=lambda n: bar.update(task, completed=n)
+            scenario,
+            orders,
+            seed,
+            out,
+            truth,
+            progress=lambda n: bar.update(task, completed=n),
+            orders_per_day=orders_per_day,
         )
         bar.update(task, completed=orders)
     console.print(f"wrote {counts.get('events', sum(counts.values())):,} events to {out}")
@@ -117,7 +127,37 @@ def run(
         typer.Option("--input", "-i", help="Event log(s): file mode. Omit for Kafka mode."),
     ] = None,
     out_dir: Annotated[Path, typer.Option(help="File mode: where outputs go")] = Path("out"),
-    workers: Annotated[int, typer.Option(min=1, help="Bytewax worker threads")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            envvar="BYTEWAX_WORKERS_PER_PROCESS",
+            help="Bytewax worker threads per process (default 1)",
+        ),
+    ] = None,
+    addresses: Annotated[
+        str | None,
+        typer.Option(
+            "--addresses",
+            "-a",
+            envvar="BYTEWAX_ADDRESSES",
+            help="Cluster: host:port of every process, same order everywhere, this one included "
+            "(',' or ';' separated); also BYTEWAX_HOSTFILE_PATH",
+        ),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(
+            "--process-id",
+            "-p",
+            min=0,
+            envvar="BYTEWAX_PROCESS_ID",
+            help="Cluster: this process's index in --addresses (else the StatefulSet ordinal of "
+            "BYTEWAX_POD_NAME in BYTEWAX_STATEFULSET_NAME)",
+        ),
+    ] = None,
     to_end: Annotated[
         bool, typer.Option("--to-end/--follow", help="Kafka mode: stop at the end of the topics")
     ] = False,
@@ -168,19 +208,33 @@ def run(
     SIGTERM or Ctrl-C drains: sources stop at the next batch, everything in flight is written,
     the final snapshot is taken and the command exits 0; with --recovery-dir a restart with the
     same arguments continues where it stopped. A second signal exits at once (code 143).
+
+    Cluster: start the same command once per process with the same --addresses and its own
+    --process-id (the BYTEWAX_* variables of `python -m bytewax.run` work too). Each input file or
+    Kafka partition is read by exactly one worker of the cluster; file-mode outputs are written by
+    process 0 (its --out-dir); Kafka mode needs a real bootstrap (no embedded broker per process).
     """
     from flows.recovery import FlowSpec
     from flows.sources import clear_stop, stop_requested
     from salvage.runner import (
+        ClusterError,
         Recovery,
         RecoveryMismatch,
         kafka_available,
         prepare_recovery,
         render_summary,
+        resolve_cluster,
         run_flow,
         summarise,
     )
     from sinks.redis_store import redis_available
+
+    try:
+        cluster = resolve_cluster(addresses, process_id, workers)
+    except (ClusterError, OSError) as exc:
+        console.print(f"[red]cluster: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    workers = cluster.workers_per_process
 
     settings = _settings(
         shards=shards,
@@ -191,8 +245,20 @@ def run(
     )
     _check_policy(settings.policy)
     _serve_metrics(settings.metrics_port, settings.metrics_host)
-    if settings.shards < workers:
-        settings = settings.model_copy(update={"shards": workers})
+    if settings.shards < cluster.total_workers:
+        settings = settings.model_copy(update={"shards": cluster.total_workers})
+    if cluster.multi_process:
+        if not input and not settings.kafka_bootstrap:
+            console.print(
+                "[red]cluster: Kafka mode on several processes needs --kafka-bootstrap (or "
+                "SALVAGE_KAFKA_BOOTSTRAP): an embedded broker would be private to one process[/red]"
+            )
+            raise typer.Exit(2)
+        console.print(
+            f"cluster: process {cluster.process_id} of {cluster.processes} "
+            f"({', '.join(cluster.addresses)}), {workers} worker(s) each, "
+            f"{settings.shards} shards"
+        )
     use_store = bool(settings.redis_url) and redis_available(
         settings.redis_url,
         settings.redis_password.get_secret_value() if settings.redis_password else None,
@@ -207,13 +273,13 @@ def run(
             recovery_dir,
             snapshot_seconds=snapshot_interval,
             backup_seconds=backup_interval,
-            partitions=recovery_partitions or max(settings.shards, workers),
+            partitions=recovery_partitions or max(settings.shards, cluster.total_workers),
         )
 
     def start(spec: FlowSpec) -> float:
         if recovery is not None:
             try:
-                resumed = prepare_recovery(recovery, spec)
+                resumed = prepare_recovery(recovery, spec, cluster)
             except RecoveryMismatch as exc:
                 console.print(f"[red]{exc}[/red]")
                 raise typer.Exit(2) from exc
@@ -221,27 +287,39 @@ def run(
                 f"recovery: {'resuming from' if resumed else 'initialised'} {recovery_dir} "
                 f"(snapshot every {snapshot_interval:g}s, backup interval {backup_interval:g}s)"
             )
-        return run_flow(spec, workers, recovery)
+        return run_flow(spec, recovery, cluster)
 
     if input:
         for p in input:
             if not p.is_file():
                 console.print(f"[red]no such event log: {p}[/red]")
                 raise typer.Exit(2)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        spec = FlowSpec(settings, inputs=list(input), out_dir=out_dir, case_store=use_store)
+        if cluster.process_id == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        spec = FlowSpec(
+            settings,
+            inputs=list(input),
+            out_dir=out_dir,
+            case_store=use_store,
+            process_id=cluster.process_id,
+        )
         secs = start(spec)
         if stop_requested():
             console.print(f"file mode: drained on signal after {secs:.1f}s -> {out_dir}/")
             if recovery is None:
                 console.print("[yellow]no --recovery-dir: the outputs are partial[/yellow]")
             return
+        if cluster.process_id != 0:
+            console.print(f"file mode: done in {secs:.1f}s (outputs: process 0's {out_dir}/)")
+            return
         console.print(f"file mode: done in {secs:.1f}s -> {out_dir}/")
         if summary:
+            if cluster.multi_process:
+                console.print("(metrics below are this process's share of the cluster)")
             render_summary(summarise(out_dir), out_dir, console)
         return
     with kafka_available(settings, console.print) as live:
-        spec = FlowSpec(live, to_end=to_end, case_store=use_store)
+        spec = FlowSpec(live, to_end=to_end, case_store=use_store, process_id=cluster.process_id)
         secs = start(spec)
         how = "drained on signal" if stop_requested() else "done"
         console.print(f"kafka mode: {how} in {secs:.1f}s")
@@ -395,9 +473,16 @@ def demo(
     ),
     seed: Annotated[int, typer.Option(help="Simulator seed")] = 7,
 ) -> None:
-    """Simulate a brand, publish it to Kafka, run the pipeline, and show what happened."""
+    """Simulate a brand, publish it to Kafka, run the pipeline, and show what happened.
+
+    While the dataflow runs, a live view shows the headline numbers (events, event time, open
+    cases, triggers and holdouts, retained revenue, refund leakage, open lane alerts, dead
+    letters, consumer lag); plain lines every 5 s when the output is not a terminal. The outputs,
+    a metrics snapshot and an HTML report land in OUT_DIR."""
     from connectors.simulator import write_log
     from flows.recovery import FlowSpec
+    from salvage.live import LiveView
+    from salvage.report import write_metrics_snapshot
     from salvage.runner import (
         consume_topic,
         kafka_available,
@@ -440,7 +525,8 @@ def demo(
             counts = publish_log(live, log, lambda done, _t: bar.update(task, completed=done))
         console.print("published " + ", ".join(f"{t}={n:,}" for t, n in sorted(counts.items())))
         console.print("running the recovery dataflow (Kafka mode, to the end of the topics)...")
-        secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store))
+        with LiveView(console, title="Salvage · live (demo)"):
+            secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store))
         console.print(f"dataflow finished in {secs:.1f}s; reading the output topics...")
         for topic, name in (
             (live.topic_interventions, "interventions.jsonl"),
@@ -448,8 +534,11 @@ def demo(
             (live.topic_dead_letters, "dead_letters.jsonl"),
             (live.topic_model_events, "model_events.jsonl"),
             (live.topic_dispositions, "dispositions.jsonl"),
+            (live.topic_status_updates, "status_updates.jsonl"),
+            (live.topic_journey_alerts, "journey_alerts.jsonl"),
         ):
             consume_topic(live, topic, out_dir / name, group="salvage-demo")
+    write_metrics_snapshot(out_dir)  # `salvage report` reads it later (holdouts, uplift)
     render_summary(summarise(out_dir), out_dir, console)
     if use_store:
         from sinks.redis_store import redact_url
@@ -653,6 +742,52 @@ def explain(
     out.print(f"actions triggered on this order: {', '.join(doc['triggered']) or 'none'}")
 
 
+models_app = typer.Typer(help="The online models a run has learned (from its recovery state).")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("export")
+def models_export(
+    out: Annotated[Path, typer.Option(help="Folder to write the export to")] = Path(
+        "models-export"
+    ),
+    recovery_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="SALVAGE_RECOVERY_DIR",
+            help="The run's --recovery-dir (model state lives in its snapshots)",
+        ),
+    ] = Path("recovery"),
+) -> None:
+    """Write the current models (weights, scaler, shadow/active, rolling AUC / log loss / Brier
+    beside the rule baseline's) per model shard, from the latest committed snapshot."""
+    from rich.table import Table
+
+    from salvage.models_export import ExportError, export_models
+
+    try:
+        summary = export_models(recovery_dir, out)
+    except ExportError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table("shard", "model", "driving", "labels", "AUC model", "AUC rules", "Brier model")
+    for key, shard in summary["shards"].items():
+        for name, m in shard["models"].items():
+            table.add_row(
+                key,
+                name,
+                m["driving"],
+                f"{m['labels']:,}",
+                f"{m['model']['auc']:.3f}",
+                f"{m['rules']['auc']:.3f}",
+                f"{m['model']['brier']:.3f}",
+            )
+    console.print(table)
+    console.print(
+        f"wrote {out}/summary.json and model-NNNN/{{recoverability,abuse}}.json, models.pkl"
+    )
+
+
 review_app = typer.Typer(help="The human review queue (Redis Stream, consumer group).")
 app.add_typer(review_app, name="review")
 
@@ -682,7 +817,9 @@ def review_list(
     stats = queue.stats(deadline_hours * 3600)
     out.print(
         f"depth {stats['depth']:.0f}, unclaimed {stats['unclaimed']:.0f}, "
-        f"overdue {stats['overdue']:.0f} (> {deadline_hours:g} h unclaimed)"
+        f"claimed {stats['claimed']:.0f}, "
+        f"overdue {stats['overdue']:.0f} (> {deadline_hours:g} h unclaimed), "
+        f"oldest {stats['oldest_age_seconds'] / 3600:.1f} h"
     )
 
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=0, description="older than this behind its partition: too_late"
     )
     return_window_days: float = Field(30.0, gt=0)
+    source_batch_size: int = Field(
+        2000, ge=1, le=100_000, description="events per source read: lower latency vs throughput"
+    )
     idle_partition_seconds: float = Field(
         2.0, gt=0, description="live mode: a caught-up partition stops holding the watermark"
     )
@@ -54,6 +57,8 @@ class Settings(BaseSettings):
     intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
     topic_model_events: str = "model-events"
     topic_dispositions: str = "dispositions"
+    topic_status_updates: str = "return-status"
+    topic_journey_alerts: str = "journey-alerts"
     follow: bool = Field(
         False, description="bytewax.run entry point in Kafka mode: keep following the topics"
     )
@@ -99,4 +104,6 @@ class Settings(BaseSettings):
             self.topic_dead_letters,
             self.topic_model_events,
             self.topic_dispositions,
+            self.topic_status_updates,
+            self.topic_journey_alerts,
         ]

@@ -1,9 +1,13 @@
 """A self-contained HTML report of a finished run (inline SVG charts: no JS, no CSS files, no
-network), from the run's output directory and this process's Prometheus registry.
+network), from the run's output directory and the run's Prometheus metrics: the metrics snapshot
+``OUT_DIR/metrics.prom`` when the run left one (the demo does, :func:`write_metrics_snapshot`),
+else this process's registry.
 
 Sources:
 
-* ``interventions.jsonl``: triggers by action, treated vs holdout (bars);
+* ``interventions.jsonl``: published triggers by action (bars, "treated"); held-out decisions are
+  never published (the control group gets no message), so their bars come from the metrics'
+  ``salvage_holdout_total{action}``;
 * ``lane_alerts.jsonl``: alert transitions (table, and marks on the heatmap);
 * ``dead_letters.jsonl``, ``model_events.jsonl``: counts by kind, promotions / demotions;
 * ``events.jsonl`` when present (the demo writes it; or pass ``events=``): refunds vs retained per
@@ -11,7 +15,7 @@ Sources:
   return_cancelled) and the lane delay heatmap (lanes x days: share of the lane's scanned parcels
   with a delayed / exception / lost / returned-to-sender scan that day); without it the heatmap
   falls back to the run's ``salvage_lane_*`` totals;
-* the registry's ``salvage_cases_by_action_total{action,holdout,retained}``: uplift, retained rate
+* the metrics' ``salvage_cases_by_action_total{action,holdout,retained}``: uplift, retained rate
   treated vs holdout with 95% Wilson intervals.
 """
 
@@ -25,7 +29,9 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
-__all__ = ["collect", "render_html", "wilson", "write_report"]
+__all__ = ["collect", "render_html", "wilson", "write_metrics_snapshot", "write_report"]
+
+METRICS_FILE = "metrics.prom"
 
 DELAY_SCANS = frozenset({"delayed", "exception", "lost", "returned_to_sender"})
 REFUNDS = frozenset({"refund_issued", "chargeback_filed"})
@@ -86,12 +92,18 @@ def collect(out_dir: Path, events: Path | None = None, registry=None) -> dict:
     """Everything the report shows, as plain data (tested on its own)."""
     out_dir = Path(out_dir)
     data: dict = {"out_dir": str(out_dir)}
+    registry, data["metrics_source"] = _registry(out_dir, registry)
+    samples = _samples(registry)
     triggers: Counter = Counter()
     holdout: Counter = Counter()
     for t in _jsonl(out_dir / "interventions.jsonl"):
         (holdout if t.get("holdout") else triggers)[t["action"]] += 1
+    if "salvage_holdout_total" in samples:  # held-out decisions are recorded, never published
+        holdout = Counter()
+        for x in samples["salvage_holdout_total"]:
+            holdout[x.labels["action"]] += int(x.value)
     data["triggers"] = dict(triggers)
-    data["holdout_triggers"] = dict(holdout)
+    data["holdout_triggers"] = {a: n for a, n in holdout.items() if n}
     data["alerts"] = list(_jsonl(out_dir / "lane_alerts.jsonl"))
     data["dead_letters"] = dict(Counter(d["kind"] for d in _jsonl(out_dir / "dead_letters.jsonl")))
     data["model_events"] = list(_jsonl(out_dir / "model_events.jsonl"))
@@ -126,24 +138,30 @@ def collect(out_dir: Path, events: Path | None = None, registry=None) -> dict:
     cells = {k: (len(delayed.get(k, ())), len(v)) for k, v in scanned.items()}
     data["lane_days"] = cells
 
-    registry = registry if registry is not None else _default_registry()
-    samples = _samples(registry)
     lanes_total: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for x in samples.get("salvage_lane_shipments_total", ()):
         lanes_total[x.labels["lane"]][1] += x.value
-    for x in samples.get("salvage_lane_delayed_total", ()):
+    for x in samples.get("salvage_lane_delayed_shipments_total", ()):
         lanes_total[x.labels["lane"]][0] += x.value
     data["lane_totals"] = {k: tuple(v) for k, v in lanes_total.items() if v[1]}
-    uplift: dict[tuple[str, str], list[float]] = {}
-    for x in samples.get("salvage_cases_by_action_total", ()):
-        cell = uplift.setdefault((x.labels["action"], x.labels["holdout"]), [0.0, 0.0])
+    data["uplift"] = uplift_rows(samples.get("salvage_cases_by_action_total", ()))
+    return data
+
+
+def uplift_rows(samples) -> list[dict]:
+    """Retained rate, treated vs holdout, per action that was triggered, from the samples of
+    ``salvage_cases_by_action_total{action,holdout,retained}``: ``treated`` / ``holdout`` are
+    ``(retained, cases, wilson low, wilson high)``, ``uplift`` their difference (or None)."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for x in samples:
+        cell = cells.setdefault((x.labels["action"], x.labels["holdout"]), [0.0, 0.0])
         cell[1] += x.value
         if x.labels["retained"] == "true":
             cell[0] += x.value
     rows = []
-    for action in sorted({a for a, _ in uplift}):
-        k1, n1 = uplift.get((action, "false"), [0.0, 0.0])
-        k0, n0 = uplift.get((action, "true"), [0.0, 0.0])
+    for action in sorted({a for a, _ in cells if a != "none"}):
+        k1, n1 = cells.get((action, "false"), [0.0, 0.0])
+        k0, n0 = cells.get((action, "true"), [0.0, 0.0])
         rows.append(
             {
                 "action": action,
@@ -152,14 +170,44 @@ def collect(out_dir: Path, events: Path | None = None, registry=None) -> dict:
                 "uplift": (k1 / n1 - k0 / n0) if n1 and n0 else None,
             }
         )
-    data["uplift"] = rows
-    return data
+    return rows
 
 
-def _default_registry():
+class _SnapshotRegistry:
+    """A metrics snapshot file (Prometheus text format) with a registry's ``collect()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return text_string_to_metric_families(self.path.read_text(encoding="utf-8"))
+
+
+def _registry(out_dir: Path, registry) -> tuple[object, str]:
+    """The metrics to report: ``registry`` if given, else the run's snapshot file, else this
+    process's registry; with a description of which."""
+    if registry is not None:
+        return registry, "the given registry"
+    snapshot = out_dir / METRICS_FILE
+    if snapshot.is_file():
+        return _SnapshotRegistry(snapshot), f"the run's metrics snapshot ({METRICS_FILE})"
     from prometheus_client import REGISTRY
 
-    return REGISTRY
+    return REGISTRY, "this process's metrics registry"
+
+
+def write_metrics_snapshot(out_dir: Path, registry=None) -> Path:
+    """Write the registry (default: this process's) to ``OUT_DIR/metrics.prom`` in the Prometheus
+    text format, so a later ``salvage report`` shows the run's holdouts and uplift."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    path = Path(out_dir) / METRICS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(generate_latest(registry if registry is not None else REGISTRY))
+    tmp.replace(path)
+    return path
 
 
 def _samples(registry) -> dict[str, list]:
@@ -367,13 +415,14 @@ def _days_between(a: str, b: str) -> list[str]:
 def render_html(data: dict) -> str:
     parts: list[str] = []
     triggers, hold = data["triggers"], data["holdout_triggers"]
-    n_trig = sum(triggers.values()) + sum(hold.values())
+    n_trig = sum(triggers.values())
     opened = sum(1 for a in data["alerts"] if a["state"] == "open")
     outcomes = data["outcomes_by_day"]
     refunded = sum(v["refunded"] for v in outcomes.values())
     retained = sum(v["retained"] for v in outcomes.values())
     kpis = [
         ("triggers", f"{n_trig:,}"),
+        ("held out (control)", f"{sum(hold.values()):,}"),
         ("lane alerts opened", str(opened)),
         ("dead letters", f"{sum(data['dead_letters'].values()):,}"),
         ("model events", str(len(data["model_events"]))),
@@ -412,6 +461,11 @@ def render_html(data: dict) -> str:
             "Triggers by action",
             [(a, triggers.get(a, 0), hold.get(a, 0)) for a in actions],
         )
+    )
+    parts.append(
+        '<p class="muted">Treated: triggers published (interventions). Holdout: decisions for the '
+        "same actions withheld as the control group (never published), from "
+        f"{escape(data['metrics_source'])}.</p>"
     )
 
     parts.append("<h2>Lane delay heatmap</h2>")
@@ -469,7 +523,7 @@ def render_html(data: dict) -> str:
     parts.append(
         _table(["action", "treated", "holdout", "uplift"], rows)
         if rows
-        else '<p class="muted">No closed cases in this process\'s metrics registry.</p>'
+        else f'<p class="muted">No closed cases in {escape(data["metrics_source"])}.</p>'
     )
 
     parts.append("<h2>Lane alerts</h2>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
 from connectors.events import STREAM_OF
-from flows.recovery import FlowSpec, build_flow
+from flows.recovery import FlowSpec, build_flow, process_id_from_env
 from salvage.config import Settings
 
 
@@ -72,11 +73,14 @@ class Recovery:
     partitions: int = 1
 
 
-def run_manifest(spec: FlowSpec) -> dict[str, object]:
-    """What must not change between a run and its resumption (a different shard count, input set
-    or topic set would resume state into the wrong keys or partitions)."""
+def run_manifest(spec: FlowSpec, cluster: Cluster | None = None) -> dict[str, object]:
+    """What must not change between a run and its resumption (a different shard count, input set,
+    topic set or cluster shape would resume state into the wrong keys or partitions)."""
     s = spec.settings
     doc: dict[str, object] = {"shards": s.shards, "mode": "file" if spec.file_mode else "kafka"}
+    if cluster is not None and cluster.multi_process:
+        doc["processes"] = cluster.processes
+        doc["process_id"] = cluster.process_id
     if spec.file_mode:
         doc["inputs"] = [str(Path(p).resolve()) for p in spec.inputs]
         doc["out_dir"] = str(Path(spec.out_dir or "out").resolve())
@@ -85,11 +89,16 @@ def run_manifest(spec: FlowSpec) -> dict[str, object]:
     return doc
 
 
-def prepare_recovery(rec: Recovery, spec: FlowSpec) -> bool:
+def prepare_recovery(rec: Recovery, spec: FlowSpec, cluster: Cluster | None = None) -> bool:
     """Create and initialise the recovery partitions when ``rec.db_dir`` holds none; otherwise
-    check the directory belongs to a run with the same arguments. Returns True when resuming."""
+    check the directory belongs to a run with the same arguments. Returns True when resuming.
+
+    In a multi-process ``cluster`` Bytewax uses the partitions every process finds in its own
+    directory together, so each must sit in exactly one: process ``k`` of ``n`` keeps the
+    partitions ``i`` with ``i mod n == k`` of a freshly initialised set (the split of
+    docs/kubernetes.md's init container)."""
     db = Path(rec.db_dir)
-    manifest = run_manifest(spec)
+    manifest = run_manifest(spec, cluster)
     parts = sorted(db.glob("part-*.sqlite3")) if db.is_dir() else []
     mpath = db / RUN_MANIFEST
     if parts:
@@ -105,24 +114,135 @@ def prepare_recovery(rec: Recovery, spec: FlowSpec) -> bool:
                 )
         return True
     db.mkdir(parents=True, exist_ok=True)
-    init_db_dir(db, max(1, rec.partitions))
+    if cluster is None or not cluster.multi_process:
+        init_db_dir(db, max(1, rec.partitions))
+    else:
+        init_db_dir(db, max(rec.partitions, cluster.total_workers))
+        for part in db.glob("part-*.sqlite3"):
+            if int(part.stem.rsplit("-", 1)[1]) % cluster.processes != cluster.process_id:
+                part.unlink()
     mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return False
 
 
-def run_flow(spec: FlowSpec, workers: int = 1, recovery: Recovery | None = None) -> float:
+class ClusterError(ValueError):
+    """Inconsistent cluster arguments (addresses, process id, workers)."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where this process sits in a Bytewax cluster: ``addresses`` of every process (``host:port``,
+    the same list in the same order everywhere, this process included), this process's index in
+    it, and worker threads per process. No addresses: a single process."""
+
+    addresses: tuple[str, ...] = ()
+    process_id: int = 0
+    workers_per_process: int = 1
+
+    @property
+    def processes(self) -> int:
+        return max(1, len(self.addresses))
+
+    @property
+    def total_workers(self) -> int:
+        return self.processes * self.workers_per_process
+
+    @property
+    def multi_process(self) -> bool:
+        return self.processes > 1
+
+
+def resolve_cluster(
+    addresses: str | list[str] | None = None,
+    process_id: int | None = None,
+    workers: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Cluster:
+    """The cluster from flags, falling back on the environment variables ``python -m bytewax.run``
+    reads: ``BYTEWAX_ADDRESSES`` (``;`` or ``,`` separated), ``BYTEWAX_PROCESS_ID`` (else the
+    ordinal of ``BYTEWAX_POD_NAME`` in ``BYTEWAX_STATEFULSET_NAME``, as the Bytewax Helm chart and
+    waxctl set them), ``BYTEWAX_HOSTFILE_PATH`` (one address per line) and
+    ``BYTEWAX_WORKERS_PER_PROCESS``. Raises :class:`ClusterError` when they do not fit together."""
+    env = dict(os.environ) if env is None else env
+    if workers is None:
+        raw_w = env.get("BYTEWAX_WORKERS_PER_PROCESS", "").strip()
+        try:
+            workers = int(raw_w) if raw_w else 1
+        except ValueError as exc:
+            raise ClusterError(f"BYTEWAX_WORKERS_PER_PROCESS={raw_w!r} is not a number") from exc
+    if workers < 1:
+        raise ClusterError(f"workers per process must be >= 1, not {workers}")
+    if process_id is None:
+        try:
+            process_id = process_id_from_env(env)
+        except ValueError as exc:
+            raise ClusterError(str(exc)) from exc
+    if addresses is None:
+        addresses = env.get("BYTEWAX_ADDRESSES") or None
+        hostfile = env.get("BYTEWAX_HOSTFILE_PATH")
+        if addresses is None and hostfile:
+            addresses = [a.strip() for a in Path(hostfile).read_text().splitlines() if a.strip()]
+    if isinstance(addresses, str):
+        addresses = [a.strip() for a in addresses.replace(";", ",").split(",") if a.strip()]
+    addrs = tuple(addresses or ())
+    for a in addrs:
+        host, sep, port = a.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ClusterError(f"address {a!r} is not host:port")
+    if len(addrs) > 1:
+        if process_id is None:
+            raise ClusterError(f"{len(addrs)} addresses given: --process-id is required")
+        if not 0 <= process_id < len(addrs):
+            raise ClusterError(f"process id {process_id} is not in 0..{len(addrs) - 1}")
+    elif process_id not in (None, 0):
+        raise ClusterError(f"process id {process_id} needs --addresses of every process")
+    if len(addrs) <= 1:
+        addrs, process_id = (), 0
+    return Cluster(addrs, int(process_id or 0), workers)
+
+
+GC_THRESHOLDS = (100_000, 50, 100)
+"""Cyclic-GC thresholds while a flow runs. The stages keep hundreds of thousands of long-lived
+objects (cases, customers, model snapshots); with CPython's defaults (700, 10, 10) every
+collection of the older generations walks all of them, which `benchmarks/throughput.py`'s profile
+showed as ~20% of the run, growing with the open cases. The state has no reference cycles to
+reclaim, so collecting rarely loses nothing."""
+
+
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    """Raise the cyclic GC thresholds to :data:`GC_THRESHOLDS` for the block, then restore."""
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
+def run_flow(
+    spec: FlowSpec, recovery: Recovery | None = None, cluster: Cluster | None = None
+) -> float:
     """Run to completion (or to a drain, see :func:`flows.sources.request_stop`) in this process;
-    return wall seconds. With ``recovery``, initialise or resume ``recovery.db_dir``."""
+    return wall seconds. ``recovery``: snapshot to and resume from ``recovery.db_dir``, which
+    :func:`prepare_recovery` has initialised or checked.
+
+    ``cluster``: run as one process of a Bytewax cluster (default: one process, one worker).
+    Every process builds the same flow; Bytewax gives each input partition (file, Kafka
+    topic-partition) and each keyed shard to exactly one worker of the cluster, and the file
+    sinks' single partition to a worker of process 0 (``spec.process_id``, see
+    :class:`flows.recovery.JsonlSink`). Blocks until the whole cluster has finished."""
+    cluster = cluster or Cluster()
     flow = build_flow(spec)
-    kwargs: dict[str, object] = {"worker_count_per_proc": workers}
+    kwargs: dict[str, object] = {"worker_count_per_proc": cluster.workers_per_process}
     if recovery is not None:
-        prepare_recovery(recovery, spec)
         kwargs["epoch_interval"] = timedelta(seconds=recovery.snapshot_seconds)
         kwargs["recovery_config"] = RecoveryConfig(
             Path(recovery.db_dir), timedelta(seconds=recovery.backup_seconds)
         )
     started = time.perf_counter()
-    cluster_main(flow, [], 0, **kwargs)  # type: ignore[arg-type]
+    with tuned_gc():
+        cluster_main(flow, list(cluster.addresses), cluster.process_id, **kwargs)  # type: ignore[arg-type]
     del flow
     gc.collect()  # free the run's Kafka clients now, not at some later collection
     return time.perf_counter() - started
@@ -485,43 +605,25 @@ def render_models(console) -> None:
     console.print(t)
 
 
-def _wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
-    if not n:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return (centre - half, centre + half)
-
-
 def render_uplift(console) -> None:
     """Retained rate, treated vs holdout, per action (95% Wilson intervals)."""
     from rich.table import Table
 
-    cells: dict[tuple[str, str], list[float]] = {}
-    for x in _samples("salvage_cases_by_action_total"):
-        c = cells.setdefault((x.labels["action"], x.labels["holdout"]), [0.0, 0.0])
-        c[1] += x.value
-        if x.labels["retained"] == "true":
-            c[0] += x.value
-    actions = sorted({a for a, _ in cells if a != "none"})
-    if not actions:
+    from salvage.report import uplift_rows
+
+    rows = uplift_rows(_samples("salvage_cases_by_action_total"))
+    if not rows:
         return
     t = Table(title="Uplift: retained rate, treated vs holdout (95% CI)")
     for col in ("action", "treated", "holdout", "uplift"):
         t.add_column(col, justify="left" if col == "action" else "right")
-    for a in actions:
-        k1, n1 = cells.get((a, "false"), [0.0, 0.0])
-        k0, n0 = cells.get((a, "true"), [0.0, 0.0])
 
-        def fmt(k: float, n: float) -> str:
-            if not n:
-                return "-"
-            lo, hi = _wilson(k, n)
-            return f"{k / n:.1%} [{lo:.0%}-{hi:.0%}] n={n:.0f}"
+    def fmt(k: float, n: float, lo: float, hi: float) -> str:
+        return f"{k / n:.1%} [{lo:.0%}-{hi:.0%}] n={n:.0f}" if n else "-"
 
-        uplift = f"{k1 / n1 - k0 / n0:+.1%}" if n1 and n0 else "-"
-        t.add_row(a, fmt(k1, n1), fmt(k0, n0), uplift)
+    for r in rows:
+        uplift = f"{r['uplift']:+.1%}" if r["uplift"] is not None else "-"
+        t.add_row(r["action"], fmt(*r["treated"]), fmt(*r["holdout"]), uplift)
     console.print(t)
     console.print(
         "(the simulator is open-loop: outcomes ignore interventions, so uplift should be ~0 here)"

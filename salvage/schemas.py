@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from connectors.events import EVENT_ADAPTER, EVENT_MODELS, STREAM_OF
-from connectors.outputs import DeadLetter, LaneAlert, Trigger
+from connectors.outputs import DeadLetter, JourneyAlert, LaneAlert, StatusUpdate, Trigger
 
 
 def all_schemas() -> dict[str, dict]:
@@ -26,6 +26,8 @@ def all_schemas() -> dict[str, dict]:
         ("interventions", Trigger),
         ("lane-alerts", LaneAlert),
         ("dead-letters", DeadLetter),
+        ("return-status", StatusUpdate),
+        ("journey-alerts", JourneyAlert),
     ):
         schema = TypeAdapter(model).json_schema(mode="serialization")
         schema["description"] = f"Output message on the '{name}' topic."

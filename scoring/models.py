@@ -5,8 +5,8 @@ Life of a prediction (see :class:`ModelSet`):
 
 1. ``score(order, t, x, rules)``: both models predict on the features known *now*; the policy acts
    on the model only once it has been promoted, else on the rule baseline. A compact snapshot of
-   ``x`` and both predictions is kept for the order (at most :data:`MAX_SNAPSHOTS`: the first,
-   the one at the return request, and the latest).
+   ``x`` and both predictions is kept for the order (at most three: the first risk signal, the
+   return request, and the latest update). The rule scores are model inputs.
 2. ``label(order, t, outcome facts)``: when the case closes, its stored snapshots are first scored
    against the label (progressive validation: the predictions were made before the label existed),
    then the models learn from those snapshots — never from features computed at or after the
@@ -22,14 +22,13 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
 from scoring.baseline import RULES_VERSION, ScoreResult
 
-MAX_SNAPSHOTS = 3
 RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
 LOST = frozenset({"refund", "chargeback"})
 
@@ -40,7 +39,7 @@ class ModelConfig:
     promote_margin: float = 0.03  # rolling AUC margin over the rule baseline
     demote_margin: float = 0.0  # active model demoted when its AUC < baseline - this
     window: int = 1000  # rolling window for AUC / log loss / Brier
-    learning_rate: float = 0.01
+    learning_rate: float = 0.001  # Adam; 0.01 tracked the delayed label mix (AUC -0.1)
     l2: float = 1e-3
     abuse_weight_cap: float = 10.0  # positives weighted by min(cap, negatives/positives)
     adwin_delta: float = 0.0005
@@ -85,9 +84,29 @@ LOG_SCALED = frozenset(
 
 
 def prepare(x: dict[str, float]) -> dict[str, float]:
-    """Model inputs: heavy-tailed money and durations on a signed log scale."""
-    return {
+    """Model inputs: heavy-tailed money and durations on a signed log scale; once a return is
+    requested, every input is also crossed with it (``returned:<name>``), so the linear model
+    learns separate weights before and after the request (what a delay or a sizing question
+    means for a return in progress is not what it means for a parcel in transit)."""
+    out = {
         k: (math.copysign(math.log1p(abs(v)), v) if k in LOG_SCALED else v) for k, v in x.items()
+    }
+    if x.get("return_requested"):
+        out.update({f"returned:{k}": v for k, v in list(out.items())})
+    return out
+
+
+def logit(p: float) -> float:
+    q = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(q / (1 - q))
+
+
+def with_rules(x: dict[str, float], rules: ScoreResult) -> dict[str, float]:
+    """The model's inputs: the features plus the rule baseline's scores (as logits). The model
+    starts from what the rules know and learns the brand's corrections to them (stacking)."""
+    return x | {
+        "rules_recoverability_logit": logit(rules.recoverability),
+        "rules_abuse_logit": logit(rules.abuse),
     }
 
 
@@ -204,7 +223,7 @@ class Snapshot:
     p_rec_rules: float
     p_abuse: float
     p_abuse_rules: float
-    kind: str  # "first" | "return" | "latest"
+    kind: str  # "risk" (first risk signal) | "return" (at the request) | "latest"
 
 
 @dataclass(slots=True)
@@ -268,7 +287,12 @@ class ModelSet:
         rules: ScoreResult,
         returned: bool,
         snapshot: bool = True,
+        risk: bool = False,
     ) -> Scored:
+        """Score one update of an open case. ``risk``: the update carries a risk signal (delay,
+        missed promise, contact, return request): its snapshot is kept as the case's "risk"
+        snapshot, the moment the policy first has a reason to act."""
+        x = with_rules(x, rules)
         if not self.feature_names:
             self.feature_names = tuple(sorted(x))
         self.scored += 1
@@ -279,7 +303,7 @@ class ModelSet:
         ab = p_abuse if self.abuse.active else rules.abuse
         if snapshot:
             self._snapshot(
-                order_id, t, x, p_rec, rules.recoverability, p_abuse, rules.abuse, returned
+                order_id, t, x, p_rec, rules.recoverability, p_abuse, rules.abuse, returned, risk
             )
         return Scored(
             scores=ScoreResult(round(rec, 6), round(ab, 6), self.version),
@@ -287,19 +311,19 @@ class ModelSet:
             rules=rules,
         )
 
-    def _snapshot(self, order_id, t, x, p_rec, r_rec, p_ab, r_ab, returned: bool) -> None:
+    def _snapshot(self, order_id, t, x, p_rec, r_rec, p_ab, r_ab, returned, risk) -> None:
         snaps = self.pending.setdefault(order_id, [])
         values = array("d", (float(x.get(k, 0.0)) for k in self.feature_names))
         kinds = {s.kind for s in snaps}
-        kind = (
-            "first" if not snaps else "return" if returned and "return" not in kinds else "latest"
-        )
-        snap = Snapshot(t, values, p_rec, r_rec, p_ab, r_ab, kind)
-        if kind == "latest" and snaps and snaps[-1].kind == "latest":
-            snaps[-1] = snap
+        if returned and "return" not in kinds:
+            kind = "return"
+        elif risk and not kinds & {"risk", "return"}:
+            kind = "risk"
         else:
-            snaps.append(snap)
-        del snaps[:-MAX_SNAPSHOTS]
+            kind = "latest"
+        if "latest" in kinds:  # "latest" is only kept while it is the newest
+            snaps[:] = [s for s in snaps if s.kind != "latest"]
+        snaps.append(Snapshot(t, values, p_rec, r_rec, p_ab, r_ab, kind))
 
     def label(
         self, order_id: str, t: int, facts: dict[str, Any], review: bool | None = None
@@ -323,8 +347,8 @@ class ModelSet:
                 self.recoverability.learn(x, y_rec, weighted=False, prior=prior)
                 if ev:
                     events.append(ev)
-            if y_abuse is not None and snap.kind != "first":
-                # abuse is about the return: learn from snapshots taken once it was claimed
+            if y_abuse is not None and snap.kind != "risk":
+                # abuse is about the claim: learn from the request on, not from the early signal
                 ev = self.abuse.evaluate(y_abuse, snap.p_abuse, snap.p_abuse_rules, t)
                 self.abuse.learn(x, y_abuse, weighted=True)
                 if ev:
@@ -333,6 +357,30 @@ class ModelSet:
 
     def forget(self, order_id: str) -> None:
         self.pending.pop(order_id, None)
+
+    def export(self) -> dict[str, dict[str, Any]]:
+        """Each model's parameters and evaluation, as plain JSON-able values (for inspection):
+        the logistic regression's weights (largest first) and intercept, and the scaler's means
+        and variances, next to :meth:`summary`."""
+        out: dict[str, dict[str, Any]] = {}
+        summary = self.summary()
+        for m in (self.recoverability, self.abuse):
+            lr = m.pipeline["LogisticRegression"]
+            scaler = m.pipeline["StandardScaler"]
+            weights = sorted(lr.weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+            out[m.name] = {
+                **summary[m.name],
+                "negatives": m.negatives,
+                "labels_since_change": m.labels_since_change,
+                "intercept": float(lr.intercept),
+                "weights": {k: round(float(w), 6) for k, w in weights},
+                "scaler": {
+                    k: {"mean": round(float(scaler.means[k]), 6), "var": round(float(v), 6)}
+                    for k, v in sorted(scaler.vars.items())
+                },
+                "config": asdict(self.cfg),
+            }
+        return out
 
     def summary(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS = Counter("salvage_events_total", "Input events accepted, by stream", ["stream"])
 DEAD_LETTERS = Counter("salvage_dead_letters_total", "Rejected input, by kind", ["kind"])
@@ -70,8 +70,44 @@ INTENTS_INFERRED = Counter(
     "salvage_intents_inferred_total", "Support intents filled in from text", ["intent"]
 )
 
+STATUS_UPDATES = Counter(
+    "salvage_status_updates_total",
+    "Return-journey status updates sent to the messaging systems, by stage",
+    ["stage"],
+)
+JOURNEY_ALERTS = Counter(
+    "salvage_journey_alerts_total",
+    "Return-journey breakage alerts (refund before grading, received ungraded, refund overdue)",
+    ["kind"],
+)
+GRADING_DELAY = Histogram(
+    "salvage_grading_delay_seconds",
+    "Event time from a return's receipt at the warehouse to its grading",
+    buckets=tuple(h * 3600.0 for h in (6, 12, 24, 48, 72, 96, 168, 336)),
+)
+
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
     """Expose /metrics on ``host:port`` (port 0: do nothing)."""
     if port:
         start_http_server(port, addr=host)
+
+
+# ------------------------------------------------------------------ consumer lag and review queue
+
+KAFKA_CONSUMER_LAG = Gauge(
+    "salvage_kafka_consumer_lag",
+    "Messages of an input partition not yet read: high watermark minus the next offset to read "
+    "(refreshed at most once a second per partition from the consumer's cached watermarks)",
+    ["topic", "partition"],
+)
+REVIEW_QUEUE_DEPTH = Gauge(
+    "salvage_review_queue_depth",
+    "Human reviews not yet resolved, by state (unclaimed: no reviewer has it; claimed: delivered "
+    "to a reviewer, not resolved)",
+    ["state"],
+)
+REVIEW_QUEUE_OLDEST_AGE = Gauge(
+    "salvage_review_queue_oldest_age_seconds",
+    "Wall-clock age of the oldest unresolved human review (0 when the queue is empty)",
+)

@@ -8,12 +8,21 @@
   ``XAUTOCLAIM``), and ``resolve`` them with a verdict: approve, deny or abuse_confirmed. The
   resolution is acknowledged (``XACK``) and returned as a ``review_resolved`` event for the returns
   topic, so the case and the abuse model learn from it.
-* ``stats`` tells the depth, how many are unclaimed, and how many waited past the deadline.
+* ``depth`` tells, with three cheap Redis calls (``XINFO GROUPS``, the ``XPENDING`` summary and
+  one ``XRANGE ... COUNT 1``, whatever the stream's length), how many reviews are unclaimed (after
+  the group's last-delivered id), how many are claimed (pending: delivered, not acknowledged) and
+  the age of the oldest unresolved one; ``stats`` adds how many waited past a deadline.
+* The sink exports those as ``salvage_review_queue_depth{state}`` and
+  ``salvage_review_queue_oldest_age_seconds`` after every write batch, on a low-frequency timer
+  (reviewers claim and resolve from other processes) and when it closes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +31,10 @@ from typing import Any
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from sinks import metrics
+
+log = logging.getLogger(__name__)
 
 STREAM = "salvage:reviews"
 GROUP = "reviewers"
@@ -48,11 +61,42 @@ class Review:
         return (now or time.time()) - self.enqueued_at
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    """Unresolved reviews: ``unclaimed`` (never delivered to a reviewer), ``claimed`` (delivered,
+    not resolved), the oldest one's entry id and wall-clock age (0 when there is none)."""
+
+    unclaimed: int
+    claimed: int
+    oldest_id: str | None
+    oldest_age_seconds: float
+    last_delivered_id: str = "0-0"
+
+    @property
+    def depth(self) -> int:
+        return self.unclaimed + self.claimed
+
+
+SOCKET_TIMEOUT_S = 5.0
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class ReviewQueue:
     def __init__(
         self, url: str, password: str | None = None, stream: str = STREAM, group: str = GROUP
     ) -> None:
-        self.redis = redis.Redis.from_url(url, password=password, decode_responses=True)
+        # bounded: the gauges are refreshed from a timer thread, which must never hang on Redis
+        self.redis = redis.Redis.from_url(
+            url,
+            password=password,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+        )
         self.stream, self.group, self.seen = stream, group, f"{stream}:seen"
         self._enqueue = self.redis.register_script(_ENQUEUE)
         self._ensure_group()
@@ -90,22 +134,18 @@ class ReviewQueue:
         )
 
     def list(self, count: int = 100) -> list[Review]:
-        """Every queued review not yet resolved (claimed or not), oldest first."""
-        resolved = self._acked()
-        entries = self.redis.xrange(self.stream, count=count + len(resolved))
-        out = [self._review(i, f) for i, f in entries if i not in resolved]
-        return out[:count]
-
-    def _acked(self) -> set[str]:
-        """Entries delivered and acknowledged: everything delivered minus the pending ones."""
+        """Every queued review not yet resolved (claimed or not), oldest first: the group's
+        pending entries and the entries after its last-delivered id (never the whole stream)."""
         info = self._group_info()
-        last = info.get("last-delivered-id", "0-0")
-        pending = {p["message_id"] for p in self._pending()}
-        delivered = self.redis.xrange(self.stream, max=last) if last != "0-0" else []
-        return {i for i, _ in delivered} - pending
-
-    def _pending(self) -> list[dict]:
-        return self.redis.xpending_range(self.stream, self.group, "-", "+", 10_000)
+        last = info.get("last-delivered-id") or "0-0"
+        pending = self.redis.xpending_range(self.stream, self.group, "-", "+", count)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in pending:
+            pipe.xrange(self.stream, min=p["message_id"], max=p["message_id"])
+        claimed = [e for found in (pipe.execute() if pending else []) for e in found]
+        new = self.redis.xrange(self.stream, min=f"({last}", max="+", count=count)
+        entries = sorted(claimed + list(new), key=lambda e: _id_key(e[0]))[:count]
+        return [self._review(i, f) for i, f in entries]
 
     def _group_info(self) -> dict[str, Any]:
         for g in self.redis.xinfo_groups(self.stream):
@@ -152,36 +192,123 @@ class ReviewQueue:
             "reviewer": reviewer,
         }
 
+    def depth(self, now: float | None = None) -> QueueDepth:
+        """Unclaimed / claimed counts and the oldest unresolved review, in O(1) Redis work.
+
+        Entries are delivered in id order, so the unclaimed ones are exactly those after the
+        group's last-delivered id (``XINFO GROUPS`` counts them as the group's ``lag``); claimed
+        ones are the group's pending entries (the ``XPENDING`` summary gives their count and
+        smallest id). The oldest unresolved review is the older of the smallest pending id and
+        the first entry after the last-delivered id."""
+        now = time.time() if now is None else now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(self.stream)
+        pipe.xpending(self.stream, self.group)
+        try:
+            groups, pending = pipe.execute()
+        except redis.ResponseError:  # the stream or the group is gone (deleted): nothing queued
+            return QueueDepth(0, 0, None, 0.0)
+        info = next((g for g in groups if g["name"] == self.group), None)
+        if info is None:
+            return QueueDepth(0, 0, None, 0.0)
+        last = info.get("last-delivered-id") or "0-0"
+        lag = info.get("lag")
+        if lag is None:  # Redis cannot tell (entries deleted from the middle): count them
+            lag = len(self.redis.xrange(self.stream, min=f"({last}", max="+"))
+        unclaimed, claimed = int(lag), int(pending.get("pending") or 0)
+        candidates = [pending["min"]] if claimed and pending.get("min") else []
+        if unclaimed:
+            first = self.redis.xrange(self.stream, min=f"({last}", max="+", count=1)
+            if first:
+                candidates.append(first[0][0])
+        oldest = min(candidates, key=_id_key) if candidates else None
+        age = max(0.0, now - _id_key(oldest)[0] / 1000) if oldest else 0.0
+        return QueueDepth(unclaimed, claimed, oldest, age, last)
+
     def stats(self, deadline_s: float, now: float | None = None) -> dict[str, float]:
-        """Depth (unresolved), unclaimed, overdue (unclaimed past the deadline), oldest age."""
-        now = now or time.time()
-        open_reviews = self.list(count=10_000)
-        pending = {p["message_id"] for p in self._pending()}
-        unclaimed = [r for r in open_reviews if r.entry_id not in pending]
+        """Depth (unresolved), unclaimed, claimed, overdue (unclaimed past the deadline), oldest
+        age. Cheap (see :meth:`depth`) but for ``overdue``, which reads the overdue entries."""
+        now = time.time() if now is None else now
+        d = self.depth(now)
+        overdue = 0
+        if d.unclaimed:
+            cutoff_ms = math.ceil((now - deadline_s) * 1000)  # enqueued before: age > deadline
+            overdue = len(
+                self.redis.xrange(self.stream, min=f"({d.last_delivered_id}", max=f"({cutoff_ms}-0")
+            )
         return {
-            "depth": float(len(open_reviews)),
-            "unclaimed": float(len(unclaimed)),
-            "overdue": float(sum(1 for r in unclaimed if r.age_seconds(now) > deadline_s)),
-            "oldest_age_seconds": max((r.age_seconds(now) for r in open_reviews), default=0.0),
+            "depth": float(d.depth),
+            "unclaimed": float(d.unclaimed),
+            "claimed": float(d.claimed),
+            "overdue": float(overdue),
+            "oldest_age_seconds": d.oldest_age_seconds,
         }
+
+    def export_gauges(self, now: float | None = None) -> QueueDepth:
+        """Set ``salvage_review_queue_depth{state}`` and ``..._oldest_age_seconds``."""
+        d = self.depth(now)
+        metrics.REVIEW_QUEUE_DEPTH.labels("unclaimed").set(d.unclaimed)
+        metrics.REVIEW_QUEUE_DEPTH.labels("claimed").set(d.claimed)
+        metrics.REVIEW_QUEUE_OLDEST_AGE.set(d.oldest_age_seconds)
+        return d
 
 
 class _ReviewPartition(StatelessSinkPartition[dict]):
-    def __init__(self, queue: ReviewQueue) -> None:
+    """Enqueues, then refreshes the queue gauges; a daemon thread refreshes them every
+    ``refresh_s`` too (age grows, reviewers claim and resolve from other processes)."""
+
+    def __init__(self, queue: ReviewQueue, refresh_s: float) -> None:
         self.queue = queue
+        self._warned = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+        if refresh_s > 0:
+            self._thread = threading.Thread(
+                target=self._every, args=(refresh_s,), name="salvage-review-gauges", daemon=True
+            )
+            self._thread.start()
+
+    def refresh(self) -> None:
+        try:
+            self.queue.export_gauges()
+            self._warned = False
+        except redis.RedisError as exc:  # gauges only: never fail the flow for them
+            if not self._warned:  # once per outage
+                self._warned = True
+                log.warning("review queue gauges not refreshed (Redis: %s)", exc)
+
+    def _every(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            self.refresh()
 
     def write_batch(self, items: list[dict]) -> None:
         self.queue.enqueue_many(items)
+        self.refresh()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.refresh()
         self.queue.redis.close()
 
 
 class RedisReviewSink(DynamicSink[dict]):
-    """Bytewax sink: human_review triggers (as dicts) into the review stream."""
+    """Bytewax sink: human_review triggers (as dicts) into the review stream; exports the queue's
+    depth and oldest age (``refresh_s``: the timer; 0 refreshes only after writes and at close)."""
 
-    def __init__(self, url: str, password: str | None = None, stream: str = STREAM) -> None:
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        stream: str = STREAM,
+        refresh_s: float = 15.0,
+    ) -> None:
         self.url, self.password, self.stream = url, password, stream
+        self.refresh_s = refresh_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ReviewPartition:
-        return _ReviewPartition(ReviewQueue(self.url, self.password, stream=self.stream))
+        queue = ReviewQueue(self.url, self.password, stream=self.stream)
+        # one timer per process is enough (the gauges are process-wide): worker 0 runs it
+        return _ReviewPartition(queue, self.refresh_s if worker_index == 0 else 0.0)

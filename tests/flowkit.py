@@ -14,6 +14,9 @@ from salvage.config import Settings
 
 _LOGS: dict[tuple, Path] = {}
 
+# the deterministic output files every equivalence test compares byte for byte
+OUTPUT_FILES = ("interventions", "lane_alerts", "dead_letters", "status_updates", "journey_alerts")
+
 
 def sim_log(
     tmp_root: Path, scenario: str = "launch-week-backlog", orders: int = 600, seed: int = 3
@@ -30,17 +33,14 @@ def sim_log(
 def run_file_flow(
     inputs: list[Path], out_dir: Path, workers: int = 1, **settings: Any
 ) -> dict[str, bytes]:
-    """Run file mode to the end; return the three output files' bytes."""
+    """Run file mode to the end; return the output files' bytes (name -> bytes)."""
     base: dict[str, Any] = {"redis_url": "", "shards": 4}
     base.update(settings)
     spec = FlowSpec(
         Settings(**base), inputs=inputs, out_dir=out_dir, case_store=bool(base["redis_url"])
     )
     cluster_main(build_flow(spec), [], 0, worker_count_per_proc=workers)
-    return {
-        name: (out_dir / f"{name}.jsonl").read_bytes()
-        for name in ("interventions", "lane_alerts", "dead_letters")
-    }
+    return {name: (out_dir / f"{name}.jsonl").read_bytes() for name in OUTPUT_FILES}
 
 
 def jsonl(data: bytes) -> list[dict]:

@@ -30,11 +30,11 @@ def test_recoverability_and_abuse_labels_follow_the_outcome():
 def test_delayed_label_joins_the_snapshot_taken_at_scoring_time():
     ms = ModelSet(ModelConfig(min_labels=10**6))
     x_then = {"a": 1.0, "b": 0.0}
-    scored = ms.score("o1", 100, x_then, RULES, returned=False)
+    scored = ms.score("o1", 100, x_then, RULES, returned=False, risk=True)
     assert scored.scores.model_version == RULES_VERSION  # shadow: rules drive decisions
     p_then = scored.shadow["recoverability"]
-    ms.score("o1", 200, {"a": 2.0, "b": 1.0}, RULES, returned=True)
-    assert [s.kind for s in ms.pending["o1"]] == ["first", "return"]
+    ms.score("o1", 200, {"a": 2.0, "b": 1.0}, RULES, returned=True, risk=True)
+    assert [s.kind for s in ms.pending["o1"]] == ["risk", "return"]
     ms.label("o1", 30 * DAY_US, {"outcome": "refund", "return_requested_at": 200})
     assert "o1" not in ms.pending
     rec = ms.recoverability
@@ -42,6 +42,32 @@ def test_delayed_label_joins_the_snapshot_taken_at_scoring_time():
     # the first evaluated prediction is the one made at t=100, before any label existed
     assert rec.model_eval.window[0][1] == (p_then - 0.0) ** 2
     assert ms.abuse.labels == 1  # only the snapshot taken once the return was claimed
+
+
+def test_an_order_keeps_its_first_risk_its_return_and_its_newest_snapshot():
+    ms = ModelSet(ModelConfig(min_labels=10**6))
+    steps = [(1, False, False), (2, False, True), (3, False, True), (4, False, False)]
+    steps += [(5, True, True), (6, True, False), (7, True, False)]
+    for t, returned, risk in steps:
+        ms.score("o1", t, {"a": float(t)}, RULES, returned=returned, risk=risk)
+    snaps = ms.pending["o1"]
+    assert [(s.kind, s.t) for s in snaps] == [("risk", 2), ("return", 5), ("latest", 7)]
+    a = ms.feature_names.index("a")
+    assert [s.x[a] for s in snaps] == [2.0, 5.0, 7.0]  # the features of that moment, not later
+
+
+def test_the_rule_scores_are_model_inputs_and_a_return_crosses_every_input():
+    from scoring.models import logit, prepare
+
+    ms = ModelSet()
+    ms.score("o1", 1, {"a": 1.0}, ScoreResult(0.9, 0.1, RULES_VERSION), returned=False)
+    assert set(ms.feature_names) == {"a", "rules_recoverability_logit", "rules_abuse_logit"}
+    snap = ms.pending["o1"][0]
+    assert snap.x[ms.feature_names.index("rules_recoverability_logit")] == logit(0.9)
+    before = prepare({"a": 1.0, "return_requested": 0.0})
+    after = prepare({"a": 1.0, "return_requested": 1.0})
+    assert "returned:a" not in before and after["returned:a"] == 1.0
+    assert after["returned:return_requested"] == 1.0
 
 
 def _view(order: str, t: int, status: str, features: dict, facts: dict | None = None):
@@ -205,4 +231,50 @@ def test_a_review_verdict_is_the_abuse_label():
     ms.score("o2", 100, {"a": 1.0}, RULES, returned=True)
     ms.score("o2", 150, {"a": 1.5}, RULES, returned=True)
     ms.label("o2", 300, {**facts, "abuse_flags": ["worn"], "review_verdict": "approve"})
-    assert ms.abuse.negatives == 1  # the reviewer overrules the grading flag
+    # the reviewer overrules the grading flag, on both snapshots taken once the return was claimed
+    assert (ms.abuse.positives, ms.abuse.negatives) == (1, 2)
+
+
+def test_models_export_writes_the_learned_parameters_of_a_real_run(tmp_path, salvage_cli):
+    import json
+    import math
+
+    from connectors.simulator import write_log
+    from scoring.models import prepare
+
+    log = tmp_path / "events.jsonl"
+    write_log("steady-state", 800, 3, log)
+    db, out, export = tmp_path / "db", tmp_path / "out", tmp_path / "export"
+    run = salvage_cli(
+        "run", "--input", str(log), "--out-dir", str(out), "--no-summary",
+        "--recovery-dir", str(db), env={"SALVAGE_REDIS_URL": ""},
+    )  # fmt: skip
+    assert run.wait(timeout=180) == 0, run.err_path.read_text()
+    empty = salvage_cli("models", "export", "--recovery-dir", str(tmp_path), "--out", str(export))
+    assert empty.wait(timeout=60) == 2  # no recovery state: a clear error, not a traceback
+    said = " ".join((empty.out_path.read_text() + empty.err_path.read_text()).split())
+    assert "no recovery partitions" in said and "Traceback" not in said
+    proc = salvage_cli("models", "export", "--recovery-dir", str(db), "--out", str(export))
+    assert proc.wait(timeout=60) == 0, proc.err_path.read_text()
+
+    summary = json.loads((export / "summary.json").read_text())
+    assert list(summary["shards"]) == ["model-0000"]
+    doc = json.loads((export / "model-0000" / "recoverability.json").read_text())
+    with (export / "model-0000" / "models.pkl").open("rb") as f:
+        models = pickle.load(f)
+    rec = models.recoverability
+    assert doc["labels"] == rec.labels > 100  # the run labelled real cases, and learned from them
+    events = [json.loads(x) for x in (out / "model_events.jsonl").read_text().splitlines()]
+    promoted = sum(
+        1 for e in events if e["model"] == "recoverability" and e["change"] == "promoted"
+    )
+    assert doc["version"] == promoted
+    assert "rules_recoverability_logit" in doc["weights"]
+    # the exported parameters are the model: recomputing a prediction from them gives predict()
+    x = {k: 1.0 + i % 3 for i, k in enumerate(models.feature_names)} | {"return_requested": 1.0}
+    z = doc["intercept"]
+    for k, v in prepare(x).items():
+        s = doc["scaler"].get(k)
+        if s and k in doc["weights"] and s["var"] > 0:
+            z += doc["weights"][k] * max(-5.0, min(5.0, (v - s["mean"]) / math.sqrt(s["var"])))
+    assert abs(1 / (1 + math.exp(-z)) - rec.predict(x)) < 1e-3

@@ -3,9 +3,10 @@
 Debian's ``prometheus`` binary scrapes this test process's ``prometheus_client`` endpoint (metrics
 are process-global) every second while the recovery flow runs twice in Kafka mode over the same
 simulated launch week (the second run makes every counter move between scrapes, so rates are real
-numbers, not just present). Then every panel query (template variables = All, ``$__rate_interval``
-= 1m, ``$__range`` = 5m) and every alert expression goes through ``/api/v1/query``: each must parse
-and every panel query must return data. The rule file is also loaded by that Prometheus, and each
+numbers, not just present); human-review triggers go to a real Redis review queue of the test's
+own. Then every panel query (template variables = All, ``$__rate_interval`` = 1m, ``$__range`` =
+5m) and every alert expression goes through ``/api/v1/query``: each must parse and every panel
+query must return data. The rule file is also loaded by that Prometheus, and each
 rule must evaluate with health ``ok``. Loopback only.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from bytewax.testing import cluster_main
 from prometheus_client import start_http_server
 
@@ -33,6 +35,7 @@ from dashboards.definitions import DASHBOARDS
 from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
 from salvage.runner import publish_log
+from sinks.review_queue import RedisReviewSink
 from tests.flowkit import sim_log
 
 pytestmark = pytest.mark.integration
@@ -55,6 +58,7 @@ MUST_HAVE_NUMBERS = {
     "Events by stream (per second)",
     "Kafka messages delivered by topic (per second)",
     "Delay rate by lane",
+    "Journey breakage alerts by kind",
 }
 
 
@@ -167,7 +171,7 @@ def prometheus_binary() -> str:
 
 @pytest.fixture(scope="module")
 def scraped_run(
-    prometheus_binary: str, kafka_broker, tmp_path_factory: pytest.TempPathFactory
+    prometheus_binary: str, kafka_broker, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prom]:
     root = tmp_path_factory.mktemp("prometheus")
     log = sim_log(root, "launch-week-backlog", orders=1200, seed=5)
@@ -177,8 +181,9 @@ def scraped_run(
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1")
     prom = Prom(prometheus_binary, root, port)
+    suffix = f"prom-{int(time.time() * 1000)}"
+    reviews = f"salvage:reviews:{suffix}"  # a review queue of its own (real Redis)
     try:
-        suffix = f"prom-{int(time.time() * 1000)}"
         settings = Settings(
             kafka_bootstrap=kafka_broker.bootstrap,
             redis_url="",
@@ -199,7 +204,14 @@ def scraped_run(
         publish_log(settings, salted)
         for i in range(2):  # the same input twice: every counter moves between scrapes
             cluster_main(
-                build_flow(FlowSpec(settings, to_end=True, case_store=False)),
+                build_flow(
+                    FlowSpec(
+                        settings,
+                        to_end=True,
+                        case_store=False,
+                        extra_sinks={"reviews": RedisReviewSink(redis_url, stream=reviews)},
+                    )
+                ),
                 [],
                 0,
                 worker_count_per_proc=1,
@@ -210,6 +222,7 @@ def scraped_run(
         yield prom
     finally:
         prom.stop()
+        redis.Redis.from_url(redis_url).delete(reviews, f"{reviews}:seen")
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -256,6 +269,8 @@ def test_every_alert_expression_parses_and_every_rule_evaluates(scraped_run: Pro
         "SalvageKafkaConsumerLagHigh",
         "SalvageNoEvents",
         "SalvageModelDemoted",
+        "SalvageReturnJourneyBreakage",
+        "SalvageReviewBacklogOld",
     }
     for r in rules:
         assert r["health"] == "ok", (r["name"], r.get("lastError"))

@@ -30,7 +30,7 @@ from salvage.runner import (
     publish_log,
 )
 from tests.conftest import RedisServer
-from tests.flowkit import jsonl, run_file_flow
+from tests.flowkit import OUTPUT_FILES, jsonl, run_file_flow
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +159,7 @@ def test_kill9_mid_stream_then_restart_is_byte_identical_with_identical_case_sto
     second = salvage_cli(*args, env=ENV)
     assert second.wait(timeout=120) == 0, second.err_path.read_text()
     assert "resuming from" in second.err_path.read_text()
-    for name in ("interventions", "lane_alerts", "dead_letters"):
+    for name in OUTPUT_FILES:
         assert (out / f"{name}.jsonl").read_bytes() == uninterrupted[name], name
     # the case store ends identical (versions and documents), whatever was rewritten on resume
     got, want = _store_dump(redis_b.url), _store_dump(reference_redis.url)
@@ -192,7 +192,7 @@ def test_sigterm_drains_exits_zero_and_resumes(big_log, uninterrupted, tmp_path,
 
     second = salvage_cli(*args, env=ENV)
     assert second.wait(timeout=120) == 0, second.err_path.read_text()
-    for name in ("interventions", "lane_alerts", "dead_letters"):
+    for name in OUTPUT_FILES:
         assert (out / f"{name}.jsonl").read_bytes() == uninterrupted[name], name
 
 

@@ -14,16 +14,28 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from dashboards.push import dashboard_files, push_dashboards
-from salvage.report import collect, wilson, write_report
+from salvage.report import METRICS_FILE, collect, wilson, write_metrics_snapshot, write_report
 from tests.flowkit import jsonl, run_file_flow, sim_log
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 )
+
+
+def _holdouts() -> Counter:
+    """salvage_holdout_total by action in this process's registry."""
+    return Counter(
+        {
+            x.labels["action"]: int(x.value)
+            for m in REGISTRY.collect()
+            for x in m.samples
+            if x.name == "salvage_holdout_total"
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +44,21 @@ def run(tmp_path_factory):
     log = sim_log(root, "launch-week-backlog", 1200, 5)
     out = root / "out"
     out.mkdir()
+    before = _holdouts()
     outputs = run_file_flow([log], out)
+    held = _holdouts()
+    held.subtract(before)  # this run's held-out decisions (the registry is process-wide)
     shutil.copy(log, out / "events.jsonl")  # as `salvage demo` leaves it
-    return out, outputs
+    return out, outputs, +held
 
 
-def _uplift_registry() -> CollectorRegistry:
+def _uplift_registry(held: Counter | None = None) -> CollectorRegistry:
+    """The uplift counters (fixed numbers) and, given ``held``, the run's holdout counters."""
     reg = CollectorRegistry()
+    if held:
+        h = PromCounter("salvage_holdout", "t", ["action"], registry=reg)
+        for action, n in held.items():
+            h.labels(action).inc(n)
     c = PromCounter("salvage_cases_by_action", "t", ["action", "holdout", "retained"], registry=reg)
     c.labels("exchange_first_offer", "false", "true").inc(80)
     c.labels("exchange_first_offer", "false", "false").inc(20)
@@ -56,8 +76,8 @@ def test_wilson_interval():
 
 
 def test_report_has_every_chart_with_numbers_from_the_outputs(run, tmp_path):
-    out, outputs = run
-    html_path = write_report(out, tmp_path / "r" / "report.html", registry=_uplift_registry())
+    out, outputs, held = run
+    html_path = write_report(out, tmp_path / "r" / "report.html", registry=_uplift_registry(held))
     html = html_path.read_text()
     # self-contained: no scripts, no external resources
     assert "<script" not in html and "<link" not in html and "src=" not in html
@@ -78,6 +98,12 @@ def test_report_has_every_chart_with_numbers_from_the_outputs(run, tmp_path):
     for action, n in treated.items():
         assert f"<title>{action}: {n:,}</title>" in html
     assert f"<b>{len(triggers):,}</b>triggers" in html
+    # holdout bars: the run's held-out decisions, never published, from the metrics
+    assert not any(t["holdout"] for t in triggers)
+    assert sum(held.values()) > 0
+    bars = re.findall(r'fill="#9ca3af"><title>([a-z_]+): ([\d,]+)</title>', html)
+    assert {a: int(n.replace(",", "")) for a, n in bars if n != "0"} == dict(held)
+    assert f"<b>{sum(held.values()):,}</b>held out (control)" in html
 
     # refunds vs retained: totals from the event log's outcome events
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
@@ -105,8 +131,27 @@ def test_report_has_every_chart_with_numbers_from_the_outputs(run, tmp_path):
     assert "+20.0%" in html
 
 
+def test_report_reads_the_runs_metrics_snapshot_when_there_is_one(run, tmp_path):
+    """`salvage report` in a later process: holdouts and uplift come from OUT_DIR/metrics.prom
+    (the demo writes it), not from the (empty, or unrelated) registry of the reporting process."""
+    out, _, held = run
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    for name in ("interventions", "lane_alerts", "dead_letters", "model_events"):
+        shutil.copy(out / f"{name}.jsonl", snap)
+    path = write_metrics_snapshot(snap, registry=_uplift_registry(held))
+    assert path == snap / METRICS_FILE and "salvage_holdout_total{" in path.read_text()
+    data = collect(snap)
+    assert METRICS_FILE in data["metrics_source"]
+    assert data["holdout_triggers"] == dict(held)
+    html = write_report(snap, tmp_path / "snap.html").read_text()
+    assert "80.0% [71.1%, 86.7%] n=100" in html  # the snapshot's uplift, not this process's
+    for action, n in held.items():
+        assert f'fill="#9ca3af"><title>{action}: {n:,}</title>' in html
+
+
 def test_report_uses_the_process_registry_and_runs_without_an_event_log(run, tmp_path):
-    out, _ = run
+    out, _, _ = run
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("interventions", "lane_alerts", "dead_letters", "model_events"):
@@ -114,12 +159,15 @@ def test_report_uses_the_process_registry_and_runs_without_an_event_log(run, tmp
     html = write_report(bare, tmp_path / "bare.html").read_text()
     assert "no event log" in html
     assert "Lane delay share (whole run)" in html  # from salvage_lane_* in the registry
+    delayed = re.findall(r"run total: (\d+)/(\d+) delayed", html)
+    assert delayed and any(int(k) > 0 for k, _ in delayed)  # delayed shipments are counted
+    assert all(int(k) <= int(n) for k, n in delayed)
     assert "Triggers by action" in html
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
 def test_report_renders_in_headless_chromium(run, tmp_path):
-    out, _ = run
+    out, _, _ = run
     html = write_report(out, tmp_path / "report.html", registry=_uplift_registry())
     png = tmp_path / "report.png"
     subprocess.run(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
 from bytewax.testing import cluster_main
+from prometheus_client import REGISTRY
 
 from connectors.events import ReviewResolved
 from connectors.parse import RawRecord, parse
 from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
-from sinks.review_queue import RedisReviewSink, ReviewQueue
+from sinks.review_queue import QueueDepth, RedisReviewSink, ReviewQueue
 from tests.flowkit import jsonl, sim_log
 
 pytestmark = pytest.mark.integration
@@ -62,6 +64,13 @@ def test_review_round_trip_from_the_flow_to_a_verdict_event(redis_url, stream, t
     )
     assert len(queue.list()) == len(reviews)
 
+    # the sink exported the queue's gauges when it closed
+    n = len(reviews)
+    assert _gauge("salvage_review_queue_depth", state="unclaimed") == n
+    assert _gauge("salvage_review_queue_depth", state="claimed") == 0
+    oldest_age = _gauge("salvage_review_queue_oldest_age_seconds")
+    assert 0 <= (time.time() - listed[0].enqueued_at) - oldest_age <= 5  # set at close
+
     stats = queue.stats(deadline_s=3600)
     assert stats["depth"] == stats["unclaimed"] == len(reviews)
     assert queue.stats(deadline_s=0, now=listed[-1].enqueued_at + 10)["overdue"] == len(reviews)
@@ -69,14 +78,122 @@ def test_review_round_trip_from_the_flow_to_a_verdict_event(redis_url, stream, t
     claimed = queue.claim("agent-7", count=1)
     assert len(claimed) == 1 and claimed[0].trigger_id == listed[0].trigger_id
     assert queue.stats(deadline_s=3600)["unclaimed"] == len(reviews) - 1
+    queue.export_gauges()
+    assert _gauge("salvage_review_queue_depth", state="unclaimed") == n - 1
+    assert _gauge("salvage_review_queue_depth", state="claimed") == 1
     event = queue.resolve(claimed[0].entry_id, "abuse_confirmed", "agent-7")
     assert queue.stats(deadline_s=3600)["depth"] == len(reviews) - 1
+    now = time.time()
+    queue.export_gauges(now=now)
+    assert _gauge("salvage_review_queue_depth", state="claimed") == 0
+    if n > 1:  # the oldest unresolved review is now the second one
+        assert _gauge("salvage_review_queue_oldest_age_seconds") == pytest.approx(
+            now - listed[1].enqueued_at
+        )
     with pytest.raises(ValueError, match="not claimed"):
         queue.resolve(claimed[0].entry_id, "approve", "agent-7")  # already done
     # the verdict is a valid input event for the returns stream
     parsed = parse(RawRecord("returns", 0, 0, json.dumps(event).encode()))
     assert isinstance(parsed, ReviewResolved)
     assert parsed.verdict.value == "abuse_confirmed" and parsed.order_id == claimed[0].order_id
+
+
+def _gauge(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def _brute_force(queue: ReviewQueue, now: float) -> tuple[int, int, float, list[str]]:
+    """Unclaimed, claimed, oldest age and open ids from every entry of the stream (what depth()
+    and list() must not read): delivered and not pending = resolved."""
+    r = queue.redis
+    group = next(g for g in r.xinfo_groups(queue.stream) if g["name"] == queue.group)
+    last = tuple(map(int, group["last-delivered-id"].split("-")))
+    pending = {
+        p["message_id"] for p in r.xpending_range(queue.stream, queue.group, "-", "+", 10**6)
+    }
+    open_ids, claimed = [], 0
+    for entry_id, _ in r.xrange(queue.stream):
+        delivered = tuple(map(int, entry_id.split("-"))) <= last
+        if entry_id in pending:
+            claimed += 1
+        if entry_id in pending or not delivered:
+            open_ids.append(entry_id)
+    oldest = max((now - int(i.split("-")[0]) / 1000 for i in open_ids), default=0.0)
+    return len(open_ids) - claimed, claimed, oldest, open_ids
+
+
+def test_depth_matches_reading_every_entry_through_claims_resolves_and_reclaims(redis_url, stream):
+    queue = ReviewQueue(redis_url, stream=stream)
+    now = time.time()
+    assert queue.depth(now) == QueueDepth(0, 0, None, 0.0, "0-0")
+    for i in range(12):
+        queue.enqueue_many([{"trigger_id": f"t{i}", "order_id": f"o{i}"}])
+        time.sleep(0.003)  # distinct stream ids (milliseconds) so ages differ
+    steps = [
+        lambda: queue.claim("a", count=3),
+        lambda: [queue.resolve(r.entry_id, "approve", "a") for r in queue.claim("b", count=2)],
+        lambda: queue.resolve(queue.list()[0].entry_id, "deny", "a"),  # oldest claimed: done
+        lambda: queue.claim("c", count=1, reclaim_after_s=0),  # an abandoned one, re-claimed
+        lambda: queue.enqueue_many([{"trigger_id": "late", "order_id": "o-late"}]),
+        lambda: queue.claim("d", count=20),  # everything is claimed
+        lambda: [queue.resolve(r.entry_id, "deny", "d") for r in queue.claim("e", 20, 0)],
+    ]
+    seen = set()
+    for step in steps:
+        step()
+        now = time.time()
+        d = queue.depth(now)
+        unclaimed, claimed, oldest, open_ids = _brute_force(queue, now)
+        assert (d.unclaimed, d.claimed) == (unclaimed, claimed)
+        assert [x.entry_id for x in queue.list()] == open_ids
+        assert [x.entry_id for x in queue.list(count=2)] == open_ids[:2]
+        assert d.depth == unclaimed + claimed
+        assert d.oldest_age_seconds == pytest.approx(oldest)
+        stats = queue.stats(deadline_s=0, now=now + 1)
+        assert stats["overdue"] == unclaimed and stats["claimed"] == claimed
+        seen.add((unclaimed, claimed))
+    assert queue.depth() == QueueDepth(0, 0, None, 0.0, queue.depth().last_delivered_id)
+    assert len(seen) >= 5  # the steps went through different states
+
+
+def test_the_sink_refreshes_the_gauges_on_its_timer(redis_url, stream):
+    """Reviewers work from other processes: the pipeline's gauges follow without any write."""
+    sink = RedisReviewSink(redis_url, stream=stream, refresh_s=0.1)
+    part = sink.build("out_reviews", 0, 1)
+    reviewer_side = ReviewQueue(redis_url, stream=stream)
+    try:
+        assert _gauge("salvage_review_queue_depth", state="unclaimed") == 0
+        assert _gauge("salvage_review_queue_oldest_age_seconds") == 0
+        part.write_batch(
+            [{"trigger_id": "t1", "order_id": "o1"}, {"trigger_id": "t2", "order_id": "o2"}]
+        )
+        assert _gauge("salvage_review_queue_depth", state="unclaimed") == 2  # after the write
+        got = reviewer_side.claim("agent-9")
+
+        def settled(unclaimed: float, claimed: float) -> bool:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if (
+                    _gauge("salvage_review_queue_depth", state="unclaimed"),
+                    _gauge("salvage_review_queue_depth", state="claimed"),
+                ) == (unclaimed, claimed):
+                    return True
+                time.sleep(0.05)
+            return False
+
+        assert settled(1, 1)
+        age = _gauge("salvage_review_queue_oldest_age_seconds")
+        time.sleep(0.4)
+        assert _gauge("salvage_review_queue_oldest_age_seconds") > age  # the age keeps growing
+        reviewer_side.resolve(got[0].entry_id, "approve", "agent-9")
+        assert settled(1, 0)
+        reviewer_side.resolve(reviewer_side.claim("agent-9")[0].entry_id, "deny", "agent-9")
+        assert settled(0, 0)
+        assert _gauge("salvage_review_queue_oldest_age_seconds") == 0
+    finally:
+        part.close()
+        reviewer_side.redis.close()
+    assert not part._thread.is_alive()
 
 
 def test_abandoned_claims_can_be_reclaimed(redis_url, stream):
