@@ -187,8 +187,20 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
         timeout=90,
         capture_output=True,
     )
-    assert png.exists() and png.stat().st_size > 50_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.size == (1200, 1600)
+        colours = Counter({rgb: n for n, rgb in img.convert("RGB").getcolors(1 << 24)})
+    # the charts are painted, not just the page: the series colours cover real areas
+    for name, hex_ in (("refunds", "dc2626"), ("retained", "16a34a"), ("triggers", "2563eb")):
+        rgb = tuple(int(hex_[i : i + 2], 16) for i in (0, 2, 4))
+        assert colours[rgb] > 500, f"{name} series ({hex_}) barely visible: {colours[rgb]} px"
+    heat = sum(n for (r, g, b), n in colours.items() if r == 255 and 150 < g < 240 and b < 220)
+    assert heat > 2000, "the lane delay heatmap has no warm cells"
+    white = colours[(255, 255, 255)]
+    assert white < 0.95 * sum(colours.values()), "a blank page"
 
 
 # ------------------------------------------------------------------------ dashboards push
