@@ -44,6 +44,10 @@ from policy.disposition import DispositionPolicy
 
 DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
 
+# Contacts remembered per customer by the dispatch stage (flows/stages.py trims its log to this):
+# a contact cap above it could never be reached, so the guardrails reject one.
+MAX_CONTACT_LOG = 8
+
 _OPS = {
     "<": operator.lt,
     "<=": operator.le,
@@ -141,6 +145,17 @@ class Guardrails(BaseModel):
     review_value: Money = Field(400.0, description="ambiguous cases above this go to review")
     ambiguity_band: tuple[float, float] = (0.35, 0.65)
 
+    @field_validator("contact_cap_24h", "contact_cap_30d")
+    @classmethod
+    def _cap(cls, v: int, info) -> int:
+        if v > MAX_CONTACT_LOG:
+            raise ValueError(
+                f"{info.field_name} is {v}, at most {MAX_CONTACT_LOG}: the dispatch stage remembers"
+                f" only the last {MAX_CONTACT_LOG} contacts per customer, so a higher cap is never"
+                " enforced"
+            )
+        return v
+
     @field_validator("ambiguity_band")
     @classmethod
     def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
@@ -210,6 +225,13 @@ class Policy(BaseModel):
         missing = set(Action) - set(actions)
         if missing:
             raise ValueError(f"actions missing: {', '.join(sorted(a.value for a in missing))}")
+        if not actions[Action.HUMAN_REVIEW].enabled:
+            # the abuse and review-value guardrails route claims there; with review off, likely
+            # abuse would get no decision at all and its refund would pass unchallenged
+            raise ValueError(
+                "human_review cannot be disabled: the abuse_block and review_value guardrails route"
+                " claims to it (narrow its own 'when' rule instead)"
+            )
         return actions
 
 

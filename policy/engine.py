@@ -9,6 +9,12 @@ the margin behind it. Human review is valued differently: it protects the amount
 abuse (abuse x amount) and gives a small chance to save an ambiguous case. The best positive EV
 wins; every candidate and every guardrail that shaped the decision is recorded for the audit trail.
 
+Review routing overrides EV: an open claim (return or "not received" after delivery) at or above the
+abuse threshold, or worth at least ``review_value`` with ambiguous recoverability, always goes to
+human review, even when a customer-facing action would score higher or the review's own EV is not
+positive (a small likely-abuse claim must never pass unrecorded). The recorded cost is the one the
+EV used (goodwill after its cap), so downstream budgets count what is actually spent.
+
 Stateless guardrails live here (abuse block, review routing, goodwill cap); the ones that need
 memory (contact caps, once per order, daily budgets, holdout) are applied by the dispatch stage.
 """
@@ -85,7 +91,8 @@ def reasons(f: dict[str, float], abuse: float, recoverability: float, policy: Po
 
 
 def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> Decision | None:
-    """The best action for this case update, or None (no eligible action with positive EV)."""
+    """The best action for this case update, or None (no forced review and no eligible action with
+    positive EV)."""
     if resolved:
         return None
     g = policy.guardrails
@@ -100,21 +107,24 @@ def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> De
     shaped: list[str] = []
     candidates: list[tuple[str, float, str]] = []
     best: tuple[float, Action, float] | None = None
+    forced: tuple[float, float] | None = None  # (EV, cost) of a guardrail-forced review
     review_forced = claim_open and (
         abuse >= g.abuse_block or (f["order_value"] >= g.review_value and ambiguous)
     )
+    if review_forced:
+        shaped.append("review_routing")
     for action, ap in policy.actions.items():
         if not ap.enabled:
             continue
         eligible = holds(rules[action], x)
         note = ""
+        cost = ap.cost
         if action is Action.HUMAN_REVIEW:
             if not eligible and review_forced:
                 eligible, note = True, "routed by guardrail"
-                shaped.append("review_routing")
             if not eligible:
                 continue
-            ev = abuse * at_risk + 0.1 * p_lost * value_at_risk - ap.cost
+            ev = abuse * at_risk + 0.1 * p_lost * value_at_risk - cost
         else:
             if not eligible:
                 continue
@@ -131,8 +141,13 @@ def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> De
             ev = ap.lift * p_lost * value_at_risk - cost
         ev = round(ev, 2)
         candidates.append((action.value, ev, note))
+        if action is Action.HUMAN_REVIEW and review_forced:
+            forced = (ev, cost)
         if ev > 0 and (best is None or ev > best[0]):
-            best = (ev, action, ap.cost)
+            best = (ev, action, cost)
+    if forced is not None:
+        # the guardrail decides, not the EV ranking (config.py keeps human_review enabled)
+        best = (forced[0], Action.HUMAN_REVIEW, forced[1])
     if best is None:
         return None
     ev, action, cost = best
