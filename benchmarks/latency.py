@@ -53,10 +53,17 @@ def pct(values: list[float], q: float) -> float:
 class Collector(threading.Thread):
     """Reads every partition of a topic from the start; calls ``on_message(value, now)``."""
 
-    def __init__(self, conf: dict, topic: str, partitions: int, on_message) -> None:
+    def __init__(
+        self, conf: dict, topic: str, partitions: int, on_message, fetch_wait_ms: int
+    ) -> None:
         super().__init__(daemon=True)
         self._consumer = Consumer(
-            {**conf, "group.id": f"bench-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}
+            {
+                **conf,
+                "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": fetch_wait_ms,  # as the pipeline's source
+            }
         )
         self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self._on = on_message
@@ -108,7 +115,9 @@ def producer(conf: dict) -> Producer:
         return Producer(pconf)
 
 
-def baseline(conf: dict, rate: float, seconds: float, warmup: float) -> list[float]:
+def baseline(
+    conf: dict, rate: float, seconds: float, warmup: float, fetch_wait_ms: int
+) -> list[float]:
     from connectors.broker import ensure_topics
 
     topic = f"bench-rtt-{uuid.uuid4().hex[:6]}"
@@ -122,7 +131,7 @@ def baseline(conf: dict, rate: float, seconds: float, warmup: float) -> list[flo
         if i >= skip:
             lat.append(now - sent_at[i])
 
-    col = Collector(conf, topic, 4, on_message)
+    col = Collector(conf, topic, 4, on_message, fetch_wait_ms)
     col.start()
     prod = producer(conf)
     total = int(rate * (seconds + warmup))
@@ -148,23 +157,6 @@ def _metrics_up(port: int) -> bool:
         return False
 
 
-# What-if (not the shipped code): the source's consume(batch, 0.05) waits the whole 50 ms unless
-# a full batch is queued, per partition, one partition after another; this variant returns what
-# is there (timeout 0) so a worker round over 16 partitions costs what it reads, not 16 x 50 ms,
-# and asks the broker to answer fetches within 10 ms (librdkafka's default fetch.wait.max.ms is
-# 500 ms, and the embedded broker holds an empty fetch that long even when data arrives).
-WHAT_IF = """
-import confluent_kafka, flows.sources as s
-class _NowConsumer(confluent_kafka.Consumer):
-    def __init__(self, conf):
-        super().__init__({**conf, "fetch.wait.max.ms": 10})
-
-    def consume(self, num_messages=1, timeout=-1):
-        return super().consume(num_messages, 0)
-s.Consumer = _NowConsumer
-"""
-
-
 def pipeline(
     conf: dict,
     bootstrap: str,
@@ -172,7 +164,7 @@ def pipeline(
     rate: float,
     seconds: float,
     warmup: float,
-    what_if: bool = False,
+    fetch_wait_ms: int,
     env_extra: dict[str, str] | None = None,
 ) -> dict:
     from connectors.broker import ensure_topics, free_port
@@ -199,6 +191,7 @@ def pipeline(
             "SALVAGE_TOPIC_DEAD_LETTERS": outs["dead-letters"],
             "SALVAGE_TOPIC_MODEL_EVENTS": outs["model-events"],
             "SALVAGE_TOPIC_DISPOSITIONS": outs["dispositions"],
+            "SALVAGE_KAFKA_FETCH_WAIT_MAX_MS": str(fetch_wait_ms),
             **(env_extra or {}),
         }
     )
@@ -209,7 +202,7 @@ def pipeline(
             [
                 sys.executable,
                 "-c",
-                (WHAT_IF if what_if else "") + "from salvage.cli import main; main()",
+                "from salvage.cli import main; main()",
                 "run",
                 "--follow",
             ],
@@ -239,7 +232,7 @@ def pipeline(
             if hit is not None and hit[0] >= skip:
                 lat.append(now - hit[1])
 
-        col = Collector(conf, outs["interventions"], 4, on_trigger)
+        col = Collector(conf, outs["interventions"], 4, on_trigger, fetch_wait_ms)
         col.start()
         prod = producer(conf)
         started = time.perf_counter()
@@ -299,10 +292,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument(
-        "--what-if",
-        action="store_true",
-        help="also run each rate with a non-blocking source (consume timeout 0, fetch.wait.max.ms "
-        "10), patched in at start-up: what the fix proposed in the README would give",
+        "--fetch-wait-ms",
+        type=int,
+        nargs="+",
+        default=[100],
+        help="SALVAGE_KAFKA_FETCH_WAIT_MAX_MS values to run each rate with (default: the shipped "
+        "100); the baseline and the trigger reader use the same value",
     )
     args = ap.parse_args()
 
@@ -318,23 +313,22 @@ def main() -> None:
         conf = broker.client_config()
         say(f"embedded broker on {broker.bootstrap}")
         for rate in args.rates:
-            say(f"rate {rate:,}/s: baseline round trip ({args.seconds:g}s) ...")
-            base = baseline(conf, rate, args.seconds, args.warmup)
-            b50, b95, b99 = (pct(base, q) * 1e3 for q in (0.5, 0.95, 0.99))
-            variants = [("shipped", False)] + ([("what-if", True)] if args.what_if else [])
-            for label, what_if in variants:
-                say(f"rate {rate:,}/s: pipeline, {label} source ({args.seconds:g}s + warm-up) ...")
+            for wait in args.fetch_wait_ms:
+                say(f"rate {rate:,}/s, fetch wait {wait} ms: baseline round trip ...")
+                base = baseline(conf, rate, args.seconds, args.warmup, wait)
+                b50, b95, b99 = (pct(base, q) * 1e3 for q in (0.5, 0.95, 0.99))
+                say(f"rate {rate:,}/s, fetch wait {wait} ms: pipeline ...")
                 res = pipeline(
-                    conf, broker.bootstrap, records, rate, args.seconds, args.warmup, what_if
+                    conf, broker.bootstrap, records, rate, args.seconds, args.warmup, wait
                 )
                 lat = res["lat"]
                 p50, p95, p99 = (pct(lat, q) * 1e3 for q in (0.5, 0.95, 0.99))
-                if rate == TARGET_RATE and not what_if:
+                if rate == TARGET_RATE and wait == args.fetch_wait_ms[0]:
                     p99_at_target = p99
                 rows.append(
                     [
                         f"{rate:,}",
-                        label,
+                        f"{wait}",
                         f"{res['achieved']:,.0f}",
                         f"{b50:.1f} / {b95:.1f} / {b99:.1f}",
                         f"{len(lat):,}",
@@ -351,7 +345,7 @@ def main() -> None:
         table(
             [
                 "rate ev/s",
-                "source",
+                "fetch wait ms",
                 "produced ev/s",
                 "baseline RTT p50/p95/p99 ms",
                 "triggers measured",

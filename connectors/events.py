@@ -32,7 +32,10 @@ MAX_QTY = 1_000
 
 
 def _utc_in_range(value: datetime) -> datetime:
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-23:00: past datetime.max in UTC
+        raise ValueError("timestamp outside the supported range 2000-01-01..2100-01-01") from None
     if not MIN_TIME <= value < MAX_TIME:
         raise ValueError("timestamp outside the supported range 2000-01-01..2100-01-01")
     return value
@@ -355,6 +358,3 @@ def lane_of(courier: str, origin_region: str, destination_region: str) -> str:
     """Courier lane key: bounded by couriers x regions, safe as a Prometheus label bucket."""
     return f"{courier}:{origin_region}>{destination_region}"
 
-
-def stream_of(event: _Event) -> Stream:
-    return STREAM_OF[event.event_type]  # type: ignore[attr-defined]

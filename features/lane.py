@@ -185,5 +185,3 @@ class LaneMonitor:
                 )
         return out
 
-    def idle(self) -> bool:
-        return not self.windows and not self.alert_open

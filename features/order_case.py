@@ -33,7 +33,7 @@ from features import journey
 from features.eventtime import DAY_US, HOUR_US, to_us
 
 MAX_CONTACTS = 32  # rolling contact memory per case; older contacts only count in totals
-MAX_SEEN_IDS = 256  # dedupe memory per case (an order has ~10-30 events)
+MAX_SEEN_IDS = 256  # dedupe memory per case: its last 256 event ids (an order has ~10-30 events)
 PROMISE_GRACE_US = 2 * HOUR_US  # a promise is "missed" this long after it passes undelivered
 HARD_TTL_US = 120 * DAY_US  # a case is closed this long after placement, whatever happened
 
@@ -126,7 +126,7 @@ class OrderCase:
     closed_at: int = 0
     events: int = 0
     last_event_at: int = 0
-    seen: set[str] = field(default_factory=set)
+    seen: dict[str, None] = field(default_factory=dict)  # insertion-ordered: oldest first
     has_order: bool = False
 
     # ------------------------------------------------------------------ apply
@@ -138,8 +138,10 @@ class OrderCase:
         """Apply one event at effective time ``t``; return change codes (e.g. ``delay_signal``).
 
         ``intent``: for a support contact without an agent-set intent, the inferred one."""
-        if len(self.seen) < MAX_SEEN_IDS:
-            self.seen.add(ev.event_id)
+        seen = self.seen
+        seen[ev.event_id] = None
+        if len(seen) > MAX_SEEN_IDS:
+            del seen[next(iter(seen))]  # forget the oldest id, not the newest
         self.events += 1
         self.last_event_at = max(self.last_event_at, t)
         changes: list[str] = []

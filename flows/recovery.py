@@ -45,9 +45,13 @@ from sinks import kpis, metrics
 class _StageLogic(StatefulBatchLogic):
     """Bytewax wrapper: values are ``(key, item)``; the stage is built lazily from its key."""
 
-    def __init__(self, factory: Callable[[str], Any], state: bytes | None) -> None:
+    def __init__(
+        self, factory: Callable[[str], Any], state: bytes | None, cfg: StageConfig
+    ) -> None:
         self._factory = factory
         self.stage = pickle.loads(state) if state is not None else None
+        if self.stage is not None:
+            self.stage.rebind(cfg)  # this run's policy and settings, not the snapshot's
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         if self.stage is None:
@@ -58,8 +62,8 @@ class _StageLogic(StatefulBatchLogic):
         return pickle.dumps(self.stage, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _stateful(step: str, up, factory: Callable[[str], Any]):
-    return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state))
+def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig):
+    return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg))
 
 
 def _shard_no(key: str) -> int:
@@ -136,8 +140,9 @@ def _source(spec: FlowSpec):
     s = spec.settings
     tol = int(s.reorder_tolerance_seconds * 1e6)
     late = int(s.max_lateness_seconds * 1e6)
+    future = int(s.max_future_seconds * 1e6)
     if spec.file_mode:
-        return EventLogSource(spec.inputs, tol, late, s.source_batch_size)
+        return EventLogSource(spec.inputs, tol, late, s.source_batch_size, future)
     if spec.kafka_partitions is None:
         from connectors.broker import ensure_topics
 
@@ -153,6 +158,8 @@ def _source(spec: FlowSpec):
         spec.to_end,
         s.idle_partition_seconds,
         s.source_batch_size,
+        fetch_wait_ms=s.kafka_fetch_wait_max_ms,
+        max_future_us=future,
     )
 
 
@@ -227,6 +234,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     n_case = cfg.case_shards
 
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
+    metrics.LANE_ALERT_OPEN.clear()  # and the open-alert counts (a resume re-adds its own)
     flow = Dataflow("salvage-recovery")
     raw = op.input("input", flow, source)
 
@@ -249,6 +257,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         "cases",
         op.flat_map_batch("route_cases", raw, route_source),
         lambda k: CaseStage(_shard_no(k), cfg),
+        cfg,
     )
 
     def fan(route: str, keys: list[str]):
@@ -266,7 +275,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     def stage(name: str, up, route: str, keys: list[str], make):
         """Route ``route`` items of ``up`` (ticks to every key) into a keyed stage."""
         routed = op.flat_map(f"route_{name}", up, fan(route, keys))
-        return _stateful(name, routed, lambda k: make(_shard_no(k), cfg))
+        return _stateful(name, routed, lambda k: make(_shard_no(k), cfg), cfg)
 
     context = stage("context", cases, "ctx", ctx_keys, ContextStage)
     models = stage("models", context, "model", model_keys, ModelStage)
@@ -275,7 +284,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     to_out = op.flat_map(  # cases: the return journey's status updates and alerts
         "route_output", op.merge("to_output", dispatch, lanes, cases), fan("out", [OUT_KEY])
     )
-    ordered = _stateful("output", to_out, lambda k: OutputStage(cfg))
+    ordered = _stateful("output", to_out, lambda k: OutputStage(cfg), cfg)
 
     def only(kind: str):
         return lambda kv: kv[1][1] if kv[1][0] == kind else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.events import STREAM_OF, Stream
-from connectors.outputs import DeadLetterKind
+from connectors.outputs import DeadLetter, DeadLetterKind
 from connectors.parse import RawRecord, dead_letter, parse
 from features.eventtime import END, IDLE, PartitionClock, to_us
 from sinks import metrics
@@ -34,6 +35,7 @@ from sinks import metrics
 Item = tuple[Any, ...]
 
 _STOP = threading.Event()
+POLL_BACKOFF = timedelta(milliseconds=5)  # an empty Kafka partition is polled again after this
 
 
 def request_stop() -> None:
@@ -53,10 +55,34 @@ def clear_stop() -> None:
 class _Parser:
     """Parse + clock for one partition; shared by the file and Kafka partitions."""
 
-    def __init__(self, part_id: str, tolerance_us: int, max_lateness_us: int, max_t: int) -> None:
+    def __init__(
+        self,
+        part_id: str,
+        tolerance_us: int,
+        max_lateness_us: int,
+        max_t: int,
+        max_future_us: int = 0,
+    ) -> None:
         self.part_id = part_id
         self.clock = PartitionClock(tolerance_us, max_lateness_us, max_t)
         self.last_tick: int | None = None
+        self.max_future_us = max_future_us  # 0: no check
+
+    def _from_future(self, raw: RawRecord, event, t: int) -> DeadLetter | None:
+        """An event time past the wall clock by more than the allowance is a broken clock, not an
+        event: accepted, it would move the partition's watermark years ahead and make every later
+        event on the partition ``too_late`` (and the watermark is in the recovery snapshot)."""
+        ahead = t - time.time_ns() // 1000
+        if ahead <= self.max_future_us:
+            return None
+        return dead_letter(
+            raw,
+            DeadLetterKind.BAD_TIMESTAMP,
+            f"occurred_at is {ahead / 86_400e6:.1f} days ahead of the wall clock "
+            f"(allowed: {self.max_future_us / 1e6:.0f}s, SALVAGE_MAX_FUTURE_SECONDS)",
+            event_id=event.event_id,
+            order_id=event.order_id,
+        )
 
     def handle(self, raw: RawRecord, out: list[Item]) -> None:
         result = parse(raw)
@@ -65,6 +91,10 @@ class _Parser:
             out.append(("x", result))
             return
         t = to_us(result.occurred_at)
+        if self.max_future_us and (dl := self._from_future(raw, result, t)) is not None:
+            metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
+            out.append(("x", dl))
+            return
         eff = self.clock.observe(t)
         if eff is None:
             dl = dead_letter(
@@ -105,7 +135,7 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         self._f.seek(offset)
         self._line = line_no
         self._done = done
-        self._parser = _Parser(part_id, parser_args[0], parser_args[1], max_t)
+        self._parser = _Parser(part_id, parser_args[0], parser_args[1], max_t, parser_args[3])
         self._batch = batch_size
 
     def next_batch(self) -> list[Item]:
@@ -138,13 +168,26 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
     """One partition per JSONL event-log file (raw bytes, one event per line)."""
 
     def __init__(
-        self, paths: list[Path], tolerance_us: int, max_lateness_us: int, batch_size: int = 2000
+        self,
+        paths: list[Path],
+        tolerance_us: int,
+        max_lateness_us: int,
+        batch_size: int = 2000,
+        max_future_us: int = 0,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
             if not p.is_file():
                 raise FileNotFoundError(f"event log not found: {p}")
-        self._args = (tolerance_us, max_lateness_us, -(2**62))
+            with p.open("rb") as f:
+                head = f.read(4)
+            if head[:2] == b"\x1f\x8b" or head == b"PAR1":
+                kind = "gzip" if head[:2] == b"\x1f\x8b" else "Parquet"
+                raise ValueError(
+                    f"{p} is {kind}; file mode reads plain JSONL (one event per line). Publish it "
+                    f"with `salvage replay` and run in Kafka mode, or decompress/convert it first"
+                )
+        self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us)
         self._batch = batch_size
 
     def part_ids(self) -> list[str]:
@@ -185,7 +228,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._topic, self._stream, self._partition = topic, stream, partition
         self._offset = offset
         self._parser = _Parser(
-            kafka_part_id(topic, partition), parser_args[0], parser_args[1], max_t
+            kafka_part_id(topic, partition), parser_args[0], parser_args[1], max_t, parser_args[3]
         )
         self._batch = batch_size
         self._to_end = to_end
@@ -197,15 +240,21 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         # consumer lag: high watermark (librdkafka caches it from every fetch response: no request
         # of its own) minus the next offset to read, at most once per lag_interval_s
         self._wm_tp = TopicPartition(topic, partition)
-        self._lag = metrics.KAFKA_CONSUMER_LAG.labels(topic, str(partition))
+        self._lag: Any = None  # the series appears with the first known value, not as a 0
         self._lag_interval_s = lag_interval_s
         self._lag_at = float("-inf")
+        self._awake: datetime | None = None
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
             raise StopIteration()
         out: list[Item] = []
-        msgs = self._consumer.consume(self._batch, 0.05)
+        # Non-blocking: consume(n, timeout) would wait for n messages or the whole timeout on
+        # every call, and a worker polls its partitions in turn. When nothing is there, Bytewax
+        # is asked to come back in POLL_BACKOFF_S instead (next_awake), so the worker serves its
+        # other partitions and stages meanwhile and an idle partition costs no CPU spin.
+        msgs = self._consumer.consume(self._batch, 0)
+        self._awake = None if msgs else datetime.now(UTC) + POLL_BACKOFF
         got_data = False
         for msg in msgs:
             err = msg.error()
@@ -237,7 +286,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
                 self._parser.tick(out, IDLE)
         else:
             self._parser.tick(out)
-        self._report_lag(now)
+        if msgs:  # a fetch response has arrived: its high watermark is fresh
+            self._report_lag(now)
         return out
 
     def _report_lag(self, now: float, force: bool = False) -> None:
@@ -253,10 +303,12 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         if high < 0 or position < 0:
             return
         self._lag_at = now
+        if self._lag is None:
+            self._lag = metrics.KAFKA_CONSUMER_LAG.labels(self._topic, str(self._partition))
         self._lag.set(max(0, high - position))
 
-    def next_awake(self):
-        return None
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def snapshot(self) -> tuple:
         return (self._offset, self._parser.clock.max_t)
@@ -285,9 +337,14 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         idle_s: float = 2.0,
         batch_size: int = 2000,
         lag_interval_s: float = 1.0,
+        fetch_wait_ms: int = 100,
+        max_future_us: int = 0,
     ) -> None:
         self._conf = {
             **client_conf,
+            # how long the broker may hold a fetch that has no data yet (librdkafka's default,
+            # 500 ms, is added to the latency of every event that arrives on a quiet partition)
+            "fetch.wait.max.ms": fetch_wait_ms,
             "group.id": "salvage-unused",  # required by librdkafka; assign() uses no group
             "enable.auto.commit": "false",
             "enable.partition.eof": "true",
@@ -295,7 +352,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         }
         self._topics = topics  # stream -> topic
         self._partitions = partitions  # topic -> partition count
-        self._args = (tolerance_us, max_lateness_us, -(2**62))
+        self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us)
         self._to_end = to_end
         self._idle_s = idle_s
         self._batch = batch_size

@@ -41,13 +41,13 @@ from features.customer import CustomerContext
 from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
 from features.order_case import OrderCase, Status
-from policy.config import Policy, load_policy
+from policy.config import MAX_CONTACT_LOG, Policy, load_policy
 from policy.disposition import decide_disposition
 from policy.engine import CUSTOMER_FACING, decide, holdout_unit
 from scoring.baseline import RuleScorer
 from scoring.models import ModelConfig, ModelSet
 from scoring.text import IntentClassifier
-from sinks import metrics
+from sinks import kpis, metrics
 
 Emit = list[tuple[str, Any]]
 
@@ -81,9 +81,7 @@ _MODEL_CHANGES = {
 
 TOMBSTONE_US = 30 * DAY_US  # closed cases are remembered (for dedupe / diagnostics) this long
 CUSTOMER_IDLE_US = 400 * DAY_US  # customer context evicted after this long without activity
-CAP_24H = 1
 RISK_SIGNALS = frozenset({"delay_signal", "promise_missed", "contact", "return_requested"})
-CAP_30D = 3
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -229,6 +227,13 @@ class _Stage(ABC):
                 out.append(("tick", ("w", self.name, self.reorderer.low, self.seen_t)))
         return out
 
+    def rebind(self, cfg: StageConfig) -> None:
+        """On a resume from a snapshot: adopt the current run's configuration (policy, thresholds,
+        windows) instead of the one pickled with the state; what was learned and buffered stays.
+        The manifest (salvage.runner.run_manifest) refuses changes that would move keys."""
+        if hasattr(self, "cfg"):
+            self.cfg = cfg
+
     @abstractmethod
     def apply(self, released: list[tuple[int, str, Any]], low: int, out: Emit) -> None:
         """Apply the items released below the low watermark ``low``, in order."""
@@ -250,6 +255,20 @@ class CaseStage(_Stage):
         )
         self.journey = cfg.policy.journey.config()  # None: journey tracking off
         if self.journey is not None:  # series exist from the start (increase() works)
+            for stage in self.journey.stages:
+                _STATUS_UPDATES(stage.value)
+            for kind in self.journey.alerts:
+                _JOURNEY_ALERTS(kind.value)
+
+    def rebind(self, cfg: StageConfig) -> None:
+        super().rebind(cfg)
+        # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
+        for source in cfg.sources:
+            self.reorderer.upstream.setdefault(source, BEGIN)
+        if self.intents is not None:
+            self.intents.threshold = cfg.intent_threshold
+        self.journey = cfg.policy.journey.config()
+        if self.journey is not None:
             for stage in self.journey.stages:
                 _STATUS_UPDATES(stage.value)
             for kind in self.journey.alerts:
@@ -482,6 +501,13 @@ class ModelStage(_Stage):
             _MODEL_CHANGES["promoted"](name)
             _MODEL_CHANGES["demoted"](name)
 
+    def rebind(self, cfg: StageConfig) -> None:
+        super().rebind(cfg)
+        # promotion and demotion gates of this run; the models' structure (learning rate, windows)
+        # is fixed when they are created
+        self.models.cfg = cfg.model
+        self.models.recoverability.cfg = self.models.abuse.cfg = cfg.model
+
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False
         for t, tie, (view, features) in released:
@@ -489,10 +515,8 @@ class ModelStage(_Stage):
             closed = view.status == "closed"
             if closed:
                 labelled = True
-                if view.facts is not None:
-                    events = self.models.label(view.order_id, t, view.facts)
-                else:
-                    self.models.forget(view.order_id)
+                assert view.facts is not None  # a closing update carries the facts
+                events = self.models.label(view.order_id, t, view.facts)
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             rules = self.rules.score(features)
@@ -653,7 +677,7 @@ class DispatchStage(_Stage):
                     if action in CUSTOMER_FACING:
                         log = self.contacted.setdefault(view.customer_id, [])
                         log.append(t)
-                        del log[:-8]
+                        del log[:-MAX_CONTACT_LOG]
                     key = (action.value, t // DAY_US)
                     self.spent[key] = self.spent.get(key, 0.0) + decision.cost
                     _TRIGGERS(action.value).inc()
@@ -740,6 +764,12 @@ class LaneStage(_Stage):
         self.cfg = cfg
         self.lanes: dict[str, LaneMonitor] = {}
 
+    def rebind(self, cfg: StageConfig) -> None:
+        super().rebind(cfg)
+        for lane, monitor in self.lanes.items():  # the gauge of a fresh process starts at 0
+            if monitor.alert_open:
+                metrics.LANE_ALERT_OPEN.labels(kpis.bucket("lane", lane)).inc()
+
     def apply(self, released, low: int, out: Emit) -> None:
         lcfg = self.cfg.lane
         for t, _tie, (lane, order_id, delayed) in released:
@@ -750,9 +780,12 @@ class LaneStage(_Stage):
         for lane in sorted(self.lanes):
             monitor = self.lanes[lane]
             shipped, delayed_before = monitor.shipments_total, monitor.delayed_total
+            # lanes are built from free-text payload fields: bounded labels (top-N, then other);
+            # the alert gauge counts open alerts, so "other" adds up its lanes (and shards)
+            label = kpis.bucket("lane", lane)
             for tr in monitor.close_windows(self.horizon(low), lcfg):
                 alert = _lane_alert(tr)
-                metrics.LANE_ALERT_OPEN.labels(lane).set(1 if tr.opened else 0)
+                metrics.LANE_ALERT_OPEN.labels(label).inc(1 if tr.opened else -1)
                 out.append(
                     (
                         "out",
@@ -760,8 +793,8 @@ class LaneStage(_Stage):
                     )
                 )
             if monitor.shipments_total != shipped:
-                metrics.LANE_SHIPMENTS.labels(lane).inc(monitor.shipments_total - shipped)
-                metrics.LANE_DELAYED.labels(lane).inc(monitor.delayed_total - delayed_before)
+                metrics.LANE_SHIPMENTS.labels(label).inc(monitor.shipments_total - shipped)
+                metrics.LANE_DELAYED.labels(label).inc(monitor.delayed_total - delayed_before)
 
 
 def _lane_alert(tr: LaneTransition) -> LaneAlert:

@@ -38,7 +38,13 @@ class Settings(BaseSettings):
     max_lateness_seconds: float = Field(
         7 * 24 * 3600, ge=0, description="older than this behind its partition: too_late"
     )
+    max_future_seconds: float = Field(
+        86_400.0, ge=0, description="event time further past the wall clock: bad_timestamp; 0: off"
+    )
     return_window_days: float = Field(30.0, gt=0)
+    kafka_fetch_wait_max_ms: int = Field(
+        100, ge=0, le=10_000, description="source fetch.wait.max.ms: latency vs fetch requests"
+    )
     source_batch_size: int = Field(
         2000, ge=1, le=100_000, description="events per source read: lower latency vs throughput"
     )

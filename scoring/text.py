@@ -7,11 +7,25 @@ Accuracy is measured progressively (predict before learn) on the labelled contac
 
 from __future__ import annotations
 
+import itertools
+import re
+import zlib
 from collections import deque
 
 from river import compose, feature_extraction, naive_bayes
 
 OTHER = "other"
+HASH_BUCKETS = 1 << 15  # bounded model size per shard, whatever the texts contain
+_WORD = re.compile(r"[^\W\d_]{2,}")  # letters only: no order numbers, tracking ids or amounts
+
+
+def hashed_terms(text: str) -> list[str]:
+    """Words and word pairs, hashed into HASH_BUCKETS terms. Letters only: ids and numbers do not
+    generalise and would only grow the model; hashed: the vocabulary is bounded, and the model
+    (in every snapshot and in ``salvage models export``) holds no customer-written words."""
+    tokens = _WORD.findall(text.lower())
+    grams = tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
+    return [format(zlib.crc32(g.encode()) % HASH_BUCKETS, "x") for g in grams]
 
 
 class IntentClassifier:
@@ -19,7 +33,7 @@ class IntentClassifier:
         self.threshold = threshold
         self.min_examples = min_examples
         self.model = compose.Pipeline(
-            feature_extraction.BagOfWords(lowercase=True, ngram_range=(1, 2)),
+            feature_extraction.BagOfWords(lowercase=False, tokenizer=hashed_terms),
             naive_bayes.MultinomialNB(alpha=0.5),
         )
         self.examples = 0

@@ -42,7 +42,11 @@ LANE_SHIPMENTS = Counter(
 LANE_DELAYED = Counter(
     "salvage_lane_delayed_shipments_total", "Delayed shipments per lane window", ["lane"]
 )
-LANE_ALERT_OPEN = Gauge("salvage_lane_alert_open", "1 while a lane delay alert is open", ["lane"])
+LANE_ALERT_OPEN = Gauge(
+    "salvage_lane_alert_open",
+    "open lane delay alerts (1 per named lane; other: their count)",
+    ["lane"],
+)
 EVENT_TIME_LAG = Gauge(
     "salvage_watermark_lag_seconds", "Wall clock minus the case stage's watermark", ["shard"]
 )

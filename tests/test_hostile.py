@@ -64,6 +64,22 @@ CORPUS: list[tuple[str, bytes, str]] = [
     ("timestamp centuries away", _with(occurred_at="2526-03-02T10:00:00Z"), "bad_timestamp"),
     ("timestamp centuries ago", _with(occurred_at="1526-03-02T10:00:00Z"), "bad_timestamp"),
     ("unparsable timestamp", _with(occurred_at="last tuesday"), "bad_timestamp"),
+    # valid ISO 8601, but past datetime.max/min once in UTC (astimezone overflows)
+    (
+        "timestamp overflowing in UTC",
+        _with(occurred_at="9999-12-31T23:00:00-23:00"),
+        "bad_timestamp",
+    ),
+    (
+        "timestamp underflowing in UTC",
+        _with(occurred_at="0001-01-01T00:00:00+23:59"),
+        "bad_timestamp",
+    ),
+    (
+        "promise overflowing in UTC",
+        _with(promised_delivery_at="9999-12-31T23:00:00-23:00"),
+        "bad_timestamp",
+    ),
     ("unknown event type", _with(event_type="teleported"), "unknown_event_type"),
     ("unknown schema version", _with(schema_version=2), "unsupported_schema_version"),
     ("id of the wrong type", _with(order_id=12345), "wrong_type"),
@@ -262,6 +278,37 @@ def test_late_beyond_tolerance_is_counted_and_far_too_late_is_a_dead_letter(log,
     assert _metric("salvage_late_events_total") - late_before >= 5
     again = run_file_flow([path], tmp_path / "again")
     assert again == out  # the late rule is deterministic
+
+
+def test_an_event_from_a_broken_future_clock_does_not_stall_its_partition(log, clean, tmp_path):
+    """One scan dated 2099 in the middle of a real log: a ``bad_timestamp`` dead letter (it is
+    past the wall clock by more than SALVAGE_MAX_FUTURE_SECONDS), and the events after it on the
+    same partition are applied as if it had never been there (no ``too_late`` avalanche)."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    i = next(i for i, x in enumerate(lines) if b'"carrier_scan"' in x and i > len(lines) // 3)
+    doc = json.loads(lines[i])
+    doc["event_id"] = "from-2099"
+    doc["occurred_at"] = "2099-01-01T00:00:00Z"
+    path = tmp_path / "future.jsonl"
+    path.write_bytes(b"".join([*lines[:i], json.dumps(doc).encode() + b"\n", *lines[i:]]))
+    out = run_file_flow([path], tmp_path / "out")
+    letters = jsonl(out["dead_letters"])
+    assert [(d["kind"], d["event_id"]) for d in letters] == [("bad_timestamp", "from-2099")]
+    assert "ahead of the wall clock" in letters[0]["message"]
+    assert out["interventions"] == clean["interventions"]
+    # the check is a setting: off, the same record is accepted and everything after it is late
+    off = run_file_flow([path], tmp_path / "off", max_future_seconds=0)
+    assert sum(d["kind"] == "too_late" for d in jsonl(off["dead_letters"])) > 100
+
+
+@pytest.mark.parametrize(("kind", "head"), [("gzip", b"\x1f\x8b\x08\x00"), ("Parquet", b"PAR1")])
+def test_file_mode_refuses_compressed_or_columnar_logs_with_a_clear_error(tmp_path, kind, head):
+    from flows.sources import EventLogSource
+
+    path = tmp_path / "log.bin"
+    path.write_bytes(head + b"\x00" * 64)
+    with pytest.raises(ValueError, match=f"is {kind}; file mode reads plain JSONL"):
+        EventLogSource([path], 0, 0)
 
 
 # ----------------------------------------------------------------------------- stage fuzzing

@@ -145,3 +145,38 @@ def test_no_alert_during_warm_up_and_low_volume_never_alerts():
     assert _feed(LaneMonitor("hot"), [0.5] * 60, 20, random.Random(2), cfg) == []
     # too few shipments to judge (16 in a 24 h span)
     assert _feed(LaneMonitor("tiny"), [0.05] * 20 + [0.9] * 20, 4, random.Random(3), cfg) == []
+
+
+def test_lane_metrics_are_bounded_labels_whatever_the_payload_says():
+    """Lanes are built from free-text payload fields (courier, regions): past the top-N they are
+    reported as ``other``, so a feed with postcodes for regions cannot explode the series."""
+    from prometheus_client import REGISTRY
+
+    from features.eventtime import DAY_US, END
+    from flows.stages import LaneStage, StageConfig, case_key
+    from sinks import kpis
+    from sinks.cost_model import CostModel
+
+    kpis.configure(kpis.KpiSettings(top_n_lane=2), CostModel())
+    try:
+        cfg = StageConfig(case_shards=1, cust_shards=1, lane_shards=1, sources=("p",))
+        stage = LaneStage(0, cfg)
+        lanes = [f"zz-courier:{10000 + i}>{20000 + i}" for i in range(6)]
+        items = [
+            (DAY_US * 100 + n, f"{lane}|{n}", (lane, f"o-{lane}-{n}", n % 3 == 0))
+            for n in range(30)
+            for lane in lanes
+        ]
+        stage.on_batch([("b", items), ("w", case_key(0), END, DAY_US * 101)])
+        labels = {
+            s.labels["lane"]
+            for m in REGISTRY.collect()
+            if m.name == "salvage_lane_shipments"
+            for s in m.samples
+            if s.labels.get("lane", "").startswith("zz-courier") or s.labels.get("lane") == "other"
+        }
+        assert labels == {lanes[0], lanes[1], "other"}
+        other = REGISTRY.get_sample_value("salvage_lane_shipments_total", {"lane": "other"})
+        assert other is not None and other >= 4 * 30  # the four lanes past the top 2
+    finally:
+        kpis.configure()

@@ -214,3 +214,29 @@ def test_duplicates_are_recognised():
     case = apply_all(evs[:3])
     assert case.is_duplicate(evs[1].event_id)
     assert not case.is_duplicate("never-seen")
+
+
+def test_dedupe_remembers_the_last_ids_not_the_first():
+    """A long-lived case (many scans) still recognises a redelivered recent event."""
+    from features.order_case import MAX_SEEN_IDS
+
+    evs = story()
+    case = apply_all(evs[:1])
+    placed = evs[0]
+    for i in range(MAX_SEEN_IDS + 44):
+        scan = _ev(
+            event(
+                f"scan-{i}",
+                "carrier_scan",
+                "o1",
+                "2026-03-03T10:00:00Z",
+                scan="in_transit",
+                courier="dhl",
+            )
+        )
+        case.apply(scan, to_us(scan.occurred_at), WINDOW)
+    assert case.is_duplicate(f"scan-{MAX_SEEN_IDS + 43}")  # the newest is remembered
+    assert case.is_duplicate("scan-50")
+    assert not case.is_duplicate(placed.event_id)  # the oldest were forgotten, in order
+    assert not case.is_duplicate("scan-42")
+    assert len(case.seen) == MAX_SEEN_IDS
