@@ -357,4 +357,3 @@ assert set(STREAM_OF) == set(EVENT_MODELS)
 def lane_of(courier: str, origin_region: str, destination_region: str) -> str:
     """Courier lane key: bounded by couriers x regions, safe as a Prometheus label bucket."""
     return f"{courier}:{origin_region}>{destination_region}"
-

@@ -53,6 +53,9 @@ class Trigger(_Out):
     reason_codes: list[str]
     scores: Scores
     expected_value: float
+    cost: float = Field(
+        0.0, ge=0, description="expected cost of the action (goodwill capped at the margin), in EV"
+    )
     currency: str
     policy_version: str
     model_version: str

@@ -184,4 +184,3 @@ class LaneMonitor:
                     )
                 )
         return out
-

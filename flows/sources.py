@@ -164,6 +164,21 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         self._f.close()
 
 
+def check_event_log(path: Path) -> None:
+    """Raise (FileNotFoundError, ValueError) with a clear message unless ``path`` is a file that
+    file mode can read: plain JSONL, one event per line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such event log: {path}")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head[:2] == b"\x1f\x8b" or head == b"PAR1":
+        kind = "gzip" if head[:2] == b"\x1f\x8b" else "Parquet"
+        raise ValueError(
+            f"{path} is {kind}; file mode reads plain JSONL (one event per line). Publish it "
+            f"with `salvage replay` and run in Kafka mode, or decompress/convert it first"
+        )
+
+
 class EventLogSource(FixedPartitionedSource[Item, tuple]):
     """One partition per JSONL event-log file (raw bytes, one event per line)."""
 
@@ -177,16 +192,7 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
     ) -> None:
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
-            if not p.is_file():
-                raise FileNotFoundError(f"event log not found: {p}")
-            with p.open("rb") as f:
-                head = f.read(4)
-            if head[:2] == b"\x1f\x8b" or head == b"PAR1":
-                kind = "gzip" if head[:2] == b"\x1f\x8b" else "Parquet"
-                raise ValueError(
-                    f"{p} is {kind}; file mode reads plain JSONL (one event per line). Publish it "
-                    f"with `salvage replay` and run in Kafka mode, or decompress/convert it first"
-                )
+            check_event_log(p)
         self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us)
         self._batch = batch_size
 

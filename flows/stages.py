@@ -556,7 +556,7 @@ class DispatchStage(_Stage):
         self.contacted: dict[str, list[int]] = {}  # customer -> our outbound contact times
         self.sent: dict[str, list[str]] = {}  # order id -> actions already triggered
         self.first_score: dict[str, float] = {}  # order id -> first recoverability score
-        self.held_out: set[str] = set()  # orders with at least one held-out decision
+        self.held_out: dict[str, set[str]] = {}  # order -> its held-out actions
         self.last_decision: dict[str, dict] = {}  # order id -> the latest non-empty decision
         self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
         self.last_sweep = 0
@@ -659,6 +659,7 @@ class DispatchStage(_Stage):
                     reason_codes=list(decision.reason_codes),
                     scores=Scores(recoverability=scores.recoverability, abuse=scores.abuse),
                     expected_value=decision.expected_value,
+                    cost=decision.cost,
                     currency=view.currency,
                     policy_version=policy.version,
                     model_version=scores.model_version,
@@ -671,7 +672,7 @@ class DispatchStage(_Stage):
                 decision_doc["holdout"] = holdout
                 if holdout:
                     # the control group: recorded, never published, no contact, no spend
-                    self.held_out.add(view.order_id)
+                    self.held_out.setdefault(view.order_id, set()).add(action.value)
                     _HOLDOUT(action.value).inc()
                 else:
                     if action in CUSTOMER_FACING:
@@ -724,7 +725,7 @@ class DispatchStage(_Stage):
                         "first_recoverability": self.first_score.pop(view.order_id, None),
                         "scores": {"recoverability": scores.recoverability, "abuse": scores.abuse},
                         "triggered": list(self.sent.get(view.order_id, ())),
-                        "holdout": view.order_id in self.held_out,
+                        "held_out": sorted(self.held_out.get(view.order_id, ())),
                         "customer": {
                             k: v for k, v in features.items() if k.startswith("customer_")
                         },
@@ -732,7 +733,7 @@ class DispatchStage(_Stage):
                 )
             )
             self.sent.pop(view.order_id, None)
-            self.held_out.discard(view.order_id)
+            self.held_out.pop(view.order_id, None)
             self.last_decision.pop(view.order_id, None)
 
     def _guardrail(self, view: CaseView, action: Action, cost: float, t: int) -> str:

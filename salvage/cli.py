@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,12 +17,91 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from salvage.config import Settings
 
+F = TypeVar("F", bound=Callable[..., object])
+
 app = typer.Typer(
     help="Salvage: real-time return recovery on Kafka + Bytewax + River.",
     no_args_is_help=True,
     add_completion=False,
 )
 console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print ``message`` on stderr as one line; the caller raises the returned exit (code 2)."""
+    from rich.markup import escape
+
+    console.print(f"[red]{escape(' '.join(message.split()))}[/red]", soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _failure(exc: Exception) -> tuple[str, bool] | None:
+    """``(one-line message, is_an_outage)`` for an expected failure (bad input, a service down or
+    refusing), ``None`` for anything else (a bug: let its traceback show)."""
+    import redis
+    from confluent_kafka import KafkaError, KafkaException
+    from grafana_client.client import GrafanaException
+
+    from sinks.kafka import KafkaDeliveryError
+    from sinks.review_queue import ReviewError
+
+    if isinstance(exc, ReviewError):
+        return str(exc), False
+    if isinstance(exc, redis.RedisError):
+        return f"Redis: {exc}", True
+    if isinstance(exc, KafkaException):
+        err = exc.args[0] if exc.args else None
+        return f"Kafka: {err.str() if isinstance(err, KafkaError) else exc}", True
+    if isinstance(exc, KafkaDeliveryError):
+        return str(exc), True
+    if isinstance(exc, GrafanaException):
+        return f"Grafana: {exc}", True
+    if isinstance(exc, OSError):
+        if exc.strerror:
+            return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror, True
+        root = exc  # an HTTP client's error: the OS error at the bottom says what happened
+        while root.__cause__ or root.__context__:
+            root = root.__cause__ or root.__context__
+        what = str(exc).split(" (Caused by")[0]
+        return f"{what}: {root.strerror}" if getattr(root, "strerror", None) else what, True
+    return None
+
+
+def _clear_errors(note: str = "") -> Callable[[F], F]:
+    """Decorate a command: an expected failure (see :func:`_failure`) becomes a one-line message
+    on stderr and exit code 2 instead of a traceback; ``note`` is added to outage messages (what
+    state things are left in)."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def run(*args: object, **kwargs: object) -> object:
+            try:
+                return command(*args, **kwargs)
+            except Exception as exc:
+                failure = _failure(exc)
+                if failure is None:
+                    raise
+                message, outage = failure
+                if note and outage:
+                    message = f"{message.rstrip('.')}; {note}"
+                raise _fail(message) from exc
+
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+def _redis_args(settings: Settings) -> tuple[str, str | None]:
+    """The Redis URL and password of a command that reads Redis; exit 2 on an unusable URL."""
+    from sinks.redis_store import redact_url
+
+    url = settings.redis_url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise _fail(
+            f"needs Redis: --redis-url or SALVAGE_REDIS_URL must be a redis://, rediss:// or "
+            f"unix:// URL, not {redact_url(url)!r}"
+        )
+    return url, settings.redis_password.get_secret_value() if settings.redis_password else None
 
 
 def _settings(**overrides) -> Settings:
@@ -69,6 +150,7 @@ def _progress() -> Progress:
 
 
 @app.command()
+@_clear_errors()
 def schemas(
     out: Annotated[Path, typer.Option("--out", help="Directory for *.schema.json files")] = Path(
         "schemas"
@@ -77,11 +159,14 @@ def schemas(
     """Write a JSON Schema per input and output message type."""
     from salvage.schemas import write_schemas
 
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file: give a directory")
     paths = write_schemas(out)
     console.print(f"wrote {len(paths)} schemas to {out}/")
 
 
 @app.command()
+@_clear_errors()
 def generate(
     scenario: Annotated[str, typer.Option(help="steady-state | launch-week-backlog")] = (
         "steady-state"
@@ -215,7 +300,7 @@ def run(
     process 0 (its --out-dir); Kafka mode needs a real bootstrap (no embedded broker per process).
     """
     from flows.recovery import FlowSpec
-    from flows.sources import clear_stop, stop_requested
+    from flows.sources import check_event_log, clear_stop, stop_requested
     from salvage.runner import (
         ClusterError,
         Recovery,
@@ -243,6 +328,11 @@ def run(
         metrics_port=metrics_port,
         policy=str(policy) if policy else None,
     )
+    for path in input or ():
+        try:
+            check_event_log(Path(path))
+        except (OSError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
     _check_policy(settings.policy)
     _serve_metrics(settings.metrics_port, settings.metrics_host)
     if settings.shards < cluster.total_workers:
@@ -290,10 +380,6 @@ def run(
         return run_flow(spec, recovery, cluster)
 
     if input:
-        for p in input:
-            if not p.is_file():
-                console.print(f"[red]no such event log: {p}[/red]")
-                raise typer.Exit(2)
         if cluster.process_id == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
         spec = FlowSpec(
@@ -368,6 +454,7 @@ def broker(
 
 
 @app.command()
+@_clear_errors()
 def replay(
     log: Annotated[Path, typer.Argument(help="Event log: JSONL, gzip'd JSONL or Parquet")],
     speed: Annotated[
@@ -437,6 +524,7 @@ def replay(
 
 
 @app.command()
+@_clear_errors()
 def record(
     out: Annotated[Path, typer.Option("--out", help="Event log to write (JSONL)")] = Path(
         "events.jsonl"
@@ -665,6 +753,7 @@ app.add_typer(dashboards_app, name="dashboards")
 
 
 @dashboards_app.command("push")
+@_clear_errors()
 def dashboards_push(
     url: Annotated[str, typer.Option(envvar="GRAFANA_URL", help="Grafana base URL")] = (
         "http://localhost:3000"
@@ -679,6 +768,7 @@ def dashboards_push(
 
 
 @app.command()
+@_clear_errors()
 def explain(
     order_id: Annotated[str, typer.Argument(help="The order to explain")],
     redis_url: Annotated[str | None, typer.Option(help="Case store URL")] = None,
@@ -688,9 +778,7 @@ def explain(
 
     from sinks.redis_store import CaseStore
 
-    settings = _settings(redis_url=redis_url)
-    pw = settings.redis_password.get_secret_value() if settings.redis_password else None
-    rec = CaseStore(settings.redis_url, pw).get(order_id)
+    rec = CaseStore(*_redis_args(_settings(redis_url=redis_url))).get(order_id)
     if rec is None:
         console.print(f"[red]no case {order_id!r} in the case store[/red]")
         raise typer.Exit(1)
@@ -792,21 +880,20 @@ review_app = typer.Typer(help="The human review queue (Redis Stream, consumer gr
 app.add_typer(review_app, name="review")
 
 
-def _queue(redis_url: str | None):
+def _queue(settings: Settings):
     from sinks.review_queue import ReviewQueue
 
-    settings = _settings(redis_url=redis_url)
-    pw = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return settings, ReviewQueue(settings.redis_url, pw)
+    return ReviewQueue(*_redis_args(settings))
 
 
 @review_app.command("list")
+@_clear_errors()
 def review_list(
     deadline_hours: Annotated[float, typer.Option(help="Unclaimed longer than this: overdue")] = 4,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
 ) -> None:
     """Open reviews, oldest first, with the queue's depth and overdue count."""
-    _, queue = _queue(redis_url)
+    queue = _queue(_settings(redis_url=redis_url))
     out = Console()
     for r in queue.list():
         doc = r.doc
@@ -824,14 +911,14 @@ def review_list(
 
 
 @review_app.command("claim")
+@_clear_errors()
 def review_claim(
     reviewer: Annotated[str, typer.Option(help="Your reviewer id (not a name)")],
     count: Annotated[int, typer.Option(min=1, help="How many to claim")] = 1,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
 ) -> None:
     """Claim the oldest unclaimed (or abandoned) reviews."""
-    _, queue = _queue(redis_url)
-    got = queue.claim(reviewer, count)
+    got = _queue(_settings(redis_url=redis_url)).claim(reviewer, count)
     for r in got:
         Console().print(f"{r.entry_id}  order {r.order_id}  trigger {r.trigger_id}")
     if not got:
@@ -839,35 +926,63 @@ def review_claim(
 
 
 @review_app.command("resolve")
+@_clear_errors(note="the review stays claimed: run the same command again")
 def review_resolve(
     entry_id: Annotated[str, typer.Argument(help="The review's entry id (from claim)")],
     verdict: Annotated[str, typer.Option(help="approve | deny | abuse_confirmed")],
     reviewer: Annotated[str, typer.Option(help="Your reviewer id (not a name)")],
     redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
-    kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
+    kafka_bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers (SALVAGE_KAFKA_BOOTSTRAP)")
+    ] = None,
+    print_only: Annotated[
+        bool,
+        typer.Option(
+            "--print-only",
+            help="Do not publish: print the event on stdout and resolve the review (delivering "
+            "the event is then up to you, e.g. append it to a log for `salvage replay`)",
+        ),
+    ] = False,
+    publish_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for Kafka to acknowledge the event")
+    ] = 30.0,
 ) -> None:
-    """Resolve a claimed review; the verdict is published as a review_resolved event."""
+    """Resolve a claimed review: publish its verdict as a review_resolved event to the returns
+    topic, then mark the review done.
+
+    Needs a broker (--kafka-bootstrap or SALVAGE_KAFKA_BOOTSTRAP) unless --print-only. The review
+    is marked done only once Kafka acknowledged the event: if publishing fails the command exits
+    2 and the review stays claimed, so running it again is safe (same event id)."""
     import json
 
-    from sinks.kafka import TopicProducer
+    settings = _settings(redis_url=redis_url, kafka_bootstrap=kafka_bootstrap)
+    if not print_only and not settings.kafka_bootstrap:
+        raise _fail(
+            "resolve publishes the verdict to Kafka: set --kafka-bootstrap or "
+            "SALVAGE_KAFKA_BOOTSTRAP, or pass --print-only to print the event instead"
+        )
+    queue = _queue(settings)
 
-    settings, queue = _queue(redis_url)
-    try:
-        event = queue.resolve(entry_id, verdict, reviewer)
-    except (KeyError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    bootstrap = kafka_bootstrap or settings.kafka_bootstrap
-    if bootstrap:
-        live = settings.model_copy(update={"kafka_bootstrap": bootstrap})
-        with TopicProducer(live.kafka_client_config()) as producer:
+    def publish(event: dict) -> None:
+        from sinks.kafka import TopicProducer
+
+        conf = settings.kafka_client_config()
+        with TopicProducer(conf, message_timeout_ms=int(publish_timeout * 1000)) as producer:
             producer.produce(
-                live.topic_returns, event["order_id"].encode(), json.dumps(event).encode()
-            )
-        console.print(f"published review_resolved for {event['order_id']} to {live.topic_returns}")
+                settings.topic_returns, event["order_id"].encode(), json.dumps(event).encode()
+            )  # the producer's exit flushes: it returns once Kafka acknowledged, else raises
+
+    def show(event: dict) -> None:
+        print(json.dumps(event), flush=True)
+
+    event = queue.resolve(entry_id, verdict, reviewer, publish=show if print_only else publish)
+    if print_only:
+        console.print(f"resolved {entry_id}; the event above was not published (--print-only)")
     else:
-        print(json.dumps(event))
-        console.print("no Kafka bootstrap configured: the event is printed above, not published")
+        console.print(
+            f"resolved {entry_id}: published review_resolved for {event['order_id']} to "
+            f"{settings.topic_returns}"
+        )
 
 
 def main() -> None:  # pragma: no cover

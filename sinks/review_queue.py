@@ -5,9 +5,12 @@
   queue a case twice.
 * Reviewers ``claim`` entries through the consumer group ``reviewers`` (``XREADGROUP``; an entry
   claimed by nobody stays new; one claimed and abandoned can be re-claimed after a timeout with
-  ``XAUTOCLAIM``), and ``resolve`` them with a verdict: approve, deny or abuse_confirmed. The
-  resolution is acknowledged (``XACK``) and returned as a ``review_resolved`` event for the returns
-  topic, so the case and the abuse model learn from it.
+  ``XAUTOCLAIM``), and ``resolve`` them with a verdict: approve, deny or abuse_confirmed. Resolving
+  checks the entry is still claimed (pending), hands the ``review_resolved`` event to a
+  ``publish`` callable (the CLI produces it to the returns topic and flushes, so the case and the
+  abuse model learn from it) and acknowledges the entry (``XACK``) only once that returned: a
+  failed publish leaves the review claimed, and resolving it again is safe (the event id is
+  deterministic, ``review-<trigger_id>``, and the pipeline drops repeated event ids).
 * ``depth`` tells, with three cheap Redis calls (``XINFO GROUPS``, the ``XPENDING`` summary and
   one ``XRANGE ... COUNT 1``, whatever the stream's length), how many reviews are unclaimed (after
   the group's last-delivered id), how many are claimed (pending: delivered, not acknowledged) and
@@ -15,6 +18,17 @@
 * The sink exports those as ``salvage_review_queue_depth{state}`` and
   ``salvage_review_queue_oldest_age_seconds`` after every write batch, on a low-frequency timer
   (reviewers claim and resolve from other processes) and when it closes.
+
+Outages in the dataflow (:class:`RedisReviewSink`) are handled as the case store handles them
+(``sinks.redis_store``, same transient errors): the flow keeps processing, and each worker keeps
+a **backlog** of the triggers Redis has not accepted (one per ``trigger_id``; gauge
+``salvage_review_queue_backlog``, failed attempts ``salvage_review_queue_write_failures_total``),
+retried at most every ``retry_interval_seconds`` (doubling up to 10 s); the first success enqueues
+it all (and re-creates the consumer group if the Redis came back empty). Past ``max_backlog``
+triggers the sink raises :class:`ReviewQueueUnavailable` and the dataflow stops loudly; at the end
+of the flow the backlog is flushed for up to ``flush_budget_seconds``, and a failure then stops it
+loudly too. Never silently dropped; as for the case store, the backlog lives in memory (a SIGKILL
+during an outage loses what is older than the last snapshot, see the README's recovery section).
 """
 
 from __future__ import annotations
@@ -22,17 +36,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from prometheus_client import Counter, Gauge
 
 from sinks import metrics
+from sinks.redis_store import _TRANSIENT  # the case store's notion of a transient Redis error
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +64,28 @@ end
 redis.call('XADD', KEYS[1], '*', 'trigger_id', ARGV[1], 'order_id', ARGV[2], 'doc', ARGV[3])
 return 1
 """
+
+VERDICTS = ("approve", "deny", "abuse_confirmed")
+_ENTRY_ID = re.compile(r"[0-9]+-[0-9]+")
+
+BACKLOG = Gauge(
+    "salvage_review_queue_backlog",
+    "Review triggers waiting for Redis (not yet enqueued), per sink worker",
+    ["worker"],
+)
+WRITE_FAILURES = Counter(
+    "salvage_review_queue_write_failures",
+    "Review-queue enqueue attempts that failed with a transient Redis error",
+)
+DEFAULT_MAX_BACKLOG = 100_000
+
+
+class ReviewError(ValueError):
+    """A review cannot be resolved: bad verdict or entry id, no such review, not claimed."""
+
+
+class ReviewQueueUnavailable(RuntimeError):
+    """Redis stayed down past the sink's backlog bound or its final flush budget."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +126,13 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 class ReviewQueue:
     def __init__(
-        self, url: str, password: str | None = None, stream: str = STREAM, group: str = GROUP
+        self,
+        url: str,
+        password: str | None = None,
+        stream: str = STREAM,
+        group: str = GROUP,
+        *,
+        create_group: bool = True,
     ) -> None:
         # bounded: the gauges are refreshed from a timer thread, which must never hang on Redis
         self.redis = redis.Redis.from_url(
@@ -99,9 +144,11 @@ class ReviewQueue:
         )
         self.stream, self.group, self.seen = stream, group, f"{stream}:seen"
         self._enqueue = self.redis.register_script(_ENQUEUE)
-        self._ensure_group()
+        if create_group:  # the sink creates it on its first write instead (Redis may be down)
+            self.ensure_group()
 
-    def _ensure_group(self) -> None:
+    def ensure_group(self) -> None:
+        """Create the stream and its consumer group unless they exist."""
         try:
             self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -169,19 +216,46 @@ class ReviewQueue:
         return got
 
     def resolve(
-        self, entry_id: str, verdict: str, reviewer: str, now: datetime | None = None
+        self,
+        entry_id: str,
+        verdict: str,
+        reviewer: str,
+        *,
+        publish: Callable[[dict[str, Any]], object],
+        now: datetime | None = None,
     ) -> dict[str, Any]:
-        """Acknowledge a claimed review; return the ``review_resolved`` event to publish."""
-        if verdict not in ("approve", "deny", "abuse_confirmed"):
-            raise ValueError(f"verdict must be approve, deny or abuse_confirmed, not {verdict!r}")
-        entries = self.redis.xrange(self.stream, min=entry_id, max=entry_id)
+        """Resolve a claimed review: ``publish`` its ``review_resolved`` event, then acknowledge it.
+
+        ``publish`` must return only once the event is delivered (produced and flushed) and raise
+        otherwise: the entry is acknowledged (``XACK``) after it returned, so a failed publish
+        leaves the review claimed for a retry. Returns the event.
+
+        :raises ReviewError: bad verdict or entry id, no such review, or not claimed (never
+            claimed, or already resolved); also when someone else resolved it while ``publish``
+            ran (both events carry the same event id: the pipeline keeps the first).
+        """
+        if verdict not in VERDICTS:
+            raise ReviewError(f"verdict must be approve, deny or abuse_confirmed, not {verdict!r}")
+        if not _ENTRY_ID.fullmatch(entry_id):
+            raise ReviewError(
+                f"{entry_id!r} is not a review entry id (like 1712345678901-0, from `claim`)"
+            )
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xrange(self.stream, min=entry_id, max=entry_id)
+        pipe.xpending_range(self.stream, self.group, entry_id, entry_id, 1)
+        try:
+            entries, pending = pipe.execute()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            raise ReviewError(f"no review {entry_id} (the review stream has no group)") from exc
         if not entries:
-            raise KeyError(f"no review {entry_id}")
+            raise ReviewError(f"no review {entry_id}")
+        if not pending:
+            raise ReviewError(f"review {entry_id} is not claimed (claim it first) or already done")
         review = self._review(*entries[0])
-        if not self.redis.xack(self.stream, self.group, entry_id):
-            raise ValueError(f"review {entry_id} is not claimed (claim it first) or already done")
         at = (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
-        return {
+        event = {
             "event_id": f"review-{review.trigger_id}",
             "event_type": "review_resolved",
             "order_id": review.order_id,
@@ -191,6 +265,13 @@ class ReviewQueue:
             "verdict": verdict,
             "reviewer": reviewer,
         }
+        publish(event)
+        if not self.redis.xack(self.stream, self.group, entry_id):
+            raise ReviewError(
+                f"review {entry_id} was resolved by someone else meanwhile; this verdict was "
+                f"published too, with the same event id {event['event_id']} (the first one counts)"
+            )
+        return event
 
     def depth(self, now: float | None = None) -> QueueDepth:
         """Unclaimed / claimed counts and the oldest unresolved review, in O(1) Redis work.
@@ -255,11 +336,30 @@ class ReviewQueue:
 
 class _ReviewPartition(StatelessSinkPartition[dict]):
     """Enqueues, then refreshes the queue gauges; a daemon thread refreshes them every
-    ``refresh_s`` too (age grows, reviewers claim and resolve from other processes)."""
+    ``refresh_s`` too (age grows, reviewers claim and resolve from other processes). During a
+    Redis outage, buffers the triggers and retries (see the module docstring)."""
 
-    def __init__(self, queue: ReviewQueue, refresh_s: float) -> None:
+    def __init__(
+        self,
+        queue: ReviewQueue,
+        refresh_s: float,
+        worker: str = "0",
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        retry_interval: float = 0.5,
+        flush_budget: float = 30.0,
+    ) -> None:
         self.queue = queue
         self._warned = False
+        self._backlog: dict[str, dict] = {}  # trigger_id -> trigger, not yet accepted by Redis
+        self._max_backlog = max_backlog
+        self._retry_initial = self._retry_interval = retry_interval
+        self._flush_budget = flush_budget
+        self._next_try = 0.0
+        self._outage = False
+        self._group_ready = False
+        self._failed = False
+        self._gauge = BACKLOG.labels(worker)
+        self._gauge.set(0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
@@ -268,6 +368,10 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
                 target=self._every, args=(refresh_s,), name="salvage-review-gauges", daemon=True
             )
             self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
 
     def refresh(self) -> None:
         try:
@@ -283,20 +387,81 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
             self.refresh()
 
     def write_batch(self, items: list[dict]) -> None:
-        self.queue.enqueue_many(items)
+        for trig in items:  # enqueueing is idempotent on trigger_id: one copy is enough
+            self._backlog[trig["trigger_id"]] = trig
+        if time.monotonic() >= self._next_try:
+            self._flush()
+        self._gauge.set(len(self._backlog))
+        if len(self._backlog) > self._max_backlog:
+            self._failed = True  # close() must not raise again while the flow unwinds
+            raise ReviewQueueUnavailable(
+                f"Redis review queue down and the enqueue backlog passed its bound "
+                f"({len(self._backlog)} > {self._max_backlog} triggers); stopping rather than "
+                "dropping"
+            )
+
+    def _flush(self) -> bool:
+        """One attempt to enqueue the whole backlog; whether it is now empty."""
+        try:
+            if not self._group_ready:  # first write, or Redis is back (possibly empty)
+                self.queue.ensure_group()
+                self._group_ready = True
+            self.queue.enqueue_many(self._backlog.values())
+        except _TRANSIENT as exc:
+            WRITE_FAILURES.inc()
+            if not self._outage:
+                self._outage = True
+                self._retry_interval = self._retry_initial
+                log.warning(
+                    "Redis review queue unavailable (%s: %s); buffering review triggers",
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                self._retry_interval = min(self._retry_interval * 2, 10.0)
+            self._group_ready = False
+            self._next_try = time.monotonic() + self._retry_interval
+            return False
+        if self._outage:
+            self._outage = False
+            log.warning("Redis review queue back: enqueued a backlog of %d", len(self._backlog))
+        self._backlog.clear()
+        self._gauge.set(0)
+        self._next_try = 0.0
         self.refresh()
+        return True
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.refresh()
-        self.queue.redis.close()
+        try:
+            if self._backlog and self._failed:
+                log.error("%d review triggers not queued (Redis unavailable)", len(self._backlog))
+            elif self._backlog:
+                self._flush_before_close()  # then loud if Redis stays down
+            else:
+                self.refresh()
+        finally:
+            self.queue.redis.close()
+
+    def _flush_before_close(self) -> None:
+        deadline = time.monotonic() + self._flush_budget
+        while not self._flush():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReviewQueueUnavailable(
+                    f"Redis review queue down at the end of the flow: {len(self._backlog)} review "
+                    f"triggers not queued after retrying for {self._flush_budget:g}s"
+                )
+            time.sleep(min(self._retry_interval, remaining))
 
 
 class RedisReviewSink(DynamicSink[dict]):
     """Bytewax sink: human_review triggers (as dicts) into the review stream; exports the queue's
-    depth and oldest age (``refresh_s``: the timer; 0 refreshes only after writes and at close)."""
+    depth and oldest age (``refresh_s``: the timer; 0 refreshes only after writes and at close).
+    During an outage each worker buffers up to ``max_backlog`` triggers, retries every
+    ``retry_interval_seconds`` and, when the flow ends, for up to ``flush_budget_seconds``."""
 
     def __init__(
         self,
@@ -304,11 +469,30 @@ class RedisReviewSink(DynamicSink[dict]):
         password: str | None = None,
         stream: str = STREAM,
         refresh_s: float = 15.0,
+        *,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        retry_interval_seconds: float = 0.5,
+        flush_budget_seconds: float = 30.0,
     ) -> None:
+        if max_backlog < 1:
+            raise ValueError("max_backlog must be >= 1")
         self.url, self.password, self.stream = url, password, stream
         self.refresh_s = refresh_s
+        self.max_backlog = max_backlog
+        self.retry_interval_seconds = retry_interval_seconds
+        self.flush_budget_seconds = flush_budget_seconds
+        # fail at flow-build time on a bad URL, not inside a worker (no Redis call)
+        ReviewQueue(url, password, stream=stream, create_group=False).redis.close()
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ReviewPartition:
-        queue = ReviewQueue(self.url, self.password, stream=self.stream)
-        # one timer per process is enough (the gauges are process-wide): worker 0 runs it
-        return _ReviewPartition(queue, self.refresh_s if worker_index == 0 else 0.0)
+        # no Redis call here: the flow starts (and buffers) even while Redis is down
+        queue = ReviewQueue(self.url, self.password, stream=self.stream, create_group=False)
+        return _ReviewPartition(
+            queue,
+            # one timer per process is enough (the gauges are process-wide): worker 0 runs it
+            self.refresh_s if worker_index == 0 else 0.0,
+            worker=str(worker_index),
+            max_backlog=self.max_backlog,
+            retry_interval=self.retry_interval_seconds,
+            flush_budget=self.flush_budget_seconds,
+        )

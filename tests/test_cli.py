@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -187,21 +188,73 @@ def test_explain_prints_a_real_case_and_review_cli_round_trip(tmp_path, redis_ur
     )
     assert result.exit_code == 0, result.output
     entry = result.output.split()[0]
-    result = runner.invoke(
-        app,
-        [
-            "review",
-            "resolve",
-            entry,
-            "--verdict",
-            "deny",
-            "--reviewer",
-            "agent-3",
-            "--redis-url",
-            redis_url,
-        ],
-    )
+    resolve = ["review", "resolve", entry, "--verdict", "deny", "--reviewer", "agent-3"]
+    result = runner.invoke(app, [*resolve, "--redis-url", redis_url])
+    assert result.exit_code == 2  # no broker: refuses rather than resolve without publishing
+    assert "--print-only" in result.stderr
+    result = runner.invoke(app, [*resolve, "--redis-url", redis_url, "--print-only"])
     assert result.exit_code == 0, result.output
     event = json.loads(next(x for x in result.output.splitlines() if x.startswith("{")))
     assert event["event_type"] == "review_resolved" and event["verdict"] == "deny"
     client.flushdb()
+
+
+@pytest.mark.integration
+def test_resolve_keeps_the_verdict_until_kafka_has_it(
+    redis_url, kafka_broker, kafka_conf, unique_name, monkeypatch
+):
+    """A publish that fails leaves the review claimed; the retry publishes it and resolves it."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from connectors.broker import ensure_topics, free_port
+    from sinks.review_queue import STREAM, ReviewQueue
+
+    redis_url = redis_url.rsplit("/", 1)[0] + "/12"  # the CLI uses the default stream name
+    queue = ReviewQueue(redis_url)
+    queue.redis.delete(STREAM, f"{STREAM}:seen")
+    queue.ensure_group()
+    topic = unique_name("returns")
+    ensure_topics(kafka_conf, [topic], 1)
+    monkeypatch.setenv("SALVAGE_TOPIC_RETURNS", topic)
+    try:
+        queue.enqueue_many([{"trigger_id": "trig-1", "order_id": "O-77"}])
+        result = runner.invoke(
+            app, ["review", "claim", "--reviewer", "a1", "--redis-url", redis_url]
+        )
+        assert result.exit_code == 0, result.output
+        entry = result.stdout.split()[0]
+        resolve = ["review", "resolve", entry, "--verdict", "abuse_confirmed", "--reviewer", "a1"]
+        resolve += ["--redis-url", redis_url]
+
+        dead = f"127.0.0.1:{free_port()}"
+        result = runner.invoke(app, [*resolve, "--kafka-bootstrap", dead, "--publish-timeout", "1"])
+        assert result.exit_code == 2, result.output
+        assert "Kafka delivery failed" in result.stderr and "stays claimed" in result.stderr
+        pending = queue.redis.xpending_range(STREAM, "reviewers", "-", "+", 10)
+        assert [p["message_id"] for p in pending] == [entry]  # still claimed, verdict not lost
+
+        result = runner.invoke(app, [*resolve, "--kafka-bootstrap", kafka_broker.bootstrap])
+        assert result.exit_code == 0, result.output
+        assert queue.depth().depth == 0
+        consumer = Consumer(
+            {**kafka_conf, "group.id": unique_name("g"), "enable.auto.commit": False}
+        )
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        got = None
+        try:
+            deadline = time.monotonic() + 20
+            while got is None and time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                got = msg if msg is not None and msg.error() is None else None
+        finally:
+            consumer.close()
+        assert got is not None and got.key() == b"O-77"
+        event = json.loads(got.value())
+        assert event["event_type"] == "review_resolved" and event["verdict"] == "abuse_confirmed"
+        assert event["review_id"] == "trig-1"
+
+        result = runner.invoke(app, [*resolve, "--kafka-bootstrap", kafka_broker.bootstrap])
+        assert result.exit_code == 2 and "already done" in result.stderr  # nothing re-published
+    finally:
+        queue.redis.delete(STREAM, f"{STREAM}:seen")
+        queue.redis.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -14,8 +15,15 @@ from connectors.events import ReviewResolved
 from connectors.parse import RawRecord, parse
 from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
-from sinks.review_queue import QueueDepth, RedisReviewSink, ReviewQueue
+from sinks.review_queue import (
+    QueueDepth,
+    RedisReviewSink,
+    ReviewError,
+    ReviewQueue,
+    ReviewQueueUnavailable,
+)
 from tests.flowkit import jsonl, sim_log
+from tests.test_outages import _chain
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +37,8 @@ def stream(redis_url, unique_name):
     client.close()
 
 
-def test_review_round_trip_from_the_flow_to_a_verdict_event(redis_url, stream, tmp_path):
-    log = sim_log(tmp_path, orders=600, seed=3)
+def test_review_round_trip_from_the_flow_to_a_verdict_event(redis_url, stream, tmp_path, log600):
+    log = log600
     out = tmp_path / "out"
     sink = RedisReviewSink(redis_url, stream=stream)
     spec = FlowSpec(
@@ -81,7 +89,9 @@ def test_review_round_trip_from_the_flow_to_a_verdict_event(redis_url, stream, t
     queue.export_gauges()
     assert _gauge("salvage_review_queue_depth", state="unclaimed") == n - 1
     assert _gauge("salvage_review_queue_depth", state="claimed") == 1
-    event = queue.resolve(claimed[0].entry_id, "abuse_confirmed", "agent-7")
+    sent: list[dict] = []
+    event = queue.resolve(claimed[0].entry_id, "abuse_confirmed", "agent-7", publish=sent.append)
+    assert sent == [event]
     assert queue.stats(deadline_s=3600)["depth"] == len(reviews) - 1
     now = time.time()
     queue.export_gauges(now=now)
@@ -91,11 +101,15 @@ def test_review_round_trip_from_the_flow_to_a_verdict_event(redis_url, stream, t
             now - listed[1].enqueued_at
         )
     with pytest.raises(ValueError, match="not claimed"):
-        queue.resolve(claimed[0].entry_id, "approve", "agent-7")  # already done
+        queue.resolve(claimed[0].entry_id, "approve", "agent-7", publish=_delivered)  # already done
     # the verdict is a valid input event for the returns stream
     parsed = parse(RawRecord("returns", 0, 0, json.dumps(event).encode()))
     assert isinstance(parsed, ReviewResolved)
     assert parsed.verdict.value == "abuse_confirmed" and parsed.order_id == claimed[0].order_id
+
+
+def _delivered(event: dict) -> None:
+    """A publish that succeeds at once (these tests are about the queue, not about Kafka)."""
 
 
 def _gauge(name: str, **labels: str) -> float | None:
@@ -131,12 +145,20 @@ def test_depth_matches_reading_every_entry_through_claims_resolves_and_reclaims(
         time.sleep(0.003)  # distinct stream ids (milliseconds) so ages differ
     steps = [
         lambda: queue.claim("a", count=3),
-        lambda: [queue.resolve(r.entry_id, "approve", "a") for r in queue.claim("b", count=2)],
-        lambda: queue.resolve(queue.list()[0].entry_id, "deny", "a"),  # oldest claimed: done
+        lambda: [
+            queue.resolve(r.entry_id, "approve", "a", publish=_delivered)
+            for r in queue.claim("b", count=2)
+        ],
+        lambda: queue.resolve(
+            queue.list()[0].entry_id, "deny", "a", publish=_delivered
+        ),  # oldest claimed: done
         lambda: queue.claim("c", count=1, reclaim_after_s=0),  # an abandoned one, re-claimed
         lambda: queue.enqueue_many([{"trigger_id": "late", "order_id": "o-late"}]),
         lambda: queue.claim("d", count=20),  # everything is claimed
-        lambda: [queue.resolve(r.entry_id, "deny", "d") for r in queue.claim("e", 20, 0)],
+        lambda: [
+            queue.resolve(r.entry_id, "deny", "d", publish=_delivered)
+            for r in queue.claim("e", 20, 0)
+        ],
     ]
     seen = set()
     for step in steps:
@@ -185,9 +207,11 @@ def test_the_sink_refreshes_the_gauges_on_its_timer(redis_url, stream):
         age = _gauge("salvage_review_queue_oldest_age_seconds")
         time.sleep(0.4)
         assert _gauge("salvage_review_queue_oldest_age_seconds") > age  # the age keeps growing
-        reviewer_side.resolve(got[0].entry_id, "approve", "agent-9")
+        reviewer_side.resolve(got[0].entry_id, "approve", "agent-9", publish=_delivered)
         assert settled(1, 0)
-        reviewer_side.resolve(reviewer_side.claim("agent-9")[0].entry_id, "deny", "agent-9")
+        reviewer_side.resolve(
+            reviewer_side.claim("agent-9")[0].entry_id, "deny", "agent-9", publish=_delivered
+        )
         assert settled(0, 0)
         assert _gauge("salvage_review_queue_oldest_age_seconds") == 0
     finally:
@@ -205,4 +229,168 @@ def test_abandoned_claims_can_be_reclaimed(redis_url, stream):
     again = queue.claim("agent-2", reclaim_after_s=0)
     assert [r.entry_id for r in again] == [first[0].entry_id]
     with pytest.raises(ValueError, match="verdict"):
-        queue.resolve(first[0].entry_id, "maybe", "agent-2")
+        queue.resolve(first[0].entry_id, "maybe", "agent-2", publish=_delivered)
+
+
+def _pending(queue: ReviewQueue) -> list[str]:
+    return [
+        p["message_id"]
+        for p in queue.redis.xpending_range(queue.stream, queue.group, "-", "+", 100)
+    ]
+
+
+def test_a_failed_publish_leaves_the_review_claimed_and_a_retry_resolves_it(redis_url, stream):
+    queue = ReviewQueue(redis_url, stream=stream)
+    queue.enqueue_many([{"trigger_id": "t1", "order_id": "o1"}])
+    entry = queue.claim("agent-1")[0].entry_id
+
+    def broken(event: dict) -> None:
+        raise ConnectionError("broker unreachable")
+
+    with pytest.raises(ConnectionError):
+        queue.resolve(entry, "abuse_confirmed", "agent-1", publish=broken)
+    assert _pending(queue) == [entry]  # not acknowledged: the verdict is not lost
+    assert queue.depth().claimed == 1
+    sent: list[dict] = []
+    event = queue.resolve(entry, "abuse_confirmed", "agent-1", publish=sent.append)
+    assert sent == [event] and event["verdict"] == "abuse_confirmed"
+    assert event["event_id"] == "review-t1"  # deterministic: a re-publish is a duplicate
+    assert _pending(queue) == [] and queue.depth().depth == 0
+    with pytest.raises(ReviewError, match="already done"):
+        queue.resolve(entry, "approve", "agent-1", publish=sent.append)
+    assert len(sent) == 1  # nothing published for a review that is not claimed
+
+
+def test_resolve_checks_the_entry_before_publishing(redis_url, stream):
+    queue = ReviewQueue(redis_url, stream=stream)
+    queue.enqueue_many([{"trigger_id": "t1", "order_id": "o1"}])
+    unclaimed = queue.list()[0].entry_id
+    sent: list[dict] = []
+    for entry_id, message in [
+        ("not-an-id", "not a review entry id"),
+        ("1-0", "no review 1-0"),
+        (unclaimed, "not claimed"),
+    ]:
+        with pytest.raises(ReviewError, match=message):
+            queue.resolve(entry_id, "deny", "agent-1", publish=sent.append)
+    assert sent == []
+
+
+# ----------------------------------------------------------------------------- Redis outages
+
+
+def _backlog_gauge(worker: str = "0") -> float | None:
+    return _gauge("salvage_review_queue_backlog", worker=worker)
+
+
+def _failures() -> float:
+    return _gauge("salvage_review_queue_write_failures_total") or 0.0
+
+
+def _trig(i: int) -> dict:
+    return {"trigger_id": f"t{i}", "order_id": f"o{i}", "action": "human_review"}
+
+
+def test_the_sink_buffers_through_an_outage_and_catches_up(redis_server_factory):
+    server = redis_server_factory()
+    sink = RedisReviewSink(server.url, refresh_s=0, retry_interval_seconds=0.05)
+    part = sink.build("out_reviews", 0, 1)
+    try:
+        part.write_batch([_trig(0)])
+        server.stop()
+        failures = _failures()
+        part.write_batch([_trig(1), _trig(2)])  # no exception: the flow goes on
+        part.write_batch([_trig(2), _trig(3)])  # the same trigger twice is buffered once
+        assert part.backlog == 3 and _backlog_gauge() == 3
+        assert _failures() > failures
+        server.start()  # an empty Redis (no persistence): stream and group are gone
+        time.sleep(0.25)  # past the retry interval
+        part.write_batch([_trig(4)])
+        assert part.backlog == 0 and _backlog_gauge() == 0
+    finally:
+        part.close()
+    queue = ReviewQueue(server.url)
+    assert {r.trigger_id for r in queue.list()} == {"t1", "t2", "t3", "t4"}
+    assert len(queue.claim("agent-1", count=10)) == 4  # the consumer group was re-created
+
+
+def test_the_sink_flushes_its_backlog_when_the_flow_ends(redis_server_factory):
+    server = redis_server_factory()
+    server.stop()  # down from the start: building the sink needs no Redis
+    part = RedisReviewSink(server.url, refresh_s=0, retry_interval_seconds=0.05).build(
+        "out_reviews", 0, 1
+    )
+    part.write_batch([_trig(1), _trig(2)])
+    assert part.backlog == 2
+    threading.Timer(0.3, server.start).start()
+    part.close()  # retries until Redis is back
+    assert {r.trigger_id for r in ReviewQueue(server.url).list()} == {"t1", "t2"}
+    assert _backlog_gauge() == 0
+
+
+def test_an_outage_outlasting_the_final_flush_fails_loudly(redis_server_factory):
+    server = redis_server_factory()
+    server.stop()
+    sink = RedisReviewSink(
+        server.url, refresh_s=0, retry_interval_seconds=0.05, flush_budget_seconds=0.3
+    )
+    part = sink.build("out_reviews", 0, 1)
+    part.write_batch([_trig(1)])
+    with pytest.raises(ReviewQueueUnavailable, match="1 review triggers not queued"):
+        part.close()
+
+
+def test_a_backlog_past_its_bound_stops_the_flow_loudly(log600, redis_server_factory, tmp_path):
+    server = redis_server_factory()
+    server.stop()
+    sink = RedisReviewSink(server.url, refresh_s=0, max_backlog=2, retry_interval_seconds=0.05)
+    spec = FlowSpec(
+        Settings(redis_url="", shards=4, reorder_tolerance_seconds=3600),
+        inputs=[log600],
+        out_dir=tmp_path / "out",
+        extra_sinks={"reviews": sink},
+    )
+    with pytest.raises(Exception) as info:
+        cluster_main(build_flow(spec), [], 0)
+    assert "backlog passed its bound" in _chain(info.value)
+
+
+def test_the_flow_keeps_going_through_an_outage_and_queues_every_review(
+    log600, redis_server_factory, tmp_path
+):
+    server = redis_server_factory()
+    server.stop()  # down when the flow starts, back once reviews have piled up
+
+    failures = _failures()
+
+    def bring_back() -> None:
+        deadline = time.monotonic() + 30
+        while _failures() == failures and time.monotonic() < deadline:
+            time.sleep(0.005)
+        server.start()
+
+    thread = threading.Thread(target=bring_back)
+    thread.start()
+    sink = RedisReviewSink(server.url, refresh_s=0, retry_interval_seconds=0.05)
+    out = tmp_path / "out"
+    spec = FlowSpec(
+        Settings(redis_url="", shards=4, reorder_tolerance_seconds=3600),
+        inputs=[log600],
+        out_dir=out,
+        extra_sinks={"reviews": sink},
+    )
+    cluster_main(build_flow(spec), [], 0)
+    thread.join(timeout=30)
+    reviews = {
+        t["trigger_id"]
+        for t in jsonl((out / "interventions.jsonl").read_bytes())
+        if t["action"] == "human_review"
+    }
+    assert reviews
+    assert {r.trigger_id for r in ReviewQueue(server.url).list(count=10_000)} == reviews
+    assert _backlog_gauge() == 0
+
+
+@pytest.fixture(scope="module")
+def log600(tmp_path_factory):
+    return sim_log(tmp_path_factory.mktemp("reviews"), orders=600, seed=3)
