@@ -26,13 +26,9 @@ class PolicyRun:
         return Counter(t["action"] for t in self.triggers)
 
     def cost(self, action: str | None = None) -> float:
-        """Catalogue cost of what was triggered (goodwill before any margin cap)."""
+        """Expected cost of what was triggered, as the policy counted it (goodwill capped)."""
         return round(
-            sum(
-                self.policy.actions[t["action"]].cost
-                for t in self.triggers
-                if action is None or t["action"] == action
-            ),
+            sum(t["cost"] for t in self.triggers if action is None or t["action"] == action),
             2,
         )
 
@@ -40,7 +36,7 @@ class PolicyRun:
         """Expected retained revenue: EV + cost = lift x P(lost) x value at risk."""
         return round(
             sum(
-                t["expected_value"] + self.policy.actions[t["action"]].cost
+                t["expected_value"] + t["cost"]
                 for t in self.triggers
                 if action is None or t["action"] == action
             ),

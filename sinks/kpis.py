@@ -4,8 +4,9 @@
 
 * ``kind="case"``, once per closed case: ``t`` (event time, µs), ``case``
   (:meth:`features.order_case.OrderCase.facts`), ``first_recoverability`` (the first score the case
-  got), ``scores`` (at close), ``triggered`` (actions sent), ``holdout``, ``customer``
-  (customer-context features at close);
+  got), ``scores`` (at close), ``triggered`` (actions decided), ``held_out`` (those of them held
+  out: the draw is per order, the share per action), ``customer`` (customer-context features at
+  close);
 * ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
   incl. ``customer_days_since_return``, -1 when the customer never returned anything).
 
@@ -333,7 +334,9 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
     currency = b["currency"](get("currency"))
     retained = raw_outcome in RETAINED
     retained_s = "true" if retained else "false"
-    holdout = "true" if fact.get("holdout") else "false"
+    held_out = set(
+        fact.get("held_out") or ()
+    )  # per action: the draw is per order, shares per action
     value = float(get("order_value") or 0.0)
 
     s.resolved(outcome, *d, support).inc()
@@ -343,6 +346,7 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
     actions: Iterable[str] = dict.fromkeys(fact.get("triggered") or ()) or ("none",)
     for a in actions:
         action = b["action"](a)
+        holdout = "true" if a in held_out else "false"
         s.by_action(action, holdout, retained_s, *d).inc()
         if retained and value:
             s.retained_revenue(currency, action, holdout, *d).inc(value)

@@ -62,7 +62,7 @@ D = {"campaign": "glow-launch", "sku_family": "skincare", "lane": "swiftship:cen
 def case_fact(
     first: float | None = 0.7,
     triggered: tuple[str, ...] = (),
-    holdout: bool = False,
+    held_out: tuple[str, ...] = (),
     **case: Any,
 ) -> dict[str, Any]:
     facts: dict[str, Any] = {
@@ -106,7 +106,7 @@ def case_fact(
         "first_recoverability": first,
         "scores": {"recoverability": 0.5, "abuse": 0.1},
         "triggered": list(triggered),
-        "holdout": holdout,
+        "held_out": list(held_out),
         "customer": {"customer_days_since_return": -1.0},
     }
 
@@ -159,11 +159,28 @@ def test_kept_case_with_an_action_counts_retained_revenue_by_action():
 
 def test_no_action_and_holdout_labels():
     d = Delta()
-    kpis.observe(case_fact(outcome="exchange", holdout=True))
-    labels = {"currency": "EUR", "action": "none", "holdout": "true", **D}
+    kpis.observe(case_fact(outcome="exchange"))
+    labels = {"currency": "EUR", "action": "none", "holdout": "false", **D}
     assert d("salvage_retained_revenue_total", **labels) == 120.0
-    labels = {"action": "none", "holdout": "true", "retained": "true", **D}
+    labels = {"action": "none", "holdout": "false", "retained": "true", **D}
     assert d("salvage_cases_by_action_total", **labels) == 1
+
+
+def test_holdout_is_per_action_not_per_order():
+    """The holdout draw is per order but the share per action: an order whose delay intervention
+    was held out and whose later review was sent counts as control for the first only."""
+    d = Delta()
+    fact = case_fact(
+        outcome="exchange",
+        triggered=("delay_intervention", "human_review"),
+        held_out=("delay_intervention",),
+    )
+    kpis.observe(fact)
+    for action, holdout in (("delay_intervention", "true"), ("human_review", "false")):
+        labels = {"action": action, "holdout": holdout, "retained": "true", **D}
+        assert d("salvage_cases_by_action_total", **labels) == 1, action
+        other = {**labels, "holdout": "false" if holdout == "true" else "true"}
+        assert d("salvage_cases_by_action_total", **other) == 0, action
 
 
 def test_refunded_recoverable_case_leaks_and_costs_per_the_model():
