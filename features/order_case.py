@@ -114,6 +114,7 @@ class OrderCase:
     refunded_amount: float = 0.0
     refund_at: int = 0
     review_verdict: str = ""
+    reviewed_at: int = 0  # first verdict (the abuse label's time, for the leakage cut)
     resolved_at: int = 0
     # return journey (features/journey.py): furthest stage reached (-1: none), stages announced
     # and alert kinds raised (bit sets)
@@ -273,7 +274,7 @@ class OrderCase:
             return ["return_progress"]
         if kind == "return_graded":
             assert isinstance(ev, ReturnGraded)
-            self.graded_at = t
+            self.graded_at = self.graded_at or t  # a re-grade does not move the label's time
             self.grade = ev.grade.value
             self.abuse_flags = tuple(sorted({f.value for f in ev.abuse_flags}))
             return ["graded"]
@@ -304,6 +305,7 @@ class OrderCase:
             return ["outcome"]
         if kind == "review_resolved":
             self.review_verdict = ev.verdict.value
+            self.reviewed_at = self.reviewed_at or t
             return ["reviewed"]
         return []  # return_in_transit: nothing decision-relevant beyond the event count
 
@@ -402,6 +404,7 @@ class OrderCase:
             "outcome": self.outcome.value if self.outcome else None,
             "closed_at": self.closed_at,
             "review_verdict": self.review_verdict,
+            "reviewed_at": self.reviewed_at,
         }
 
     # ------------------------------------------------------------------ features

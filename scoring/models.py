@@ -10,7 +10,10 @@ Life of a prediction (see :class:`ModelSet`):
 2. ``label(order, t, outcome facts)``: when the case closes, its stored snapshots are first scored
    against the label (progressive validation: the predictions were made before the label existed),
    then the models learn from those snapshots — never from features computed at or after the
-   outcome (the closing update itself is not snapshotted).
+   outcome (the closing update itself is not snapshotted). The abuse label is often *shown* before
+   the close (a grade with or without abuse flags, a reviewer's verdict): abuse learns only from
+   snapshots taken strictly before the first such event (:func:`abuse_revealed_at`), else the
+   label itself (the grade's flag, counted in ``customer_abuse_flags``) would sit in the inputs.
 3. Every labelled pair updates rolling ROC AUC, log loss and Brier for the model *and* for the rule
    baseline on the same cases. A shadow model is promoted when, over at least ``min_labels`` labels,
    its rolling AUC beats the baseline's by ``promote_margin``; an active model is demoted when ADWIN
@@ -23,11 +26,13 @@ import math
 from array import array
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
 from scoring.baseline import RULES_VERSION, ScoreResult
+from scoring.fastpath import CLIP, predict_proba
 
 RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
 LOST = frozenset({"refund", "chargeback"})
@@ -112,7 +117,7 @@ def with_rules(x: dict[str, float], rules: ScoreResult) -> dict[str, float]:
 
 def clip(x: dict[str, float]) -> dict[str, float]:
     """Standardised values of rare flags explode (a 1-in-1000 flag becomes ~30): cap them."""
-    return {k: -5.0 if v < -5.0 else 5.0 if v > 5.0 else v for k, v in x.items()}
+    return {k: -CLIP if v < -CLIP else CLIP if v > CLIP else v for k, v in x.items()}
 
 
 def _pipeline(cfg: ModelConfig) -> compose.Pipeline:
@@ -146,7 +151,11 @@ class OnlineModel:
         return f"{self.name}-lr-v{self.version}" if self.active else RULES_VERSION
 
     def predict(self, x: dict[str, float]) -> float:
-        return float(self.pipeline.predict_proba_one(prepare(x)).get(True, 0.0))
+        return self.predict_prepared(prepare(x))
+
+    def predict_prepared(self, xp: dict[str, float]) -> float:
+        """P(True) for inputs already passed through :func:`prepare` (one pass, see fastpath)."""
+        return predict_proba(self.pipeline, xp)
 
     def learn(
         self, x: dict[str, float], y: bool, weighted: bool, prior: float | None = None
@@ -258,6 +267,33 @@ def abuse_label(facts: dict[str, Any], review_verdict: bool | None = None) -> bo
     )
 
 
+DECISIVE_VERDICTS = {"abuse_confirmed": True, "approve": False}  # "deny" says nothing on abuse
+
+
+def abuse_revealed_at(facts: dict[str, Any], t: int, reviewed: bool = False) -> int | None:
+    """The earliest event time at which the case showed its abuse label; only a snapshot taken
+    strictly before it may teach or evaluate the abuse model. ``t`` is the close (a chargeback
+    closes the case, so it is its own time). ``reviewed``: a decisive review verdict is the label.
+
+    It does not depend on the label's value: grading reveals the flags *or their absence*, a
+    verdict is either way, so every graded (reviewed) case is cut at its grade (verdict). Cutting
+    only the positives would leave post-grading snapshots that are all negative — the same leak
+    with the sign reversed. None: a decisive verdict of unknown time (facts without
+    ``reviewed_at``), so no snapshot is provably before it."""
+    cut = t
+    graded = int(facts.get("graded_at") or 0)
+    if graded:
+        cut = min(cut, graded)
+    if facts.get("outcome") == "chargeback":
+        cut = min(cut, int(facts.get("closed_at") or t))
+    if reviewed:
+        at = int(facts.get("reviewed_at") or 0)
+        if not at:
+            return None
+        cut = min(cut, at)
+    return cut
+
+
 @dataclass
 class ModelSet:
     """Both models of one model shard, plus the pending snapshots of its open cases."""
@@ -297,8 +333,9 @@ class ModelSet:
             self.feature_names = tuple(sorted(x))
         self.scored += 1
         self.rules_prior_sum += rules.recoverability
-        p_rec = self.recoverability.predict(x)
-        p_abuse = self.abuse.predict(x)
+        xp = prepare(x)  # once for both models
+        p_rec = self.recoverability.predict_prepared(xp)
+        p_abuse = self.abuse.predict_prepared(xp)
         rec = p_rec if self.recoverability.active else rules.recoverability
         ab = p_abuse if self.abuse.active else rules.abuse
         if snapshot:
@@ -313,7 +350,7 @@ class ModelSet:
 
     def _snapshot(self, order_id, t, x, p_rec, r_rec, p_ab, r_ab, returned, risk) -> None:
         snaps = self.pending.setdefault(order_id, [])
-        values = array("d", (float(x.get(k, 0.0)) for k in self.feature_names))
+        values = array("d", map(x.get, self.feature_names, repeat(0.0)))
         kinds = {s.kind for s in snaps}
         if returned and "return" not in kinds:
             kind = "return"
@@ -334,8 +371,10 @@ class ModelSet:
         y_rec = recoverability_label(facts)
         if review is None:
             verdict = facts.get("review_verdict")
-            review = {"abuse_confirmed": True, "approve": False}.get(verdict) if verdict else None
+            review = DECISIVE_VERDICTS.get(verdict) if verdict else None
         y_abuse = abuse_label(facts, review)
+        # abuse: only what was scored before the case showed its abuse label (None: nothing)
+        revealed = abuse_revealed_at(facts, t, review is not None) if y_abuse is not None else None
         names = self.feature_names
         for snap in snaps:
             if snap.t >= t:
@@ -347,8 +386,9 @@ class ModelSet:
                 self.recoverability.learn(x, y_rec, weighted=False, prior=prior)
                 if ev:
                     events.append(ev)
-            if y_abuse is not None and snap.kind != "risk":
-                # abuse is about the claim: learn from the request on, not from the early signal
+            if revealed is not None and snap.kind != "risk" and snap.t < revealed:
+                # abuse is about the claim: learn from the request on, not from the early signal,
+                # and only until the grade / verdict / chargeback showed the answer
                 ev = self.abuse.evaluate(y_abuse, snap.p_abuse, snap.p_abuse_rules, t)
                 self.abuse.learn(x, y_abuse, weighted=True)
                 if ev:

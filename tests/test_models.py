@@ -225,6 +225,7 @@ def test_a_review_verdict_is_the_abuse_label():
         "return_requested_at": 200,
         "return_reason": "too_small",
         "review_verdict": "abuse_confirmed",
+        "reviewed_at": 250,
     }
     ms.label("o1", 300, facts)
     assert ms.abuse.positives == 1  # no flags, but a reviewer confirmed abuse
@@ -232,6 +233,7 @@ def test_a_review_verdict_is_the_abuse_label():
     ms.score("o2", 150, {"a": 1.5}, RULES, returned=True)
     ms.label("o2", 300, {**facts, "abuse_flags": ["worn"], "review_verdict": "approve"})
     # the reviewer overrules the grading flag, on both snapshots taken once the return was claimed
+    # (and before the verdict: tests/test_leakage_abuse.py)
     assert (ms.abuse.positives, ms.abuse.negatives) == (1, 2)
 
 

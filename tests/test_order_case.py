@@ -240,3 +240,26 @@ def test_dedupe_remembers_the_last_ids_not_the_first():
     assert not case.is_duplicate(placed.event_id)  # the oldest were forgotten, in order
     assert not case.is_duplicate("scan-42")
     assert len(case.seen) == MAX_SEEN_IDS
+
+
+def test_the_first_verdict_and_the_first_grade_are_the_label_times():
+    """The abuse model's leakage cut reads these facts: a second verdict or a re-grade must not
+    move them later (a snapshot between the two would then teach the label it saw)."""
+    evs = story()
+    case = apply_all(evs)
+    graded = case.graded_at
+    assert graded and case.facts()["reviewed_at"] == 0
+    times = []
+    for day, verdict in ((21, "approve"), (25, "abuse_confirmed")):
+        at = f"2026-03-{day}T10:00:00Z"
+        review = _ev(
+            event(f"rv-{day}", "review_resolved", "o1", at, review_id="r1", verdict=verdict)
+        )
+        times.append(to_us(review.occurred_at))
+        case.apply(review, times[-1], WINDOW)
+    facts = case.facts()
+    assert facts["reviewed_at"] == times[0]
+    assert facts["review_verdict"] == "abuse_confirmed"  # the latest verdict is the case's
+    regrade = next(e for e in evs if e.event_type == "return_graded")
+    case.apply(regrade, graded + HOUR_US, WINDOW)
+    assert case.graded_at == graded
