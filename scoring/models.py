@@ -226,13 +226,34 @@ class OnlineModel:
 
 @dataclass(slots=True)
 class Snapshot:
+    """What a case looked like when it was scored, kept until its label arrives. Packed into one
+    float32 array (memory per open case is the scaling limit): the four predictions, then the
+    feature values in ModelSet.feature_names order (money, counts, rates, durations: float32's 7
+    digits are plenty for training and evaluation)."""
+
     t: int
-    x: array  # feature values in ModelSet.feature_names order
-    p_rec: float
-    p_rec_rules: float
-    p_abuse: float
-    p_abuse_rules: float
+    v: array  # float32: p_rec, p_rec_rules, p_abuse, p_abuse_rules, *features
     kind: str  # "risk" (first risk signal) | "return" (at the request) | "latest"
+
+    @property
+    def x(self) -> array:
+        return self.v[4:]
+
+    @property
+    def p_rec(self) -> float:
+        return self.v[0]
+
+    @property
+    def p_rec_rules(self) -> float:
+        return self.v[1]
+
+    @property
+    def p_abuse(self) -> float:
+        return self.v[2]
+
+    @property
+    def p_abuse_rules(self) -> float:
+        return self.v[3]
 
 
 @dataclass(slots=True)
@@ -350,7 +371,8 @@ class ModelSet:
 
     def _snapshot(self, order_id, t, x, p_rec, r_rec, p_ab, r_ab, returned, risk) -> None:
         snaps = self.pending.setdefault(order_id, [])
-        values = array("d", map(x.get, self.feature_names, repeat(0.0)))
+        values = array("f", (p_rec, r_rec, p_ab, r_ab))
+        values.extend(map(x.get, self.feature_names, repeat(0.0)))
         kinds = {s.kind for s in snaps}
         if returned and "return" not in kinds:
             kind = "return"
@@ -360,7 +382,7 @@ class ModelSet:
             kind = "latest"
         if "latest" in kinds:  # "latest" is only kept while it is the newest
             snaps[:] = [s for s in snaps if s.kind != "latest"]
-        snaps.append(Snapshot(t, values, p_rec, r_rec, p_ab, r_ab, kind))
+        snaps.append(Snapshot(t, values, kind))
 
     def label(
         self, order_id: str, t: int, facts: dict[str, Any], review: bool | None = None

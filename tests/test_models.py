@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 import random
 
+import pytest
+
 from features.eventtime import DAY_US
 from flows.stages import CaseView, ModelStage, StageConfig
 from scoring.baseline import RULES_VERSION, ScoreResult
@@ -63,7 +65,8 @@ def test_the_rule_scores_are_model_inputs_and_a_return_crosses_every_input():
     ms.score("o1", 1, {"a": 1.0}, ScoreResult(0.9, 0.1, RULES_VERSION), returned=False)
     assert set(ms.feature_names) == {"a", "rules_recoverability_logit", "rules_abuse_logit"}
     snap = ms.pending["o1"][0]
-    assert snap.x[ms.feature_names.index("rules_recoverability_logit")] == logit(0.9)
+    stored = snap.x[ms.feature_names.index("rules_recoverability_logit")]
+    assert stored == pytest.approx(logit(0.9), rel=1e-6)  # float32
     before = prepare({"a": 1.0, "return_requested": 0.0})
     after = prepare({"a": 1.0, "return_requested": 1.0})
     assert "returned:a" not in before and after["returned:a"] == 1.0

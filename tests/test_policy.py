@@ -244,7 +244,8 @@ def test_holdout_decisions_are_recorded_but_never_published():
         _update(stage, i * DAY_US, o, late, customer=f"c{i}")
     published = {t.order_id for t in _sent(stage)}
     expected_held = {o for o in orders if holdout_unit(o, "default-v1") < 0.5}
-    assert stage.held_out == expected_held
+    assert set(stage.held_out) == expected_held
+    assert all(actions == {"proactive_reassurance"} for actions in stage.held_out.values())
     assert published == set(orders) - expected_held
     assert 5 < len(expected_held) < 35
 
