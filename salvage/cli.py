@@ -840,12 +840,13 @@ def models_export(
         "models-export"
     ),
     recovery_dir: Annotated[
-        Path,
+        list[Path],
         typer.Option(
             envvar="SALVAGE_RECOVERY_DIR",
-            help="The run's --recovery-dir (model state lives in its snapshots)",
+            help="The run's --recovery-dir (model state lives in its snapshots); a cluster: "
+            "repeat it for every process's directory",
         ),
-    ] = Path("recovery"),
+    ] = [Path("recovery")],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Write the current models (weights, scaler, shadow/active, rolling AUC / log loss / Brier
     beside the rule baseline's) per model shard, from the latest committed snapshot."""

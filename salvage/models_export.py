@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,19 @@ class ShardState:
     stage: Any  # flows.stages.ModelStage
 
 
-def load_model_shards(recovery_dir: Path) -> list[ShardState]:
-    """The latest committed snapshot of each model shard in ``recovery_dir``."""
-    dbs = sorted(Path(recovery_dir).glob("part-*.sqlite3"))
+def _dirs(recovery_dirs: Path | Sequence[Path]) -> list[Path]:
+    return [Path(recovery_dirs)] if isinstance(recovery_dirs, str | Path) else list(recovery_dirs)
+
+
+def load_model_shards(recovery_dirs: Path | Sequence[Path]) -> list[ShardState]:
+    """The latest committed snapshot of each model shard. A cluster keeps each process's share of
+    the recovery partitions in that process's own directory: pass them all (the committed epoch
+    is the cluster's, the minimum over every partition)."""
+    dirs = _dirs(recovery_dirs)
+    where = ", ".join(str(d) for d in dirs)
+    dbs = sorted(db for d in dirs for db in Path(d).glob("part-*.sqlite3"))
     if not dbs:
-        raise ExportError(f"{recovery_dir} holds no recovery partitions (part-*.sqlite3)")
+        raise ExportError(f"{where} holds no recovery partitions (part-*.sqlite3)")
     commits: list[int] = []
     snaps: list[tuple[str, int, bytes]] = []
     for db in dbs:  # one read-only pass per partition
@@ -51,7 +60,7 @@ def load_model_shards(recovery_dir: Path) -> list[ShardState]:
         if (limit is None or epoch <= limit) and (key not in latest or epoch > latest[key][0]):
             latest[key] = (epoch, blob)
     if not latest:
-        raise ExportError(f"{recovery_dir} holds no model state yet (no committed snapshot)")
+        raise ExportError(f"{where} holds no model state yet (no committed snapshot)")
     shards = []
     for key in sorted(latest):
         epoch, blob = latest[key]
@@ -61,12 +70,14 @@ def load_model_shards(recovery_dir: Path) -> list[ShardState]:
     return shards
 
 
-def export_models(recovery_dir: Path, out: Path) -> dict[str, Any]:
+def export_models(recovery_dirs: Path | Sequence[Path], out: Path) -> dict[str, Any]:
     """Write the export; returns the summary (also written as ``summary.json``)."""
+    dirs = _dirs(recovery_dirs)
+    shards = load_model_shards(dirs)  # before creating anything: a bad directory writes nothing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"recovery_dir": str(recovery_dir), "shards": {}}
-    for shard in load_model_shards(recovery_dir):
+    summary: dict[str, Any] = {"recovery_dirs": [str(d) for d in dirs], "shards": {}}
+    for shard in shards:
         models = shard.stage.models
         folder = out / shard.key
         folder.mkdir(exist_ok=True)
