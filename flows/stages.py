@@ -769,7 +769,7 @@ class LaneStage(_Stage):
         super().rebind(cfg)
         for lane, monitor in self.lanes.items():  # the gauge of a fresh process starts at 0
             if monitor.alert_open:
-                metrics.LANE_ALERT_OPEN.labels(kpis.bucket("lane", lane)).inc()
+                metrics.LANE_ALERT_OPEN.labels(kpis.bucket("lane_monitor", lane)).inc()
 
     def apply(self, released, low: int, out: Emit) -> None:
         lcfg = self.cfg.lane
@@ -781,9 +781,9 @@ class LaneStage(_Stage):
         for lane in sorted(self.lanes):
             monitor = self.lanes[lane]
             shipped, delayed_before = monitor.shipments_total, monitor.delayed_total
-            # lanes are built from free-text payload fields: bounded labels (top-N, then other);
+            # lanes are built from free-text payload fields: bounded labels (top 256, then other);
             # the alert gauge counts open alerts, so "other" adds up its lanes (and shards)
-            label = kpis.bucket("lane", lane)
+            label = kpis.bucket("lane_monitor", lane)
             for tr in monitor.close_windows(self.horizon(low), lcfg):
                 alert = _lane_alert(tr)
                 metrics.LANE_ALERT_OPEN.labels(label).inc(1 if tr.opened else -1)

@@ -84,6 +84,9 @@ class KpiSettings(BaseSettings):
     top_n_campaign: int = Field(12, ge=0)
     top_n_sku_family: int = Field(16, ge=0)
     top_n_lane: int = Field(32, ge=0)
+    # the lane delay metrics (3 series per lane, no other dimension) afford many more lanes than
+    # the KPIs, where a lane multiplies with campaign and SKU family
+    top_n_lane_monitor: int = Field(256, ge=0)
     top_n_courier: int = Field(8, ge=0)
     top_n_support_reason: int = Field(12, ge=0)
     top_n_action: int = Field(12, ge=0)
@@ -100,6 +103,7 @@ class KpiSettings(BaseSettings):
         return int(getattr(self, f"top_n_{label}"))
 
     def preset(self, label: str) -> list[str]:
+        label = "lane" if label == "lane_monitor" else label
         return list(getattr(self, f"preset_{label}", []))
 
 
@@ -142,6 +146,7 @@ LABELS = (
     "campaign",
     "sku_family",
     "lane",
+    "lane_monitor",
     "courier",
     "support_reason",
     "action",

@@ -157,7 +157,7 @@ def test_lane_metrics_are_bounded_labels_whatever_the_payload_says():
     from sinks import kpis
     from sinks.cost_model import CostModel
 
-    kpis.configure(kpis.KpiSettings(top_n_lane=2), CostModel())
+    kpis.configure(kpis.KpiSettings(top_n_lane_monitor=2), CostModel())
     try:
         cfg = StageConfig(case_shards=1, cust_shards=1, lane_shards=1, sources=("p",))
         stage = LaneStage(0, cfg)

@@ -224,7 +224,7 @@ def test_open_lane_alerts_are_listed_by_lane(tmp_path):
     gauge_open = sorted(k for k, v in _by("salvage_lane_alert_open", "lane").items() if v >= 1)
     # bounded labels: past the process's top-N lanes (earlier runs in this process count) a lane
     # is reported as "other"
-    assert {kpis.bucket("lane", lane) for lane in left_open} <= set(gauge_open)
+    assert {kpis.bucket("lane_monitor", lane) for lane in left_open} <= set(gauge_open)
     row = _row(text, "lane alerts")
     assert row.startswith(f"lane alerts {len(gauge_open)} open: ")
     for lane in gauge_open[:6]:
