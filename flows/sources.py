@@ -340,7 +340,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         tolerance_us: int,
         max_lateness_us: int,
         to_end: bool,
-        idle_s: float = 2.0,
+        idle_s: float = 0.5,
         batch_size: int = 2000,
         lag_interval_s: float = 1.0,
         fetch_wait_ms: int = 100,

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         2000, ge=1, le=100_000, description="events per source read: lower latency vs throughput"
     )
     idle_partition_seconds: float = Field(
-        2.0, gt=0, description="live mode: a caught-up partition stops holding the watermark"
+        0.5, gt=0, description="live mode: a caught-up partition stops holding the watermark"
     )
     policy: str | None = Field(
         None, description="policy YAML (SALVAGE_POLICY); default: the shipped policy/default.yaml"
