@@ -35,7 +35,10 @@ from sinks import metrics
 Item = tuple[Any, ...]
 
 _STOP = threading.Event()
-POLL_BACKOFF = timedelta(milliseconds=5)  # an empty Kafka partition is polled again after this
+# an empty Kafka partition is polled again after 5 ms, doubling while it stays empty up to 40 ms
+# (an idle pipeline does not spin; the first message after a quiet spell waits at most 40 ms)
+POLL_BACKOFF_MIN_S = 0.005
+POLL_BACKOFF_MAX_S = 0.040
 
 
 def request_stop() -> None:
@@ -250,6 +253,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._lag_interval_s = lag_interval_s
         self._lag_at = float("-inf")
         self._awake: datetime | None = None
+        self._backoff_s = 0.0
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -257,10 +261,14 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         out: list[Item] = []
         # Non-blocking: consume(n, timeout) would wait for n messages or the whole timeout on
         # every call, and a worker polls its partitions in turn. When nothing is there, Bytewax
-        # is asked to come back in POLL_BACKOFF_S instead (next_awake), so the worker serves its
+        # is asked to come back a little later instead (next_awake), so the worker serves its
         # other partitions and stages meanwhile and an idle partition costs no CPU spin.
         msgs = self._consumer.consume(self._batch, 0)
-        self._awake = None if msgs else datetime.now(UTC) + POLL_BACKOFF
+        if msgs:
+            self._backoff_s, self._awake = 0.0, None
+        else:
+            self._backoff_s = min(POLL_BACKOFF_MAX_S, max(POLL_BACKOFF_MIN_S, 2 * self._backoff_s))
+            self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff_s)
         got_data = False
         for msg in msgs:
             err = msg.error()
