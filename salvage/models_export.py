@@ -41,6 +41,17 @@ def load_model_shards(recovery_dirs: Path | Sequence[Path]) -> list[ShardState]:
     is the cluster's, the minimum over every partition)."""
     dirs = _dirs(recovery_dirs)
     where = ", ".join(str(d) for d in dirs)
+    from salvage.runner import RUN_MANIFEST, STATE_VERSION
+
+    for d in dirs:
+        manifest = Path(d) / RUN_MANIFEST
+        if manifest.is_file():
+            version = json.loads(manifest.read_text()).get("state_version", 1)
+            if version != STATE_VERSION:
+                raise ExportError(
+                    f"{d} holds state written by another Salvage version (state format {version},"
+                    f" this one reads {STATE_VERSION}): export it with that version"
+                )
     dbs = sorted(db for d in dirs for db in Path(d).glob("part-*.sqlite3"))
     if not dbs:
         raise ExportError(f"{where} holds no recovery partitions (part-*.sqlite3)")

@@ -49,6 +49,11 @@ def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[
 DEFAULT_SNAPSHOT_SECONDS = 5.0
 DEFAULT_BACKUP_SECONDS = 0.0
 RUN_MANIFEST = "salvage-run.json"
+# The layout of the pickled stage state (flows/stages.py, features/, scoring/models.py). Bump it
+# when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
+# message (start from a fresh --recovery-dir, or finish the run with the version that began it)
+# instead of an AttributeError deep in a stage.
+STATE_VERSION = 2
 
 
 class RecoveryMismatch(ValueError):
@@ -77,7 +82,11 @@ def run_manifest(spec: FlowSpec, cluster: Cluster | None = None) -> dict[str, ob
     """What must not change between a run and its resumption (a different shard count, input set,
     topic set or cluster shape would resume state into the wrong keys or partitions)."""
     s = spec.settings
-    doc: dict[str, object] = {"shards": s.shards, "mode": "file" if spec.file_mode else "kafka"}
+    doc: dict[str, object] = {
+        "state_version": STATE_VERSION,
+        "shards": s.shards,
+        "mode": "file" if spec.file_mode else "kafka",
+    }
     if cluster is not None and cluster.multi_process:
         doc["processes"] = cluster.processes
         doc["process_id"] = cluster.process_id
@@ -108,6 +117,12 @@ def prepare_recovery(rec: Recovery, spec: FlowSpec, cluster: Cluster | None = No
                 diff = sorted(
                     k for k in set(before) | set(manifest) if before.get(k) != manifest.get(k)
                 )
+                if "state_version" in diff:
+                    raise RecoveryMismatch(
+                        f"{db} holds state written by another Salvage version (state format "
+                        f"{before.get('state_version', 1)}, this one reads {STATE_VERSION}); "
+                        "finish that run with its version, or start from a fresh --recovery-dir"
+                    )
                 raise RecoveryMismatch(
                     f"{db} holds the state of a run with different {', '.join(diff)}; "
                     "use the same arguments or a fresh --recovery-dir"

@@ -266,3 +266,8 @@ def test_a_recovery_dir_refuses_different_arguments(tmp_path):
         prepare_recovery(rec, spec(shards=5))
     manifest = json.loads((tmp_path / "db" / "salvage-run.json").read_text())
     assert manifest["mode"] == "file" and manifest["shards"] == 4
+    # state written by an older Salvage (no or another state_version): a clear refusal
+    old = {k: v for k, v in manifest.items() if k != "state_version"}
+    (tmp_path / "db" / "salvage-run.json").write_text(json.dumps(old))
+    with pytest.raises(RecoveryMismatch, match="another Salvage version"):
+        prepare_recovery(rec, spec(shards=4))
