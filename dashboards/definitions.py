@@ -730,6 +730,39 @@ PIPELINE_HEALTH = Dashboard(
             ),
         ),
         Row(
+            "Outages and pauses",
+            (
+                Panel(
+                    "Writes held for Redis (outage backlog)",
+                    (
+                        Target("sum(salvage_review_queue_backlog)", "review queue"),
+                        Target("sum(salvage_case_store_backlog)", "case store", optional=True),
+                    ),
+                    decimals=0,
+                    description="While Redis is unreachable the case-store and review-queue sinks "
+                    "keep what they could not write (bounded: the case store keeps the latest "
+                    "document per order, the review queue one entry per trigger) and retry with "
+                    "backoff; past the bound, or if the final flush fails, the run stops loudly. "
+                    "Non-zero for long: Redis is down or refusing writes.",
+                    width=12,
+                ),
+                Panel(
+                    "Events applied late after an idle pause (per second)",
+                    (
+                        Target(
+                            f"sum({rate('salvage_late_after_idle_total', sliced=False)})",
+                            "late after idle",
+                        ),
+                    ),
+                    unit="ops",
+                    description="Events of a Kafka partition that had been declared idle "
+                    "(SALVAGE_IDLE_PARTITION_SECONDS without data) and arrived behind the "
+                    "watermark: applied at the watermark. A steady rate: raise the idle timeout.",
+                    width=12,
+                ),
+            ),
+        ),
+        Row(
             "Output",
             (
                 Panel(
