@@ -300,8 +300,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
                 self._parser.tick(out, IDLE)
         else:
             self._parser.tick(out)
-        if msgs:  # a fetch response has arrived: its high watermark is fresh
-            self._report_lag(now)
+        self._report_lag(now)  # throttled; cached watermarks: no broker round trip
         return out
 
     def _report_lag(self, now: float, force: bool = False) -> None:

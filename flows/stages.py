@@ -265,7 +265,11 @@ class CaseStage(_Stage):
         # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
         for source in cfg.sources:
             self.reorderer.upstream.setdefault(source, BEGIN)
-        if self.intents is not None:
+        if not cfg.infer_intents:
+            self.intents = None
+        elif self.intents is None:
+            self.intents = IntentClassifier(threshold=cfg.intent_threshold)
+        else:  # keeps what it learned
             self.intents.threshold = cfg.intent_threshold
         self.journey = cfg.policy.journey.config()
         if self.journey is not None:
@@ -273,6 +277,14 @@ class CaseStage(_Stage):
                 _STATUS_UPDATES(stage.value)
             for kind in self.journey.alerts:
                 _JOURNEY_ALERTS(kind.value)
+        # deadlines follow the config (return window, journey thresholds): a timer computed under
+        # the old one would be discarded when it fires and the new deadline never scheduled
+        self.timers = [
+            (d, oid)
+            for oid, case in self.cases.items()
+            if (d := case.next_deadline(cfg.return_window_us, self.journey))
+        ]
+        heapq.heapify(self.timers)
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
@@ -453,8 +465,11 @@ class CaseStage(_Stage):
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
 
 
-def trigger_id(order_id: str, action: str, source_id: str, policy_version: str) -> str:
-    digest = hashlib.sha256(f"{order_id}|{action}|{source_id}|{policy_version}".encode())
+def trigger_id(order_id: str, action: str, source_id: str) -> str:
+    """Deterministic: the same action for the same case update has the same id whatever the policy
+    version, so a resume that adopts a new policy and replays the updates since its snapshot
+    repeats ids (deduped downstream) instead of messaging the customer twice."""
+    digest = hashlib.sha256(f"{order_id}|{action}|{source_id}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -591,7 +606,7 @@ class DispatchStage(_Stage):
             waited,
         )
         doc = {
-            "disposition_id": trigger_id(view.order_id, "disposition", view.source_id, ""),
+            "disposition_id": trigger_id(view.order_id, "disposition", view.source_id),
             "order_id": view.order_id,
             "decided_at": iso(t),
             "policy_version": self.cfg.policy.version,
@@ -640,18 +655,21 @@ class DispatchStage(_Stage):
             }
             if "abuse_block" in decision.guardrails:
                 _SUPPRESSED("abuse_block").inc()
-            suppressed = self._guardrail(view, action, decision.cost, t)
+            # a forced review (costly, ambiguous, likely abuse) is never held out or budgeted away:
+            # it is the guard against rewarding abuse, not an intervention to measure or ration
+            forced = "review_routing" in decision.guardrails
+            suppressed = self._guardrail(view, action, decision.cost, t, forced)
             decision_doc["suppressed_by"] = suppressed
             if suppressed:
                 _SUPPRESSED(suppressed).inc()
             else:
                 self.sent.setdefault(view.order_id, []).append(action.value)
                 share = policy.actions[action].holdout_share
-                holdout = share > 0 and holdout_unit(view.order_id, policy.version) < share
+                holdout = (
+                    share > 0 and not forced and holdout_unit(view.order_id, policy.version) < share
+                )
                 trig = Trigger(
-                    trigger_id=trigger_id(
-                        view.order_id, action.value, view.source_id, policy.version
-                    ),
+                    trigger_id=trigger_id(view.order_id, action.value, view.source_id),
                     order_id=view.order_id,
                     customer_id=view.customer_id,
                     action=action,
@@ -736,8 +754,11 @@ class DispatchStage(_Stage):
             self.held_out.pop(view.order_id, None)
             self.last_decision.pop(view.order_id, None)
 
-    def _guardrail(self, view: CaseView, action: Action, cost: float, t: int) -> str:
-        """The stateful guardrails, in order; returns the one that suppresses, or ''."""
+    def _guardrail(
+        self, view: CaseView, action: Action, cost: float, t: int, forced: bool = False
+    ) -> str:
+        """The stateful guardrails, in order; returns the one that suppresses, or ''. ``forced``:
+        a forced review, which no daily budget suppresses (once per order still applies)."""
         policy = self.cfg.policy
         g = policy.guardrails
         if action.value in self.sent.get(view.order_id, ()):
@@ -748,7 +769,7 @@ class DispatchStage(_Stage):
             if self._contacts_within(view.customer_id, t, 30 * DAY_US) >= g.contact_cap_30d:
                 return "contact_cap_30d"
         budget = policy.actions[action].budget_per_day
-        if budget is not None:
+        if budget is not None and not forced:
             # the daily budget is split evenly over the dispatch shards (deterministic)
             share = budget / self.cfg.cust_shards
             if self.spent.get((action.value, t // DAY_US), 0.0) + cost > share:

@@ -338,6 +338,8 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
             try:
                 self._store.write_many_once(items)
                 return
+            except _NOT_TRANSIENT:  # a wrong password is a configuration error, not an outage
+                raise
             except _TRANSIENT as exc:
                 self._outage_began(exc)
         self._buffer(items)
@@ -372,6 +374,8 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
     def _try_flush(self) -> None:
         try:
             self._store.write_many_once(self._records())
+        except _NOT_TRANSIENT:
+            raise
         except _TRANSIENT:
             WRITE_FAILURES.inc()
             self._retry_interval = min(self._retry_interval * 2, 10.0)

@@ -49,7 +49,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
 
 from sinks import metrics
-from sinks.redis_store import _TRANSIENT  # the case store's notion of a transient Redis error
+
+# the case store's notion of a transient Redis error (and of one that is not: AuthenticationError
+# subclasses ConnectionError, but a wrong password is a configuration error, not an outage)
+from sinks.redis_store import _NOT_TRANSIENT, _TRANSIENT
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +410,8 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
                 self.queue.ensure_group()
                 self._group_ready = True
             self.queue.enqueue_many(self._backlog.values())
+        except _NOT_TRANSIENT:
+            raise
         except _TRANSIENT as exc:
             WRITE_FAILURES.inc()
             if not self._outage:

@@ -33,14 +33,16 @@ def _publish(conf: dict, topic: str, start: int, count: int) -> None:
     assert producer.flush(10) == 0
 
 
-def _source(conf: dict, topic: str, interval: float = 0.0, batch: int = 7) -> KafkaEventSource:
+def _source(
+    conf: dict, topic: str, interval: float = 0.0, batch: int = 7, to_end: bool = True
+) -> KafkaEventSource:
     return KafkaEventSource(
         conf,
         {"orders": topic},
         {topic: 1},
         tolerance_us=60_000_000,
         max_lateness_us=7 * 86_400_000_000,
-        to_end=True,
+        to_end=to_end,
         batch_size=batch,
         lag_interval_s=interval,
     )
@@ -108,5 +110,25 @@ def test_lag_is_refreshed_at_most_once_per_interval(kafka_conf, unique_name):
             while True:
                 part.next_batch()
         assert _lag(topic) == 0  # the end is always reported
+    finally:
+        part.close()
+
+
+def test_live_lag_settles_at_zero_once_caught_up(kafka_conf, unique_name):
+    """Live (no end): the last batches can land within one refresh interval; the empty polls
+    after them still refresh the gauge, so a caught-up partition does not keep a stale lag."""
+    topic = unique_name("orders-lag-live")
+    ensure_topics(kafka_conf, [topic], 1)
+    _publish(kafka_conf, topic, 0, N)
+    part = _source(kafka_conf, topic, interval=0.3, to_end=False).build_part(
+        "in", kafka_part_id(topic, 0), None
+    )
+    try:
+        assert _read(part, N) == N
+        deadline = time.monotonic() + 3
+        while _lag(topic) != 0 and time.monotonic() < deadline:
+            part.next_batch()  # empty polls
+            time.sleep(0.01)
+        assert _lag(topic) == 0
     finally:
         part.close()

@@ -167,7 +167,9 @@ def _stage(policy=POLICY, shards: int = 1) -> DispatchStage:
     return DispatchStage(0, cfg)
 
 
-def _update(stage, t: int, order: str, features, customer: str = "c1", rec: float = 0.5):
+def _update(
+    stage, t: int, order: str, features, customer: str = "c1", rec: float = 0.5, abuse: float = 0.05
+):
     view = CaseView(
         order_id=order,
         customer_id=customer,
@@ -186,7 +188,7 @@ def _update(stage, t: int, order: str, features, customer: str = "c1", rec: floa
         returned=False,
         abuse_flags=(),
     )
-    scores = _scores(rec)
+    scores = _scores(rec, abuse)
     out: list = []
     stage.apply([(t, "x", (view, features, Scored(scores, {}, scores), []))], t + 1, out)
     return out
@@ -347,3 +349,38 @@ def test_each_policy_object_decides_by_its_own_rules_even_when_ids_are_reused(tm
         assert decide(second, late, _scores(0.6), resolved=False) is None
         del second
         gc.collect()
+
+
+def test_a_forced_review_is_never_held_out_or_budgeted_away():
+    """Likely abuse on an open claim: the review goes out even when human_review has a holdout
+    share and a daily budget that would otherwise stop it (once per order still applies)."""
+    doc = _default_doc()
+    doc["actions"]["human_review"]["holdout_share"] = 0.5
+    doc["actions"]["human_review"]["budget_per_day"] = 0.01
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(doc, f)
+    stage = _stage(load_policy(f.name))
+    claim = _features(return_requested=1.0, return_share=1.0)
+    for i in range(5):
+        _update(stage, i * DAY_US, f"O{i}", claim, customer=f"c{i}", abuse=0.9)
+    sent = _sent(stage)
+    assert [t.action for t in sent] == [Action.HUMAN_REVIEW] * 5
+    assert not any(t.holdout for t in sent)
+    assert not stage.held_out
+
+
+def test_trigger_ids_do_not_depend_on_the_policy_version():
+    """A resume that adopts a new policy replays the updates since its snapshot: the same action
+    on the same update must keep its id, so downstream dedupes instead of messaging twice."""
+    late = _features(slippage_hours=30.0, delayed_scans=1.0)
+    ids = []
+    for version in ("default-v1", "ops-v2"):
+        policy = load_policy_with(holdout=0.0).model_copy(update={"version": version})
+        stage = _stage(policy)
+        _update(stage, 0, "o1", late)
+        (trigger,) = _sent(stage)
+        assert trigger.policy_version == version
+        ids.append(trigger.trigger_id)
+    assert ids[0] == ids[1]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pickle
 from dataclasses import replace
 
+import pytest
+
 from features.eventtime import BEGIN
 from flows.recovery import _StageLogic
 from flows.stages import CaseStage, ModelStage, StageConfig
@@ -45,3 +47,40 @@ def test_a_resumed_model_stage_takes_the_new_promotion_gate():
     resumed = _resume(stage, _cfg(model=ModelConfig(min_labels=50, promote_margin=0.01)))
     for m in (resumed.models, resumed.models.recoverability, resumed.models.abuse):
         assert (m.cfg.min_labels, m.cfg.promote_margin) == (50, 0.01)
+
+
+@pytest.mark.parametrize("days", [14, 45])
+def test_a_resume_reschedules_deadlines_under_the_new_return_window(days):
+    """Timers computed under the old return window would be discarded when they fire (their
+    deadline no longer matches) and the case would never close: rebind rebuilds them."""
+    from connectors.parse import RawRecord
+    from features.eventtime import DAY_US
+    from flows.sources import _Parser
+    from tests.helpers import event, line, order_placed
+
+    before = _cfg(return_window_us=30 * DAY_US, infer_intents=False)
+    stage = CaseStage(0, before)
+    parser = _Parser("t#0", 0, 7 * DAY_US, BEGIN)
+    items: list = []
+    placed = order_placed("o1", "2026-03-02T10:00:00Z")
+    at = "2026-03-04T10:00:00Z"
+    scan = event("s1", "carrier_scan", "o1", at, scan="delivered", courier="dhl")
+    for n, doc in enumerate((placed, scan)):
+        parser.handle(RawRecord("t", 0, n, line(doc)), items)
+    delivered = items[-1][1]  # ("e", t, tie, event): the scan's time
+    day = delivered + DAY_US  # the earlier timers (the promise) have fired before the snapshot
+    stage.on_batch([*items, ("w", "t#0", day, day)])
+    assert list(stage.cases) == ["o1"] and stage.cases["o1"].delivered_at == delivered
+    resumed = _resume(stage, replace(before, return_window_us=days * DAY_US))
+    for d in (days - 2, days + 2):
+        t = delivered + d * DAY_US
+        resumed.on_batch([("w", "t#0", t, t)])
+        assert ("o1" in resumed.cases) == (d < days), d  # closes at the new window, not never
+
+
+def test_a_resume_turns_intent_inference_on_or_off():
+    on = CaseStage(0, _cfg(infer_intents=True))
+    assert _resume(on, _cfg(infer_intents=False)).intents is None
+    off = CaseStage(0, _cfg(infer_intents=False))
+    resumed = _resume(off, _cfg(infer_intents=True, intent_threshold=0.7))
+    assert resumed.intents is not None and resumed.intents.threshold == 0.7

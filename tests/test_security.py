@@ -163,3 +163,20 @@ def test_password_protected_redis_and_no_pii_in_outputs_logs_or_store(
             assert not any(needle in blob for needle in PII), key
     finally:
         client.close()
+
+
+@pytest.mark.integration
+def test_a_wrong_redis_password_stops_the_sinks_instead_of_buffering(protected_redis):
+    """redis-py's AuthenticationError is a ConnectionError, but a wrong password is not an outage:
+    the case-store and review-queue sinks raise it at once rather than buffering every write."""
+    from sinks.redis_store import RedisCaseSink
+    from sinks.review_queue import RedisReviewSink
+
+    case_part = RedisCaseSink(protected_redis, password="wrong-password").build("out_cases", 0, 1)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        case_part.write_batch([("O1", 1, json.dumps({"order_id": "O1"}))])
+    review_part = RedisReviewSink(protected_redis, password="wrong-password", refresh_s=0).build(
+        "out_reviews", 0, 1
+    )
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        review_part.write_batch([{"trigger_id": "t1", "order_id": "O1"}])
