@@ -181,9 +181,25 @@ def generate(
         float,
         typer.Option(min=1, help="Arrival rate: the log spans orders / rate days (at least 7)"),
     ] = 2500.0,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="First day of the log (YYYY-MM-DD, UTC; default 2026-03-02). A log that runs "
+            "past today is dead-lettered from there on (SALVAGE_MAX_FUTURE_SECONDS)",
+        ),
+    ] = None,
 ) -> None:
     """Simulate a brand: one interleaved event log in event-time order."""
+    from datetime import UTC, datetime
+
     from connectors.simulator import SCENARIOS, write_log
+
+    first: datetime | None = None
+    if start is not None:
+        try:
+            first = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise _fail(f"--start: {start!r} is not a date (YYYY-MM-DD)") from None
 
     if scenario not in SCENARIOS:
         console.print(
@@ -198,6 +214,7 @@ def generate(
             seed,
             out,
             truth,
+            start=first,
             progress=lambda n: bar.update(task, completed=n),
             orders_per_day=orders_per_day,
         )

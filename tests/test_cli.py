@@ -100,6 +100,16 @@ def test_generate_is_deterministic(tmp_path):
     assert result.exit_code == 2
 
 
+def test_generate_starts_the_log_where_asked(tmp_path):
+    args = ["generate", "--orders", "50", "--seed", "5", "--out", str(tmp_path / "d.jsonl")]
+    result = runner.invoke(app, [*args, "--start", "2026-11-01"])
+    assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "d.jsonl").read_text().splitlines()[0])
+    assert first["occurred_at"].startswith("2026-11-01")
+    result = runner.invoke(app, [*args, "--start", "November"])
+    assert result.exit_code == 2 and "not a date" in result.output
+
+
 def test_bytewax_run_entry_point(tmp_path):
     log = sim_log(tmp_path, orders=150, seed=4)
     env = {
