@@ -8,11 +8,12 @@ Accuracy is measured progressively (predict before learn) on the labelled contac
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import zlib
-from collections import deque
+from collections import Counter, deque
 
-from river import compose, feature_extraction, naive_bayes
+from river.feature_extraction.vectorize import strip_accents_unicode
 
 OTHER = "other"
 HASH_BUCKETS = 1 << 15  # bounded model size per shard, whatever the texts contain
@@ -28,35 +29,84 @@ def hashed_terms(text: str) -> list[str]:
     return [format(zlib.crc32(g.encode()) % HASH_BUCKETS, "x") for g in grams]
 
 
+class HashedNB:
+    """Multinomial naive Bayes over hashed term counts (Laplace/Lidstone ``alpha``): River's
+    ``MultinomialNB`` formula, P(t|c) = (n(t, c) + alpha) / (n(c) + alpha * V), computed with one
+    log per (term, class) and the class denominators once per call (River recomputes both per
+    term). ``tests/test_text.py`` checks it against River's on the same data."""
+
+    __slots__ = ("alpha", "class_docs", "class_terms", "counts")
+
+    def __init__(self, alpha: float = 0.5) -> None:
+        self.alpha = alpha
+        self.counts: dict[str, dict[str, float]] = {}  # term -> class -> count
+        self.class_docs: dict[str, int] = {}
+        self.class_terms: dict[str, float] = {}
+
+    def learn(self, terms: dict[str, int], y: str) -> None:
+        self.class_docs[y] = self.class_docs.get(y, 0) + 1
+        total = 0.0
+        counts = self.counts
+        for t, n in terms.items():
+            per_class = counts.get(t)
+            if per_class is None:
+                per_class = counts[t] = {}
+            per_class[y] = per_class.get(y, 0.0) + n
+            total += n
+        self.class_terms[y] = self.class_terms.get(y, 0.0) + total
+
+    def predict_proba(self, terms: dict[str, int]) -> dict[str, float]:
+        if not self.class_docs:
+            return {}
+        alpha, log = self.alpha, math.log
+        docs = sum(self.class_docs.values())
+        vocab = len(self.counts)
+        length = sum(terms.values())
+        rows = [self.counts.get(t) for t in terms]
+        jll: dict[str, float] = {}
+        for c, n_docs in self.class_docs.items():
+            ll = log(n_docs / docs) - length * log(self.class_terms[c] + alpha * vocab)
+            for (_t, n), row in zip(terms.items(), rows, strict=True):
+                ll += n * log((row.get(c, 0.0) if row else 0.0) + alpha)
+            jll[c] = ll
+        top = max(jll.values())
+        exp = {c: math.exp(v - top) for c, v in jll.items()}
+        norm = sum(exp.values())
+        return {c: v / norm for c, v in exp.items()}
+
+
+def terms_of(text: str) -> dict[str, int]:
+    """Hashed term counts of a text (accents stripped first, as River's BagOfWords does)."""
+    return Counter(hashed_terms(strip_accents_unicode(text)))
+
+
 class IntentClassifier:
     def __init__(self, threshold: float = 0.6, min_examples: int = 30, window: int = 500) -> None:
         self.threshold = threshold
         self.min_examples = min_examples
-        self.model = compose.Pipeline(
-            feature_extraction.BagOfWords(lowercase=False, tokenizer=hashed_terms),
-            naive_bayes.MultinomialNB(alpha=0.5),
-        )
+        self.model = HashedNB(alpha=0.5)
         self.examples = 0
         self.hits: deque[bool] = deque(maxlen=window)
 
-    def _best(self, text: str) -> tuple[str, float]:
-        proba = self.model.predict_proba_one(text)
+    def _best(self, terms: dict[str, int]) -> tuple[str, float]:
+        proba = self.model.predict_proba(terms)
         if not proba:
             return OTHER, 0.0
         intent, p = max(sorted(proba.items()), key=lambda kv: kv[1])
         return intent, float(p)
 
     def learn(self, text: str, intent: str) -> None:
+        terms = terms_of(text)
         if self.examples:
-            self.hits.append(self._best(text)[0] == intent)
-        self.model.learn_one(text, intent)
+            self.hits.append(self._best(terms)[0] == intent)
+        self.model.learn(terms, intent)
         self.examples += 1
 
     def infer(self, text: str) -> tuple[str, float]:
         """(intent, confidence); ``other`` when unsure or not yet trained."""
         if self.examples < self.min_examples:
             return OTHER, 0.0
-        intent, p = self._best(text)
+        intent, p = self._best(terms_of(text))
         return (intent, p) if p >= self.threshold else (OTHER, p)
 
     @property
