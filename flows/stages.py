@@ -20,6 +20,7 @@ import json
 import time
 import zlib
 from abc import ABC, abstractmethod
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,6 +251,9 @@ class CaseStage(_Stage):
         self.timers: list[tuple[int, str]] = []
         self.tombstones: dict[str, int] = {}
         self.tomb_heap: list[tuple[int, str]] = []
+        # a closed case's event ids, as 64-bit hashes (8 B each, not the strings): a redelivered
+        # event of a closed case is a duplicate, not a dead letter
+        self.tomb_ids: dict[str, array] = {}
         self.intents = (
             IntentClassifier(threshold=cfg.intent_threshold) if cfg.infer_intents else None
         )
@@ -364,6 +368,7 @@ class CaseStage(_Stage):
         if case.status is Status.CLOSED:
             del self.cases[case.order_id]
             self.tombstones[case.order_id] = t
+            self.tomb_ids[case.order_id] = array("Q", map(_id_hash, case.seen))
             heapq.heappush(self.tomb_heap, (t + TOMBSTONE_US, case.order_id))
             _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
@@ -374,6 +379,7 @@ class CaseStage(_Stage):
         while heap and heap[0][0] < low:
             _, order_id = heapq.heappop(heap)
             self.tombstones.pop(order_id, None)
+            self.tomb_ids.pop(order_id, None)
 
     def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
         view = CaseView(
@@ -428,6 +434,9 @@ class CaseStage(_Stage):
             case = self.cases.get(order_id)
             if case is None:
                 if order_id in self.tombstones:
+                    if _id_hash(ev.event_id) in self.tomb_ids.get(order_id, ()):
+                        metrics.DUPLICATES.inc()  # redelivered after the close: harmless
+                        continue
                     self._dead(
                         ev,
                         DeadLetterKind.UNKNOWN_ORDER,
@@ -463,6 +472,11 @@ class CaseStage(_Stage):
         if BEGIN < low < END:  # a shard without a watermark yet has no position to report
             metrics.EVENT_TIME_LAG.labels(str(self.shard)).set(time.time() - low / 1e6)
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
+
+
+def _id_hash(event_id: str) -> int:
+    """A stable 64-bit hash of an event id (Python's own str hash changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 def trigger_id(order_id: str, action: str, source_id: str) -> str:

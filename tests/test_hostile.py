@@ -381,3 +381,27 @@ def test_stages_survive_mutated_shuffled_duplicated_stories(picks, ops, seed):
     orders = {json.loads(r)["order_id"] for r in raws}
     assert len(cases.cases) <= len(orders)
     assert set(cases.cases) | set(cases.tombstones) <= orders
+
+
+def test_a_redelivered_event_of_a_closed_case_is_a_duplicate_not_a_dead_letter():
+    """Producers retry and topics get re-published: an event the closed case already applied is
+    counted as a duplicate; a *new* event for the closed order is still a dead letter."""
+    story = next(s for s in _stories() if any(b'"refund_issued"' in r for r in s))
+    events = [parse(RawRecord("s", 0, n, r)) for n, r in enumerate(story)]
+    events.sort(key=lambda e: to_us(e.occurred_at))
+    cfg = StageConfig(case_shards=1, cust_shards=1, lane_shards=1, sources=("src",))
+    cases = CaseStage(0, cfg)
+    items = [("e", to_us(e.occurred_at), f"{e.event_id}|{n}", e) for n, e in enumerate(events)]
+    end = max(i[1] for i in items) + 1
+    cases.on_batch([*items, ("w", "src", end, end)])
+    order_id = events[0].order_id
+    assert order_id in cases.tombstones and order_id not in cases.cases  # closed by the refund
+    scan = next(e for e in events if e.event_type == "carrier_scan")
+    fresh = scan.model_copy(update={"event_id": "never-seen-before"})
+    dups = _metric("salvage_duplicate_events_total")
+    out = cases.on_batch(
+        [("e", end, "dup|1", scan), ("e", end, "new|1", fresh), ("w", "src", end + 1, end + 1)]
+    )
+    letters = [payload for route, payload in out if route == "dlq"]
+    assert [(d.kind.value, d.event_id) for d in letters] == [("unknown_order", "never-seen-before")]
+    assert _metric("salvage_duplicate_events_total") == dups + 1
