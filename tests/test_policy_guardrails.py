@@ -10,18 +10,11 @@ import pytest
 
 from connectors.outputs import Action, Priority
 from features.eventtime import DAY_US
-from flows.stages import CaseView, DispatchStage, StageConfig
 from policy.config import MAX_CONTACT_LOG, PolicyError, load_policy
 from policy.engine import decide
-from scoring.baseline import ScoreResult
-from scoring.models import Scored
-from tests.test_policy import _default_doc, _features, _write
+from tests.test_policy import _default_doc, _features, _scores, _sent, _stage, _update, _write
 
 POLICY = load_policy()
-
-
-def _scores(rec: float, abuse: float) -> ScoreResult:
-    return ScoreResult(rec, abuse, "rules-v1")
 
 
 def _policy(tmp_path, edit) -> object:
@@ -30,46 +23,6 @@ def _policy(tmp_path, edit) -> object:
         a["holdout_share"] = 0.0
     edit(doc)
     return load_policy(_write(tmp_path, doc))
-
-
-def _stage(policy) -> DispatchStage:
-    cfg = StageConfig(
-        case_shards=1,
-        cust_shards=1,
-        lane_shards=1,
-        sources=("p",),
-        case_records=False,
-        policy=policy,
-    )
-    return DispatchStage(0, cfg)
-
-
-def _update(stage, t, order, features, *, customer="c1", rec=0.5, abuse=0.05) -> None:
-    view = CaseView(
-        order_id=order,
-        customer_id=customer,
-        t=t,
-        source_id=f"{order}-{t}",
-        changes=("scan",),
-        features=features,
-        status="open",
-        outcome=None,
-        lane="l",
-        campaign="none",
-        sku_family="f",
-        currency="EUR",
-        order_value=features["order_value"],
-        refunded_amount=0.0,
-        returned=False,
-        abuse_flags=(),
-    )
-    scores = _scores(rec, abuse)
-    stage.apply([(t, "x", (view, features, Scored(scores, {}, scores), []))], t + 1, [])
-
-
-def _sent(stage) -> list:
-    box = stage._outbox.pop(("out", "out"), [])
-    return [payload for _, _, (kind, payload) in box if kind == "trigger"]
 
 
 # ------------------------------------------------------------------ review routing beats EV
