@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -307,6 +307,86 @@ class CaseStore:
         self.close()
 
 
+class OutageBacklog(Generic[T]):
+    """What a Redis sink could not write yet, one value per key, with the retry schedule: an
+    attempt at most every ``retry_interval`` seconds, doubling while Redis stays down (capped at
+    10 s), reset when it comes back. Past ``max_items`` keys it raises ``unavailable`` (stopping
+    the flow rather than dropping); ``failed`` then tells ``close`` not to raise again. Shared by
+    the case-store and review-queue sinks: ``what`` names the sink and its items in the logs."""
+
+    def __init__(
+        self,
+        what: tuple[str, str],  # ("Redis case store", "case writes")
+        gauge: Gauge,
+        failures: Counter,
+        unavailable: type[Exception],
+        max_items: int,
+        retry_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.items: dict[str, T] = {}
+        self.failed = False
+        self._what, self._gauge, self._failures = what, gauge, failures
+        self._unavailable = unavailable
+        self._max = max_items
+        self._retry_initial = self.retry_interval = retry_interval
+        self._next_try = 0.0
+        self._outage = False
+        self._clock = clock
+        gauge.set(0)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def bounded(self) -> None:
+        """Export the size; raise past the bound."""
+        self._gauge.set(len(self.items))
+        if len(self.items) > self._max:
+            self.failed = True  # close() must not raise again while the flow unwinds
+            raise self._unavailable(
+                f"{self._what[0]} down and the backlog passed its bound ({len(self.items)} > "
+                f"{self._max} {self._what[1]}); stopping rather than dropping"
+            )
+
+    def due(self) -> bool:
+        return self._clock() >= self._next_try
+
+    def attempt(self, write: Callable[[], object]) -> bool:
+        """Call ``write`` (which writes ``items``); on success the backlog is empty. A wrong
+        password (AuthenticationError, a ConnectionError) is a configuration error: it raises."""
+        try:
+            write()
+        except _NOT_TRANSIENT:
+            raise
+        except _TRANSIENT as exc:
+            self._failures.inc()
+            if self._outage:
+                self.retry_interval = min(self.retry_interval * 2, 10.0)
+            else:
+                self._outage = True
+                self.retry_interval = self._retry_initial
+                log.warning(
+                    "%s unavailable (%s: %s); buffering %s",
+                    self._what[0],
+                    type(exc).__name__,
+                    exc,
+                    self._what[1],
+                )
+            self._next_try = self._clock() + self.retry_interval
+            return False
+        if self._outage and self.items:
+            log.warning("%s back: wrote a backlog of %d", self._what[0], len(self.items))
+        self._outage = False
+        self._next_try = 0.0
+        self.clear()
+        return True
+
+    def clear(self) -> None:
+        """Everything was written."""
+        self.items.clear()
+        self._gauge.set(0)
+
+
 class _CasePartition(StatelessSinkPartition[CaseRecord]):
     """Writes batches; during an outage buffers the latest record per order (see module doc)."""
 
@@ -319,80 +399,43 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self._backlog: dict[str, tuple[int, str]] = {}
-        self._max_backlog = max_backlog
-        self._retry_initial = retry_interval
-        self._retry_interval = retry_interval
-        self._next_try = 0.0
-        self._clock = clock
-        self._gauge = BACKLOG.labels(worker)
-        self._gauge.set(0)
-        self._failed = False
+        self._pending: OutageBacklog[tuple[int, str]] = OutageBacklog(
+            ("Redis case store", "case writes"),
+            BACKLOG.labels(worker),
+            WRITE_FAILURES,
+            CaseStoreUnavailable,
+            max_backlog,
+            retry_interval,
+            clock,
+        )
 
     @property
     def backlog(self) -> int:
-        return len(self._backlog)
-
-    def write_batch(self, items: list[CaseRecord]) -> None:
-        if not self._backlog:
-            try:
-                self._store.write_many_once(items)
-                return
-            except _NOT_TRANSIENT:  # a wrong password is a configuration error, not an outage
-                raise
-            except _TRANSIENT as exc:
-                self._outage_began(exc)
-        self._buffer(items)
-        if self._clock() >= self._next_try:
-            self._try_flush()
-
-    def _outage_began(self, exc: Exception) -> None:
-        WRITE_FAILURES.inc()
-        log.warning(
-            "Redis case store unavailable (%s: %s); buffering case writes", type(exc).__name__, exc
-        )
-        self._retry_interval = self._retry_initial
-        self._next_try = self._clock() + self._retry_interval
-
-    def _buffer(self, items: list[CaseRecord]) -> None:
-        backlog = self._backlog
-        for order_id, version, doc in items:
-            prev = backlog.get(order_id)
-            if prev is None or version >= prev[0]:
-                backlog[order_id] = (version, doc)
-        self._gauge.set(len(backlog))
-        if len(backlog) > self._max_backlog:
-            self._failed = True  # close() must not raise again while the flow unwinds
-            raise CaseStoreUnavailable(
-                f"Redis case store down and the write backlog passed its bound "
-                f"({len(backlog)} > {self._max_backlog} records); stopping rather than dropping"
-            )
+        return len(self._pending)
 
     def _records(self) -> list[CaseRecord]:
-        return [(o, v, d) for o, (v, d) in self._backlog.items()]
+        return [(o, v, d) for o, (v, d) in self._pending.items.items()]
 
-    def _try_flush(self) -> None:
-        try:
-            self._store.write_many_once(self._records())
-        except _NOT_TRANSIENT:
-            raise
-        except _TRANSIENT:
-            WRITE_FAILURES.inc()
-            self._retry_interval = min(self._retry_interval * 2, 10.0)
-            self._next_try = self._clock() + self._retry_interval
+    def write_batch(self, items: list[CaseRecord]) -> None:
+        pending = self._pending
+        if not pending.items and pending.attempt(lambda: self._store.write_many_once(items)):
             return
-        log.warning("Redis case store back: wrote a backlog of %d cases", len(self._backlog))
-        self._backlog.clear()
-        self._gauge.set(0)
+        for order_id, version, doc in items:  # keep the latest record per order
+            prev = pending.items.get(order_id)
+            if prev is None or version >= prev[0]:
+                pending.items[order_id] = (version, doc)
+        pending.bounded()
+        if pending.due():
+            pending.attempt(lambda: self._store.write_many_once(self._records()))
 
     def close(self) -> None:
+        pending = self._pending
         try:
-            if self._backlog and self._failed:
-                log.error("%d case writes not stored (Redis unavailable)", len(self._backlog))
-            elif self._backlog:
+            if pending.items and pending.failed:
+                log.error("%d case writes not stored (Redis unavailable)", len(pending))
+            elif pending.items:
                 self._store.write_many(self._records())  # full retry budget, then loud
-                self._backlog.clear()
-                self._gauge.set(0)
+                pending.clear()
         finally:
             self._store.close()
 

@@ -50,9 +50,9 @@ from prometheus_client import Counter, Gauge
 
 from sinks import metrics
 
-# the case store's notion of a transient Redis error (and of one that is not: AuthenticationError
-# subclasses ConnectionError, but a wrong password is a configuration error, not an outage)
-from sinks.redis_store import _NOT_TRANSIENT, _TRANSIENT
+# the case store's outage handling: a bounded backlog retried with backoff (a wrong password is a
+# configuration error, not an outage)
+from sinks.redis_store import OutageBacklog
 
 log = logging.getLogger(__name__)
 
@@ -353,16 +353,17 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
     ) -> None:
         self.queue = queue
         self._warned = False
-        self._backlog: dict[str, dict] = {}  # trigger_id -> trigger, not yet accepted by Redis
-        self._max_backlog = max_backlog
-        self._retry_initial = self._retry_interval = retry_interval
+        # trigger_id -> trigger, not yet accepted by Redis
+        self._pending: OutageBacklog[dict] = OutageBacklog(
+            ("Redis review queue", "review triggers"),
+            BACKLOG.labels(worker),
+            WRITE_FAILURES,
+            ReviewQueueUnavailable,
+            max_backlog,
+            retry_interval,
+        )
         self._flush_budget = flush_budget
-        self._next_try = 0.0
-        self._outage = False
         self._group_ready = False
-        self._failed = False
-        self._gauge = BACKLOG.labels(worker)
-        self._gauge.set(0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
@@ -374,7 +375,7 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
 
     @property
     def backlog(self) -> int:
-        return len(self._backlog)
+        return len(self._pending)
 
     def refresh(self) -> None:
         try:
@@ -390,49 +391,27 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
             self.refresh()
 
     def write_batch(self, items: list[dict]) -> None:
+        pending = self._pending
         for trig in items:  # enqueueing is idempotent on trigger_id: one copy is enough
-            self._backlog[trig["trigger_id"]] = trig
-        if time.monotonic() >= self._next_try:
+            pending.items[trig["trigger_id"]] = trig
+        if pending.due():
             self._flush()
-        self._gauge.set(len(self._backlog))
-        if len(self._backlog) > self._max_backlog:
-            self._failed = True  # close() must not raise again while the flow unwinds
-            raise ReviewQueueUnavailable(
-                f"Redis review queue down and the enqueue backlog passed its bound "
-                f"({len(self._backlog)} > {self._max_backlog} triggers); stopping rather than "
-                "dropping"
-            )
+        pending.bounded()
 
-    def _flush(self) -> bool:
-        """One attempt to enqueue the whole backlog; whether it is now empty."""
+    def _enqueue(self) -> None:
         try:
             if not self._group_ready:  # first write, or Redis is back (possibly empty)
                 self.queue.ensure_group()
                 self._group_ready = True
-            self.queue.enqueue_many(self._backlog.values())
-        except _NOT_TRANSIENT:
-            raise
-        except _TRANSIENT as exc:
-            WRITE_FAILURES.inc()
-            if not self._outage:
-                self._outage = True
-                self._retry_interval = self._retry_initial
-                log.warning(
-                    "Redis review queue unavailable (%s: %s); buffering review triggers",
-                    type(exc).__name__,
-                    exc,
-                )
-            else:
-                self._retry_interval = min(self._retry_interval * 2, 10.0)
+            self.queue.enqueue_many(self._pending.items.values())
+        except redis.RedisError:
             self._group_ready = False
-            self._next_try = time.monotonic() + self._retry_interval
+            raise
+
+    def _flush(self) -> bool:
+        """One attempt to enqueue the whole backlog; whether it is now empty."""
+        if not self._pending.attempt(self._enqueue):
             return False
-        if self._outage:
-            self._outage = False
-            log.warning("Redis review queue back: enqueued a backlog of %d", len(self._backlog))
-        self._backlog.clear()
-        self._gauge.set(0)
-        self._next_try = 0.0
         self.refresh()
         return True
 
@@ -440,10 +419,11 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        pending = self._pending
         try:
-            if self._backlog and self._failed:
-                log.error("%d review triggers not queued (Redis unavailable)", len(self._backlog))
-            elif self._backlog:
+            if pending.items and pending.failed:
+                log.error("%d review triggers not queued (Redis unavailable)", len(pending))
+            elif pending.items:
                 self._flush_before_close()  # then loud if Redis stays down
             else:
                 self.refresh()
@@ -456,10 +436,10 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ReviewQueueUnavailable(
-                    f"Redis review queue down at the end of the flow: {len(self._backlog)} review "
+                    f"Redis review queue down at the end of the flow: {len(self._pending)} review "
                     f"triggers not queued after retrying for {self._flush_budget:g}s"
                 )
-            time.sleep(min(self._retry_interval, remaining))
+            time.sleep(min(self._pending.retry_interval, remaining))
 
 
 class RedisReviewSink(DynamicSink[dict]):
