@@ -151,13 +151,12 @@ def baseline(
 
 def _counter(port: int, name: str) -> float:
     """Sum of a counter's samples on the pipeline's /metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
+    families = text_string_to_metric_families(text)
+    return sum(s.value for fam in families for s in fam.samples if s.name == name)
 
 
 def _metrics_up(port: int) -> bool:

@@ -254,9 +254,17 @@ class CaseStage(_Stage):
         # a closed case's event ids, as 64-bit hashes (8 B each, not the strings): a redelivered
         # event of a closed case is a duplicate, not a dead letter
         self.tomb_ids: dict[str, array] = {}
-        self.intents = (
-            IntentClassifier(threshold=cfg.intent_threshold) if cfg.infer_intents else None
-        )
+        self.intents: IntentClassifier | None = None
+        self._configure(cfg)
+
+    def _configure(self, cfg: StageConfig) -> None:
+        """The parts of the stage that follow the configuration (at start and on a resume)."""
+        if not cfg.infer_intents:
+            self.intents = None
+        elif self.intents is None:
+            self.intents = IntentClassifier(threshold=cfg.intent_threshold)
+        else:  # a resume keeps what it learned
+            self.intents.threshold = cfg.intent_threshold
         self.journey = cfg.policy.journey.config()  # None: journey tracking off
         if self.journey is not None:  # series exist from the start (increase() works)
             for stage in self.journey.stages:
@@ -269,18 +277,7 @@ class CaseStage(_Stage):
         # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
         for source in cfg.sources:
             self.reorderer.upstream.setdefault(source, BEGIN)
-        if not cfg.infer_intents:
-            self.intents = None
-        elif self.intents is None:
-            self.intents = IntentClassifier(threshold=cfg.intent_threshold)
-        else:  # keeps what it learned
-            self.intents.threshold = cfg.intent_threshold
-        self.journey = cfg.policy.journey.config()
-        if self.journey is not None:
-            for stage in self.journey.stages:
-                _STATUS_UPDATES(stage.value)
-            for kind in self.journey.alerts:
-                _JOURNEY_ALERTS(kind.value)
+        self._configure(cfg)
         # deadlines follow the config (return window, journey thresholds): a timer computed under
         # the old one would be discarded when it fires and the new deadline never scheduled
         self.timers = [
