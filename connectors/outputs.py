@@ -111,7 +111,12 @@ class DeadLetterKind(StrEnum):
 
 
 class DeadLetter(_Out):
-    """Anything we could not accept, with the original bytes (base64) and where it came from."""
+    """Anything we could not accept, where it came from, and a bounded, redacted copy of it.
+
+    ``raw_b64`` holds at most ``SALVAGE_DEAD_LETTER_MAX_BYTES`` (4096) bytes of the payload, with
+    free-text fields (support ``text``, notes, names...) dropped when the payload is JSON; on the
+    support stream an unparsable payload keeps no bytes at all. ``raw_len`` and ``raw_sha256``
+    always describe the original bytes, so a letter can be matched to its source message."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     source: str = Field(description="input topic, or file path in file mode")
@@ -119,7 +124,11 @@ class DeadLetter(_Out):
     offset: int = Field(description="Kafka offset, or 1-based line number in file mode")
     kind: DeadLetterKind
     message: str
-    raw_b64: str
+    raw_b64: str = Field(description="base64 of the kept bytes (a bounded, redacted prefix)")
+    raw_len: int = Field(0, ge=0, description="length of the original payload, in bytes")
+    raw_sha256: str = Field("", description="hex SHA-256 of the original payload")
+    raw_truncated: bool = Field(False, description="raw_b64 is a prefix of the (redacted) bytes")
+    raw_redacted: bool = Field(False, description="free-text fields were dropped from raw_b64")
     event_id: str | None = None
     order_id: str | None = None
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -12,6 +14,117 @@ from connectors.outputs import DeadLetter, DeadLetterKind
 
 MAX_EVENT_BYTES = 64 * 1024
 """Documented size limit: a message above this is a ``too_large`` dead letter, unparsed."""
+
+DEAD_LETTER_MAX_BYTES = 4096
+"""Default bound on the raw bytes a dead letter carries (``SALVAGE_DEAD_LETTER_MAX_BYTES``)."""
+
+PRODUCER_MESSAGE_MAX_BYTES = 1_000_000
+"""librdkafka's default ``message.max.bytes``: no dead letter may come near it."""
+
+DEAD_LETTER_OVERHEAD_BYTES = 8192
+"""Upper bound on a dead letter's JSON besides the base64 prefix (message <= 500 characters,
+escaped at most 6 bytes each; source <= 256; ids <= 128)."""
+
+FREE_TEXT_FIELDS = frozenset(
+    {
+        "text",
+        "body",
+        "message",
+        "subject",
+        "note",
+        "notes",
+        "comment",
+        "comments",
+        "description",
+        "transcript",
+        "email",
+        "name",
+        "first_name",
+        "last_name",
+        "full_name",
+        "customer_name",
+        "phone",
+        "address",
+        "street",
+    }
+)
+"""Keys whose values are dropped from a dead letter's payload (at any depth): free text and
+contact details. Matched case-insensitively."""
+
+_max_bytes = DEAD_LETTER_MAX_BYTES
+
+
+def dead_letter_size_bound(max_bytes: int) -> int:
+    """The largest serialized dead letter a ``max_bytes`` prefix can produce."""
+    return 4 * ((max_bytes + 2) // 3) + DEAD_LETTER_OVERHEAD_BYTES
+
+
+def set_dead_letter_max_bytes(
+    max_bytes: int, producer_max_bytes: int = PRODUCER_MESSAGE_MAX_BYTES
+) -> None:
+    """Bound the raw prefix dead letters carry; refuse a bound the producer could not send."""
+    if max_bytes < 0:
+        raise ValueError(f"dead-letter max bytes must be >= 0, got {max_bytes}")
+    if dead_letter_size_bound(max_bytes) >= producer_max_bytes:
+        raise ValueError(
+            f"dead_letter_max_bytes={max_bytes} makes dead letters of up to "
+            f"{dead_letter_size_bound(max_bytes)} bytes, over the producer's message.max.bytes "
+            f"({producer_max_bytes})"
+        )
+    global _max_bytes
+    _max_bytes = max_bytes
+
+
+def dead_letter_max_bytes() -> int:
+    return _max_bytes
+
+
+def _redact(node: object) -> tuple[object, bool]:
+    """``node`` with free-text fields dropped at any depth, and whether anything was dropped."""
+    if isinstance(node, dict):
+        out: dict[str, object] = {}
+        hit = False
+        for k, v in node.items():
+            if isinstance(k, str) and k.lower() in FREE_TEXT_FIELDS and v is not None:
+                hit = True
+                continue
+            out[k], sub = _redact(v)
+            hit = hit or sub
+        return out, hit
+    if isinstance(node, list):
+        items = [_redact(v) for v in node]
+        return [v for v, _ in items], any(h for _, h in items)
+    return node, False
+
+
+def _is_support(raw: RawRecord) -> bool:
+    if raw.stream is not None:
+        return raw.stream == Stream.SUPPORT
+    return "support" in raw.source.rsplit("/", 1)[-1].lower()
+
+
+def _kept_bytes(raw: RawRecord, limit: int) -> tuple[bytes, bool, bool]:
+    """What a dead letter may carry of ``raw``: free text dropped, at most ``limit`` bytes;
+    and whether it was truncated, and redacted.
+
+    A payload that parses as JSON loses its free-text fields (re-serialized compactly only when
+    something was dropped). One that does not parse keeps a prefix, except on the support
+    stream, where unparsed bytes may be a customer's words: nothing is kept there."""
+    value = raw.value
+    if len(value) <= MAX_EVENT_BYTES:
+        try:
+            doc = json.loads(value)
+        except (ValueError, RecursionError):
+            doc = None
+        else:
+            redacted, hit = _redact(doc)
+            if hit:
+                value = json.dumps(redacted, separators=(",", ":"), ensure_ascii=False).encode()
+            return value[:limit], len(value) > limit, hit
+    if _is_support(raw):
+        return b"", bool(value), bool(value)
+    return value[:limit], len(value) > limit, False
+
 
 _TIME_ERRORS = {
     "timezone_aware",
@@ -55,13 +168,20 @@ def dead_letter(
     event_id: str | None = None,
     order_id: str | None = None,
 ) -> DeadLetter:
+    """A bounded dead letter: at most ``dead_letter_max_bytes()`` of the payload (free text
+    dropped, see :func:`_kept_bytes`), with the original's length and SHA-256."""
+    kept, truncated, redacted = _kept_bytes(raw, _max_bytes)
     return DeadLetter(
-        source=raw.source,
+        source=raw.source[:256],
         partition=raw.partition,
         offset=raw.offset,
         kind=kind,
         message=message[:500],
-        raw_b64=base64.b64encode(raw.value).decode("ascii"),
+        raw_b64=base64.b64encode(kept).decode("ascii"),
+        raw_len=len(raw.value),
+        raw_sha256=hashlib.sha256(raw.value).hexdigest(),
+        raw_truncated=truncated,
+        raw_redacted=redacted,
         event_id=event_id,
         order_id=order_id,
     )

@@ -21,6 +21,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from connectors.parse import set_dead_letter_max_bytes
 from flows.sources import EventLogSource, KafkaEventSource
 from flows.stages import (
     OUT_KEY,
@@ -203,16 +204,25 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         from sinks.redis_store import RedisCaseSink
 
         pw = s.redis_password.get_secret_value() if s.redis_password else None
-        sinks["cases"] = RedisCaseSink(s.redis_url, password=pw, ttl_seconds=s.case_ttl_seconds)
+        # short timeouts: a frozen Redis costs one timeout per retry, then the backlog takes over
+        timeout = s.redis_socket_timeout_seconds
+        sinks["cases"] = RedisCaseSink(
+            s.redis_url,
+            password=pw,
+            ttl_seconds=s.case_ttl_seconds,
+            socket_timeout=timeout,
+            connect_timeout=timeout,
+        )
         from sinks.review_queue import RedisReviewSink
 
-        sinks["reviews"] = RedisReviewSink(s.redis_url, password=pw)
+        sinks["reviews"] = RedisReviewSink(s.redis_url, password=pw, socket_timeout=timeout)
     sinks.update(spec.extra_sinks)
     return sinks
 
 
 def build_flow(spec: FlowSpec) -> Dataflow:
     s = spec.settings
+    set_dead_letter_max_bytes(s.dead_letter_max_bytes)
     source = _source(spec)
     sinks = _sinks(spec)
     cfg = StageConfig(

@@ -274,6 +274,14 @@ def run(
         str | None,
         typer.Option(help="Redis case store URL ('' disables); default SALVAGE_REDIS_URL"),
     ] = None,
+    no_case_store: Annotated[
+        bool,
+        typer.Option(
+            "--no-case-store",
+            help="Run without the Redis case store and review queue (else a configured Redis "
+            "that is down or refuses the password stops the run, exit 2)",
+        ),
+    ] = False,
     summary: Annotated[bool, typer.Option(help="Print a summary at the end")] = True,
     metrics_port: Annotated[
         int | None,
@@ -329,7 +337,6 @@ def run(
         run_flow,
         summarise,
     )
-    from sinks.redis_store import redis_available
 
     try:
         cluster = resolve_cluster(addresses, process_id, workers)
@@ -366,12 +373,7 @@ def run(
             f"({', '.join(cluster.addresses)}), {workers} worker(s) each, "
             f"{settings.shards} shards"
         )
-    use_store = bool(settings.redis_url) and redis_available(
-        settings.redis_url,
-        settings.redis_password.get_secret_value() if settings.redis_password else None,
-    )
-    if settings.redis_url and not use_store:
-        console.print("[yellow]no Redis answers: running without the case store[/yellow]")
+    use_store = _case_store_at_start(settings, redis_url, no_case_store)
     clear_stop()
     _install_drain_handlers()
     recovery = None
@@ -426,6 +428,35 @@ def run(
         secs = start(spec)
         how = "drained on signal" if stop_requested() else "done"
         console.print(f"kafka mode: {how} in {secs:.1f}s")
+
+
+def _case_store_at_start(settings: Settings, flag_url: str | None, no_case_store: bool) -> bool:
+    """Whether ``run`` uses the Redis case store and review queue; strict when Redis was
+    configured explicitly (``--redis-url``, ``SALVAGE_REDIS_URL`` or ``SALVAGE_REDIS_PASSWORD``):
+    down or refusing the password is exit 2 with the reason. Only the built-in default URL
+    falls back to running without, and says so."""
+    from sinks.redis_store import redact_url, redis_problem
+
+    if no_case_store or not settings.redis_url:
+        console.print("case store: off (--no-case-store or an empty Redis URL)")
+        return False
+    explicit = (
+        flag_url is not None
+        or "SALVAGE_REDIS_URL" in os.environ
+        or settings.redis_password is not None
+    )
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    problem = redis_problem(settings.redis_url, password)
+    if problem is None:
+        console.print(f"case store: Redis {redact_url(settings.redis_url)}")
+        return True
+    if explicit:
+        raise _fail(f"case store: {problem}; fix it, or run with --no-case-store")
+    console.print(
+        f"[yellow]case store: off ({problem}; no Redis configured, so the default was tried; "
+        f"set SALVAGE_REDIS_URL to require it, or pass --no-case-store)[/yellow]"
+    )
+    return False
 
 
 def _install_drain_handlers() -> None:
@@ -623,7 +654,10 @@ def demo(
         settings.redis_password.get_secret_value() if settings.redis_password else None,
     )
     if not use_store:
-        console.print("[yellow]no Redis answers: running without the case store[/yellow]")
+        console.print(
+            "[yellow]no Redis answers: the demo runs without the case store and review queue "
+            "(as `run --no-case-store` would)[/yellow]"
+        )
     with kafka_available(settings, console.print) as live:
         with _progress() as bar:
             task = bar.add_task("publishing to Kafka", total=log.stat().st_size)

@@ -24,10 +24,19 @@ class Settings(BaseSettings):
     topic_lane_alerts: str = "lane-alerts"
     topic_dead_letters: str = "dead-letters"
     topic_partitions: int = Field(4, ge=1, description="partitions for topics salvage creates")
+    dead_letter_max_bytes: int = Field(
+        4096,
+        ge=0,
+        le=262_144,
+        description="payload bytes a dead letter keeps (plus raw_len and raw_sha256 of it all)",
+    )
 
     # --- Redis case store. Empty string disables it.
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
+    redis_socket_timeout_seconds: float = Field(
+        0.5, gt=0, le=30, description="sinks' Redis connect/read timeout: a frozen Redis backs up"
+    )
     case_ttl_seconds: int = Field(45 * 24 * 3600, ge=60)
 
     # --- Dataflow.

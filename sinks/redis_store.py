@@ -51,6 +51,7 @@ __all__ = [
     "RedisCaseSink",
     "redact_url",
     "redis_available",
+    "redis_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,29 @@ def redis_available(url: str, password: str | None = None, timeout: float = 0.5)
         return False
     finally:
         client.close()
+
+
+def redis_problem(url: str, password: str | None = None, timeout: float = 1.0) -> str | None:
+    """Why Redis at ``url`` cannot serve as the case store (``None``: it answers PING).
+
+    Distinguishes a refused password from a server that is down, for start-up messages."""
+    try:
+        client = _client(url, password, timeout, timeout)
+    except ValueError as exc:
+        return f"unusable Redis URL {redact_url(url)!r}: {exc}"
+    try:
+        client.ping()
+    except _NOT_TRANSIENT as exc:
+        return f"Redis at {redact_url(url)} refused the credentials ({exc})"
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            return f"Redis at {redact_url(url)} refused the credentials ({exc})"
+        return f"Redis at {redact_url(url)} answered with an error ({exc})"
+    except (redis.RedisError, OSError) as exc:
+        return f"Redis at {redact_url(url)} is not answering ({type(exc).__name__}: {exc})"
+    finally:
+        client.close()
+    return None
 
 
 class CaseStore:

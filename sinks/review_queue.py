@@ -136,14 +136,15 @@ class ReviewQueue:
         group: str = GROUP,
         *,
         create_group: bool = True,
+        socket_timeout: float = SOCKET_TIMEOUT_S,
     ) -> None:
         # bounded: the gauges are refreshed from a timer thread, which must never hang on Redis
         self.redis = redis.Redis.from_url(
             url,
             password=password,
             decode_responses=True,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
         )
         self.stream, self.group, self.seen = stream, group, f"{stream}:seen"
         self._enqueue = self.redis.register_script(_ENQUEUE)
@@ -458,10 +459,12 @@ class RedisReviewSink(DynamicSink[dict]):
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         retry_interval_seconds: float = 0.5,
         flush_budget_seconds: float = 30.0,
+        socket_timeout: float = SOCKET_TIMEOUT_S,
     ) -> None:
         if max_backlog < 1:
             raise ValueError("max_backlog must be >= 1")
         self.url, self.password, self.stream = url, password, stream
+        self.socket_timeout = socket_timeout
         self.refresh_s = refresh_s
         self.max_backlog = max_backlog
         self.retry_interval_seconds = retry_interval_seconds
@@ -471,7 +474,13 @@ class RedisReviewSink(DynamicSink[dict]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ReviewPartition:
         # no Redis call here: the flow starts (and buffers) even while Redis is down
-        queue = ReviewQueue(self.url, self.password, stream=self.stream, create_group=False)
+        queue = ReviewQueue(
+            self.url,
+            self.password,
+            stream=self.stream,
+            create_group=False,
+            socket_timeout=self.socket_timeout,
+        )
         return _ReviewPartition(
             queue,
             # one timer per process is enough (the gauges are process-wide): worker 0 runs it

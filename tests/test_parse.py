@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import json
 
 from hypothesis import given, settings
@@ -18,7 +19,11 @@ def _kind(value: bytes, stream: Stream | None = None) -> DeadLetterKind:
     result = _parse(value, stream)
     assert isinstance(result, DeadLetter), result
     assert result.offset == 7 and result.source == "test"
-    assert base64.b64decode(result.raw_b64) == value  # the original bytes, exactly
+    kept = base64.b64decode(result.raw_b64)
+    assert kept == value[:4096]  # the original bytes, up to the dead-letter bound
+    assert result.raw_truncated == (len(value) > 4096) and not result.raw_redacted
+    assert result.raw_len == len(value)
+    assert result.raw_sha256 == hashlib.sha256(value).hexdigest()
     return result.kind
 
 

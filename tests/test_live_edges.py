@@ -1,0 +1,148 @@
+"""Hostile input on the live path: huge messages, free text and metric labels (issue 12, item 1)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from connectors.broker import ensure_topics
+from connectors.events import Stream
+from connectors.outputs import DeadLetter, DeadLetterKind
+from connectors.parse import (
+    PRODUCER_MESSAGE_MAX_BYTES,
+    RawRecord,
+    dead_letter_size_bound,
+    parse,
+    set_dead_letter_max_bytes,
+)
+from salvage.config import Settings
+from salvage.runner import publish_log
+from tests.helpers import event, line, order_placed
+
+TEXT = "Hi, this is Jane Doe, 12 Elm Street, jane@example.com, call me on +44 7700 900123"
+
+
+def _support(text: str = TEXT, **extra) -> bytes:
+    return line(
+        event(
+            "e-s1",
+            "support_contact",
+            "o1",
+            "2026-03-02T10:00:00+00:00",
+            **{"channel": "email", "text": text, **extra},
+        )
+    )
+
+
+@pytest.mark.parametrize("size", [800 * 1024, 10 * 1024 * 1024])
+def test_a_huge_message_is_a_bounded_dead_letter_under_the_producer_limit(size):
+    value = b'{"event_type":"carrier_scan","pad":"' + b"x" * size + b'"}'
+    dl = parse(RawRecord("deliveries", 0, 41, value, Stream.DELIVERIES))
+    assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.TOO_LARGE
+    kept = base64.b64decode(dl.raw_b64)
+    assert kept == value[:4096] and dl.raw_truncated
+    assert dl.raw_len == len(value)
+    assert dl.raw_sha256 == hashlib.sha256(value).hexdigest()
+    assert len(dl.model_dump_json()) <= dead_letter_size_bound(4096) < PRODUCER_MESSAGE_MAX_BYTES
+
+
+def test_free_text_never_reaches_a_dead_letter():
+    # a valid-JSON support contact rejected for another reason (bad channel), text at two depths
+    value = _support(channel="pigeon", notes={"agent": {"comment": TEXT}})
+    dl = parse(RawRecord("support", 0, 3, value, Stream.SUPPORT))
+    assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.INVALID_VALUE
+    kept = base64.b64decode(dl.raw_b64)
+    assert b"Jane" not in kept and b"example.com" not in kept and b"7700" not in kept
+    doc = json.loads(kept)
+    assert doc["order_id"] == "o1" and "text" not in doc and "notes" not in doc
+    assert dl.raw_redacted and dl.raw_sha256 == hashlib.sha256(value).hexdigest()
+    # not JSON at all on the support stream: no bytes kept, only length and hash
+    garbled = b"{" + TEXT.encode()
+    dl = parse(RawRecord("support", 0, 4, garbled, Stream.SUPPORT))
+    assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.INVALID_JSON
+    assert dl.raw_b64 == "" and dl.raw_redacted and dl.raw_len == len(garbled)
+    # the same bytes on the orders stream keep their (bounded) prefix for debugging
+    dl = parse(RawRecord("orders", 0, 4, garbled, Stream.ORDERS))
+    assert base64.b64decode(dl.raw_b64) == garbled and not dl.raw_redacted
+
+
+def test_a_wrong_stream_support_contact_loses_its_text():
+    dl = parse(RawRecord("orders", 0, 9, _support(), Stream.ORDERS))
+    assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.WRONG_STREAM
+    assert b"Jane" not in base64.b64decode(dl.raw_b64)
+
+
+def test_a_dead_letter_bound_the_producer_could_not_send_is_refused():
+    with pytest.raises(ValueError, match=r"message\.max\.bytes"):
+        set_dead_letter_max_bytes(800_000)
+    set_dead_letter_max_bytes(16)
+    try:
+        dl = parse(RawRecord("orders", 0, 1, b"not json at all, and longer than sixteen bytes"))
+        assert base64.b64decode(dl.raw_b64) == b"not json at all," and dl.raw_truncated
+    finally:
+        set_dead_letter_max_bytes(4096)
+    with pytest.raises(ValueError):
+        Settings(dead_letter_max_bytes=10_000_000)
+
+
+def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
+    kafka_broker, tmp_path, unique_name, salvage_cli
+):
+    suffix = unique_name("big")
+    topics = {f"SALVAGE_TOPIC_{s.upper()}": f"{s}-{suffix}" for s in Settings().input_topics()}
+    for name in ("interventions", "lane_alerts", "dead_letters"):
+        topics[f"SALVAGE_TOPIC_{name.upper()}"] = f"{name}-{suffix}"
+    settings = Settings(
+        kafka_bootstrap=kafka_broker.bootstrap,
+        **{k.removeprefix("SALVAGE_").lower(): v for k, v in topics.items()},
+    )
+    ensure_topics(
+        settings.kafka_client_config(),
+        list(settings.input_topics().values()) + settings.output_topics(),
+        1,
+    )
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(line(order_placed("o1", "2026-03-02T10:00:00+00:00")) + b"\n")
+    publish_log(settings, log)
+    huge = {
+        size: b'{"event_type":"carrier_scan","pad":"' + b"x" * size + b'"}'
+        for size in (800 * 1024, 10 * 1024 * 1024)
+    }
+    producer = Producer({**settings.kafka_client_config(), "message.max.bytes": 20_000_000})
+    for value in huge.values():
+        producer.produce(settings.topic_deliveries, value, key=b"o1")
+    assert producer.flush(30) == 0
+    env = {**topics, "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap}
+    args = ["run", "--to-end", "--shards", "2", "--no-case-store"]
+    args += ["--recovery-dir", str(tmp_path / "db"), "--snapshot-interval", "0.2"]
+    first = salvage_cli(*args, env=env)
+    assert first.wait(timeout=120) == 0, first.err_path.read_text()
+    second = salvage_cli(*args, env=env)  # resumes past the huge messages
+    assert second.wait(timeout=120) == 0, second.err_path.read_text()
+
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": unique_name("g"),
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([settings.topic_dead_letters])
+    letters = []
+    for _ in range(100):
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            letters.append(json.loads(msg.value()))
+        if len(letters) >= len(huge):
+            break
+    consumer.close()
+    assert sorted(d["raw_len"] for d in letters) == sorted(len(v) for v in huge.values())
+    for d in letters:
+        assert d["kind"] == "too_large" and d["raw_truncated"]
+        original = next(v for v in huge.values() if len(v) == d["raw_len"])
+        assert d["raw_sha256"] == hashlib.sha256(original).hexdigest()
+        assert base64.b64decode(d["raw_b64"]) == original[:4096]
