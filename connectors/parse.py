@@ -25,31 +25,29 @@ DEAD_LETTER_OVERHEAD_BYTES = 8192
 """Upper bound on a dead letter's JSON besides the base64 prefix (message <= 500 characters,
 escaped at most 6 bytes each; source <= 256; ids <= 128)."""
 
-FREE_TEXT_FIELDS = frozenset(
-    {
-        "text",
-        "body",
-        "message",
-        "subject",
-        "note",
-        "notes",
-        "comment",
-        "comments",
-        "description",
-        "transcript",
-        "email",
-        "name",
-        "first_name",
-        "last_name",
-        "full_name",
-        "customer_name",
-        "phone",
-        "address",
-        "street",
-    }
+FREE_TEXT_FRAGMENTS = (
+    "text",
+    "body",
+    "message",
+    "subject",
+    "note",
+    "comment",
+    "description",
+    "transcript",
+    "email",
+    "name",
+    "phone",
+    "address",
+    "street",
 )
-"""Keys whose values are dropped from a dead letter's payload (at any depth): free text and
-contact details. Matched case-insensitively."""
+"""A key containing one of these (case-insensitive, at any depth) has its value dropped from a
+dead letter's payload: free text and contact details (``text``, ``notes``, ``customer_email``,
+``shipping_address``...)."""
+
+
+def _free_text_key(key: object) -> bool:
+    return isinstance(key, str) and any(f in key.lower() for f in FREE_TEXT_FRAGMENTS)
+
 
 _max_bytes = DEAD_LETTER_MAX_BYTES
 
@@ -85,7 +83,7 @@ def _redact(node: object) -> tuple[object, bool]:
         out: dict[str, object] = {}
         hit = False
         for k, v in node.items():
-            if isinstance(k, str) and k.lower() in FREE_TEXT_FIELDS and v is not None:
+            if _free_text_key(k) and v is not None:
                 hit = True
                 continue
             out[k], sub = _redact(v)

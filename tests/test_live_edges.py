@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -146,3 +147,104 @@ def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
         original = next(v for v in huge.values() if len(v) == d["raw_len"])
         assert d["raw_sha256"] == hashlib.sha256(original).hexdigest()
         assert base64.b64decode(d["raw_b64"]) == original[:4096]
+
+
+# ------------------------------------------------------------------ Redis at start and frozen
+
+
+def test_run_stops_with_exit_2_when_the_configured_redis_is_down(
+    tmp_path, salvage_cli, redis_server_factory
+):
+    server = redis_server_factory()
+    server.stop()
+    log = tmp_path / "one.jsonl"
+    log.write_bytes(line(order_placed("O1", "2026-03-02T10:00:00Z")) + b"\n")
+    args = ["run", "--input", str(log), "--out-dir", str(tmp_path / "out")]
+    for how in ({"SALVAGE_REDIS_URL": server.url}, None):  # the environment, or the flag
+        extra = [] if how else ["--redis-url", server.url]
+        proc = salvage_cli(*args, *extra, env=how)
+        assert proc.wait(timeout=60) == 2
+        said = proc.out_path.read_text() + proc.err_path.read_text()
+        assert "is not answering" in said and "--no-case-store" in said
+        assert not (tmp_path / "out").exists()
+    proc = salvage_cli(*args, "--no-case-store", env={"SALVAGE_REDIS_URL": server.url})
+    assert proc.wait(timeout=60) == 0, proc.err_path.read_text()
+    assert "case store: off" in proc.out_path.read_text() + proc.err_path.read_text()
+
+
+def _store_backlog() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(
+        s.value
+        for m in REGISTRY.collect()
+        for s in m.samples
+        if s.name == "salvage_case_store_backlog"
+    )
+
+
+def _dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return {k: client.hgetall(k) for k in client.scan_iter(match="salvage:case:*", count=1000)}
+    finally:
+        client.close()
+
+
+def test_the_flow_settings_give_the_redis_sinks_short_timeouts():
+    from flows.recovery import FlowSpec, _sinks
+
+    sinks = _sinks(FlowSpec(Settings(redis_url="redis://127.0.0.1:1/0"), inputs=[Path("x")]))
+    assert sinks["cases"]._store_kwargs["socket_timeout"] == 0.5
+    assert sinks["cases"]._store_kwargs["connect_timeout"] == 0.5
+    assert sinks["reviews"].socket_timeout == 0.5
+
+
+def test_a_frozen_redis_does_not_stop_processing_and_the_store_catches_up(
+    tmp_path, redis_server_factory
+):
+    """SIGSTOP the case store's redis-server while the flow runs: the flow keeps processing
+    (the backlog grows while Redis cannot answer), and after SIGCONT the triggers and the store
+    equal those of a run with a healthy Redis."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from bytewax.testing import cluster_main
+
+    from flows.recovery import FlowSpec, build_flow
+    from tests.flowkit import run_file_flow, sim_log
+
+    log = sim_log(tmp_path / "logs", orders=500, seed=31)
+    ref, frozen = redis_server_factory(), redis_server_factory()
+    reference = run_file_flow([log], tmp_path / "ref", redis_url=ref.url)
+    want = _dump(ref.url)
+    assert len(want) > 400
+    pid = frozen._proc.pid
+    os.kill(pid, signal.SIGSTOP)  # frozen: connections are accepted, nothing is answered
+    seen = {"backlog": 0.0}
+
+    def thaw() -> None:
+        deadline = time.monotonic() + 60
+        while _store_backlog() < 300 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen["backlog"] = _store_backlog()
+        os.kill(pid, signal.SIGCONT)
+
+    thread = threading.Thread(target=thaw)
+    thread.start()
+    try:
+        spec = FlowSpec(
+            Settings(redis_url=frozen.url, shards=4), inputs=[log], out_dir=tmp_path / "out"
+        )
+        cluster_main(build_flow(spec), [], 0)
+    finally:
+        thread.join(timeout=90)
+        os.kill(pid, signal.SIGCONT)
+    assert seen["backlog"] >= 300  # processing went on while Redis was frozen
+    assert (tmp_path / "out" / "interventions.jsonl").read_bytes() == reference["interventions"]
+    assert _store_backlog() == 0
+    assert _dump(frozen.url) == want

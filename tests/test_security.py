@@ -180,3 +180,23 @@ def test_a_wrong_redis_password_stops_the_sinks_instead_of_buffering(protected_r
     )
     with pytest.raises(redis.exceptions.AuthenticationError):
         review_part.write_batch([{"trigger_id": "t1", "order_id": "O1"}])
+
+
+@pytest.mark.integration
+def test_run_stops_with_exit_2_when_the_configured_redis_refuses_the_password(
+    protected_redis, tmp_path, salvage_cli
+):
+    """Issue 12: a wrong password used to print "no Redis answers" and run without the store."""
+    log = tmp_path / "one.jsonl"
+    log.write_bytes(line(order_placed("O1", "2026-03-02T10:00:00Z")) + b"\n")
+    args = ["run", "--input", str(log), "--out-dir", str(tmp_path / "out")]
+    env = {"SALVAGE_REDIS_URL": protected_redis, "SALVAGE_REDIS_PASSWORD": "wrong-password"}
+    proc = salvage_cli(*args, env=env)
+    assert proc.wait(timeout=60) == 2
+    said = proc.out_path.read_text() + proc.err_path.read_text()
+    assert "refused the credentials" in said and "--no-case-store" in said
+    assert "wrong-password" not in said
+    assert not (tmp_path / "out" / "interventions.jsonl").exists()  # nothing ran
+    ok = salvage_cli(*args, "--no-case-store", env=env)
+    assert ok.wait(timeout=60) == 0, ok.err_path.read_text()
+    assert (tmp_path / "out" / "interventions.jsonl").exists()
