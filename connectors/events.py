@@ -47,6 +47,10 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"
 Money = Annotated[float, Field(ge=0.0, le=MAX_AMOUNT, allow_inf_nan=False)]
 Qty = Annotated[int, Field(ge=1, le=MAX_QTY)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+REVIEWER_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+ReviewerId = Annotated[str, StringConstraints(pattern=REVIEWER_ID_PATTERN)]
+"""A reviewer's internal id: letters, digits, ``.``, ``_``, ``-`` (no spaces, no ``@``): never a
+name or an email."""
 
 
 class Stream(StrEnum):
@@ -274,7 +278,7 @@ class ReviewResolved(_Event):
     event_type: Literal["review_resolved"]
     review_id: Id
     verdict: Verdict
-    reviewer: Id | None = None  # an internal reviewer id, never a name
+    reviewer: ReviewerId | None = None  # an internal reviewer id, never a name or an email
 
 
 class ChargebackFiled(_Event):

@@ -998,9 +998,17 @@ def review_resolve(
     publish_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for Kafka to acknowledge the event")
     ] = 30.0,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Resolve a review another reviewer claimed"),
+    ] = False,
 ) -> None:
     """Resolve a claimed review: publish its verdict as a review_resolved event to the returns
     topic, then mark the review done.
+
+    Only the reviewer who claimed it resolves it (--force overrides); the reviewer is an id
+    (letters, digits, . _ -), not a name. The event is checked against the input contract
+    before anything is published: one the pipeline would reject stops here with exit 2.
 
     Needs a broker (--kafka-bootstrap or SALVAGE_KAFKA_BOOTSTRAP) unless --print-only. The review
     is marked done only once Kafka acknowledged the event: if publishing fails the command exits
@@ -1027,7 +1035,9 @@ def review_resolve(
     def show(event: dict) -> None:
         print(json.dumps(event), flush=True)
 
-    event = queue.resolve(entry_id, verdict, reviewer, publish=show if print_only else publish)
+    event = queue.resolve(
+        entry_id, verdict, reviewer, publish=show if print_only else publish, force=force
+    )
     if print_only:
         console.print(f"resolved {entry_id}; the event above was not published (--print-only)")
     else:

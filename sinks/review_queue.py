@@ -48,6 +48,9 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
 
+from connectors.events import REVIEWER_ID_PATTERN, Stream
+from connectors.outputs import DeadLetter
+from connectors.parse import RawRecord, parse
 from sinks import metrics
 
 # the case store's outage handling: a bounded backlog retried with backoff (a wrong password is a
@@ -120,6 +123,25 @@ class QueueDepth:
 
 
 SOCKET_TIMEOUT_S = 5.0
+
+
+def check_reviewer(reviewer: str) -> None:
+    """A reviewer is an internal id (the ``review_resolved`` contract's pattern), never a name."""
+    if not isinstance(reviewer, str) or not re.fullmatch(REVIEWER_ID_PATTERN, reviewer):
+        raise ReviewError(
+            f"reviewer must be an id matching {REVIEWER_ID_PATTERN} (letters, digits, . _ -; "
+            f"not a name or an email), not {reviewer!r}"
+        )
+
+
+def validate_event(event: dict[str, Any]) -> str | None:
+    """Parse ``event`` exactly as the pipeline parses the returns topic: ``None`` if accepted,
+    else the dead letter's kind and message."""
+    raw = RawRecord("review", 0, 0, json.dumps(event).encode(), Stream.RETURNS)
+    got = parse(raw)
+    if isinstance(got, DeadLetter):
+        return f"{got.kind.value}: {got.message}"
+    return None
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -207,6 +229,7 @@ class ReviewQueue:
     def claim(self, reviewer: str, count: int = 1, reclaim_after_s: float = 3600) -> list[Review]:
         """Give ``reviewer`` the oldest abandoned reviews (claimed > reclaim_after_s ago and not
         resolved), else new ones."""
+        check_reviewer(reviewer)
         _, stale, _ = self.redis.xautoclaim(
             self.stream, self.group, reviewer, int(reclaim_after_s * 1000), "0-0", count=count
         )
@@ -227,6 +250,7 @@ class ReviewQueue:
         *,
         publish: Callable[[dict[str, Any]], object],
         now: datetime | None = None,
+        force: bool = False,
     ) -> dict[str, Any]:
         """Resolve a claimed review: ``publish`` its ``review_resolved`` event, then acknowledge it.
 
@@ -234,12 +258,17 @@ class ReviewQueue:
         otherwise: the entry is acknowledged (``XACK``) after it returned, so a failed publish
         leaves the review claimed for a retry. Returns the event.
 
-        :raises ReviewError: bad verdict or entry id, no such review, or not claimed (never
-            claimed, or already resolved); also when someone else resolved it while ``publish``
+        Only the reviewer who claimed it resolves it (``force`` overrides). The event is
+        validated with the pipeline's own parser before anything is published or acknowledged.
+
+        :raises ReviewError: bad verdict, reviewer id or entry id, no such review, not claimed
+            (never claimed, or already resolved), claimed by another reviewer, or an event the
+            pipeline would dead-letter; also when someone else resolved it while ``publish``
             ran (both events carry the same event id: the pipeline keeps the first).
         """
         if verdict not in VERDICTS:
             raise ReviewError(f"verdict must be approve, deny or abuse_confirmed, not {verdict!r}")
+        check_reviewer(reviewer)
         if not _ENTRY_ID.fullmatch(entry_id):
             raise ReviewError(
                 f"{entry_id!r} is not a review entry id (like 1712345678901-0, from `claim`)"
@@ -257,6 +286,13 @@ class ReviewQueue:
             raise ReviewError(f"no review {entry_id}")
         if not pending:
             raise ReviewError(f"review {entry_id} is not claimed (claim it first) or already done")
+        claimant = pending[0].get("consumer")
+        claimant = claimant.decode() if isinstance(claimant, bytes) else claimant
+        if claimant != reviewer and not force:
+            raise ReviewError(
+                f"review {entry_id} is claimed by {claimant}, not {reviewer}: only the claimant "
+                f"resolves it (--force overrides)"
+            )
         review = self._review(*entries[0])
         at = (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
         event = {
@@ -269,6 +305,9 @@ class ReviewQueue:
             "verdict": verdict,
             "reviewer": reviewer,
         }
+        rejected = validate_event(event)
+        if rejected is not None:
+            raise ReviewError(f"the pipeline would reject this verdict event: {rejected}")
         publish(event)
         if not self.redis.xack(self.stream, self.group, entry_id):
             raise ReviewError(

@@ -146,7 +146,7 @@ def test_depth_matches_reading_every_entry_through_claims_resolves_and_reclaims(
     steps = [
         lambda: queue.claim("a", count=3),
         lambda: [
-            queue.resolve(r.entry_id, "approve", "a", publish=_delivered)
+            queue.resolve(r.entry_id, "approve", "b", publish=_delivered)
             for r in queue.claim("b", count=2)
         ],
         lambda: queue.resolve(
@@ -156,7 +156,7 @@ def test_depth_matches_reading_every_entry_through_claims_resolves_and_reclaims(
         lambda: queue.enqueue_many([{"trigger_id": "late", "order_id": "o-late"}]),
         lambda: queue.claim("d", count=20),  # everything is claimed
         lambda: [
-            queue.resolve(r.entry_id, "deny", "d", publish=_delivered)
+            queue.resolve(r.entry_id, "deny", "e", publish=_delivered)
             for r in queue.claim("e", 20, 0)
         ],
     ]
@@ -394,3 +394,73 @@ def test_the_flow_keeps_going_through_an_outage_and_queues_every_review(
 @pytest.fixture(scope="module")
 def log600(tmp_path_factory):
     return sim_log(tmp_path_factory.mktemp("reviews"), orders=600, seed=3)
+
+
+# ----------------------------------------------------------------------------- who resolves
+
+
+def test_a_reviewer_name_is_refused_before_anything_is_published(redis_url, stream):
+    """Issue 12: `--reviewer "Jane Doe"` used to be acknowledged and publish an event the
+    pipeline dead-letters (invalid_value): the verdict was lost."""
+    queue = ReviewQueue(redis_url, stream=stream)
+    queue.enqueue_many([{"trigger_id": "t1", "order_id": "o1"}])
+    [review] = queue.claim("agent-1")
+    sent: list[dict] = []
+    for bad in ("Jane Doe", "jane@example.com", "", "x" * 65):
+        with pytest.raises(ReviewError, match="reviewer must be an id"):
+            queue.resolve(review.entry_id, "deny", bad, publish=sent.append)
+    assert sent == []
+    assert queue.depth().claimed == 1  # still claimed: nothing acknowledged
+    with pytest.raises(ReviewError, match="reviewer must be an id"):
+        queue.claim("Jane Doe")
+    event = queue.resolve(review.entry_id, "deny", "agent-1", publish=sent.append)
+    assert sent == [event]
+    parsed = parse(RawRecord("returns", 0, 0, json.dumps(event).encode()))
+    assert isinstance(parsed, ReviewResolved) and parsed.reviewer == "agent-1"
+
+
+def test_only_the_claimant_resolves_unless_forced(redis_url, stream):
+    queue = ReviewQueue(redis_url, stream=stream)
+    queue.enqueue_many([{"trigger_id": "t1", "order_id": "o1"}])
+    [review] = queue.claim("agent-1")
+    sent: list[dict] = []
+    with pytest.raises(ReviewError, match="claimed by agent-1, not agent-2"):
+        queue.resolve(review.entry_id, "approve", "agent-2", publish=sent.append)
+    assert sent == [] and queue.depth().claimed == 1
+    event = queue.resolve(review.entry_id, "approve", "agent-2", publish=sent.append, force=True)
+    assert sent == [event] and event["reviewer"] == "agent-2"
+    assert queue.depth().depth == 0
+
+
+def test_an_event_the_pipeline_would_reject_is_not_published(redis_url, stream):
+    # an order id the queue holds but the input contract refuses (a space): caught before publish
+    queue = ReviewQueue(redis_url, stream=stream)
+    queue.enqueue_many([{"trigger_id": "t1", "order_id": "bad order id"}])
+    [review] = queue.claim("agent-1")
+    sent: list[dict] = []
+    with pytest.raises(ReviewError, match="the pipeline would reject this verdict event"):
+        queue.resolve(review.entry_id, "deny", "agent-1", publish=sent.append)
+    assert sent == [] and queue.depth().claimed == 1
+
+
+def test_cli_resolve_with_a_name_or_as_someone_else_exits_2(redis_url, stream, monkeypatch):
+    from typer.testing import CliRunner
+
+    from salvage.cli import app
+
+    monkeypatch.delenv("SALVAGE_KAFKA_BOOTSTRAP", raising=False)
+    queue = ReviewQueue(redis_url, stream=stream)
+    queue.enqueue_many([{"trigger_id": "t1", "order_id": "o1"}])
+    [review] = queue.claim("agent-1")
+    monkeypatch.setattr("salvage.cli._queue", lambda _s: ReviewQueue(redis_url, stream=stream))
+    runner = CliRunner()
+    base = ["review", "resolve", review.entry_id, "--verdict", "deny", "--print-only"]
+    base += ["--redis-url", redis_url]
+    result = runner.invoke(app, [*base, "--reviewer", "Jane Doe"])
+    assert result.exit_code == 2 and "reviewer must be an id" in result.stderr
+    result = runner.invoke(app, [*base, "--reviewer", "agent-2"])
+    assert result.exit_code == 2 and "only the claimant" in result.stderr
+    assert queue.depth().claimed == 1
+    result = runner.invoke(app, [*base, "--reviewer", "agent-2", "--force"])
+    assert result.exit_code == 0, result.output
+    assert queue.depth().depth == 0
