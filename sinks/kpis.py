@@ -49,12 +49,22 @@ per label is configurable (:class:`KpiSettings`, env ``SALVAGE_KPI_TOP_N_<LABEL>
 needs stable buckets across restarts lists its important campaigns/lanes there
 (``SALVAGE_KPI_PRESET_LANE='["swiftship:central>north"]'``). Slots are per process: two processes
 of a cluster may bucket a late newcomer differently (both still bounded).
+
+Label vetting (before a value may take a slot): labels with a closed vocabulary (``action``,
+``outcome``, ``grade``, ``reason``, ``support_reason``) only take its values, ``currency`` only
+ISO-4217-shaped codes; the free-form ones (``campaign``, ``sku_family``, ``courier``, and each
+part of a ``lane``/``lane_monitor`` ``courier:origin>destination``) only take slug-like values
+(letters, digits and ``_ . + / & -``, at most four words and 48 characters, no ``@``, ``,`` or
+quotes, no run of 6 or more digits). Anything else, an email, a phone or order number, an address
+with commas, a sentence, is reported as ``other`` without taking a slot. Presets are trusted as
+configured.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -62,6 +72,9 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.events import Grade, Intent, ReturnReason
+from connectors.outputs import Action
+from features.order_case import Outcome
 from sinks.cost_model import CostModel, load_cost_model
 
 OTHER = "other"
@@ -110,18 +123,63 @@ class KpiSettings(BaseSettings):
 # ---------------------------------------------------------------------------------- buckets
 
 
+_SLUG = re.compile(r"(?=.{1,48}$)[A-Za-z0-9][A-Za-z0-9_.+/&-]*(?: [A-Za-z0-9_.+/&-]+){0,3}")
+_ID_LIKE = re.compile(r"[0-9]{6}")
+_LANE = re.compile(r"([^:>]+):([^:>]+)>([^:>]+)")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def slug_label(value: str) -> bool:
+    """A free-form label value safe to export: short, slug-like, not an id, a name or an email."""
+    return _SLUG.fullmatch(value) is not None and _ID_LIKE.search(value) is None
+
+
+def lane_label(value: str) -> bool:
+    m = _LANE.fullmatch(value)
+    return m is not None and all(slug_label(part) for part in m.groups())
+
+
+def _closed(*vocabularies: Iterable[str]) -> Callable[[str], bool]:
+    allowed = frozenset(v for vocab in vocabularies for v in vocab)
+    return allowed.__contains__
+
+
+VETTING: dict[str, Callable[[str], bool]] = {
+    "campaign": slug_label,
+    "sku_family": slug_label,
+    "courier": slug_label,
+    "lane": lane_label,
+    "lane_monitor": lane_label,
+    "support_reason": _closed(Intent),
+    "action": _closed(Action, ("none",)),
+    "outcome": _closed(Outcome),
+    "grade": _closed(Grade),
+    "reason": _closed(ReturnReason),
+    "currency": lambda v: _CURRENCY.fullmatch(v) is not None,
+}
+"""Per label: which values may be exported (others are ``other``); see the module docstring."""
+
+
 class TopN:
-    """First-come top-N bucketing of one label's values; later newcomers become ``other``."""
+    """First-come top-N bucketing of one label's values; later newcomers become ``other``, and so
+    do values ``accept`` refuses (without taking a slot, and without being remembered)."""
 
-    __slots__ = ("_lock", "_map", "n", "slots")
+    __slots__ = ("_accept", "_lock", "_map", "n", "slots")
 
-    def __init__(self, n: int, preset: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        n: int,
+        preset: Iterable[str] = (),
+        accept: Callable[[str], bool] | None = None,
+    ) -> None:
         self.n = n
         self.slots = 0
         self._map: dict[str, str] = {p: p for p in PLACEHOLDERS}
         self._lock = threading.Lock()
+        self._accept = None  # presets are trusted as configured
         for value in preset:
             self(value)
+        self._accept = accept
 
     def __call__(self, value: Any) -> str:
         key = value if isinstance(value, str) else ("none" if value is None else str(value))
@@ -130,6 +188,8 @@ class TopN:
             return got
         if not key:
             return "none"
+        if self._accept is not None and not self._accept(key):
+            return OTHER
         with self._lock:  # a miss: claim a slot (at most N, even with several worker threads)
             got = self._map.get(key)
             if got is None:
@@ -250,7 +310,8 @@ class _State:
         self.threshold = settings.recoverable_threshold
         self.repeat_days = settings.repeat_window_days
         self.bucket: dict[str, TopN] = {
-            name: TopN(settings.top_n(name), settings.preset(name)) for name in LABELS
+            name: TopN(settings.top_n(name), settings.preset(name), VETTING.get(name))
+            for name in LABELS
         }
         m = (
             CASES_RESOLVED,

@@ -255,10 +255,10 @@ def test_labels_past_top_n_go_to_other_first_come():
     kpis.configure(kpis.KpiSettings(top_n_campaign=2, top_n_lane=1), CostModel())
     d = Delta()
     for campaign in ("c1", "none", "c2", "c3", "c1", "c4"):
-        kpis.observe(case_fact(campaign=campaign, lane=f"lane-{campaign}"))
+        kpis.observe(case_fact(campaign=campaign, lane=f"sw:{campaign}>north"))
     base = {"outcome": "kept", "sku_family": "skincare", "support_reason": "none"}
     name = "salvage_cases_resolved_total"
-    assert d(name, campaign="c1", lane="lane-c1", **base) == 2  # first lane claims the one slot
+    assert d(name, campaign="c1", lane="sw:c1>north", **base) == 2  # first lane claims the one slot
     assert d(name, campaign="none", lane="other", **base) == 1  # placeholders take no slot
     assert d(name, campaign="c2", lane="other", **base) == 1
     assert d(name, campaign="other", lane="other", **base) == 2  # c3, c4
@@ -316,3 +316,41 @@ def test_cost_model_components_and_loading(tmp_path, monkeypatch):
     }
     with pytest.raises(ValueError):
         CostModel(write_off_share={"A": 1.5})
+
+
+def test_label_values_outside_their_vocabulary_or_pattern_are_other():
+    """Issue 12: campaign / region values were copied verbatim into metric labels."""
+    kpis.configure(kpis.KpiSettings(), CostModel())
+    d = Delta()
+    hostile = {
+        "campaign": "Jane Doe's referral",
+        "sku_family": "jane@example.com",
+        "lane": "swiftship:Flat 3, 12 Elm Street>north",
+        "courier": "call 07700900123",
+    }
+    kpis.observe(case_fact(**hostile))
+    base = {"outcome": "kept", "support_reason": "none"}
+    name = "salvage_cases_resolved_total"
+    assert d(name, campaign="other", sku_family="other", lane="other", **base) == 1
+    for label, value in hostile.items():
+        assert kpis.bucket(label, value) == "other"
+    # closed vocabularies: only their values
+    assert kpis.bucket("action", "human_review") == "human_review"
+    assert kpis.bucket("action", "drop table") == "other"
+    assert kpis.bucket("outcome", "refund") == "refund"
+    assert kpis.bucket("outcome", "O-123") == "other"
+    assert kpis.bucket("support_reason", "where_is_my_order") == "where_is_my_order"
+    assert kpis.bucket("support_reason", "my name is Jane") == "other"
+    assert kpis.bucket("currency", "EUR") == "EUR"
+    assert kpis.bucket("currency", "euros") == "other"
+    # ordinary values still take their slots; ids (6+ digits) do not
+    assert kpis.bucket("campaign", "spring-sale_2026") == "spring-sale_2026"
+    assert kpis.bucket("campaign", "order-12345678") == "other"
+    assert kpis.bucket("lane_monitor", "swiftship:central>north") == "swiftship:central>north"
+    assert kpis.bucket("lane", "DHL Express:North East>Greater London") != "other"  # real names
+    assert kpis.bucket("campaign", "this is a whole sentence from a form") == "other"
+    # a rejected value takes no slot: the top-N is left for real values
+    kpis.configure(kpis.KpiSettings(top_n_campaign=1), CostModel())
+    for i in range(50):
+        assert kpis.bucket("campaign", f"user{i}@example.com") == "other"
+    assert kpis.bucket("campaign", "launch") == "launch"
