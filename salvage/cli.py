@@ -481,10 +481,21 @@ def broker(
     port: Annotated[int | None, typer.Option(help="Loopback port (default: a free one)")] = None,
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic")] = None,
 ) -> None:
-    """Run the embedded Kafka-compatible broker in the foreground, with Salvage's topics."""
+    """Run the embedded Kafka-compatible broker in the foreground, with Salvage's topics.
+
+    SIGTERM or Ctrl-C stops the broker (the Tansu process) and exits 0."""
+    import threading
+
     from connectors.broker import EmbeddedBroker, ensure_topics
 
     settings = _settings(topic_partitions=partitions)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()  # the loop below leaves the `with`, which stops Tansu
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     with EmbeddedBroker(port=port, silent=True) as b:
         conf = {"bootstrap.servers": b.bootstrap}
         ensure_topics(
@@ -494,11 +505,9 @@ def broker(
         )
         print(b.bootstrap, flush=True)
         console.print(f"broker up: export SALVAGE_KAFKA_BOOTSTRAP={b.bootstrap}  (Ctrl-C stops it)")
-        try:
-            while b.running:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
+        while b.running and not stop.wait(0.5):
             pass
+    console.print("broker stopped")
 
 
 @app.command()

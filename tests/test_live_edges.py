@@ -248,3 +248,49 @@ def test_a_frozen_redis_does_not_stop_processing_and_the_store_catches_up(
     assert (tmp_path / "out" / "interventions.jsonl").read_bytes() == reference["interventions"]
     assert _store_backlog() == 0
     assert _dump(frozen.url) == want
+
+
+# ------------------------------------------------------------------ salvage broker and run
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path as P
+
+    kids: list[int] = []
+    for task in P(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        kids += [int(x) for x in text]
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = open(f"/proc/{pid}/status").read()
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_salvage_broker_stops_tansu_on_a_signal(salvage_cli, sig):
+    import signal
+    import time
+
+    proc = salvage_cli("broker")
+    deadline = time.monotonic() + 60
+    while not proc.out_path.read_text().strip():  # prints its bootstrap once the broker is up
+        assert proc.poll() is None, proc.err_path.read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    tansu = _children(proc.pid)
+    assert tansu and all(_alive(p) for p in tansu)
+    proc.send_signal(getattr(signal, sig))
+    assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
+    for pid in tansu:
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"Tansu ({pid}) outlived `salvage broker`"
