@@ -428,6 +428,16 @@ def run(
         secs = start(spec)
         how = "drained on signal" if stop_requested() else "done"
         console.print(f"kafka mode: {how} in {secs:.1f}s")
+        if summary:
+            from salvage.runner import summarise_metrics
+
+            if cluster.multi_process:
+                console.print("(metrics below are this process's share of the cluster)")
+            render_summary(summarise_metrics(), None, console)
+            console.print(
+                f"Outputs: topics {live.topic_interventions}, {live.topic_lane_alerts}, "
+                f"{live.topic_dead_letters} on {live.kafka_bootstrap}"
+            )
 
 
 def _case_store_at_start(settings: Settings, flag_url: str | None, no_case_store: bool) -> bool:

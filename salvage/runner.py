@@ -529,7 +529,30 @@ def summarise(out_dir: Path) -> RunSummary:
     return s
 
 
-def render_summary(s: RunSummary, out_dir: Path, console) -> None:
+def summarise_metrics() -> RunSummary:
+    """Kafka mode: the same summary from this process's counters (outputs are on topics).
+
+    Counts are this run's (a resumed run counts from its snapshot on); lane alerts are the
+    transitions counted by the lane stage, not read back from the topic."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as empty:  # no output files: the metrics part only
+        s = summarise(Path(empty))
+    for x in _samples("salvage_dead_letters_total"):
+        if int(x.value):
+            s.dead_letters[x.labels["kind"]] += int(x.value)
+    for x in _samples("salvage_triggers_total"):
+        if int(x.value):
+            s.triggers[x.labels["action"]] += int(x.value)
+    for x in _samples("salvage_trigger_reasons_total"):
+        if int(x.value):
+            s.reasons.setdefault(x.labels["action"], Counter())[x.labels["reason"]] += int(x.value)
+    for action in s.triggers:
+        s.reasons.setdefault(action, Counter())
+    return s
+
+
+def render_summary(s: RunSummary, out_dir: Path | None, console) -> None:
     from rich.table import Table
 
     t = Table(title="Events accepted by stream")
@@ -582,7 +605,8 @@ def render_summary(s: RunSummary, out_dir: Path, console) -> None:
             )
     render_models(console)
     render_uplift(console)
-    console.print(f"Outputs: {out_dir.resolve()}")
+    if out_dir is not None:
+        console.print(f"Outputs: {out_dir.resolve()}")
 
 
 def _samples(name: str) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,11 @@ def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
     args += ["--recovery-dir", str(tmp_path / "db"), "--snapshot-interval", "0.2"]
     first = salvage_cli(*args, env=env)
     assert first.wait(timeout=120) == 0, first.err_path.read_text()
+    said = first.out_path.read_text() + first.err_path.read_text()
+    # Kafka mode prints the file-mode summary too (it used to print only the elapsed time)
+    assert "Dead letters by kind" in said and "Triggers by action" in said
+    assert re.search(r"orders\s*[│|]\s*1\b", said), said  # events accepted by stream
+    assert re.search(r"too_large\s*[│|]\s*2\b", said), said
     second = salvage_cli(*args, env=env)  # resumes past the huge messages
     assert second.wait(timeout=120) == 0, second.err_path.read_text()
 
