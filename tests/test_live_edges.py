@@ -300,3 +300,54 @@ def test_salvage_broker_stops_tansu_on_a_signal(salvage_cli, sig):
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(pid), f"Tansu ({pid}) outlived `salvage broker`"
+
+
+# ------------------------------------------------------------------ properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SECRET = "S3CR3T-words-of-a-customer"
+_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8).filter(lambda k: "text" not in k), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    doc=st.dictionaries(st.sampled_from(["a", "b", "order_id", "lines"]), _json, max_size=4),
+    path=st.lists(st.sampled_from(["x", "y"]), max_size=3),
+    key=st.sampled_from(["text", "Notes", "customer_email", "shipping_address", "agent_comment"]),
+    stream=st.sampled_from(list(Stream)),
+    pad=st.integers(0, 9000),
+)
+def test_dead_letters_are_bounded_and_hold_no_free_text(doc, path, key, stream, pad):
+    node = doc
+    for step in path:  # bury the free text at some depth
+        node[step] = {}
+        node = node[step]
+    node[key] = SECRET
+    doc["padding"] = "p" * pad
+    value = json.dumps(doc).encode()
+    dl = parse(RawRecord("t", 0, 1, value, stream))
+    assert isinstance(dl, DeadLetter)
+    kept = base64.b64decode(dl.raw_b64)
+    assert SECRET.encode() not in kept and dl.raw_redacted
+    assert len(kept) <= 4096 and len(dl.model_dump_json()) <= dead_letter_size_bound(4096)
+    assert dl.raw_len == len(value) and dl.raw_sha256 == hashlib.sha256(value).hexdigest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.binary(max_size=10_000), stream=st.sampled_from([None, *Stream]))
+def test_any_bytes_give_a_bounded_dead_letter_or_an_event(value, stream):
+    got = parse(RawRecord("t", 0, 1, value, stream))
+    if isinstance(got, DeadLetter):
+        kept = base64.b64decode(got.raw_b64)
+        assert len(kept) <= 4096 and got.raw_len == len(value)
+        assert got.raw_truncated or got.raw_redacted or kept == value
