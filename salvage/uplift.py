@@ -197,7 +197,12 @@ def _block(strata: list[tuple[list[Unit], list[Unit]]]) -> dict:
         retained_margin=_money("margin", usable, weights),
         refund_leakage=_money("refunded", usable, weights),
     )
-    if m > 0.05:
+    if min(n_t, n_h) < 30:
+        doc["note"] = (
+            f"fewer than 30 orders in an arm ({n_t} treated, {n_h} held out): "
+            "too few to tell anything"
+        )
+    elif m > 0.05:
         doc["note"] = (
             f"small sample: only effects of about {m:.0%} or more would be detected "
             "(80% power); an interval containing 0 does not show there is no effect"
@@ -236,3 +241,56 @@ def uplift(out_dir: Path) -> dict:
 
 def has_inputs(out_dir: Path) -> bool:
     return (Path(out_dir) / ASSIGNMENTS).exists()
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _ci(block: dict, scale: float = 100.0, unit: str = " pts") -> str:
+    if block.get("diff") is None:
+        return "-"
+    lo, hi = block["ci"]
+    return f"{block['diff'] * scale:+.1f} [{lo * scale:+.1f}, {hi * scale:+.1f}]{unit}"
+
+
+def render(console, result: dict) -> None:
+    """The ITT table (rich): per action and overall."""
+    from rich.table import Table
+
+    t = Table(title="Uplift (intention-to-treat): treated - holdout, 95% interval")
+    for col in (
+        "action",
+        "n treated / holdout",
+        "retained treated",
+        "retained holdout",
+        "retention diff",
+        "retained margin / order",
+        "refund leakage / order",
+    ):
+        t.add_column(col, justify="left" if col == "action" else "right")
+
+    def money(block: dict, key: str) -> str:
+        m = block.get(key)
+        return "-" if not m else _ci(m, 1.0, "")
+
+    rows = [*result["actions"].items(), ("overall", result["overall"])]
+    for name, b in rows:
+        t.add_row(
+            name,
+            f"{b['n_treated']:,} / {b['n_holdout']:,}",
+            _pct(b["treated"]["rate"]),
+            _pct(b["holdout"]["rate"]),
+            _ci(b),
+            money(b, "retained_margin"),
+            money(b, "refund_leakage"),
+        )
+    console.print(t)
+    notes = [f"{n}: {b['note']}" for n, b in rows if b.get("note")]
+    for n in notes:
+        console.print(f"  {n}")
+    console.print(
+        "  Orders are assigned at their first randomised decision (holdout draw) and counted in "
+        "that arm whatever happened later; retained = no refund and no chargeback (open orders "
+        "count as retained). Newcombe interval for rates, bootstrap for money."
+    )

@@ -117,7 +117,7 @@ def test_the_live_view_shows_the_runs_numbers_and_plain_lines_without_a_terminal
     leakage = _delta(_by("salvage_refund_leakage_total", "currency"), before["leakage"])
     assert retained and leakage
     for cur, v in retained.items():
-        assert f"{cur} {_n(v)}" in _row(text, "retained revenue")
+        assert f"{cur} {_n(v)}" in _row(text, "value of orders kept")
     for cur, v in leakage.items():
         assert f"{cur} {_n(v)}" in _row(text, "refund leakage")
     # gauges: open cases, open lane alerts (every lane the run left open is listed)
