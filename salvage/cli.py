@@ -188,8 +188,13 @@ def generate(
             "past today is dead-lettered from there on (SALVAGE_MAX_FUTURE_SECONDS)",
         ),
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="closed-loop only: the policy the world reacts to (default: shipped)"),
+    ] = None,
 ) -> None:
-    """Simulate a brand: one interleaved event log in event-time order."""
+    """Simulate a brand: one interleaved event log in event-time order. ``closed-loop``: the
+    customers react to the pipeline's interventions with known true effects (see README)."""
     from datetime import UTC, datetime
 
     from connectors.simulator import SCENARIOS, write_log
@@ -202,7 +207,7 @@ def generate(
             raise _fail(f"--start: {start!r} is not a date (YYYY-MM-DD)") from None
 
     if scenario == "closed-loop":
-        _generate_closed_loop(orders, seed, out, truth, first, orders_per_day)
+        _generate_closed_loop(orders, seed, out, truth, first, orders_per_day, policy)
         return
     if scenario not in SCENARIOS:
         console.print(
@@ -465,7 +470,13 @@ def _install_drain_handlers() -> None:
 
 
 def _generate_closed_loop(
-    orders: int, seed: int, out: Path, truth: Path | None, first, orders_per_day: float
+    orders: int,
+    seed: int,
+    out: Path,
+    truth: Path | None,
+    first,
+    orders_per_day: float,
+    policy: Path | None = None,
 ) -> None:
     """``generate --scenario closed-loop``: customers react to the pipeline's interventions."""
     from connectors.closed_loop import write_log as write_closed_loop
@@ -477,7 +488,7 @@ def _generate_closed_loop(
         truth,
         start=first,
         orders_per_day=orders_per_day,
-        settings=_settings(),
+        settings=_settings(policy=str(policy) if policy else None),
         progress=lambda m: console.print(f"closed loop: {m}"),
     )
     effects = ", ".join(f"{a} {d:+.3f}" for a, d in record["true_effects"].items())
