@@ -802,8 +802,14 @@ def compare(
         "cost B",
         "exp. retained A",
         "exp. retained B",
+        "est. margin A [95% CI]",
+        "est. margin B [95% CI]",
     ):
         t.add_column(col, justify="left" if col == "action" else "right")
+
+    def est(m: dict | None) -> str:
+        return "-" if m is None else f"{m['estimate']:,.0f} [{m['ci'][0]:,.0f}, {m['ci'][1]:,.0f}]"
+
     for r in [*result["rows"], {"action": "total", **result["total"]}]:
         t.add_row(
             r["action"],
@@ -813,12 +819,16 @@ def compare(
             f"{r['cost_b']:,.2f}",
             f"{r['retained_a']:,.2f}",
             f"{r['retained_b']:,.2f}",
+            est(r["margin_a"]),
+            est(r["margin_b"]),
         )
     Console().print(t)
     Console().print(
         f"(order, action) pairs: {result['both']} in both, {result['only_a']} only in A, "
         f"{result['only_b']} only in B. Expected retained revenue = lift x P(lost) x value at "
-        "risk, before holdout."
+        "risk, before holdout (the policy's own claim). Est. margin = what the log shows it "
+        "earned: assigned orders x ITT retained-margin difference treated - holdout, 95% "
+        "interval (see `salvage uplift`)."
     )
 
 
