@@ -53,7 +53,7 @@ RUN_MANIFEST = "salvage-run.json"
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: DispatchStage.assigned (uplift assignments)
 
 
 class RecoveryMismatch(ValueError):

@@ -171,3 +171,30 @@ def test_uplift_cli_explains_a_directory_without_assignments(tmp_path):
     result = runner.invoke(app, ["uplift", "--out-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "assignments.jsonl" in result.output
+
+
+@pytest.mark.integration
+def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
+    closed_loop, kafka_broker, tmp_path, unique_name
+):
+    from bytewax.testing import cluster_main
+
+    from connectors.broker import ensure_topics
+    from flows.recovery import FlowSpec, build_flow
+    from salvage.runner import publish_log
+    from tests.test_integration import WIDE, _topic_settings
+
+    d, _record = closed_loop
+    settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl"))
+    ensure_topics(
+        settings.kafka_client_config(),
+        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.topic_partitions,
+    )
+    publish_log(settings, d / "events.jsonl")
+    spec = FlowSpec(settings, to_end=True, case_store=False, out_dir=tmp_path / "kafka")
+    cluster_main(build_flow(spec), [], 0, worker_count_per_proc=2)
+    file_out = run_file_flow([d / "events.jsonl"], tmp_path / "file", **WIDE)
+    got = (tmp_path / "kafka" / "assignments.jsonl").read_bytes()
+    assert got == file_out["assignments"] and got
+    assert (tmp_path / "kafka" / "outcomes.jsonl").read_bytes() == file_out["outcomes"]
