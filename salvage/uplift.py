@@ -258,15 +258,18 @@ def render(console, result: dict) -> None:
     """The ITT table (rich): per action and overall."""
     from rich.table import Table
 
-    t = Table(title="Uplift (intention-to-treat): treated - holdout, 95% interval")
+    t = Table(
+        title="Uplift (intention-to-treat): treated - holdout [95% interval]; "
+        "kept T / H = retention rate treated / holdout; money per assigned order"
+    )
     for col in (
         "action",
-        "n treated / holdout",
-        "retained treated",
-        "retained holdout",
-        "retention diff",
-        "retained margin / order",
-        "refund leakage / order",
+        "n treated/holdout",
+        "kept T",
+        "kept H",
+        "retention diff, pts",
+        "margin/order",
+        "leakage/order",
     ):
         t.add_column(col, justify="left" if col == "action" else "right")
 
@@ -278,10 +281,10 @@ def render(console, result: dict) -> None:
     for name, b in rows:
         t.add_row(
             name,
-            f"{b['n_treated']:,} / {b['n_holdout']:,}",
+            f"{b['n_treated']:,}/{b['n_holdout']:,}",
             _pct(b["treated"]["rate"]),
             _pct(b["holdout"]["rate"]),
-            _ci(b),
+            _ci(b, 100.0, ""),
             money(b, "retained_margin"),
             money(b, "refund_leakage"),
         )
