@@ -52,7 +52,7 @@ HOURLY = "per hour"
 # ------------------------------------------------------------------------- return recovery
 
 RETAINED_REVENUE = Panel(
-    "Retained revenue",
+    "Value of orders kept",
     (
         Target(
             f"sum by (currency) ({inc('salvage_closed_order_value_total', OUTCOME_RETAINED)})",
@@ -61,7 +61,8 @@ RETAINED_REVENUE = Panel(
     ),
     kind="stat",
     description="Order value of closed cases kept, exchanged, paid out in store credit or whose "
-    "return was cancelled, over the selected range.",
+    "return was cancelled, over the selected range: every kept order, not money the "
+    "interventions saved (that is the uplift: `salvage uplift`).",
     width=4,
     decimals=0,
 )
@@ -148,10 +149,10 @@ RETURN_RECOVERY = Dashboard(
             (RETAINED_REVENUE, LEAKAGE, LEAKAGE_SHARE, COST_PER_RETURN, RESTOCK, REPEAT),
         ),
         Row(
-            "Uplift: what the interventions retain",
+            "Treated vs holdout (closed cases; uplift with intervals: `salvage uplift`)",
             (
                 Panel(
-                    "Retained revenue by action, treated vs holdout (per hour)",
+                    "Value of orders kept by action, treated vs holdout (per hour)",
                     (
                         Target(
                             f"sum by (action, holdout) ({rate('salvage_retained_revenue_total')})"
@@ -160,7 +161,8 @@ RETURN_RECOVERY = Dashboard(
                         ),
                     ),
                     description="Order value of retained cases per triggered action (a case with "
-                    "two actions counts under both); action=none: no intervention.",
+                    "two actions counts under both); action=none: no intervention. The arms "
+                    "differ in size (holdout share), so compare rates, not these sums.",
                     width=8,
                 ),
                 Panel(
@@ -178,8 +180,9 @@ RETURN_RECOVERY = Dashboard(
                     unit=PCT,
                     min=0,
                     max=1,
-                    description="Share of closed cases retained, per action; the uplift is the "
-                    "treated rate minus the holdout rate of the same action.",
+                    description="Share of closed cases retained, per action and arm (closed cases "
+                    "only, no interval). The uplift (intention-to-treat, every assigned order, "
+                    "95% interval on the difference) is `salvage uplift --out-dir DIR`.",
                     width=8,
                 ),
                 Panel(

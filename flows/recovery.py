@@ -180,6 +180,8 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
                 "dispositions",
                 "status_updates",
                 "journey_alerts",
+                "assignments",
+                "outcomes",
             ):
                 (out / f"{name}.jsonl").touch()  # exists even when a stream stays empty
         sinks["triggers"] = JsonlSink(out / "interventions.jsonl", local)
@@ -200,6 +202,14 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         sinks["dispositions"] = KafkaOutputSink(conf, s.topic_dispositions)
         sinks["status_updates"] = KafkaOutputSink(conf, s.topic_status_updates)
         sinks["journey_alerts"] = KafkaOutputSink(conf, s.topic_journey_alerts)
+    if spec.file_mode or spec.out_dir is not None:
+        # uplift inputs (salvage.uplift): files in the run's out dir, in file and Kafka mode
+        out = spec.out_dir or Path("out")
+        local = spec.process_id == 0
+        if local:
+            out.mkdir(parents=True, exist_ok=True)
+        sinks["assignments"] = JsonlSink(out / "assignments.jsonl", local)
+        sinks["outcomes"] = JsonlSink(out / "outcomes.jsonl", local)
     if spec.case_store and s.redis_url:
         from sinks.redis_store import RedisCaseSink
 
@@ -305,6 +315,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     dispositions = op.filter_map("dispositions", ordered, only("disposition"))
     status_updates = op.filter_map("status_updates", ordered, only("status_update"))
     journey_alerts = op.filter_map("journey_alerts", ordered, only("journey_alert"))
+    assignments = op.filter_map("assignments", ordered, only("assignment"))
+    outcomes = op.filter_map("outcomes", ordered, only("outcome"))
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
     dlq = op.merge("dead_letters", source_dlq, case_dlq)
 
@@ -324,6 +336,10 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         ("status_updates", "s", "out_status_updates", status_updates, pyd, lambda u: u.order_id),
         ("journey_alerts", "j", "out_journey_alerts", journey_alerts, pyd, lambda a: a.order_id),
     ]
+    if "assignments" in sinks:  # files only (also in Kafka mode): the uplift's inputs
+        for sink, tag, stream in (("assignments", "g", assignments), ("outcomes", "o", outcomes)):
+            ser = op.map(f"ser_{tag}", stream, lambda x, tag=tag: (tag, dumps(x)))
+            op.output(f"out_{sink}", ser, sinks[sink])
     for sink, tag, step, stream, line, key in outputs:
         if spec.file_mode:
             ser = op.map(f"ser_{tag}", stream, lambda x, tag=tag, line=line: (tag, line(x)))

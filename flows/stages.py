@@ -584,6 +584,7 @@ class DispatchStage(_Stage):
         self.first_score: dict[str, float] = {}  # order id -> first recoverability score
         self.held_out: dict[str, set[str]] = {}  # order -> its held-out actions
         self.last_decision: dict[str, dict] = {}  # order id -> the latest non-empty decision
+        self.assigned: set[str] = set()  # orders with an uplift (ITT) assignment, until close
         self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
         self.last_sweep = 0
 
@@ -670,6 +671,7 @@ class DispatchStage(_Stage):
             # it is the guard against rewarding abuse, not an intervention to measure or ration
             forced = "review_routing" in decision.guardrails
             suppressed = self._guardrail(view, action, decision.cost, t, forced)
+            self._assign(t, view, features, action, forced, suppressed)
             decision_doc["suppressed_by"] = suppressed
             if suppressed:
                 _SUPPRESSED(suppressed).inc()
@@ -742,6 +744,9 @@ class DispatchStage(_Stage):
                 "triggered": self.sent.get(view.order_id, []),
             }
             out.append(("case", (view.order_id, t, json.dumps(record))))
+        if closed and view.order_id in self.assigned:
+            self.assigned.discard(view.order_id)
+            self._outcome(t, view)
         if closed:
             # KPI fact: what happened to the case, and what we did about it (metrics only)
             out.append(
@@ -764,6 +769,47 @@ class DispatchStage(_Stage):
             self.sent.pop(view.order_id, None)
             self.held_out.pop(view.order_id, None)
             self.last_decision.pop(view.order_id, None)
+
+    def _assign(
+        self, t: int, view: CaseView, features, action: Action, forced: bool, suppressed: str
+    ) -> None:
+        """Intention-to-treat assignment (see :mod:`salvage.uplift`): the first decision point of
+        an order whose chosen action is randomised (holdout share > 0, not a forced review) fixes
+        its arm, from the same deterministic holdout draw the trigger uses, whatever a guardrail
+        or a later decision does to it. Recorded once per order through the output stage."""
+        if view.order_id in self.assigned or forced:
+            return
+        policy = self.cfg.policy
+        share = policy.actions[action].holdout_share
+        if share <= 0:
+            return
+        self.assigned.add(view.order_id)
+        doc = {
+            "order_id": view.order_id,
+            "customer_id": view.customer_id,
+            "action": action.value,
+            "holdout": holdout_unit(view.order_id, policy.version) < share,
+            "holdout_share": share,
+            "decided_at": iso(t),
+            "suppressed_by": suppressed,
+            "order_value": round(view.order_value, 2),
+            "margin": round(float(features.get("margin", 0.0)), 2),
+            "currency": view.currency,
+            "policy_version": policy.version,
+        }
+        self.send("out", OUT_KEY, t, f"a|{view.order_id}", ("assignment", doc))
+
+    def _outcome(self, t: int, view: CaseView) -> None:
+        """The closing outcome of an assigned order (orders still open when the log ends have
+        none: they count as retained, DESIGN §11)."""
+        doc = {
+            "order_id": view.order_id,
+            "outcome": view.outcome,
+            "retained": view.outcome not in ("refund", "chargeback"),
+            "refunded_amount": round(view.refunded_amount, 2),
+            "closed_at": iso(t),
+        }
+        self.send("out", OUT_KEY, t, f"o|{view.order_id}", ("outcome", doc))
 
     def _guardrail(
         self, view: CaseView, action: Action, cost: float, t: int, forced: bool = False

@@ -168,9 +168,9 @@ def schemas(
 @app.command()
 @_clear_errors()
 def generate(
-    scenario: Annotated[str, typer.Option(help="steady-state | launch-week-backlog")] = (
-        "steady-state"
-    ),
+    scenario: Annotated[
+        str, typer.Option(help="steady-state | launch-week-backlog | closed-loop")
+    ] = "steady-state",
     orders: Annotated[int, typer.Option(min=1, help="Number of orders to simulate")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 1,
     out: Annotated[Path, typer.Option(help="Event log to write (JSONL)")] = Path("events.jsonl"),
@@ -188,8 +188,13 @@ def generate(
             "past today is dead-lettered from there on (SALVAGE_MAX_FUTURE_SECONDS)",
         ),
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="closed-loop only: the policy the world reacts to (default: shipped)"),
+    ] = None,
 ) -> None:
-    """Simulate a brand: one interleaved event log in event-time order."""
+    """Simulate a brand: one interleaved event log in event-time order. ``closed-loop``: the
+    customers react to the pipeline's interventions with known true effects (see README)."""
     from datetime import UTC, datetime
 
     from connectors.simulator import SCENARIOS, write_log
@@ -201,6 +206,9 @@ def generate(
         except ValueError:
             raise _fail(f"--start: {start!r} is not a date (YYYY-MM-DD)") from None
 
+    if scenario == "closed-loop":
+        _generate_closed_loop(orders, seed, out, truth, first, orders_per_day, policy)
+        return
     if scenario not in SCENARIOS:
         console.print(
             f"[red]unknown scenario {scenario!r}[/red]; choose from {', '.join(SCENARIOS)}"
@@ -228,7 +236,10 @@ def run(
         list[Path] | None,
         typer.Option("--input", "-i", help="Event log(s): file mode. Omit for Kafka mode."),
     ] = None,
-    out_dir: Annotated[Path, typer.Option(help="File mode: where outputs go")] = Path("out"),
+    out_dir: Annotated[
+        Path,
+        typer.Option(help="Where outputs go (Kafka mode: the uplift inputs and metrics snapshot)"),
+    ] = Path("out"),
     workers: Annotated[
         int | None,
         typer.Option(
@@ -418,22 +429,37 @@ def run(
             console.print(f"file mode: done in {secs:.1f}s (outputs: process 0's {out_dir}/)")
             return
         console.print(f"file mode: done in {secs:.1f}s -> {out_dir}/")
+        from salvage.report import write_metrics_snapshot
+
+        write_metrics_snapshot(out_dir)  # `salvage report` reads it later (KPIs, holdouts)
         if summary:
             if cluster.multi_process:
                 console.print("(metrics below are this process's share of the cluster)")
             render_summary(summarise(out_dir), out_dir, console)
         return
     with kafka_available(settings, console.print) as live:
-        spec = FlowSpec(live, to_end=to_end, case_store=use_store, process_id=cluster.process_id)
+        spec = FlowSpec(
+            live,
+            to_end=to_end,
+            case_store=use_store,
+            process_id=cluster.process_id,
+            out_dir=out_dir,  # the uplift's inputs (assignments, outcomes) land there
+        )
         secs = start(spec)
         how = "drained on signal" if stop_requested() else "done"
         console.print(f"kafka mode: {how} in {secs:.1f}s")
+        if cluster.process_id == 0:
+            from salvage.report import write_metrics_snapshot
+
+            write_metrics_snapshot(out_dir)  # this process's metrics, for `salvage report`
         if summary:
             from salvage.runner import summarise_metrics
 
             if cluster.multi_process:
                 console.print("(metrics below are this process's share of the cluster)")
-            render_summary(summarise_metrics(), None, console)
+            # the uplift table reads the run's out dir (process 0 writes its inputs there)
+            here = out_dir if cluster.process_id == 0 else None
+            render_summary(summarise_metrics(), here, console)
             console.print(
                 f"Outputs: topics {live.topic_interventions}, {live.topic_lane_alerts}, "
                 f"{live.topic_dead_letters} on {live.kafka_bootstrap}"
@@ -484,6 +510,58 @@ def _install_drain_handlers() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def _generate_closed_loop(
+    orders: int,
+    seed: int,
+    out: Path,
+    truth: Path | None,
+    first,
+    orders_per_day: float,
+    policy: Path | None = None,
+) -> None:
+    """``generate --scenario closed-loop``: customers react to the pipeline's interventions."""
+    from connectors.closed_loop import write_log as write_closed_loop
+
+    record = write_closed_loop(
+        orders,
+        seed,
+        out,
+        truth,
+        start=first,
+        orders_per_day=orders_per_day,
+        settings=_settings(policy=str(policy) if policy else None),
+        progress=lambda m: console.print(f"closed loop: {m}"),
+    )
+    effects = ", ".join(f"{a} {d:+.3f}" for a, d in record["true_effects"].items())
+    state = "converged" if record["converged"] else "NOT converged"
+    console.print(f"wrote {out} ({state} after {record['iterations']} pipeline run(s))")
+    console.print(f"true effects (retention diff on assigned orders): {effects}")
+
+
+@app.command()
+def uplift(
+    out_dir: Annotated[Path, typer.Option(help="A finished run's output directory")] = Path("out"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Intention-to-treat uplift of a finished run: treated - holdout, 95% intervals."""
+    import json
+
+    from salvage import uplift as itt
+
+    if not itt.has_inputs(out_dir):
+        raise _fail(
+            f"{out_dir}: no {itt.ASSIGNMENTS} (not the out dir of a finished `salvage run`?)"
+        )
+    result = itt.uplift(out_dir)
+    if json_out:
+        print(json.dumps(result, indent=1, sort_keys=True))
+        return
+    if not result["actions"]:
+        console.print("no order reached a randomised decision: nothing to measure")
+        return
+    itt.render(Console(), result)
 
 
 @app.command()
@@ -631,7 +709,7 @@ def demo(
     """Simulate a brand, publish it to Kafka, run the pipeline, and show what happened.
 
     While the dataflow runs, a live view shows the headline numbers (events, event time, open
-    cases, triggers and holdouts, retained revenue, refund leakage, open lane alerts, dead
+    cases, triggers and holdouts, value of orders kept, refund leakage, open lane alerts, dead
     letters, consumer lag); plain lines every 5 s when the output is not a terminal. The outputs,
     a metrics snapshot and an HTML report land in OUT_DIR."""
     from connectors.simulator import write_log
@@ -684,7 +762,7 @@ def demo(
         console.print("published " + ", ".join(f"{t}={n:,}" for t, n in sorted(counts.items())))
         console.print("running the recovery dataflow (Kafka mode, to the end of the topics)...")
         with LiveView(console, title="Salvage · live (demo)"):
-            secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store))
+            secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store, out_dir=out_dir))
         console.print(f"dataflow finished in {secs:.1f}s; reading the output topics...")
         for topic, name in (
             (live.topic_interventions, "interventions.jsonl"),
@@ -779,8 +857,14 @@ def compare(
         "cost B",
         "exp. retained A",
         "exp. retained B",
+        "est. margin A [95% CI]",
+        "est. margin B [95% CI]",
     ):
         t.add_column(col, justify="left" if col == "action" else "right")
+
+    def est(m: dict | None) -> str:
+        return "-" if m is None else f"{m['estimate']:,.0f} [{m['ci'][0]:,.0f}, {m['ci'][1]:,.0f}]"
+
     for r in [*result["rows"], {"action": "total", **result["total"]}]:
         t.add_row(
             r["action"],
@@ -790,12 +874,16 @@ def compare(
             f"{r['cost_b']:,.2f}",
             f"{r['retained_a']:,.2f}",
             f"{r['retained_b']:,.2f}",
+            est(r["margin_a"]),
+            est(r["margin_b"]),
         )
     Console().print(t)
     Console().print(
         f"(order, action) pairs: {result['both']} in both, {result['only_a']} only in A, "
         f"{result['only_b']} only in B. Expected retained revenue = lift x P(lost) x value at "
-        "risk, before holdout."
+        "risk, before holdout (the policy's own claim). Est. margin = what the log shows it "
+        "earned: assigned orders x ITT retained-margin difference treated - holdout, 95% "
+        "interval (see `salvage uplift`)."
     )
 
 

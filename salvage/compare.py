@@ -13,6 +13,7 @@ from bytewax.testing import run_main
 from flows.recovery import FlowSpec, build_flow
 from policy.config import Policy, load_policy
 from salvage.config import Settings
+from salvage.uplift import uplift
 
 
 @dataclass
@@ -20,6 +21,22 @@ class PolicyRun:
     policy: Policy
     path: str
     triggers: list[dict] = field(default_factory=list)
+    itt: dict = field(default_factory=dict)  # salvage.uplift.analyse of this run
+
+    def margin_estimate(self, action: str | None = None) -> dict | None:
+        """Estimated retained margin the policy earned on this log (ITT: assigned orders x the
+        per-order retained-margin difference treated - holdout), with its 95% interval; None
+        without a holdout to estimate from."""
+        block = self.itt.get("overall") if action is None else self.itt["actions"].get(action)
+        if not block or not block.get("retained_margin"):
+            return None
+        n = block["n_treated"] + block["n_holdout"]
+        m = block["retained_margin"]
+        return {
+            "estimate": round(n * m["diff"], 2),
+            "ci": [round(n * m["ci"][0], 2), round(n * m["ci"][1], 2)],
+            "assigned": n,
+        }
 
     @property
     def by_action(self) -> Counter[str]:
@@ -55,7 +72,8 @@ def run_policy(settings: Settings, log: Path, policy_path: str | None) -> Policy
         )
         run_main(build_flow(spec))
         lines = (Path(tmp) / "interventions.jsonl").read_text().splitlines()
-    return PolicyRun(policy, policy_path or "default", [json.loads(x) for x in lines])
+        itt = uplift(Path(tmp))
+    return PolicyRun(policy, policy_path or "default", [json.loads(x) for x in lines], itt)
 
 
 def compare(a: PolicyRun, b: PolicyRun) -> dict:
@@ -73,6 +91,8 @@ def compare(a: PolicyRun, b: PolicyRun) -> dict:
             "cost_b": b.cost(act),
             "retained_a": a.expected_retained(act),
             "retained_b": b.expected_retained(act),
+            "margin_a": a.margin_estimate(act),
+            "margin_b": b.margin_estimate(act),
         }
         for act in actions
     ]
@@ -87,6 +107,8 @@ def compare(a: PolicyRun, b: PolicyRun) -> dict:
             "cost_b": b.cost(),
             "retained_a": a.expected_retained(),
             "retained_b": b.expected_retained(),
+            "margin_a": a.margin_estimate(),
+            "margin_b": b.margin_estimate(),
         },
         "only_a": len(keys_a - keys_b),
         "only_b": len(keys_b - keys_a),

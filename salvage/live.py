@@ -172,7 +172,7 @@ def rows(s: Snapshot, rate: float | None = None) -> list[tuple[str, str]]:
     out.append(("suppressed", _n(sum(s.suppressed.values()))))
     closed = sum(s.closed.values())
     out.append(("closed cases", _n(closed) + (f" · {_breakdown(s.closed, 4)}" if closed else "")))
-    out.append(("retained revenue", _money(s.retained)))
+    out.append(("value of orders kept", _money(s.retained)))
     out.append(("refund leakage", _money(s.leakage)))
     alerts = s.open_alerts
     out.append(
@@ -219,7 +219,7 @@ def plain_line(s: Snapshot, elapsed: float, rate: float | None = None) -> str:
         f"event time {et:%Y-%m-%d %H:%M}" if et else "event time -",
         f"open cases {_n(s.open_cases)}",
         f"triggers {_n(sum(s.triggers.values()))} (held out {_n(sum(s.holdout.values()))})",
-        f"retained {_money(s.retained)}",
+        f"value of orders kept {_money(s.retained)}",
         f"leakage {_money(s.leakage)}",
         f"lane alerts open {len(s.open_alerts)}",
         f"dead letters {_n(sum(s.dead_letters.values()))}",

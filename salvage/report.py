@@ -145,7 +145,55 @@ def collect(out_dir: Path, events: Path | None = None, registry=None) -> dict:
         lanes_total[x.labels["lane"]][0] += x.value
     data["lane_totals"] = {k: tuple(v) for k, v in lanes_total.items() if v[1]}
     data["uplift"] = uplift_rows(samples.get("salvage_cases_by_action_total", ()))
+    from salvage import uplift as itt
+
+    data["itt"] = itt.uplift(out_dir) if itt.has_inputs(out_dir) else None
     return data
+
+
+def _itt_html(itt: dict) -> str:
+    """The intention-to-treat table (:mod:`salvage.uplift`)."""
+
+    def ci(b: dict, scale: float, unit: str) -> str:
+        if b.get("diff") is None:
+            return "-"
+        lo, hi = b["ci"]
+        return f"{b['diff'] * scale:+.1f} [{lo * scale:+.1f}, {hi * scale:+.1f}]{unit}"
+
+    def rate(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    rows = []
+    for name, b in [*itt["actions"].items(), ("overall", itt["overall"])]:
+        rows.append(
+            [
+                name,
+                f"{b['n_treated']:,} / {b['n_holdout']:,}",
+                rate(b["treated"]["rate"]),
+                rate(b["holdout"]["rate"]),
+                ci(b, 100.0, " pts"),
+                ci(b["retained_margin"], 1.0, "") if b.get("retained_margin") else "-",
+                ci(b["refund_leakage"], 1.0, "") if b.get("refund_leakage") else "-",
+                b.get("note", ""),
+            ]
+        )
+    head = [
+        "action",
+        "n treated / holdout",
+        "retained treated",
+        "retained holdout",
+        "retention diff [95% CI]",
+        "retained margin / order",
+        "refund leakage / order",
+        "note",
+    ]
+    return (
+        "<h2>Uplift (intention-to-treat): treated - holdout, 95% intervals</h2>"
+        + _table(head, rows)
+        + '<p class="muted">Every order assigned at its first randomised decision counts in its '
+        "arm, whatever happened later; retained = no refund and no chargeback (open orders count "
+        "as retained). Newcombe interval for the retention difference, bootstrap for money.</p>"
+    )
 
 
 def uplift_rows(samples) -> list[dict]:
@@ -510,7 +558,13 @@ def render_html(data: dict) -> str:
             )
         )
 
-    parts.append("<h2>Uplift: retained rate, treated vs holdout (95% Wilson intervals)</h2>")
+    if data.get("itt") and data["itt"]["actions"]:
+        parts.append(_itt_html(data["itt"]))
+    parts.append(
+        "<h2>Retained rate of closed cases, treated vs holdout (95% Wilson intervals)</h2>"
+        if data.get("itt")
+        else "<h2>Uplift: retained rate, treated vs holdout (95% Wilson intervals)</h2>"
+    )
     rows = []
     for r in data["uplift"]:
 

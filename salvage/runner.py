@@ -53,7 +53,7 @@ RUN_MANIFEST = "salvage-run.json"
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: DispatchStage.assigned (uplift assignments)
 
 
 class RecoveryMismatch(ValueError):
@@ -604,7 +604,7 @@ def render_summary(s: RunSummary, out_dir: Path | None, console) -> None:
                 f"({a['volume']} shipments)"
             )
     render_models(console)
-    render_uplift(console)
+    render_uplift(console, out_dir)
     if out_dir is not None:
         console.print(f"Outputs: {out_dir.resolve()}")
 
@@ -644,26 +644,12 @@ def render_models(console) -> None:
     console.print(t)
 
 
-def render_uplift(console) -> None:
-    """Retained rate, treated vs holdout, per action (95% Wilson intervals)."""
-    from rich.table import Table
+def render_uplift(console, out_dir: Path | None = None) -> None:
+    """The intention-to-treat uplift of the run in ``out_dir`` (:mod:`salvage.uplift`)."""
+    from salvage import uplift
 
-    from salvage.report import uplift_rows
-
-    rows = uplift_rows(_samples("salvage_cases_by_action_total"))
-    if not rows:
+    if out_dir is None or not uplift.has_inputs(out_dir):
         return
-    t = Table(title="Uplift: retained rate, treated vs holdout (95% CI)")
-    for col in ("action", "treated", "holdout", "uplift"):
-        t.add_column(col, justify="left" if col == "action" else "right")
-
-    def fmt(k: float, n: float, lo: float, hi: float) -> str:
-        return f"{k / n:.1%} [{lo:.0%}-{hi:.0%}] n={n:.0f}" if n else "-"
-
-    for r in rows:
-        uplift = f"{r['uplift']:+.1%}" if r["uplift"] is not None else "-"
-        t.add_row(r["action"], fmt(*r["treated"]), fmt(*r["holdout"]), uplift)
-    console.print(t)
-    console.print(
-        "(the simulator is open-loop: outcomes ignore interventions, so uplift should be ~0 here)"
-    )
+    result = uplift.uplift(out_dir)
+    if result["actions"]:
+        uplift.render(console, result)

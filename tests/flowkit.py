@@ -15,7 +15,15 @@ from salvage.config import Settings
 _LOGS: dict[tuple, Path] = {}
 
 # the deterministic output files every equivalence test compares byte for byte
-OUTPUT_FILES = ("interventions", "lane_alerts", "dead_letters", "status_updates", "journey_alerts")
+OUTPUT_FILES = (
+    "interventions",
+    "lane_alerts",
+    "dead_letters",
+    "status_updates",
+    "journey_alerts",
+    "assignments",
+    "outcomes",
+)
 
 
 def sim_log(

@@ -28,6 +28,7 @@ COMMANDS = [
     "explain",
     "review",
     "report",
+    "uplift",
     "dashboards",
 ]
 

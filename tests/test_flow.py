@@ -61,6 +61,9 @@ def test_two_workers_give_the_same_bytes(log, baseline, tmp_path):
     two = run_file_flow([log], tmp_path, workers=2, **WIDE)
     assert two["interventions"] == baseline["interventions"]
     assert two["lane_alerts"] == baseline["lane_alerts"]
+    # the uplift's inputs too (ITT assignments and assigned orders' outcomes)
+    assert two["assignments"] == baseline["assignments"] and baseline["assignments"]
+    assert two["outcomes"] == baseline["outcomes"]
 
 
 def test_shard_count_changes_nothing_but_the_per_shard_intent_classifiers(log, tmp_path):
@@ -69,6 +72,7 @@ def test_shard_count_changes_nothing_but_the_per_shard_intent_classifiers(log, t
     a = run_file_flow([log], tmp_path / "a", shards=4, infer_intents=False, **WIDE)
     b = run_file_flow([log], tmp_path / "b", shards=7, infer_intents=False, **WIDE)
     assert a["interventions"] == b["interventions"]
+    assert a["assignments"] == b["assignments"]
 
 
 def test_split_partitions_interleave_to_the_same_result(log, baseline, tmp_path):

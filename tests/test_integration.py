@@ -50,7 +50,7 @@ def test_kafka_mode_matches_file_mode(kafka_broker, log, tmp_path, unique_name, 
     )
     counts = publish_log(settings, log)
     assert sum(counts.values()) == sum(1 for x in log.read_bytes().splitlines() if x.strip())
-    spec = FlowSpec(settings, to_end=True, case_store=False)
+    spec = FlowSpec(settings, to_end=True, case_store=False, out_dir=tmp_path / "kafka")
     cluster_main(build_flow(spec), [], 0, worker_count_per_proc=workers)
 
     got = tmp_path / "interventions.jsonl"
@@ -60,6 +60,9 @@ def test_kafka_mode_matches_file_mode(kafka_broker, log, tmp_path, unique_name, 
     assert n == len(expected) > 0
     by_id = {t["trigger_id"]: t for t in jsonl(got.read_bytes())}
     assert by_id == {t["trigger_id"]: t for t in expected}
+    # Kafka mode writes the uplift's inputs into its out dir, the same bytes as file mode
+    assert (tmp_path / "kafka" / "assignments.jsonl").read_bytes() == file_out["assignments"]
+    assert (tmp_path / "kafka" / "outcomes.jsonl").read_bytes() == file_out["outcomes"]
 
 
 def test_case_store_holds_latest_features_scores_and_decision(

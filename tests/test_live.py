@@ -117,7 +117,7 @@ def test_the_live_view_shows_the_runs_numbers_and_plain_lines_without_a_terminal
     leakage = _delta(_by("salvage_refund_leakage_total", "currency"), before["leakage"])
     assert retained and leakage
     for cur, v in retained.items():
-        assert f"{cur} {_n(v)}" in _row(text, "retained revenue")
+        assert f"{cur} {_n(v)}" in _row(text, "value of orders kept")
     for cur, v in leakage.items():
         assert f"{cur} {_n(v)}" in _row(text, "refund leakage")
     # gauges: open cases, open lane alerts (every lane the run left open is listed)
@@ -262,4 +262,4 @@ def test_a_shard_without_a_watermark_yet_is_not_an_event_time():
     assert sample(reg, now=now).event_time == datetime.fromtimestamp(now - 7200, UTC)
     text = io.StringIO()
     Console(file=text, width=200).print(render(sample(reg, now=now), 1.0))
-    assert "event time        2027-01-15 06:00 UTC" in text.getvalue()
+    assert re.search(r"event time +2027-01-15 06:00 UTC", text.getvalue())

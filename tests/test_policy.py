@@ -288,6 +288,10 @@ def test_compare_shows_what_a_policy_change_would_do(tmp_path):
     )  # 0.10 message + 4.00 label
     assert out["only_a"] >= rows["exchange_first_offer"]["a"]
     assert out["total"]["retained_a"] > out["total"]["retained_b"]
+    # what the log shows each policy earned: ITT retained-margin estimate with its interval
+    est = out["total"]["margin_a"]
+    assert est["assigned"] > 0 and est["ci"][0] <= est["estimate"] <= est["ci"][1]
+    assert rows["exchange_first_offer"]["margin_b"] is None  # B never assigns it
     bad = CliRunner().invoke(app, ["compare", "--policy", str(b), "--input", str(log)])
     assert bad.exit_code == 2
 

@@ -51,7 +51,7 @@ MALFORMED = [
 ]
 # Panel queries that must also yield at least one finite, non-zero number (not only NaN/0).
 MUST_HAVE_NUMBERS = {
-    "Retained revenue",
+    "Value of orders kept",
     "Refund leakage",
     "Cost per return (fully loaded)",
     "Restock rate (A / graded)",

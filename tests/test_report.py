@@ -87,9 +87,19 @@ def test_report_has_every_chart_with_numbers_from_the_outputs(run, tmp_path):
         "Refunds vs retained per day",
         "Triggers by action",
         "Lane delay share by day",
-        "Uplift: retained rate, treated vs holdout",
+        "Uplift (intention-to-treat): treated - holdout, 95% intervals",
+        "Retained rate of closed cases, treated vs holdout",
     ):
         assert title in html
+    # the ITT table is salvage.uplift's, from the run's assignments and outcomes
+    from salvage.uplift import uplift
+
+    itt = uplift(out)["overall"]
+    assert itt["n_holdout"] > 0
+    assert f"<td>{itt['n_treated']:,} / {itt['n_holdout']:,}</td>" in html
+    assert (
+        f"{itt['diff'] * 100:+.1f} [{itt['ci'][0] * 100:+.1f}, {itt['ci'][1] * 100:+.1f}]" in html
+    )
 
     # triggers by action: one bar per action and arm, with the counts of interventions.jsonl
     triggers = jsonl(outputs["interventions"])

@@ -1,0 +1,299 @@
+"""Intention-to-treat uplift of a finished run: 95% intervals on the treated - holdout difference.
+
+Inputs (written by every run into its out dir, file and Kafka mode alike):
+
+* ``assignments.jsonl``: one line per order that reached a decision point whose chosen action is
+  randomised (holdout share > 0, not a forced review): the action chosen there (the order's
+  stratum) and its arm, from the deterministic holdout draw
+  (:func:`policy.engine.holdout_unit` ``< share``). The first such point fixes the arm for good:
+  what happens later (a contact cap or budget suppressing the message, a later action, a
+  holdout for another action) does not move the order between arms.
+* ``outcomes.jsonl``: the closing outcome of assigned orders. An order is *retained* unless it
+  ends with a refund or a chargeback (DESIGN §11), so an order still open when the log ends
+  counts as retained.
+
+Per action and overall: retention rate, retained margin (the order's margin when retained, 0
+otherwise, per assigned order) and refund leakage (refunded amount per assigned order) for each
+arm, and the difference treated - holdout with a 95% interval: Newcombe's hybrid score interval
+(Wilson intervals per arm, method 10) for the retention rate, a percentile bootstrap with a fixed
+seed (resampling orders within arm and stratum) for money. The overall difference is stratified
+by action (weights = assigned orders per action), because actions can have different holdout
+shares; its rate interval combines the per-action Newcombe limits (MOVER). A minimum detectable
+effect (80% power, two-sided 5%) is reported so a small holdout is read as "cannot tell", not
+as "no effect".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from salvage.report import wilson
+
+__all__ = [
+    "Unit",
+    "analyse",
+    "bootstrap_diff",
+    "load_units",
+    "mde",
+    "newcombe",
+    "uplift",
+]
+
+ASSIGNMENTS = "assignments.jsonl"
+OUTCOMES = "outcomes.jsonl"
+LOST = frozenset({"refund", "chargeback"})
+Z = 1.959964
+Z_POWER = 0.841621  # 80% power
+BOOTSTRAP = 1000
+SEED = 20261204
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One assigned order."""
+
+    order_id: str
+    action: str
+    holdout: bool
+    retained: bool
+    margin: float
+    refunded: float
+
+
+def newcombe(k1: int, n1: int, k0: int, n0: int, z: float = Z) -> tuple[float, float, float]:
+    """``p1 - p0`` and its Newcombe hybrid score interval (Wilson limits per arm)."""
+    if not n1 or not n0:
+        return (math.nan, -1.0, 1.0)
+    p1, p0 = k1 / n1, k0 / n0
+    l1, u1 = wilson(k1, n1, z)
+    l0, u0 = wilson(k0, n0, z)
+    d = p1 - p0
+    lo = d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+    return (d, max(-1.0, lo), min(1.0, hi))
+
+
+def mde(n1: int, n0: int, p: float) -> float:
+    """Smallest true rate difference detected with 80% power at two-sided 5% (normal approx.)."""
+    if not n1 or not n0:
+        return math.inf
+    p = min(max(p, 0.01), 0.99)
+    return (Z + Z_POWER) * math.sqrt(p * (1 - p) * (1 / n1 + 1 / n0))
+
+
+def bootstrap_diff(
+    strata: list[tuple[np.ndarray, np.ndarray]],
+    weights: list[float],
+    b: int = BOOTSTRAP,
+    seed: int = SEED,
+) -> tuple[float, float, float]:
+    """Weighted sum over strata of ``mean(treated) - mean(holdout)`` and its 95% percentile
+    bootstrap interval (orders resampled within each stratum and arm; fixed seed)."""
+    if not strata:
+        return (math.nan, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    point = sum(w * (x1.mean() - x0.mean()) for (x1, x0), w in zip(strata, weights, strict=True))
+    reps = np.zeros(b)
+    for (x1, x0), w in zip(strata, weights, strict=True):
+        for x, sign in ((x1, 1.0), (x0, -1.0)):
+            # resampled means, in chunks to bound memory on big arms
+            chunk = max(1, 2_000_000 // max(len(x), 1))
+            for s in range(0, b, chunk):
+                m = min(chunk, b - s)
+                idx = rng.integers(0, len(x), size=(m, len(x)))
+                reps[s : s + m] += sign * w * x[idx].mean(axis=1)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return (float(point), float(lo), float(hi))
+
+
+def _jsonl(path: Path) -> Iterator[dict]:
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for raw in f:
+            if raw.strip():
+                yield json.loads(raw)
+
+
+def load_units(out_dir: Path) -> list[Unit]:
+    """The assigned orders of a run, with their outcome (retained when no closing outcome)."""
+    out_dir = Path(out_dir)
+    outcome = {o["order_id"]: o for o in _jsonl(out_dir / OUTCOMES)}
+    units = []
+    for a in _jsonl(out_dir / ASSIGNMENTS):
+        o = outcome.get(a["order_id"], {})
+        retained = o.get("outcome") not in LOST
+        units.append(
+            Unit(
+                order_id=a["order_id"],
+                action=a["action"],
+                holdout=bool(a["holdout"]),
+                retained=retained,
+                margin=float(a.get("margin", 0.0)) if retained else 0.0,
+                refunded=float(o.get("refunded_amount", 0.0)),
+            )
+        )
+    return units
+
+
+def _arm(units: list[Unit]) -> dict:
+    n = len(units)
+    k = sum(u.retained for u in units)
+    return {
+        "n": n,
+        "retained": k,
+        "rate": k / n if n else None,
+        "retained_margin": round(sum(u.margin for u in units) / n, 4) if n else None,
+        "refund_leakage": round(sum(u.refunded for u in units) / n, 4) if n else None,
+    }
+
+
+def _money(field: str, strata: list[tuple[list[Unit], list[Unit]]], weights: list[float]) -> dict:
+    arrays = [
+        (
+            np.array([getattr(u, field) for u in t], dtype=float),
+            np.array([getattr(u, field) for u in h], dtype=float),
+        )
+        for t, h in strata
+    ]
+    d, lo, hi = bootstrap_diff(arrays, weights)
+    return {"diff": round(d, 4), "ci": [round(lo, 4), round(hi, 4)]}
+
+
+def _block(strata: list[tuple[list[Unit], list[Unit]]]) -> dict:
+    """Difference treated - holdout over strata (each with both arms non-empty)."""
+    n_t = sum(len(t) for t, _ in strata)
+    n_h = sum(len(h) for _, h in strata)
+    doc: dict = {"n_treated": n_t, "n_holdout": n_h}
+    usable = [(t, h) for t, h in strata if t and h]
+    if not usable:
+        doc.update(diff=None, ci=None, mde=None, note="no holdout (or no treated) orders")
+        return doc
+    total = sum(len(t) + len(h) for t, h in usable)
+    weights = [(len(t) + len(h)) / total for t, h in usable]
+    d = lo2 = hi2 = 0.0
+    for (t, h), w in zip(usable, weights, strict=True):
+        dt, lt, ht = newcombe(
+            sum(u.retained for u in t), len(t), sum(u.retained for u in h), len(h)
+        )
+        d += w * dt
+        lo2 += (w * (dt - lt)) ** 2
+        hi2 += (w * (ht - dt)) ** 2
+    everyone = [u for t, h in usable for u in (*t, *h)]
+    p = sum(u.retained for u in everyone) / len(everyone)
+    # the MDE of the stratified design, via its effective arm sizes
+    var = sum(w * w * (1 / len(t) + 1 / len(h)) for (t, h), w in zip(usable, weights, strict=True))
+    m = (Z + Z_POWER) * math.sqrt(min(max(p, 0.01), 0.99) * (1 - min(max(p, 0.01), 0.99)) * var)
+    doc.update(
+        diff=round(d, 5),
+        ci=[round(d - math.sqrt(lo2), 5), round(d + math.sqrt(hi2), 5)],
+        mde=round(m, 5),
+        retained_margin=_money("margin", usable, weights),
+        refund_leakage=_money("refunded", usable, weights),
+    )
+    if min(n_t, n_h) < 30:
+        doc["note"] = (
+            f"fewer than 30 orders in an arm ({n_t} treated, {n_h} held out): "
+            "too few to tell anything"
+        )
+    elif m > 0.05:
+        doc["note"] = (
+            f"small sample: only effects of about {m:.0%} or more would be detected "
+            "(80% power); an interval containing 0 does not show there is no effect"
+        )
+    return doc
+
+
+def analyse(units: Iterable[Unit]) -> dict:
+    """The ITT table as plain data: ``{"overall": {...}, "actions": {action: {...}}}``; each
+    block has ``diff`` (retention rate, treated - holdout) with ``ci`` [lo, hi], ``n_treated``,
+    ``n_holdout``, ``mde``, the money differences and, per action, both arms' numbers."""
+    by: dict[str, tuple[list[Unit], list[Unit]]] = {}
+    for u in units:
+        arms = by.setdefault(u.action, ([], []))
+        arms[1 if u.holdout else 0].append(u)
+    actions = {}
+    for action in sorted(by):
+        t, h = by[action]
+        actions[action] = {**_block([(t, h)]), "treated": _arm(t), "holdout": _arm(h)}
+    overall = _block([by[a] for a in sorted(by)])
+    overall["treated"] = _arm([u for t, _ in by.values() for u in t])
+    overall["holdout"] = _arm([u for _, h in by.values() for u in h])
+    return {
+        "overall": overall,
+        "actions": actions,
+        "method": "intention-to-treat; orders as units; assignment at the first randomised "
+        "decision; Newcombe hybrid score interval for the retention difference, percentile "
+        f"bootstrap ({BOOTSTRAP} resamples, fixed seed) for money; overall stratified by action",
+    }
+
+
+def uplift(out_dir: Path) -> dict:
+    """:func:`analyse` of a finished run's out dir."""
+    return analyse(load_units(out_dir))
+
+
+def has_inputs(out_dir: Path) -> bool:
+    return (Path(out_dir) / ASSIGNMENTS).exists()
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _ci(block: dict, scale: float = 100.0, unit: str = " pts") -> str:
+    if block.get("diff") is None:
+        return "-"
+    lo, hi = block["ci"]
+    return f"{block['diff'] * scale:+.1f} [{lo * scale:+.1f}, {hi * scale:+.1f}]{unit}"
+
+
+def render(console, result: dict) -> None:
+    """The ITT table (rich): per action and overall."""
+    from rich.table import Table
+
+    t = Table(
+        title="Uplift (intention-to-treat): treated - holdout [95% interval]; "
+        "kept T / H = retention rate treated / holdout; money per assigned order"
+    )
+    for col in (
+        "action",
+        "n treated/holdout",
+        "kept T",
+        "kept H",
+        "retention diff, pts",
+        "margin/order",
+        "leakage/order",
+    ):
+        t.add_column(col, justify="left" if col == "action" else "right")
+
+    def money(block: dict, key: str) -> str:
+        m = block.get(key)
+        return "-" if not m else _ci(m, 1.0, "")
+
+    rows = [*result["actions"].items(), ("overall", result["overall"])]
+    for name, b in rows:
+        t.add_row(
+            name,
+            f"{b['n_treated']:,}/{b['n_holdout']:,}",
+            _pct(b["treated"]["rate"]),
+            _pct(b["holdout"]["rate"]),
+            _ci(b, 100.0, ""),
+            money(b, "retained_margin"),
+            money(b, "refund_leakage"),
+        )
+    console.print(t)
+    notes = [f"{n}: {b['note']}" for n, b in rows if b.get("note")]
+    for n in notes:
+        console.print(f"  {n}")
+    console.print(
+        "  Orders are assigned at their first randomised decision (holdout draw) and counted in "
+        "that arm whatever happened later; retained = no refund and no chargeback (open orders "
+        "count as retained). Newcombe interval for rates, bootstrap for money."
+    )
