@@ -69,10 +69,11 @@ class _Parser:
     event in between rejects the held ones as ``bad_timestamp`` dead letters. At the end of input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
     it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
-    of the other partitions read by this process (``frontier``): a quiet partition's next event
-    is not held when the rest of the stream has moved on with it. The first event of a
-    partition is exempt. While events are held, the partition's resume position (its snapshot)
-    stays at the first held one, so a restart re-reads them.
+    of the other partitions read by this process (``frontier``) for a partition that was caught
+    up (idle) when the event came: a quiet partition's next event is not held when the rest of
+    the stream has moved on with it (one still reading a backlog is judged on its own clock).
+    The first event of a partition is exempt. While events are held, the partition's resume
+    position (its snapshot) stays at the first held one, so a restart re-reads them.
     """
 
     def __init__(
@@ -87,6 +88,9 @@ class _Parser:
     ) -> None:
         self.part_id = part_id
         self.frontier = frontier
+        # the frontier counts only for a partition that was caught up (idle) when data came: one
+        # still reading a backlog may trail the others by days, legitimately
+        self.after_idle = False
         self.clock = PartitionClock(tolerance_us, max_lateness_us, max_t)
         self.last_tick: int | None = None
         self.max_future_us = max_future_us  # 0: no check
@@ -137,7 +141,7 @@ class _Parser:
         ref = self.clock.max_t
         if ref == BEGIN:
             return False  # a partition's first event is exempt
-        if self.frontier:
+        if self.frontier and self.after_idle:
             ref = max(ref, max(self.frontier.values()))
         return t - ref > self.max_jump_us
 
@@ -359,6 +363,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._backoff_s = min(POLL_BACKOFF_MAX_S, max(POLL_BACKOFF_MIN_S, 2 * self._backoff_s))
             self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff_s)
         got_data = False
+        self._parser.after_idle = self._idle
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -391,6 +396,10 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             and now - self._last_data >= self._idle_s
             and self._caught_up()
         ):
+            if self._parser.held:  # caught up: judge them against the rest of the stream
+                self._parser.after_idle = True
+                self._parser.release_held(out)
+                self._parser.after_idle = False
             if not self._idle:
                 self._idle = True
                 self._parser.tick(out, IDLE)
