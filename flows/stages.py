@@ -488,6 +488,10 @@ class CaseStage(_Stage):
             return
         waiting.append((t, tie, ev))
         metrics.ORPHANS_PARKED.inc()
+        while len(self.orphans) > MAX_ORPHAN_ORDERS:  # memory bound: the longest-waiting go
+            _, oldest = heapq.heappop(self.orphan_heap)
+            for _t, _tie, old in self.orphans.pop(oldest, ()):
+                self._dead(old, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
 
     def _expire_orphans(self, until: int, out: Emit) -> None:
         """Dead-letter the orphans whose wait ended before ``until`` (all of them at the end)."""
@@ -562,6 +566,7 @@ class CaseStage(_Stage):
 
 
 MAX_ORPHANS_PER_ORDER = 256
+MAX_ORPHAN_ORDERS = 50_000  # per case shard: orders with events waiting for their order_placed
 
 
 def _tie_digest(tie: str) -> int:
