@@ -13,7 +13,12 @@ The rules, end to end:
   dead letter. Either way the partition never emits an item older than its watermark.
 * Every partition periodically emits a tick ``(partition, watermark)``; at end of input the
   watermark jumps to :data:`END`. A live partition that has caught up and stays quiet is *idle*
-  (:data:`IDLE`) and stops holding the others back until it produces again.
+  (:data:`IDLE`) and stops holding the others back until it produces again. When *every* upstream
+  is idle (live mode: all partitions caught up), the low watermark advances to just past the
+  highest clock any of them reported, so a quiet stream releases everything that is due, exactly
+  as the end of a file would (README "Reliability").
+* One event may move its partition's clock only within a bound (see ``flows.sources``): an
+  event far ahead of its partition's clock is held until the next events confirm the jump.
 * **Stages** keep a :class:`Reorderer` over their upstream ids. The low watermark is the minimum
   over upstreams that are not idle; items strictly older than it are released in order. A stage
   promises downstream the same thing its upstreams promised it, so it forwards ticks
@@ -90,7 +95,7 @@ class Reorderer:
     make the order total for distinct items (e.g. the event id).
     """
 
-    __slots__ = ("_heap", "_seq", "low", "upstream")
+    __slots__ = ("_heap", "_seq", "idle_clock", "low", "real", "upstream")
 
     def __init__(self, upstreams: Iterable[str]) -> None:
         self.upstream: dict[str, int] = {u: BEGIN for u in upstreams}
@@ -99,6 +104,10 @@ class Reorderer:
         self._heap: list[tuple[int, str, int, Any]] = []
         self._seq = 0
         self.low = BEGIN
+        # latest event time each idle upstream reported with its IDLE tick, and each upstream's
+        # last real (non-IDLE) watermark
+        self.idle_clock: dict[str, int] = {}
+        self.real: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -111,18 +120,54 @@ class Reorderer:
         heapq.heappush(self._heap, (t, tiebreak, self._seq, payload))
         return True
 
-    def tick(self, upstream: str, wm: int) -> None:
-        """Record an upstream watermark (monotone per upstream; IDLE marks it idle)."""
+    def tick(self, upstream: str, wm: int, seen: int = BEGIN) -> None:
+        """Record an upstream watermark (monotone per upstream; IDLE marks it idle, ``seen`` is
+        then the latest event time the idle upstream has seen)."""
         if upstream not in self.upstream:
             raise KeyError(f"unknown upstream {upstream!r}")
         current = self.upstream[upstream]
         if wm == IDLE or current == IDLE or wm > current:
             self.upstream[upstream] = wm
+        if wm == IDLE:
+            self._idle_clock()[upstream] = seen
+        else:
+            real = self._real()
+            if wm > real.get(upstream, BEGIN):
+                real[upstream] = wm
+
+    # snapshots written before these fields existed lack them
+    def _idle_clock(self) -> dict[str, int]:
+        try:
+            return self.idle_clock
+        except AttributeError:
+            self.idle_clock = {}
+            return self.idle_clock
+
+    def _real(self) -> dict[str, int]:
+        try:
+            return self.real
+        except AttributeError:
+            self.real = {}
+            return self.real
 
     def compute_low(self) -> int:
         active = [w for w in self.upstream.values() if w != IDLE]
-        low = min(active) if active else self.low
+        if active:
+            low = min(active)
+        else:
+            # every upstream caught up: release everything up to the highest clock reported
+            clocks = [c for u, c in self._idle_clock().items() if self.upstream.get(u) == IDLE]
+            top = max(clocks, default=BEGIN)
+            low = top + 1 if BEGIN < top < END else self.low
         return max(low, self.low)
+
+    def confirmed_low(self) -> int:
+        """The minimum over every upstream's last real watermark, idle ones included: how far
+        event time is known to have advanced on *all* inputs (an idle exemption does not count).
+        Used for what must not expire just because an input was quiet (parked orphan events)."""
+        real = self._real()
+        # an upstream that never had an event (an unused Kafka partition) promises nothing
+        return min((w for u in self.upstream if (w := real.get(u, BEGIN)) > BEGIN), default=BEGIN)
 
     def release(self) -> list[tuple[int, str, Any]]:
         """Advance the low watermark and pop every item strictly below it, in order."""

@@ -142,8 +142,9 @@ def _source(spec: FlowSpec):
     tol = int(s.reorder_tolerance_seconds * 1e6)
     late = int(s.max_lateness_seconds * 1e6)
     future = int(s.max_future_seconds * 1e6)
+    jump = int(s.max_clock_jump_seconds * 1e6)
     if spec.file_mode:
-        return EventLogSource(spec.inputs, tol, late, s.source_batch_size, future)
+        return EventLogSource(spec.inputs, tol, late, s.source_batch_size, future, jump)
     if spec.kafka_partitions is None:
         from connectors.broker import ensure_topics
 
@@ -161,6 +162,7 @@ def _source(spec: FlowSpec):
         s.source_batch_size,
         fetch_wait_ms=s.kafka_fetch_wait_max_ms,
         max_future_us=future,
+        max_jump_us=jump,
     )
 
 
@@ -248,6 +250,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         intent_threshold=s.intent_threshold,
         score_log="scores" in sinks,
         policy=load_policy(s.policy),
+        orphan_wait_us=int(s.orphan_wait_seconds * 1e6),
     )
     case_keys, lane_keys = cfg.case_keys(), cfg.lane_keys()
     ctx_keys, disp_keys, model_keys = cfg.cust_keys("ctx"), cfg.cust_keys("disp"), cfg.model_keys()

@@ -29,7 +29,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from connectors.events import STREAM_OF, Stream
 from connectors.outputs import DeadLetter, DeadLetterKind
 from connectors.parse import RawRecord, dead_letter, parse
-from features.eventtime import END, IDLE, PartitionClock, to_us
+from features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
+from flows.items import Overdue
 from sinks import metrics
 
 Item = tuple[Any, ...]
@@ -39,6 +40,9 @@ _STOP = threading.Event()
 # (an idle pipeline does not spin; the first message after a quiet spell waits at most 40 ms)
 POLL_BACKOFF_MIN_S = 0.005
 POLL_BACKOFF_MAX_S = 0.040
+# an event more than max_jump ahead of its partition's clock is held; this many such events in a
+# row (each confirming the others) move the clock, anything else in between rejects them
+JUMP_CONFIRM = 3
 
 
 def request_stop() -> None:
@@ -56,7 +60,21 @@ def clear_stop() -> None:
 
 
 class _Parser:
-    """Parse + clock for one partition; shared by the file and Kafka partitions."""
+    """Parse + clock for one partition; shared by the file and Kafka partitions.
+
+    **Clock bound** (``max_jump_us``, DESIGN §11): one event may move its partition's clock only
+    by that much. An event further ahead of the partition's latest event time is *held* (not
+    applied, the clock does not move); when :data:`JUMP_CONFIRM` such events arrive in a row the
+    partition really moved on (a quiet night, a weekend) and they are applied in order; any other
+    event in between rejects the held ones as ``bad_timestamp`` dead letters. At the end of input
+    (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
+    it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
+    of the other partitions read by this process (``frontier``) for a partition that was caught
+    up (idle) when the event came: a quiet partition's next event is not held when the rest of
+    the stream has moved on with it (one still reading a backlog is judged on its own clock).
+    The first event of a partition is exempt. While events are held, the partition's resume
+    position (its snapshot) stays at the first held one, so a restart re-reads them.
+    """
 
     def __init__(
         self,
@@ -65,11 +83,20 @@ class _Parser:
         max_lateness_us: int,
         max_t: int,
         max_future_us: int = 0,
+        max_jump_us: int = 0,
+        frontier: dict[str, int] | None = None,
     ) -> None:
         self.part_id = part_id
+        self.frontier = frontier
+        # the frontier counts only for a partition that was caught up (idle) when data came: one
+        # still reading a backlog may trail the others by days, legitimately
+        self.after_idle = False
         self.clock = PartitionClock(tolerance_us, max_lateness_us, max_t)
         self.last_tick: int | None = None
         self.max_future_us = max_future_us  # 0: no check
+        self.max_jump_us = max_jump_us  # 0: no bound
+        # held events (raw, event, time, resume mark), see the class docstring
+        self.held: list[tuple[RawRecord, Any, int, Any]] = []
 
     def _from_future(self, raw: RawRecord, event, t: int) -> DeadLetter | None:
         """An event time past the wall clock by more than the allowance is a broken clock, not an
@@ -87,7 +114,8 @@ class _Parser:
             order_id=event.order_id,
         )
 
-    def handle(self, raw: RawRecord, out: list[Item]) -> None:
+    def handle(self, raw: RawRecord, out: list[Item], mark: Any = None) -> None:
+        """Parse one record. ``mark``: where to resume to re-read it (kept while it is held)."""
         result = parse(raw)
         if not hasattr(result, "event_type"):
             metrics.DEAD_LETTERS.labels(result.kind.value).inc()
@@ -98,6 +126,60 @@ class _Parser:
             metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
             out.append(("x", dl))
             return
+        if self.max_jump_us and self._jumps(t):
+            self.held.append((raw, result, t, mark))
+            if len(self.held) >= JUMP_CONFIRM:  # confirmed: the partition moved on
+                held, self.held = self.held, []
+                for h_raw, h_event, h_t, _ in held:
+                    self._apply(h_raw, h_event, h_t, out)
+            return
+        if self.held:
+            self.reject_held(out)
+        self._apply(raw, result, t, out)
+
+    def _jumps(self, t: int) -> bool:
+        ref = self.clock.max_t
+        if ref == BEGIN:
+            return False  # a partition's first event is exempt
+        if self.frontier and self.after_idle:
+            ref = max(ref, max(self.frontier.values()))
+        return t - ref > self.max_jump_us
+
+    def release_held(self, out: list[Item], everything: bool = False) -> None:
+        """Apply the held events that the frontier now confirms (all of them: ``everything``)."""
+        if not self.held or not (everything or not self._jumps(self.held[0][2])):
+            return
+        held, self.held = self.held, []
+        for raw, event, t, mark in held:
+            if everything or (not self.held and not self._jumps(t)):
+                self._apply(raw, event, t, out)
+            else:  # still waiting behind an earlier held event
+                self.held.append((raw, event, t, mark))
+
+    def reject_held(self, out: list[Item]) -> None:
+        """Dead-letter the held events (not confirmed by the events after them)."""
+        held, self.held = self.held, []
+        for raw, event, t, _ in held:
+            dl = dead_letter(
+                raw,
+                DeadLetterKind.BAD_TIMESTAMP,
+                f"occurred_at is {(t - self.clock.max_t) / 3_600e6:.1f}h ahead of its partition's "
+                f"latest event and the next events did not follow it (allowed: "
+                f"{self.max_jump_us / 1e6:.0f}s, SALVAGE_MAX_CLOCK_JUMP_SECONDS)",
+                event_id=event.event_id,
+                order_id=event.order_id,
+            )
+            metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
+            out.append(("x", dl))
+
+    def resume_mark(self) -> Any:
+        """The mark of the first held event, or None when nothing is held."""
+        return self.held[0][3] if self.held else None
+
+    def _apply(self, raw: RawRecord, result, t: int, out: list[Item]) -> None:
+        # Tiebreak: event id, then a content hash so even conflicting duplicates order stably
+        # (the hash is also the payload digest the case stage compares duplicates by).
+        tie = f"{result.event_id}|{zlib.crc32(raw.value):08x}"
         eff = self.clock.observe(t)
         if eff is None:
             dl = dead_letter(
@@ -107,14 +189,14 @@ class _Parser:
                 event_id=result.event_id,
                 order_id=result.order_id,
             )
-            metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
-            out.append(("x", dl))
+            # to its case shard first: a redelivered duplicate is recognised before lateness
+            out.append(("e", self.clock.watermark, tie, Overdue(result, dl)))
             return
         if eff != t:
             metrics.LATE.labels(STREAM_OF[result.event_type].value).inc()
-        # Tiebreak: event id, then a content hash so even conflicting duplicates order stably.
-        tie = f"{result.event_id}|{zlib.crc32(raw.value):08x}"
         out.append(("e", eff, tie, result))
+        if self.frontier is not None:
+            self.frontier[self.part_id] = self.clock.max_t
 
     def tick(self, out: list[Item], wm: int | None = None) -> None:
         wm = self.clock.watermark if wm is None else wm
@@ -136,9 +218,10 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         self._path = path
         self._f = open(path, "rb")
         self._f.seek(offset)
+        self._pos = offset
         self._line = line_no
         self._done = done
-        self._parser = _Parser(part_id, parser_args[0], parser_args[1], max_t, parser_args[3])
+        self._parser = _Parser(part_id, *parser_args[:2], max_t, *parser_args[3:])
         self._batch = batch_size
 
     def next_batch(self) -> list[Item]:
@@ -147,21 +230,29 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         out: list[Item] = []
         readline = self._f.readline
         source = str(self._path)
+        handle = self._parser.handle
         for _ in range(self._batch):
             line = readline()
             if not line:
                 self._done = True
                 break
+            mark = (self._pos, self._line)
+            self._pos += len(line)
             self._line += 1
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 continue  # blank line: no record
-            self._parser.handle(RawRecord(source, 0, self._line, value), out)
+            handle(RawRecord(source, 0, self._line, value), out, mark)
+        if self._done:
+            self._parser.release_held(out, everything=True)
         self._parser.tick(out, END if self._done else None)
         return out
 
     def snapshot(self) -> tuple:
-        return (self._f.tell(), self._line, self._parser.clock.max_t, self._done)
+        mark = self._parser.resume_mark()
+        if mark is not None:  # re-read the held events on a resume
+            return (mark[0], mark[1], self._parser.clock.max_t, False)
+        return (self._pos, self._line, self._parser.clock.max_t, self._done)
 
     def close(self) -> None:
         self._f.close()
@@ -192,11 +283,12 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
         max_lateness_us: int,
         batch_size: int = 2000,
         max_future_us: int = 0,
+        max_jump_us: int = 0,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
             check_event_log(p)
-        self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us)
+        self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us, max_jump_us)
         self._batch = batch_size
 
     def part_ids(self) -> list[str]:
@@ -230,6 +322,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         idle_s: float,
         resume,
         lag_interval_s: float = 1.0,
+        frontier: dict[str, int] | None = None,
     ) -> None:
         offset, max_t = resume or (OFFSET_BEGINNING, parser_args[2])
         self._consumer = Consumer(conf)
@@ -237,7 +330,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._topic, self._stream, self._partition = topic, stream, partition
         self._offset = offset
         self._parser = _Parser(
-            kafka_part_id(topic, partition), parser_args[0], parser_args[1], max_t, parser_args[3]
+            kafka_part_id(topic, partition), *parser_args[:2], max_t, *parser_args[3:], frontier
         )
         self._batch = batch_size
         self._to_end = to_end
@@ -270,6 +363,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._backoff_s = min(POLL_BACKOFF_MAX_S, max(POLL_BACKOFF_MIN_S, 2 * self._backoff_s))
             self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff_s)
         got_data = False
+        self._parser.after_idle = self._idle
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -283,7 +377,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             raw = RawRecord(
                 self._topic, self._partition, msg.offset(), msg.value() or b"", self._stream
             )
-            self._parser.handle(raw, out)
+            self._parser.handle(raw, out, msg.offset())
+        self._parser.release_held(out)  # the other partitions may have caught up with them
         now = time.monotonic()
         if got_data:
             self._last_data = now
@@ -292,9 +387,19 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
                 self._parser.last_tick = None  # re-announce the real watermark
         if self._eof and self._to_end and not got_data:
             self._done = True
+            self._parser.release_held(out, everything=True)
             self._parser.tick(out, END)
             self._report_lag(now, force=True)
-        elif self._eof and not got_data and now - self._last_data >= self._idle_s:
+        elif (
+            self._eof
+            and not got_data
+            and now - self._last_data >= self._idle_s
+            and self._caught_up()
+        ):
+            if self._parser.held:  # caught up: judge them against the rest of the stream
+                self._parser.after_idle = True
+                self._parser.release_held(out)
+                self._parser.after_idle = False
             if not self._idle:
                 self._idle = True
                 self._parser.tick(out, IDLE)
@@ -302,6 +407,16 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._parser.tick(out)
         self._report_lag(now)  # throttled; cached watermarks: no broker round trip
         return out
+
+    def _caught_up(self) -> bool:
+        """Position >= high watermark, from the watermark librdkafka caches from every fetch
+        response (no broker round trip). Unknown (no fetch answered yet): not caught up."""
+        try:
+            low, high = self._consumer.get_watermark_offsets(self._wm_tp, cached=True)
+        except KafkaException:
+            return False
+        position = self._offset if self._offset >= 0 else low  # nothing read yet: from the start
+        return high >= 0 and position >= high
 
     def _report_lag(self, now: float, force: bool = False) -> None:
         """Set ``salvage_kafka_consumer_lag`` from the cached watermarks (no broker round trip);
@@ -324,7 +439,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         return self._awake
 
     def snapshot(self) -> tuple:
-        return (self._offset, self._parser.clock.max_t)
+        mark = self._parser.resume_mark()  # re-read the held events on a resume
+        return (self._offset if mark is None else mark, self._parser.clock.max_t)
 
     def close(self) -> None:
         self._consumer.close()
@@ -352,6 +468,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         lag_interval_s: float = 1.0,
         fetch_wait_ms: int = 100,
         max_future_us: int = 0,
+        max_jump_us: int = 0,
     ) -> None:
         self._conf = {
             **client_conf,
@@ -365,11 +482,13 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         }
         self._topics = topics  # stream -> topic
         self._partitions = partitions  # topic -> partition count
-        self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us)
+        self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us, max_jump_us)
         self._to_end = to_end
         self._idle_s = idle_s
         self._batch = batch_size
         self._lag_interval_s = lag_interval_s
+        # highest clock of each partition this process reads (the clock bound's reference)
+        self._frontier: dict[str, int] = {}
 
     def part_ids(self) -> list[str]:
         return [
@@ -395,4 +514,5 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             self._idle_s,
             resume_state,
             self._lag_interval_s,
+            self._frontier,
         )

@@ -42,6 +42,7 @@ from features.customer import CustomerContext
 from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
 from features.order_case import OrderCase, Status
+from flows.items import Overdue
 from policy.config import MAX_CONTACT_LOG, Policy, load_policy
 from policy.disposition import decide_disposition
 from policy.engine import CUSTOMER_FACING, decide, holdout_unit
@@ -120,6 +121,9 @@ class StageConfig:
     lane_shards: int
     sources: tuple[str, ...]
     return_window_us: int = 30 * DAY_US
+    # an event whose order is not known yet waits this long (event time, on every input) for its
+    # order_placed before it is an unknown_order dead letter (README "Reliability")
+    orphan_wait_us: int = 6 * HOUR_US
     lane: LaneConfig = field(default_factory=LaneConfig)
     case_records: bool = True  # emit case-store records (off when no store is configured)
     model_shards: int = 1
@@ -212,7 +216,7 @@ class _Stage(ABC):
                 self._push(item[1], item[2], item[3])
             else:
                 _, src, wm, seen = item
-                self.reorderer.tick(src, wm)
+                self.reorderer.tick(src, wm, seen)
                 if seen > self.seen_t:
                     self.seen_t = seen
                 ticked = True
@@ -254,6 +258,11 @@ class CaseStage(_Stage):
         # a closed case's event ids, as 64-bit hashes (8 B each, not the strings): a redelivered
         # event of a closed case is a duplicate, not a dead letter
         self.tomb_ids: dict[str, array] = {}
+        # and their payload digests (crc32, same positions): a conflicting copy is inconsistent
+        self.tomb_digests: dict[str, array] = {}
+        # events of orders not seen yet, waiting for their order_placed (order id -> items)
+        self.orphans: dict[str, list[tuple[int, str, Any]]] = {}
+        self.orphan_heap: list[tuple[int, str]] = []
         self.intents: IntentClassifier | None = None
         self._configure(cfg)
 
@@ -274,6 +283,9 @@ class CaseStage(_Stage):
 
     def rebind(self, cfg: StageConfig) -> None:
         super().rebind(cfg)
+        for name, empty in (("tomb_digests", dict), ("orphans", dict), ("orphan_heap", list)):
+            if not hasattr(self, name):  # a snapshot from before these existed
+                setattr(self, name, empty())
         # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
         for source in cfg.sources:
             self.reorderer.upstream.setdefault(source, BEGIN)
@@ -366,6 +378,7 @@ class CaseStage(_Stage):
             del self.cases[case.order_id]
             self.tombstones[case.order_id] = t
             self.tomb_ids[case.order_id] = array("Q", map(_id_hash, case.seen))
+            self.tomb_digests[case.order_id] = array("L", _digests(case))
             heapq.heappush(self.tomb_heap, (t + TOMBSTONE_US, case.order_id))
             _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
@@ -377,6 +390,7 @@ class CaseStage(_Stage):
             _, order_id = heapq.heappop(heap)
             self.tombstones.pop(order_id, None)
             self.tomb_ids.pop(order_id, None)
+            self.tomb_digests.pop(order_id, None)
 
     def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
         view = CaseView(
@@ -422,18 +436,89 @@ class CaseStage(_Stage):
         _INFERRED(intent).inc()
         return intent
 
+    # -- duplicates and orphans ----------------------------------------------------
+    def _known_digest(self, order_id: str, event_id: str) -> int | None:
+        """The payload digest remembered for ``event_id`` of ``order_id`` (0: remembered without
+        a digest, by state from before digests), or None if the event id is not remembered."""
+        case = self.cases.get(order_id)
+        if case is not None:
+            seen = case.seen
+            if event_id not in seen:
+                return None
+            i = seen.index(event_id)
+            digests = _digests(case)
+            return digests[i] if i < len(digests) else 0
+        ids = self.tomb_ids.get(order_id)
+        if ids is None:
+            return None
+        h = _id_hash(event_id)
+        if h not in ids:
+            return None
+        i = ids.index(h)
+        digests = self.tomb_digests.get(order_id)
+        return digests[i] if digests is not None and i < len(digests) else 0
+
+    def _duplicate(self, ev, tie: str, out: Emit) -> bool:
+        """True if ``ev`` repeats a remembered event id: counted as a duplicate when the payload
+        is the same (or its digest is unknown), an ``inconsistent`` dead letter otherwise; the
+        first one applied (in event-time order) is kept either way."""
+        known = self._known_digest(ev.order_id, ev.event_id)
+        if known is None:
+            return False
+        if known == 0 or known == _tie_digest(tie):
+            metrics.DUPLICATES.inc()
+        else:
+            self._dead(
+                ev,
+                DeadLetterKind.INCONSISTENT,
+                "event_id already applied with a different payload; the first one is kept",
+                out,
+            )
+        return True
+
+    def _park(self, t: int, tie: str, ev, out: Emit) -> None:
+        """An event of an order with no order_placed yet waits for it (a replay after a quiet
+        spell can deliver support, returns and scans before their order: README "Reliability")."""
+        waiting = self.orphans.get(ev.order_id)
+        if waiting is None:
+            waiting = self.orphans[ev.order_id] = []
+            heapq.heappush(self.orphan_heap, (t + self.cfg.orphan_wait_us, ev.order_id))
+        if len(waiting) >= MAX_ORPHANS_PER_ORDER:
+            self._dead(ev, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+            return
+        waiting.append((t, tie, ev))
+        metrics.ORPHANS_PARKED.inc()
+        while len(self.orphans) > MAX_ORPHAN_ORDERS:  # memory bound: the longest-waiting go
+            _, oldest = heapq.heappop(self.orphan_heap)
+            for _t, _tie, old in self.orphans.pop(oldest, ()):
+                self._dead(old, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+
+    def _expire_orphans(self, until: int, out: Emit) -> None:
+        """Dead-letter the orphans whose wait ended before ``until`` (all of them at the end)."""
+        heap = self.orphan_heap
+        while heap and (heap[0][0] < until or until >= END):
+            _, order_id = heapq.heappop(heap)
+            for _t, _tie, ev in self.orphans.pop(order_id, ()):
+                self._dead(ev, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+
     # -- the stage ---------------------------------------------------------------
     def apply(self, released, low: int, out: Emit) -> None:
-        window = self.cfg.return_window_us
-        for t, _tie, ev in released:
+        pending = list(released)
+        pending.reverse()  # a stack: orphans adopted by their order_placed are pushed on top
+        while pending:
+            t, tie, ev = pending.pop()
             self._fire_timers(t, out)
+            if type(ev) is Overdue:
+                if not self._duplicate(ev.event, tie, out):
+                    metrics.DEAD_LETTERS.labels(ev.letter.kind.value).inc()
+                    out.append(("dlq", ev.letter))
+                continue
+            if self._duplicate(ev, tie, out):
+                continue
             order_id = ev.order_id
             case = self.cases.get(order_id)
             if case is None:
                 if order_id in self.tombstones:
-                    if _id_hash(ev.event_id) in self.tomb_ids.get(order_id, ()):
-                        metrics.DUPLICATES.inc()  # redelivered after the close: harmless
-                        continue
                     self._dead(
                         ev,
                         DeadLetterKind.UNKNOWN_ORDER,
@@ -442,33 +527,72 @@ class CaseStage(_Stage):
                     )
                     continue
                 if ev.event_type != "order_placed":
-                    self._dead(ev, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+                    self._park(t, tie, ev, out)
                     continue
                 case = self.cases[order_id] = OrderCase(order_id)
                 metrics.CASES_OPENED.inc()
-            elif case.is_duplicate(ev.event_id):
-                metrics.DUPLICATES.inc()
-                continue
+                adopted = self.orphans.pop(order_id, None)
+                if adopted:  # applied right after their order, at its time, in their order
+                    pending.extend((t, a_tie, a_ev) for _t, a_tie, a_ev in reversed(adopted))
             elif ev.event_type == "order_placed":
                 self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
                 continue
-            inferred = self._intent(ev) if ev.event_type == "support_contact" else None
-            changes = case.apply(ev, t, window, inferred)
-            _EVENTS(STREAM_OF[ev.event_type].value).inc()
-            self._emit_view(case, t, ev.event_id, changes, out)
-            if STREAM_OF[ev.event_type] is Stream.RETURNS:
-                self._journey(case, ev, t)
-            if ev.event_type == "carrier_scan" and case.lane != "unknown":
-                delayed = "delay_signal" in changes
-                dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
-                self.send("lane", dest, t, ev.event_id, (case.lane, order_id, delayed))
-            self._after_update(case, t)
+            self._apply_event(case, t, tie, ev, out)
         horizon = self.horizon(low)
         self._fire_timers(horizon, out)
         self._expire_tombstones(horizon)
+        if self.orphan_heap:
+            confirmed = min(horizon, self.reorderer.confirmed_low())
+            self._expire_orphans(END if low >= END else confirmed, out)
         if BEGIN < low < END:  # a shard without a watermark yet has no position to report
             metrics.EVENT_TIME_LAG.labels(str(self.shard)).set(time.time() - low / 1e6)
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
+
+    def _apply_event(self, case: OrderCase, t: int, tie: str, ev, out: Emit) -> None:
+        window = self.cfg.return_window_us
+        order_id = ev.order_id
+        inferred = self._intent(ev) if ev.event_type == "support_contact" else None
+        changes = case.apply(ev, t, window, inferred)
+        _remember_digest(case, _tie_digest(tie))
+        _EVENTS(STREAM_OF[ev.event_type].value).inc()
+        self._emit_view(case, t, ev.event_id, changes, out)
+        if STREAM_OF[ev.event_type] is Stream.RETURNS:
+            self._journey(case, ev, t)
+        if ev.event_type == "carrier_scan" and case.lane != "unknown":
+            delayed = "delay_signal" in changes
+            dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
+            self.send("lane", dest, t, ev.event_id, (case.lane, order_id, delayed))
+        self._after_update(case, t)
+
+
+MAX_ORPHANS_PER_ORDER = 256
+MAX_ORPHAN_ORDERS = 50_000  # per case shard: orders with events waiting for their order_placed
+
+
+def _tie_digest(tie: str) -> int:
+    """The payload digest a source put at the end of an event's tiebreak (``id|crc32hex``)."""
+    try:
+        return int(tie.rpartition("|")[2], 16) or 1
+    except ValueError:
+        return 0
+
+
+def _digests(case: OrderCase) -> tuple[int, ...]:
+    try:
+        return case.digests
+    except AttributeError:  # a case from a snapshot taken before digests existed
+        return ()
+
+
+def _remember_digest(case: OrderCase, digest: int) -> None:
+    """Keep ``case.digests`` parallel to ``case.seen`` (which forgets its oldest ids)."""
+    n = len(case.seen)
+    digests = (*_digests(case), digest)
+    if len(digests) > n:
+        digests = digests[-n:]
+    elif len(digests) < n:
+        digests = (0,) * (n - len(digests)) + digests
+    case.digests = digests
 
 
 def _id_hash(event_id: str) -> int:

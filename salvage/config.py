@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     max_future_seconds: float = Field(
         86_400.0, ge=0, description="event time further past the wall clock: bad_timestamp; 0: off"
     )
+    max_clock_jump_seconds: float = Field(
+        6 * 3600.0,
+        ge=0,
+        description="one event further ahead of its partition's clock is held until 2 more "
+        "confirm the jump, else bad_timestamp; 0: off",
+    )
+    orphan_wait_seconds: float = Field(
+        6 * 3600.0,
+        ge=0,
+        description="an event before its order_placed waits this long (event time) for it",
+    )
     return_window_days: float = Field(30.0, gt=0)
     kafka_fetch_wait_max_ms: int = Field(
         100, ge=0, le=10_000, description="source fetch.wait.max.ms: latency vs fetch requests"

@@ -110,6 +110,11 @@ def prepare_recovery(rec: Recovery, spec: FlowSpec, cluster: Cluster | None = No
     manifest = run_manifest(spec, cluster)
     parts = sorted(db.glob("part-*.sqlite3")) if db.is_dir() else []
     mpath = db / RUN_MANIFEST
+    marker = db / INIT_MARKER
+    if parts and marker.exists():  # killed while initialising: nothing ran yet, start again
+        for part in parts:
+            part.unlink()
+        parts = []
     if parts:
         if mpath.is_file():
             before = json.loads(mpath.read_text())
@@ -129,6 +134,7 @@ def prepare_recovery(rec: Recovery, spec: FlowSpec, cluster: Cluster | None = No
                 )
         return True
     db.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     if cluster is None or not cluster.multi_process:
         init_db_dir(db, max(1, rec.partitions))
     else:
@@ -137,7 +143,12 @@ def prepare_recovery(rec: Recovery, spec: FlowSpec, cluster: Cluster | None = No
             if int(part.stem.rsplit("-", 1)[1]) % cluster.processes != cluster.process_id:
                 part.unlink()
     mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    marker.unlink()
     return False
+
+
+# present while prepare_recovery initialises a directory (a SIGKILL then leaves it behind)
+INIT_MARKER = ".initialising"
 
 
 class ClusterError(ValueError):

@@ -16,6 +16,10 @@ LATE_AFTER_IDLE = Counter(
     "salvage_late_after_idle_total",
     "Live mode: items that arrived behind a stage's watermark after an idle upstream woke up",
 )
+ORPHANS_PARKED = Counter(
+    "salvage_orphan_events_parked_total",
+    "Events that arrived before their order_placed and waited for it (README Reliability)",
+)
 TRIGGERS = Counter("salvage_triggers_total", "Interventions emitted, by action", ["action"])
 TRIGGER_REASONS = Counter(
     "salvage_trigger_reasons_total",

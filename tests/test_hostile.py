@@ -265,8 +265,11 @@ def test_late_beyond_tolerance_is_counted_and_far_too_late_is_a_dead_letter(log,
             out_lines.append(lines[pending.pop(0)[1]])
         out_lines.append(raw)
     out_lines += [lines[i] for _, i in pending]
-    # ... and one event of the first day arrives at the very end (weeks behind: too late)
-    first_day = lines[1]
+    # ... and one event of the first day arrives at the very end (weeks behind: too late); a new
+    # event id, as the same event again would be a duplicate (recognised before lateness)
+    doc = json.loads(lines[1])
+    doc["event_id"] += "-late"
+    first_day = json.dumps(doc).encode() + b"\n"
     out_lines.append(first_day)
     path = tmp_path / "late.jsonl"
     path.write_bytes(b"".join(out_lines))
@@ -296,9 +299,57 @@ def test_an_event_from_a_broken_future_clock_does_not_stall_its_partition(log, c
     assert [(d["kind"], d["event_id"]) for d in letters] == [("bad_timestamp", "from-2099")]
     assert "ahead of the wall clock" in letters[0]["message"]
     assert out["interventions"] == clean["interventions"]
-    # the check is a setting: off, the same record is accepted and everything after it is late
-    off = run_file_flow([path], tmp_path / "off", max_future_seconds=0)
+    # the check is a setting: off, the partition's clock bound still rejects the record ...
+    bound = run_file_flow([path], tmp_path / "bound", max_future_seconds=0)
+    letters = jsonl(bound["dead_letters"])
+    assert [(d["kind"], d["event_id"]) for d in letters] == [("bad_timestamp", "from-2099")]
+    assert "SALVAGE_MAX_CLOCK_JUMP_SECONDS" in letters[0]["message"]
+    assert bound["interventions"] == clean["interventions"]
+    # ... and with both off the record is accepted and everything after it is late
+    off = run_file_flow([path], tmp_path / "off", max_future_seconds=0, max_clock_jump_seconds=0)
     assert sum(d["kind"] == "too_late" for d in jsonl(off["dead_letters"])) > 100
+
+
+@pytest.mark.parametrize("ahead", [timedelta(hours=20), timedelta(days=200)])
+def test_one_event_far_ahead_of_its_partition_is_bad_timestamp_and_moves_nothing(
+    log, clean, tmp_path, ahead
+):
+    """Issue 12: one valid-looking scan dated ahead of its stream (20 h: changed 48 triggers;
+    a date in the past of the wall clock but long after the log: 10,084 too_late) is a
+    ``bad_timestamp`` dead letter and the partition's clock does not move."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    i = next(i for i, x in enumerate(lines) if b'"carrier_scan"' in x and i > len(lines) // 3)
+    doc = json.loads(lines[i])
+    doc["event_id"] = "ahead"
+    doc["occurred_at"] = (_t(lines[i]) + ahead).isoformat().replace("+00:00", "Z")
+    path = tmp_path / "ahead.jsonl"
+    path.write_bytes(b"".join([*lines[:i], json.dumps(doc).encode() + b"\n", *lines[i:]]))
+    out = run_file_flow([path], tmp_path / "out")
+    letters = jsonl(out["dead_letters"])
+    assert [(d["kind"], d["event_id"]) for d in letters] == [("bad_timestamp", "ahead")]
+    assert out["interventions"] == clean["interventions"]
+    # without the bound the one event moves the clock: triggers change or events die too_late
+    off = run_file_flow([path], tmp_path / "off", max_clock_jump_seconds=0)
+    assert off["interventions"] != clean["interventions"] or jsonl(off["dead_letters"])
+
+
+def test_a_quiet_gap_confirmed_by_the_next_events_is_not_rejected(log, clean, tmp_path):
+    """A partition that is quiet for days and then carries on (a real log's weekend) moves its
+    clock: the events after the gap confirm each other, none is dead-lettered, and the outputs
+    equal a run without the bound."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    cut = len(lines) // 2
+    shifted = []
+    for x in lines[cut:]:
+        doc = json.loads(x)
+        doc["occurred_at"] = (_t(x) + timedelta(days=3)).isoformat().replace("+00:00", "Z")
+        shifted.append(json.dumps(doc).encode() + b"\n")
+    path = tmp_path / "gap.jsonl"
+    path.write_bytes(b"".join([*lines[:cut], *shifted]))
+    out = run_file_flow([path], tmp_path / "out")
+    assert out["dead_letters"] == b""
+    off = run_file_flow([path], tmp_path / "off", max_clock_jump_seconds=0)
+    assert out == off
 
 
 @pytest.mark.parametrize(("kind", "head"), [("gzip", b"\x1f\x8b\x08\x00"), ("Parquet", b"PAR1")])

@@ -1,0 +1,279 @@
+"""Issue 12: live operation you can trust. Quiet streams release what is due, a replay after a
+quiet spell loses nothing, duplicates are settled by payload (not silently), against the real
+embedded broker where the behaviour is Kafka's."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from bytewax.testing import cluster_main
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import REGISTRY
+
+from connectors.broker import ensure_topics
+from features.eventtime import BEGIN, IDLE, Reorderer
+from flows.recovery import FlowSpec, build_flow
+from flows.sources import clear_stop, request_stop
+from salvage.config import Settings
+from salvage.runner import publish_log
+from tests.flowkit import jsonl, run_file_flow, sim_log
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory) -> Path:
+    return sim_log(tmp_path_factory.mktemp("logs"), orders=400, seed=9)
+
+
+@pytest.fixture(scope="module")
+def file_mode(log, tmp_path_factory) -> dict[str, bytes]:
+    return run_file_flow([log], tmp_path_factory.mktemp("file"))  # default tolerance
+
+
+def _metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+# ------------------------------------------------------------------ watermark when all are idle
+
+
+def test_when_every_upstream_is_idle_the_watermark_reaches_the_highest_clock():
+    r = Reorderer(["a", "b"])
+    r.push(100, "x", "early")
+    r.push(500, "y", "late")
+    r.tick("a", 90)
+    r.tick("b", 400)
+    assert [p for _, _, p in r.release()] == []  # low = 90
+    r.tick("a", IDLE, 160)  # a caught up at clock 160: b alone holds the watermark
+    assert [p for _, _, p in r.release()] == ["early"]
+    r.tick("b", IDLE, 500)  # every input caught up: everything up to the highest clock is due
+    assert [p for _, _, p in r.release()] == ["late"]
+    assert r.low == 501
+    # a partition that wakes up behind it cannot move the watermark back
+    r.tick("a", 200)
+    assert r.release() == [] and r.low == 501
+    assert r.confirmed_low() == 200  # what every input really passed (idle exemptions aside)
+
+
+def test_idle_upstreams_that_never_saw_an_event_do_not_move_the_watermark():
+    r = Reorderer(["a", "b"])
+    r.tick("a", IDLE, BEGIN)
+    r.tick("b", IDLE, BEGIN)
+    assert r.release() == [] and r.low == BEGIN
+
+
+# ------------------------------------------------------------------ duplicates (file mode)
+
+
+def _line(doc: dict) -> bytes:
+    return json.dumps(doc).encode() + b"\n"
+
+
+def test_a_conflicting_copy_of_an_event_is_inconsistent_and_the_first_is_kept(
+    log, file_mode, tmp_path
+):
+    """Issue 12: a later fake copy of a scan's event id with another payload (``scan=lost``)
+    replaced the genuine one, silently. Now: an ``inconsistent`` dead letter, first one kept."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    i = next(i for i, x in enumerate(lines) if b'"carrier_scan"' in x and i > len(lines) // 3)
+    doc = json.loads(lines[i])
+    assert doc.get("scan") != "lost"
+    fake = {**doc, "scan": "lost"}
+    path = tmp_path / "fake.jsonl"
+    path.write_bytes(b"".join([*lines[: i + 1], _line(fake), *lines[i + 1 :]]))
+    out = run_file_flow([path], tmp_path / "out")
+    letters = jsonl(out["dead_letters"])
+    assert [(d["kind"], d["event_id"]) for d in letters] == [("inconsistent", doc["event_id"])]
+    assert out["interventions"] == file_mode["interventions"]
+
+
+def test_a_second_order_placed_with_the_same_id_is_counted_or_inconsistent(
+    log, file_mode, tmp_path
+):
+    lines = log.read_bytes().splitlines(keepends=True)
+    i = next(i for i, x in enumerate(lines) if b'"order_placed"' in x and i > 10)
+    doc = json.loads(lines[i])
+    changed = {**doc, "campaign": "fake"}
+    path = tmp_path / "again.jsonl"
+    path.write_bytes(b"".join([*lines[: i + 1], lines[i], _line(changed), *lines[i + 1 :]]))
+    before = _metric("salvage_duplicate_events_total")
+    out = run_file_flow([path], tmp_path / "out")
+    assert _metric("salvage_duplicate_events_total") - before == 1  # the identical copy
+    letters = jsonl(out["dead_letters"])
+    assert [(d["kind"], d["event_id"]) for d in letters] == [("inconsistent", doc["event_id"])]
+    assert out["interventions"] == file_mode["interventions"]
+
+
+def test_a_republished_log_is_deduplicated_before_lateness(log, tmp_path):
+    """Issue 12: publishing a log again gave 11,055 ``too_late`` dead letters; the duplicates
+    are recognised first. Two weeks of a log, then the same two weeks again: every repeated
+    event is a counted duplicate and no trigger changes."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    first = json.loads(lines[0])["occurred_at"][:10]
+    head = [x for x in lines if json.loads(x)["occurred_at"][:10] < _plus_days(first, 14)]
+    once = tmp_path / "once.jsonl"
+    once.write_bytes(b"".join(head))
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(b"".join(head + head))
+    base = run_file_flow([once], tmp_path / "once")
+    before = _metric("salvage_duplicate_events_total")
+    out = run_file_flow([twice], tmp_path / "twice", max_lateness_seconds=86_400)
+    assert out["dead_letters"] == b""
+    assert _metric("salvage_duplicate_events_total") - before == len(head)
+    assert out["interventions"] == base["interventions"]
+
+
+def _plus_days(day: str, n: int) -> str:
+    from datetime import date, timedelta
+
+    return (date.fromisoformat(day) + timedelta(days=n)).isoformat()
+
+
+def test_events_before_their_order_placed_wait_for_it_instead_of_dying(log, tmp_path):
+    """What a replay after a quiet spell does (other topics' events before their order's): an
+    order_placed that arrives after its order's other events is late, applied at the watermark,
+    and the events that came first wait for it (no ``unknown_order``)."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    docs = [json.loads(x) for x in lines]
+    i = next(i for i, d in enumerate(docs) if d["event_type"] == "order_placed" and i > 100)
+    order = docs[i]["order_id"]
+    later = [j for j, d in enumerate(docs) if d["order_id"] == order and j > i]
+    assert len(later) >= 2
+    # the order_placed line moves to just after its next two events (hours later: late)
+    k = later[1]
+    moved = [*lines[:i], *lines[i + 1 : k + 1], lines[i], *lines[k + 1 :]]
+    path = tmp_path / "orphans.jsonl"
+    path.write_bytes(b"".join(moved))
+    before = _metric("salvage_orphan_events_parked_total")
+    out = run_file_flow([path], tmp_path / "out")
+    assert not [d for d in jsonl(out["dead_letters"]) if d["kind"] == "unknown_order"]
+    assert _metric("salvage_orphan_events_parked_total") - before >= 1
+    # an event whose order never comes is still a dead letter (at the end of the wait)
+    stray = {**docs[later[0]], "order_id": "O-never", "event_id": "stray-1"}
+    path.write_bytes(b"".join([*lines[:200], _line(stray), *lines[200:]]))
+    out = run_file_flow([path], tmp_path / "stray")
+    letters = jsonl(out["dead_letters"])
+    assert [(d["kind"], d["event_id"]) for d in letters] == [("unknown_order", "stray-1")]
+
+
+# ------------------------------------------------------------------ Kafka --follow
+
+
+def _settings(bootstrap: str, suffix: str) -> Settings:
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        redis_url="",
+        shards=4,
+        topic_partitions=3,
+        **{
+            f"topic_{s}": f"{s}-{suffix}"
+            for s in ("orders", "deliveries", "support", "returns", "interventions")
+        },
+        topic_lane_alerts=f"lane-alerts-{suffix}",
+        topic_dead_letters=f"dead-letters-{suffix}",
+    )
+
+
+def _reader(settings: Settings, topic: str) -> Consumer:
+    conf = {**settings.kafka_client_config(), "group.id": "unused", "enable.auto.commit": False}
+    consumer = Consumer(conf)
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    return consumer
+
+
+def _drain(consumer: Consumer, into: list[dict], quiet_s: float = 0.5) -> None:
+    while True:
+        msgs = consumer.consume(1000, quiet_s)
+        if not msgs:
+            return
+        into += [json.loads(m.value()) for m in msgs if m.error() is None]
+
+
+def _follow(settings: Settings, until, bound_s: float = 90.0) -> None:
+    """Run ``salvage run --follow`` (in this process) until ``until()`` holds; at most bound_s."""
+    clear_stop()
+    spec = FlowSpec(settings, to_end=False, case_store=False)
+    flow = build_flow(spec)
+    runner = threading.Thread(target=cluster_main, args=(flow, [], 0), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + bound_s
+        while not until() and time.monotonic() < deadline and runner.is_alive():
+            time.sleep(0.2)
+    finally:
+        request_stop()
+        runner.join(timeout=60)
+        clear_stop()
+    assert not runner.is_alive()
+
+
+@pytest.mark.integration
+def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
+    kafka_broker, log, file_mode, unique_name
+):
+    """Issue 12: with the topics preloaded, ``--follow`` stalled at 375 of 486 triggers once every
+    partition was quiet. Now every partition is caught up (offsets) and the watermark reaches the
+    highest clock: the same trigger ids as file mode, with nothing left to read."""
+    settings = _settings(kafka_broker.bootstrap, unique_name("f"))
+    ensure_topics(
+        settings.kafka_client_config(),
+        list(settings.input_topics().values()) + settings.output_topics(),
+        3,
+    )
+    publish_log(settings, log)
+    expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
+    got: list[dict] = []
+    reader = _reader(settings, settings.topic_interventions)
+    try:
+        _follow(settings, lambda: _drain(reader, got, 0.1) or len(got) >= len(expected))
+        _drain(reader, got)
+    finally:
+        reader.close()
+    assert {t["trigger_id"] for t in got} == expected
+
+
+@pytest.mark.integration
+def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
+    kafka_broker, log, file_mode, unique_name
+):
+    """Issue 12: an idle ``--follow`` pipeline, then the log published at full speed: 0 to 119
+    ``unknown_order`` dead letters across runs (support, returns and scans applied before their
+    ``order_placed``). Now events that come before their order wait for it: no dead letter and
+    no trigger lost."""
+    settings = _settings(kafka_broker.bootstrap, unique_name("r"))
+    ensure_topics(
+        settings.kafka_client_config(),
+        list(settings.input_topics().values()) + settings.output_topics(),
+        3,
+    )
+    expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
+    got: list[dict] = []
+    reader = _reader(settings, settings.topic_interventions)
+    published = threading.Event()
+
+    def burst_after_idle() -> None:
+        time.sleep(3.0)  # every partition caught up and idle
+        publish_log(settings, log)
+        published.set()
+
+    threading.Thread(target=burst_after_idle, daemon=True).start()
+    try:
+        _follow(
+            settings,
+            lambda: _drain(reader, got, 0.1) or (published.is_set() and len(got) >= len(expected)),
+        )
+        _drain(reader, got)
+    finally:
+        reader.close()
+    letters: list[dict] = []
+    dlq = _reader(settings, settings.topic_dead_letters)
+    try:
+        _drain(dlq, letters)
+    finally:
+        dlq.close()
+    assert [d for d in letters if d["kind"] == "unknown_order"] == []
+    assert expected <= {t["trigger_id"] for t in got}
