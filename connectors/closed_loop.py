@@ -23,7 +23,7 @@ How the loop closes (deterministic, honest, no peeking at the estimator):
    (seed, order id), the same in every iteration.
 4. Steps 2-3 repeat on the reacted log until the assignments no longer change. Reactions only
    change events after the decision that caused them, and the pipeline decides in event time,
-   so this is a fixed point in time order (in practice 2-3 runs): the final log is one the
+   so this is a fixed point in time order (1-3 re-runs seen; at most 6): the final log is one the
    pipeline, run from scratch in file or Kafka mode, assigns exactly as the world reacted to.
 
 The true effect recorded in the truth file is the *realised* one: over the orders assigned to an
