@@ -566,7 +566,11 @@ class ModelStage(_Stage):
             metrics.MODEL_ACTIVE.labels(name, shard).set(1 if summary["active"] else 0)
             for scorer in ("model", "rules"):
                 s = summary[scorer]
-                metrics.MODEL_AUC.labels(name, scorer, shard).set(s["auc"])
+                # one-class window: NaN, Prometheus' "no value" (never 0)
+                auc = s["auc"]
+                metrics.MODEL_AUC.labels(name, scorer, shard).set(
+                    float("nan") if auc is None else auc
+                )
                 metrics.MODEL_LOGLOSS.labels(name, scorer, shard).set(s["logloss"])
                 metrics.MODEL_BRIER.labels(name, scorer, shard).set(s["brier"])
             metrics.MODEL_LABELS.labels(name, shard).set(summary["labels"])

@@ -884,8 +884,8 @@ def models_export(
                 name,
                 m["driving"],
                 f"{m['labels']:,}",
-                f"{m['model']['auc']:.3f}",
-                f"{m['rules']['auc']:.3f}",
+                "no value" if m["model"]["auc"] is None else f"{m['model']['auc']:.3f}",
+                "no value" if m["rules"]["auc"] is None else f"{m['rules']['auc']:.3f}",
                 f"{m['model']['brier']:.3f}",
             )
     console.print(table)

@@ -48,26 +48,47 @@ class ModelConfig:
     l2: float = 1e-3
     abuse_weight_cap: float = 10.0  # positives weighted by min(cap, negatives/positives)
     adwin_delta: float = 0.0005
+    # what "the rules flag" means for the promotion gate (DESIGN §11: models never make decisions
+    # worse): abuse flagged at or above the policy's default abuse_block, recoverability flagged
+    # (at risk) at or below this score
+    abuse_flag: float = 0.5
+    recoverability_flag: float = 0.5
 
 
 class RollingEval:
-    """Rolling ROC AUC, log loss and Brier score over the last ``window`` labelled predictions."""
+    """Rolling ROC AUC, log loss and Brier score over the last ``window`` labelled predictions.
+
+    AUC is undefined when the window holds one class only (River's RollingROCAUC then reports 0):
+    :meth:`auc_value` returns None, the summary says ``"auc": None`` ("no value"), and nothing
+    compares against it (promotion and demotion wait)."""
 
     def __init__(self, window: int) -> None:
         self.auc = metrics.RollingROCAUC(window_size=window)
-        self.window: deque[tuple[float, float]] = deque(maxlen=window)  # (logloss, brier)
+        # (logloss, brier, y) of the last `window` labelled predictions
+        self.window: deque[tuple[float, float, bool]] = deque(maxlen=window)
+        self.window_positives = 0
         self.n = 0
 
     def update(self, y: bool, p: float) -> None:
         self.n += 1
         self.auc.update(y, p)
         q = min(max(p, 1e-7), 1 - 1e-7)
-        self.window.append((-math.log(q if y else 1 - q), (p - float(y)) ** 2))
+        if len(self.window) == self.window.maxlen and self.window[0][2]:
+            self.window_positives -= 1
+        self.window.append((-math.log(q if y else 1 - q), (p - float(y)) ** 2, bool(y)))
+        self.window_positives += bool(y)
 
-    def summary(self) -> dict[str, float]:
+    def auc_value(self) -> float | None:
+        """The rolling AUC, or None while the window lacks positives or negatives."""
+        if not 0 < self.window_positives < len(self.window):
+            return None
+        return float(self.auc.get())
+
+    def summary(self) -> dict[str, float | None]:
         k = len(self.window) or 1
+        auc = self.auc_value()
         return {
-            "auc": round(self.auc.get(), 4),
+            "auc": None if auc is None else round(auc, 4),
             "logloss": round(sum(w[0] for w in self.window) / k, 4),
             "brier": round(sum(w[1] for w in self.window) / k, 4),
             "labels": float(self.n),
@@ -141,6 +162,9 @@ class OnlineModel:
         self.labels_since_change = 0
         self.model_eval = RollingEval(cfg.window)
         self.rules_eval = RollingEval(cfg.window)
+        # the same, on the cases the rules flag only (the decisions a promotion would change most)
+        self.model_flagged = RollingEval(cfg.window)
+        self.rules_flagged = RollingEval(cfg.window)
         self.adwin = drift.ADWIN(delta=cfg.adwin_delta)
         self.positives = 0
         self.negatives = 0
@@ -174,8 +198,19 @@ class OnlineModel:
                 w = min(10.0, max(0.1, w))
         self.pipeline.learn_one(prepare(x), y, w=w)
 
+    def rules_flag(self, p_rules: float) -> bool:
+        """Do the rules flag this case (abuse: likely abuse; recoverability: at risk)?"""
+        if self.name == "abuse":
+            return p_rules >= self.cfg.abuse_flag
+        return p_rules <= self.cfg.recoverability_flag
+
     def evaluate(self, y: bool, p_model: float, p_rules: float, t: int) -> dict[str, Any] | None:
-        """Progressive validation of one labelled prediction; returns a promotion/demotion event."""
+        """Progressive validation of one labelled prediction; returns a promotion/demotion event.
+
+        The gate (DESIGN §11, "models never make decisions worse"): promotion needs, over at least
+        ``min_labels`` labels since the last change, a defined rolling AUC that beats the rules' by
+        ``promote_margin`` overall *and* an AUC on the rule-flagged stratum at least the rules' on
+        the same cases. An undefined AUC (one-class window) never promotes or demotes: it waits."""
         self.labels += 1
         self.labels_since_change += 1
         if y:
@@ -184,15 +219,32 @@ class OnlineModel:
             self.negatives += 1
         self.model_eval.update(y, p_model)
         self.rules_eval.update(y, p_rules)
-        m, r = self.model_eval.auc.get(), self.rules_eval.auc.get()
+        if self.rules_flag(p_rules):
+            self.model_flagged.update(y, p_model)
+            self.rules_flagged.update(y, p_rules)
+        m, r = self.model_eval.auc_value(), self.rules_eval.auc_value()
+        mf, rf = self.model_flagged.auc_value(), self.rules_flagged.auc_value()
         enough = (
             self.labels_since_change >= self.cfg.min_labels and self.positives and self.negatives
         )
         if not self.active:
-            if enough and m >= r + self.cfg.promote_margin:
+            if (
+                enough
+                and m is not None
+                and r is not None
+                and mf is not None
+                and rf is not None
+                and m >= r + self.cfg.promote_margin
+                and mf >= rf
+            ):
                 self.active = True
                 self.version += 1
-                return self._event(t, "promoted", f"rolling AUC {m:.3f} beats rules {r:.3f}")
+                return self._event(
+                    t,
+                    "promoted",
+                    f"rolling AUC {m:.3f} beats rules {r:.3f}; on rule-flagged cases "
+                    f"{mf:.3f} vs {rf:.3f}",
+                )
             return None
         before = self.adwin.estimation
         self.adwin.update(abs(float(y) - p_model))
@@ -201,8 +253,10 @@ class OnlineModel:
             return self._demote(
                 t, f"ADWIN: error rose from {before:.3f} to {self.adwin.estimation:.3f}"
             )
-        if enough and m < r - self.cfg.demote_margin:
+        if enough and m is not None and r is not None and m < r - self.cfg.demote_margin:
             return self._demote(t, f"rolling AUC {m:.3f} fell below rules {r:.3f}")
+        if enough and mf is not None and rf is not None and mf < rf - self.cfg.demote_margin:
+            return self._demote(t, f"AUC on rule-flagged cases {mf:.3f} fell below rules {rf:.3f}")
         return None
 
     def _demote(self, t: int, reason: str) -> dict[str, Any]:
@@ -219,8 +273,10 @@ class OnlineModel:
             "version": f"{self.name}-lr-v{self.version}",
             "reason": reason,
             "labels": self.labels,
-            "model_auc": round(self.model_eval.auc.get(), 4),
-            "rules_auc": round(self.rules_eval.auc.get(), 4),
+            "model_auc": self.model_eval.summary()["auc"],
+            "rules_auc": self.rules_eval.summary()["auc"],
+            "model_auc_flagged": self.model_flagged.summary()["auc"],
+            "rules_auc_flagged": self.rules_flagged.summary()["auc"],
         }
 
 
@@ -455,5 +511,7 @@ class ModelSet:
                 "positives": m.positives,
                 "model": m.model_eval.summary(),
                 "rules": m.rules_eval.summary(),
+                "model_flagged": m.model_flagged.summary(),
+                "rules_flagged": m.rules_flagged.summary(),
             }
         return out
