@@ -120,6 +120,7 @@ class StageConfig:
     lane_shards: int
     sources: tuple[str, ...]
     return_window_us: int = 30 * DAY_US
+    settled_grace_us: int = 45 * DAY_US  # a settled case still listens this long (see Settled)
     lane: LaneConfig = field(default_factory=LaneConfig)
     case_records: bool = True  # emit case-store records (off when no store is configured)
     model_shards: int = 1
@@ -254,6 +255,8 @@ class CaseStage(_Stage):
         # a closed case's event ids, as 64-bit hashes (8 B each, not the strings): a redelivered
         # event of a closed case is a duplicate, not a dead letter
         self.tomb_ids: dict[str, array] = {}
+        # settled cases in their grace period: order id -> compact record (see Settled)
+        self.settled: dict[str, Settled] = {}
         self.intents: IntentClassifier | None = None
         self._configure(cfg)
 
@@ -366,7 +369,10 @@ class CaseStage(_Stage):
             del self.cases[case.order_id]
             self.tombstones[case.order_id] = t
             self.tomb_ids[case.order_id] = array("Q", map(_id_hash, case.seen))
-            heapq.heappush(self.tomb_heap, (t + TOMBSTONE_US, case.order_id))
+            grace = self.cfg.settled_grace_us
+            if grace > 0:
+                self.settled[case.order_id] = Settled.of(case)
+            heapq.heappush(self.tomb_heap, (t + max(TOMBSTONE_US, grace), case.order_id))
             _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
             self._schedule(case)
@@ -377,6 +383,7 @@ class CaseStage(_Stage):
             _, order_id = heapq.heappop(heap)
             self.tombstones.pop(order_id, None)
             self.tomb_ids.pop(order_id, None)
+            self.settled.pop(order_id, None)
 
     def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
         view = CaseView(
@@ -403,6 +410,80 @@ class CaseStage(_Stage):
         )
         dest = ctx_key(shard_of(case.customer_id, self.cfg.cust_shards))
         self.send("ctx", dest, t, f"{source_id}|{case.order_id}", view)
+
+    def _settled_fact(self, ev, t: int) -> bool:
+        """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
+        listens"): a grade, support contact, chargeback or review verdict updates the customer's
+        history, the abuse label and the KPIs (a ``settled`` case view to the customer stage).
+        False: not such a fact, or the grace period is over (the caller dead-letters it)."""
+        rec = self.settled.get(ev.order_id)
+        kind = ev.event_type
+        if rec is None or kind not in SETTLED_FACTS:
+            return False
+        if t - rec.closed_at > self.cfg.settled_grace_us:
+            return False
+        ids = self.tomb_ids.get(ev.order_id)
+        if ids is not None:  # a redelivery of this late fact is a duplicate too
+            ids.append(_id_hash(ev.event_id))
+        changes: list[str] = []
+        features: dict[str, float] = {}
+        flags: tuple[str, ...] = ()
+        amount = 0.0
+        flagged = rec.flagged  # before this fact
+        if kind == "return_graded":
+            flags = tuple(sorted({f.value for f in ev.abuse_flags}))
+            if flags and not rec.flagged:
+                rec.flagged = True
+                changes.append("graded")
+        elif kind == "support_contact":
+            inferred = self._intent(ev)
+            intent = ev.intent.value if ev.intent is not None else inferred or "other"
+            features = {"last_contact_sentiment": ev.sentiment or 0.0}
+            changes += ["contact", f"intent:{intent}"]
+        elif kind == "chargeback_filed":
+            amount = float(ev.amount)
+            changes.append("chargeback")
+        else:  # review_resolved
+            if not rec.verdict:
+                rec.verdict = ev.verdict.value
+                rec.reviewed_at = t
+            rec.flagged = rec.flagged or ev.verdict.value == "abuse_confirmed"
+            changes.append("reviewed")
+        metrics.SETTLED_FACTS.labels(STREAM_OF[kind].value).inc()
+        if not changes:
+            return True  # e.g. a clean re-grade: nothing new for history or labels
+        view = CaseView(
+            order_id=ev.order_id,
+            customer_id=rec.customer_id,
+            t=t,
+            source_id=ev.event_id,
+            changes=tuple(changes),
+            features=features,
+            status="settled",
+            outcome=rec.outcome,
+            lane="",
+            campaign="",
+            sku_family="",
+            currency="",
+            order_value=0.0,
+            refunded_amount=amount,
+            returned=True,
+            abuse_flags=flags,
+            facts={
+                "order_id": ev.order_id,
+                "outcome": rec.outcome,
+                "closed_at": rec.closed_at,
+                "abuse_flags": list(flags),
+                "review_verdict": rec.verdict,
+                "reviewed_at": rec.reviewed_at,
+                "late": kind,
+                "amount": amount,
+                "flagged": flagged,
+            },
+        )
+        dest = ctx_key(shard_of(rec.customer_id, self.cfg.cust_shards))
+        self.send("ctx", dest, t, f"{ev.event_id}|{ev.order_id}", view)
+        return True
 
     def _dead(self, raw_event, kind: DeadLetterKind, message: str, out: Emit) -> None:
         raw = RawRecord(f"stage:{self.name}", self.shard, -1, raw_event.model_dump_json().encode())
@@ -433,6 +514,8 @@ class CaseStage(_Stage):
                 if order_id in self.tombstones:
                     if _id_hash(ev.event_id) in self.tomb_ids.get(order_id, ()):
                         metrics.DUPLICATES.inc()  # redelivered after the close: harmless
+                        continue
+                    if self._settled_fact(ev, t):
                         continue
                     self._dead(
                         ev,
@@ -471,6 +554,35 @@ class CaseStage(_Stage):
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
 
 
+SETTLED_FACTS = frozenset(
+    {"return_graded", "support_contact", "chargeback_filed", "review_resolved"}
+)
+
+
+@dataclass(slots=True)
+class Settled:
+    """What a settled case keeps for its grace period: ~100 B (the customer id string is shared
+    with the customer context), next to the tombstone's event-id hashes."""
+
+    customer_id: str
+    closed_at: int
+    outcome: str
+    flagged: bool  # a grade with abuse flags was already counted in the customer's history
+    verdict: str = ""
+    reviewed_at: int = 0
+
+    @classmethod
+    def of(cls, case: OrderCase) -> Settled:
+        return cls(
+            case.customer_id,
+            case.closed_at,
+            case.outcome.value if case.outcome else "",
+            bool(case.abuse_flags),
+            case.review_verdict,
+            case.reviewed_at,
+        )
+
+
 def _id_hash(event_id: str) -> int:
     """A stable 64-bit hash of an event id (Python's own str hash changes between processes)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
@@ -504,8 +616,13 @@ class ContextStage(_Stage):
                 # KPI fact: an order, and how long ago this customer last returned something
                 out.append(("kpi", {"kind": "order", "t": t, "customer": ctx.features(t)}))
             ctx.observe(t, view.changes, view)
-            features = view.features | ctx.features(t)
             dest = model_key(shard_of(view.customer_id, self.cfg.model_shards))
+            if view.status == "settled":
+                # a late fact of a settled case: history (above), KPIs and labels; never scored
+                out.append(("kpi", {"kind": "settled", "t": t, "case": view.facts}))
+                self.send("model", dest, t, tie, (view, None))
+                continue
+            features = view.features | ctx.features(t)
             self.send("model", dest, t, tie, (view, features))
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
@@ -537,12 +654,22 @@ class ModelStage(_Stage):
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False
         for t, tie, (view, features) in released:
-            events: list[dict] = []
+            events: list[dict] = self.models.expire_awaiting(t)
+            if features is None:  # a settled case's late fact: a label, maybe (see ModelSet)
+                assert view.facts is not None
+                events += self.models.late_fact(view.order_id, t, view.facts)
+                for ev in events:
+                    _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
+                labelled = True
+                dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
+                self.send("disp", dest, t, tie, (view, None, None, events))
+                continue
             closed = view.status == "closed"
             if closed:
                 labelled = True
                 assert view.facts is not None  # a closing update carries the facts
-                events = self.models.label(view.order_id, t, view.facts)
+                events += self.models.label(view.order_id, t, view.facts)
+            if events:
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             rules = self.rules.score(features)
@@ -597,7 +724,8 @@ class DispatchStage(_Stage):
                 out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
                 tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
                 self.send("out", OUT_KEY, t, tie, ("model_event", out_ev))
-            self._update(t, view, features, scored, out)
+            if scored is not None:  # None: a settled case's late fact (no decision)
+                self._update(t, view, features, scored, out)
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
             stale = [c for c, ts in self.contacted.items() if ts and low - ts[-1] > 30 * DAY_US]

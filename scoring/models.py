@@ -22,6 +22,7 @@ Life of a prediction (see :class:`ModelSet`):
 
 from __future__ import annotations
 
+import heapq
 import math
 from array import array
 from collections import deque
@@ -53,6 +54,11 @@ class ModelConfig:
     # (at risk) at or below this score
     abuse_flag: float = 0.5
     recoverability_flag: float = 0.5
+    # "review requested": a claimed case that closes while a verdict or a grade may still come
+    # (the abuse score was at/above abuse_flag, so the policy routed it to human review, or it was
+    # refunded before grading) keeps its abuse snapshots this long for a late verdict / grade /
+    # chargeback to label it; then the close-time label is taken. 0: label at the close.
+    verdict_wait_us: int = 0
 
 
 class RollingEval:
@@ -346,6 +352,21 @@ def abuse_label(facts: dict[str, Any], review_verdict: bool | None = None) -> bo
 
 DECISIVE_VERDICTS = {"abuse_confirmed": True, "approve": False}  # "deny" says nothing on abuse
 
+_CLOSE_FACTS = (
+    "return_requested_at",
+    "outcome",
+    "delivered_at",
+    "abuse_flags",
+    "return_reason",
+    "graded_at",
+    "closed_at",
+)
+
+
+def _close_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts an abuse label needs, kept while a case waits for its verdict."""
+    return {k: facts.get(k) for k in _CLOSE_FACTS}
+
 
 def abuse_revealed_at(facts: dict[str, Any], t: int, reviewed: bool = False) -> int | None:
     """The earliest event time at which the case showed its abuse label; only a snapshot taken
@@ -378,6 +399,12 @@ class ModelSet:
     cfg: ModelConfig = field(default_factory=ModelConfig)
     feature_names: tuple[str, ...] = ()
     pending: dict[str, list[Snapshot]] = field(default_factory=dict)
+    # order -> (deadline, close time, abuse snapshots, close-time facts): waiting for a verdict
+    awaiting: dict[str, tuple[int, int, list[Snapshot], dict[str, Any]]] = field(
+        default_factory=dict
+    )
+    await_heap: list[tuple[int, str]] = field(default_factory=list)
+    late_labels: dict[str, int] = field(default_factory=dict)  # source -> abuse labels taken late
     scored: int = 0
     rules_prior_sum: float = 0.0  # sum of the rules' P(retained) over every scored update
     recoverability: OnlineModel = field(init=False)
@@ -454,24 +481,108 @@ class ModelSet:
         # abuse: only what was scored before the case showed its abuse label (None: nothing)
         revealed = abuse_revealed_at(facts, t, review is not None) if y_abuse is not None else None
         names = self.feature_names
+        snaps = [s for s in snaps if s.t < t]  # leakage guard: nothing at/after the outcome
+        wait = (
+            y_abuse is not None
+            and review is None
+            and self.cfg.verdict_wait_us > 0
+            and self._awaits_verdict(snaps, facts)
+        )
         for snap in snaps:
-            if snap.t >= t:
-                continue  # leakage guard: nothing scored at or after the outcome may teach
-            x = dict(zip(names, snap.x, strict=True))
             if y_rec is not None:
+                x = dict(zip(names, snap.x, strict=True))
                 ev = self.recoverability.evaluate(y_rec, snap.p_rec, snap.p_rec_rules, t)
                 prior = self.rules_prior_sum / self.scored if self.scored else None
                 self.recoverability.learn(x, y_rec, weighted=False, prior=prior)
                 if ev:
                     events.append(ev)
-            if revealed is not None and snap.kind != "risk" and snap.t < revealed:
+        if wait:  # "review requested": the abuse label waits for a verdict (or the timeout)
+            keep = [s for s in snaps if s.kind != "risk"]
+            if keep:
+                deadline = t + self.cfg.verdict_wait_us
+                self.awaiting[order_id] = (deadline, t, keep, _close_facts(facts))
+                heapq.heappush(self.await_heap, (deadline, order_id))
+            return events
+        if revealed is not None:
+            events += self._label_abuse(snaps, y_abuse, revealed, t)
+        return events
+
+    def _label_abuse(self, snaps: list[Snapshot], y: bool, revealed: int, t: int) -> list[dict]:
+        events = []
+        names = self.feature_names
+        for snap in snaps:
+            if snap.kind != "risk" and snap.t < revealed:
                 # abuse is about the claim: learn from the request on, not from the early signal,
                 # and only until the grade / verdict / chargeback showed the answer
-                ev = self.abuse.evaluate(y_abuse, snap.p_abuse, snap.p_abuse_rules, t)
-                self.abuse.learn(x, y_abuse, weighted=True)
+                x = dict(zip(names, snap.x, strict=True))
+                ev = self.abuse.evaluate(y, snap.p_abuse, snap.p_abuse_rules, t)
+                self.abuse.learn(x, y, weighted=True)
                 if ev:
                     events.append(ev)
         return events
+
+    def _awaits_verdict(self, snaps: list[Snapshot], facts: dict[str, Any]) -> bool:
+        """Will a verdict or grade still come after the close? The policy routes a claim to human
+        review when the abuse score driving it reached ``abuse_flag``; a refund issued before
+        grading still has its grade to come (its flags are the label)."""
+        flag = self.cfg.abuse_flag
+        active = self.abuse.active
+        for s in snaps:
+            if s.kind != "risk" and (s.p_abuse_rules >= flag or (active and s.p_abuse >= flag)):
+                return True
+        return bool(
+            facts.get("outcome") == "refund"
+            and facts.get("return_requested_at")
+            and not facts.get("graded_at")
+            and facts.get("return_reason") != "not_received"
+        )
+
+    def expire_awaiting(self, now: int) -> list[dict[str, Any]]:
+        """Cases whose wait for a verdict ran out before ``now``: take the close-time label."""
+        events: list[dict[str, Any]] = []
+        heap = self.await_heap
+        while heap and heap[0][0] < now:
+            deadline, order_id = heapq.heappop(heap)
+            entry = self.awaiting.get(order_id)
+            if entry is None or entry[0] != deadline:
+                continue
+            del self.awaiting[order_id]
+            _, closed, snaps, facts = entry
+            y = abuse_label(facts)
+            revealed = abuse_revealed_at(facts, closed)
+            if y is not None and revealed is not None:
+                self._count_late("timeout")
+                events += self._label_abuse(snaps, y, revealed, deadline)
+        return events
+
+    def late_fact(self, order_id: str, t: int, late: dict[str, Any]) -> list[dict[str, Any]]:
+        """A fact for a settled case (see ``flows.stages.Settled``): a decisive review verdict,
+        a grade or a chargeback labels a case that waits for one; anything else changes nothing.
+        Every snapshot kept predates the close, so none of them saw this fact."""
+        entry = self.awaiting.get(order_id)
+        if entry is None:
+            return []
+        _, closed, snaps, facts = entry
+        kind = late.get("late")
+        if kind == "review_resolved":
+            y = DECISIVE_VERDICTS.get(late.get("review_verdict") or "")
+            if y is None:
+                return []  # "deny" says nothing on abuse: keep waiting
+        elif kind == "return_graded":
+            y = abuse_label({**facts, "abuse_flags": late.get("abuse_flags") or []})
+        elif kind == "chargeback_filed":
+            y = abuse_label({**facts, "outcome": "chargeback"})
+        else:
+            return []
+        del self.awaiting[order_id]
+        revealed = abuse_revealed_at(facts, closed)
+        if y is None or revealed is None:
+            return []
+        self._count_late(kind)
+        return self._label_abuse(snaps, y, revealed, t)
+
+    def _count_late(self, source: str) -> None:
+        self.late_labels[source] = self.late_labels.get(source, 0) + 1
 
     def forget(self, order_id: str) -> None:
         self.pending.pop(order_id, None)

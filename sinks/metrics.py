@@ -67,6 +67,12 @@ MODEL_ACTIVE = Gauge(
 )
 MODEL_PROMOTIONS = Counter("salvage_model_promotions_total", "Shadow -> active", ["model"])
 MODEL_DEMOTIONS = Counter("salvage_model_demotions_total", "Active -> shadow", ["model"])
+SETTLED_FACTS = Counter(
+    "salvage_settled_facts_total",
+    "Grades, contacts, chargebacks and verdicts for a settled case within its grace period, by "
+    "stream (kept for customer history, labels and KPIs instead of dead letters)",
+    ["stream"],
+)
 INTENT_ACCURACY = Gauge(
     "salvage_intent_accuracy", "Rolling accuracy of the text intent classifier", ["shard"]
 )
