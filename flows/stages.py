@@ -111,6 +111,7 @@ def lane_key(shard: int) -> str:
 
 
 OUT_KEY = "out"
+INTENT_KEY = "intent"  # the one intent stage of a deployment (whatever SALVAGE_SHARDS says)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +246,7 @@ class CaseStage(_Stage):
     """Per-order case state for the orders of one shard (key ``case-NNNN``)."""
 
     def __init__(self, shard: int, cfg: StageConfig) -> None:
-        super().__init__(case_key(shard), list(cfg.sources))
+        super().__init__(case_key(shard), case_upstreams(cfg))
         self.shard = shard
         self.cfg = cfg
         self.cases: dict[str, OrderCase] = {}
@@ -257,17 +258,10 @@ class CaseStage(_Stage):
         self.tomb_ids: dict[str, array] = {}
         # settled cases in their grace period: order id -> compact record (see Settled)
         self.settled: dict[str, Settled] = {}
-        self.intents: IntentClassifier | None = None
         self._configure(cfg)
 
     def _configure(self, cfg: StageConfig) -> None:
         """The parts of the stage that follow the configuration (at start and on a resume)."""
-        if not cfg.infer_intents:
-            self.intents = None
-        elif self.intents is None:
-            self.intents = IntentClassifier(threshold=cfg.intent_threshold)
-        else:  # a resume keeps what it learned
-            self.intents.threshold = cfg.intent_threshold
         self.journey = cfg.policy.journey.config()  # None: journey tracking off
         if self.journey is not None:  # series exist from the start (increase() works)
             for stage in self.journey.stages:
@@ -278,8 +272,10 @@ class CaseStage(_Stage):
     def rebind(self, cfg: StageConfig) -> None:
         super().rebind(cfg)
         # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
-        for source in cfg.sources:
+        for source in case_upstreams(cfg):
             self.reorderer.upstream.setdefault(source, BEGIN)
+        if not cfg.infer_intents:  # inference turned off: no intent stage to wait for
+            self.reorderer.upstream.pop(INTENT_KEY, None)
         self._configure(cfg)
         # deadlines follow the config (return window, journey thresholds): a timer computed under
         # the old one would be discarded when it fires and the new deadline never scheduled
@@ -411,7 +407,7 @@ class CaseStage(_Stage):
         dest = ctx_key(shard_of(case.customer_id, self.cfg.cust_shards))
         self.send("ctx", dest, t, f"{source_id}|{case.order_id}", view)
 
-    def _settled_fact(self, ev, t: int) -> bool:
+    def _settled_fact(self, ev, t: int, inferred: str | None = None) -> bool:
         """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
         listens"): a grade, support contact, chargeback or review verdict updates the customer's
         history, the abuse label and the KPIs (a ``settled`` case view to the customer stage).
@@ -436,7 +432,6 @@ class CaseStage(_Stage):
                 rec.flagged = True
                 changes.append("graded")
         elif kind == "support_contact":
-            inferred = self._intent(ev)
             intent = ev.intent.value if ev.intent is not None else inferred or "other"
             features = {"last_contact_sentiment": ev.sentiment or 0.0}
             changes += ["contact", f"intent:{intent}"]
@@ -491,22 +486,13 @@ class CaseStage(_Stage):
         metrics.DEAD_LETTERS.labels(kind.value).inc()
         out.append(("dlq", letter))
 
-    def _intent(self, ev) -> str | None:
-        """Learn from agent-set intents; infer the missing ones from text (None: nothing to do)."""
-        if self.intents is None or not ev.text:
-            return None
-        if ev.intent is not None:
-            self.intents.learn(ev.text, ev.intent.value)
-            metrics.INTENT_ACCURACY.labels(str(self.shard)).set(self.intents.accuracy)
-            return None
-        intent, _confidence = self.intents.infer(ev.text)
-        _INFERRED(intent).inc()
-        return intent
-
     # -- the stage ---------------------------------------------------------------
     def apply(self, released, low: int, out: Emit) -> None:
         window = self.cfg.return_window_us
         for t, _tie, ev in released:
+            inferred = None
+            if isinstance(ev, InferredContact):  # through the intent stage
+                ev, inferred = ev.event, ev.intent
             self._fire_timers(t, out)
             order_id = ev.order_id
             case = self.cases.get(order_id)
@@ -515,7 +501,7 @@ class CaseStage(_Stage):
                     if _id_hash(ev.event_id) in self.tomb_ids.get(order_id, ()):
                         metrics.DUPLICATES.inc()  # redelivered after the close: harmless
                         continue
-                    if self._settled_fact(ev, t):
+                    if self._settled_fact(ev, t, inferred):
                         continue
                     self._dead(
                         ev,
@@ -535,7 +521,6 @@ class CaseStage(_Stage):
             elif ev.event_type == "order_placed":
                 self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
                 continue
-            inferred = self._intent(ev) if ev.event_type == "support_contact" else None
             changes = case.apply(ev, t, window, inferred)
             _EVENTS(STREAM_OF[ev.event_type].value).inc()
             self._emit_view(case, t, ev.event_id, changes, out)
@@ -594,6 +579,71 @@ def trigger_id(order_id: str, action: str, source_id: str) -> str:
     repeats ids (deduped downstream) instead of messaging the customer twice."""
     digest = hashlib.sha256(f"{order_id}|{action}|{source_id}".encode())
     return digest.hexdigest()[:32]
+
+
+def case_upstreams(cfg: StageConfig) -> list[str]:
+    """What a case shard waits for: every input partition, and the intent stage if any."""
+    return [*cfg.sources, INTENT_KEY] if cfg.infer_intents else list(cfg.sources)
+
+
+def routes_to_intents(ev) -> bool:
+    """Support contacts with text go through the intent stage (to learn from, or to fill in)."""
+    return ev.event_type == "support_contact" and bool(ev.text)
+
+
+@dataclass(frozen=True, slots=True)
+class InferredContact:
+    """A support contact on its way from the intent stage to its case shard; ``intent`` is the
+    inferred one (None when the contact carries an agent-set intent)."""
+
+    event: Any
+    intent: str | None
+
+
+class IntentStage(_Stage):
+    """The deployment's one intent classifier (key ``intent``): every support contact with text,
+    from every input partition, in event-time order, so what is learned and filled in is the
+    same with 1 or 8 shards, 1 or 2 workers. Labelled contacts teach it; unlabelled ones get an
+    inferred intent (``other`` below the threshold). Forwards each contact to its case shard."""
+
+    RECENT_IDS = 50_000  # event ids remembered to learn from a redelivered contact once
+
+    def __init__(self, cfg: StageConfig) -> None:
+        super().__init__(INTENT_KEY, list(cfg.sources))
+        self.cfg = cfg
+        self.intents = IntentClassifier(threshold=cfg.intent_threshold)
+        self.recent: dict[int, None] = {}  # insertion-ordered: the oldest is evicted first
+
+    def rebind(self, cfg: StageConfig) -> None:
+        super().rebind(cfg)
+        for source in cfg.sources:
+            self.reorderer.upstream.setdefault(source, BEGIN)
+        self.intents.threshold = cfg.intent_threshold  # a resume keeps what it learned
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        clf = self.intents
+        labelled = False
+        for t, tie, ev in released:
+            h = _id_hash(ev.event_id)
+            fresh = h not in self.recent
+            if fresh:
+                self.recent[h] = None
+                if len(self.recent) > self.RECENT_IDS:
+                    del self.recent[next(iter(self.recent))]
+            inferred = None
+            if ev.intent is not None:
+                if fresh:
+                    clf.learn(ev.text, ev.intent.value)
+                    labelled = True
+            else:
+                inferred, _confidence = clf.infer(ev.text)
+                if fresh:
+                    _INFERRED(inferred).inc()
+            dest = case_key(shard_of(ev.order_id, self.cfg.case_shards))
+            self.send("case", dest, t, tie, InferredContact(ev, inferred))
+        if labelled:
+            metrics.INTENT_ACCURACY.labels("0").set(clf.accuracy)
+            metrics.INTENT_COVERAGE.labels("0").set(clf.coverage)
 
 
 class ContextStage(_Stage):
