@@ -233,6 +233,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             verdict_wait_us=int(s.settled_grace_days * 86_400 * 1e6),
         ),
         infer_intents=s.infer_intents,
+        intent_stage=s.infer_intents,
         intent_threshold=s.intent_threshold,
         score_log="scores" in sinks,
         policy=load_policy(s.policy),
@@ -246,7 +247,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     flow = Dataflow("salvage-recovery")
     raw = op.input("input", flow, source)
 
-    infer = cfg.infer_intents
+    infer = cfg.intent_stage
     first_keys = [*case_keys, INTENT_KEY] if infer else case_keys
 
     def route_source(items: list) -> list:

@@ -127,6 +127,9 @@ class StageConfig:
     model_shards: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     infer_intents: bool = True
+    # the flow has an IntentStage in front of the case shards (build_flow: when infer_intents);
+    # case shards then wait for it. Off for a case stage driven on its own (tests, tools).
+    intent_stage: bool = False
     intent_threshold: float = 0.6
     score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
     policy: Policy = field(default_factory=load_policy)
@@ -274,7 +277,7 @@ class CaseStage(_Stage):
         # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
         for source in case_upstreams(cfg):
             self.reorderer.upstream.setdefault(source, BEGIN)
-        if not cfg.infer_intents:  # inference turned off: no intent stage to wait for
+        if not cfg.intent_stage:  # inference turned off: no intent stage to wait for
             self.reorderer.upstream.pop(INTENT_KEY, None)
         self._configure(cfg)
         # deadlines follow the config (return window, journey thresholds): a timer computed under
@@ -583,7 +586,7 @@ def trigger_id(order_id: str, action: str, source_id: str) -> str:
 
 def case_upstreams(cfg: StageConfig) -> list[str]:
     """What a case shard waits for: every input partition, and the intent stage if any."""
-    return [*cfg.sources, INTENT_KEY] if cfg.infer_intents else list(cfg.sources)
+    return [*cfg.sources, INTENT_KEY] if cfg.intent_stage else list(cfg.sources)
 
 
 def routes_to_intents(ev) -> bool:

@@ -188,11 +188,23 @@ def generate(
             "past today is dead-lettered from there on (SALVAGE_MAX_FUTURE_SECONDS)",
         ),
     ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Repeatable: bracketing-unflagged (bracketing returns grading never flags; "
+            "truth still says abuse) | realistic-text (real-style support phrasing, misspelled "
+            "and mixed-intent, half labelled)",
+        ),
+    ] = None,
 ) -> None:
     """Simulate a brand: one interleaved event log in event-time order."""
     from datetime import UTC, datetime
 
-    from connectors.simulator import SCENARIOS, write_log
+    from connectors.simulator import SCENARIOS, VARIANTS, write_log
+
+    unknown = sorted(set(variant or ()) - set(VARIANTS))
+    if unknown:
+        raise _fail(f"--variant: unknown {unknown}; choose from {', '.join(VARIANTS)}")
 
     first: datetime | None = None
     if start is not None:
@@ -217,6 +229,7 @@ def generate(
             start=first,
             progress=lambda n: bar.update(task, completed=n),
             orders_per_day=orders_per_day,
+            variants=variant or (),
         )
         bar.update(task, completed=orders)
     console.print(f"wrote {counts.get('events', sum(counts.values())):,} events to {out}")

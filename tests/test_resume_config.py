@@ -25,12 +25,12 @@ def _resume(stage, cfg: StageConfig):
 
 
 def test_a_resumed_case_stage_takes_the_new_policy_threshold_and_partitions():
-    before = _cfg(infer_intents=False)  # input partitions only (no intent stage)
+    before = _cfg(intent_threshold=0.6)
     stage = CaseStage(0, before)
     stage.on_batch([("w", "t#0", 1_000, 1_000)])
     assert stage.reorderer.low == 1_000
     policy = before.policy.model_copy(update={"version": "ops-v2"})
-    after = replace(before, sources=("t#0", "t#1"), policy=policy)
+    after = replace(before, sources=("t#0", "t#1"), intent_threshold=0.9, policy=policy)
     resumed = _resume(stage, after)
     assert resumed.cfg.policy.version == "ops-v2"
     # the new partition is an upstream now: its first tick is accepted (it used to be a
@@ -81,12 +81,12 @@ def test_a_resume_turns_intent_inference_on_or_off():
     """The case shards wait for the intent stage only while inference is on."""
     from flows.stages import INTENT_KEY, IntentStage
 
-    on = CaseStage(0, _cfg(infer_intents=True))
+    on = CaseStage(0, _cfg(intent_stage=True))
     assert INTENT_KEY in on.reorderer.upstream
-    assert INTENT_KEY not in _resume(on, _cfg(infer_intents=False)).reorderer.upstream
-    off = CaseStage(0, _cfg(infer_intents=False))
+    assert INTENT_KEY not in _resume(on, _cfg(intent_stage=False)).reorderer.upstream
+    off = CaseStage(0, _cfg(intent_stage=False))
     assert INTENT_KEY not in off.reorderer.upstream
-    assert INTENT_KEY in _resume(off, _cfg(infer_intents=True)).reorderer.upstream
+    assert INTENT_KEY in _resume(off, _cfg(intent_stage=True)).reorderer.upstream
     stage = IntentStage(_cfg(intent_threshold=0.6))
     stage.intents.examples = 40  # what it learned is kept; the threshold is this run's
     resumed = _resume(stage, _cfg(intent_threshold=0.7))

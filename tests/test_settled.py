@@ -16,7 +16,6 @@ SRC = "t#0"
 
 
 def _cfg(**kw) -> StageConfig:
-    kw.setdefault("infer_intents", False)  # no intent stage in front of the case stage here
     return StageConfig(case_shards=1, cust_shards=1, lane_shards=1, sources=(SRC,), **kw)
 
 
