@@ -331,3 +331,31 @@ def test_no_promotion_when_the_model_is_worse_than_the_rules_on_the_cases_they_f
     assert worse.model_flagged.auc_value() < worse.rules_flagged.auc_value()
     assert not worse.active and worse.version == 0
     assert run(flagged_model_good=True).active
+
+
+def test_a_review_requested_case_waits_for_its_verdict_or_the_timeout():
+    """A claim the policy sends to review (abuse score >= 0.5) closes before the verdict: its abuse
+    label waits. A late abuse_confirmed verdict labels it abusive (the facts at the close said
+    nothing: no grade flag, as for bracketing); without a verdict the close-time label is taken
+    after the wait."""
+    flagged = ScoreResult(0.5, 0.8, RULES_VERSION)
+    facts = {"return_requested_at": 2, "delivered_at": 1, "outcome": "refund", "graded_at": 0}
+    facts["return_reason"] = "too_small"
+    ms = ModelSet(ModelConfig(verdict_wait_us=10 * DAY_US))
+    for order in ("o1", "o2"):
+        ms.score(order, 3, {"a": 1.0}, flagged, returned=True)
+        ms.label(order, 5 * DAY_US, facts)
+    assert ms.abuse.labels == 0 and set(ms.awaiting) == {"o1", "o2"}
+    verdict = {"late": "review_resolved", "review_verdict": "abuse_confirmed"}
+    ms.late_fact("o1", 8 * DAY_US, verdict)
+    assert (ms.abuse.labels, ms.abuse.positives) == (1, 1)  # labelled by the verdict
+    assert ms.expire_awaiting(14 * DAY_US) == [] and "o2" in ms.awaiting  # deadline 15 days
+    ms.expire_awaiting(15 * DAY_US + 1)
+    assert (ms.abuse.labels, ms.abuse.positives) == (2, 1) and not ms.awaiting
+    assert ms.late_labels == {"review_resolved": 1, "timeout": 1}
+    # without the wait, the label is taken at the close: not abusive, and a verdict teaches nothing
+    now = ModelSet(ModelConfig())
+    now.score("o1", 3, {"a": 1.0}, flagged, returned=True)
+    now.label("o1", 5 * DAY_US, facts)
+    assert (now.abuse.labels, now.abuse.positives) == (1, 0)
+    assert now.late_fact("o1", 8 * DAY_US, verdict) == [] and now.abuse.labels == 1
