@@ -275,6 +275,8 @@ class CaseStage(_Stage):
     def rebind(self, cfg: StageConfig) -> None:
         super().rebind(cfg)
         # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
+        if not hasattr(self, "settled"):  # a snapshot written before the grace period
+            self.settled = {}
         for source in case_upstreams(cfg):
             self.reorderer.upstream.setdefault(source, BEGIN)
         if not cfg.intent_stage:  # inference turned off: no intent stage to wait for
@@ -703,6 +705,7 @@ class ModelStage(_Stage):
         # is fixed when they are created
         self.models.cfg = cfg.model
         self.models.recoverability.cfg = self.models.abuse.cfg = cfg.model
+        self.models.upgrade()  # a snapshot written before issue 11's fields
 
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False

@@ -584,6 +584,21 @@ class ModelSet:
     def _count_late(self, source: str) -> None:
         self.late_labels[source] = self.late_labels.get(source, 0) + 1
 
+    def upgrade(self) -> None:
+        """Fill in what a snapshot written before issue 11 lacks (the verdict wait, the
+        rule-flagged evaluations, one-class tracking): they start empty, learned weights stay."""
+        for name, empty in (("awaiting", dict), ("await_heap", list), ("late_labels", dict)):
+            if not hasattr(self, name):
+                setattr(self, name, empty())
+        for m in (self.recoverability, self.abuse):
+            for name in ("model_flagged", "rules_flagged"):
+                if not hasattr(m, name):
+                    setattr(m, name, RollingEval(m.cfg.window))
+            for ev in (m.model_eval, m.rules_eval):
+                if not hasattr(ev, "window_positives"):  # old windows hold (logloss, brier)
+                    ev.window.clear()
+                    ev.window_positives = 0
+
     def forget(self, order_id: str) -> None:
         self.pending.pop(order_id, None)
 

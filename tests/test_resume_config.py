@@ -91,3 +91,20 @@ def test_a_resume_turns_intent_inference_on_or_off():
     stage.intents.examples = 40  # what it learned is kept; the threshold is this run's
     resumed = _resume(stage, _cfg(intent_threshold=0.7))
     assert resumed.intents.threshold == 0.7 and resumed.intents.examples == 40
+
+
+def test_a_model_snapshot_from_before_the_verdict_wait_and_flagged_gate_resumes():
+    """State pickled before issue 11 lacks the new fields: the resume fills them in."""
+    stage = ModelStage(0, _cfg())
+    ms = stage.models
+    for name in ("awaiting", "await_heap", "late_labels"):
+        delattr(ms, name)
+    for m in (ms.recoverability, ms.abuse):
+        del m.model_flagged, m.rules_flagged
+        del m.model_eval.window_positives
+        m.model_eval.window.append((0.1, 0.01))  # the old (logloss, brier) shape
+    resumed = _resume(stage, _cfg())
+    assert resumed.models.awaiting == {} and resumed.models.expire_awaiting(10**12) == []
+    m = resumed.models.abuse
+    assert m.evaluate(True, 0.9, 0.9, 1) is None and m.model_flagged.n == 1
+    assert m.model_eval.summary()["auc"] is None  # one class so far: no value
