@@ -94,7 +94,7 @@ import math
 import random
 from array import array
 from bisect import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import accumulate
@@ -108,6 +108,7 @@ __all__ = [
     "LATE_SCAN_MAX_MINUTES",
     "LATE_SCAN_PROB",
     "SCENARIOS",
+    "VARIANTS",
     "generate",
     "lane_profiles",
     "write_log",
@@ -347,6 +348,123 @@ _TEXTS: dict[str, tuple[str, ...]] = {
         "can i add something to my order",
     ),
 }
+# ---- the "realistic-text" variant: real-style phrasing (colloquial, misspelled, mixed-intent,
+# only half labelled), drawn from its own random stream so the rest of the log is unchanged
+VARIANTS: tuple[str, ...] = ("bracketing-unflagged", "realistic-text")
+REALISTIC_INTENT_MISSING_PROB = 0.5
+_REAL_TEXTS: dict[str, tuple[str, ...]] = {
+    "where_is_my_order": (
+        "ordered ages ago and still nothing, whats going on",
+        "any news on my delivery? courier site shows nothing",
+        "package hasnt moved since it left your warehouse",
+        "was meant to come yesterday, still waiting",
+        "could you chase the courier for me, parcel is stuck",
+    ),
+    "wismo_early": (
+        "has it been dispatched yet",
+        "when does it leave the warehouse",
+        "eta on my stuff?",
+    ),
+    "wismo_delivered": (
+        "app says it was dropped off but my doorstep is empty",
+        "courier claims it was handed over, it wasnt",
+        "shows completed but i have nothing, neighbours neither",
+    ),
+    "complaint": (
+        "honestly fed up, third time chasing this",
+        "terrible service, i will not order again",
+        "nobody replies to my emails, ridiculous",
+        "so annoyed, this was a gift and it is late",
+    ),
+    "complaint_not_received": (
+        "you say delivered, i say it never came, sort it out",
+        "lost again?? this is a joke",
+    ),
+    "refund_request": (
+        "just give me my money back",
+        "i expect a full reimbursement",
+        "returned it weeks ago and still no money on my card",
+        "want the payment reversed please",
+    ),
+    "return_request": (
+        "how do i send it back, no slip in the box",
+        "need a prepaid label to return",
+        "i want to return the jacket, how does it work",
+    ),
+    "exchange_request": (
+        "can you send a bigger one and i send this back",
+        "swap for a medium instead please",
+        "rather have another colour than money back",
+    ),
+    "sizing_question": (
+        "the trousers are too tight around the waist, which size do i need",
+        "do these come up big or small",
+        "between two sizes, what do you recommend",
+    ),
+    "damaged_item": (
+        "arrived smashed, glass everywhere",
+        "the zip is broken out of the box",
+        "stain on the front, looks used",
+    ),
+    "wrong_item": (
+        "you sent me a completely different product",
+        "i ordered black and got blue",
+        "not my size in the bag, wrong label",
+    ),
+    "product_question": (
+        "does it contain fragrance",
+        "can it go in the washing machine",
+        "is it vegan",
+    ),
+    "cancel_request": (
+        "stop the order please, found it cheaper",
+        "dont ship it, i changed my mind",
+    ),
+    "other": (
+        "can i get an invoice with my company name",
+        "do you deliver to a parcel locker",
+        "is there a student discount",
+    ),
+}
+_REAL_OPENERS = ("", "", "hi ", "hello there, ", "good morning, ", "hey team, ", "dear support, ")
+_REAL_CLOSERS = ("", "", " thx", " pls", " cheers", "!!", "??", " asap!!", " kind regards")
+_SLANG = {"you": "u", "please": "pls", "thanks": "thx", "are": "r", "because": "cos"}
+
+
+def realistic_text(rng: random.Random, key: str) -> str:
+    """A real-style support message for ``key`` (an intent or a ``_TEXTS`` variant): its own or
+    the generic phrasing, sometimes a second sentence of another intent (the label stays the
+    first one's), slang, dropped/swapped/doubled letters, odd casing and punctuation."""
+    own = _REAL_TEXTS.get(key, ()) + _TEXTS[key]
+    text = own[int(rng.random() * len(own))]
+    if rng.random() < 0.3:  # mixed intent: the customer mentions something else as well
+        other = sorted(_TEXTS)[int(rng.random() * len(_TEXTS))]
+        extra = _TEXTS[other][int(rng.random() * len(_TEXTS[other]))]
+        text = f"{text}. also {extra}" if rng.random() < 0.5 else f"{extra}, but {text}"
+    words = []
+    for w in text.split():
+        if w in _SLANG and rng.random() < 0.4:
+            w = _SLANG[w]
+        r = rng.random()
+        if len(w) > 3 and r < 0.06:  # dropped letter
+            i = 1 + int(rng.random() * (len(w) - 2))
+            w = w[:i] + w[i + 1 :]
+        elif len(w) > 3 and r < 0.11:  # swapped letters
+            i = int(rng.random() * (len(w) - 1))
+            w = w[:i] + w[i + 1] + w[i] + w[i + 2 :]
+        elif len(w) > 2 and r < 0.14:  # doubled letter
+            i = int(rng.random() * len(w))
+            w = w[:i] + w[i] + w[i:]
+        words.append(w)
+    text = " ".join(words)
+    if rng.random() < 0.1:
+        text = text.upper()
+    elif rng.random() < 0.3:
+        text = text.capitalize()
+    opener = _REAL_OPENERS[int(rng.random() * len(_REAL_OPENERS))]
+    return opener + text + _REAL_CLOSERS[int(rng.random() * len(_REAL_CLOSERS))]
+
+
 _PREFIXES = ("", "", "", "hi, ", "hello, ", "hey, ")
 _SUFFIXES = ("", "", "", " thanks", " please help", "!", " asap", " thank you")
 _SENTIMENT_BASE = {
@@ -476,9 +594,16 @@ class _World:
         seed: int,
         start: datetime | None,
         orders_per_day: float = ORDERS_PER_DAY,
+        variants: Iterable[str] = (),
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {SCENARIOS}")
+        variants = frozenset(variants)
+        if not variants <= set(VARIANTS):
+            raise ValueError(f"unknown variant(s) {sorted(variants - set(VARIANTS))}")
+        self.bracketing_unflagged = "bracketing-unflagged" in variants
+        self.realistic_text = "realistic-text" in variants
+        self.text_rng = random.Random(f"text-{seed}")
         if orders < 0:
             raise ValueError("orders must be >= 0")
         start = DEFAULT_START if start is None else start
@@ -627,6 +752,11 @@ class _World:
             )
             if rng.random() < TEXT_INTENT_MISSING_PROB:
                 labelled = None
+            if self.realistic_text:  # own stream: the main one draws exactly as without it
+                trng = self.text_rng
+                fields["text"] = realistic_text(trng, text_key or intent)
+                missing = trng.random() < REALISTIC_INTENT_MISSING_PROB
+                labelled = None if missing else intent
         if labelled is not None:
             fields["intent"] = labelled
         if rng.random() < 0.9:
@@ -1406,6 +1536,9 @@ class _World:
             elif r < 0.65:
                 flags.append("swapped_item")
             grade = ("A", "B", "refurbish")[self._pick([0.5, 0.9, 1.0])]
+            if self.bracketing_unflagged:  # grading sees clean extra sizes (truth: still abuse)
+                flags.clear()
+                grade = "A" if grade == "refurbish" else grade
         elif cause == "damaged":
             grade = ("dispose", "refurbish", "B")[self._pick([0.5, 0.9, 1.0])]
         else:
@@ -1524,11 +1657,13 @@ def generate(
     seed: int,
     start: datetime | None = None,
     orders_per_day: float = ORDERS_PER_DAY,
+    variants: Iterable[str] = (),
 ) -> Iterator[tuple[str, dict]]:
     """Yield ``("event", event)`` in non-decreasing ``occurred_at`` order (ties broken
     deterministically; late-recorded carrier scans excepted, see ``LATE_SCAN_PROB``), interleaved
-    with ``("truth", record)`` records. Memory is bounded by the orders in flight."""
-    return _World(scenario, orders, seed, start, orders_per_day).run()
+    with ``("truth", record)`` records. Memory is bounded by the orders in flight. ``variants``:
+    any of :data:`VARIANTS` (bracketing that grading never flags; real-style support text)."""
+    return _World(scenario, orders, seed, start, orders_per_day, variants).run()
 
 
 def lane_profiles(scenario: str, seed: int) -> list[dict]:
@@ -1556,13 +1691,14 @@ def write_log(
     start: datetime | None = None,
     progress: Callable[[int], None] | None = None,
     orders_per_day: float = ORDERS_PER_DAY,
+    variants: Iterable[str] = (),
 ) -> dict[str, int]:
     """Write the events as JSON lines to ``out`` (truth records to ``truth`` if given).
 
     Returns counts per ``event_type`` plus ``"events"`` (the total). ``progress`` is called with
     the number of orders placed so far every 10,000 orders and once at the end. Same arguments,
     same bytes."""
-    world = _World(scenario, orders, seed, start, orders_per_day)
+    world = _World(scenario, orders, seed, start, orders_per_day, variants)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -1625,8 +1761,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--truth", type=Path, default=None)
     parser.add_argument("--start", type=datetime.fromisoformat, default=None)
+    parser.add_argument("--variant", choices=VARIANTS, action="append", default=[])
     args = parser.parse_args(argv)
-    counts = write_log(args.scenario, args.orders, args.seed, args.out, args.truth, args.start)
+    counts = write_log(
+        args.scenario,
+        args.orders,
+        args.seed,
+        args.out,
+        args.truth,
+        args.start,
+        variants=args.variant,
+    )
     print(json.dumps(counts, indent=1))
 
 

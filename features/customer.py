@@ -44,6 +44,17 @@ class CustomerContext:
                 self.sentiment_sum += view.features.get("last_contact_sentiment", 0.0)
             elif change == "graded" and view.abuse_flags:
                 self.abuse_flags += 1
+            elif change == "chargeback":  # after the case settled (in its grace period)
+                self.chargebacks += 1
+                self.refunded_value += view.refunded_amount
+            elif (
+                change == "reviewed"
+                and view.status == "settled"
+                and view.facts
+                and view.facts.get("review_verdict") == "abuse_confirmed"
+                and not view.facts.get("flagged")
+            ):  # a late verdict confirming abuse counts like a grade's abuse flag
+                self.abuse_flags += 1
             elif change == "closed":
                 outcome = view.outcome
                 if outcome == "refund":

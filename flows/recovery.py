@@ -24,15 +24,18 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from connectors.parse import set_dead_letter_max_bytes
 from flows.sources import EventLogSource, KafkaEventSource
 from flows.stages import (
+    INTENT_KEY,
     OUT_KEY,
     CaseStage,
     ContextStage,
     DispatchStage,
+    IntentStage,
     LaneStage,
     ModelStage,
     OutputStage,
     StageConfig,
     case_key,
+    routes_to_intents,
     shard_of,
 )
 from policy.config import load_policy
@@ -244,9 +247,15 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         lane_shards=max(1, min(s.shards, 4)),
         sources=tuple(source.part_ids()),
         return_window_us=int(s.return_window_days * 86_400 * 1e6),
+        settled_grace_us=int(s.settled_grace_days * 86_400 * 1e6),
         model_shards=s.model_shards,
-        model=ModelConfig(min_labels=s.model_min_labels, promote_margin=s.model_promote_margin),
+        model=ModelConfig(
+            min_labels=s.model_min_labels,
+            promote_margin=s.model_promote_margin,
+            verdict_wait_us=int(s.settled_grace_days * 86_400 * 1e6),
+        ),
         infer_intents=s.infer_intents,
+        intent_stage=s.infer_intents,
         intent_threshold=s.intent_threshold,
         score_log="scores" in sinks,
         policy=load_policy(s.policy),
@@ -261,27 +270,31 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     flow = Dataflow("salvage-recovery")
     raw = op.input("input", flow, source)
 
+    infer = cfg.intent_stage
+    first_keys = [*case_keys, INTENT_KEY] if infer else case_keys
+
     def route_source(items: list) -> list:
-        """Group a source batch per case shard: one item per shard, then the ticks."""
+        """Group a source batch per case shard: one item per shard, then the ticks. Support
+        contacts with text go to the intent stage first (when inference is on)."""
         groups: dict[str, list] = {}
         ticks = []
         for item in items:
             if item[0] == "e":
-                k = case_key(shard_of(item[3].order_id, n_case))
+                ev = item[3]
+                k = (
+                    INTENT_KEY
+                    if infer and routes_to_intents(ev)
+                    else case_key(shard_of(ev.order_id, n_case))
+                )
                 groups.setdefault(k, []).append(item[1:])
             elif item[0] == "w":
                 ticks.append(item)
         out = [(k, (k, ("b", batch))) for k, batch in groups.items()]
-        out += [(k, (k, tick)) for tick in ticks for k in case_keys]
+        out += [(k, (k, tick)) for tick in ticks for k in first_keys]
         return out
 
     source_dlq = op.filter_map("source_dlq", raw, lambda i: i[1] if i[0] == "x" else None)
-    cases = _stateful(
-        "cases",
-        op.flat_map_batch("route_cases", raw, route_source),
-        lambda k: CaseStage(_shard_no(k), cfg),
-        cfg,
-    )
+    routed = op.flat_map_batch("route_cases", raw, route_source)
 
     def fan(route: str, keys: list[str]):
         def f(kv):
@@ -294,6 +307,14 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             return []
 
         return f
+
+    if infer:  # one intent classifier per deployment, in event-time order (IntentStage)
+        to_intents = op.filter("to_intents", routed, lambda kv: kv[0] == INTENT_KEY)
+        direct = op.filter("to_cases", routed, lambda kv: kv[0] != INTENT_KEY)
+        intents = _stateful("intents", to_intents, lambda k: IntentStage(cfg), cfg)
+        from_intents = op.flat_map("route_intents", intents, fan("case", case_keys))
+        routed = op.merge("case_input", direct, from_intents)
+    cases = _stateful("cases", routed, lambda k: CaseStage(_shard_no(k), cfg), cfg)
 
     def stage(name: str, up, route: str, keys: list[str], make):
         """Route ``route`` items of ``up`` (ticks to every key) into a keyed stage."""

@@ -112,6 +112,7 @@ def lane_key(shard: int) -> str:
 
 
 OUT_KEY = "out"
+INTENT_KEY = "intent"  # the one intent stage of a deployment (whatever SALVAGE_SHARDS says)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +125,15 @@ class StageConfig:
     # an event whose order is not known yet waits this long (event time, on every input) for its
     # order_placed before it is an unknown_order dead letter (README "Reliability")
     orphan_wait_us: int = 6 * HOUR_US
+    settled_grace_us: int = 45 * DAY_US  # a settled case still listens this long (see Settled)
     lane: LaneConfig = field(default_factory=LaneConfig)
     case_records: bool = True  # emit case-store records (off when no store is configured)
     model_shards: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     infer_intents: bool = True
+    # the flow has an IntentStage in front of the case shards (build_flow: when infer_intents);
+    # case shards then wait for it. Off for a case stage driven on its own (tests, tools).
+    intent_stage: bool = False
     intent_threshold: float = 0.6
     score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
     policy: Policy = field(default_factory=load_policy)
@@ -248,7 +253,7 @@ class CaseStage(_Stage):
     """Per-order case state for the orders of one shard (key ``case-NNNN``)."""
 
     def __init__(self, shard: int, cfg: StageConfig) -> None:
-        super().__init__(case_key(shard), list(cfg.sources))
+        super().__init__(case_key(shard), case_upstreams(cfg))
         self.shard = shard
         self.cfg = cfg
         self.cases: dict[str, OrderCase] = {}
@@ -263,17 +268,12 @@ class CaseStage(_Stage):
         # events of orders not seen yet, waiting for their order_placed (order id -> items)
         self.orphans: dict[str, list[tuple[int, str, Any]]] = {}
         self.orphan_heap: list[tuple[int, str]] = []
-        self.intents: IntentClassifier | None = None
+        # settled cases in their grace period: order id -> compact record (see Settled)
+        self.settled: dict[str, Settled] = {}
         self._configure(cfg)
 
     def _configure(self, cfg: StageConfig) -> None:
         """The parts of the stage that follow the configuration (at start and on a resume)."""
-        if not cfg.infer_intents:
-            self.intents = None
-        elif self.intents is None:
-            self.intents = IntentClassifier(threshold=cfg.intent_threshold)
-        else:  # a resume keeps what it learned
-            self.intents.threshold = cfg.intent_threshold
         self.journey = cfg.policy.journey.config()  # None: journey tracking off
         if self.journey is not None:  # series exist from the start (increase() works)
             for stage in self.journey.stages:
@@ -287,8 +287,12 @@ class CaseStage(_Stage):
             if not hasattr(self, name):  # a snapshot from before these existed
                 setattr(self, name, empty())
         # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
-        for source in cfg.sources:
+        if not hasattr(self, "settled"):  # a snapshot written before the grace period
+            self.settled = {}
+        for source in case_upstreams(cfg):
             self.reorderer.upstream.setdefault(source, BEGIN)
+        if not cfg.intent_stage:  # inference turned off: no intent stage to wait for
+            self.reorderer.upstream.pop(INTENT_KEY, None)
         self._configure(cfg)
         # deadlines follow the config (return window, journey thresholds): a timer computed under
         # the old one would be discarded when it fires and the new deadline never scheduled
@@ -379,7 +383,10 @@ class CaseStage(_Stage):
             self.tombstones[case.order_id] = t
             self.tomb_ids[case.order_id] = array("Q", map(_id_hash, case.seen))
             self.tomb_digests[case.order_id] = array("L", _digests(case))
-            heapq.heappush(self.tomb_heap, (t + TOMBSTONE_US, case.order_id))
+            grace = self.cfg.settled_grace_us
+            if grace > 0:
+                self.settled[case.order_id] = Settled.of(case)
+            heapq.heappush(self.tomb_heap, (t + max(TOMBSTONE_US, grace), case.order_id))
             _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
             self._schedule(case)
@@ -391,6 +398,7 @@ class CaseStage(_Stage):
             self.tombstones.pop(order_id, None)
             self.tomb_ids.pop(order_id, None)
             self.tomb_digests.pop(order_id, None)
+            self.settled.pop(order_id, None)
 
     def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
         view = CaseView(
@@ -418,23 +426,84 @@ class CaseStage(_Stage):
         dest = ctx_key(shard_of(case.customer_id, self.cfg.cust_shards))
         self.send("ctx", dest, t, f"{source_id}|{case.order_id}", view)
 
+    def _settled_fact(self, ev, t: int, inferred: str | None = None) -> bool:
+        """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
+        listens"): a grade, support contact, chargeback or review verdict updates the customer's
+        history, the abuse label and the KPIs (a ``settled`` case view to the customer stage).
+        False: not such a fact, or the grace period is over (the caller dead-letters it)."""
+        rec = self.settled.get(ev.order_id)
+        kind = ev.event_type
+        if rec is None or kind not in SETTLED_FACTS:
+            return False
+        if t - rec.closed_at > self.cfg.settled_grace_us:
+            return False
+        ids = self.tomb_ids.get(ev.order_id)
+        if ids is not None:  # a redelivery of this late fact is a duplicate too
+            ids.append(_id_hash(ev.event_id))
+        changes: list[str] = []
+        features: dict[str, float] = {}
+        flags: tuple[str, ...] = ()
+        amount = 0.0
+        flagged = rec.flagged  # before this fact
+        if kind == "return_graded":
+            flags = tuple(sorted({f.value for f in ev.abuse_flags}))
+            if flags and not rec.flagged:
+                rec.flagged = True
+                changes.append("graded")
+        elif kind == "support_contact":
+            intent = ev.intent.value if ev.intent is not None else inferred or "other"
+            features = {"last_contact_sentiment": ev.sentiment or 0.0}
+            changes += ["contact", f"intent:{intent}"]
+        elif kind == "chargeback_filed":
+            amount = float(ev.amount)
+            changes.append("chargeback")
+        else:  # review_resolved
+            if not rec.verdict:
+                rec.verdict = ev.verdict.value
+                rec.reviewed_at = t
+            rec.flagged = rec.flagged or ev.verdict.value == "abuse_confirmed"
+            changes.append("reviewed")
+        metrics.SETTLED_FACTS.labels(STREAM_OF[kind].value).inc()
+        if not changes:
+            return True  # e.g. a clean re-grade: nothing new for history or labels
+        view = CaseView(
+            order_id=ev.order_id,
+            customer_id=rec.customer_id,
+            t=t,
+            source_id=ev.event_id,
+            changes=tuple(changes),
+            features=features,
+            status="settled",
+            outcome=rec.outcome,
+            lane="",
+            campaign="",
+            sku_family="",
+            currency="",
+            order_value=0.0,
+            refunded_amount=amount,
+            returned=True,
+            abuse_flags=flags,
+            facts={
+                "order_id": ev.order_id,
+                "outcome": rec.outcome,
+                "closed_at": rec.closed_at,
+                "abuse_flags": list(flags),
+                "review_verdict": rec.verdict,
+                "reviewed_at": rec.reviewed_at,
+                "late": kind,
+                "amount": amount,
+                "flagged": flagged,
+            },
+        )
+        dest = ctx_key(shard_of(rec.customer_id, self.cfg.cust_shards))
+        self.send("ctx", dest, t, f"{ev.event_id}|{ev.order_id}", view)
+        return True
+
     def _dead(self, raw_event, kind: DeadLetterKind, message: str, out: Emit) -> None:
         raw = RawRecord(f"stage:{self.name}", self.shard, -1, raw_event.model_dump_json().encode())
         letter = dead_letter(raw, kind, message, raw_event.event_id, raw_event.order_id)
         metrics.DEAD_LETTERS.labels(kind.value).inc()
         out.append(("dlq", letter))
-
-    def _intent(self, ev) -> str | None:
-        """Learn from agent-set intents; infer the missing ones from text (None: nothing to do)."""
-        if self.intents is None or not ev.text:
-            return None
-        if ev.intent is not None:
-            self.intents.learn(ev.text, ev.intent.value)
-            metrics.INTENT_ACCURACY.labels(str(self.shard)).set(self.intents.accuracy)
-            return None
-        intent, _confidence = self.intents.infer(ev.text)
-        _INFERRED(intent).inc()
-        return intent
 
     # -- duplicates and orphans ----------------------------------------------------
     def _known_digest(self, order_id: str, event_id: str) -> int | None:
@@ -476,9 +545,11 @@ class CaseStage(_Stage):
             )
         return True
 
-    def _park(self, t: int, tie: str, ev, out: Emit) -> None:
+    def _park(self, t: int, tie: str, item, out: Emit) -> None:
         """An event of an order with no order_placed yet waits for it (a replay after a quiet
-        spell can deliver support, returns and scans before their order: README "Reliability")."""
+        spell can deliver support, returns and scans before their order: README "Reliability").
+        ``item`` is the event, or the intent stage's :class:`InferredContact` wrapping it."""
+        ev = _event_of(item)
         waiting = self.orphans.get(ev.order_id)
         if waiting is None:
             waiting = self.orphans[ev.order_id] = []
@@ -486,27 +557,35 @@ class CaseStage(_Stage):
         if len(waiting) >= MAX_ORPHANS_PER_ORDER:
             self._dead(ev, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
             return
-        waiting.append((t, tie, ev))
+        waiting.append((t, tie, item))
         metrics.ORPHANS_PARKED.inc()
         while len(self.orphans) > MAX_ORPHAN_ORDERS:  # memory bound: the longest-waiting go
             _, oldest = heapq.heappop(self.orphan_heap)
             for _t, _tie, old in self.orphans.pop(oldest, ()):
-                self._dead(old, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+                self._dead(
+                    _event_of(old), DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out
+                )
 
     def _expire_orphans(self, until: int, out: Emit) -> None:
         """Dead-letter the orphans whose wait ended before ``until`` (all of them at the end)."""
         heap = self.orphan_heap
         while heap and (heap[0][0] < until or until >= END):
             _, order_id = heapq.heappop(heap)
-            for _t, _tie, ev in self.orphans.pop(order_id, ()):
-                self._dead(ev, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+            for _t, _tie, item in self.orphans.pop(order_id, ()):
+                self._dead(
+                    _event_of(item), DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out
+                )
 
     # -- the stage ---------------------------------------------------------------
     def apply(self, released, low: int, out: Emit) -> None:
         pending = list(released)
         pending.reverse()  # a stack: orphans adopted by their order_placed are pushed on top
         while pending:
-            t, tie, ev = pending.pop()
+            t, tie, item = pending.pop()
+            inferred = None
+            ev = item
+            if isinstance(item, InferredContact):  # through the intent stage
+                ev, inferred = item.event, item.intent
             self._fire_timers(t, out)
             if type(ev) is Overdue:
                 if not self._duplicate(ev.event, tie, out):
@@ -519,6 +598,8 @@ class CaseStage(_Stage):
             case = self.cases.get(order_id)
             if case is None:
                 if order_id in self.tombstones:
+                    if self._settled_fact(ev, t, inferred):
+                        continue
                     self._dead(
                         ev,
                         DeadLetterKind.UNKNOWN_ORDER,
@@ -527,7 +608,7 @@ class CaseStage(_Stage):
                     )
                     continue
                 if ev.event_type != "order_placed":
-                    self._park(t, tie, ev, out)
+                    self._park(t, tie, item, out)  # with its inferred intent, if any
                     continue
                 case = self.cases[order_id] = OrderCase(order_id)
                 metrics.CASES_OPENED.inc()
@@ -537,7 +618,7 @@ class CaseStage(_Stage):
             elif ev.event_type == "order_placed":
                 self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
                 continue
-            self._apply_event(case, t, tie, ev, out)
+            self._apply_event(case, t, tie, ev, inferred, out)
         horizon = self.horizon(low)
         self._fire_timers(horizon, out)
         self._expire_tombstones(horizon)
@@ -548,10 +629,11 @@ class CaseStage(_Stage):
             metrics.EVENT_TIME_LAG.labels(str(self.shard)).set(time.time() - low / 1e6)
         metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
 
-    def _apply_event(self, case: OrderCase, t: int, tie: str, ev, out: Emit) -> None:
+    def _apply_event(
+        self, case: OrderCase, t: int, tie: str, ev, inferred: str | None, out: Emit
+    ) -> None:
         window = self.cfg.return_window_us
         order_id = ev.order_id
-        inferred = self._intent(ev) if ev.event_type == "support_contact" else None
         changes = case.apply(ev, t, window, inferred)
         _remember_digest(case, _tie_digest(tie))
         _EVENTS(STREAM_OF[ev.event_type].value).inc()
@@ -566,6 +648,13 @@ class CaseStage(_Stage):
 
 
 MAX_ORPHANS_PER_ORDER = 256
+
+
+def _event_of(item):
+    """The event inside an item (the intent stage wraps support contacts)."""
+    return item.event if isinstance(item, InferredContact) else item
+
+
 MAX_ORPHAN_ORDERS = 50_000  # per case shard: orders with events waiting for their order_placed
 
 
@@ -595,6 +684,35 @@ def _remember_digest(case: OrderCase, digest: int) -> None:
     case.digests = digests
 
 
+SETTLED_FACTS = frozenset(
+    {"return_graded", "support_contact", "chargeback_filed", "review_resolved"}
+)
+
+
+@dataclass(slots=True)
+class Settled:
+    """What a settled case keeps for its grace period: ~120 B with its dict entry (the id strings
+    are shared with the tombstone and the customer context), next to the event-id hashes."""
+
+    customer_id: str
+    closed_at: int
+    outcome: str
+    flagged: bool  # a grade with abuse flags was already counted in the customer's history
+    verdict: str = ""
+    reviewed_at: int = 0
+
+    @classmethod
+    def of(cls, case: OrderCase) -> Settled:
+        return cls(
+            case.customer_id,
+            case.closed_at,
+            case.outcome.value if case.outcome else "",
+            bool(case.abuse_flags),
+            case.review_verdict,
+            case.reviewed_at,
+        )
+
+
 def _id_hash(event_id: str) -> int:
     """A stable 64-bit hash of an event id (Python's own str hash changes between processes)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
@@ -606,6 +724,72 @@ def trigger_id(order_id: str, action: str, source_id: str) -> str:
     repeats ids (deduped downstream) instead of messaging the customer twice."""
     digest = hashlib.sha256(f"{order_id}|{action}|{source_id}".encode())
     return digest.hexdigest()[:32]
+
+
+def case_upstreams(cfg: StageConfig) -> list[str]:
+    """What a case shard waits for: every input partition, and the intent stage if any."""
+    return [*cfg.sources, INTENT_KEY] if cfg.intent_stage else list(cfg.sources)
+
+
+def routes_to_intents(ev) -> bool:
+    """Support contacts with text go through the intent stage (to learn from, or to fill in);
+    an :class:`~flows.items.Overdue` event goes straight to its case shard (to be deduplicated)."""
+    return getattr(ev, "event_type", None) == "support_contact" and bool(ev.text)
+
+
+@dataclass(frozen=True, slots=True)
+class InferredContact:
+    """A support contact on its way from the intent stage to its case shard; ``intent`` is the
+    inferred one (None when the contact carries an agent-set intent)."""
+
+    event: Any
+    intent: str | None
+
+
+class IntentStage(_Stage):
+    """The deployment's one intent classifier (key ``intent``): every support contact with text,
+    from every input partition, in event-time order, so what is learned and filled in is the
+    same with 1 or 8 shards, 1 or 2 workers. Labelled contacts teach it; unlabelled ones get an
+    inferred intent (``other`` below the threshold). Forwards each contact to its case shard."""
+
+    RECENT_IDS = 50_000  # event ids remembered to learn from a redelivered contact once
+
+    def __init__(self, cfg: StageConfig) -> None:
+        super().__init__(INTENT_KEY, list(cfg.sources))
+        self.cfg = cfg
+        self.intents = IntentClassifier(threshold=cfg.intent_threshold)
+        self.recent: dict[int, None] = {}  # insertion-ordered: the oldest is evicted first
+
+    def rebind(self, cfg: StageConfig) -> None:
+        super().rebind(cfg)
+        for source in cfg.sources:
+            self.reorderer.upstream.setdefault(source, BEGIN)
+        self.intents.threshold = cfg.intent_threshold  # a resume keeps what it learned
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        clf = self.intents
+        labelled = False
+        for t, tie, ev in released:
+            h = _id_hash(ev.event_id)
+            fresh = h not in self.recent
+            if fresh:
+                self.recent[h] = None
+                if len(self.recent) > self.RECENT_IDS:
+                    del self.recent[next(iter(self.recent))]
+            inferred = None
+            if ev.intent is not None:
+                if fresh:
+                    clf.learn(ev.text, ev.intent.value)
+                    labelled = True
+            else:
+                inferred, _confidence = clf.infer(ev.text)
+                if fresh:
+                    _INFERRED(inferred).inc()
+            dest = case_key(shard_of(ev.order_id, self.cfg.case_shards))
+            self.send("case", dest, t, tie, InferredContact(ev, inferred))
+        if labelled:
+            metrics.INTENT_ACCURACY.labels("0").set(clf.accuracy)
+            metrics.INTENT_COVERAGE.labels("0").set(clf.coverage)
 
 
 class ContextStage(_Stage):
@@ -628,8 +812,13 @@ class ContextStage(_Stage):
                 # KPI fact: an order, and how long ago this customer last returned something
                 out.append(("kpi", {"kind": "order", "t": t, "customer": ctx.features(t)}))
             ctx.observe(t, view.changes, view)
-            features = view.features | ctx.features(t)
             dest = model_key(shard_of(view.customer_id, self.cfg.model_shards))
+            if view.status == "settled":
+                # a late fact of a settled case: history (above), KPIs and labels; never scored
+                out.append(("kpi", {"kind": "settled", "t": t, "case": view.facts}))
+                self.send("model", dest, t, tie, (view, None))
+                continue
+            features = view.features | ctx.features(t)
             self.send("model", dest, t, tie, (view, features))
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
@@ -657,16 +846,27 @@ class ModelStage(_Stage):
         # is fixed when they are created
         self.models.cfg = cfg.model
         self.models.recoverability.cfg = self.models.abuse.cfg = cfg.model
+        self.models.upgrade()  # a snapshot written before issue 11's fields
 
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False
         for t, tie, (view, features) in released:
-            events: list[dict] = []
+            events: list[dict] = self.models.expire_awaiting(t)
+            if features is None:  # a settled case's late fact: a label, maybe (see ModelSet)
+                assert view.facts is not None
+                events += self.models.late_fact(view.order_id, t, view.facts)
+                for ev in events:
+                    _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
+                labelled = True
+                dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
+                self.send("disp", dest, t, tie, (view, None, None, events))
+                continue
             closed = view.status == "closed"
             if closed:
                 labelled = True
                 assert view.facts is not None  # a closing update carries the facts
-                events = self.models.label(view.order_id, t, view.facts)
+                events += self.models.label(view.order_id, t, view.facts)
+            if events:
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             rules = self.rules.score(features)
@@ -690,7 +890,11 @@ class ModelStage(_Stage):
             metrics.MODEL_ACTIVE.labels(name, shard).set(1 if summary["active"] else 0)
             for scorer in ("model", "rules"):
                 s = summary[scorer]
-                metrics.MODEL_AUC.labels(name, scorer, shard).set(s["auc"])
+                # one-class window: NaN, Prometheus' "no value" (never 0)
+                auc = s["auc"]
+                metrics.MODEL_AUC.labels(name, scorer, shard).set(
+                    float("nan") if auc is None else auc
+                )
                 metrics.MODEL_LOGLOSS.labels(name, scorer, shard).set(s["logloss"])
                 metrics.MODEL_BRIER.labels(name, scorer, shard).set(s["brier"])
             metrics.MODEL_LABELS.labels(name, shard).set(summary["labels"])
@@ -718,7 +922,8 @@ class DispatchStage(_Stage):
                 out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
                 tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
                 self.send("out", OUT_KEY, t, tie, ("model_event", out_ev))
-            self._update(t, view, features, scored, out)
+            if scored is not None:  # None: a settled case's late fact (no decision)
+                self._update(t, view, features, scored, out)
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
             stale = [c for c, ts in self.contacted.items() if ts and low - ts[-1] > 30 * DAY_US]

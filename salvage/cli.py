@@ -192,12 +192,24 @@ def generate(
         Path | None,
         typer.Option(help="closed-loop only: the policy the world reacts to (default: shipped)"),
     ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Repeatable: bracketing-unflagged (bracketing returns grading never flags; "
+            "truth still says abuse) | realistic-text (real-style support phrasing, misspelled "
+            "and mixed-intent, half labelled)",
+        ),
+    ] = None,
 ) -> None:
     """Simulate a brand: one interleaved event log in event-time order. ``closed-loop``: the
     customers react to the pipeline's interventions with known true effects (see README)."""
     from datetime import UTC, datetime
 
-    from connectors.simulator import SCENARIOS, write_log
+    from connectors.simulator import SCENARIOS, VARIANTS, write_log
+
+    unknown = sorted(set(variant or ()) - set(VARIANTS))
+    if unknown:
+        raise _fail(f"--variant: unknown {unknown}; choose from {', '.join(VARIANTS)}")
 
     first: datetime | None = None
     if start is not None:
@@ -225,6 +237,7 @@ def generate(
             start=first,
             progress=lambda n: bar.update(task, completed=n),
             orders_per_day=orders_per_day,
+            variants=variant or (),
         )
         bar.update(task, completed=orders)
     console.print(f"wrote {counts.get('events', sum(counts.values())):,} events to {out}")
@@ -1025,8 +1038,8 @@ def models_export(
                 name,
                 m["driving"],
                 f"{m['labels']:,}",
-                f"{m['model']['auc']:.3f}",
-                f"{m['rules']['auc']:.3f}",
+                "no value" if m["model"]["auc"] is None else f"{m['model']['auc']:.3f}",
+                "no value" if m["rules"]["auc"] is None else f"{m['rules']['auc']:.3f}",
                 f"{m['model']['brier']:.3f}",
             )
     console.print(table)

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="an event before its order_placed waits this long (event time) for it",
     )
     return_window_days: float = Field(30.0, gt=0)
+    settled_grace_days: float = Field(
+        45.0,
+        ge=0,
+        description="after a case settles: grades, contacts, chargebacks and review verdicts "
+        "still update customer history, labels and KPIs for this long (not dead letters)",
+    )
     kafka_fetch_wait_max_ms: int = Field(
         100, ge=0, le=10_000, description="source fetch.wait.max.ms: latency vs fetch requests"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -646,7 +647,8 @@ def render_models(console) -> None:
         t.add_row(
             model,
             scorer,
-            f"{v.get('auc', float('nan')):.3f}",
+            # NaN: the rolling window holds one class (no AUC), shown as "no value", never 0
+            "no value" if math.isnan(v.get("auc", math.nan)) else f"{v['auc']:.3f}",
             f"{v.get('logloss', float('nan')):.3f}",
             f"{v.get('brier', float('nan')):.3f}",
             f"{labels.get(model, 0):,.0f}",

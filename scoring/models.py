@@ -22,6 +22,7 @@ Life of a prediction (see :class:`ModelSet`):
 
 from __future__ import annotations
 
+import heapq
 import math
 from array import array
 from collections import deque
@@ -48,26 +49,52 @@ class ModelConfig:
     l2: float = 1e-3
     abuse_weight_cap: float = 10.0  # positives weighted by min(cap, negatives/positives)
     adwin_delta: float = 0.0005
+    # what "the rules flag" means for the promotion gate (DESIGN §11: models never make decisions
+    # worse): abuse flagged at or above the policy's default abuse_block, recoverability flagged
+    # (at risk) at or below this score
+    abuse_flag: float = 0.5
+    recoverability_flag: float = 0.5
+    # "review requested": a claimed case that closes while a verdict or a grade may still come
+    # (the abuse score was at/above abuse_flag, so the policy routed it to human review, or it was
+    # refunded before grading) keeps its abuse snapshots this long for a late verdict / grade /
+    # chargeback to label it; then the close-time label is taken. 0: label at the close.
+    verdict_wait_us: int = 0
 
 
 class RollingEval:
-    """Rolling ROC AUC, log loss and Brier score over the last ``window`` labelled predictions."""
+    """Rolling ROC AUC, log loss and Brier score over the last ``window`` labelled predictions.
+
+    AUC is undefined when the window holds one class only (River's RollingROCAUC then reports 0):
+    :meth:`auc_value` returns None, the summary says ``"auc": None`` ("no value"), and nothing
+    compares against it (promotion and demotion wait)."""
 
     def __init__(self, window: int) -> None:
         self.auc = metrics.RollingROCAUC(window_size=window)
-        self.window: deque[tuple[float, float]] = deque(maxlen=window)  # (logloss, brier)
+        # (logloss, brier, y) of the last `window` labelled predictions
+        self.window: deque[tuple[float, float, bool]] = deque(maxlen=window)
+        self.window_positives = 0
         self.n = 0
 
     def update(self, y: bool, p: float) -> None:
         self.n += 1
         self.auc.update(y, p)
         q = min(max(p, 1e-7), 1 - 1e-7)
-        self.window.append((-math.log(q if y else 1 - q), (p - float(y)) ** 2))
+        if len(self.window) == self.window.maxlen and self.window[0][2]:
+            self.window_positives -= 1
+        self.window.append((-math.log(q if y else 1 - q), (p - float(y)) ** 2, bool(y)))
+        self.window_positives += bool(y)
 
-    def summary(self) -> dict[str, float]:
+    def auc_value(self) -> float | None:
+        """The rolling AUC, or None while the window lacks positives or negatives."""
+        if not 0 < self.window_positives < len(self.window):
+            return None
+        return float(self.auc.get())
+
+    def summary(self) -> dict[str, float | None]:
         k = len(self.window) or 1
+        auc = self.auc_value()
         return {
-            "auc": round(self.auc.get(), 4),
+            "auc": None if auc is None else round(auc, 4),
             "logloss": round(sum(w[0] for w in self.window) / k, 4),
             "brier": round(sum(w[1] for w in self.window) / k, 4),
             "labels": float(self.n),
@@ -141,6 +168,9 @@ class OnlineModel:
         self.labels_since_change = 0
         self.model_eval = RollingEval(cfg.window)
         self.rules_eval = RollingEval(cfg.window)
+        # the same, on the cases the rules flag only (the decisions a promotion would change most)
+        self.model_flagged = RollingEval(cfg.window)
+        self.rules_flagged = RollingEval(cfg.window)
         self.adwin = drift.ADWIN(delta=cfg.adwin_delta)
         self.positives = 0
         self.negatives = 0
@@ -174,8 +204,19 @@ class OnlineModel:
                 w = min(10.0, max(0.1, w))
         self.pipeline.learn_one(prepare(x), y, w=w)
 
+    def rules_flag(self, p_rules: float) -> bool:
+        """Do the rules flag this case (abuse: likely abuse; recoverability: at risk)?"""
+        if self.name == "abuse":
+            return p_rules >= self.cfg.abuse_flag
+        return p_rules <= self.cfg.recoverability_flag
+
     def evaluate(self, y: bool, p_model: float, p_rules: float, t: int) -> dict[str, Any] | None:
-        """Progressive validation of one labelled prediction; returns a promotion/demotion event."""
+        """Progressive validation of one labelled prediction; returns a promotion/demotion event.
+
+        The gate (DESIGN §11, "models never make decisions worse"): promotion needs, over at least
+        ``min_labels`` labels since the last change, a defined rolling AUC that beats the rules' by
+        ``promote_margin`` overall *and* an AUC on the rule-flagged stratum at least the rules' on
+        the same cases. An undefined AUC (one-class window) never promotes or demotes: it waits."""
         self.labels += 1
         self.labels_since_change += 1
         if y:
@@ -184,15 +225,32 @@ class OnlineModel:
             self.negatives += 1
         self.model_eval.update(y, p_model)
         self.rules_eval.update(y, p_rules)
-        m, r = self.model_eval.auc.get(), self.rules_eval.auc.get()
+        if self.rules_flag(p_rules):
+            self.model_flagged.update(y, p_model)
+            self.rules_flagged.update(y, p_rules)
+        m, r = self.model_eval.auc_value(), self.rules_eval.auc_value()
+        mf, rf = self.model_flagged.auc_value(), self.rules_flagged.auc_value()
         enough = (
             self.labels_since_change >= self.cfg.min_labels and self.positives and self.negatives
         )
         if not self.active:
-            if enough and m >= r + self.cfg.promote_margin:
+            if (
+                enough
+                and m is not None
+                and r is not None
+                and mf is not None
+                and rf is not None
+                and m >= r + self.cfg.promote_margin
+                and mf >= rf
+            ):
                 self.active = True
                 self.version += 1
-                return self._event(t, "promoted", f"rolling AUC {m:.3f} beats rules {r:.3f}")
+                return self._event(
+                    t,
+                    "promoted",
+                    f"rolling AUC {m:.3f} beats rules {r:.3f}; on rule-flagged cases "
+                    f"{mf:.3f} vs {rf:.3f}",
+                )
             return None
         before = self.adwin.estimation
         self.adwin.update(abs(float(y) - p_model))
@@ -201,8 +259,10 @@ class OnlineModel:
             return self._demote(
                 t, f"ADWIN: error rose from {before:.3f} to {self.adwin.estimation:.3f}"
             )
-        if enough and m < r - self.cfg.demote_margin:
+        if enough and m is not None and r is not None and m < r - self.cfg.demote_margin:
             return self._demote(t, f"rolling AUC {m:.3f} fell below rules {r:.3f}")
+        if enough and mf is not None and rf is not None and mf < rf - self.cfg.demote_margin:
+            return self._demote(t, f"AUC on rule-flagged cases {mf:.3f} fell below rules {rf:.3f}")
         return None
 
     def _demote(self, t: int, reason: str) -> dict[str, Any]:
@@ -219,8 +279,10 @@ class OnlineModel:
             "version": f"{self.name}-lr-v{self.version}",
             "reason": reason,
             "labels": self.labels,
-            "model_auc": round(self.model_eval.auc.get(), 4),
-            "rules_auc": round(self.rules_eval.auc.get(), 4),
+            "model_auc": self.model_eval.summary()["auc"],
+            "rules_auc": self.rules_eval.summary()["auc"],
+            "model_auc_flagged": self.model_flagged.summary()["auc"],
+            "rules_auc_flagged": self.rules_flagged.summary()["auc"],
         }
 
 
@@ -290,6 +352,21 @@ def abuse_label(facts: dict[str, Any], review_verdict: bool | None = None) -> bo
 
 DECISIVE_VERDICTS = {"abuse_confirmed": True, "approve": False}  # "deny" says nothing on abuse
 
+_CLOSE_FACTS = (
+    "return_requested_at",
+    "outcome",
+    "delivered_at",
+    "abuse_flags",
+    "return_reason",
+    "graded_at",
+    "closed_at",
+)
+
+
+def _close_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts an abuse label needs, kept while a case waits for its verdict."""
+    return {k: facts.get(k) for k in _CLOSE_FACTS}
+
 
 def abuse_revealed_at(facts: dict[str, Any], t: int, reviewed: bool = False) -> int | None:
     """The earliest event time at which the case showed its abuse label; only a snapshot taken
@@ -322,6 +399,12 @@ class ModelSet:
     cfg: ModelConfig = field(default_factory=ModelConfig)
     feature_names: tuple[str, ...] = ()
     pending: dict[str, list[Snapshot]] = field(default_factory=dict)
+    # order -> (deadline, close time, abuse snapshots, close-time facts): waiting for a verdict
+    awaiting: dict[str, tuple[int, int, list[Snapshot], dict[str, Any]]] = field(
+        default_factory=dict
+    )
+    await_heap: list[tuple[int, str]] = field(default_factory=list)
+    late_labels: dict[str, int] = field(default_factory=dict)  # source -> abuse labels taken late
     scored: int = 0
     rules_prior_sum: float = 0.0  # sum of the rules' P(retained) over every scored update
     recoverability: OnlineModel = field(init=False)
@@ -398,24 +481,123 @@ class ModelSet:
         # abuse: only what was scored before the case showed its abuse label (None: nothing)
         revealed = abuse_revealed_at(facts, t, review is not None) if y_abuse is not None else None
         names = self.feature_names
+        snaps = [s for s in snaps if s.t < t]  # leakage guard: nothing at/after the outcome
+        wait = (
+            y_abuse is not None
+            and review is None
+            and self.cfg.verdict_wait_us > 0
+            and self._awaits_verdict(snaps, facts)
+        )
         for snap in snaps:
-            if snap.t >= t:
-                continue  # leakage guard: nothing scored at or after the outcome may teach
-            x = dict(zip(names, snap.x, strict=True))
             if y_rec is not None:
+                x = dict(zip(names, snap.x, strict=True))
                 ev = self.recoverability.evaluate(y_rec, snap.p_rec, snap.p_rec_rules, t)
                 prior = self.rules_prior_sum / self.scored if self.scored else None
                 self.recoverability.learn(x, y_rec, weighted=False, prior=prior)
                 if ev:
                     events.append(ev)
-            if revealed is not None and snap.kind != "risk" and snap.t < revealed:
+        if wait:  # "review requested": the abuse label waits for a verdict (or the timeout)
+            keep = [s for s in snaps if s.kind != "risk"]
+            if keep:
+                deadline = t + self.cfg.verdict_wait_us
+                self.awaiting[order_id] = (deadline, t, keep, _close_facts(facts))
+                heapq.heappush(self.await_heap, (deadline, order_id))
+            return events
+        if revealed is not None:
+            events += self._label_abuse(snaps, y_abuse, revealed, t)
+        return events
+
+    def _label_abuse(self, snaps: list[Snapshot], y: bool, revealed: int, t: int) -> list[dict]:
+        events = []
+        names = self.feature_names
+        for snap in snaps:
+            if snap.kind != "risk" and snap.t < revealed:
                 # abuse is about the claim: learn from the request on, not from the early signal,
                 # and only until the grade / verdict / chargeback showed the answer
-                ev = self.abuse.evaluate(y_abuse, snap.p_abuse, snap.p_abuse_rules, t)
-                self.abuse.learn(x, y_abuse, weighted=True)
+                x = dict(zip(names, snap.x, strict=True))
+                ev = self.abuse.evaluate(y, snap.p_abuse, snap.p_abuse_rules, t)
+                self.abuse.learn(x, y, weighted=True)
                 if ev:
                     events.append(ev)
         return events
+
+    def _awaits_verdict(self, snaps: list[Snapshot], facts: dict[str, Any]) -> bool:
+        """Will a verdict or grade still come after the close? The policy routes a claim to human
+        review when the abuse score driving it reached ``abuse_flag``; a refund issued before
+        grading still has its grade to come (its flags are the label)."""
+        flag = self.cfg.abuse_flag
+        active = self.abuse.active
+        for s in snaps:
+            if s.kind != "risk" and (s.p_abuse_rules >= flag or (active and s.p_abuse >= flag)):
+                return True
+        return bool(
+            facts.get("outcome") == "refund"
+            and facts.get("return_requested_at")
+            and not facts.get("graded_at")
+            and facts.get("return_reason") != "not_received"
+        )
+
+    def expire_awaiting(self, now: int) -> list[dict[str, Any]]:
+        """Cases whose wait for a verdict ran out before ``now``: take the close-time label."""
+        events: list[dict[str, Any]] = []
+        heap = self.await_heap
+        while heap and heap[0][0] < now:
+            deadline, order_id = heapq.heappop(heap)
+            entry = self.awaiting.get(order_id)
+            if entry is None or entry[0] != deadline:
+                continue
+            del self.awaiting[order_id]
+            _, closed, snaps, facts = entry
+            y = abuse_label(facts)
+            revealed = abuse_revealed_at(facts, closed)
+            if y is not None and revealed is not None:
+                self._count_late("timeout")
+                events += self._label_abuse(snaps, y, revealed, deadline)
+        return events
+
+    def late_fact(self, order_id: str, t: int, late: dict[str, Any]) -> list[dict[str, Any]]:
+        """A fact for a settled case (see ``flows.stages.Settled``): a decisive review verdict,
+        a grade or a chargeback labels a case that waits for one; anything else changes nothing.
+        Every snapshot kept predates the close, so none of them saw this fact."""
+        entry = self.awaiting.get(order_id)
+        if entry is None:
+            return []
+        _, closed, snaps, facts = entry
+        kind = late.get("late")
+        if kind == "review_resolved":
+            y = DECISIVE_VERDICTS.get(late.get("review_verdict") or "")
+            if y is None:
+                return []  # "deny" says nothing on abuse: keep waiting
+        elif kind == "return_graded":
+            y = abuse_label({**facts, "abuse_flags": late.get("abuse_flags") or []})
+        elif kind == "chargeback_filed":
+            y = abuse_label({**facts, "outcome": "chargeback"})
+        else:
+            return []
+        del self.awaiting[order_id]
+        revealed = abuse_revealed_at(facts, closed)
+        if y is None or revealed is None:
+            return []
+        self._count_late(kind)
+        return self._label_abuse(snaps, y, revealed, t)
+
+    def _count_late(self, source: str) -> None:
+        self.late_labels[source] = self.late_labels.get(source, 0) + 1
+
+    def upgrade(self) -> None:
+        """Fill in what a snapshot written before issue 11 lacks (the verdict wait, the
+        rule-flagged evaluations, one-class tracking): they start empty, learned weights stay."""
+        for name, empty in (("awaiting", dict), ("await_heap", list), ("late_labels", dict)):
+            if not hasattr(self, name):
+                setattr(self, name, empty())
+        for m in (self.recoverability, self.abuse):
+            for name in ("model_flagged", "rules_flagged"):
+                if not hasattr(m, name):
+                    setattr(m, name, RollingEval(m.cfg.window))
+            for ev in (m.model_eval, m.rules_eval):
+                if not hasattr(ev, "window_positives"):  # old windows hold (logloss, brier)
+                    ev.window.clear()
+                    ev.window_positives = 0
 
     def forget(self, order_id: str) -> None:
         self.pending.pop(order_id, None)
@@ -455,5 +637,7 @@ class ModelSet:
                 "positives": m.positives,
                 "model": m.model_eval.summary(),
                 "rules": m.rules_eval.summary(),
+                "model_flagged": m.model_flagged.summary(),
+                "rules_flagged": m.rules_flagged.summary(),
             }
         return out

@@ -81,12 +81,22 @@ def terms_of(text: str) -> dict[str, int]:
 
 
 class IntentClassifier:
+    """One per deployment (the intent stage of :mod:`flows.stages`), fed every contact with text
+    in event-time order, so what it fills in does not depend on shard or worker counts.
+
+    Quality is measured on what the pipeline *delivers*: before learning a labelled contact, the
+    classifier asks itself what :meth:`infer` would have filled in (after the warm-up and the
+    threshold). ``coverage`` is the share of labelled contacts it would have filled in (not
+    ``other``), ``accuracy`` the share of those it got right; both over the last ``window``
+    labelled contacts (0.0 with no value yet: see ``delivered``)."""
+
     def __init__(self, threshold: float = 0.6, min_examples: int = 30, window: int = 500) -> None:
         self.threshold = threshold
         self.min_examples = min_examples
         self.model = HashedNB(alpha=0.5)
         self.examples = 0
-        self.hits: deque[bool] = deque(maxlen=window)
+        # per labelled contact: None (would have abstained), else whether the intent was right
+        self.hits: deque[bool | None] = deque(maxlen=window)
 
     def _best(self, terms: dict[str, int]) -> tuple[str, float]:
         proba = self.model.predict_proba(terms)
@@ -95,20 +105,35 @@ class IntentClassifier:
         intent, p = max(sorted(proba.items()), key=lambda kv: kv[1])
         return intent, float(p)
 
+    def _infer_terms(self, terms: dict[str, int]) -> tuple[str, float]:
+        if self.examples < self.min_examples:
+            return OTHER, 0.0
+        intent, p = self._best(terms)
+        return (intent, p) if p >= self.threshold else (OTHER, p)
+
     def learn(self, text: str, intent: str) -> None:
         terms = terms_of(text)
-        if self.examples:
-            self.hits.append(self._best(terms)[0] == intent)
+        delivered, _p = self._infer_terms(terms)
+        self.hits.append(None if delivered == OTHER else delivered == intent)
         self.model.learn(terms, intent)
         self.examples += 1
 
     def infer(self, text: str) -> tuple[str, float]:
         """(intent, confidence); ``other`` when unsure or not yet trained."""
-        if self.examples < self.min_examples:
-            return OTHER, 0.0
-        intent, p = self._best(terms_of(text))
-        return (intent, p) if p >= self.threshold else (OTHER, p)
+        return self._infer_terms(terms_of(text))
+
+    @property
+    def delivered(self) -> int:
+        """Labelled contacts in the window the classifier would have filled in."""
+        return sum(1 for h in self.hits if h is not None)
 
     @property
     def accuracy(self) -> float:
-        return sum(self.hits) / len(self.hits) if self.hits else 0.0
+        """Delivered accuracy: right / filled in, over the window (0.0 when none filled in)."""
+        n = self.delivered
+        return sum(1 for h in self.hits if h) / n if n else 0.0
+
+    @property
+    def coverage(self) -> float:
+        """Share of labelled contacts in the window that would have been filled in."""
+        return self.delivered / len(self.hits) if self.hits else 0.0

@@ -71,8 +71,22 @@ MODEL_ACTIVE = Gauge(
 )
 MODEL_PROMOTIONS = Counter("salvage_model_promotions_total", "Shadow -> active", ["model"])
 MODEL_DEMOTIONS = Counter("salvage_model_demotions_total", "Active -> shadow", ["model"])
+SETTLED_FACTS = Counter(
+    "salvage_settled_facts_total",
+    "Grades, contacts, chargebacks and verdicts for a settled case within its grace period, by "
+    "stream (kept for customer history, labels and KPIs instead of dead letters)",
+    ["stream"],
+)
 INTENT_ACCURACY = Gauge(
-    "salvage_intent_accuracy", "Rolling accuracy of the text intent classifier", ["shard"]
+    "salvage_intent_accuracy",
+    "Delivered accuracy of the text intent classifier: of the labelled contacts it would have "
+    "filled in (after warm-up and threshold), the share right (last 500 labelled contacts)",
+    ["shard"],
+)
+INTENT_COVERAGE = Gauge(
+    "salvage_intent_coverage",
+    "Share of labelled contacts the text intent classifier would have filled in (not other)",
+    ["shard"],
 )
 INTENTS_INFERRED = Counter(
     "salvage_intents_inferred_total", "Support intents filled in from text", ["intent"]

@@ -66,13 +66,33 @@ def test_two_workers_give_the_same_bytes(log, baseline, tmp_path):
     assert two["outcomes"] == baseline["outcomes"]
 
 
-def test_shard_count_changes_nothing_but_the_per_shard_intent_classifiers(log, tmp_path):
-    """Case/customer shard counts do not change results, except through the text classifier,
-    which learns per case shard (so results are deterministic for a given shard count)."""
-    a = run_file_flow([log], tmp_path / "a", shards=4, infer_intents=False, **WIDE)
-    b = run_file_flow([log], tmp_path / "b", shards=7, infer_intents=False, **WIDE)
-    assert a["interventions"] == b["interventions"]
-    assert a["assignments"] == b["assignments"]
+def _intent_samples() -> dict[str, float]:
+    out = {f"inferred:{k[0][1]}": v for k, v in _samples("salvage_intents_inferred_total").items()}
+    for name in ("salvage_intent_accuracy", "salvage_intent_coverage"):
+        out[name] = _metric(name, shard="0")
+    return out
+
+
+def test_shard_count_changes_nothing_with_intent_inference_on(log, tmp_path):
+    """One intent classifier per deployment (the intent stage), fed in event-time order: 1 or 8
+    case shards give the same inferred intents (counts per intent), the same delivered accuracy
+    and coverage, and byte-identical outputs (triggers depend on the inferred intents)."""
+    runs = {}
+    for shards in (1, 8):
+        before = _intent_samples()
+        out = run_file_flow([log], tmp_path / str(shards), shards=shards, **WIDE)
+        after = _intent_samples()
+        inferred = {k: after[k] - before.get(k, 0.0) for k in after if k.startswith("inferred:")}
+        gauges = {k: after[k] for k in after if not k.startswith("inferred:")}
+        model_events = (tmp_path / str(shards) / "model_events.jsonl").read_bytes()
+        runs[shards] = (out, model_events, inferred, gauges)
+    assert runs[1] == runs[8]
+    _, _, inferred, gauges = runs[8]
+    assert sum(inferred.values()) > 10 and sum(
+        v for k, v in inferred.items() if k != "inferred:other"
+    )
+    assert 0.5 < gauges["salvage_intent_accuracy"] <= 1.0
+    assert 0.3 < gauges["salvage_intent_coverage"] <= 1.0
 
 
 def test_split_partitions_interleave_to_the_same_result(log, baseline, tmp_path):

@@ -283,3 +283,79 @@ def test_models_export_writes_the_learned_parameters_of_a_real_run(tmp_path, sal
         if s and k in doc["weights"] and s["var"] > 0:
             z += doc["weights"][k] * max(-5.0, min(5.0, (v - s["mean"]) / math.sqrt(s["var"])))
     assert abs(1 / (1 + math.exp(-z)) - rec.predict(x)) < 1e-3
+
+
+def test_a_one_class_window_has_no_auc_and_nothing_is_promoted_on_it():
+    from scoring.models import OnlineModel, RollingEval
+
+    ev = RollingEval(window=50)
+    for i in range(60):
+        ev.update(True, 0.9 if i % 2 else 0.1)
+    assert ev.auc_value() is None and ev.summary()["auc"] is None  # not 0.000
+    ev.update(False, 0.05)
+    assert ev.auc_value() is not None and ev.summary()["auc"] > 0.5
+    for _ in range(50):  # the negative leaves the window again
+        ev.update(True, 0.5)
+    assert ev.auc_value() is None
+    # a model "perfect" on a window of kept closures only is never promoted: the gate waits
+    m = OnlineModel("recoverability", ModelConfig(min_labels=10, window=50))
+    events = [m.evaluate(True, 0.99, 0.5, t) for t in range(200)]
+    assert not any(events) and not m.active
+
+
+def test_no_promotion_when_the_model_is_worse_than_the_rules_on_the_cases_they_flag():
+    """Overall the model ranks better (it separates the unflagged cases the rules lump together),
+    but on the cases the rules flag (abuse score >= 0.5) it is worse: never promoted. The same
+    model, equally good on the flagged cases, is promoted (the gate is not just closed)."""
+    from scoring.models import OnlineModel
+
+    rng = random.Random(7)
+
+    def run(flagged_model_good: bool) -> OnlineModel:
+        m = OnlineModel("abuse", ModelConfig(min_labels=200, window=400))
+        for t in range(1500):
+            y = rng.random() < 0.3
+            if rng.random() < 0.3:  # flagged by the rules: the rules rank these well
+                p_rules = 0.8 if y else 0.6
+                good = 0.9 if y else 0.2
+                p_model = good if flagged_model_good else (0.55 if y else 0.7)
+            else:  # unflagged: the rules see nothing, the model does
+                p_rules = 0.2
+                p_model = 0.85 if y else 0.15
+            m.evaluate(y, p_model, p_rules, t)
+        return m
+
+    worse = run(flagged_model_good=False)
+    s = worse.model_eval.auc_value(), worse.rules_eval.auc_value()
+    assert s[0] > s[1] + 0.03  # the overall gate alone would promote
+    assert worse.model_flagged.auc_value() < worse.rules_flagged.auc_value()
+    assert not worse.active and worse.version == 0
+    assert run(flagged_model_good=True).active
+
+
+def test_a_review_requested_case_waits_for_its_verdict_or_the_timeout():
+    """A claim the policy sends to review (abuse score >= 0.5) closes before the verdict: its abuse
+    label waits. A late abuse_confirmed verdict labels it abusive (the facts at the close said
+    nothing: no grade flag, as for bracketing); without a verdict the close-time label is taken
+    after the wait."""
+    flagged = ScoreResult(0.5, 0.8, RULES_VERSION)
+    facts = {"return_requested_at": 2, "delivered_at": 1, "outcome": "refund", "graded_at": 0}
+    facts["return_reason"] = "too_small"
+    ms = ModelSet(ModelConfig(verdict_wait_us=10 * DAY_US))
+    for order in ("o1", "o2"):
+        ms.score(order, 3, {"a": 1.0}, flagged, returned=True)
+        ms.label(order, 5 * DAY_US, facts)
+    assert ms.abuse.labels == 0 and set(ms.awaiting) == {"o1", "o2"}
+    verdict = {"late": "review_resolved", "review_verdict": "abuse_confirmed"}
+    ms.late_fact("o1", 8 * DAY_US, verdict)
+    assert (ms.abuse.labels, ms.abuse.positives) == (1, 1)  # labelled by the verdict
+    assert ms.expire_awaiting(14 * DAY_US) == [] and "o2" in ms.awaiting  # deadline 15 days
+    ms.expire_awaiting(15 * DAY_US + 1)
+    assert (ms.abuse.labels, ms.abuse.positives) == (2, 1) and not ms.awaiting
+    assert ms.late_labels == {"review_resolved": 1, "timeout": 1}
+    # without the wait, the label is taken at the close: not abusive, and a verdict teaches nothing
+    now = ModelSet(ModelConfig())
+    now.score("o1", 3, {"a": 1.0}, flagged, returned=True)
+    now.label("o1", 5 * DAY_US, facts)
+    assert (now.abuse.labels, now.abuse.positives) == (1, 0)
+    assert now.late_fact("o1", 8 * DAY_US, verdict) == [] and now.abuse.labels == 1

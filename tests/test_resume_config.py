@@ -33,7 +33,6 @@ def test_a_resumed_case_stage_takes_the_new_policy_threshold_and_partitions():
     after = replace(before, sources=("t#0", "t#1"), intent_threshold=0.9, policy=policy)
     resumed = _resume(stage, after)
     assert resumed.cfg.policy.version == "ops-v2"
-    assert resumed.intents is not None and resumed.intents.threshold == 0.9
     # the new partition is an upstream now: its first tick is accepted (it used to be a
     # KeyError on every restart) and the watermark waits for it instead of running ahead
     resumed.on_batch([("w", "t#0", 5_000, 5_000)])
@@ -79,8 +78,33 @@ def test_a_resume_reschedules_deadlines_under_the_new_return_window(days):
 
 
 def test_a_resume_turns_intent_inference_on_or_off():
-    on = CaseStage(0, _cfg(infer_intents=True))
-    assert _resume(on, _cfg(infer_intents=False)).intents is None
-    off = CaseStage(0, _cfg(infer_intents=False))
-    resumed = _resume(off, _cfg(infer_intents=True, intent_threshold=0.7))
-    assert resumed.intents is not None and resumed.intents.threshold == 0.7
+    """The case shards wait for the intent stage only while inference is on."""
+    from flows.stages import INTENT_KEY, IntentStage
+
+    on = CaseStage(0, _cfg(intent_stage=True))
+    assert INTENT_KEY in on.reorderer.upstream
+    assert INTENT_KEY not in _resume(on, _cfg(intent_stage=False)).reorderer.upstream
+    off = CaseStage(0, _cfg(intent_stage=False))
+    assert INTENT_KEY not in off.reorderer.upstream
+    assert INTENT_KEY in _resume(off, _cfg(intent_stage=True)).reorderer.upstream
+    stage = IntentStage(_cfg(intent_threshold=0.6))
+    stage.intents.examples = 40  # what it learned is kept; the threshold is this run's
+    resumed = _resume(stage, _cfg(intent_threshold=0.7))
+    assert resumed.intents.threshold == 0.7 and resumed.intents.examples == 40
+
+
+def test_a_model_snapshot_from_before_the_verdict_wait_and_flagged_gate_resumes():
+    """State pickled before issue 11 lacks the new fields: the resume fills them in."""
+    stage = ModelStage(0, _cfg())
+    ms = stage.models
+    for name in ("awaiting", "await_heap", "late_labels"):
+        delattr(ms, name)
+    for m in (ms.recoverability, ms.abuse):
+        del m.model_flagged, m.rules_flagged
+        del m.model_eval.window_positives
+        m.model_eval.window.append((0.1, 0.01))  # the old (logloss, brier) shape
+    resumed = _resume(stage, _cfg())
+    assert resumed.models.awaiting == {} and resumed.models.expire_awaiting(10**12) == []
+    m = resumed.models.abuse
+    assert m.evaluate(True, 0.9, 0.9, 1) is None and m.model_flagged.n == 1
+    assert m.model_eval.summary()["auc"] is None  # one class so far: no value

@@ -445,3 +445,56 @@ def test_lane_profiles_describe_the_log(steady: Log) -> None:
     assert 1 <= len(slow) <= max(1, round(0.05 * len(profiles)))
     normal = max(p["delay_prob"] for p in profiles if not p["slow"])
     assert all(p["delay_prob"] > normal for p in slow)
+
+
+# ---------------------------------------------------------------- variants (issue 11)
+
+
+def _variant(variants: tuple[str, ...]) -> tuple[list[dict], dict[str, dict]]:
+    events, truth = [], {}
+    for kind, obj in generate("steady-state", 3000, SEED, variants=variants):
+        if kind == "event":
+            events.append(obj)
+        elif obj.get("type") == "order":
+            truth[obj["order_id"]] = obj
+    return events, truth
+
+
+def test_bracketing_unflagged_hides_bracketing_from_grading_but_not_from_truth() -> None:
+    plain, truth = _variant(())
+    hidden, truth_h = _variant(("bracketing-unflagged",))
+
+    def flagged_bracketers(events, truth):
+        return {
+            e["order_id"]
+            for e in events
+            if e["event_type"] == "return_graded"
+            and e.get("abuse_flags")
+            and truth[e["order_id"]]["abuse_kind"] == "bracketing"
+        }
+
+    assert len(flagged_bracketers(plain, truth)) > 5
+    assert flagged_bracketers(hidden, truth_h) == set()
+    graded = {e["order_id"] for e in hidden if e["event_type"] == "return_graded"}
+    bracketers = [o for o in graded if truth_h[o]["abuse_kind"] == "bracketing"]
+    assert len(bracketers) > 5 and all(truth_h[o]["abusive"] for o in bracketers)  # truth: abuse
+    # other abuse is still flagged
+    others = [e for e in hidden if e["event_type"] == "return_graded" and e.get("abuse_flags")]
+    assert any(truth_h[e["order_id"]]["abuse_kind"] == "wardrobing" for e in others)
+
+
+def test_realistic_text_is_varied_misspelled_mixed_and_half_labelled() -> None:
+    plain, _ = _variant(())
+    real, _ = _variant(("realistic-text",))
+    strip = [{k: v for k, v in e.items() if k not in ("text", "intent")} for e in plain]
+    assert strip == [{k: v for k, v in e.items() if k not in ("text", "intent")} for e in real]
+    texts = [e for e in real if e["event_type"] == "support_contact" and "text" in e]
+    generic = {p for phrases in simulator._TEXTS.values() for p in phrases}
+    missing = sum("intent" not in e for e in texts) / len(texts)
+    assert 0.4 < missing < 0.6
+    assert len({e["text"] for e in texts}) > 0.6 * len(texts)  # varied
+    assert sum(e["text"] not in generic for e in texts) > 0.9 * len(texts)
+    assert any(". also " in e["text"] or ", but " in e["text"] for e in texts)  # mixed intent
+    for e in texts:
+        EVENT_ADAPTER.validate_json(json.dumps(e))
+        assert not re.search(r"[@\d]", e["text"]), e["text"]

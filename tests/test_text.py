@@ -67,3 +67,21 @@ def test_the_naive_bayes_is_rivers_on_the_same_data():
         got = ours.model.predict_proba(terms_of(text))
         assert set(got) == set(want)
         assert all(abs(got[c] - want[c]) < 1e-9 for c in want), text
+
+
+def test_the_accuracy_metric_is_what_was_delivered_and_abstentions_cost_coverage():
+    """Warm-up and threshold abstentions (``other``) count against coverage, not accuracy; the top
+    guess behind an abstention is never scored."""
+    clf = IntentClassifier(threshold=0.6, min_examples=4)
+    for _ in range(3):  # warm-up: 4 examples before anything would be filled in
+        clf.learn("where is my parcel", "wismo")
+    clf.learn("refund me now", "refund")
+    assert clf.coverage == 0.0 and clf.accuracy == 0.0 and len(clf.hits) == 4
+    clf.learn("where is my parcel please", "wismo")  # would have filled in wismo: right
+    assert clf.hits[-1] is True
+    clf.learn("where is my refund", "refund")  # would have said wismo (confident): wrong
+    assert clf.hits[-1] is False
+    assert clf.accuracy == 0.5 and clf.coverage == 2 / 6
+    clf.threshold = 0.99  # nothing is confident enough now: abstentions, coverage falls
+    clf.learn("parcel", "wismo")
+    assert clf.hits[-1] is None and clf.accuracy == 0.5 and clf.coverage == 2 / 7
