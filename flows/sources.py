@@ -347,6 +347,11 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._lag_at = float("-inf")
         self._awake: datetime | None = None
         self._backoff_s = 0.0
+        # after waking from idle, the watermark stays where it was for idle_s: the other partitions
+        # that look caught up may only not have seen their fetch response yet (a replay burst
+        # reaches every topic at once); they get that long to wake up and hold the watermark
+        self._hold_until = 0.0
+        self._hold_wm = 0
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -364,6 +369,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff_s)
         got_data = False
         self._parser.after_idle = self._idle
+        wm_before = self._parser.clock.watermark
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -385,6 +391,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             if self._idle:
                 self._idle = False
                 self._parser.last_tick = None  # re-announce the real watermark
+                self._hold_until, self._hold_wm = now + self._idle_s, wm_before
         if self._eof and self._to_end and not got_data:
             self._done = True
             self._parser.release_held(out, everything=True)
@@ -403,6 +410,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             if not self._idle:
                 self._idle = True
                 self._parser.tick(out, IDLE)
+        elif now < self._hold_until:
+            self._parser.tick(out, min(self._hold_wm, self._parser.clock.watermark))
         else:
             self._parser.tick(out)
         self._report_lag(now)  # throttled; cached watermarks: no broker round trip
