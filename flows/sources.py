@@ -69,9 +69,9 @@ class _Parser:
     event in between rejects the held ones as ``bad_timestamp`` dead letters. At the end of input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
     it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
-    of the other partitions read by this process (``frontier``) for a partition that was caught
-    up (idle) when the event came: a quiet partition's next event is not held when the rest of
-    the stream has moved on with it (one still reading a backlog is judged on its own clock).
+    of the other partitions read by this process (``frontier``) once this partition is caught up
+    and quiet: its last events are then not held when the rest of the stream has moved on with
+    them (while data flows, a partition is judged on its own clock only).
     The first event of a partition is exempt. While events are held, the partition's resume
     position (its snapshot) stays at the first held one, so a restart re-reads them.
     """
@@ -88,8 +88,8 @@ class _Parser:
     ) -> None:
         self.part_id = part_id
         self.frontier = frontier
-        # the frontier counts only for a partition that was caught up (idle) when data came: one
-        # still reading a backlog may trail the others by days, legitimately
+        # the frontier counts only for a partition that is caught up and quiet (set around
+        # release_held by the Kafka partition): in a burst the others may be days ahead
         self.after_idle = False
         self.clock = PartitionClock(tolerance_us, max_lateness_us, max_t)
         self.last_tick: int | None = None
@@ -368,7 +368,6 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._backoff_s = min(POLL_BACKOFF_MAX_S, max(POLL_BACKOFF_MIN_S, 2 * self._backoff_s))
             self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff_s)
         got_data = False
-        self._parser.after_idle = self._idle
         wm_before = self._parser.clock.watermark
         for msg in msgs:
             err = msg.error()
@@ -384,7 +383,6 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
                 self._topic, self._partition, msg.offset(), msg.value() or b"", self._stream
             )
             self._parser.handle(raw, out, msg.offset())
-        self._parser.release_held(out)  # the other partitions may have caught up with them
         now = time.monotonic()
         if got_data:
             self._last_data = now
