@@ -166,8 +166,9 @@ class Reorderer:
         event time is known to have advanced on *all* inputs (an idle exemption does not count).
         Used for what must not expire just because an input was quiet (parked orphan events)."""
         real = self._real()
-        # an upstream that never had an event (an unused Kafka partition) promises nothing
-        return min((w for u in self.upstream if (w := real.get(u, BEGIN)) > BEGIN), default=BEGIN)
+        # an upstream with no event yet counts (at BEGIN): it may be the one still to deliver
+        # the order_placed (the stage bounds what waits by count, MAX_ORPHAN_ORDERS)
+        return min((real.get(u, BEGIN) for u in self.upstream), default=BEGIN)
 
     def release(self) -> list[tuple[int, str, Any]]:
         """Advance the low watermark and pop every item strictly below it, in order."""

@@ -130,8 +130,9 @@ class OrderCase:
     # event ids applied, oldest first: a tuple (48 B + 8 B per id) rather than a set or dict
     # (200+ B even for one id); a case has ~10-30 events, a linear scan of them is cheap
     seen: tuple[str, ...] = ()
-    # payload digests (crc32) of the ids in ``seen``, same positions (kept by the case stage)
-    digests: tuple[int, ...] = ()
+    # payload digests (crc32, 4 bytes each) of the ids in ``seen``, same positions (kept by the
+    # case stage)
+    digests: bytes = b""
     has_order: bool = False
 
     # ------------------------------------------------------------------ apply

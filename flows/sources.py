@@ -69,9 +69,9 @@ class _Parser:
     event in between rejects the held ones as ``bad_timestamp`` dead letters. At the end of input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
     it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
-    of the other partitions read by this process (``frontier``) for a partition that was caught
-    up (idle) when the event came: a quiet partition's next event is not held when the rest of
-    the stream has moved on with it (one still reading a backlog is judged on its own clock).
+    of the other partitions read by this process (``frontier``) once this partition is caught up
+    and quiet: its last events are then not held when the rest of the stream has moved on with
+    them (while data flows, a partition is judged on its own clock only).
     The first event of a partition is exempt. While events are held, the partition's resume
     position (its snapshot) stays at the first held one, so a restart re-reads them.
     """
@@ -88,8 +88,8 @@ class _Parser:
     ) -> None:
         self.part_id = part_id
         self.frontier = frontier
-        # the frontier counts only for a partition that was caught up (idle) when data came: one
-        # still reading a backlog may trail the others by days, legitimately
+        # the frontier counts only for a partition that is caught up and quiet (set around
+        # release_held by the Kafka partition): in a burst the others may be days ahead
         self.after_idle = False
         self.clock = PartitionClock(tolerance_us, max_lateness_us, max_t)
         self.last_tick: int | None = None
@@ -347,6 +347,11 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._lag_at = float("-inf")
         self._awake: datetime | None = None
         self._backoff_s = 0.0
+        # after waking from idle, the watermark stays where it was for idle_s: the other partitions
+        # that look caught up may only not have seen their fetch response yet (a replay burst
+        # reaches every topic at once); they get that long to wake up and hold the watermark
+        self._hold_until = 0.0
+        self._hold_wm = 0
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -363,7 +368,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._backoff_s = min(POLL_BACKOFF_MAX_S, max(POLL_BACKOFF_MIN_S, 2 * self._backoff_s))
             self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff_s)
         got_data = False
-        self._parser.after_idle = self._idle
+        wm_before = self._parser.clock.watermark
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -378,13 +383,13 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
                 self._topic, self._partition, msg.offset(), msg.value() or b"", self._stream
             )
             self._parser.handle(raw, out, msg.offset())
-        self._parser.release_held(out)  # the other partitions may have caught up with them
         now = time.monotonic()
         if got_data:
             self._last_data = now
             if self._idle:
                 self._idle = False
                 self._parser.last_tick = None  # re-announce the real watermark
+                self._hold_until, self._hold_wm = now + self._idle_s, wm_before
         if self._eof and self._to_end and not got_data:
             self._done = True
             self._parser.release_held(out, everything=True)
@@ -403,6 +408,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             if not self._idle:
                 self._idle = True
                 self._parser.tick(out, IDLE)
+        elif now < self._hold_until:
+            self._parser.tick(out, min(self._hold_wm, self._parser.clock.watermark))
         else:
             self._parser.tick(out)
         self._report_lag(now)  # throttled; cached watermarks: no broker round trip

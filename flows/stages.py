@@ -264,7 +264,7 @@ class CaseStage(_Stage):
         # event of a closed case is a duplicate, not a dead letter
         self.tomb_ids: dict[str, array] = {}
         # and their payload digests (crc32, same positions): a conflicting copy is inconsistent
-        self.tomb_digests: dict[str, array] = {}
+        self.tomb_digests: dict[str, bytes] = {}
         # events of orders not seen yet, waiting for their order_placed (order id -> items)
         self.orphans: dict[str, list[tuple[int, str, Any]]] = {}
         self.orphan_heap: list[tuple[int, str]] = []
@@ -382,7 +382,7 @@ class CaseStage(_Stage):
             del self.cases[case.order_id]
             self.tombstones[case.order_id] = t
             self.tomb_ids[case.order_id] = array("Q", map(_id_hash, case.seen))
-            self.tomb_digests[case.order_id] = array("L", _digests(case))
+            self.tomb_digests[case.order_id] = _digests(case)
             grace = self.cfg.settled_grace_us
             if grace > 0:
                 self.settled[case.order_id] = Settled.of(case)
@@ -515,8 +515,7 @@ class CaseStage(_Stage):
             if event_id not in seen:
                 return None
             i = seen.index(event_id)
-            digests = _digests(case)
-            return digests[i] if i < len(digests) else 0
+            return _digest_at(_digests(case), i)
         ids = self.tomb_ids.get(order_id)
         if ids is None:
             return None
@@ -524,8 +523,7 @@ class CaseStage(_Stage):
         if h not in ids:
             return None
         i = ids.index(h)
-        digests = self.tomb_digests.get(order_id)
-        return digests[i] if digests is not None and i < len(digests) else 0
+        return _digest_at(self.tomb_digests.get(order_id, b""), i)
 
     def _duplicate(self, ev, tie: str, out: Emit) -> bool:
         """True if ``ev`` repeats a remembered event id: counted as a duplicate when the payload
@@ -666,21 +664,27 @@ def _tie_digest(tie: str) -> int:
         return 0
 
 
-def _digests(case: OrderCase) -> tuple[int, ...]:
+def _digests(case: OrderCase) -> bytes:
     try:
         return case.digests
     except AttributeError:  # a case from a snapshot taken before digests existed
-        return ()
+        return b""
+
+
+def _digest_at(digests: bytes, i: int) -> int:
+    """The ``i``-th 4-byte digest (0: unknown)."""
+    return int.from_bytes(digests[4 * i : 4 * i + 4], "little") if 4 * i < len(digests) else 0
 
 
 def _remember_digest(case: OrderCase, digest: int) -> None:
-    """Keep ``case.digests`` parallel to ``case.seen`` (which forgets its oldest ids)."""
-    n = len(case.seen)
-    digests = (*_digests(case), digest)
+    """Keep ``case.digests`` (4 bytes per id) parallel to ``case.seen`` (which forgets its oldest
+    ids)."""
+    n = 4 * len(case.seen)
+    digests = _digests(case) + digest.to_bytes(4, "little")
     if len(digests) > n:
         digests = digests[-n:]
     elif len(digests) < n:
-        digests = (0,) * (n - len(digests)) + digests
+        digests = bytes(n - len(digests)) + digests
     case.digests = digests
 
 
