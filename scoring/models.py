@@ -408,7 +408,12 @@ class ModelSet:
                 self.recoverability.learn(x, y_rec, weighted=False, prior=prior)
                 if ev:
                     events.append(ev)
-            if revealed is not None and snap.kind != "risk" and snap.t < revealed:
+            if (
+                revealed is not None
+                and y_abuse is not None
+                and snap.kind != "risk"
+                and snap.t < revealed
+            ):
                 # abuse is about the claim: learn from the request on, not from the early signal,
                 # and only until the grade / verdict / chargeback showed the answer
                 ev = self.abuse.evaluate(y_abuse, snap.p_abuse, snap.p_abuse_rules, t)
