@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,7 +22,7 @@ from pydantic import (
     TypeAdapter,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Time bounds: anything outside is a data error (a clock set to 1970 or to year 9999), not a case.
 MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)

@@ -94,7 +94,7 @@ import math
 import random
 from array import array
 from bisect import bisect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import accumulate
@@ -706,7 +706,7 @@ class _World:
 
     # ------------------------------------------------------------ draws
 
-    def _pick(self, cum: list[float]) -> int:
+    def _pick(self, cum: Sequence[float]) -> int:
         return bisect(cum, self.rng.random() * cum[-1])
 
     def _customer(self) -> int:

@@ -414,7 +414,7 @@ def process_id_from_env(env: dict[str, str] | None = None) -> int | None:
     """This process's index in a Bytewax cluster, from the variables ``bytewax.run`` reads
     (``BYTEWAX_PROCESS_ID``, else the StatefulSet ordinal of ``BYTEWAX_POD_NAME`` in
     ``BYTEWAX_STATEFULSET_NAME``); None if unset. Raises ValueError when it is not a number."""
-    env = os.environ if env is None else env
+    env = dict(os.environ) if env is None else env
     raw = env.get("BYTEWAX_PROCESS_ID", "").strip()
     pod, sts = env.get("BYTEWAX_POD_NAME", ""), env.get("BYTEWAX_STATEFULSET_NAME", "")
     if not raw and sts and pod.startswith(sts + "-"):

@@ -253,5 +253,5 @@ def load_policy(path: Path | str | None = None) -> Policy:
     try:
         return Policy.model_validate(doc)
     except ValidationError as exc:
-        lines = [f"{_where(e)}: {e['msg']}" for e in exc.errors(include_url=False)]
+        lines = [f"{_where(dict(e))}: {e['msg']}" for e in exc.errors(include_url=False)]
         raise PolicyError(f"{path}: invalid policy\n  " + "\n  ".join(lines)) from exc

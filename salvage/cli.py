@@ -59,11 +59,12 @@ def _failure(exc: Exception) -> tuple[str, bool] | None:
     if isinstance(exc, OSError):
         if exc.strerror:
             return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror, True
-        root = exc  # an HTTP client's error: the OS error at the bottom says what happened
-        while root.__cause__ or root.__context__:
-            root = root.__cause__ or root.__context__
+        root: BaseException = exc  # an HTTP client's error: the OS error at the bottom says what
+        while (below := root.__cause__ or root.__context__) is not None:
+            root = below
         what = str(exc).split(" (Caused by")[0]
-        return f"{what}: {root.strerror}" if getattr(root, "strerror", None) else what, True
+        strerror = getattr(root, "strerror", None)
+        return f"{what}: {strerror}" if strerror else what, True
     return None
 
 

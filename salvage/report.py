@@ -440,7 +440,7 @@ def _alert_days(alerts: list[dict]) -> list[tuple[str, str]]:
     """(lane, day) cells covered by an open alert (open's span start .. close's window end)."""
     out = []
     open_at: dict[str, str] = {}
-    last = max((a["window_end"] for a in alerts), default=None)
+    last = max((a["window_end"] for a in alerts), default="")
     for a in sorted(alerts, key=lambda a: (a["window_end"], a["lane"])):
         if a["state"] == "open":
             open_at[a["lane"]] = a["window_end"]

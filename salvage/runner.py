@@ -269,7 +269,7 @@ def run_flow(
         )
     started = time.perf_counter()
     with tuned_gc():
-        cluster_main(flow, list(cluster.addresses), cluster.process_id, **kwargs)  # type: ignore[arg-type]
+        cluster_main(flow, list(cluster.addresses), cluster.process_id, **kwargs)
     del flow
     gc.collect()  # free the run's Kafka clients now, not at some later collection
     return time.perf_counter() - started
@@ -417,7 +417,7 @@ def record_topics(
                 break
             for msg in consumer.consume(1000, 0.2):
                 err = msg.error()
-                where = (msg.topic(), msg.partition())
+                where = (str(msg.topic()), int(msg.partition() or 0))
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(where)
@@ -432,7 +432,7 @@ def record_topics(
                 if t is None:
                     t = last_t.get(where, -(2**62))
                 last_t[where] = t
-                rows.append((t, where[0], where[1], msg.offset(), value))
+                rows.append((t, where[0], where[1], int(msg.offset() or 0), value))
         else:
             raise TimeoutError(f"recording: not at the end after {timeout_s:.0f}s")
     finally:
@@ -475,7 +475,7 @@ def consume_topic(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
+                        at_end.add(int(msg.partition() or 0))
                         assigned = {tp.partition for tp in consumer.assignment()}
                         if assigned and assigned <= at_end:
                             break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from connectors.events import EVENT_ADAPTER, EVENT_MODELS, STREAM_OF
 from connectors.outputs import DeadLetter, JourneyAlert, LaneAlert, StatusUpdate, Trigger
@@ -22,14 +22,15 @@ def all_schemas() -> dict[str, dict]:
     union = EVENT_ADAPTER.json_schema(mode="validation")
     union["title"] = "salvage input event (any stream)"
     out["input-event"] = union
-    for name, model in (
+    outputs: tuple[tuple[str, type[BaseModel]], ...] = (
         ("interventions", Trigger),
         ("lane-alerts", LaneAlert),
         ("dead-letters", DeadLetter),
         ("return-status", StatusUpdate),
         ("journey-alerts", JourneyAlert),
-    ):
-        schema = TypeAdapter(model).json_schema(mode="serialization")
+    )
+    for name, out_model in outputs:
+        schema = TypeAdapter(out_model).json_schema(mode="serialization")
         schema["description"] = f"Output message on the '{name}' topic."
         out[name] = schema
     return out

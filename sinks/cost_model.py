@@ -139,7 +139,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     text = path.read_text()
     if path.suffix in (".yml", ".yaml"):
         try:
-            import yaml  # type: ignore[import-untyped]
+            import yaml
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise RuntimeError(f"{path}: reading YAML needs PyYAML (pip install pyyaml)") from e
         doc = yaml.safe_load(text) or {}

@@ -247,7 +247,7 @@ class TopicProducer:
         key: str | bytes | None,
         value: bytes | None,
         *,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
         """Queue one message. Blocks (serving delivery reports) while librdkafka's queue is full.
@@ -294,7 +294,7 @@ class TopicProducer:
         topic: str,
         key: str | bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]] | None,
+        headers: list[tuple[str, str | bytes | None]] | None,
         timestamp_ms: int,
     ) -> None:
         # Local queue full: serve delivery reports until there is room again.

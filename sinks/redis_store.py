@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import redis
@@ -248,7 +249,7 @@ class CaseStore:
         written = 0
         for start in range(0, len(items), self._chunk_size):
             chunk = items[start : start + self._chunk_size]
-            written += self._with_retry(lambda c=chunk: self._write_chunk(c), "write cases")
+            written += self._with_retry(partial(self._write_chunk, chunk), "write cases")
         return written
 
     def write_many_once(self, records: Iterable[CaseRecord]) -> int:

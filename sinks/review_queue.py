@@ -33,6 +33,7 @@ during an outage loses what is older than the last snapshot, see the README's re
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import math
@@ -161,7 +162,8 @@ class ReviewQueue:
         socket_timeout: float = SOCKET_TIMEOUT_S,
     ) -> None:
         # bounded: the gauges are refreshed from a timer thread, which must never hang on Redis
-        self.redis = redis.Redis.from_url(
+        # Any: redis-py types every reply as its sync/async union
+        self.redis: Any = redis.Redis.from_url(
             url,
             password=password,
             decode_responses=True,
@@ -226,7 +228,9 @@ class ReviewQueue:
                 return g
         return {}
 
-    def claim(self, reviewer: str, count: int = 1, reclaim_after_s: float = 3600) -> list[Review]:
+    def claim(
+        self, reviewer: str, count: int = 1, reclaim_after_s: float = 3600
+    ) -> builtins.list[Review]:
         """Give ``reviewer`` the oldest abandoned reviews (claimed > reclaim_after_s ago and not
         resolved), else new ones."""
         check_reviewer(reviewer)
