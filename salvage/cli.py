@@ -584,6 +584,7 @@ def demo(
     cases, triggers and holdouts, retained revenue, refund leakage, open lane alerts, dead
     letters, consumer lag); plain lines every 5 s when the output is not a terminal. The outputs,
     a metrics snapshot and an HTML report land in OUT_DIR."""
+    from connectors.outputs import OUTPUTS
     from connectors.simulator import write_log
     from flows.recovery import FlowSpec
     from salvage.live import LiveView
@@ -633,16 +634,9 @@ def demo(
         with LiveView(console, title="Salvage · live (demo)"):
             secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store))
         console.print(f"dataflow finished in {secs:.1f}s; reading the output topics...")
-        for topic, name in (
-            (live.topic_interventions, "interventions.jsonl"),
-            (live.topic_lane_alerts, "lane_alerts.jsonl"),
-            (live.topic_dead_letters, "dead_letters.jsonl"),
-            (live.topic_model_events, "model_events.jsonl"),
-            (live.topic_dispositions, "dispositions.jsonl"),
-            (live.topic_status_updates, "status_updates.jsonl"),
-            (live.topic_journey_alerts, "journey_alerts.jsonl"),
-        ):
-            consume_topic(live, topic, out_dir / name, group="salvage-demo")
+        for stream in OUTPUTS:
+            topic = getattr(live, stream.topic_setting)
+            consume_topic(live, topic, out_dir / stream.file_name, group="salvage-demo")
     write_metrics_snapshot(out_dir)  # `salvage report` reads it later (holdouts, uplift)
     render_summary(summarise(out_dir), out_dir, console)
     if use_store:

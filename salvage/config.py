@@ -104,12 +104,6 @@ class Settings(BaseSettings):
         }
 
     def output_topics(self) -> list[str]:
-        return [
-            self.topic_interventions,
-            self.topic_lane_alerts,
-            self.topic_dead_letters,
-            self.topic_model_events,
-            self.topic_dispositions,
-            self.topic_status_updates,
-            self.topic_journey_alerts,
-        ]
+        from connectors.outputs import OUTPUTS
+
+        return [getattr(self, stream.topic_setting) for stream in OUTPUTS]
