@@ -1,5 +1,6 @@
-"""Wire contracts for Salvage's output streams: interventions, lane-alerts, dead-letters, and the
-return journey's status updates (return-status) and breakage alerts (journey-alerts).
+"""Wire contracts for Salvage's output streams: interventions, lane-alerts, dead-letters,
+model-events, dispositions, and the return journey's status updates (return-status) and breakage
+alerts (journey-alerts); :data:`OUTPUTS` declares each stream once.
 
 Triggers carry ids only (order, customer): no names, emails or addresses. ``trigger_id`` is a
 deterministic hash of what decided it, so a replay or a restart yields the same ids and downstream
@@ -8,9 +9,11 @@ consumers can dedupe on it; ``update_id`` and the journey ``alert_id`` likewise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -203,3 +206,156 @@ class JourneyAlert(_Out):
     lane: str
     policy_version: str
     source_event_id: str = Field(description="the event that revealed it, or '~timer:<order>'")
+
+
+class ModelChange(StrEnum):
+    PROMOTED = "promoted"
+    DEMOTED = "demoted"
+
+
+class ModelEvent(_Out):
+    """A model promoted (shadow -> active) or demoted, with the evidence. Key: model."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model: str = Field(description="recoverability or abuse")
+    change: ModelChange
+    version: str = Field(description="the model's version after the change")
+    reason: str
+    labels: int = Field(ge=0, description="labels the model had learned from")
+    model_auc: float | None = Field(description="rolling ROC AUC; null when undefined")
+    rules_auc: float | None = Field(description="the rule baseline's, on the same labels")
+    t: int = Field(description="event time of the change, microseconds since the epoch (UTC)")
+    at: AwareDatetime = Field(description="event time of the change")
+    shard: int = Field(ge=0, description="model shard (customers hash to one)")
+
+
+class DispositionCandidate(_Out):
+    route: str
+    recovered: float = Field(description="expected recovered value of this route")
+    resale: float
+    handling: float
+    days: float = Field(description="days from receipt to sale on this route")
+
+
+class Disposition(_Out):
+    """The warehouse route for a graded return, by expected recovered value. Key: order_id."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    disposition_id: str = Field(description="hash of (order, the grading event): stable")
+    order_id: str
+    decided_at: AwareDatetime
+    policy_version: str
+    route: str = Field(description="restock, open_box, refurbish, donate or dispose")
+    expected_recovered_value: float
+    grade: str
+    sku_family: str
+    item_value: float
+    waited_days: float = Field(description="days between receipt and grading")
+    candidates: list[DispositionCandidate]
+
+
+@dataclass(frozen=True)
+class OutputStream:
+    """One output stream, declared once: sinks, JSON Schemas, the demo's drain and the tests loop
+    over :data:`OUTPUTS`.
+
+    ``item`` is the tag of the output stage's items for this stream; ``sink`` and ``step`` name
+    the Bytewax sink and output step (step ids are recovery state: never rename them); ``tag``
+    is the one-letter prefix of its serialising step."""
+
+    name: str
+    item: str
+    model: type[_Out]
+    key: Callable[[Any], str]
+    topic_setting: str
+    file_name: str
+    sink: str
+    step: str
+    tag: str
+
+    def serialise(self, value: Any) -> str:
+        """One JSON document (dict items are validated against the contract first)."""
+        if not isinstance(value, self.model):
+            value = self.model.model_validate(value)
+        return value.model_dump_json()
+
+
+OUTPUTS: tuple[OutputStream, ...] = (
+    OutputStream(
+        "interventions",
+        "trigger",
+        Trigger,
+        lambda t: t.order_id,
+        "topic_interventions",
+        "interventions.jsonl",
+        "triggers",
+        "out_triggers",
+        "t",
+    ),
+    OutputStream(
+        "lane-alerts",
+        "alert",
+        LaneAlert,
+        lambda a: a.lane,
+        "topic_lane_alerts",
+        "lane_alerts.jsonl",
+        "alerts",
+        "out_alerts",
+        "a",
+    ),
+    OutputStream(
+        "dead-letters",
+        "dlq",
+        DeadLetter,
+        lambda d: d.order_id or d.source,
+        "topic_dead_letters",
+        "dead_letters.jsonl",
+        "dlq",
+        "out_dlq",
+        "d",
+    ),
+    OutputStream(
+        "model-events",
+        "model_event",
+        ModelEvent,
+        lambda m: m["model"],
+        "topic_model_events",
+        "model_events.jsonl",
+        "model_events",
+        "out_model_events",
+        "m",
+    ),
+    OutputStream(
+        "dispositions",
+        "disposition",
+        Disposition,
+        lambda d: d["order_id"],
+        "topic_dispositions",
+        "dispositions.jsonl",
+        "dispositions",
+        "out_dispositions",
+        "p",
+    ),
+    OutputStream(
+        "return-status",
+        "status_update",
+        StatusUpdate,
+        lambda u: u.order_id,
+        "topic_status_updates",
+        "status_updates.jsonl",
+        "status_updates",
+        "out_status_updates",
+        "s",
+    ),
+    OutputStream(
+        "journey-alerts",
+        "journey_alert",
+        JourneyAlert,
+        lambda a: a.order_id,
+        "topic_journey_alerts",
+        "journey_alerts.jsonl",
+        "journey_alerts",
+        "out_journey_alerts",
+        "j",
+    ),
+)

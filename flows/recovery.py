@@ -21,6 +21,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from connectors.outputs import OUTPUTS
 from connectors.parse import set_dead_letter_max_bytes
 from flows.sources import EventLogSource, KafkaEventSource
 from flows.stages import (
@@ -121,6 +122,10 @@ class JsonlSink(FixedPartitionedSink[str, int]):
 
 # ----------------------------------------------------------------------------- the flow
 
+RUN_RECORDS = ("assignments", "outcomes")
+"""Files (not topics) every run writes into its out dir, in file and Kafka mode: the
+intention-to-treat assignments and the assigned orders' outcomes (:mod:`salvage.uplift`)."""
+
 
 @dataclass
 class FlowSpec:
@@ -177,44 +182,25 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         local = spec.process_id == 0
         if local:
             out.mkdir(parents=True, exist_ok=True)
-            for name in (
-                "interventions",
-                "lane_alerts",
-                "dead_letters",
-                "model_events",
-                "dispositions",
-                "status_updates",
-                "journey_alerts",
-                "assignments",
-                "outcomes",
-            ):
-                (out / f"{name}.jsonl").touch()  # exists even when a stream stays empty
-        sinks["triggers"] = JsonlSink(out / "interventions.jsonl", local)
-        sinks["alerts"] = JsonlSink(out / "lane_alerts.jsonl", local)
-        sinks["dlq"] = JsonlSink(out / "dead_letters.jsonl", local)
-        sinks["model_events"] = JsonlSink(out / "model_events.jsonl", local)
-        sinks["dispositions"] = JsonlSink(out / "dispositions.jsonl", local)
-        sinks["status_updates"] = JsonlSink(out / "status_updates.jsonl", local)
-        sinks["journey_alerts"] = JsonlSink(out / "journey_alerts.jsonl", local)
+            for stream in OUTPUTS:
+                (out / stream.file_name).touch()  # exists even when a stream stays empty
+        for stream in OUTPUTS:
+            sinks[stream.sink] = JsonlSink(out / stream.file_name, local)
     else:
         from sinks.kafka import KafkaOutputSink
 
         conf = s.kafka_client_config()
-        sinks["triggers"] = KafkaOutputSink(conf, s.topic_interventions)
-        sinks["alerts"] = KafkaOutputSink(conf, s.topic_lane_alerts)
-        sinks["dlq"] = KafkaOutputSink(conf, s.topic_dead_letters)
-        sinks["model_events"] = KafkaOutputSink(conf, s.topic_model_events)
-        sinks["dispositions"] = KafkaOutputSink(conf, s.topic_dispositions)
-        sinks["status_updates"] = KafkaOutputSink(conf, s.topic_status_updates)
-        sinks["journey_alerts"] = KafkaOutputSink(conf, s.topic_journey_alerts)
+        for stream in OUTPUTS:
+            sinks[stream.sink] = KafkaOutputSink(conf, getattr(s, stream.topic_setting))
     if spec.file_mode or spec.out_dir is not None:
         # uplift inputs (salvage.uplift): files in the run's out dir, in file and Kafka mode
         out = spec.out_dir or Path("out")
         local = spec.process_id == 0
-        if local:
-            out.mkdir(parents=True, exist_ok=True)
-        sinks["assignments"] = JsonlSink(out / "assignments.jsonl", local)
-        sinks["outcomes"] = JsonlSink(out / "outcomes.jsonl", local)
+        for name in RUN_RECORDS:
+            if local:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"{name}.jsonl").touch()
+            sinks[name] = JsonlSink(out / f"{name}.jsonl", local)
     if spec.case_store and s.redis_url:
         from sinks.redis_store import RedisCaseSink
 
@@ -333,45 +319,30 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     def only(kind: str):
         return lambda kv: kv[1][1] if kv[1][0] == kind else None
 
-    triggers = op.filter_map("triggers", ordered, only("trigger"))
-    alerts = op.filter_map("alerts", ordered, only("alert"))
-    model_events = op.filter_map("model_events", ordered, only("model_event"))
-    dispositions = op.filter_map("dispositions", ordered, only("disposition"))
-    status_updates = op.filter_map("status_updates", ordered, only("status_update"))
-    journey_alerts = op.filter_map("journey_alerts", ordered, only("journey_alert"))
-    assignments = op.filter_map("assignments", ordered, only("assignment"))
-    outcomes = op.filter_map("outcomes", ordered, only("outcome"))
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
-    dlq = op.merge("dead_letters", source_dlq, case_dlq)
-
-    # (sink, step suffix, stream, file-mode line, Kafka (key, value)); step ids are recovery state
-    def pyd(m) -> str:
-        return m.model_dump_json()
-
-    def dumps(d) -> str:
-        return json.dumps(d, sort_keys=True)
-
-    outputs = [
-        ("triggers", "t", "out_triggers", triggers, pyd, lambda t: t.order_id),
-        ("alerts", "a", "out_alerts", alerts, pyd, lambda a: a.lane),
-        ("dlq", "d", "out_dlq", dlq, pyd, lambda d: d.order_id or d.source),
-        ("model_events", "m", "out_model_events", model_events, dumps, lambda m: m["model"]),
-        ("dispositions", "p", "out_dispositions", dispositions, dumps, lambda d: d["order_id"]),
-        ("status_updates", "s", "out_status_updates", status_updates, pyd, lambda u: u.order_id),
-        ("journey_alerts", "j", "out_journey_alerts", journey_alerts, pyd, lambda a: a.order_id),
-    ]
-    if "assignments" in sinks:  # files only (also in Kafka mode): the uplift's inputs
-        for sink, tag, stream in (("assignments", "g", assignments), ("outcomes", "o", outcomes)):
-            ser = op.map(f"ser_{tag}", stream, lambda x, tag=tag: (tag, dumps(x)))
-            op.output(f"out_{sink}", ser, sinks[sink])
-    for sink, tag, step, stream, line, key in outputs:
+    # every output stream (connectors.outputs.OUTPUTS): its items from the ordered output stage
+    # (dead letters: the sources' and the case stage's), serialised under its contract
+    streams: dict[str, Any] = {}
+    for out in OUTPUTS:
+        if out.item == "dlq":
+            items = op.merge("dead_letters", source_dlq, case_dlq)
+        else:
+            items = op.filter_map(out.sink, ordered, only(out.item))
+        streams[out.item] = items
         if spec.file_mode:
-            ser = op.map(f"ser_{tag}", stream, lambda x, tag=tag, line=line: (tag, line(x)))
+            ser = op.map(f"ser_{out.tag}", items, lambda x, o=out: (o.tag, o.serialise(x)))
         else:
             ser = op.map(
-                f"ser_{tag}", stream, lambda x, line=line, key=key: (key(x), line(x).encode())
+                f"ser_{out.tag}", items, lambda x, o=out: (o.key(x), o.serialise(x).encode())
             )
-        op.output(step, ser, sinks[sink])
+        op.output(out.step, ser, sinks[out.sink])
+    if "assignments" in sinks:  # files only (also in Kafka mode): the uplift's inputs
+        for sink, tag, item in (("assignments", "g", "assignment"), ("outcomes", "o", "outcome")):
+            records = op.filter_map(sink, ordered, only(item))
+            ser = op.map(
+                f"ser_{tag}", records, lambda x, tag=tag: (tag, json.dumps(x, sort_keys=True))
+            )
+            op.output(f"out_{sink}", ser, sinks[sink])
 
     # KPIs: a stateless tap on order/case facts (Prometheus counters commute; order is irrelevant)
     def tap(_step, kv) -> None:
@@ -383,7 +354,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     if "reviews" in sinks:  # human-review triggers also go to the reviewers' queue
         reviews = op.filter_map(
             "reviews",
-            triggers,
+            streams["trigger"],
             lambda t: t.model_dump(mode="json") if t.action.value == "human_review" else None,
         )
         op.output("out_reviews", reviews, sinks["reviews"])

@@ -66,7 +66,16 @@ class DispositionPolicy(BaseModel):
 def decide_disposition(
     p: DispositionPolicy, grade: str, family: str, value: float, waited_days: float
 ) -> dict:
-    """Best route and the numbers behind every candidate."""
+    """Best route and the numbers behind every candidate.
+
+    An A-grade top waited a day: restocking recovers the most; opened skincare cannot be resold.
+
+    >>> d = decide_disposition(DispositionPolicy(), "A", "apparel_tops", 40.0, 1.0)
+    >>> d["route"], d["expected_recovered_value"], [c["route"] for c in d["candidates"]]
+    ('restock', 35.45, ['restock', 'open_box', 'donate', 'dispose'])
+    >>> decide_disposition(DispositionPolicy(), "B", "beauty_skincare", 40.0, 1.0)["route"]
+    'donate'
+    """
     decay = p.decay_per_day.get(family, p.default_decay_per_day)
     candidates = []
     for name, r in p.routes.items():

@@ -43,7 +43,12 @@ class Decision:
 
 
 def holdout_unit(order_id: str, policy_version: str) -> float:
-    """Deterministic uniform [0, 1) per (order, policy version): the holdout draw."""
+    """Deterministic uniform [0, 1) per (order, policy version): the holdout draw.
+
+    >>> u = holdout_unit("o-1", "v1")
+    >>> 0 <= u < 1 and u == holdout_unit("o-1", "v1") and u != holdout_unit("o-1", "v2")
+    True
+    """
     digest = hashlib.sha256(f"{policy_version}|{order_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import signal
@@ -106,13 +107,19 @@ def _redis_args(settings: Settings) -> tuple[str, str | None]:
 
 
 def _settings(**overrides) -> Settings:
+    """The settings, validated once at start: environment, then flags (validated like the
+    environment: a flag cannot bypass a bound), then the KPI and cost settings, which would
+    otherwise fail only when the flow first counts a KPI."""
+    from salvage.settings_doc import validate_all
+
+    updates = {k: v for k, v in overrides.items() if v is not None}
     try:
-        base = Settings()
-    except Exception as exc:  # pydantic ValidationError: show the field and reason, exit 2
+        settings = Settings(**updates)
+        validate_all(settings)
+    except Exception as exc:  # pydantic ValidationError / a bad cost file: field + reason, exit 2
         console.print(f"[red]invalid SALVAGE_* setting:[/red] {exc}")
         raise typer.Exit(2) from exc
-    updates = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_copy(update=updates) if updates else base
+    return settings
 
 
 def _check_policy(path: str | None) -> None:
@@ -164,6 +171,24 @@ def schemas(
         raise _fail(f"--out {out} is a file: give a directory")
     paths = write_schemas(out)
     console.print(f"wrote {len(paths)} schemas to {out}/")
+
+
+@app.command()
+@_clear_errors()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tree as JSON")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the README's settings table (every variable)")
+    ] = False,
+) -> None:
+    """Validate every SALVAGE_* setting and print the effective configuration (secrets redacted)."""
+    from salvage.settings_doc import render_tree, settings_table, validate_all
+
+    if markdown:
+        print(settings_table())
+        return
+    tree = validate_all(_settings())
+    print(json.dumps(tree, indent=2) if as_json else render_tree(tree))
 
 
 @app.command()
@@ -726,6 +751,7 @@ def demo(
     cases, triggers and holdouts, value of orders kept, refund leakage, open lane alerts, dead
     letters, consumer lag); plain lines every 5 s when the output is not a terminal. The outputs,
     a metrics snapshot and an HTML report land in OUT_DIR."""
+    from connectors.outputs import OUTPUTS
     from connectors.simulator import write_log
     from flows.recovery import FlowSpec
     from salvage.live import LiveView
@@ -778,16 +804,9 @@ def demo(
         with LiveView(console, title="Salvage · live (demo)"):
             secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store, out_dir=out_dir))
         console.print(f"dataflow finished in {secs:.1f}s; reading the output topics...")
-        for topic, name in (
-            (live.topic_interventions, "interventions.jsonl"),
-            (live.topic_lane_alerts, "lane_alerts.jsonl"),
-            (live.topic_dead_letters, "dead_letters.jsonl"),
-            (live.topic_model_events, "model_events.jsonl"),
-            (live.topic_dispositions, "dispositions.jsonl"),
-            (live.topic_status_updates, "status_updates.jsonl"),
-            (live.topic_journey_alerts, "journey_alerts.jsonl"),
-        ):
-            consume_topic(live, topic, out_dir / name, group="salvage-demo")
+        for stream in OUTPUTS:
+            topic = getattr(live, stream.topic_setting)
+            consume_topic(live, topic, out_dir / stream.file_name, group="salvage-demo")
     write_metrics_snapshot(out_dir)  # `salvage report` reads it later (holdouts, uplift)
     render_summary(summarise(out_dir), out_dir, console)
     if use_store:

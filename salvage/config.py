@@ -10,19 +10,29 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SALVAGE_", extra="ignore")
 
     # --- Kafka. No bootstrap => `salvage` starts the embedded broker.
-    kafka_bootstrap: str | None = None
-    kafka_security_protocol: str | None = None  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_ca_location: str | None = None
-    topic_orders: str = "orders"
-    topic_deliveries: str = "deliveries"
-    topic_support: str = "support"
-    topic_returns: str = "returns"
-    topic_interventions: str = "interventions"
-    topic_lane_alerts: str = "lane-alerts"
-    topic_dead_letters: str = "dead-letters"
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers (none: the embedded broker)"
+    )
+    kafka_security_protocol: str | None = Field(
+        None, description="librdkafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="librdkafka sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str | None = Field(None, description="librdkafka sasl.username")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="librdkafka sasl.password (never printed)"
+    )
+    kafka_ssl_ca_location: str | None = Field(None, description="librdkafka ssl.ca.location")
+    topic_orders: str = Field("orders", description="topic of the orders stream")
+    topic_deliveries: str = Field("deliveries", description="topic of the deliveries stream")
+    topic_support: str = Field("support", description="topic of the support stream")
+    topic_returns: str = Field("returns", description="topic of the returns stream")
+    topic_interventions: str = Field(
+        "interventions", description="topic of the interventions stream"
+    )
+    topic_lane_alerts: str = Field("lane-alerts", description="topic of the lane-alerts stream")
+    topic_dead_letters: str = Field("dead-letters", description="topic of the dead-letters stream")
     topic_partitions: int = Field(4, ge=1, description="partitions for topics salvage creates")
     dead_letter_max_bytes: int = Field(
         4096,
@@ -32,12 +42,20 @@ class Settings(BaseSettings):
     )
 
     # --- Redis case store. Empty string disables it.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: SecretStr | None = None
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="case store and review queue ('' or run --no-case-store disables); set "
+        "explicitly, a Redis that is down or refuses the password stops run with exit 2",
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (never printed; URLs are shown redacted)"
+    )
     redis_socket_timeout_seconds: float = Field(
         0.5, gt=0, le=30, description="sinks' Redis connect/read timeout: a frozen Redis backs up"
     )
-    case_ttl_seconds: int = Field(45 * 24 * 3600, ge=60)
+    case_ttl_seconds: int = Field(
+        45 * 24 * 3600, ge=60, description="TTL of a case document in Redis (45 days)"
+    )
 
     # --- Dataflow.
     shards: int = Field(8, ge=1, le=1024, description="logical shards per keyed stage; >= workers")
@@ -61,7 +79,9 @@ class Settings(BaseSettings):
         ge=0,
         description="an event before its order_placed waits this long (event time) for it",
     )
-    return_window_days: float = Field(30.0, gt=0)
+    return_window_days: float = Field(
+        30.0, gt=0, description="a delivered order with no open return closes (kept) after this"
+    )
     settled_grace_days: float = Field(
         45.0,
         ge=0,
@@ -87,10 +107,14 @@ class Settings(BaseSettings):
     model_promote_margin: float = Field(0.03, ge=0, description="AUC margin over the rules")
     infer_intents: bool = Field(True, description="fill missing support intents from free text")
     intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
-    topic_model_events: str = "model-events"
-    topic_dispositions: str = "dispositions"
-    topic_status_updates: str = "return-status"
-    topic_journey_alerts: str = "journey-alerts"
+    topic_model_events: str = Field("model-events", description="topic of the model-events stream")
+    topic_dispositions: str = Field("dispositions", description="topic of the dispositions stream")
+    topic_status_updates: str = Field(
+        "return-status", description="topic of the return-status stream"
+    )
+    topic_journey_alerts: str = Field(
+        "journey-alerts", description="topic of the journey-alerts stream"
+    )
     follow: bool = Field(
         False, description="bytewax.run entry point in Kafka mode: keep following the topics"
     )
@@ -130,12 +154,6 @@ class Settings(BaseSettings):
         }
 
     def output_topics(self) -> list[str]:
-        return [
-            self.topic_interventions,
-            self.topic_lane_alerts,
-            self.topic_dead_letters,
-            self.topic_model_events,
-            self.topic_dispositions,
-            self.topic_status_updates,
-            self.topic_journey_alerts,
-        ]
+        from connectors.outputs import OUTPUTS
+
+        return [getattr(self, stream.topic_setting) for stream in OUTPUTS]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from connectors.events import EVENT_ADAPTER, EVENT_MODELS, STREAM_OF
-from connectors.outputs import DeadLetter, JourneyAlert, LaneAlert, StatusUpdate, Trigger
+from connectors.outputs import OUTPUTS
 
 
 def all_schemas() -> dict[str, dict]:
@@ -22,17 +22,10 @@ def all_schemas() -> dict[str, dict]:
     union = EVENT_ADAPTER.json_schema(mode="validation")
     union["title"] = "salvage input event (any stream)"
     out["input-event"] = union
-    outputs: tuple[tuple[str, type[BaseModel]], ...] = (
-        ("interventions", Trigger),
-        ("lane-alerts", LaneAlert),
-        ("dead-letters", DeadLetter),
-        ("return-status", StatusUpdate),
-        ("journey-alerts", JourneyAlert),
-    )
-    for name, out_model in outputs:
-        schema = TypeAdapter(out_model).json_schema(mode="serialization")
-        schema["description"] = f"Output message on the '{name}' topic."
-        out[name] = schema
+    for stream in OUTPUTS:
+        schema = TypeAdapter(stream.model).json_schema(mode="serialization")
+        schema["description"] = f"Output message on the '{stream.name}' topic."
+        out[stream.name] = schema
     return out
 
 

@@ -96,7 +96,18 @@ class CostModel(BaseModel):
         return return_value * self.write_off_share.get(grade, self.default_write_off_share)
 
     def components(self, case: dict[str, Any]) -> dict[str, float]:
-        """Cost components of one closed case (its :meth:`OrderCase.facts`); {} if not returned."""
+        """Cost components of one closed case (its :meth:`OrderCase.facts`); {} if not returned.
+
+        A refunded B-grade return with two support contacts and no label cost on the event:
+
+        >>> case = {"return_requested_at": 1, "received_at": 2, "courier": "parcelgo",
+        ...         "grade": "B", "return_value": 80.0, "contacts_total": 2, "outcome": "refund"}
+        >>> CostModel().components(case)  # doctest: +NORMALIZE_WHITESPACE
+        {'return_label': 4.9, 'intake_labour': 3.5, 'support': 8.0, 'write_off': 28.0,
+         'refund_processing': 0.8}
+        >>> CostModel().components({"outcome": "kept"})
+        {}
+        """
         if not case.get("return_requested_at"):
             return {}
         label = float(case.get("label_cost") or 0.0)
