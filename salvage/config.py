@@ -95,7 +95,10 @@ class Settings(BaseSettings):
         2000, ge=1, le=100_000, description="events per source read: lower latency vs throughput"
     )
     idle_partition_seconds: float = Field(
-        0.5, gt=0, description="live mode: a caught-up partition stops holding the watermark"
+        0.5,
+        gt=0,
+        description="live mode: a partition caught up by offsets and quiet this long stops "
+        "holding the watermark; when all are, it reaches the highest partition clock",
     )
     policy: str | None = Field(
         None, description="policy YAML (SALVAGE_POLICY); default: the shipped policy/default.yaml"
