@@ -224,6 +224,12 @@ class ModelEvent(_Out):
     labels: int = Field(ge=0, description="labels the model had learned from")
     model_auc: float | None = Field(description="rolling ROC AUC; null when undefined")
     rules_auc: float | None = Field(description="the rule baseline's, on the same labels")
+    model_auc_flagged: float | None = Field(
+        None, description="the model's rolling AUC on the cases the rules flag; null: undefined"
+    )
+    rules_auc_flagged: float | None = Field(
+        None, description="the rules' rolling AUC on the cases they flag; null: undefined"
+    )
     t: int = Field(description="event time of the change, microseconds since the epoch (UTC)")
     at: AwareDatetime = Field(description="event time of the change")
     shard: int = Field(ge=0, description="model shard (customers hash to one)")

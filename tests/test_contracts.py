@@ -30,10 +30,16 @@ def test_model_events_and_dispositions_are_checked_against_their_contracts():
         "t": 1_773_000_000_000_000, "at": "2026-03-08T20:00:00Z", "shard": 0,
         "model": "abuse", "change": "promoted", "version": "abuse-lr-v1", "reason": "beats rules",
         "labels": 1200, "model_auc": 0.91, "rules_auc": None,
+        "model_auc_flagged": 0.8, "rules_auc_flagged": None,
     }  # fmt: skip
     line = json.loads(stream["model_event"].serialise(event))
     assert line["rules_auc"] is None and line["model_auc"] == 0.91
     assert ModelEvent.model_validate(line).change == "promoted"
+    # what the models really emit fits the contract
+    from scoring.models import ModelConfig, OnlineModel
+
+    real = OnlineModel("abuse", ModelConfig())._event(5, "demoted", "test")
+    stream["model_event"].serialise({**real, "at": "2026-03-08T20:00:00Z", "shard": 0})
     for broken in ({**event, "change": "retired"}, {**event, "labels": -1}, {**event, "x": 1}):
         try:
             stream["model_event"].serialise(broken)
