@@ -12,8 +12,9 @@ Every ``step_us`` of event time the lane is evaluated: for each test window ``w`
 ``windows_us`` the cohort is the shipments whose promise fell in ``(now - w, now]`` (all resolved:
 on time or late). The lane's **own** baseline ``b`` is a slowly decayed late rate of the shipments
 whose promise is ``baseline_lag_us`` old, shrunk towards ``prior_rate`` (frozen while an alert is
-open, and an alert's cohort never teaches it; a step teaches at most ``b + learn_cap``, so an
-incident building up below the threshold, or during warm-up, barely moves it). With the
+open, and an alert's cohort never teaches it; while some window leans above the threshold a step
+teaches at most ``b + learn_cap`` (during warm-up always at most ``b + 3 learn_cap``), so an
+incident building up below the threshold barely moves it). With the
 threshold ``theta = rate_multiplier * b + rate_margin`` and a Beta posterior for the cohort's
 late rate (``evidence_weight`` pseudo-shipments at the baseline as prior):
 
@@ -51,7 +52,7 @@ class LaneConfig:
     baseline_lag_us: int = DAY_US  # a shipment teaches the baseline this long after its promise
     warmup_shipments: int = 20  # shipments learned before the lane may alert
     learn_cap: float = 0.05  # a step teaches at most baseline + this rate (winsorised)
-    rate_multiplier: float = 2.0  # threshold: rate_multiplier * baseline + rate_margin
+    rate_multiplier: float = 1.5  # threshold: rate_multiplier * baseline + rate_margin
     rate_margin: float = 0.05
     evidence_weight: float = 10.0  # Beta prior of a cohort: pseudo-shipments at the baseline
     open_confidence: float = 0.99  # P(rate > threshold) to open
@@ -249,10 +250,19 @@ class LaneMonitor:
 
         transition: LaneTransition | None = None
         if not self.alert_open:
-            # learn from the shipments that left the longest window (winsorised after warm-up:
-            # an incident building up below the threshold must not drag the baseline with it)
+            # learn from the shipments judged this step, winsorised while some window leans
+            # above the threshold (an incident building up below it must not drag the baseline
+            # with it); not always: on a thin lane clipping lumpy steps would bias the baseline
+            # low. During warm-up the cap is looser (3x) but always on: a lane slow from the
+            # start becomes normal within days, an incident at the start still stands out.
             decay = 0.5 ** (cfg.step_us / cfg.baseline_half_life_us)
-            learn = min(leaving_late, (base + cfg.learn_cap) * leaving_n)
+            learn = leaving_late
+            if self.learned < cfg.warmup_shipments:
+                learn = min(leaving_late, (base + 3 * cfg.learn_cap) * leaving_n)
+            elif leaving_late and any(
+                n and confidence(n, late) >= cfg.close_confidence for n, late in counts
+            ):
+                learn = min(leaving_late, (base + cfg.learn_cap) * leaving_n)
             self.base_late = decay * self.base_late + learn
             self.base_volume = decay * self.base_volume + leaving_n
             self.learned += leaving_n

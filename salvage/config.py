@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         (12.0, 24.0, 48.0, 96.0, 192.0),
         description="cohort test windows (promises in the last w hours), increasing",
     )
-    lane_rate_multiplier: float = Field(2.0, ge=1, description="threshold: k * baseline + margin")
+    lane_rate_multiplier: float = Field(1.5, ge=1, description="threshold: k * baseline + margin")
     lane_rate_margin: float = Field(0.05, ge=0, lt=1, description="threshold margin (rate)")
     lane_open_confidence: float = Field(
         0.99, gt=0, lt=1, description="P(cohort late rate > threshold) to open an alert"
