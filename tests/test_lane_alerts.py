@@ -350,3 +350,24 @@ def test_lane_metrics_are_bounded_labels_whatever_the_payload_says():
         assert other is not None and other >= 4 * 30  # the four lanes past the top 2
     finally:
         kpis.configure()
+
+
+def test_late_silent_parcels_are_reassured_by_the_promise_rechecks(silent):
+    """Issue 11, item 2: with no delay scan and no ETA, the only case updates of a late parcel in
+    transit are the promise timers; the re-check at promise + 6 h makes it eligible for
+    reassurance (>= 6 h late), so reassurance fires from timers, at a re-check time."""
+    _alerts, _incidents, log = silent
+    promise = {}
+    for line in Path(log).read_text().splitlines():
+        ev = json.loads(line)
+        if ev["event_type"] == "order_placed":
+            promise[ev["order_id"]] = _ts(ev["promised_delivery_at"])
+    triggers = jsonl((Path(log).parent / "out" / "interventions.jsonl").read_bytes())
+    timed = [
+        t
+        for t in triggers
+        if t["action"] == "proactive_reassurance" and t["source_event_id"].startswith("~timer:")
+    ]
+    assert len(timed) >= 100
+    offsets = {(_ts(t["decided_at"]) - promise[t["order_id"]]) / timedelta(hours=1) for t in timed}
+    assert offsets <= {6.0, 24.0, 72.0}, offsets
