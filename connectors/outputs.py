@@ -89,9 +89,12 @@ class LaneAlert(_Out):
     destination_region: str
     state: AlertState
     severity: Severity
-    delay_rate: float
-    baseline_rate: float
-    volume: int
+    delay_rate: float  # late share of the shipment cohort (promises in the window)
+    baseline_rate: float  # the lane's own late rate
+    volume: int  # shipments in the cohort
+    late: int = 0  # ... of which late (evidence)
+    threshold_rate: float = 0.0  # the rate the test compares with (multiplier * baseline + margin)
+    confidence: float = 0.0  # P(cohort late rate > threshold) under the cohort's posterior
     window_start: AwareDatetime
     window_end: AwareDatetime
 

@@ -114,7 +114,24 @@ __all__ = [
     "write_log",
 ]
 
-SCENARIOS: tuple[str, ...] = ("steady-state", "launch-week-backlog")
+SCENARIOS: tuple[str, ...] = (
+    "steady-state",
+    "launch-week-backlog",
+    "silent-carrier-incident",
+    "thin-lane-incident",
+)
+# Lane-monitor variants (features/lane.py): carriers that send only picked_up + delivered scans
+# (no delayed / exception / lost scans, no ETA), one lane incident each.
+# ``silent-carrier-incident``: a depot incident makes most of one busy lane's parcels late for
+# 3.5 days (800 orders/day);
+# ``thin-lane-incident``: every promise is ~3 weeks (transit + 18 days), 150 orders/day (a few
+# parcels a day per lane) and one thin lane's late rate triples for 3 weeks.
+SILENT_SCENARIOS = ("silent-carrier-incident", "thin-lane-incident")
+SILENT_SCANS = ("picked_up", "delivered")
+SCENARIO_ORDERS_PER_DAY = {"silent-carrier-incident": 800.0, "thin-lane-incident": 150.0}
+SILENT_INCIDENT = (3.0, 6.5, 0.7)  # days after start (pick-ups), delay probability
+THIN_INCIDENT = (40.0, 61.0, 0.35)
+THIN_EXTRA_TRANSIT_DAYS = 18
 DEFAULT_START = datetime(2026, 3, 2, tzinfo=UTC)
 
 LATE_SCAN_PROB = 0.005
@@ -620,6 +637,9 @@ class _World:
         # arrival rate: ~orders_per_day, spread over at least a week (two for the launch)
         if orders_per_day <= 0:
             raise ValueError("orders_per_day must be > 0")
+        if orders_per_day == ORDERS_PER_DAY:
+            orders_per_day = SCENARIO_ORDERS_PER_DAY.get(scenario, orders_per_day)
+        self.silent_scans = scenario in SILENT_SCENARIOS
         min_days = 14.0 if self.launch else 7.0
         self.span_days = max(min_days, orders / orders_per_day)
         effective = self.span_days
@@ -694,6 +714,8 @@ class _World:
             lane.delay_mean_h = 40.0
         self.incidents: dict[str, list[_Incident]] = {}
         self.incident_list: list[_Incident] = []
+        if self.scenario in SILENT_SCENARIOS:
+            self._silent_lane_incident()
         if self.launch:
             ci = rng.randrange(2)  # one of the two big couriers, at the central hub
             start = self.t_start + int(BACKLOG_DAYS[0] * DAY)
@@ -703,6 +725,20 @@ class _World:
                 inc = _Incident(lane.key, start, end, round(rng.uniform(0.55, 0.75), 2), 60.0)
                 self.incidents.setdefault(lane.key, []).append(inc)
                 self.incident_list.append(inc)
+
+    def _silent_lane_incident(self) -> None:
+        """One lane incident of the silent-carrier scenarios (see SILENT_SCENARIOS)."""
+        thin = self.scenario == "thin-lane-incident"
+        if thin:
+            for lane in self.lanes.values():
+                lane.transit_days += THIN_EXTRA_TRANSIT_DAYS
+        lane = self.lanes[(0, "central", "central")]  # ~4.4% of orders: ~6.5/day when thin
+        start_d, end_d, prob = THIN_INCIDENT if thin else SILENT_INCIDENT
+        start = self.t_start + int(start_d * DAY)
+        end = self.t_start + int(end_d * DAY)
+        inc = _Incident(lane.key, start, end, prob, 60.0)
+        self.incidents.setdefault(lane.key, []).append(inc)
+        self.incident_list.append(inc)
 
     # ------------------------------------------------------------ draws
 
@@ -783,6 +819,10 @@ class _World:
         region: str,
         eta: int | None,
     ) -> None:
+        if self.silent_scans:
+            if scan not in SILENT_SCANS:
+                return  # this carrier reports pick-up and delivery only
+            eta = None
         items = st.items
         n = len(items)
         event = {  # built inline (the hottest path: ~60% of all events are scans)
@@ -1598,6 +1638,8 @@ class _World:
                 "end": _iso(inc.end),
                 "delay_prob": inc.delay_prob,
             }
+            if self.silent_scans:
+                rec["scans"] = "picked_up+delivered"
             buckets.setdefault(inc.end // BUCKET_SECONDS, []).append(
                 (inc.end, seq, [(inc.end, 0, rec)], 0)
             )

@@ -348,8 +348,8 @@ def by_courier(expr: str) -> str:
 COURIER_LANES = Dashboard(
     uid="salvage-courier-lanes",
     title="Salvage · Courier lanes",
-    description="Delay rate per courier lane (6 h event-time windows), lane alerts, and what the "
-    "lanes cost in returns and leakage.",
+    description="Late rate per courier lane (shipment cohorts judged against their promise, "
+    "features/lane.py), lane alerts, and what the lanes cost in returns and leakage.",
     variables=slice_vars("salvage_cases_resolved_total", "salvage_lane_shipments_total"),
     rows=(
         Row(
@@ -367,7 +367,9 @@ COURIER_LANES = Dashboard(
                     ),
                     kind="heatmap",
                     unit=PCT,
-                    description="Delayed / observed shipments per lane (lane monitor windows).",
+                    description="Late / judged shipments per lane: a shipment is judged a day "
+                    "after its promise, late if undelivered by then, delivered late, or flagged "
+                    "by a delay scan or an ETA past the promise (the lane monitor's definition).",
                     width=24,
                     height=10,
                 ),

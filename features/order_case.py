@@ -36,6 +36,10 @@ MAX_CONTACTS = 32  # rolling contact memory per case; older contacts only count 
 MAX_SEEN_IDS = 256  # dedupe memory per case: its last 256 event ids (an order has ~10-30 events)
 PROMISE_GRACE_US = 2 * HOUR_US  # a promise is "missed" this long after it passes undelivered
 HARD_TTL_US = 120 * DAY_US  # a case is closed this long after placement, whatever happened
+# A late parcel that stays undelivered is looked at again this long after its promise (after the
+# first "missed" check at PROMISE_GRACE_US): each check is a case update, so reassurance or a delay
+# intervention can fire on a parcel whose carrier never says anything.
+PROMISE_RECHECKS_US: tuple[int, ...] = (6 * HOUR_US, 24 * HOUR_US, 72 * HOUR_US)
 
 
 class Status(StrEnum):
@@ -54,6 +58,7 @@ class Outcome(StrEnum):
     CHARGEBACK = "chargeback"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    UNDELIVERED = "undelivered"  # never delivered by the hard TTL (lost, returned, silent)
 
 
 RETAINED = frozenset(
@@ -93,6 +98,7 @@ class OrderCase:
     delayed_scan_count: int = 0
     lost: bool = False
     returned_to_sender: bool = False
+    promise_checks: int = 0  # promise checkpoints (grace, then the re-checks) already passed
     # support: rolling (t, intent, urgency_high, sentiment)
     contacts: list[tuple[int, str, bool, float]] = field(default_factory=list)
     contacts_total: int = 0
@@ -326,40 +332,69 @@ class OrderCase:
         return bool(self.return_requested_at) and self.outcome is None
 
     def next_deadline(
-        self, return_window_us: int, journey_cfg: journey.JourneyConfig | None = None
+        self,
+        return_window_us: int,
+        journey_cfg: journey.JourneyConfig | None = None,
+        rechecks: tuple[int, ...] = PROMISE_RECHECKS_US,
     ) -> int:
         """The next event time at which time alone changes this case or raises a journey alert
         (0: none)."""
-        core = self.core_deadline(return_window_us)
+        core = self.core_deadline(return_window_us, rechecks)
         j = journey.deadline(self, journey_cfg) if journey_cfg is not None else 0
         return min(core, j) if core and j else core or j
 
-    def core_deadline(self, return_window_us: int) -> int:
+    def core_deadline(
+        self, return_window_us: int, rechecks: tuple[int, ...] = PROMISE_RECHECKS_US
+    ) -> int:
         """The next event time at which time alone changes this case (0: none)."""
         if self.status is Status.CLOSED:
             return 0
         candidates = [self.placed_at + HARD_TTL_US] if self.placed_at else []
         if self.promised_at and not self.delivered_at:
-            missed = self.promised_at + PROMISE_GRACE_US
-            if self.last_event_at < missed:
-                candidates.append(missed)
+            check = self._promise_check(rechecks)
+            if check:
+                candidates.append(check)
         if self.delivered_at and not self.return_open():
             candidates.append(self.delivered_at + return_window_us)
         return min(candidates) if candidates else 0
 
-    def on_time(self, now: int, return_window_us: int) -> list[str]:
-        """Time passed ``now`` with no event: close the case or flag a missed promise."""
+    def _promise_check(self, rechecks: tuple[int, ...]) -> int:
+        """The next promise checkpoint of an undelivered parcel (0: none left): the "missed"
+        check PROMISE_GRACE_US after the promise, then each re-check."""
+        k = self.promise_checks
+        if k == 0:
+            return self.promised_at + PROMISE_GRACE_US
+        offsets = [o for o in rechecks if o > PROMISE_GRACE_US]
+        return self.promised_at + offsets[k - 1] if k - 1 < len(offsets) else 0
+
+    def on_time(
+        self, now: int, return_window_us: int, rechecks: tuple[int, ...] = PROMISE_RECHECKS_US
+    ) -> list[str]:
+        """Time passed ``now`` with no event: close the case, or flag a missed promise (first
+        check) or a parcel still late and undelivered (re-checks)."""
         self.last_event_at = max(self.last_event_at, now)
         if self.status is Status.CLOSED:
             return []
         if self.placed_at and now >= self.placed_at + HARD_TTL_US:
-            self._close(Outcome.EXPIRED if self.return_open() else Outcome.KEPT, now)
+            if self.return_open():
+                outcome = Outcome.EXPIRED
+            elif not self.delivered_at:
+                outcome = Outcome.UNDELIVERED  # never delivered: not "kept"
+            else:
+                outcome = Outcome.KEPT
+            self._close(outcome, now)
             return ["closed"]
         self._maybe_close(now, return_window_us)
         if self.status is Status.CLOSED:
             return ["closed"]
-        if self.promised_at and not self.delivered_at and now >= self.promised_at:
-            return ["promise_missed", "delay_signal"]
+        if self.promised_at and not self.delivered_at:
+            first = self.promise_checks == 0
+            passed = False
+            while (check := self._promise_check(rechecks)) and now >= check:
+                self.promise_checks += 1
+                passed = True
+            if passed:
+                return ["promise_missed" if first else "promise_recheck", "delay_signal"]
         return []
 
     def _maybe_close(self, now: int, return_window_us: int) -> None:

@@ -234,6 +234,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         sources=tuple(source.part_ids()),
         return_window_us=int(s.return_window_days * 86_400 * 1e6),
         settled_grace_us=int(s.settled_grace_days * 86_400 * 1e6),
+        lane=s.lane_config(),
+        promise_rechecks_us=tuple(int(h * 3_600_000_000) for h in s.promise_recheck_hours),
         model_shards=s.model_shards,
         model=ModelConfig(
             min_labels=s.model_min_labels,

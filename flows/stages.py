@@ -41,7 +41,7 @@ from features import journey
 from features.customer import CustomerContext
 from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
 from features.lane import LaneConfig, LaneMonitor, LaneTransition
-from features.order_case import OrderCase, Status
+from features.order_case import PROMISE_RECHECKS_US, OrderCase, Status
 from flows.items import Overdue
 from policy.config import MAX_CONTACT_LOG, Policy, load_policy
 from policy.disposition import decide_disposition
@@ -127,6 +127,8 @@ class StageConfig:
     orphan_wait_us: int = 6 * HOUR_US
     settled_grace_us: int = 45 * DAY_US  # a settled case still listens this long (see Settled)
     lane: LaneConfig = field(default_factory=LaneConfig)
+    # re-checks of a late, undelivered parcel, after its promise (features/order_case.py)
+    promise_rechecks_us: tuple[int, ...] = PROMISE_RECHECKS_US
     case_records: bool = True  # emit case-store records (off when no store is configured)
     model_shards: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -299,13 +301,17 @@ class CaseStage(_Stage):
         self.timers = [
             (d, oid)
             for oid, case in self.cases.items()
-            if (d := case.next_deadline(cfg.return_window_us, self.journey))
+            if (
+                d := case.next_deadline(cfg.return_window_us, self.journey, cfg.promise_rechecks_us)
+            )
         ]
         heapq.heapify(self.timers)
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
-        deadline = case.next_deadline(self.cfg.return_window_us, self.journey)
+        deadline = case.next_deadline(
+            self.cfg.return_window_us, self.journey, self.cfg.promise_rechecks_us
+        )
         if deadline:
             heapq.heappush(self.timers, (deadline, case.order_id))
 
@@ -313,13 +319,14 @@ class CaseStage(_Stage):
         """Fire every timer with deadline < until, in (deadline, order id) order."""
         timers = self.timers
         window = self.cfg.return_window_us
+        rechecks = self.cfg.promise_rechecks_us
         while timers and timers[0][0] < until:
             deadline, order_id = heapq.heappop(timers)
             case = self.cases.get(order_id)
-            if case is None or case.next_deadline(window, self.journey) != deadline:
+            if case is None or case.next_deadline(window, self.journey, rechecks) != deadline:
                 continue  # stale timer
-            if case.core_deadline(window) == deadline:
-                changes = case.on_time(deadline, window)
+            if case.core_deadline(window, rechecks) == deadline:
+                changes = case.on_time(deadline, window, rechecks)
                 if changes:
                     self._emit_view(case, deadline, f"~timer:{order_id}", changes, out)
             if self.journey is not None and journey.deadline(case, self.journey) == deadline:
@@ -390,6 +397,24 @@ class CaseStage(_Stage):
             _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
             self._schedule(case)
+
+    def _lane_fact(self, case: OrderCase, ev, t: int, changes: list[str]) -> None:
+        """A shipment cohort fact for the lane monitor: shipped (or first scanned) with a
+        promise, a delay signal, or delivered (the monitor judges on time / late itself)."""
+        kind = ev.event_type
+        if kind == "carrier_scan":
+            if "delivered" in changes:
+                fact = "delivered"
+            elif "delay_signal" in changes:
+                fact = "late"
+            else:
+                fact = "shipped"
+        elif kind == "order_shipped":
+            fact = "shipped"
+        else:
+            return
+        dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
+        self.send("lane", dest, t, ev.event_id, (case.lane, case.order_id, case.promised_at, fact))
 
     def _expire_tombstones(self, low: int) -> None:
         heap = self.tomb_heap
@@ -631,17 +656,14 @@ class CaseStage(_Stage):
         self, case: OrderCase, t: int, tie: str, ev, inferred: str | None, out: Emit
     ) -> None:
         window = self.cfg.return_window_us
-        order_id = ev.order_id
         changes = case.apply(ev, t, window, inferred)
         _remember_digest(case, _tie_digest(tie))
         _EVENTS(STREAM_OF[ev.event_type].value).inc()
         self._emit_view(case, t, ev.event_id, changes, out)
         if STREAM_OF[ev.event_type] is Stream.RETURNS:
             self._journey(case, ev, t)
-        if ev.event_type == "carrier_scan" and case.lane != "unknown":
-            delayed = "delay_signal" in changes
-            dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
-            self.send("lane", dest, t, ev.event_id, (case.lane, order_id, delayed))
+        if case.lane != "unknown" and case.promised_at:
+            self._lane_fact(case, ev, t, changes)
         self._after_update(case, t)
 
 
@@ -1184,36 +1206,41 @@ class LaneStage(_Stage):
 
     def apply(self, released, low: int, out: Emit) -> None:
         lcfg = self.cfg.lane
-        for t, _tie, (lane, order_id, delayed) in released:
-            monitor = self.lanes.get(lane)
+        lanes = self.lanes
+        for t, _tie, (lane, order_id, promise, fact) in released:
+            monitor = lanes.get(lane)
             if monitor is None:
-                monitor = self.lanes[lane] = LaneMonitor(lane)
-            monitor.observe(t, order_id, delayed, lcfg)
-        for lane in sorted(self.lanes):
-            monitor = self.lanes[lane]
-            shipped, delayed_before = monitor.shipments_total, monitor.delayed_total
-            # lanes are built from free-text payload fields: bounded labels (top 256, then other);
-            # the alert gauge counts open alerts, so "other" adds up its lanes (and shards)
-            label = kpis.bucket("lane_monitor", lane)
-            for tr in monitor.close_windows(self.horizon(low), lcfg):
-                alert = _lane_alert(tr)
-                metrics.LANE_ALERT_OPEN.labels(label).inc(1 if tr.opened else -1)
-                out.append(
-                    (
-                        "out",
-                        (OUT_KEY, ("e", tr.window_end, f"a|{alert.alert_id}", ("alert", alert))),
-                    )
-                )
-            if monitor.shipments_total != shipped:
-                metrics.LANE_SHIPMENTS.labels(label).inc(monitor.shipments_total - shipped)
-                metrics.LANE_DELAYED.labels(label).inc(monitor.delayed_total - delayed_before)
+                monitor = lanes[lane] = LaneMonitor(lane)
+            # evaluations strictly before this fact's time first: the same alerts whatever the
+            # batching of the input
+            if monitor.next_eval and monitor.next_eval < t:
+                self._advance(monitor, t, out)
+            monitor.observe(t, order_id, promise, fact, lcfg)
+        horizon = self.horizon(low)
+        for lane in sorted(lanes):
+            self._advance(lanes[lane], horizon, out)
+
+    def _advance(self, monitor: LaneMonitor, until: int, out: Emit) -> None:
+        shipped, delayed_before = monitor.shipments_total, monitor.delayed_total
+        # lanes are built from free-text payload fields: bounded labels (top 256, then other);
+        # the alert gauge counts open alerts, so "other" adds up its lanes (and shards)
+        label = kpis.bucket("lane_monitor", monitor.lane)
+        for tr in monitor.advance(until, self.cfg.lane):
+            alert = _lane_alert(tr)
+            metrics.LANE_ALERT_OPEN.labels(label).inc(1 if tr.opened else -1)
+            out.append(
+                ("out", (OUT_KEY, ("e", tr.window_end, f"a|{alert.alert_id}", ("alert", alert))))
+            )
+        if monitor.shipments_total != shipped:
+            metrics.LANE_SHIPMENTS.labels(label).inc(monitor.shipments_total - shipped)
+            metrics.LANE_DELAYED.labels(label).inc(monitor.delayed_total - delayed_before)
 
 
 def _lane_alert(tr: LaneTransition) -> LaneAlert:
     courier, _, route = tr.lane.partition(":")
     origin, _, destination = route.partition(">")
     state = AlertState.OPEN if tr.opened else AlertState.CLOSED
-    alert_id = hashlib.sha256(f"{tr.lane}|{state}|{tr.window_start}".encode()).hexdigest()[:24]
+    alert_id = hashlib.sha256(f"{tr.lane}|{state}|{tr.window_end}".encode()).hexdigest()[:24]
     return LaneAlert(
         alert_id=alert_id,
         lane=tr.lane,
@@ -1225,6 +1252,9 @@ def _lane_alert(tr: LaneTransition) -> LaneAlert:
         delay_rate=tr.delay_rate,
         baseline_rate=tr.baseline_rate,
         volume=tr.volume,
+        late=tr.late,
+        threshold_rate=tr.threshold,
+        confidence=tr.confidence,
         window_start=from_us(tr.window_start),
         window_end=from_us(tr.window_end),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -110,6 +110,30 @@ class Settings(BaseSettings):
     model_promote_margin: float = Field(0.03, ge=0, description="AUC margin over the rules")
     infer_intents: bool = Field(True, description="fill missing support intents from free text")
     intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
+    # --- Lane monitor (features/lane.py): shipment cohorts against each lane's own baseline.
+    lane_windows_hours: tuple[float, ...] = Field(
+        (12.0, 24.0, 48.0, 96.0, 192.0),
+        description="cohort test windows (promises in the last w hours), increasing",
+    )
+    lane_rate_multiplier: float = Field(1.5, ge=1, description="threshold: k * baseline + margin")
+    lane_rate_margin: float = Field(0.05, ge=0, lt=1, description="threshold margin (rate)")
+    lane_open_confidence: float = Field(
+        0.99, gt=0, lt=1, description="P(cohort late rate > threshold) to open an alert"
+    )
+    lane_close_confidence: float = Field(
+        0.5, gt=0, lt=1, description="close when the recent cohort's P(rate > threshold) < this"
+    )
+    lane_min_late: int = Field(3, ge=1, description="late shipments in a window to open")
+    lane_late_grace_hours: float = Field(
+        0.0, ge=0, description="delivered this long after the promise still counts as on time"
+    )
+    lane_baseline_half_life_days: float = Field(14.0, gt=0, description="lane baseline memory")
+    promise_recheck_hours: tuple[float, ...] = Field(
+        (6.0, 24.0, 72.0),
+        description="re-check a late, undelivered parcel this long after its promise (after the "
+        "missed check at +2 h): each check is a case update, so reassurance / delay actions can "
+        "fire; increasing, each > 2",
+    )
     topic_model_events: str = Field("model-events", description="topic of the model-events stream")
     topic_dispositions: str = Field("dispositions", description="topic of the dispositions stream")
     topic_status_updates: str = Field(
@@ -125,6 +149,29 @@ class Settings(BaseSettings):
         "127.0.0.1", description="bind address of /metrics (0.0.0.0 in containers)"
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables the endpoint")
+
+    @model_validator(mode="after")
+    def _check_lane(self) -> Settings:
+        self.lane_config()  # raises ValueError on settings that cannot work
+        hours = list(self.promise_recheck_hours)
+        if any(h <= 2 for h in hours) or hours != sorted(set(hours)):
+            raise ValueError("promise_recheck_hours: increasing, each > 2 (the missed check)")
+        return self
+
+    def lane_config(self):  # -> features.lane.LaneConfig
+        from features.lane import LaneConfig
+
+        hour = 3_600_000_000
+        return LaneConfig(
+            windows_us=tuple(int(h * hour) for h in self.lane_windows_hours),
+            rate_multiplier=self.lane_rate_multiplier,
+            rate_margin=self.lane_rate_margin,
+            open_confidence=self.lane_open_confidence,
+            close_confidence=self.lane_close_confidence,
+            min_late=self.lane_min_late,
+            late_grace_us=int(self.lane_late_grace_hours * hour),
+            baseline_half_life_us=int(self.lane_baseline_half_life_days * 24 * hour),
+        ).validate()
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings common to producers, consumers and the admin client."""

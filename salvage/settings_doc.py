@@ -35,12 +35,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "dataflow": (
         "shards", "reorder_tolerance_seconds", "max_lateness_seconds", "max_future_seconds",
         "max_clock_jump_seconds", "orphan_wait_seconds", "return_window_days",
-        "settled_grace_days", "source_batch_size", "idle_partition_seconds", "follow", "policy",
+        "settled_grace_days", "promise_recheck_hours", "source_batch_size", "idle_partition_seconds", "follow", "policy",
         "dead_letter_max_bytes",
     ),
     "models": (
         "model_shards", "model_min_labels", "model_promote_margin", "infer_intents",
         "intent_threshold",
+    ),
+    "lanes": (
+        "lane_windows_hours", "lane_rate_multiplier", "lane_rate_margin", "lane_open_confidence",
+        "lane_close_confidence", "lane_min_late", "lane_late_grace_hours",
+        "lane_baseline_half_life_days",
     ),
     "redis": ("redis_url", "redis_password", "redis_socket_timeout_seconds", "case_ttl_seconds"),
     "metrics": ("metrics_host", "metrics_port"),
@@ -95,7 +100,7 @@ def _default(field: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list | tuple):
         return "`" + json.dumps(value, separators=(",", ":")) + "`"
     return f"`{value}`" if isinstance(value, str) else str(value)
 

@@ -41,10 +41,10 @@ CASES_OPENED = Counter("salvage_cases_opened_total", "Order cases opened")
 CASES_CLOSED = Counter("salvage_cases_closed_total", "Order cases closed, by outcome", ["outcome"])
 OPEN_CASES = Gauge("salvage_open_cases", "Open order cases held in state", ["shard"])
 LANE_SHIPMENTS = Counter(
-    "salvage_lane_shipments_total", "Shipments observed per lane window", ["lane"]
+    "salvage_lane_shipments_total", "Shipments judged per lane (a day after the promise)", ["lane"]
 )
 LANE_DELAYED = Counter(
-    "salvage_lane_delayed_shipments_total", "Delayed shipments per lane window", ["lane"]
+    "salvage_lane_delayed_shipments_total", "Judged shipments that were late, per lane", ["lane"]
 )
 LANE_ALERT_OPEN = Gauge(
     "salvage_lane_alert_open",

@@ -152,6 +152,51 @@ def test_missed_promise_fires_without_any_event():
     assert "promise_missed" in case.on_time(deadline, WINDOW)
 
 
+def test_a_late_silent_parcel_is_rechecked_then_never_delivered_is_not_kept():
+    """Issue 11: after the missed-promise check the case is looked at again at promise + 6 h,
+    + 24 h, + 72 h (a case update each, so reassurance can fire at >= 6 h late); an order never
+    delivered closes as ``undelivered`` at the hard TTL, not ``kept``."""
+    case = apply_all(story()[:2])  # placed and picked up, then silence
+    promise = case.promised_at
+    fired = []
+    while (deadline := case.next_deadline(WINDOW)) and case.status is Status.OPEN:
+        changes = case.on_time(deadline, WINDOW)
+        fired.append(((deadline - promise) / HOUR_US, changes[0]))
+        if len(fired) > 10:
+            break
+    assert [h for h, _ in fired[:4]] == [2.0, 6.0, 24.0, 72.0]
+    assert [c for _, c in fired[:4]] == ["promise_missed"] + ["promise_recheck"] * 3
+    assert case.features(promise + 6 * HOUR_US)["slippage_hours"] == 6.0
+    assert fired[-1][1] == "closed" and len(fired) == 5
+    assert case.outcome is Outcome.UNDELIVERED
+
+
+def test_rechecks_follow_the_configuration_and_stop_at_delivery():
+    case = apply_all(story()[:2])
+    promise = case.promised_at
+    rechecks = (12 * HOUR_US,)
+    assert case.next_deadline(WINDOW, rechecks=rechecks) == promise + 2 * HOUR_US
+    case.on_time(promise + 2 * HOUR_US, WINDOW, rechecks)
+    assert case.next_deadline(WINDOW, rechecks=rechecks) == promise + 12 * HOUR_US
+    # a jump past several checkpoints fires once and consumes them all
+    assert case.on_time(promise + 5 * DAY_US, WINDOW, rechecks)[0] == "promise_recheck"
+    assert case.next_deadline(WINDOW, rechecks=rechecks) == case.placed_at + 120 * DAY_US
+    delivered = _ev(
+        event(
+            "d",
+            "carrier_scan",
+            case.order_id,
+            "2026-03-20T10:00:00Z",
+            scan="delivered",
+            courier="dhl",
+        )
+    )
+    case.apply(delivered, to_us(delivered.occurred_at), WINDOW)
+    assert case.next_deadline(WINDOW) == case.delivered_at + WINDOW  # no more re-checks
+    case.on_time(case.delivered_at + WINDOW, WINDOW)
+    assert case.outcome is Outcome.KEPT
+
+
 def test_refund_closes_as_lost_and_cancel_before_shipping_closes():
     o = _ev(order_placed("o2", "2026-03-02T10:00:00Z"))
     case = OrderCase("o2")
