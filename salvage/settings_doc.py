@@ -35,8 +35,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "dataflow": (
         "shards", "reorder_tolerance_seconds", "max_lateness_seconds", "max_future_seconds",
         "max_clock_jump_seconds", "orphan_wait_seconds", "return_window_days",
-        "settled_grace_days", "promise_recheck_hours", "source_batch_size", "idle_partition_seconds", "follow", "policy",
-        "dead_letter_max_bytes",
+        "settled_grace_days", "promise_recheck_hours", "source_batch_size",
+        "idle_partition_seconds", "follow", "policy", "dead_letter_max_bytes",
     ),
     "models": (
         "model_shards", "model_min_labels", "model_promote_margin", "infer_intents",
