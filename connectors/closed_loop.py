@@ -41,6 +41,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 SCENARIO = "closed-loop"
 # retention difference (treated - held out) on the orders assigned to each action
@@ -208,7 +209,7 @@ def write_log(
     say = progress or (lambda _m: None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {} if orders_per_day is None else {"orders_per_day": orders_per_day}
+    kwargs: dict[str, Any] = {} if orders_per_day is None else {"orders_per_day": orders_per_day}
     with tempfile.TemporaryDirectory() as tmp:
         base_path, base_truth = Path(tmp) / "base.jsonl", Path(tmp) / "truth.jsonl"
         simulator.write_log(

@@ -877,6 +877,7 @@ class _World:
                     }
                 )
                 continue
+            assert fam.size_cum is not None  # sized families only (the others `continue` above)
             si = self._pick(fam.size_cum)
             sizes = [si]
             if abuse_kind == "bracketing" and i == 0:
@@ -992,8 +993,8 @@ class _World:
                 self._contact(
                     st, t0 + int((t_cancel - t0) * uni(0.3, 0.95)), "cancel_request", temper
                 )
-            reason = ("customer_request", "payment_failed", "out_of_stock")[reason_i]
-            st.add(t_cancel, "order_cancelled", {"reason": reason})
+            cancel_reason = ("customer_request", "payment_failed", "out_of_stock")[reason_i]
+            st.add(t_cancel, "order_cancelled", {"reason": cancel_reason})
             truth.update(
                 recoverability=0.0,
                 abusive=False,
@@ -1277,6 +1278,7 @@ class _World:
         # reason, items, timing
         if cause is None:
             cause = "changed_mind"
+        reason: str | None
         if cause == "late":
             reason = "arrived_late"
         elif cause in ("fit", "bracketing"):

@@ -256,7 +256,7 @@ class LaneMonitor:
             # low. During warm-up the cap is looser (3x) but always on: a lane slow from the
             # start becomes normal within days, an incident at the start still stands out.
             decay = 0.5 ** (cfg.step_us / cfg.baseline_half_life_us)
-            learn = leaving_late
+            learn: float = leaving_late
             if self.learned < cfg.warmup_shipments:
                 learn = min(leaving_late, (base + 3 * cfg.learn_cap) * leaving_n)
             elif leaving_late and any(
@@ -268,11 +268,11 @@ class LaneMonitor:
             self.learned += leaving_n
             if self.learned >= cfg.warmup_shipments:
                 best = None
-                for i, (n, late) in enumerate(counts):
+                for i, (n, n_late) in enumerate(counts):
                     if now - windows[i] < self.skip_to:
                         break  # reaches back into the last alert's cohort
-                    if n and late >= cfg.min_late:
-                        p = confidence(n, late)
+                    if n and n_late >= cfg.min_late:
+                        p = confidence(n, n_late)
                         if p >= cfg.open_confidence and (best is None or p > best[0]):
                             best = (p, i)
                 if best is not None:

@@ -21,7 +21,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from connectors.outputs import OUTPUTS
+from connectors.outputs import OUTPUTS, OutputStream
 from connectors.parse import set_dead_letter_max_bytes
 from flows.sources import EventLogSource, KafkaEventSource
 from flows.stages import (
@@ -121,6 +121,21 @@ class JsonlSink(FixedPartitionedSink[str, int]):
 
 
 # ----------------------------------------------------------------------------- the flow
+
+
+def _file_line(out: OutputStream) -> Callable[[Any], tuple[str, str]]:
+    """File mode: (the stream's tag, one JSON line) for the ordered JSONL sink."""
+    return lambda x: (out.tag, out.serialise(x))
+
+
+def _message(out: OutputStream) -> Callable[[Any], tuple[str, bytes]]:
+    """Kafka mode: (message key, value)."""
+    return lambda x: (out.key(x), out.serialise(x).encode())
+
+
+def _record_line(tag: str) -> Callable[[Any], tuple[str, str]]:
+    return lambda x: (tag, json.dumps(x, sort_keys=True))
+
 
 RUN_RECORDS = ("assignments", "outcomes")
 """Files (not topics) every run writes into its out dir, in file and Kafka mode: the
@@ -331,19 +346,12 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         else:
             items = op.filter_map(out.sink, ordered, only(out.item))
         streams[out.item] = items
-        if spec.file_mode:
-            ser = op.map(f"ser_{out.tag}", items, lambda x, o=out: (o.tag, o.serialise(x)))
-        else:
-            ser = op.map(
-                f"ser_{out.tag}", items, lambda x, o=out: (o.key(x), o.serialise(x).encode())
-            )
+        ser = op.map(f"ser_{out.tag}", items, _file_line(out) if spec.file_mode else _message(out))
         op.output(out.step, ser, sinks[out.sink])
     if "assignments" in sinks:  # files only (also in Kafka mode): the uplift's inputs
         for sink, tag, item in (("assignments", "g", "assignment"), ("outcomes", "o", "outcome")):
             records = op.filter_map(sink, ordered, only(item))
-            ser = op.map(
-                f"ser_{tag}", records, lambda x, tag=tag: (tag, json.dumps(x, sort_keys=True))
-            )
+            ser = op.map(f"ser_{tag}", records, _record_line(tag))
             op.output(f"out_{sink}", ser, sinks[sink])
 
     # KPIs: a stateless tap on order/case facts (Prometheus counters commute; order is irrelevant)

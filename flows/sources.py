@@ -221,7 +221,8 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         self._pos = offset
         self._line = line_no
         self._done = done
-        self._parser = _Parser(part_id, *parser_args[:2], max_t, *parser_args[3:])
+        tol, late, _, future, jump = parser_args
+        self._parser = _Parser(part_id, tol, late, max_t, future, jump)
         self._batch = batch_size
 
     def next_batch(self) -> list[Item]:
@@ -329,8 +330,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic, self._stream, self._partition = topic, stream, partition
         self._offset = offset
+        tol, late, _, future, jump = parser_args
         self._parser = _Parser(
-            kafka_part_id(topic, partition), *parser_args[:2], max_t, *parser_args[3:], frontier
+            kafka_part_id(topic, partition), tol, late, max_t, future, jump, frontier
         )
         self._batch = batch_size
         self._to_end = to_end
@@ -378,10 +380,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
                 raise RuntimeError(f"error consuming {self._topic}[{self._partition}]: {err}")
             got_data = True
             self._eof = False
-            self._offset = msg.offset() + 1
-            raw = RawRecord(
-                self._topic, self._partition, msg.offset(), msg.value() or b"", self._stream
-            )
+            offset = int(msg.offset() or 0)  # a message (not an error) always has one
+            self._offset = offset + 1
+            raw = RawRecord(self._topic, self._partition, offset, msg.value() or b"", self._stream)
             self._parser.handle(raw, out, msg.offset())
         now = time.monotonic()
         if got_data:

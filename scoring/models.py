@@ -503,7 +503,7 @@ class ModelSet:
                 self.awaiting[order_id] = (deadline, t, keep, _close_facts(facts))
                 heapq.heappush(self.await_heap, (deadline, order_id))
             return events
-        if revealed is not None:
+        if revealed is not None and y_abuse is not None:
             events += self._label_abuse(snaps, y_abuse, revealed, t)
         return events
 
