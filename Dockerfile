@@ -1,6 +1,6 @@
 # Salvage pipeline image: `docker build -t salvage .`, then `docker run salvage run --help`.
 # Used by docker-compose.yml (service `salvage`); the same image runs every `salvage` command
-# (replay, record, explain, review) and `python -m bytewax.run flows.recovery:flow` (docs/kubernetes.md).
+# (replay, record, explain, review) and `python -m bytewax.run salvage.flows.recovery:flow` (docs/kubernetes.md).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

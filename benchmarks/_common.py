@@ -46,7 +46,7 @@ def say(msg: str) -> None:
 def sim_log(events: int, work: Path, scenario: str = "steady-state", seed: int = 7) -> Path:
     """A simulator log of exactly ``events`` lines (the first ones of a long enough simulation),
     generated once and cached under ``work``."""
-    from connectors.simulator import write_log
+    from salvage.connectors.simulator import write_log
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"{scenario}-{events}-{seed}.jsonl"

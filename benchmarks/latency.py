@@ -105,7 +105,7 @@ def paced(rate: float, total: int, send, tick=None) -> float:
 
 
 def producer(conf: dict) -> Producer:
-    from sinks.kafka import producer_config
+    from salvage.sinks.kafka import producer_config
 
     pconf = producer_config(conf)
     try:
@@ -118,7 +118,7 @@ def producer(conf: dict) -> Producer:
 def baseline(
     conf: dict, rate: float, seconds: float, warmup: float, fetch_wait_ms: int
 ) -> list[float]:
-    from connectors.broker import ensure_topics
+    from salvage.connectors.broker import ensure_topics
 
     topic = f"bench-rtt-{uuid.uuid4().hex[:6]}"
     ensure_topics(conf, [topic], 4)
@@ -177,7 +177,7 @@ def pipeline(
     fetch_wait_ms: int,
     env_extra: dict[str, str] | None = None,
 ) -> dict:
-    from connectors.broker import ensure_topics, free_port
+    from salvage.connectors.broker import ensure_topics, free_port
 
     tag = uuid.uuid4().hex[:6]
     topics = {s: f"bench-{s}-{tag}" for s in ("orders", "deliveries", "support", "returns")}
@@ -285,7 +285,7 @@ def pipeline(
 
 
 def load_records(path: Path, limit: int) -> list[tuple[str, bytes | None, str, bytes]]:
-    from connectors.events import STREAM_OF
+    from salvage.connectors.events import STREAM_OF
 
     out = []
     with path.open("rb") as f:
@@ -324,7 +324,7 @@ def main() -> None:
     if any(not k.startswith("SALVAGE_") for k in extra_env):
         ap.error("--env takes SALVAGE_* settings")
 
-    from connectors.broker import EmbeddedBroker
+    from salvage.connectors.broker import EmbeddedBroker
 
     need = int(max(args.rates) * (args.seconds + args.warmup)) + 1000
     log = sim_log(max(need, 100_000), args.work)

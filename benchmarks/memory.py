@@ -46,7 +46,7 @@ BATCH = 2000
 
 @functools.cache
 def _template() -> dict[str, Any]:
-    from connectors.simulator import write_log
+    from salvage.connectors.simulator import write_log
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "t.jsonl"
@@ -87,7 +87,7 @@ def order_lines(n: int, start: int = 0, count: int | None = None):
 
 def probe_log(orders: int, work: Path) -> Path:
     """A steady-state log placed after the load (event time), cached."""
-    from connectors.simulator import write_log
+    from salvage.connectors.simulator import write_log
 
     path = work / f"probe-{orders}.jsonl"
     if not path.is_file():

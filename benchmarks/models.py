@@ -35,9 +35,9 @@ from prometheus_client import REGISTRY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connectors.simulator import write_log
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
+from salvage.connectors.simulator import write_log
+from salvage.flows.recovery import FlowSpec, build_flow
 
 
 def auc(pairs: list[tuple[bool, float]]) -> float:

@@ -44,7 +44,7 @@ def split(log: Path, files: int, work: Path) -> list[Path]:
 
 
 def run(inputs: list[Path], out: Path, processes: int, workers: int, work: Path) -> dict:
-    from connectors.broker import free_port
+    from salvage.connectors.broker import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SALVAGE_", "BYTEWAX_"))}
     env.update({"PYTHONPATH": str(ROOT), "SALVAGE_METRICS_PORT": "0", "SALVAGE_REDIS_URL": ""})

@@ -28,9 +28,9 @@ from prometheus_client import REGISTRY
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.models import auc
-from connectors.simulator import write_log
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
+from salvage.connectors.simulator import write_log
+from salvage.flows.recovery import FlowSpec, build_flow
 
 VARIANTS = ("bracketing-unflagged", "realistic-text")
 

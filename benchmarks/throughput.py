@@ -5,7 +5,7 @@
 On one simulator log (`steady-state`, the first --events lines; generated once and cached in
 --work, default /tmp/salvage-bench), one worker each, one after the other:
 
-* **full**: the real dataflow (`flows.recovery.build_flow`, file mode): parse + validate
+* **full**: the real dataflow (`salvage.flows.recovery.build_flow`, file mode): parse + validate
   (pydantic), partition clocks, dedupe, every keyed stage (cases, context, models, dispatch,
   lanes, output), rule + River scoring, policy; sinks replaced by null sinks that only hash the
   triggers (no file, Redis or Kafka I/O). `run_main`, one worker.
@@ -85,8 +85,8 @@ def gc_setting(tuned: bool):
 def run_full(
     log: Path, shards: int, work: Path, gc_tuned: bool = True
 ) -> tuple[float, dict[str, Any]]:
-    from flows.recovery import FlowSpec, _sinks, build_flow
     from salvage.config import Settings
+    from salvage.flows.recovery import FlowSpec, _sinks, build_flow
 
     settings = Settings(redis_url="", shards=shards, metrics_port=0)
     spec = FlowSpec(settings, inputs=[log], out_dir=work / "full-out", case_store=False)
@@ -152,16 +152,17 @@ def run_bare(log: Path) -> tuple[float, dict[str, Any]]:
 
 
 class PlainPipeline:
-    """The flow's stages and routing (``flows.recovery.build_flow``) in one Python loop.
+    """The flow's stages and routing (``salvage.flows.recovery.build_flow``) in one Python loop.
 
     Per source batch: the parser's items are grouped per case shard (one ``("b", ...)`` item per
     shard, ticks to every shard), then each stage level runs on what the previous one emitted,
     routed by the same rules as the Bytewax wiring (``fan``), until the output stage."""
 
     def __init__(self, log: Path, shards: int) -> None:
-        from flows.recovery import _shard_no
-        from flows.sources import _Parser, file_part_id
-        from flows.stages import (
+        from salvage.config import Settings
+        from salvage.flows.recovery import _shard_no
+        from salvage.flows.sources import _Parser, file_part_id
+        from salvage.flows.stages import (
             CaseStage,
             ContextStage,
             DispatchStage,
@@ -170,9 +171,8 @@ class PlainPipeline:
             OutputStage,
             StageConfig,
         )
-        from policy.config import load_policy
-        from salvage.config import Settings
-        from scoring.models import ModelConfig
+        from salvage.policy.config import load_policy
+        from salvage.scoring.models import ModelConfig
 
         s = Settings(redis_url="", shards=shards, metrics_port=0)
         part = file_part_id(0, log)
@@ -231,7 +231,7 @@ class PlainPipeline:
         return wiring
 
     def _run_level(self, name: str, inbox: dict[str, list], outbox: dict[str, dict]) -> None:
-        from sinks import kpis
+        from salvage.sinks import kpis
 
         stages = self.stages[name]
         emitted: list = []
@@ -274,9 +274,9 @@ class PlainPipeline:
             json.dumps(payload, sort_keys=True)
 
     def feed(self, lines: list[bytes], line_no: int, final: bool) -> None:
-        from connectors.parse import RawRecord
-        from features.eventtime import END
-        from flows.stages import case_key, shard_of
+        from salvage.connectors.parse import RawRecord
+        from salvage.features.eventtime import END
+        from salvage.flows.stages import case_key, shard_of
 
         t0 = time.perf_counter()
         items: list = []

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/uplift.py --orders 40000 [--seeds 1 2] [--policy FILE]
 
-For each seed: simulate the closed-loop world (`connectors.closed_loop`: customers react to the
+For each seed: simulate the closed-loop world (`salvage.connectors.closed_loop`: customers react to
+the
 pipeline's treated, not-suppressed interventions with the configured per-action effects; the
 loop re-runs the pipeline until its assignments are stable), run the pipeline on the final log
 (file mode, like `salvage run`), estimate the ITT uplift (`salvage.uplift`) and print, per action
@@ -20,9 +21,9 @@ from pathlib import Path
 
 from bytewax.testing import run_main
 
-from connectors.closed_loop import write_log
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
+from salvage.connectors.closed_loop import write_log
+from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.uplift import uplift
 
 

@@ -4,7 +4,7 @@ checked against the truth.
 
 How the loop closes (deterministic, honest, no peeking at the estimator):
 
-1. The steady-state world is simulated (:mod:`connectors.simulator`): the *base* log, where
+1. The steady-state world is simulated (:mod:`salvage.connectors.simulator`): the *base* log, where
    nothing reacts to anything.
 2. The pipeline runs on the log (file mode, default settings, in this process) and records each
    order's intention-to-treat assignment (``assignments.jsonl``: first randomised action, arm,
@@ -168,8 +168,8 @@ def _assign(log: Path, settings=None) -> dict[str, dict]:
     """Run the pipeline (file mode, in process) on ``log``; its ITT assignments by order."""
     from bytewax.testing import run_main
 
-    from flows.recovery import FlowSpec, build_flow
     from salvage.config import Settings
+    from salvage.flows.recovery import FlowSpec, build_flow
 
     settings = settings or Settings()
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +203,7 @@ def write_log(
 ) -> dict:
     """Write the closed-loop log to ``out`` (and the truth, with its ``true_effects`` record, to
     ``truth``); returns the ``true_effects`` record."""
-    from connectors import simulator
+    from salvage.connectors import simulator
 
     effects = dict(TRUE_EFFECTS if effects is None else effects)
     say = progress or (lambda _m: None)

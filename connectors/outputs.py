@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from connectors.events import SCHEMA_VERSION
+from salvage.connectors.events import SCHEMA_VERSION
 
 
 class Action(StrEnum):

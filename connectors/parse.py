@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from connectors.events import EVENT_ADAPTER, STREAM_OF, Stream
-from connectors.outputs import DeadLetter, DeadLetterKind
+from salvage.connectors.events import EVENT_ADAPTER, STREAM_OF, Stream
+from salvage.connectors.outputs import DeadLetter, DeadLetterKind
 
 MAX_EVENT_BYTES = 64 * 1024
 """Documented size limit: a message above this is a ``too_large`` dead letter, unparsed."""

@@ -1,9 +1,11 @@
 """The simulated brand: a seeded, deterministic generator of one interleaved event log.
 
 ``generate`` yields ``("event", dict)`` in event-time order (the stream of an event follows from its
-``event_type``, see :data:`connectors.events.STREAM_OF`) interleaved with ``("truth", dict)``
+``event_type``, see :data:`salvage.connectors.events.STREAM_OF`) interleaved with ``("truth",
+dict)``
 records that say what really happened; ``write_log`` writes them as JSON lines. Every event
-validates against :data:`connectors.events.EVENT_ADAPTER` (strict mode, via ``validate_json``).
+validates against :data:`salvage.connectors.events.EVENT_ADAPTER` (strict mode, via
+``validate_json``).
 
 The world
 ---------
@@ -101,7 +103,7 @@ from itertools import accumulate
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 
-from connectors.events import SCHEMA_VERSION, lane_of
+from salvage.connectors.events import SCHEMA_VERSION, lane_of
 
 __all__ = [
     "DEFAULT_START",

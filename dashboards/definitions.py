@@ -1,4 +1,5 @@
-"""Salvage's four Grafana dashboards, as code (rendered by ``python -m dashboards.generate``).
+"""Salvage's four Grafana dashboards, as code (rendered by ``python -m
+salvage.dashboards.generate``).
 
 Every query uses only metrics the pipeline emits (``sinks/metrics.py``, ``sinks/kpis.py``,
 ``sinks/kafka.py``); ``tests/test_prometheus.py`` runs each one against a real Prometheus scraping
@@ -9,7 +10,7 @@ KPI top-N shows under ``other`` in KPI panels while the lane monitor panels show
 
 from __future__ import annotations
 
-from dashboards.builder import Dashboard, Panel, Row, Target, Threshold, Variable
+from salvage.dashboards.builder import Dashboard, Panel, Row, Target, Threshold, Variable
 
 RETAINED = "kept|exchange|store_credit|return_cancelled"
 SLICE = 'campaign=~"$campaign", sku_family=~"$sku_family", lane=~"$lane"'

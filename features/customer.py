@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from features.eventtime import DAY_US
+from salvage.features.eventtime import DAY_US
 
 
 @dataclass(slots=True)
@@ -26,7 +26,7 @@ class CustomerContext:
     sentiment_sum: float = 0.0
 
     def observe(self, t: int, changes: tuple[str, ...], view) -> None:
-        """Fold one case update (see :class:`flows.stages.CaseView`) into the aggregates."""
+        """Fold one case update (see :class:`salvage.flows.stages.CaseView`) into the aggregates."""
         if not self.first_seen:
             self.first_seen = t
         self.last_seen = max(self.last_seen, t)

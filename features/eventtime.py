@@ -17,7 +17,7 @@ The rules, end to end:
   is idle (live mode: all partitions caught up), the low watermark advances to just past the
   highest clock any of them reported, so a quiet stream releases everything that is due, exactly
   as the end of a file would (README "Reliability").
-* One event may move its partition's clock only within a bound (see ``flows.sources``): an
+* One event may move its partition's clock only within a bound (see ``salvage.flows.sources``): an
   event far ahead of its partition's clock is held until the next events confirm the jump.
 * **Stages** keep a :class:`Reorderer` over their upstream ids. The low watermark is the minimum
   over upstreams that are not idle; items strictly older than it are released in order. A stage

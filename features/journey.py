@@ -1,7 +1,7 @@
 """The return journey: status updates for the messaging systems, breakage alerts for operations.
 
 Pure Python, no I/O. The journey's state is three plain ints on
-:class:`features.order_case.OrderCase` (``journey_rank``, ``journey_sent``,
+:class:`salvage.features.order_case.OrderCase` (``journey_rank``, ``journey_sent``,
 ``journey_alerted``) next to the case's own return timestamps, so it is pickled with the case
 shard and survives Bytewax recovery (the timers are recomputed from it). Times are integer
 microseconds since the Unix epoch.
@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
-from connectors.outputs import JourneyAlertKind, JourneyStage
-from features.eventtime import DAY_US, HOUR_US, from_us
+from salvage.connectors.outputs import JourneyAlertKind, JourneyStage
+from salvage.features.eventtime import DAY_US, HOUR_US, from_us
 
 if TYPE_CHECKING:
-    from features.order_case import OrderCase
+    from salvage.features.order_case import OrderCase
 
 STAGE_OF_EVENT: dict[str, JourneyStage] = {
     "return_label_issued": JourneyStage.LABEL_ISSUED,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from features.eventtime import DAY_US, HOUR_US
+from salvage.features.eventtime import DAY_US, HOUR_US
 
 
 @dataclass(frozen=True, slots=True)

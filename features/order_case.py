@@ -1,7 +1,8 @@
 """Per-order case state: rolling post-purchase features in event time, and the case's outcome.
 
 Pure Python, no I/O. Times are integer microseconds since the Unix epoch (see
-:mod:`features.eventtime`). Events are applied in ``(event time, event id)`` order by the flow;
+:mod:`salvage.features.eventtime`). Events are applied in ``(event time, event id)`` order by the
+flow;
 the state machine itself tolerates any order (no event is rejected for arriving "too early"), and a
 hypothesis test checks that any order within the reorder tolerance yields the same final case.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from connectors.events import (
+from salvage.connectors.events import (
     CarrierScan,
     ChargebackFiled,
     ExchangeCompleted,
@@ -29,8 +30,8 @@ from connectors.events import (
     SupportContact,
     lane_of,
 )
-from features import journey
-from features.eventtime import DAY_US, HOUR_US, to_us
+from salvage.features import journey
+from salvage.features.eventtime import DAY_US, HOUR_US, to_us
 
 MAX_CONTACTS = 32  # rolling contact memory per case; older contacts only count in totals
 MAX_SEEN_IDS = 256  # dedupe memory per case: its last 256 event ids (an order has ~10-30 events)

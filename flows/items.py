@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.outputs import DeadLetter
+from salvage.connectors.outputs import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)

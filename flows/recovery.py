@@ -1,8 +1,10 @@
 """The recovery dataflow: sources -> cases -> (customers | lanes) -> ordered output -> sinks.
 
-Run it with ``salvage run`` or ``python -m bytewax.run flows.recovery:flow`` (settings from the
+Run it with ``salvage run`` or ``python -m bytewax.run salvage.flows.recovery:flow`` (settings from
+the
 environment: ``SALVAGE_INPUT`` + ``SALVAGE_OUT_DIR`` for file mode, else Kafka mode on
-``SALVAGE_KAFKA_BOOTSTRAP``). Every keyed stage is a :mod:`flows.stages` object; this module only
+``SALVAGE_KAFKA_BOOTSTRAP``). Every keyed stage is a :mod:`salvage.flows.stages` object; this
+module only
 routes items between them (see DESIGN §1 and the "Event time" section of the README).
 """
 
@@ -21,10 +23,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from connectors.outputs import OUTPUTS, OutputStream
-from connectors.parse import set_dead_letter_max_bytes
-from flows.sources import EventLogSource, KafkaEventSource
-from flows.stages import (
+from salvage.config import Settings
+from salvage.connectors.outputs import OUTPUTS, OutputStream
+from salvage.connectors.parse import set_dead_letter_max_bytes
+from salvage.flows.sources import EventLogSource, KafkaEventSource
+from salvage.flows.stages import (
     INTENT_KEY,
     OUT_KEY,
     CaseStage,
@@ -39,10 +42,9 @@ from flows.stages import (
     routes_to_intents,
     shard_of,
 )
-from policy.config import load_policy
-from salvage.config import Settings
-from scoring.models import ModelConfig
-from sinks import kpis, metrics
+from salvage.policy.config import load_policy
+from salvage.scoring.models import ModelConfig
+from salvage.sinks import kpis, metrics
 
 # ----------------------------------------------------------------------------- logic glue
 
@@ -169,7 +171,7 @@ def _source(spec: FlowSpec):
     if spec.file_mode:
         return EventLogSource(spec.inputs, tol, late, s.source_batch_size, future, jump)
     if spec.kafka_partitions is None:
-        from connectors.broker import ensure_topics
+        from salvage.connectors.broker import ensure_topics
 
         spec.kafka_partitions = ensure_topics(
             s.kafka_client_config(), list(s.input_topics().values()), s.topic_partitions
@@ -202,7 +204,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         for stream in OUTPUTS:
             sinks[stream.sink] = JsonlSink(out / stream.file_name, local)
     else:
-        from sinks.kafka import KafkaOutputSink
+        from salvage.sinks.kafka import KafkaOutputSink
 
         conf = s.kafka_client_config()
         for stream in OUTPUTS:
@@ -217,7 +219,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
                 (out / f"{name}.jsonl").touch()
             sinks[name] = JsonlSink(out / f"{name}.jsonl", local)
     if spec.case_store and s.redis_url:
-        from sinks.redis_store import RedisCaseSink
+        from salvage.sinks.redis_store import RedisCaseSink
 
         pw = s.redis_password.get_secret_value() if s.redis_password else None
         # short timeouts: a frozen Redis costs one timeout per retry, then the backlog takes over
@@ -229,7 +231,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
             socket_timeout=timeout,
             connect_timeout=timeout,
         )
-        from sinks.review_queue import RedisReviewSink
+        from salvage.sinks.review_queue import RedisReviewSink
 
         sinks["reviews"] = RedisReviewSink(s.redis_url, password=pw, socket_timeout=timeout)
     sinks.update(spec.extra_sinks)
@@ -337,8 +339,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         return lambda kv: kv[1][1] if kv[1][0] == kind else None
 
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
-    # every output stream (connectors.outputs.OUTPUTS): its items from the ordered output stage
-    # (dead letters: the sources' and the case stage's), serialised under its contract
+    # every output stream (salvage.connectors.outputs.OUTPUTS): its items from the ordered output
+    # stage (dead letters: the sources' and the case stage's), serialised under its contract
     streams: dict[str, Any] = {}
     for out in OUTPUTS:
         if out.item == "dlq":
@@ -409,11 +411,11 @@ def process_id_from_env(env: dict[str, str] | None = None) -> int | None:
 
 
 def __getattr__(name: str):
-    # `python -m bytewax.run flows.recovery:flow` builds the flow from the environment.
+    # `python -m bytewax.run salvage.flows.recovery:flow` builds the flow from the environment.
     if name == "flow":
         import signal
 
-        from flows.sources import request_stop
+        from salvage.flows.sources import request_stop
 
         # SIGTERM drains: sources stop at the next batch, state is snapshotted, exit 0
         signal.signal(signal.SIGTERM, lambda *_: request_stop())

@@ -1,7 +1,8 @@
 """Bytewax sources: an event-log file and Kafka topics. Both parse, clock and tick.
 
 Each source partition turns raw bytes into validated events (or dead letters), applies its
-:class:`~features.eventtime.PartitionClock` (late events get a deterministic effective time) and
+:class:`~salvage.features.eventtime.PartitionClock` (late events get a deterministic effective
+time) and
 ends every batch with a watermark tick. Items:
 
 * ``("e", effective_time_us, tiebreak, event)``
@@ -26,12 +27,12 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from connectors.events import STREAM_OF, Stream
-from connectors.outputs import DeadLetter, DeadLetterKind
-from connectors.parse import RawRecord, dead_letter, parse
-from features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
-from flows.items import Overdue
-from sinks import metrics
+from salvage.connectors.events import STREAM_OF, Stream
+from salvage.connectors.outputs import DeadLetter, DeadLetterKind
+from salvage.connectors.parse import RawRecord, dead_letter, parse
+from salvage.features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
+from salvage.flows.items import Overdue
+from salvage.sinks import metrics
 
 Item = tuple[Any, ...]
 

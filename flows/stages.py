@@ -4,7 +4,7 @@ Each stage instance is one logical shard. It receives data items ``("e", t, tieb
 and watermark ticks ``("w", upstream_id, watermark, latest_event_time)``, holds data in a
 :class:`Reorderer`, and applies it in event-time order once every upstream has passed it.
 What it emits is a list of ``(route, item)`` pairs; the Bytewax wiring
-(:mod:`flows.recovery`) turns routes into keys.
+(:mod:`salvage.flows.recovery`) turns routes into keys.
 
 Routes: ``cust`` / ``lane`` / ``out`` carry data to the next stage (``(dest_key, item)``),
 ``tick`` a watermark to broadcast downstream, ``dlq`` a dead letter, ``case`` a case-store record.
@@ -24,8 +24,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.events import STREAM_OF, Stream
-from connectors.outputs import (
+from salvage.connectors.events import STREAM_OF, Stream
+from salvage.connectors.outputs import (
     Action,
     AlertState,
     DeadLetterKind,
@@ -36,20 +36,20 @@ from connectors.outputs import (
     StatusUpdate,
     Trigger,
 )
-from connectors.parse import RawRecord, dead_letter
-from features import journey
-from features.customer import CustomerContext
-from features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
-from features.lane import LaneConfig, LaneMonitor, LaneTransition
-from features.order_case import PROMISE_RECHECKS_US, OrderCase, Status
-from flows.items import Overdue
-from policy.config import MAX_CONTACT_LOG, Policy, load_policy
-from policy.disposition import decide_disposition
-from policy.engine import CUSTOMER_FACING, decide, holdout_unit
-from scoring.baseline import RuleScorer
-from scoring.models import ModelConfig, ModelSet
-from scoring.text import IntentClassifier
-from sinks import kpis, metrics
+from salvage.connectors.parse import RawRecord, dead_letter
+from salvage.features import journey
+from salvage.features.customer import CustomerContext
+from salvage.features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, from_us, iso
+from salvage.features.lane import LaneConfig, LaneMonitor, LaneTransition
+from salvage.features.order_case import PROMISE_RECHECKS_US, OrderCase, Status
+from salvage.flows.items import Overdue
+from salvage.policy.config import MAX_CONTACT_LOG, Policy, load_policy
+from salvage.policy.disposition import decide_disposition
+from salvage.policy.engine import CUSTOMER_FACING, decide, holdout_unit
+from salvage.scoring.baseline import RuleScorer
+from salvage.scoring.models import ModelConfig, ModelSet
+from salvage.scoring.text import IntentClassifier
+from salvage.sinks import kpis, metrics
 
 Emit = list[tuple[str, Any]]
 
@@ -759,7 +759,8 @@ def case_upstreams(cfg: StageConfig) -> list[str]:
 
 def routes_to_intents(ev) -> bool:
     """Support contacts with text go through the intent stage (to learn from, or to fill in);
-    an :class:`~flows.items.Overdue` event goes straight to its case shard (to be deduplicated)."""
+    an :class:`~salvage.flows.items.Overdue` event goes straight to its case shard (to be
+    deduplicated)."""
     return getattr(ev, "event_type", None) == "support_contact" and bool(ev.text)
 
 

@@ -37,10 +37,10 @@ from pydantic import (
     model_validator,
 )
 
-from connectors.outputs import Action, JourneyAlertKind, JourneyStage
-from features.eventtime import DAY_US, HOUR_US
-from features.journey import JourneyConfig
-from policy.disposition import DispositionPolicy
+from salvage.connectors.outputs import Action, JourneyAlertKind, JourneyStage
+from salvage.features.eventtime import DAY_US, HOUR_US
+from salvage.features.journey import JourneyConfig
+from salvage.policy.disposition import DispositionPolicy
 
 DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
 
@@ -65,8 +65,8 @@ class PolicyError(ValueError):
 
 def known_features() -> frozenset[str]:
     """Every feature name a rule may use (computed the way the flow computes them)."""
-    from features.customer import CustomerContext
-    from features.order_case import OrderCase
+    from salvage.features.customer import CustomerContext
+    from salvage.features.order_case import OrderCase
 
     names = set(OrderCase("x").features(0)) | set(CustomerContext("x").features(0))
     return frozenset(names | {"recoverability", "abuse"})

@@ -1,4 +1,4 @@
-"""Decide the best intervention for a case update under a :class:`~policy.config.Policy`.
+"""Decide the best intervention for a case update under a :class:`~salvage.policy.config.Policy`.
 
 For every enabled action whose rule holds, the expected value is
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from connectors.outputs import Action, Priority
-from policy.config import Policy, holds
+from salvage.connectors.outputs import Action, Priority
+from salvage.policy.config import Policy, holds
 
 CUSTOMER_FACING = frozenset(a for a in Action if a is not Action.HUMAN_REVIEW)
 

@@ -43,8 +43,8 @@ def _failure(exc: Exception) -> tuple[str, bool] | None:
     from confluent_kafka import KafkaError, KafkaException
     from grafana_client.client import GrafanaException
 
-    from sinks.kafka import KafkaDeliveryError
-    from sinks.review_queue import ReviewError
+    from salvage.sinks.kafka import KafkaDeliveryError
+    from salvage.sinks.review_queue import ReviewError
 
     if isinstance(exc, ReviewError):
         return str(exc), False
@@ -95,7 +95,7 @@ def _clear_errors(note: str = "") -> Callable[[F], F]:
 
 def _redis_args(settings: Settings) -> tuple[str, str | None]:
     """The Redis URL and password of a command that reads Redis; exit 2 on an unusable URL."""
-    from sinks.redis_store import redact_url
+    from salvage.sinks.redis_store import redact_url
 
     url = settings.redis_url
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -124,7 +124,7 @@ def _settings(**overrides) -> Settings:
 
 def _check_policy(path: str | None) -> None:
     """Validate the policy before anything starts: a bad file stops with its field path, exit 2."""
-    from policy.config import PolicyError, load_policy
+    from salvage.policy.config import PolicyError, load_policy
 
     try:
         p = load_policy(path)
@@ -136,7 +136,7 @@ def _check_policy(path: str | None) -> None:
 
 def _serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serve Prometheus metrics on 127.0.0.1:port; a busy port is a warning, not a failure."""
-    from sinks.metrics import serve
+    from salvage.sinks.metrics import serve
 
     if not port:
         return
@@ -231,7 +231,7 @@ def generate(
     customers react to the pipeline's interventions with known true effects (see README)."""
     from datetime import UTC, datetime
 
-    from connectors.simulator import SCENARIOS, VARIANTS, write_log
+    from salvage.connectors.simulator import SCENARIOS, VARIANTS, write_log
 
     unknown = sorted(set(variant or ()) - set(VARIANTS))
     if unknown:
@@ -374,8 +374,8 @@ def run(
     Kafka partition is read by exactly one worker of the cluster; file-mode outputs are written by
     process 0 (its --out-dir); Kafka mode needs a real bootstrap (no embedded broker per process).
     """
-    from flows.recovery import FlowSpec
-    from flows.sources import check_event_log, clear_stop, stop_requested
+    from salvage.flows.recovery import FlowSpec
+    from salvage.flows.sources import check_event_log, clear_stop, stop_requested
     from salvage.runner import (
         ClusterError,
         Recovery,
@@ -510,7 +510,7 @@ def _case_store_at_start(settings: Settings, flag_url: str | None, no_case_store
     configured explicitly (``--redis-url``, ``SALVAGE_REDIS_URL`` or ``SALVAGE_REDIS_PASSWORD``):
     down or refusing the password is exit 2 with the reason. Only the built-in default URL
     falls back to running without, and says so."""
-    from sinks.redis_store import redact_url, redis_problem
+    from salvage.sinks.redis_store import redact_url, redis_problem
 
     if no_case_store or not settings.redis_url:
         console.print("case store: off (--no-case-store or an empty Redis URL)")
@@ -535,11 +535,12 @@ def _case_store_at_start(settings: Settings, flag_url: str | None, no_case_store
 
 
 def _install_drain_handlers() -> None:
-    """SIGTERM / SIGINT: first one drains (see ``flows.sources.request_stop``), second one exits.
+    """SIGTERM / SIGINT: first one drains (see ``salvage.flows.sources.request_stop``), second one
+    exits.
 
     Bytewax runs the dataflow in Rust and calls back into Python's signal machinery between
     activations, so the handler runs promptly on the main thread; it only sets a flag."""
-    from flows.sources import request_stop, stop_requested
+    from salvage.flows.sources import request_stop, stop_requested
 
     def handler(signum: int, _frame: object) -> None:
         if stop_requested():
@@ -561,7 +562,7 @@ def _generate_closed_loop(
     policy: Path | None = None,
 ) -> None:
     """``generate --scenario closed-loop``: customers react to the pipeline's interventions."""
-    from connectors.closed_loop import write_log as write_closed_loop
+    from salvage.connectors.closed_loop import write_log as write_closed_loop
 
     record = write_closed_loop(
         orders,
@@ -613,7 +614,7 @@ def broker(
     SIGTERM or Ctrl-C stops the broker (the Tansu process) and exits 0."""
     import threading
 
-    from connectors.broker import EmbeddedBroker, ensure_topics
+    from salvage.connectors.broker import EmbeddedBroker, ensure_topics
 
     settings = _settings(topic_partitions=partitions)
     stop = threading.Event()
@@ -666,7 +667,7 @@ def replay(
     --rate caps messages per second. Re-publishing a log is harmless: the pipeline drops repeated
     event ids, and the same key always lands on the same partition.
     """
-    from connectors.replay import parse_time
+    from salvage.connectors.replay import parse_time
     from salvage.runner import replay_log
 
     if max_speed and speed is not None:
@@ -751,9 +752,9 @@ def demo(
     cases, triggers and holdouts, value of orders kept, refund leakage, open lane alerts, dead
     letters, consumer lag); plain lines every 5 s when the output is not a terminal. The outputs,
     a metrics snapshot and an HTML report land in OUT_DIR."""
-    from connectors.outputs import OUTPUTS
-    from connectors.simulator import write_log
-    from flows.recovery import FlowSpec
+    from salvage.connectors.outputs import OUTPUTS
+    from salvage.connectors.simulator import write_log
+    from salvage.flows.recovery import FlowSpec
     from salvage.live import LiveView
     from salvage.report import write_metrics_snapshot
     from salvage.runner import (
@@ -764,7 +765,7 @@ def demo(
         run_flow,
         summarise,
     )
-    from sinks.redis_store import redis_available
+    from salvage.sinks.redis_store import redis_available
 
     started = time.perf_counter()
     if out_dir.exists():
@@ -810,7 +811,7 @@ def demo(
     write_metrics_snapshot(out_dir)  # `salvage report` reads it later (holdouts, uplift)
     render_summary(summarise(out_dir), out_dir, console)
     if use_store:
-        from sinks.redis_store import redact_url
+        from salvage.sinks.redis_store import redact_url
 
         console.print(
             f"Case store: Redis {redact_url(settings.redis_url)} (keys salvage:case:<order_id>)"
@@ -858,9 +859,9 @@ def compare(
 
     from rich.table import Table
 
-    from policy.config import PolicyError
     from salvage.compare import compare as compare_runs
     from salvage.compare import run_policy
+    from salvage.policy.config import PolicyError
 
     if len(policy) != 2:
         console.print("[red]give exactly two policies: --policy A.yaml --policy B.yaml[/red]")
@@ -952,7 +953,7 @@ def dashboards_push(
     folder: Annotated[str, typer.Option(help="Grafana folder")] = "Salvage",
 ) -> None:
     """Push the committed dashboards to Grafana (token from GRAFANA_TOKEN, never a flag)."""
-    from dashboards.push import push_dashboards
+    from salvage.dashboards.push import push_dashboards
 
     for u in push_dashboards(url, os.environ.get("GRAFANA_TOKEN"), folder=folder):
         console.print(f"pushed {u}")
@@ -967,7 +968,7 @@ def explain(
     """Print a case's features, scores, candidate actions, guardrails and decision."""
     from rich.table import Table
 
-    from sinks.redis_store import CaseStore
+    from salvage.sinks.redis_store import CaseStore
 
     rec = CaseStore(*_redis_args(_settings(redis_url=redis_url))).get(order_id)
     if rec is None:
@@ -1073,7 +1074,7 @@ app.add_typer(review_app, name="review")
 
 
 def _queue(settings: Settings):
-    from sinks.review_queue import ReviewQueue
+    from salvage.sinks.review_queue import ReviewQueue
 
     return ReviewQueue(*_redis_args(settings))
 
@@ -1164,7 +1165,7 @@ def review_resolve(
     queue = _queue(settings)
 
     def publish(event: dict) -> None:
-        from sinks.kafka import TopicProducer
+        from salvage.sinks.kafka import TopicProducer
 
         conf = settings.kafka_client_config()
         with TopicProducer(conf, message_timeout_ms=int(publish_timeout * 1000)) as producer:

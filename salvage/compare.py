@@ -10,9 +10,9 @@ from pathlib import Path
 
 from bytewax.testing import run_main
 
-from flows.recovery import FlowSpec, build_flow
-from policy.config import Policy, load_policy
 from salvage.config import Settings
+from salvage.flows.recovery import FlowSpec, build_flow
+from salvage.policy.config import Policy, load_policy
 from salvage.uplift import uplift
 
 

@@ -158,8 +158,8 @@ class Settings(BaseSettings):
             raise ValueError("promise_recheck_hours: increasing, each > 2 (the missed check)")
         return self
 
-    def lane_config(self):  # -> features.lane.LaneConfig
-        from features.lane import LaneConfig
+    def lane_config(self):  # -> salvage.features.lane.LaneConfig
+        from salvage.features.lane import LaneConfig
 
         hour = 3_600_000_000
         return LaneConfig(
@@ -204,6 +204,6 @@ class Settings(BaseSettings):
         }
 
     def output_topics(self) -> list[str]:
-        from connectors.outputs import OUTPUTS
+        from salvage.connectors.outputs import OUTPUTS
 
         return [getattr(self, stream.topic_setting) for stream in OUTPUTS]

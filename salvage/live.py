@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from sinks.kpis import RETAINED
+from salvage.sinks.kpis import RETAINED
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ class ExportError(Exception):
 class ShardState:
     key: str
     epoch: int
-    stage: Any  # flows.stages.ModelStage
+    stage: Any  # salvage.flows.stages.ModelStage
 
 
 def _dirs(recovery_dirs: Path | Sequence[Path]) -> list[Path]:

@@ -57,7 +57,7 @@ def wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
 
 def _valid_events(path: Path) -> Iterator[dict]:
     """The log's events that the pipeline would accept (same parser); the rest are skipped."""
-    from connectors.parse import RawRecord, parse
+    from salvage.connectors.parse import RawRecord, parse
 
     with path.open("rb") as f:
         for i, raw in enumerate(f, 1):

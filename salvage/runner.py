@@ -17,16 +17,16 @@ from pathlib import Path
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
-from connectors.events import STREAM_OF
-from flows.recovery import FlowSpec, build_flow, process_id_from_env
 from salvage.config import Settings
+from salvage.connectors.events import STREAM_OF
+from salvage.flows.recovery import FlowSpec, build_flow, process_id_from_env
 
 
 @contextlib.contextmanager
 def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[Settings]:
     """Yield settings with a bootstrap: the configured cluster, or an embedded broker for the
     duration of the block (topics created), stopped on exit."""
-    from connectors.broker import EmbeddedBroker, ensure_topics
+    from salvage.connectors.broker import EmbeddedBroker, ensure_topics
 
     if settings.kafka_bootstrap:
         ensure_topics(
@@ -54,7 +54,7 @@ RUN_MANIFEST = "salvage-run.json"
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.
-STATE_VERSION = 3  # 3: DispatchStage.assigned (uplift assignments)
+STATE_VERSION = 4  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*
 
 
 class RecoveryMismatch(ValueError):
@@ -250,7 +250,8 @@ def tuned_gc() -> Iterator[None]:
 def run_flow(
     spec: FlowSpec, recovery: Recovery | None = None, cluster: Cluster | None = None
 ) -> float:
-    """Run to completion (or to a drain, see :func:`flows.sources.request_stop`) in this process;
+    """Run to completion (or to a drain, see :func:`salvage.flows.sources.request_stop`) in this
+    process;
     return wall seconds. ``recovery``: snapshot to and resume from ``recovery.db_dir``, which
     :func:`prepare_recovery` has initialised or checked.
 
@@ -258,7 +259,7 @@ def run_flow(
     Every process builds the same flow; Bytewax gives each input partition (file, Kafka
     topic-partition) and each keyed shard to exactly one worker of the cluster, and the file
     sinks' single partition to a worker of process 0 (``spec.process_id``, see
-    :class:`flows.recovery.JsonlSink`). Blocks until the whole cluster has finished."""
+    :class:`salvage.flows.recovery.JsonlSink`). Blocks until the whole cluster has finished."""
     cluster = cluster or Cluster()
     flow = build_flow(spec)
     kwargs: dict[str, object] = {"worker_count_per_proc": cluster.workers_per_process}
@@ -311,15 +312,16 @@ def replay_log(
       would in production.
     * ``t_from`` / ``t_to`` (µs, inclusive / exclusive) keep records whose ``occurred_at`` falls
       in the window; records without a readable ``occurred_at`` are always published.
-    * ``speed`` / ``rate``: see :class:`connectors.replay.Pacer`; by default as fast as possible.
+    * ``speed`` / ``rate``: see :class:`salvage.connectors.replay.Pacer`; by default as fast as
+    possible.
     * Re-publishing the same log is harmless: every event keeps its ``event_id`` (the pipeline
       drops duplicates) and lands on the same partition.
 
     The producer is idempotent with ``acks=all``; the call returns after every message is
-    acknowledged and raises :class:`sinks.kafka.KafkaDeliveryError` if any was not.
+    acknowledged and raises :class:`salvage.sinks.kafka.KafkaDeliveryError` if any was not.
     """
-    from connectors.replay import Pacer, Progress, event_time_us, iter_records
-    from sinks.kafka import TopicProducer
+    from salvage.connectors.replay import Pacer, Progress, event_time_us, iter_records
+    from salvage.sinks.kafka import TopicProducer
 
     topics = settings.input_topics()
     stats = ReplayStats()
@@ -385,8 +387,8 @@ def record_topics(
     """
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    from connectors.broker import topic_partitions
-    from connectors.replay import event_time_us
+    from salvage.connectors.broker import topic_partitions
+    from salvage.connectors.replay import event_time_us
 
     conf = {
         **settings.kafka_client_config(),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from connectors.events import EVENT_ADAPTER, EVENT_MODELS, STREAM_OF
-from connectors.outputs import OUTPUTS
+from salvage.connectors.events import EVENT_ADAPTER, EVENT_MODELS, STREAM_OF
+from salvage.connectors.outputs import OUTPUTS
 
 
 def all_schemas() -> dict[str, dict]:

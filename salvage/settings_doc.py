@@ -3,7 +3,7 @@ config``) and the README's settings table, both generated from the pydantic sett
 (``tests/test_settings_doc.py`` keeps the README equal to :func:`settings_table`).
 
 Three classes read the environment: :class:`salvage.config.Settings` (the pipeline),
-:class:`sinks.kpis.KpiSettings` (``SALVAGE_KPI_*``: metric label buckets) and the cost model
+:class:`salvage.sinks.kpis.KpiSettings` (``SALVAGE_KPI_*``: metric label buckets) and the cost model
 (``SALVAGE_COST_MODEL_FILE``, ``SALVAGE_COST_*``); :func:`validate_all` builds all three, so a bad
 value stops a command at start (exit 2), not a running flow."""
 
@@ -58,7 +58,7 @@ def _redact(name: str, value: Any) -> Any:
     if isinstance(value, SecretStr):
         return REDACTED if value.get_secret_value() else ""
     if name.endswith("_url") and isinstance(value, str) and value:
-        from sinks.redis_store import redact_url
+        from salvage.sinks.redis_store import redact_url
 
         return redact_url(value)
     return value
@@ -67,8 +67,8 @@ def _redact(name: str, value: Any) -> Any:
 def validate_all(settings: Settings | None = None) -> dict[str, Any]:
     """Build every settings class (raises pydantic's ValidationError / ValueError / OSError on a
     bad value) and return the effective configuration as a tree, secrets redacted."""
-    from sinks.cost_model import load_cost_model
-    from sinks.kpis import KpiSettings
+    from salvage.sinks.cost_model import load_cost_model
+    from salvage.sinks.kpis import KpiSettings
 
     settings = settings or Settings()
     tree: dict[str, Any] = {}
@@ -114,7 +114,7 @@ def _rows(cls: type[BaseSettings], prefix: str, described: type[BaseModel] | Non
 
 
 def _kpi_rows():
-    from sinks.kpis import KpiSettings
+    from salvage.sinks.kpis import KpiSettings
 
     for env, default, text in _rows(KpiSettings, "SALVAGE_KPI_"):
         name = env.strip("`").removeprefix("SALVAGE_KPI_").lower()
@@ -126,7 +126,7 @@ def _kpi_rows():
 
 
 def _cost_rows():
-    from sinks.cost_model import CostModel, _CostEnv
+    from salvage.sinks.cost_model import CostModel, _CostEnv
 
     yield "`SALVAGE_COST_MODEL_FILE`", "", "cost model file (JSON or YAML); `SALVAGE_COST_*` win"
     for env, default, text in _rows(_CostEnv, "SALVAGE_COST_", described=CostModel):

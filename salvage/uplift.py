@@ -5,7 +5,8 @@ Inputs (written by every run into its out dir, file and Kafka mode alike):
 * ``assignments.jsonl``: one line per order that reached a decision point whose chosen action is
   randomised (holdout share > 0, not a forced review): the action chosen there (the order's
   stratum) and its arm, from the deterministic holdout draw
-  (:func:`policy.engine.holdout_unit` ``< share``). The first such point fixes the arm for good:
+  (:func:`salvage.policy.engine.holdout_unit` ``< share``). The first such point fixes the arm for
+  good:
   what happens later (a contact cap or budget suppressing the message, a later action, a
   holdout for another action) does not move the order between arms.
 * ``outcomes.jsonl``: the closing outcome of assigned orders. An order is *retained* unless it

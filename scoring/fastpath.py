@@ -16,7 +16,9 @@ import math
 
 from river import compose
 
-CLIP = 5.0  # standardised values are capped at +-CLIP (scoring.models.clip, in the pipeline)
+CLIP = (
+    5.0  # standardised values are capped at +-CLIP (salvage.scoring.models.clip, in the pipeline)
+)
 
 
 def predict_proba(pipeline: compose.Pipeline, x: dict[str, float]) -> float:

@@ -32,8 +32,8 @@ from typing import Any
 
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
-from scoring.baseline import RULES_VERSION, ScoreResult
-from scoring.fastpath import CLIP, predict_proba
+from salvage.scoring.baseline import RULES_VERSION, ScoreResult
+from salvage.scoring.fastpath import CLIP, predict_proba
 
 RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
 LOST = frozenset({"refund", "chargeback"})
@@ -556,7 +556,8 @@ class ModelSet:
         return events
 
     def late_fact(self, order_id: str, t: int, late: dict[str, Any]) -> list[dict[str, Any]]:
-        """A fact for a settled case (see ``flows.stages.Settled``): a decisive review verdict,
+        """A fact for a settled case (see ``salvage.flows.stages.Settled``): a decisive review
+        verdict,
         a grade or a chargeback labels a case that waits for one; anything else changes nothing.
         Every snapshot kept predates the close, so none of them saw this fact."""
         entry = self.awaiting.get(order_id)

@@ -81,7 +81,8 @@ def terms_of(text: str) -> dict[str, int]:
 
 
 class IntentClassifier:
-    """One per deployment (the intent stage of :mod:`flows.stages`), fed every contact with text
+    """One per deployment (the intent stage of :mod:`salvage.flows.stages`), fed every contact with
+    text
     in event-time order, so what it fills in does not depend on shard or worker counts.
 
     Quality is measured on what the pipeline *delivers*: before learning a labelled contact, the

@@ -3,7 +3,8 @@
 ``observe`` receives fact dicts from ``CustomerStage``:
 
 * ``kind="case"``, once per closed case: ``t`` (event time, µs), ``case``
-  (:meth:`features.order_case.OrderCase.facts`), ``first_recoverability`` (the first score the case
+  (:meth:`salvage.features.order_case.OrderCase.facts`), ``first_recoverability`` (the first score
+  the case
   got), ``scores`` (at close), ``triggered`` (actions decided), ``held_out`` (those of them held
   out: the draw is per order, the share per action), ``customer`` (customer-context features at
   close);
@@ -30,7 +31,7 @@ in seconds). ``D`` = ``campaign, sku_family, lane``:
 ``salvage_returns_total``                   closed cases with a return request {reason, D,
                                             support_reason}
 ``salvage_return_cost_total``               fully loaded cost of returns {currency, component,
-                                            courier, D} (:mod:`sinks.cost_model`)
+                                            courier, D} (:mod:`salvage.sinks.cost_model`)
 ``salvage_returns_graded_total``            graded returns {grade, D}; restock rate = A / all
 ``salvage_time_to_refund_seconds``          histogram, refund minus return request {D}
 ``salvage_scored_cases_total``              closed cases by first recoverability decile and
@@ -72,10 +73,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from connectors.events import Grade, Intent, ReturnReason
-from connectors.outputs import Action
-from features.order_case import Outcome
-from sinks.cost_model import CostModel, load_cost_model
+from salvage.connectors.events import Grade, Intent, ReturnReason
+from salvage.connectors.outputs import Action
+from salvage.features.order_case import Outcome
+from salvage.sinks.cost_model import CostModel, load_cost_model
 
 OTHER = "other"
 PLACEHOLDERS = frozenset({"none", "unknown", OTHER})

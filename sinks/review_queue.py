@@ -20,7 +20,8 @@
   (reviewers claim and resolve from other processes) and when it closes.
 
 Outages in the dataflow (:class:`RedisReviewSink`) are handled as the case store handles them
-(``sinks.redis_store``, same transient errors): the flow keeps processing, and each worker keeps
+(``salvage.sinks.redis_store``, same transient errors): the flow keeps processing, and each worker
+keeps
 a **backlog** of the triggers Redis has not accepted (one per ``trigger_id``; gauge
 ``salvage_review_queue_backlog``, failed attempts ``salvage_review_queue_write_failures_total``),
 retried at most every ``retry_interval_seconds`` (doubling up to 10 s); the first success enqueues
@@ -49,14 +50,14 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
 
-from connectors.events import REVIEWER_ID_PATTERN, Stream
-from connectors.outputs import DeadLetter
-from connectors.parse import RawRecord, parse
-from sinks import metrics
+from salvage.connectors.events import REVIEWER_ID_PATTERN, Stream
+from salvage.connectors.outputs import DeadLetter
+from salvage.connectors.parse import RawRecord, parse
+from salvage.sinks import metrics
 
 # the case store's outage handling: a bounded backlog retried with backoff (a wrong password is a
 # configuration error, not an outage)
-from sinks.redis_store import OutageBacklog
+from salvage.sinks.redis_store import OutageBacklog
 
 log = logging.getLogger(__name__)
 

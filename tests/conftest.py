@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from connectors.broker import EmbeddedBroker, free_port
-from sinks.redis_store import redis_available
+from salvage.connectors.broker import EmbeddedBroker, free_port
+from salvage.sinks.redis_store import redis_available
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
 

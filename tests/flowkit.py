@@ -8,9 +8,9 @@ from typing import Any
 
 from bytewax.testing import cluster_main
 
-from connectors.simulator import write_log
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
+from salvage.connectors.simulator import write_log
+from salvage.flows.recovery import FlowSpec, build_flow
 
 _LOGS: dict[tuple, Path] = {}
 

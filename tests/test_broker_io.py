@@ -13,7 +13,7 @@ from bytewax.testing import TestingSource, run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import REGISTRY
 
-from connectors.broker import (
+from salvage.connectors.broker import (
     BrokerStartError,
     EmbeddedBroker,
     TopicNotFoundError,
@@ -21,7 +21,7 @@ from connectors.broker import (
     free_port,
     topic_partitions,
 )
-from sinks.kafka import KafkaDeliveryError, KafkaOutputSink, TopicProducer
+from salvage.sinks.kafka import KafkaDeliveryError, KafkaOutputSink, TopicProducer
 
 integration = pytest.mark.integration
 

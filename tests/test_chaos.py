@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.broker import ensure_topics
 from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics
 from salvage.runner import publish_log
 from tests.flowkit import jsonl, run_file_flow, sim_log
 

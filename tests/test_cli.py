@@ -120,7 +120,7 @@ def test_bytewax_run_entry_point(tmp_path):
         "SALVAGE_REDIS_URL": "",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "flows.recovery:flow"],
+        [sys.executable, "-m", "bytewax.run", "salvage.flows.recovery:flow"],
         env=env,
         cwd=Path(__file__).parents[1],
         capture_output=True,
@@ -156,8 +156,8 @@ def test_run_with_an_invalid_policy_stops_with_the_field_path(tmp_path):
 def test_explain_prints_a_real_case_and_review_cli_round_trip(tmp_path, redis_url, monkeypatch):
     import redis as redis_lib
 
-    from sinks.redis_store import CaseStore
-    from sinks.review_queue import STREAM
+    from salvage.sinks.redis_store import CaseStore
+    from salvage.sinks.review_queue import STREAM
 
     log = sim_log(tmp_path, orders=600, seed=3)
     redis_url = redis_url.rsplit("/", 1)[0] + "/13"  # a DB of its own: order ids recur across runs
@@ -217,8 +217,8 @@ def test_resolve_keeps_the_verdict_until_kafka_has_it(
     """A publish that fails leaves the review claimed; the retry publishes it and resolves it."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from connectors.broker import ensure_topics, free_port
-    from sinks.review_queue import STREAM, ReviewQueue
+    from salvage.connectors.broker import ensure_topics, free_port
+    from salvage.sinks.review_queue import STREAM, ReviewQueue
 
     redis_url = redis_url.rsplit("/", 1)[0] + "/12"  # the CLI uses the default stream name
     queue = ReviewQueue(redis_url)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from connectors.broker import free_port
 from salvage.cli import app
+from salvage.connectors.broker import free_port
 
 runner = CliRunner()
 RESOLVE = ["review", "resolve", "--verdict", "deny", "--reviewer", "agent-1"]

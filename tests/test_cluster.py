@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.broker import free_port
-from connectors.simulator import write_log
+from salvage.connectors.broker import free_port
+from salvage.connectors.simulator import write_log
 from salvage.runner import Cluster, ClusterError, resolve_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
-from connectors.broker import ensure_topics
-from flows.sources import KafkaEventSource, kafka_part_id
+from salvage.connectors.broker import ensure_topics
+from salvage.flows.sources import KafkaEventSource, kafka_part_id
 from tests.helpers import line, order_placed
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""Every output stream is declared once (connectors.outputs.OUTPUTS) and has a contract: a pydantic
+"""Every output stream is declared once (salvage.connectors.outputs.OUTPUTS) and has a contract: a
+pydantic
 model, a JSON Schema from `salvage schemas`, a topic setting and a file name; a real run's output
 validates against the schemas, line by line."""
 
@@ -9,9 +10,9 @@ import json
 import jsonschema
 from typer.testing import CliRunner
 
-from connectors.outputs import OUTPUTS, Disposition, ModelEvent
 from salvage.cli import app
 from salvage.config import Settings
+from salvage.connectors.outputs import OUTPUTS, Disposition, ModelEvent
 from tests.flowkit import run_file_flow, sim_log
 
 
@@ -36,7 +37,7 @@ def test_model_events_and_dispositions_are_checked_against_their_contracts():
     assert line["rules_auc"] is None and line["model_auc"] == 0.91
     assert ModelEvent.model_validate(line).change == "promoted"
     # what the models really emit fits the contract
-    from scoring.models import ModelConfig, OnlineModel
+    from salvage.scoring.models import ModelConfig, OnlineModel
 
     real = OnlineModel("abuse", ModelConfig())._event(5, "demoted", "test")
     stream["model_event"].serialise({**real, "at": "2026-03-08T20:00:00Z", "shard": 0})

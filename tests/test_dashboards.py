@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-import sinks.kafka  # registers the Kafka sink's metrics
-import sinks.kpis
-import sinks.metrics
-from dashboards import generate
-from dashboards.builder import DATASOURCE_UID, SCHEMA_VERSION, render, substitute
-from dashboards.definitions import DASHBOARDS
+import salvage.sinks.kafka  # registers the Kafka sink's metrics
+import salvage.sinks.kpis
+import salvage.sinks.metrics
+import salvage.sinks.review_queue  # registers the review queue's backlog gauge
+from salvage.dashboards import generate
+from salvage.dashboards.builder import DATASOURCE_UID, SCHEMA_VERSION, render, substitute
+from salvage.dashboards.definitions import DASHBOARDS
 
 ALERTS = Path(__file__).resolve().parent.parent / "dashboards" / "alerts"
 RULES = ALERTS / "salvage.rules.yml"
@@ -34,12 +35,14 @@ ALERT_NAMES = {
 EXTERNAL = {"up", "bytewax_kafka_consumer_lag", "salvage_kafka_consumer_lag"}
 
 
-assert sinks.kafka and sinks.kpis and sinks.metrics  # imported for their metrics
+# imported for their metrics
+assert salvage.sinks.kafka and salvage.sinks.kpis and salvage.sinks.metrics
+assert salvage.sinks.review_queue
 
 
 def test_committed_files_match_the_generator():
     stale = generate.stale()
-    assert not stale, f"stale generated files {stale}: run `python -m dashboards.generate`"
+    assert not stale, f"stale generated files {stale}: run `python -m salvage.dashboards.generate`"
 
 
 def test_generate_check_mode(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.eventtime import END, IDLE, PartitionClock, Reorderer, from_us, to_us
+from salvage.features.eventtime import END, IDLE, PartitionClock, Reorderer, from_us, to_us
 
 
 def test_time_round_trip():

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from connectors.broker import ensure_topics
-from connectors.outputs import Trigger
+from salvage.connectors.broker import ensure_topics
+from salvage.connectors.outputs import Trigger
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.fastpath import predict_proba
-from scoring.models import ModelConfig, _pipeline, clip
+from salvage.scoring.fastpath import predict_proba
+from salvage.scoring.models import ModelConfig, _pipeline, clip
 
 
 def _trained(seed: int, n: int = 400):

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from connectors.outputs import DeadLetter, DeadLetterKind
-from connectors.parse import MAX_EVENT_BYTES, RawRecord, parse
-from features.eventtime import END, to_us
-from flows.stages import CaseStage, StageConfig
+from salvage.connectors.outputs import DeadLetter, DeadLetterKind
+from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, parse
+from salvage.features.eventtime import END, to_us
+from salvage.flows.stages import CaseStage, StageConfig
 from tests.flowkit import jsonl, run_file_flow, sim_log
 from tests.helpers import event, line, order_placed
 
@@ -354,7 +354,7 @@ def test_a_quiet_gap_confirmed_by_the_next_events_is_not_rejected(log, clean, tm
 
 @pytest.mark.parametrize(("kind", "head"), [("gzip", b"\x1f\x8b\x08\x00"), ("Parquet", b"PAR1")])
 def test_file_mode_refuses_compressed_or_columnar_logs_with_a_clear_error(tmp_path, kind, head):
-    from flows.sources import EventLogSource
+    from salvage.flows.sources import EventLogSource
 
     path = tmp_path / "log.bin"
     path.write_bytes(head + b"\x00" * 64)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from bytewax.testing import cluster_main
 
-from connectors.broker import ensure_topics
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics
+from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.runner import consume_topic, publish_log
-from sinks.redis_store import CaseStore, RedisCaseSink
+from salvage.sinks.redis_store import CaseStore, RedisCaseSink
 from tests.flowkit import jsonl, run_file_flow, sim_log
 
 pytestmark = pytest.mark.integration

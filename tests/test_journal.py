@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.journal import EpochJournal, JournalError
+from salvage.flows.journal import EpochJournal, JournalError
 
 KEYS = st.sampled_from([f"o-{i}" for i in range(12)])
 OPS = st.lists(

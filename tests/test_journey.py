@@ -1,6 +1,7 @@
 """Return-journey tracking: status updates and breakage alerts (features/journey.py).
 
-Unit tests drive a real :class:`flows.stages.CaseStage` (events + watermark ticks, exactly as the
+Unit tests drive a real :class:`salvage.flows.stages.CaseStage` (events + watermark ticks, exactly
+as the
 dataflow does), a hypothesis property checks the state machine over random event orders and batch
 splits, and flow tests check the outputs of a simulator log against the simulator's truth file.
 """
@@ -19,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from connectors.events import EVENT_ADAPTER
-from connectors.outputs import JourneyAlert, JourneyStage, StatusUpdate
-from features.eventtime import DAY_US, HOUR_US, from_us, iso, to_us
-from features.journey import STAGE_RANK, add_business_days
-from flows.stages import CaseStage, StageConfig
-from policy.config import PolicyError, load_policy
+from salvage.connectors.events import EVENT_ADAPTER
+from salvage.connectors.outputs import JourneyAlert, JourneyStage, StatusUpdate
+from salvage.features.eventtime import DAY_US, HOUR_US, from_us, iso, to_us
+from salvage.features.journey import STAGE_RANK, add_business_days
+from salvage.flows.stages import CaseStage, StageConfig
+from salvage.policy.config import PolicyError, load_policy
 from salvage.schemas import all_schemas
 from tests.flowkit import jsonl, run_file_flow, sim_log
 from tests.helpers import event, order_placed
@@ -335,7 +336,7 @@ def test_timer_alerts_survive_a_snapshot_and_restore():
 
 
 def test_end_of_input_does_not_advance_time_past_the_last_event():
-    from features.eventtime import END
+    from salvage.features.eventtime import END
 
     docs = [*base_story(), received(RECEIVED)]
     h = Harness()
@@ -554,7 +555,7 @@ def _t(e: dict) -> int:
 
 
 def test_the_simulator_marks_its_breakages_and_leaves_every_other_order_alone(monkeypatch):
-    from connectors import simulator
+    from salvage.connectors import simulator
 
     def stories(share: float) -> tuple[dict[str, list[dict]], dict[str, str | None]]:
         monkeypatch.setattr(simulator, "JOURNEY_ANOMALY_SHARE", share)
@@ -678,9 +679,9 @@ def test_kafka_mode_publishes_the_same_journey_messages_keyed_by_order(
     from bytewax.testing import cluster_main
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from connectors.broker import ensure_topics
-    from flows.recovery import FlowSpec, build_flow
     from salvage.config import Settings
+    from salvage.connectors.broker import ensure_topics
+    from salvage.flows.recovery import FlowSpec, build_flow
     from salvage.runner import publish_log
 
     suffix = unique_name("j")

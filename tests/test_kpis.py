@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from sinks import kpis
-from sinks.cost_model import CostModel, load_cost_model
+from salvage.sinks import kpis
+from salvage.sinks.cost_model import CostModel, load_cost_model
 
 DAY = 86_400 * 1_000_000
 T0 = 1_772_000_000 * 1_000_000

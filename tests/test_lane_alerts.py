@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.simulator import lane_profiles
-from features.eventtime import DAY_US, HOUR_US
-from features.lane import LaneConfig, LaneMonitor, beta_sf
 from salvage.config import Settings
+from salvage.connectors.simulator import lane_profiles
+from salvage.features.eventtime import DAY_US, HOUR_US
+from salvage.features.lane import LaneConfig, LaneMonitor, beta_sf
 from tests.flowkit import jsonl, sim_log
 
 LAUNCH = ("launch-week-backlog", 4000, 3)
@@ -322,10 +322,10 @@ def test_lane_metrics_are_bounded_labels_whatever_the_payload_says():
     reported as ``other``, so a feed with postcodes for regions cannot explode the series."""
     from prometheus_client import REGISTRY
 
-    from features.eventtime import DAY_US, END
-    from flows.stages import LaneStage, StageConfig, case_key
-    from sinks import kpis
-    from sinks.cost_model import CostModel
+    from salvage.features.eventtime import DAY_US, END
+    from salvage.flows.stages import LaneStage, StageConfig, case_key
+    from salvage.sinks import kpis
+    from salvage.sinks.cost_model import CostModel
 
     kpis.configure(kpis.KpiSettings(top_n_lane_monitor=2), CostModel())
     try:

@@ -12,11 +12,11 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 
-from connectors.events import EVENT_ADAPTER
-from features.eventtime import END, to_us
-from flows.stages import CaseStage, ContextStage, ModelStage, StageConfig
-from scoring.baseline import RULES_VERSION, ScoreResult
-from scoring.models import ModelConfig, ModelSet, abuse_revealed_at
+from salvage.connectors.events import EVENT_ADAPTER
+from salvage.features.eventtime import END, to_us
+from salvage.flows.stages import CaseStage, ContextStage, ModelStage, StageConfig
+from salvage.scoring.baseline import RULES_VERSION, ScoreResult
+from salvage.scoring.models import ModelConfig, ModelSet, abuse_revealed_at
 from tests.helpers import event, order_placed
 
 RULES = ScoreResult(0.5, 0.5, RULES_VERSION)

@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from rich.console import Console
 
 from salvage.live import LiveView, render
-from sinks import kpis
-from sinks.kpis import RETAINED
+from salvage.sinks import kpis
+from salvage.sinks.kpis import RETAINED
 from tests.flowkit import jsonl, run_file_flow, sim_log
 
 MALFORMED = [b"this line is not JSON", b'{"event_type": "carrier_scan", "schema_version": 1}']
@@ -190,7 +190,7 @@ def test_open_lane_alerts_are_listed_by_lane(tmp_path):
     the stages' state and the gauge, and the view lists that lane."""
     import threading
 
-    from flows.sources import clear_stop, request_stop
+    from salvage.flows.sources import clear_stop, request_stop
 
     log = sim_log(tmp_path, "launch-week-backlog", 1200, 5)
     opened_before = {k for k, v in _by("salvage_lane_alert_open", "lane").items() if v >= 1}
@@ -238,8 +238,8 @@ def test_a_shard_without_a_watermark_yet_is_not_an_event_time():
     view takes the slowest shard that has one."""
     from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-    from features.eventtime import BEGIN
-    from flows.stages import CaseStage, StageConfig
+    from salvage.features.eventtime import BEGIN
+    from salvage.flows.stages import CaseStage, StageConfig
     from salvage.live import sample
 
     stage = CaseStage(97, StageConfig(case_shards=98, cust_shards=1, lane_shards=1, sources=("p",)))

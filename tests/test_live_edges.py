@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from connectors.broker import ensure_topics
-from connectors.events import Stream
-from connectors.outputs import DeadLetter, DeadLetterKind
-from connectors.parse import (
+from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics
+from salvage.connectors.events import Stream
+from salvage.connectors.outputs import DeadLetter, DeadLetterKind
+from salvage.connectors.parse import (
     PRODUCER_MESSAGE_MAX_BYTES,
     RawRecord,
     dead_letter_size_bound,
     parse,
     set_dead_letter_max_bytes,
 )
-from salvage.config import Settings
 from salvage.runner import publish_log
 from tests.helpers import event, line, order_placed
 
@@ -200,7 +200,7 @@ def _dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
 
 
 def test_the_flow_settings_give_the_redis_sinks_short_timeouts():
-    from flows.recovery import FlowSpec, _sinks
+    from salvage.flows.recovery import FlowSpec, _sinks
 
     sinks = _sinks(FlowSpec(Settings(redis_url="redis://127.0.0.1:1/0"), inputs=[Path("x")]))
     assert sinks["cases"]._store_kwargs["socket_timeout"] == 0.5
@@ -221,7 +221,7 @@ def test_a_frozen_redis_does_not_stop_processing_and_the_store_catches_up(
 
     from bytewax.testing import cluster_main
 
-    from flows.recovery import FlowSpec, build_flow
+    from salvage.flows.recovery import FlowSpec, build_flow
     from tests.flowkit import run_file_flow, sim_log
 
     log = sim_log(tmp_path / "logs", orders=500, seed=31)

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from features.eventtime import DAY_US
-from flows.stages import CaseView, ModelStage, StageConfig
-from scoring.baseline import RULES_VERSION, ScoreResult
-from scoring.models import ModelConfig, ModelSet, abuse_label, recoverability_label
-from scoring.text import IntentClassifier
+from salvage.features.eventtime import DAY_US
+from salvage.flows.stages import CaseView, ModelStage, StageConfig
+from salvage.scoring.baseline import RULES_VERSION, ScoreResult
+from salvage.scoring.models import ModelConfig, ModelSet, abuse_label, recoverability_label
+from salvage.scoring.text import IntentClassifier
 
 RULES = ScoreResult(0.5, 0.5, RULES_VERSION)
 
@@ -59,7 +59,7 @@ def test_an_order_keeps_its_first_risk_its_return_and_its_newest_snapshot():
 
 
 def test_the_rule_scores_are_model_inputs_and_a_return_crosses_every_input():
-    from scoring.models import logit, prepare
+    from salvage.scoring.models import logit, prepare
 
     ms = ModelSet()
     ms.score("o1", 1, {"a": 1.0}, ScoreResult(0.9, 0.1, RULES_VERSION), returned=False)
@@ -244,8 +244,8 @@ def test_models_export_writes_the_learned_parameters_of_a_real_run(tmp_path, sal
     import json
     import math
 
-    from connectors.simulator import write_log
-    from scoring.models import prepare
+    from salvage.connectors.simulator import write_log
+    from salvage.scoring.models import prepare
 
     log = tmp_path / "events.jsonl"
     write_log("steady-state", 800, 3, log)
@@ -286,7 +286,7 @@ def test_models_export_writes_the_learned_parameters_of_a_real_run(tmp_path, sal
 
 
 def test_a_one_class_window_has_no_auc_and_nothing_is_promoted_on_it():
-    from scoring.models import OnlineModel, RollingEval
+    from salvage.scoring.models import OnlineModel, RollingEval
 
     ev = RollingEval(window=50)
     for i in range(60):
@@ -307,7 +307,7 @@ def test_no_promotion_when_the_model_is_worse_than_the_rules_on_the_cases_they_f
     """Overall the model ranks better (it separates the unflagged cases the rules lump together),
     but on the cases the rules flag (abuse score >= 0.5) it is worse: never promoted. The same
     model, equally good on the flagged cases, is promoted (the gate is not just closed)."""
-    from scoring.models import OnlineModel
+    from salvage.scoring.models import OnlineModel
 
     rng = random.Random(7)
 

@@ -4,9 +4,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.events import EVENT_ADAPTER
-from features.eventtime import DAY_US, HOUR_US, PartitionClock, Reorderer, to_us
-from features.order_case import OrderCase, Outcome, Status
+from salvage.connectors.events import EVENT_ADAPTER
+from salvage.features.eventtime import DAY_US, HOUR_US, PartitionClock, Reorderer, to_us
+from salvage.features.order_case import OrderCase, Outcome, Status
 from tests.helpers import event, order_placed
 
 WINDOW = 30 * DAY_US
@@ -263,7 +263,7 @@ def test_duplicates_are_recognised():
 
 def test_dedupe_remembers_the_last_ids_not_the_first():
     """A long-lived case (many scans) still recognises a redelivered recent event."""
-    from features.order_case import MAX_SEEN_IDS
+    from salvage.features.order_case import MAX_SEEN_IDS
 
     evs = story()
     case = apply_all(evs[:1])

@@ -14,9 +14,9 @@ import redis
 from bytewax.testing import cluster_main
 from prometheus_client import REGISTRY
 
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
-from sinks.redis_store import RedisCaseSink
+from salvage.flows.recovery import FlowSpec, build_flow
+from salvage.sinks.redis_store import RedisCaseSink
 from tests.flowkit import run_file_flow, sim_log
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,9 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.events import OrderPlaced, Stream
-from connectors.outputs import DeadLetter, DeadLetterKind
-from connectors.parse import MAX_EVENT_BYTES, RawRecord, parse
+from salvage.connectors.events import OrderPlaced, Stream
+from salvage.connectors.outputs import DeadLetter, DeadLetterKind
+from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, parse
 from tests.helpers import event, line, order_placed
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.outputs import Action
-from features.eventtime import DAY_US, HOUR_US
-from flows.stages import CaseView, DispatchStage, StageConfig
-from policy.config import DEFAULT_POLICY, PolicyError, load_policy
-from policy.engine import decide, holdout_unit
-from scoring.baseline import ScoreResult
-from scoring.models import Scored
+from salvage.connectors.outputs import Action
+from salvage.features.eventtime import DAY_US, HOUR_US
+from salvage.flows.stages import CaseView, DispatchStage, StageConfig
+from salvage.policy.config import DEFAULT_POLICY, PolicyError, load_policy
+from salvage.policy.engine import decide, holdout_unit
+from salvage.scoring.baseline import ScoreResult
+from salvage.scoring.models import Scored
 
 POLICY = load_policy()
 
@@ -75,8 +75,8 @@ def test_unreadable_policy_files_are_clear_errors(tmp_path):
 
 
 def _features(**over) -> dict[str, float]:
-    from features.customer import CustomerContext
-    from features.order_case import OrderCase
+    from salvage.features.customer import CustomerContext
+    from salvage.features.order_case import OrderCase
 
     f = OrderCase("o").features(0) | CustomerContext("c").features(0)
     f.update(order_value=120.0, margin=60.0, margin_rate=0.5)
@@ -297,7 +297,7 @@ def test_compare_shows_what_a_policy_change_would_do(tmp_path):
 
 
 def test_disposition_routes_by_expected_recovered_value():
-    from policy.disposition import DispositionPolicy, decide_disposition
+    from salvage.policy.disposition import DispositionPolicy, decide_disposition
 
     p = DispositionPolicy()
     a = decide_disposition(p, "A", "apparel_tops", 80.0, waited_days=1)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.outputs import Action, Priority
-from features.eventtime import DAY_US
-from policy.config import MAX_CONTACT_LOG, PolicyError, load_policy
-from policy.engine import decide
+from salvage.connectors.outputs import Action, Priority
+from salvage.features.eventtime import DAY_US
+from salvage.policy.config import MAX_CONTACT_LOG, PolicyError, load_policy
+from salvage.policy.engine import decide
 from tests.test_policy import _default_doc, _features, _scores, _sent, _stage, _update, _write
 
 POLICY = load_policy()

@@ -29,13 +29,13 @@ import redis
 from bytewax.testing import cluster_main
 from prometheus_client import start_http_server
 
-from connectors.broker import ensure_topics, free_port
-from dashboards.builder import substitute
-from dashboards.definitions import DASHBOARDS
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics, free_port
+from salvage.dashboards.builder import substitute
+from salvage.dashboards.definitions import DASHBOARDS
+from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.runner import publish_log
-from sinks.review_queue import RedisReviewSink
+from salvage.sinks.review_queue import RedisReviewSink
 from tests.flowkit import sim_log
 
 pytestmark = pytest.mark.integration

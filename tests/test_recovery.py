@@ -18,10 +18,10 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.broker import ensure_topics, free_port
-from connectors.simulator import write_log
-from flows.recovery import FlowSpec
 from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics, free_port
+from salvage.connectors.simulator import write_log
+from salvage.flows.recovery import FlowSpec
 from salvage.runner import (
     Recovery,
     RecoveryMismatch,

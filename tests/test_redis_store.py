@@ -13,7 +13,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
-from sinks.redis_store import (
+from salvage.sinks.redis_store import (
     CaseRecord,
     CaseStore,
     CaseStoreUnavailable,
@@ -139,7 +139,7 @@ def test_redis_case_sink_through_bytewax(redis_url: str, redis_key_prefix: str) 
 
 
 def test_redis_available_false_on_closed_port() -> None:
-    from connectors.broker import free_port
+    from salvage.connectors.broker import free_port
 
     assert not redis_available(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     assert not redis_available("not-a-url")

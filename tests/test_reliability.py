@@ -14,11 +14,11 @@ from bytewax.testing import cluster_main
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from connectors.broker import ensure_topics
-from features.eventtime import BEGIN, IDLE, Reorderer
-from flows.recovery import FlowSpec, build_flow
-from flows.sources import clear_stop, request_stop
 from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics
+from salvage.features.eventtime import BEGIN, IDLE, Reorderer
+from salvage.flows.recovery import FlowSpec, build_flow
+from salvage.flows.sources import clear_stop, request_stop
 from salvage.runner import publish_log
 from tests.flowkit import jsonl, run_file_flow, sim_log
 

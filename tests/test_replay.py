@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.broker import ensure_topics
-from connectors.events import EVENT_ADAPTER
-from connectors.replay import Pacer, detect_format, event_time_us, iter_records, parse_time
-from flows.recovery import FlowSpec
 from salvage.cli import app
 from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics
+from salvage.connectors.events import EVENT_ADAPTER
+from salvage.connectors.replay import Pacer, detect_format, event_time_us, iter_records, parse_time
+from salvage.flows.recovery import FlowSpec
 from salvage.runner import consume_topic, record_topics, replay_log, run_flow
 from tests.flowkit import jsonl, run_file_flow, sim_log
 

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
-from dashboards.push import dashboard_files, push_dashboards
+from salvage.dashboards.push import dashboard_files, push_dashboards
 from salvage.report import METRICS_FILE, collect, wilson, write_metrics_snapshot, write_report
 from tests.flowkit import jsonl, run_file_flow, sim_log
 

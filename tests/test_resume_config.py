@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from features.eventtime import BEGIN
-from flows.recovery import _StageLogic
-from flows.stages import CaseStage, ModelStage, StageConfig
-from scoring.models import ModelConfig
+from salvage.features.eventtime import BEGIN
+from salvage.flows.recovery import _StageLogic
+from salvage.flows.stages import CaseStage, ModelStage, StageConfig
+from salvage.scoring.models import ModelConfig
 
 
 def _cfg(**kw) -> StageConfig:
@@ -52,9 +52,9 @@ def test_a_resumed_model_stage_takes_the_new_promotion_gate():
 def test_a_resume_reschedules_deadlines_under_the_new_return_window(days):
     """Timers computed under the old return window would be discarded when they fire (their
     deadline no longer matches) and the case would never close: rebind rebuilds them."""
-    from connectors.parse import RawRecord
-    from features.eventtime import DAY_US
-    from flows.sources import _Parser
+    from salvage.connectors.parse import RawRecord
+    from salvage.features.eventtime import DAY_US
+    from salvage.flows.sources import _Parser
     from tests.helpers import event, line, order_placed
 
     before = _cfg(return_window_us=30 * DAY_US, infer_intents=False)
@@ -79,7 +79,7 @@ def test_a_resume_reschedules_deadlines_under_the_new_return_window(days):
 
 def test_a_resume_turns_intent_inference_on_or_off():
     """The case shards wait for the intent stage only while inference is on."""
-    from flows.stages import INTENT_KEY, IntentStage
+    from salvage.flows.stages import INTENT_KEY, IntentStage
 
     on = CaseStage(0, _cfg(intent_stage=True))
     assert INTENT_KEY in on.reorderer.upstream

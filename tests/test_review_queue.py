@@ -11,11 +11,11 @@ import redis
 from bytewax.testing import cluster_main
 from prometheus_client import REGISTRY
 
-from connectors.events import ReviewResolved
-from connectors.parse import RawRecord, parse
-from flows.recovery import FlowSpec, build_flow
 from salvage.config import Settings
-from sinks.review_queue import (
+from salvage.connectors.events import ReviewResolved
+from salvage.connectors.parse import RawRecord, parse
+from salvage.flows.recovery import FlowSpec, build_flow
+from salvage.sinks.review_queue import (
     QueueDepth,
     RedisReviewSink,
     ReviewError,

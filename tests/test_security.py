@@ -11,10 +11,10 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from connectors.broker import free_port
 from salvage.cli import app
 from salvage.config import Settings
-from sinks.redis_store import CaseStore, redact_url, redis_available
+from salvage.connectors.broker import free_port
+from salvage.sinks.redis_store import CaseStore, redact_url, redis_available
 from tests.helpers import event, line, order_placed
 
 KAFKA_SECRET = "kafka-Pa55-DO-NOT-LEAK"
@@ -169,8 +169,8 @@ def test_password_protected_redis_and_no_pii_in_outputs_logs_or_store(
 def test_a_wrong_redis_password_stops_the_sinks_instead_of_buffering(protected_redis):
     """redis-py's AuthenticationError is a ConnectionError, but a wrong password is not an outage:
     the case-store and review-queue sinks raise it at once rather than buffering every write."""
-    from sinks.redis_store import RedisCaseSink
-    from sinks.review_queue import RedisReviewSink
+    from salvage.sinks.redis_store import RedisCaseSink
+    from salvage.sinks.review_queue import RedisReviewSink
 
     case_part = RedisCaseSink(protected_redis, password="wrong-password").build("out_cases", 0, 1)
     with pytest.raises(redis.exceptions.AuthenticationError):

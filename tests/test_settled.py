@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-from connectors.events import EVENT_ADAPTER
-from features.eventtime import DAY_US, END, to_us
-from flows.stages import CaseStage, ContextStage, ModelStage, StageConfig
-from scoring.models import ModelConfig
+from salvage.connectors.events import EVENT_ADAPTER
+from salvage.features.eventtime import DAY_US, END, to_us
+from salvage.flows.stages import CaseStage, ContextStage, ModelStage, StageConfig
+from salvage.scoring.models import ModelConfig
 from tests.helpers import event, order_placed
 
 SRC = "t#0"

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import simulator
-from connectors.events import EVENT_ADAPTER, STREAM_OF, lane_of
-from connectors.simulator import SCENARIOS, dumps, generate, write_log
+from salvage.connectors import simulator
+from salvage.connectors.events import EVENT_ADAPTER, STREAM_OF, lane_of
+from salvage.connectors.simulator import SCENARIOS, dumps, generate, write_log
 
 N = 3000
 SEED = 7

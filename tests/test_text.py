@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import random
 
-from scoring.text import HASH_BUCKETS, IntentClassifier, hashed_terms
+from salvage.scoring.text import HASH_BUCKETS, IntentClassifier, hashed_terms
 
 PHRASES = {
     "wismo": "where is my order parcel not arrived tracking",
@@ -50,7 +50,7 @@ def test_the_naive_bayes_is_rivers_on_the_same_data():
     """HashedNB computes River's MultinomialNB (same alpha, same terms) with fewer logs."""
     from river import compose, feature_extraction, naive_bayes
 
-    from scoring.text import terms_of
+    from salvage.scoring.text import terms_of
 
     river = compose.Pipeline(
         feature_extraction.BagOfWords(lowercase=False, tokenizer=hashed_terms),

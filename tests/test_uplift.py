@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from connectors.closed_loop import read_true_effects
-from connectors.closed_loop import write_log as write_closed_loop
 from salvage.cli import app
+from salvage.connectors.closed_loop import read_true_effects
+from salvage.connectors.closed_loop import write_log as write_closed_loop
 from salvage.uplift import Unit, analyse, bootstrap_diff, load_units, mde, newcombe, uplift
 from tests.flowkit import run_file_flow, sim_log
 
@@ -179,8 +179,8 @@ def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
 ):
     from bytewax.testing import cluster_main
 
-    from connectors.broker import ensure_topics
-    from flows.recovery import FlowSpec, build_flow
+    from salvage.connectors.broker import ensure_topics
+    from salvage.flows.recovery import FlowSpec, build_flow
     from salvage.runner import publish_log
     from tests.test_integration import WIDE, _topic_settings
 
