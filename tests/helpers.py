@@ -61,3 +61,39 @@ def order_placed(
 
 def line(doc: dict) -> bytes:
     return json.dumps(doc).encode()
+
+
+def kafka_settings(bootstrap: str, suffix: str, **overrides: Any):
+    """Settings for a Kafka-mode test: its own input and output topics (``<stream>-<suffix>``),
+    3 partitions, 4 shards, no case store."""
+    from salvage.config import Settings
+
+    topics = ("orders", "deliveries", "support", "returns", "interventions")
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        redis_url="",
+        shards=4,
+        topic_partitions=3,
+        **{f"topic_{s}": f"{s}-{suffix}" for s in topics},
+        topic_lane_alerts=f"lane-alerts-{suffix}",
+        topic_dead_letters=f"dead-letters-{suffix}",
+        **overrides,
+    )
+
+
+def topic_reader(settings, topic: str):
+    """A consumer assigned to every partition of ``topic`` from the start (no group offsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = {**settings.kafka_client_config(), "group.id": "unused", "enable.auto.commit": False}
+    consumer = Consumer(conf)
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    return consumer
+
+
+def metric_total(name: str) -> float:
+    """The sum of a metric's samples in the default registry."""
+    from prometheus_client import REGISTRY
+
+    return sum(s.value for m in REGISTRY.collect() for s in m.samples if s.name == name)

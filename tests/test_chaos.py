@@ -14,12 +14,13 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
 from salvage.runner import publish_log
 from tests.flowkit import jsonl, run_file_flow, sim_log
+from tests.helpers import topic_reader
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +54,7 @@ def _hostile(lines: list[bytes], rng: random.Random) -> tuple[list[bytes], set[b
     return out, hostile
 
 
-def _reader(settings: Settings, topic: str) -> Consumer:
-    conf = {**settings.kafka_client_config(), "group.id": "unused", "enable.auto.commit": False}
-    consumer = Consumer(conf)
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    return consumer
+_reader = topic_reader
 
 
 def _drain(consumer: Consumer, into: list[dict], quiet_s: float = 0.2) -> list[dict]:

@@ -240,8 +240,11 @@ def test_dockerfile_and_dockerignore():
     }
     # Everything `pip install .` needs reaches the build context.
     pyproject = (ROOT / "pyproject.toml").read_text()
-    include = re.search(r"include = \[(.*?)\]", pyproject, re.S).group(1)
-    packages = [p.rstrip("*") for p in re.findall(r'"([^"]+)"', include)]
+    listed = re.search(r"^packages = \[(.*?)\]", pyproject, re.S | re.M)
+    assert listed, "pyproject.toml lists the packages"
+    # salvage.flows is the repo's flows/ folder (salvage/flows is a symlink to it)
+    packages = [p.rsplit(".", 1)[-1] for p in re.findall(r'"([^"]+)"', listed.group(1))]
+    assert "salvage" in packages and "flows" in packages
     for needed in ["pyproject.toml", "README.md", *packages]:
         assert needed not in ignored, f".dockerignore drops {needed}"
     assert {".venv", ".git", "tests"} <= ignored

@@ -23,7 +23,7 @@ from salvage.connectors.parse import (
     set_dead_letter_max_bytes,
 )
 from salvage.runner import publish_log
-from tests.helpers import event, line, order_placed
+from tests.helpers import event, line, metric_total, order_placed
 
 TEXT = "Hi, this is Jane Doe, 12 Elm Street, jane@example.com, call me on +44 7700 900123"
 
@@ -179,14 +179,7 @@ def test_run_stops_with_exit_2_when_the_configured_redis_is_down(
 
 
 def _store_backlog() -> float:
-    from prometheus_client import REGISTRY
-
-    return sum(
-        s.value
-        for m in REGISTRY.collect()
-        for s in m.samples
-        if s.name == "salvage_case_store_backlog"
-    )
+    return metric_total("salvage_case_store_backlog")
 
 
 def _dump(url: str) -> dict[bytes, dict[bytes, bytes]]:

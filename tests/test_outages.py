@@ -18,6 +18,7 @@ from salvage.config import Settings
 from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.sinks.redis_store import RedisCaseSink
 from tests.flowkit import run_file_flow, sim_log
+from tests.helpers import metric_total
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +29,7 @@ def log(tmp_path_factory) -> Path:
 
 
 def _backlog() -> float:
-    return sum(
-        s.value
-        for m in REGISTRY.collect()
-        for s in m.samples
-        if s.name == "salvage_case_store_backlog"
-    )
+    return metric_total("salvage_case_store_backlog")
 
 
 def _failures() -> float:

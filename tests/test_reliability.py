@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from bytewax.testing import cluster_main
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from salvage.config import Settings
@@ -21,6 +21,7 @@ from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.flows.sources import clear_stop, request_stop
 from salvage.runner import publish_log
 from tests.flowkit import jsonl, run_file_flow, sim_log
+from tests.helpers import kafka_settings, topic_reader
 
 
 @pytest.fixture(scope="module")
@@ -162,27 +163,8 @@ def test_events_before_their_order_placed_wait_for_it_instead_of_dying(log, tmp_
 # ------------------------------------------------------------------ Kafka --follow
 
 
-def _settings(bootstrap: str, suffix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap=bootstrap,
-        redis_url="",
-        shards=4,
-        topic_partitions=3,
-        **{
-            f"topic_{s}": f"{s}-{suffix}"
-            for s in ("orders", "deliveries", "support", "returns", "interventions")
-        },
-        topic_lane_alerts=f"lane-alerts-{suffix}",
-        topic_dead_letters=f"dead-letters-{suffix}",
-    )
-
-
-def _reader(settings: Settings, topic: str) -> Consumer:
-    conf = {**settings.kafka_client_config(), "group.id": "unused", "enable.auto.commit": False}
-    consumer = Consumer(conf)
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    return consumer
+_settings = kafka_settings
+_reader = topic_reader
 
 
 def _drain(consumer: Consumer, into: list[dict], quiet_s: float = 0.5) -> None:

@@ -17,6 +17,7 @@ from salvage.connectors.replay import Pacer, detect_format, event_time_us, iter_
 from salvage.flows.recovery import FlowSpec
 from salvage.runner import consume_topic, record_topics, replay_log, run_flow
 from tests.flowkit import jsonl, run_file_flow, sim_log
+from tests.helpers import kafka_settings
 
 WIDE = {"reorder_tolerance_seconds": 3600.0}
 
@@ -103,19 +104,7 @@ def test_pacer_follows_event_time_and_caps_the_rate():
 
 
 def _settings(bootstrap: str, suffix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap=bootstrap,
-        redis_url="",
-        shards=4,
-        topic_partitions=3,
-        **{
-            f"topic_{s}": f"{s}-{suffix}"
-            for s in ("orders", "deliveries", "support", "returns", "interventions")
-        },
-        topic_lane_alerts=f"lane-alerts-{suffix}",
-        topic_dead_letters=f"dead-letters-{suffix}",
-        **WIDE,
-    )
+    return kafka_settings(bootstrap, suffix, **WIDE)
 
 
 @pytest.mark.integration
