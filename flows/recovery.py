@@ -154,6 +154,7 @@ class FlowSpec:
     to_end: bool = True
     kafka_partitions: dict[str, int] | None = None  # topic -> partitions (Kafka mode)
     case_store: bool = True
+    from_beginning: bool = False  # Kafka mode with no snapshot: ignore the group's offsets
     extra_sinks: dict[str, Any] = field(default_factory=dict)  # for tests: name -> sink
     process_id: int = 0  # in a multi-process cluster: file outputs are written by process 0
 
@@ -188,6 +189,8 @@ def _source(spec: FlowSpec):
         fetch_wait_ms=s.kafka_fetch_wait_max_ms,
         max_future_us=future,
         max_jump_us=jump,
+        group_id=s.kafka_group_id,
+        from_beginning=spec.from_beginning,
     )
 
 

@@ -325,9 +325,12 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         resume,
         lag_interval_s: float = 1.0,
         frontier: dict[str, int] | None = None,
+        committed: bool = False,
     ) -> None:
         offset, max_t = resume or (OFFSET_BEGINNING, parser_args[2])
         self._consumer = Consumer(conf)
+        if resume is None and committed:  # no snapshot: where this group's last clean stop was
+            offset = _committed_offset(self._consumer, topic, partition, offset)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic, self._stream, self._partition = topic, stream, partition
         self._offset = offset
@@ -452,7 +455,41 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         return (self._offset if mark is None else mark, self._parser.clock.max_t)
 
     def close(self) -> None:
+        position = self.snapshot()[0]
+        if position >= 0:  # something was read: where a restart without a snapshot goes on
+            FINAL_POSITIONS[(self._topic, self._partition)] = position
         self._consumer.close()
+
+
+FINAL_POSITIONS: dict[tuple[str, int], int] = {}
+"""(topic, partition) -> the next offset to read, of every input partition this process closed
+(set at a clean stop; the held events of the clock bound are re-read). The runner commits them to
+the consumer group once the run's outputs are flushed (:func:`commit_positions`)."""
+
+
+def _committed_offset(consumer: Consumer, topic: str, partition: int, default: int) -> int:
+    """The group's committed offset for the partition, else ``default``."""
+    try:
+        (tp,) = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+    except KafkaException as exc:
+        raise RuntimeError(f"reading committed offsets of {topic}[{partition}]: {exc}") from exc
+    return tp.offset if tp.offset >= 0 else default
+
+
+def commit_positions(conf: dict, group_id: str) -> int:
+    """Commit :data:`FINAL_POSITIONS` to ``group_id`` (synchronously) and forget them; returns
+    how many partitions were committed. Called after a run that ended cleanly, so every event
+    before a committed offset has had its outputs acknowledged (at-least-once)."""
+    if not FINAL_POSITIONS:
+        return 0
+    offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(FINAL_POSITIONS.items())]
+    consumer = Consumer({**conf, "group.id": group_id, "enable.auto.commit": "false"})
+    try:
+        consumer.commit(offsets=offsets, asynchronous=False)
+    finally:
+        consumer.close()
+    FINAL_POSITIONS.clear()
+    return len(offsets)
 
 
 class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
@@ -478,13 +515,18 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         fetch_wait_ms: int = 100,
         max_future_us: int = 0,
         max_jump_us: int = 0,
+        group_id: str | None = None,
+        from_beginning: bool = False,
     ) -> None:
+        # a group: a partition with no snapshot starts at the group's committed offset (the
+        # last clean stop), unless from_beginning; reads still use assign(), not the group
+        self._committed = group_id is not None and not from_beginning
         self._conf = {
             **client_conf,
             # how long the broker may hold a fetch that has no data yet (librdkafka's default,
             # 500 ms, is added to the latency of every event that arrives on a quiet partition)
             "fetch.wait.max.ms": fetch_wait_ms,
-            "group.id": "salvage-unused",  # required by librdkafka; assign() uses no group
+            "group.id": group_id or "salvage-unused",  # assign(): offsets only, no rebalancing
             "enable.auto.commit": "false",
             "enable.partition.eof": "true",
             "auto.offset.reset": "earliest",
@@ -524,4 +566,5 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             resume_state,
             self._lag_interval_s,
             self._frontier,
+            self._committed,
         )

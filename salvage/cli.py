@@ -313,6 +313,15 @@ def run(
     to_end: Annotated[
         bool, typer.Option("--to-end/--follow", help="Kafka mode: stop at the end of the topics")
     ] = False,
+    from_beginning: Annotated[
+        bool,
+        typer.Option(
+            "--from-beginning",
+            help="Kafka mode, no recovery snapshot: read the topics from the start instead of "
+            "from the consumer group's offsets (SALVAGE_KAFKA_GROUP_ID, committed at each clean "
+            "stop)",
+        ),
+    ] = False,
     shards: Annotated[
         int | None, typer.Option(help="Logical shards per stage (>= workers)")
     ] = None,
@@ -483,6 +492,7 @@ def run(
             case_store=use_store,
             process_id=cluster.process_id,
             out_dir=out_dir,  # the uplift's inputs (assignments, outcomes) land there
+            from_beginning=from_beginning,
         )
         secs = start(spec)
         how = "drained on signal" if stop_requested() else "done"
@@ -803,7 +813,11 @@ def demo(
         console.print("published " + ", ".join(f"{t}={n:,}" for t, n in sorted(counts.items())))
         console.print("running the recovery dataflow (Kafka mode, to the end of the topics)...")
         with LiveView(console, title="Salvage · live (demo)"):
-            secs = run_flow(FlowSpec(live, to_end=True, case_store=use_store, out_dir=out_dir))
+            # the whole log it just published, whatever a previous demo on this broker committed
+            spec = FlowSpec(
+                live, to_end=True, case_store=use_store, out_dir=out_dir, from_beginning=True
+            )
+            secs = run_flow(spec)
         console.print(f"dataflow finished in {secs:.1f}s; reading the output topics...")
         for stream in OUTPUTS:
             topic = getattr(live, stream.topic_setting)

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     topic_lane_alerts: str = Field("lane-alerts", description="topic of the lane-alerts stream")
     topic_dead_letters: str = Field("dead-letters", description="topic of the dead-letters stream")
     topic_partitions: int = Field(4, ge=1, description="partitions for topics salvage creates")
+    kafka_group_id: str = Field(
+        "salvage",
+        min_length=1,
+        description="consumer group: input offsets are committed at each clean stop, and a run "
+        "with no recovery snapshot starts from them (run --from-beginning: from the start)",
+    )
     dead_letter_max_bytes: int = Field(
         4096,
         ge=0,

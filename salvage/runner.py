@@ -269,10 +269,17 @@ def run_flow(
             Path(recovery.db_dir), timedelta(seconds=recovery.backup_seconds)
         )
     started = time.perf_counter()
+    from salvage.flows.sources import FINAL_POSITIONS, commit_positions
+
+    FINAL_POSITIONS.clear()
     with tuned_gc():
         cluster_main(flow, list(cluster.addresses), cluster.process_id, **kwargs)
     del flow
     gc.collect()  # free the run's Kafka clients now, not at some later collection
+    if not spec.file_mode:
+        # a clean stop (end of the topics or a drain): every output is acknowledged, so the
+        # input positions can be committed; a restart without a snapshot goes on from them
+        commit_positions(spec.settings.kafka_client_config(), spec.settings.kafka_group_id)
     return time.perf_counter() - started
 
 

@@ -25,7 +25,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "kafka": (
         "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism",
         "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_location",
-        "kafka_fetch_wait_max_ms",
+        "kafka_fetch_wait_max_ms", "kafka_group_id",
     ),
     "topics": (
         "topic_partitions", "topic_orders", "topic_deliveries", "topic_support", "topic_returns",

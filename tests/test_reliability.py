@@ -19,7 +19,7 @@ from salvage.connectors.broker import ensure_topics
 from salvage.features.eventtime import BEGIN, IDLE, Reorderer
 from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.flows.sources import clear_stop, request_stop
-from salvage.runner import publish_log
+from salvage.runner import publish_log, run_flow
 from tests.flowkit import jsonl, run_file_flow, sim_log
 from tests.helpers import kafka_settings, topic_reader
 
@@ -260,3 +260,49 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
     lost = [(d["event_id"], d["message"]) for d in letters if d["kind"] == "unknown_order"]
     assert lost == [], lost[:5]
     assert expected <= {t["trigger_id"] for t in got}
+
+
+def _messages(settings: Settings, topic: str) -> int:
+    consumer = topic_reader(settings, topic)
+    try:
+        return sum(
+            high - low
+            for tp in consumer.assignment()
+            for low, high in [consumer.get_watermark_offsets(tp, timeout=10)]
+        )
+    finally:
+        consumer.close()
+
+
+def test_a_restart_without_recovery_goes_on_from_the_groups_offsets(
+    kafka_broker, tmp_path, unique_name
+):
+    """Issue 12 item 7: without --recovery-dir a restart reads on from the offsets the last clean
+    stop committed to the consumer group; it used to read every topic from the start and
+    republish every trigger (486 -> 972). --from-beginning still re-reads everything."""
+    group = unique_name("group")
+    settings = kafka_settings(kafka_broker.bootstrap, unique_name("rs"), kafka_group_id=group)
+    ensure_topics(settings.kafka_client_config(), list(settings.input_topics().values()), 3)
+    published = sum(publish_log(settings, sim_log(tmp_path, orders=300, seed=8)).values())
+    run_flow(FlowSpec(settings, to_end=True, case_store=False))
+    first = _messages(settings, settings.topic_interventions)
+    assert first > 0
+    # the clean stop committed every input partition's end
+    probe = Consumer({**settings.kafka_client_config(), "group.id": group})
+    inputs = [tp for t in settings.input_topics().values() for tp in _partitions(probe, t)]
+    committed = probe.committed(inputs, timeout=10)
+    probe.close()
+    assert sum(tp.offset for tp in committed) == published  # new topics: they start at 0
+    run_flow(FlowSpec(settings, to_end=True, case_store=False))  # restart: nothing new to read
+    assert _messages(settings, settings.topic_interventions) == first
+    run_flow(FlowSpec(settings, to_end=True, case_store=False, from_beginning=True))
+    # --from-beginning re-reads every topic and publishes the triggers again (the count is not
+    # compared with the first run's: see the closing note on the first Kafka run in a process)
+    assert _messages(settings, settings.topic_interventions) > first + first // 2
+
+
+def _partitions(consumer: Consumer, topic: str) -> list:
+    from confluent_kafka import TopicPartition
+
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    return [TopicPartition(topic, p) for p in sorted(parts)]
