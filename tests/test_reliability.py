@@ -299,7 +299,7 @@ def test_a_restart_without_recovery_goes_on_from_the_groups_offsets(
     probe.close()
     assert sum(tp.offset for tp in committed) == published  # new topics: they start at 0
     run_flow(FlowSpec(settings, to_end=True, case_store=False))  # restart: nothing new to read
-    assert _trigger_ids(settings) == first
+    assert sorted(_trigger_ids(settings)) == sorted(first)  # partitions interleave freely
     run_flow(FlowSpec(settings, to_end=True, case_store=False, from_beginning=True))
     again = _trigger_ids(settings)  # --from-beginning re-read it all: the same ids once more
     assert sorted(again) == sorted(first + first)
