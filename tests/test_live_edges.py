@@ -23,7 +23,8 @@ from salvage.connectors.parse import (
     set_dead_letter_max_bytes,
 )
 from salvage.runner import publish_log
-from tests.helpers import event, line, metric_total, order_placed
+from tests.helpers import event, line, order_placed
+from tests.test_outages import _backlog, _dump
 
 TEXT = "Hi, this is Jane Doe, 12 Elm Street, jane@example.com, call me on +44 7700 900123"
 
@@ -178,20 +179,6 @@ def test_run_stops_with_exit_2_when_the_configured_redis_is_down(
     assert "case store: off" in proc.out_path.read_text() + proc.err_path.read_text()
 
 
-def _store_backlog() -> float:
-    return metric_total("salvage_case_store_backlog")
-
-
-def _dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        return {k: client.hgetall(k) for k in client.scan_iter(match="salvage:case:*", count=1000)}
-    finally:
-        client.close()
-
-
 def test_the_flow_settings_give_the_redis_sinks_short_timeouts():
     from salvage.flows.recovery import FlowSpec, _sinks
 
@@ -228,9 +215,9 @@ def test_a_frozen_redis_does_not_stop_processing_and_the_store_catches_up(
 
     def thaw() -> None:
         deadline = time.monotonic() + 60
-        while _store_backlog() < 300 and time.monotonic() < deadline:
+        while _backlog() < 300 and time.monotonic() < deadline:
             time.sleep(0.005)
-        seen["backlog"] = _store_backlog()
+        seen["backlog"] = _backlog()
         os.kill(pid, signal.SIGCONT)
 
     thread = threading.Thread(target=thaw)
@@ -245,7 +232,7 @@ def test_a_frozen_redis_does_not_stop_processing_and_the_store_catches_up(
         os.kill(pid, signal.SIGCONT)
     assert seen["backlog"] >= 300  # processing went on while Redis was frozen
     assert (tmp_path / "out" / "interventions.jsonl").read_bytes() == reference["interventions"]
-    assert _store_backlog() == 0
+    assert _backlog() == 0
     assert _dump(frozen.url) == want
 
 
