@@ -139,9 +139,15 @@ def _record_line(tag: str) -> Callable[[Any], tuple[str, str]]:
     return lambda x: (tag, json.dumps(x, sort_keys=True))
 
 
-RUN_RECORDS = ("assignments", "outcomes")
+RUN_RECORDS = ("assignments", "outcomes", "orders")
 """Files (not topics) every run writes into its out dir, in file and Kafka mode: the
-intention-to-treat assignments and the assigned orders' outcomes (:mod:`salvage.uplift`)."""
+intention-to-treat assignments, the assigned orders' outcomes and every order's placement
+(customer, time: repeat orders) (:mod:`salvage.uplift`)."""
+_RUN_ITEMS = (
+    ("assignments", "g", "assignment"),
+    ("outcomes", "o", "outcome"),
+    ("orders", "c", "order"),
+)
 
 
 @dataclass
@@ -354,7 +360,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         ser = op.map(f"ser_{out.tag}", items, _file_line(out) if spec.file_mode else _message(out))
         op.output(out.step, ser, sinks[out.sink])
     if "assignments" in sinks:  # files only (also in Kafka mode): the uplift's inputs
-        for sink, tag, item in (("assignments", "g", "assignment"), ("outcomes", "o", "outcome")):
+        for sink, tag, item in _RUN_ITEMS:
             records = op.filter_map(sink, ordered, only(item))
             ser = op.map(f"ser_{tag}", records, _record_line(tag))
             op.output(f"out_{sink}", ser, sinks[sink])

@@ -50,6 +50,7 @@ from salvage.scoring.baseline import RuleScorer
 from salvage.scoring.models import ModelConfig, ModelSet
 from salvage.scoring.text import IntentClassifier
 from salvage.sinks import kpis, metrics
+from salvage.uplift import placed
 
 Emit = list[tuple[str, Any]]
 
@@ -949,6 +950,8 @@ class DispatchStage(_Stage):
                 out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
                 tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
                 self.send("out", OUT_KEY, t, tie, ("model_event", out_ev))
+            if "placed" in view.changes:  # uplift: customers' orders (repeat-order effects)
+                self.send("out", OUT_KEY, t, f"p|{view.order_id}", ("order", placed(view, t)))
             if scored is not None:  # None: a settled case's late fact (no decision)
                 self._update(t, view, features, scored, out)
         if low < END and low - self.last_sweep > DAY_US:

@@ -216,7 +216,10 @@ def generate(
     ] = None,
     policy: Annotated[
         Path | None,
-        typer.Option(help="closed-loop only: the policy the world reacts to (default: shipped)"),
+        typer.Option(
+            help="closed-loop only: the policy the world reacts to, to run the log with too "
+            "(default: the experiment policy, policy/closed_loop.yaml)"
+        ),
     ] = None,
     variant: Annotated[
         list[str] | None,
@@ -572,6 +575,7 @@ def _generate_closed_loop(
     policy: Path | None = None,
 ) -> None:
     """``generate --scenario closed-loop``: customers react to the pipeline's interventions."""
+    from salvage.connectors.closed_loop import EXPERIMENT_POLICY
     from salvage.connectors.closed_loop import write_log as write_closed_loop
 
     record = write_closed_loop(
@@ -581,13 +585,19 @@ def _generate_closed_loop(
         truth,
         start=first,
         orders_per_day=orders_per_day,
-        settings=_settings(policy=str(policy) if policy else None),
+        settings=_settings(policy=str(policy or EXPERIMENT_POLICY)),
         progress=lambda m: console.print(f"closed loop: {m}"),
     )
     effects = ", ".join(f"{a} {d:+.3f}" for a, d in record["true_effects"].items())
     state = "converged" if record["converged"] else "NOT converged"
     console.print(f"wrote {out} ({state} after {record['iterations']} pipeline run(s))")
     console.print(f"true effects (retention diff on assigned orders): {effects}")
+    repeat = ", ".join(f"{a} {d:+.3f}" for a, d in record["repeat"]["true_effects"].items())
+    console.print(f"true effects (repeat-rate diff on assigned customers): {repeat}")
+    console.print(
+        f"run it with the same policy: salvage run --input {out} --out-dir OUT "
+        f"--policy {record['policy']}"
+    )
 
 
 @app.command()

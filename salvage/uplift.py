@@ -12,13 +12,18 @@ Inputs (written by every run into its out dir, file and Kafka mode alike):
 * ``outcomes.jsonl``: the closing outcome of assigned orders. An order is *retained* unless it
   ends with a refund or a chargeback (DESIGN §11), so an order still open when the log ends
   counts as retained.
+* ``orders.jsonl``: every order's placement (order, customer, time), for the repeat-order effect
+  with customers as units: a customer's arm and stratum are those of their *first* assigned order
+  (earliest ``decided_at``), and they *repeat* when they place another order in the
+  :data:`REPEAT_WINDOW_DAYS` after that decision (or by the end of the log, the same cut-off in
+  both arms).
 
 Per action and overall: retention rate, retained margin (the order's margin when retained, 0
 otherwise, per assigned order) and refund leakage (refunded amount per assigned order) for each
 arm, and the difference treated - holdout with a 95% interval: Newcombe's hybrid score interval
 (Wilson intervals per arm, method 10) for the retention rate, a percentile bootstrap with a fixed
 seed (resampling orders within arm and stratum) for money. The overall difference is stratified
-by action (weights = assigned orders per action), because actions can have different holdout
+by action (weights = assigned units per action), because actions can have different holdout
 shares; its rate interval combines the per-action Newcombe limits (MOVER). A minimum detectable
 effect (80% power, two-sided 5%) is reported so a small holdout is read as "cannot tell", not
 as "no effect".
@@ -30,24 +35,32 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from salvage.features.eventtime import iso
 from salvage.report import wilson
 
 __all__ = [
+    "Customer",
     "Unit",
     "analyse",
     "bootstrap_diff",
+    "load_customers",
     "load_units",
     "mde",
     "newcombe",
+    "placed",
     "uplift",
 ]
 
 ASSIGNMENTS = "assignments.jsonl"
 OUTCOMES = "outcomes.jsonl"
+ORDERS = "orders.jsonl"
+REPEAT_WINDOW_DAYS = 90
 LOST = frozenset({"refund", "chargeback"})
 Z = 1.959964
 Z_POWER = 0.841621  # 80% power
@@ -65,6 +78,21 @@ class Unit:
     retained: bool
     margin: float
     refunded: float
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """One assigned customer: arm and stratum of their first assigned order."""
+
+    customer_id: str
+    action: str
+    holdout: bool
+    repeated: bool  # another order placed within REPEAT_WINDOW_DAYS after that first decision
+
+
+def placed(view: Any, t: int) -> dict:
+    """The ``orders.jsonl`` record of an order's placement (written by the dispatch stage)."""
+    return {"order_id": view.order_id, "customer_id": view.customer_id, "placed_at": iso(t)}
 
 
 def newcombe(k1: int, n1: int, k0: int, n0: int, z: float = Z) -> tuple[float, float, float]:
@@ -143,6 +171,34 @@ def load_units(out_dir: Path) -> list[Unit]:
     return units
 
 
+def _ts(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def load_customers(out_dir: Path) -> list[Customer] | None:
+    """The assigned customers of a run, with whether they placed a repeat order; ``None`` when the
+    run wrote no ``orders.jsonl`` (an out dir from before it existed)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / ORDERS).exists():
+        return None
+    first: dict[str, tuple[float, str, dict]] = {}
+    for a in _jsonl(out_dir / ASSIGNMENTS):
+        key = (_ts(a["decided_at"]), a["order_id"], a)
+        cid = a["customer_id"]
+        if cid not in first or key[:2] < first[cid][:2]:
+            first[cid] = key
+    later: dict[str, list[tuple[float, str]]] = {}
+    for o in _jsonl(out_dir / ORDERS):
+        if o["customer_id"] in first:
+            later.setdefault(o["customer_id"], []).append((_ts(o["placed_at"]), o["order_id"]))
+    window = REPEAT_WINDOW_DAYS * 86400.0
+    out = []
+    for cid, (t0, oid, a) in sorted(first.items()):
+        repeated = any(t0 < t <= t0 + window and o != oid for t, o in later.get(cid, ()))
+        out.append(Customer(cid, a["action"], bool(a["holdout"]), repeated))
+    return out
+
+
 def _arm(units: list[Unit]) -> dict:
     n = len(units)
     k = sum(u.retained for u in units)
@@ -167,40 +223,37 @@ def _money(field: str, strata: list[tuple[list[Unit], list[Unit]]], weights: lis
     return {"diff": round(d, 4), "ci": [round(lo, 4), round(hi, 4)]}
 
 
-def _block(strata: list[tuple[list[Unit], list[Unit]]]) -> dict:
-    """Difference treated - holdout over strata (each with both arms non-empty)."""
-    n_t = sum(len(t) for t, _ in strata)
-    n_h = sum(len(h) for _, h in strata)
+def _rate_diff(counts: list[tuple[int, int, int, int]], unit: str = "orders") -> dict:
+    """Stratified difference treated - holdout of a rate, from ``(k_treated, n_treated,
+    k_holdout, n_holdout)`` per stratum (strata missing an arm are left out of the difference):
+    weights = units per stratum, Newcombe limits combined by MOVER, and the design's MDE."""
+    n_t = sum(c[1] for c in counts)
+    n_h = sum(c[3] for c in counts)
     doc: dict = {"n_treated": n_t, "n_holdout": n_h}
-    usable = [(t, h) for t, h in strata if t and h]
+    usable = [c for c in counts if c[1] and c[3]]
     if not usable:
-        doc.update(diff=None, ci=None, mde=None, note="no holdout (or no treated) orders")
+        doc.update(diff=None, ci=None, mde=None, note=f"no holdout (or no treated) {unit}")
         return doc
-    total = sum(len(t) + len(h) for t, h in usable)
-    weights = [(len(t) + len(h)) / total for t, h in usable]
+    total = sum(n1 + n0 for _, n1, _, n0 in usable)
+    weights = [(n1 + n0) / total for _, n1, _, n0 in usable]
     d = lo2 = hi2 = 0.0
-    for (t, h), w in zip(usable, weights, strict=True):
-        dt, lt, ht = newcombe(
-            sum(u.retained for u in t), len(t), sum(u.retained for u in h), len(h)
-        )
+    for (k1, n1, k0, n0), w in zip(usable, weights, strict=True):
+        dt, lt, ht = newcombe(k1, n1, k0, n0)
         d += w * dt
         lo2 += (w * (dt - lt)) ** 2
         hi2 += (w * (ht - dt)) ** 2
-    everyone = [u for t, h in usable for u in (*t, *h)]
-    p = sum(u.retained for u in everyone) / len(everyone)
+    p = min(max(sum(k1 + k0 for k1, _, k0, _ in usable) / total, 0.01), 0.99)
     # the MDE of the stratified design, via its effective arm sizes
-    var = sum(w * w * (1 / len(t) + 1 / len(h)) for (t, h), w in zip(usable, weights, strict=True))
-    m = (Z + Z_POWER) * math.sqrt(min(max(p, 0.01), 0.99) * (1 - min(max(p, 0.01), 0.99)) * var)
+    var = sum(w * w * (1 / n1 + 1 / n0) for (_, n1, _, n0), w in zip(usable, weights, strict=True))
+    m = (Z + Z_POWER) * math.sqrt(p * (1 - p) * var)
     doc.update(
         diff=round(d, 5),
         ci=[round(d - math.sqrt(lo2), 5), round(d + math.sqrt(hi2), 5)],
         mde=round(m, 5),
-        retained_margin=_money("margin", usable, weights),
-        refund_leakage=_money("refunded", usable, weights),
     )
     if min(n_t, n_h) < 30:
         doc["note"] = (
-            f"fewer than 30 orders in an arm ({n_t} treated, {n_h} held out): "
+            f"fewer than 30 {unit} in an arm ({n_t} treated, {n_h} held out): "
             "too few to tell anything"
         )
     elif m > 0.05:
@@ -211,10 +264,42 @@ def _block(strata: list[tuple[list[Unit], list[Unit]]]) -> dict:
     return doc
 
 
-def analyse(units: Iterable[Unit]) -> dict:
+def _block(strata: list[tuple[list[Unit], list[Unit]]]) -> dict:
+    """Difference treated - holdout over strata: retention rate, retained margin, leakage."""
+    doc = _rate_diff(
+        [
+            (sum(u.retained for u in t), len(t), sum(u.retained for u in h), len(h))
+            for t, h in strata
+        ]
+    )
+    usable = [(t, h) for t, h in strata if t and h]
+    if usable:
+        total = sum(len(t) + len(h) for t, h in usable)
+        weights = [(len(t) + len(h)) / total for t, h in usable]
+        doc["retained_margin"] = _money("margin", usable, weights)
+        doc["refund_leakage"] = _money("refunded", usable, weights)
+    return doc
+
+
+def _repeat(strata: list[tuple[list[Customer], list[Customer]]]) -> dict:
+    """Customer-level repeat-rate difference treated - holdout, with both arms' rates."""
+    counts = [
+        (sum(c.repeated for c in t), len(t), sum(c.repeated for c in h), len(h)) for t, h in strata
+    ]
+    doc = _rate_diff(counts, "customers")
+    for arm, (k, n) in (
+        ("treated", (sum(c[0] for c in counts), sum(c[1] for c in counts))),
+        ("holdout", (sum(c[2] for c in counts), sum(c[3] for c in counts))),
+    ):
+        doc[arm] = {"n": n, "repeated": k, "rate": k / n if n else None}
+    return doc
+
+
+def analyse(units: Iterable[Unit], customers: Iterable[Customer] | None = None) -> dict:
     """The ITT table as plain data: ``{"overall": {...}, "actions": {action: {...}}}``; each
     block has ``diff`` (retention rate, treated - holdout) with ``ci`` [lo, hi], ``n_treated``,
-    ``n_holdout``, ``mde``, the money differences and, per action, both arms' numbers."""
+    ``n_holdout``, ``mde``, the money differences and, per action, both arms' numbers. With
+    ``customers``, each block also has ``repeat``: the same for the customers' repeat rate."""
     by: dict[str, tuple[list[Unit], list[Unit]]] = {}
     for u in units:
         arms = by.setdefault(u.action, ([], []))
@@ -226,18 +311,29 @@ def analyse(units: Iterable[Unit]) -> dict:
     overall = _block([by[a] for a in sorted(by)])
     overall["treated"] = _arm([u for t, _ in by.values() for u in t])
     overall["holdout"] = _arm([u for _, h in by.values() for u in h])
-    return {
-        "overall": overall,
-        "actions": actions,
-        "method": "intention-to-treat; orders as units; assignment at the first randomised "
+    method = (
+        "intention-to-treat; orders as units; assignment at the first randomised "
         "decision; Newcombe hybrid score interval for the retention difference, percentile "
-        f"bootstrap ({BOOTSTRAP} resamples, fixed seed) for money; overall stratified by action",
-    }
+        f"bootstrap ({BOOTSTRAP} resamples, fixed seed) for money; overall stratified by action"
+    )
+    if customers is not None:
+        cust: dict[str, tuple[list[Customer], list[Customer]]] = {}
+        for c in customers:
+            arms_c = cust.setdefault(c.action, ([], []))
+            arms_c[1 if c.holdout else 0].append(c)
+        for action, block in actions.items():
+            block["repeat"] = _repeat([cust.get(action, ([], []))])
+        overall["repeat"] = _repeat([cust[a] for a in sorted(cust)])
+        method += (
+            "; repeat rate: customers as units (arm and action of their first assigned order), "
+            f"another order within {REPEAT_WINDOW_DAYS} days of that decision, Newcombe interval"
+        )
+    return {"overall": overall, "actions": actions, "method": method}
 
 
 def uplift(out_dir: Path) -> dict:
     """:func:`analyse` of a finished run's out dir."""
-    return analyse(load_units(out_dir))
+    return analyse(load_units(out_dir), load_customers(out_dir))
 
 
 def has_inputs(out_dir: Path) -> bool:
@@ -290,11 +386,30 @@ def render(console, result: dict) -> None:
             money(b, "refund_leakage"),
         )
     console.print(t)
+    if "repeat" in result["overall"]:
+        r = Table(
+            title=f"Repeat orders (customers as units, {REPEAT_WINDOW_DAYS}-day window): "
+            "treated - holdout [95% interval]"
+        )
+        for col in ("action", "customers T/H", "repeat T", "repeat H", "repeat diff, pts"):
+            r.add_column(col, justify="left" if col == "action" else "right")
+        for name, b in rows:
+            c = b["repeat"]
+            r.add_row(
+                name,
+                f"{c['n_treated']:,}/{c['n_holdout']:,}",
+                _pct(c["treated"]["rate"]),
+                _pct(c["holdout"]["rate"]),
+                _ci(c, 100.0, ""),
+            )
+        console.print(r)
     notes = [f"{n}: {b['note']}" for n, b in rows if b.get("note")]
     for n in notes:
         console.print(f"  {n}")
     console.print(
         "  Orders are assigned at their first randomised decision (holdout draw) and counted in "
         "that arm whatever happened later; retained = no refund and no chargeback (open orders "
-        "count as retained). Newcombe interval for rates, bootstrap for money."
+        "count as retained). Newcombe interval for rates, bootstrap for money. A customer is "
+        "in the arm of their first assigned order; repeat = another order placed within "
+        f"{REPEAT_WINDOW_DAYS} days of that decision (or by the end of the log)."
     )

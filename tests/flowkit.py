@@ -23,6 +23,7 @@ OUTPUT_FILES = (
     "journey_alerts",
     "assignments",
     "outcomes",
+    "orders",
 )
 
 

@@ -10,9 +10,18 @@ import pytest
 from typer.testing import CliRunner
 
 from salvage.cli import app
-from salvage.connectors.closed_loop import read_true_effects
+from salvage.connectors.closed_loop import EXPERIMENT_POLICY, read_true_effects
 from salvage.connectors.closed_loop import write_log as write_closed_loop
-from salvage.uplift import Unit, analyse, bootstrap_diff, load_units, mde, newcombe, uplift
+from salvage.uplift import (
+    Unit,
+    analyse,
+    bootstrap_diff,
+    load_customers,
+    load_units,
+    mde,
+    newcombe,
+    uplift,
+)
 from tests.flowkit import run_file_flow, sim_log
 
 runner = CliRunner()
@@ -115,6 +124,52 @@ def test_open_orders_count_as_retained(tmp_path):
     assert not units["B"].retained and units["B"].refunded == 30.0 and units["B"].margin == 0.0
 
 
+def test_customers_are_in_the_arm_of_their_first_assignment_and_repeat_within_90_days(tmp_path):
+    rows = [  # (order, customer, action, holdout, decided_at)
+        ("A1", "a", "x", False, "2026-03-05T10:00:00Z"),
+        ("A0", "a", "y", True, "2026-03-03T10:00:00Z"),  # a's first assignment: y, held out
+        ("B1", "b", "x", True, "2026-03-02T00:00:00Z"),
+        ("C1", "c", "x", False, "2026-03-02T00:00:00Z"),
+        ("D1", "d", "y", False, "2026-03-02T00:00:00Z"),
+    ]
+    (tmp_path / "assignments.jsonl").write_text(
+        "\n".join(
+            json.dumps(
+                {"order_id": o, "customer_id": c, "action": a, "holdout": h, "decided_at": t}
+            )
+            for o, c, a, h, t in rows
+        )
+    )
+    assert load_customers(tmp_path) is None  # a run from before orders.jsonl: no repeat table
+    placed = [  # (order, customer, placed_at)
+        ("A0", "a", "2026-03-01T00:00:00Z"),
+        ("A1", "a", "2026-03-02T00:00:00Z"),  # placed before a's first decision: not a repeat
+        ("B0", "b", "2026-03-01T00:00:00Z"),  # before the decision
+        ("B1", "b", "2026-03-01T12:00:00Z"),  # the assigned order itself
+        ("B2", "b", "2026-05-31T00:00:00Z"),  # day 90 after B1's decision: a repeat
+        ("C2", "c", "2026-05-31T00:00:01Z"),  # one second past 90 days: not one
+        ("X1", "x", "2026-03-10T00:00:00Z"),  # never assigned
+    ]
+    (tmp_path / "orders.jsonl").write_text(
+        "\n".join(
+            json.dumps({"order_id": o, "customer_id": c, "placed_at": t}) for o, c, t in placed
+        )
+    )
+    got = {c.customer_id: (c.action, c.holdout, c.repeated) for c in load_customers(tmp_path)}
+    assert got == {
+        "a": ("y", True, False),
+        "b": ("x", True, True),
+        "c": ("x", False, False),
+        "d": ("y", False, False),
+    }
+    r = uplift(tmp_path)
+    rep = r["actions"]["x"]["repeat"]
+    assert (rep["n_treated"], rep["n_holdout"]) == (1, 1)
+    assert rep["treated"]["rate"] == 0.0 and rep["holdout"]["rate"] == 1.0 and rep["diff"] == -1.0
+    assert "too few" in rep["note"]
+    assert r["overall"]["repeat"]["n_treated"] == 2 and r["overall"]["repeat"]["n_holdout"] == 2
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_open_loop_steady_state_shows_no_uplift(seed, tmp_path_factory):
     """Outcomes ignore interventions here: the overall interval contains 0 on every seed, and
@@ -133,38 +188,112 @@ def test_open_loop_steady_state_shows_no_uplift(seed, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def closed_loop(tmp_path_factory):
+    """The closed-loop world (experiment policy: every action held out at 50%), 6,000 orders."""
     d = tmp_path_factory.mktemp("closed")
     record = write_closed_loop(6000, 11, d / "events.jsonl", d / "truth.jsonl")
     return d, record
 
 
-def test_closed_loop_estimates_contain_the_true_effects(closed_loop, tmp_path):
-    d, record = closed_loop
-    assert record == read_true_effects(d / "truth.jsonl")
-    assert record["converged"]
-    truth = record["true_effects"]
-    assert truth["exchange_first_offer"] > 0.05 and truth["product_guidance"] < -0.02
-    assert truth["proactive_reassurance"] == 0.0
-    # the pipeline, from scratch on the reacted log, assigns exactly as the world reacted to
-    result = runner.invoke(
-        app, ["run", "--input", str(d / "events.jsonl"), "--out-dir", str(tmp_path)]
+@pytest.fixture(scope="module")
+def closed_loop_uplift(closed_loop, tmp_path_factory):
+    """`salvage run` from scratch on the closed-loop log with its policy, then `salvage uplift
+    --json`."""
+    d, _record = closed_loop
+    out = tmp_path_factory.mktemp("closed-run")
+    run = runner.invoke(
+        app,
+        [
+            "run",
+            "--input",
+            str(d / "events.jsonl"),
+            "--out-dir",
+            str(out),
+            "--policy",
+            str(EXPERIMENT_POLICY),
+        ],
     )
-    assert result.exit_code == 0, result.output
-    cli = runner.invoke(app, ["uplift", "--out-dir", str(tmp_path), "--json"])
+    assert run.exit_code == 0, run.output
+    cli = runner.invoke(app, ["uplift", "--out-dir", str(out), "--json"])
     assert cli.exit_code == 0, cli.output
-    r = json.loads(cli.stdout)
+    return json.loads(cli.stdout)
+
+
+ACTIONS = {
+    "proactive_reassurance",
+    "delay_intervention",
+    "exchange_first_offer",
+    "product_guidance",
+    "human_review",
+}
+
+
+def test_closed_loop_estimates_contain_the_true_effects(closed_loop, closed_loop_uplift):
+    d, record = closed_loop
+    r = closed_loop_uplift
+    assert record == read_true_effects(d / "truth.jsonl")
+    assert record["converged"] and record["policy_version"] == "closed-loop-v1"
+    truth = record["true_effects"]
+    assert set(truth) == ACTIONS
+    assert truth["exchange_first_offer"] > 0.05 and truth["product_guidance"] < -0.02
+    assert truth["delay_intervention"] > 0.02
+    assert truth["proactive_reassurance"] == 0.0 and truth["human_review"] == 0.0
+    # the pipeline, from scratch on the reacted log, assigns exactly as the world reacted to
     assert set(r["overall"]) >= {"diff", "ci", "n_treated", "n_holdout"}
     assigned = {a: b["n_treated"] + b["n_holdout"] for a, b in r["actions"].items()}
     assert assigned == record["assigned"]
-    measured = [a for a, b in r["actions"].items() if b["diff"] is not None]
-    covered = [a for a in measured if _contains(r["actions"][a]["ci"], truth[a])]
-    # the default policy randomises 4 actions; delay_intervention is rarely an order's *first*
-    # chosen action (proactive reassurance comes first for late parcels), human_review never
-    assert len(measured) >= 3 and len(covered) >= len(measured) - 1, r["actions"]
+    # the experiment policy randomises all five actions, rule-chosen reviews included, and each
+    # is an order's first chosen action often enough for an interval
+    assert set(r["actions"]) == ACTIONS
+    for action, b in r["actions"].items():
+        assert b["diff"] is not None and min(b["n_treated"], b["n_holdout"]) >= 40, action
+    covered = [a for a, b in r["actions"].items() if _contains(b["ci"], truth[a])]
+    assert len(covered) >= 4, r["actions"]
     assert _contains(r["overall"]["ci"], record["overall"])
     # a real effect is detected where the sample allows: exchange-first is clearly positive
-    ex = r["actions"]["exchange_first_offer"]
-    assert ex["diff"] > 0
+    assert r["actions"]["exchange_first_offer"]["diff"] > 0
+
+
+def test_closed_loop_repeat_rate_per_customer_contains_the_true_effects(
+    closed_loop, closed_loop_uplift
+):
+    """Customers as units: the arm of their first assignment, repeat = another order within 90
+    days; the world adds (or removes) repeat orders of treated customers with known effects."""
+    d, record = closed_loop
+    r = closed_loop_uplift
+    truth = record["repeat"]["true_effects"]
+    assert set(truth) == ACTIONS and record["repeat"]["window_days"] == 90
+    assert truth["product_guidance"] > 0.08 and truth["proactive_reassurance"] > 0.05
+    assert truth["human_review"] < -0.02
+    assert truth["delay_intervention"] == 0.0 and truth["exchange_first_offer"] == 0.0
+    customers = {
+        a: b["repeat"]["n_treated"] + b["repeat"]["n_holdout"] for a, b in r["actions"].items()
+    }
+    assert customers == record["repeat"]["customers"]
+    blocks = {a: b["repeat"] for a, b in r["actions"].items()}
+    assert all(b["diff"] is not None and b["ci"] for b in blocks.values())
+    covered = [a for a, b in blocks.items() if _contains(b["ci"], truth[a])]
+    assert len(covered) >= 4, blocks
+    overall = r["overall"]["repeat"]
+    assert _contains(overall["ci"], record["repeat"]["overall"]), overall
+    # the sign is recovered where the effect is large for the sample
+    assert record["repeat"]["overall"] > 0.02 and overall["diff"] > 0
+    assert blocks["product_guidance"]["diff"] > 0
+    # the world's repeat orders are real orders in the log, placed by the reacting customers
+    added = [
+        json.loads(x)
+        for x in (d / "truth.jsonl").read_text().splitlines()
+        if "repeat_reaction_to" in x
+    ]
+    assert added and {a["repeat_reaction_to"] for a in added} <= {
+        "proactive_reassurance",
+        "product_guidance",
+    }
+    placed = {
+        e["order_id"]: e["customer_id"]
+        for e in map(json.loads, (d / "events.jsonl").read_text().splitlines())
+        if e["event_type"] == "order_placed"
+    }
+    assert all(placed[a["order_id"]] == a["customer_id"] for a in added)
 
 
 def test_uplift_cli_explains_a_directory_without_assignments(tmp_path):
@@ -185,7 +314,9 @@ def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
     from tests.test_integration import WIDE, _topic_settings
 
     d, _record = closed_loop
-    settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl"))
+    settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl")).model_copy(
+        update={"policy": str(EXPERIMENT_POLICY)}
+    )
     ensure_topics(
         settings.kafka_client_config(),
         list(settings.input_topics().values()) + settings.output_topics(),
@@ -194,7 +325,10 @@ def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
     publish_log(settings, d / "events.jsonl")
     spec = FlowSpec(settings, to_end=True, case_store=False, out_dir=tmp_path / "kafka")
     cluster_main(build_flow(spec), [], 0, worker_count_per_proc=2)
-    file_out = run_file_flow([d / "events.jsonl"], tmp_path / "file", **WIDE)
+    file_out = run_file_flow(
+        [d / "events.jsonl"], tmp_path / "file", policy=str(EXPERIMENT_POLICY), **WIDE
+    )
     got = (tmp_path / "kafka" / "assignments.jsonl").read_bytes()
     assert got == file_out["assignments"] and got
     assert (tmp_path / "kafka" / "outcomes.jsonl").read_bytes() == file_out["outcomes"]
+    assert (tmp_path / "kafka" / "orders.jsonl").read_bytes() == file_out["orders"]
