@@ -174,6 +174,7 @@ def _itt_html(itt: dict) -> str:
                 ci(b, 100.0, " pts"),
                 ci(b["retained_margin"], 1.0, "") if b.get("retained_margin") else "-",
                 ci(b["refund_leakage"], 1.0, "") if b.get("refund_leakage") else "-",
+                ci(b["repeat"], 100.0, " pts") if b.get("repeat") else "-",
                 b.get("note", ""),
             ]
         )
@@ -185,6 +186,7 @@ def _itt_html(itt: dict) -> str:
         "retention diff [95% CI]",
         "retained margin / order",
         "refund leakage / order",
+        "repeat-rate diff [95% CI], customers",
         "note",
     ]
     return (
@@ -192,7 +194,9 @@ def _itt_html(itt: dict) -> str:
         + _table(head, rows)
         + '<p class="muted">Every order assigned at its first randomised decision counts in its '
         "arm, whatever happened later; retained = no refund and no chargeback (open orders count "
-        "as retained). Newcombe interval for the retention difference, bootstrap for money.</p>"
+        "as retained). Newcombe interval for the retention difference, bootstrap for money. "
+        "Repeat rate: customers as units, in the arm of their first assigned order; repeat = "
+        "another order within 90 days of that decision (or by the end of the log).</p>"
     )
 
 

@@ -64,6 +64,7 @@ def test_two_workers_give_the_same_bytes(log, baseline, tmp_path):
     # the uplift's inputs too (ITT assignments and assigned orders' outcomes)
     assert two["assignments"] == baseline["assignments"] and baseline["assignments"]
     assert two["outcomes"] == baseline["outcomes"]
+    assert two["orders"] == baseline["orders"] and baseline["orders"]  # repeat orders' input
 
 
 def _intent_samples() -> dict[str, float]:

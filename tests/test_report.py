@@ -100,6 +100,12 @@ def test_report_has_every_chart_with_numbers_from_the_outputs(run, tmp_path):
     assert (
         f"{itt['diff'] * 100:+.1f} [{itt['ci'][0] * 100:+.1f}, {itt['ci'][1] * 100:+.1f}]" in html
     )
+    rep = itt["repeat"]  # the customers' repeat rate, from the run's orders.jsonl
+    assert rep["n_treated"] + rep["n_holdout"] > 0
+    assert (
+        f"{rep['diff'] * 100:+.1f} [{rep['ci'][0] * 100:+.1f}, {rep['ci'][1] * 100:+.1f}] pts"
+        in html
+    )
 
     # triggers by action: one bar per action and arm, with the counts of interventions.jsonl
     triggers = jsonl(outputs["interventions"])
