@@ -224,9 +224,13 @@ def on_time(case: OrderCase, now: int, cfg: JourneyConfig) -> list[AlertNotice]:
     >>> cfg = JourneyConfig()
     >>> on_time(case, 13 * DAY_US - 1, cfg)  # 1 µs short of 72 h
     []
-    >>> alerts = on_time(case, 20 * DAY_US, cfg)
-    >>> [(a.kind.value, a.threshold_hours, a.observed_hours) for a in alerts]
-    [('received_ungraded', 72.0, 240.0), ('refund_overdue', 168.0, 240.0)]
+    >>> def alerts(now):
+    ...     return [(a.kind.value, a.threshold_hours, a.observed_hours)
+    ...             for a in on_time(case, now, cfg)]
+    >>> alerts(13 * DAY_US)  # exactly 72 h after receipt: due
+    [('received_ungraded', 72.0, 72.0)]
+    >>> alerts(20 * DAY_US)  # 7 days were due at day 17
+    [('refund_overdue', 168.0, 240.0)]
     >>> on_time(case, 30 * DAY_US, cfg), deadline(case, cfg)
     ([], 0)
     """
