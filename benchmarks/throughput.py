@@ -11,8 +11,9 @@ On one simulator log (`steady-state`, the first --events lines; generated once a
   triggers (no file, Redis or Kafka I/O). `run_main`, one worker.
 * **bare**: a Bytewax flow over the same file doing only `json.loads` + `key_on(order_id)` +
   a per-key `stateful_map` count into a null sink: what Bytewax itself costs per event here.
-* **plain**: the same stage classes (`flows/stages/`, wired by `flows/topology.py`) driven directly in one Python loop with
-  the same batching, routing and ticks (no Bytewax): the domain logic's own cost. Its triggers
+* **plain**: the same stage classes (`flows/stages/`, wired by `flows/topology.py`) driven
+  directly in one Python loop (`flows/plain.py`) with the same batching, routing and ticks (no
+  Bytewax): the domain logic's own cost. Its triggers
   are checked to be identical to the full flow's (same SHA-256).
 
 Prints events/s for each and the ratios full/bare and full/plain, a per-stage time split of the
@@ -31,7 +32,6 @@ import io
 import json
 import pstats
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -152,17 +152,15 @@ def run_bare(log: Path) -> tuple[float, dict[str, Any]]:
 
 
 class PlainPipeline:
-    """The flow's stages and routing in one Python loop, from the same declaration as the Bytewax
-    flow (:mod:`salvage.flows.topology`: stage graph, source routing, ``fan``) and the same
-    :func:`~salvage.flows.topology.stage_config` (case records off: no store in the loop).
-
-    Per source batch: the parser's items are split over the first stages (``route_source``),
-    then each stage, in topological order, runs on what its upstreams emitted for it."""
+    """The flow's stages in one Python loop (:class:`salvage.flows.plain.PlainLoop`: the same
+    stage graph, routing and :func:`~salvage.flows.topology.stage_config` as the Bytewax flow;
+    case records off: no store in the loop), fed by the file source's parser."""
 
     def __init__(self, log: Path, shards: int) -> None:
         from salvage.config import Settings
+        from salvage.flows.plain import PlainLoop
         from salvage.flows.sources import _Parser, file_part_id
-        from salvage.flows.topology import TAPS, fan, graph, route_source, stage_config
+        from salvage.flows.topology import stage_config
 
         s = Settings(redis_url="", shards=shards, metrics_port=0)
         part = file_part_id(0, log)
@@ -174,54 +172,21 @@ class PlainPipeline:
             int(s.max_lateness_seconds * 1e6),
             -(2**62),
         )
-        self.specs = graph(cfg)
-        self.stages: dict[str, dict[str, Any]] = {
-            st.name: {k: st.make(k) for k in st.keys} for st in self.specs
-        }
-        self.route_source = route_source(cfg)
-        # producer -> [(consumer, its fan)]: who takes what each stage emits
-        self.consumers: dict[str, list[tuple[str, Any]]] = {st.name: [] for st in self.specs}
-        self.sources = [st.name for st in self.specs if "source" in st.upstreams]
-        for st in self.specs:
-            for up in st.upstreams:
-                if up != "source":
-                    assert st.route is not None
-                    self.consumers[up].append((st.name, fan(st.route, st.keys)))
-        self.taps = TAPS
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.loop = PlainLoop(cfg, self._serialise, self._tap)
+        self.stages = self.loop.stages
+        self.seconds = self.loop.seconds
         self.digest = hashlib.sha256()
         self.triggers = 0
         self.dead_letters = 0
 
-    def _run_stage(self, name: str, inbox: dict[str, list], levels: dict[str, dict]) -> None:
+    def _tap(self, route: Any, payload: Any) -> None:
         from salvage.flows.messages import Route
         from salvage.sinks import kpis
 
-        stages = self.stages[name]
-        emitted: list = []
-        t0 = time.perf_counter()
-        for key, items in inbox.items():
-            emitted.extend(stages[key].on_batch(items))
-        self.seconds[name] += time.perf_counter() - t0
-        if name == "output":
-            t0 = time.perf_counter()
-            for kind, payload in emitted:
-                self._serialise(kind, payload)
-            self.seconds["serialise outputs"] += time.perf_counter() - t0
-            return
-        t0 = time.perf_counter()
-        consumers = self.consumers[name]
-        for pair in emitted:
-            route = pair[0]
-            if route is Route.KPI:
-                kpis.observe(pair[1])
-            elif route is Route.DEAD_LETTER:
-                self._serialise("dlq", pair[1])
-            for consumer, fan in consumers:
-                box = levels[consumer]
-                for dest, item in fan(pair):
-                    box.setdefault(dest, []).append(item)
-        self.seconds["routing, KPIs"] += time.perf_counter() - t0
+        if route is Route.KPI:
+            kpis.observe(payload)
+        elif route is Route.DEAD_LETTER:
+            self._serialise("dlq", payload)
 
     def _serialise(self, kind: str, payload: Any) -> None:
         if kind == "trigger":
@@ -234,7 +199,6 @@ class PlainPipeline:
             json.dumps(payload, sort_keys=True)
 
     def feed(self, lines: list[bytes], line_no: int, final: bool) -> None:
-        from salvage.connectors.outputs import DeadLetter
         from salvage.connectors.parse import RawRecord
         from salvage.features.eventtime import END
 
@@ -247,21 +211,7 @@ class PlainPipeline:
                 self.parser.handle(RawRecord(source, 0, line_no + i + 1, value), items)
         self.parser.tick(items, END if final else None)
         self.seconds["parse + validate + clock"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        levels: dict[str, dict[str, list]] = {n: {} for n in self.stages}
-        for item in items:
-            if isinstance(item, DeadLetter):
-                self._serialise("dlq", item)
-        keyed = self.route_source(items)
-        for name in self.sources:
-            stage_keys = self.stages[name]
-            for k, item in keyed:
-                if k in stage_keys:
-                    levels[name].setdefault(k, []).append(item)
-        self.seconds["routing, KPIs"] += time.perf_counter() - t0
-        for st in self.specs:  # topological order
-            if levels[st.name]:
-                self._run_stage(st.name, levels[st.name], levels)
+        self.loop.feed(items)
 
 
 def run_plain(

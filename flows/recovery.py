@@ -264,7 +264,9 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             else:
                 assert st.route is not None
                 feeds.append(
-                    op.flat_map(f"{up}_to_{st.name}", steps[up], _from_stage(fan(st.route, st.keys)))
+                    op.flat_map(
+                        f"{up}_to_{st.name}", steps[up], _from_stage(fan(st.route, st.keys))
+                    )
                 )
         up_stream = feeds[0] if len(feeds) == 1 else op.merge(f"into_{st.name}", *feeds)
         steps[st.name] = _stateful(st.name, up_stream, st.make, cfg)
