@@ -170,7 +170,9 @@ def _source(spec: FlowSpec):
     future = int(s.max_future_seconds * 1e6)
     jump = int(s.max_clock_jump_seconds * 1e6)
     if spec.file_mode:
-        return EventLogSource(spec.inputs, tol, late, s.source_batch_size, future, jump)
+        return EventLogSource(
+            spec.inputs, tol, late, s.source_batch_size, future, jump, s.topic_partitions
+        )
     if spec.kafka_partitions is None:
         from salvage.connectors.broker import ensure_topics
 

@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from salvage.connectors.events import STREAM_OF, Stream
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
 from salvage.connectors.parse import RawRecord, dead_letter, parse
+from salvage.connectors.partitioning import partition_of
 from salvage.features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
 from salvage.flows.items import Overdue
 from salvage.sinks import metrics
@@ -42,7 +43,8 @@ _STOP = threading.Event()
 POLL_BACKOFF_MIN_S = 0.005
 POLL_BACKOFF_MAX_S = 0.040
 # an event more than max_jump ahead of its partition's clock is held; this many such events in a
-# row (each confirming the others) move the clock, anything else in between rejects them
+# row (each confirming the others) move the clock, an on-time event in between rejects them (a
+# late one decides nothing)
 JUMP_CONFIRM = 3
 
 
@@ -67,14 +69,16 @@ class _Parser:
     by that much. An event further ahead of the partition's latest event time is *held* (not
     applied, the clock does not move); when :data:`JUMP_CONFIRM` such events arrive in a row the
     partition really moved on (a quiet night, a weekend) and they are applied in order; any other
-    event in between rejects the held ones as ``bad_timestamp`` dead letters. At the end of input
+    on-time event in between rejects the held ones as ``bad_timestamp`` dead letters (a late event,
+    behind the clock's watermark, is applied and decides nothing). At the end of input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
     it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
     of the other partitions read by this process (``frontier``) once this partition is caught up
     and quiet: its last events are then not held when the rest of the stream has moved on with
     them (while data flows, a partition is judged on its own clock only).
-    The first event of a partition is exempt. While events are held, the partition's resume
-    position (its snapshot) stays at the first held one, so a restart re-reads them.
+    The first event of a partition is exempt. While events are held, a Kafka partition's resume
+    position (its snapshot) stays at the first held one, so a restart re-reads them (file mode
+    keeps them in its snapshot instead).
     """
 
     def __init__(
@@ -98,6 +102,9 @@ class _Parser:
         self.max_jump_us = max_jump_us  # 0: no bound
         # held events (raw, event, time, resume mark), see the class docstring
         self.held: list[tuple[RawRecord, Any, int, Any]] = []
+        # no event leaves before this time (file mode: what the file's tick already promised,
+        # see _KafkaLayout); BEGIN: the clock's own watermark is the only bound
+        self.floor = BEGIN
 
     def _from_future(self, raw: RawRecord, event, t: int) -> DeadLetter | None:
         """An event time past the wall clock by more than the allowance is a broken clock, not an
@@ -122,6 +129,10 @@ class _Parser:
             metrics.DEAD_LETTERS.labels(result.kind.value).inc()
             out.append(("x", result))
             return
+        self.handle_event(raw, result, out, mark)
+
+    def handle_event(self, raw: RawRecord, result, out: list[Item], mark: Any = None) -> None:
+        """Clock one parsed event (see :meth:`handle`)."""
         t = to_us(result.occurred_at)
         if self.max_future_us and (dl := self._from_future(raw, result, t)) is not None:
             metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
@@ -134,8 +145,10 @@ class _Parser:
                 for h_raw, h_event, h_t, _ in held:
                     self._apply(h_raw, h_event, h_t, out)
             return
-        if self.held:
+        if self.held and t >= self.clock.watermark:  # an on-time event did not follow them
             self.reject_held(out)
+        # a late event (behind the clock) neither confirms nor refutes a jump: a sparse partition
+        # (one stream's share of a Kafka topic) often has a gap > max_jump before a late straggler
         self._apply(raw, result, t, out)
 
     def _jumps(self, t: int) -> bool:
@@ -183,6 +196,7 @@ class _Parser:
         tie = f"{result.event_id}|{zlib.crc32(raw.value):08x}"
         eff = self.clock.observe(t)
         if eff is None:
+            wm = max(self.clock.watermark, self.floor)
             dl = dead_letter(
                 raw,
                 DeadLetterKind.TOO_LATE,
@@ -191,8 +205,10 @@ class _Parser:
                 order_id=result.order_id,
             )
             # to its case shard first: a redelivered duplicate is recognised before lateness
-            out.append(("e", self.clock.watermark, tie, Overdue(result, dl)))
+            out.append(("e", wm, tie, Overdue(result, dl)))
             return
+        if eff < self.floor:
+            eff = self.floor
         if eff != t:
             metrics.LATE.labels(STREAM_OF[result.event_type].value).inc()
         out.append(("e", eff, tie, result))
@@ -213,17 +229,101 @@ def file_part_id(index: int, path: Path) -> str:
     return f"file{index}:{path.name}"
 
 
+class _KafkaLayout:
+    """File mode: the log laid out as Kafka would hold it, one clock per (stream, partition).
+
+    ``salvage replay`` sends each event to its stream's topic keyed by ``order_id``
+    (``murmur2_random``, :mod:`salvage.connectors.partitioning`), and in Kafka mode lateness is
+    judged per partition: an event is late when it is behind its *partition's* watermark. One
+    clock over a whole file judged it against every stream at once, so a carrier scan 10 minutes
+    behind the file (but not behind the other scans of its partition) was late in file mode and on
+    time in Kafka mode, and ``decided_at`` differed. Here each ``(stream, partition_of(order_id,
+    partitions))`` has its own :class:`_Parser` (clock, clock bound, held events), fed in the
+    file's order, which is the order each partition holds after a replay: the same effective time
+    for every event as Kafka mode with ``partitions`` partitions per topic.
+
+    The file's tick is the *floor*: the highest value so far of the minimum over the started
+    partitions' watermarks (a function of the content read, not of batch boundaries). No event
+    leaves below it: an event of a partition that starts (or restarts) behind the others by more
+    than the tolerance is applied at the floor, where Kafka mode, which waits for every partition,
+    would apply it at its own time (README "Event time and determinism").
+    """
+
+    def __init__(self, part_id: str, parser_args: tuple, partitions: int, state=None) -> None:
+        tol, late, _, future, jump = parser_args
+        self.part_id = part_id
+        self._args = (tol, late, future, jump)
+        self._partitions = partitions
+        self.parts: dict[tuple[str, int], _Parser] = {}
+        self.floor = BEGIN
+        self.last_tick: int | None = None
+        self._slot: dict[str, int] = {}  # order_id -> partition (bounded cache)
+        if state is not None:
+            self.floor, parts = state
+            for key, (max_t, held) in parts.items():
+                self._new(key, max_t).held = list(held)
+
+    def _new(self, key: tuple[str, int], max_t: int = BEGIN) -> _Parser:
+        tol, late, future, jump = self._args
+        parser = _Parser(f"{self.part_id}|{key[0]}#{key[1]}", tol, late, max_t, future, jump)
+        parser.floor = self.floor
+        self.parts[key] = parser
+        return parser
+
+    def state(self) -> tuple:
+        parts = {k: (p.clock.max_t, list(p.held)) for k, p in self.parts.items()}
+        return (self.floor, parts)
+
+    def handle(self, raw: RawRecord, out: list[Item], mark: Any = None) -> None:
+        result = parse(raw)
+        if not hasattr(result, "event_type"):
+            metrics.DEAD_LETTERS.labels(result.kind.value).inc()
+            out.append(("x", result))
+            return
+        slot = self._slot.get(result.order_id)
+        if slot is None:
+            if len(self._slot) >= 100_000:
+                self._slot.clear()
+            slot = self._slot[result.order_id] = partition_of(result.order_id, self._partitions)
+        key = (STREAM_OF[result.event_type].value, slot)
+        parser = self.parts.get(key) or self._new(key)
+        before = parser.clock.max_t
+        parser.handle_event(raw, result, out)
+        if parser.clock.max_t != before:
+            self._raise_floor()
+
+    def _raise_floor(self) -> None:
+        low = min(p.clock.watermark for p in self.parts.values() if p.clock.max_t != BEGIN)
+        if low > self.floor:
+            self.floor = low
+            for p in self.parts.values():
+                p.floor = low
+
+    def release_held(self, out: list[Item]) -> None:
+        """End of input: apply every held event (see :class:`_Parser`)."""
+        for key in sorted(self.parts):
+            self.parts[key].release_held(out, everything=True)
+
+    def tick(self, out: list[Item], wm: int | None = None) -> None:
+        wm = self.floor if wm is None else wm
+        if wm != self.last_tick or wm == END:
+            self.last_tick = wm
+            latest = max((p.clock.max_t for p in self.parts.values()), default=BEGIN)
+            out.append(("w", self.part_id, wm, latest))
+
+
 class _FilePartition(StatefulSourcePartition[Item, tuple]):
-    def __init__(self, path: Path, part_id: str, parser_args: tuple, batch_size: int, resume):
-        offset, line_no, max_t, done = resume or (0, 0, parser_args[2], False)
+    def __init__(
+        self, path: Path, part_id: str, parser_args: tuple, partitions: int, batch_size: int, resume
+    ):
+        offset, line_no, done, layout = resume or (0, 0, False, None)
         self._path = path
         self._f = open(path, "rb")
         self._f.seek(offset)
         self._pos = offset
         self._line = line_no
         self._done = done
-        tol, late, _, future, jump = parser_args
-        self._parser = _Parser(part_id, tol, late, max_t, future, jump)
+        self._layout = _KafkaLayout(part_id, parser_args, partitions, layout)
         self._batch = batch_size
 
     def next_batch(self) -> list[Item]:
@@ -232,29 +332,26 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         out: list[Item] = []
         readline = self._f.readline
         source = str(self._path)
-        handle = self._parser.handle
+        handle = self._layout.handle
         for _ in range(self._batch):
             line = readline()
             if not line:
                 self._done = True
                 break
-            mark = (self._pos, self._line)
             self._pos += len(line)
             self._line += 1
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 continue  # blank line: no record
-            handle(RawRecord(source, 0, self._line, value), out, mark)
+            handle(RawRecord(source, 0, self._line, value), out)
         if self._done:
-            self._parser.release_held(out, everything=True)
-        self._parser.tick(out, END if self._done else None)
+            self._layout.release_held(out)
+        self._layout.tick(out, END if self._done else None)
         return out
 
     def snapshot(self) -> tuple:
-        mark = self._parser.resume_mark()
-        if mark is not None:  # re-read the held events on a resume
-            return (mark[0], mark[1], self._parser.clock.max_t, False)
-        return (self._pos, self._line, self._parser.clock.max_t, self._done)
+        # held events (clock bound) travel in the snapshot: a resume goes on after them
+        return (self._pos, self._line, self._done, self._layout.state())
 
     def close(self) -> None:
         self._f.close()
@@ -286,12 +383,14 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
         batch_size: int = 2000,
         max_future_us: int = 0,
         max_jump_us: int = 0,
+        partitions: int = 4,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
             check_event_log(p)
         self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us, max_jump_us)
         self._batch = batch_size
+        self._partitions = partitions  # each file is laid out as Kafka topics of this many
 
     def part_ids(self) -> list[str]:
         return [file_part_id(i, p) for i, p in enumerate(self.paths)]
@@ -301,7 +400,9 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
 
     def build_part(self, step_id: str, for_part: str, resume_state):
         index = self.part_ids().index(for_part)
-        return _FilePartition(self.paths[index], for_part, self._args, self._batch, resume_state)
+        return _FilePartition(
+            self.paths[index], for_part, self._args, self._partitions, self._batch, resume_state
+        )
 
 
 # ------------------------------------------------------------------------ kafka

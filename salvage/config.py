@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     )
     topic_lane_alerts: str = Field("lane-alerts", description="topic of the lane-alerts stream")
     topic_dead_letters: str = Field("dead-letters", description="topic of the dead-letters stream")
-    topic_partitions: int = Field(4, ge=1, description="partitions for topics salvage creates")
+    topic_partitions: int = Field(
+        4,
+        ge=1,
+        description="partitions for topics salvage creates; file mode judges lateness as if the log were on topics of this many",
+    )
     kafka_group_id: str = Field(
         "salvage",
         min_length=1,

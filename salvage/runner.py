@@ -54,7 +54,8 @@ RUN_MANIFEST = "salvage-run.json"
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.
-STATE_VERSION = 4  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*
+STATE_VERSION = 5  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*;
+# 5: file sources keep one clock per Kafka-style partition (flows.sources._KafkaLayout)
 
 
 class RecoveryMismatch(ValueError):
