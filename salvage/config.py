@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         4,
         ge=1,
-        description="partitions for topics salvage creates; file mode judges lateness as if the log were on topics of this many",
+        description="partitions for topics salvage creates; file mode judges lateness as if the "
+        "log were on topics of this many",
     )
     kafka_group_id: str = Field(
         "salvage",
