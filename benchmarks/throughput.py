@@ -154,24 +154,20 @@ def run_bare(log: Path) -> tuple[float, dict[str, Any]]:
 class PlainPipeline:
     """The flow's stages in one Python loop (:class:`salvage.flows.plain.PlainLoop`: the same
     stage graph, routing and :func:`~salvage.flows.topology.stage_config` as the Bytewax flow;
-    case records off: no store in the loop), fed by the file source's parser."""
+    case records off: no store in the loop), fed by the file source's layout (parse, one clock
+    per Kafka partition, clock bound: :func:`~salvage.flows.sources.file_layout`)."""
 
     def __init__(self, log: Path, shards: int) -> None:
         from salvage.config import Settings
         from salvage.flows.plain import PlainLoop
-        from salvage.flows.sources import _Parser, file_part_id
+        from salvage.flows.sources import file_layout, file_part_id
         from salvage.flows.topology import stage_config
 
         s = Settings(redis_url="", shards=shards, metrics_port=0)
         part = file_part_id(0, log)
         self.cfg = cfg = stage_config(s, (part,), case_records=False)
         self.log = log
-        self.parser = _Parser(
-            part,
-            int(s.reorder_tolerance_seconds * 1e6),
-            int(s.max_lateness_seconds * 1e6),
-            -(2**62),
-        )
+        self.layout = file_layout(part, s)  # the file source's own parse + clocks
         self.loop = PlainLoop(cfg, self._serialise, self._tap)
         self.stages = self.loop.stages
         self.seconds = self.loop.seconds
@@ -208,8 +204,10 @@ class PlainPipeline:
         for i, line in enumerate(lines):
             value = line.rstrip(b"\r\n")
             if value.strip():
-                self.parser.handle(RawRecord(source, 0, line_no + i + 1, value), items)
-        self.parser.tick(items, END if final else None)
+                self.layout.handle(RawRecord(source, 0, line_no + i + 1, value), items)
+        if final:
+            self.layout.release_held(items)
+        self.layout.tick(items, END if final else None)
         self.seconds["parse + validate + clock"] += time.perf_counter() - t0
         self.loop.feed(items)
 

@@ -26,7 +26,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from salvage.config import Settings
 from salvage.connectors.outputs import OUTPUTS, DeadLetter, OutputStream
 from salvage.connectors.parse import set_dead_letter_max_bytes
-from salvage.flows.sources import EventLogSource, KafkaEventSource
+from salvage.flows.sources import EventLogSource, KafkaEventSource, clock_settings
 from salvage.flows.stages import StageConfig
 from salvage.flows.topology import SOURCE, TAPS, fan, graph, route_source, stage_config
 from salvage.sinks import kpis, metrics
@@ -161,10 +161,7 @@ class FlowSpec:
 
 def _source(spec: FlowSpec):
     s = spec.settings
-    tol = int(s.reorder_tolerance_seconds * 1e6)
-    late = int(s.max_lateness_seconds * 1e6)
-    future = int(s.max_future_seconds * 1e6)
-    jump = int(s.max_clock_jump_seconds * 1e6)
+    tol, late, future, jump = clock_settings(s)
     if spec.file_mode:
         return EventLogSource(
             spec.inputs, tol, late, s.source_batch_size, future, jump, s.topic_partitions

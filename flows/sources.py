@@ -22,7 +22,7 @@ import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -36,6 +36,9 @@ from salvage.flows.items import Overdue
 from salvage.flows.messages import Event, Tick
 from salvage.sinks import metrics
 
+if TYPE_CHECKING:
+    from salvage.config import Settings
+
 Item = Event | Tick | DeadLetter  # what a source partition emits
 
 _STOP = threading.Event()
@@ -47,6 +50,12 @@ POLL_BACKOFF_MAX_S = 0.040
 # row (each confirming the others) move the clock, an on-time event in between rejects them (a
 # late one decides nothing)
 JUMP_CONFIRM = 3
+# a partition waking from idle holds the watermark until every idle partition has checked its end
+# offset afresh at least this long after the wake (what a producer sends together arrives within
+# it; the checks find what is already at the broker, whatever the fetch delays); each such check
+# waits at most WAKE_CHECK_TIMEOUT_S for the broker (no answer: that partition counts as behind)
+WAKE_SETTLE_S = 0.1
+WAKE_CHECK_TIMEOUT_S = 2.0
 
 
 def request_stop() -> None:
@@ -228,6 +237,25 @@ class _Parser:
 
 def file_part_id(index: int, path: Path) -> str:
     return f"file{index}:{path.name}"
+
+
+def clock_settings(settings: Settings) -> tuple[int, int, int, int]:
+    """(reorder tolerance, max lateness, max future, max clock jump) in µs, as every source
+    partition of a flow built from ``settings`` judges event time."""
+    s = settings
+    return (
+        int(s.reorder_tolerance_seconds * 1e6),
+        int(s.max_lateness_seconds * 1e6),
+        int(s.max_future_seconds * 1e6),
+        int(s.max_clock_jump_seconds * 1e6),
+    )
+
+
+def file_layout(part_id: str, settings: Settings) -> _KafkaLayout:
+    """Parse + clocks of one event log exactly as file mode's source has them (for drivers of
+    the stages without Bytewax: feed it with ``handle``, ``release_held`` at the end, ``tick``)."""
+    tol, late, future, jump = clock_settings(settings)
+    return _KafkaLayout(part_id, (tol, late, BEGIN, future, jump), settings.topic_partitions)
 
 
 class _KafkaLayout:
@@ -413,6 +441,82 @@ def kafka_part_id(topic: str, partition: int) -> str:
     return f"{topic}#{partition}"
 
 
+class _Wakes:
+    """Wake-ups of one process's Kafka partitions, settled by offsets (README "Reliability").
+
+    A partition that is caught up (position = high watermark) and quiet for ``idle_s`` is *idle*:
+    it does not hold the watermark back. When one of them *wakes* (new data, or the broker shows
+    data it has not read), the others that look idle may only not have seen theirs yet: a replay
+    burst reaches every topic at once, but each partition learns of it from its own fetch, which
+    on a loaded machine can come a second later. So the waking partition keeps its old watermark
+    (holds) until every partition that is idle has asked the broker for its end offset afresh
+    (``ListOffsets``, at least :data:`WAKE_SETTLE_S` after the wake: what a producer batches
+    together) and found nothing unread. One that finds unread data is no longer idle at once: it
+    holds the watermark from its own clock and wakes in turn.
+
+    A fresh end offset may lag the true one (the embedded broker answers with the last batch's
+    base offset + 1) but an end offset past the position is exact evidence of unread data, on it
+    and on Kafka; the end offset librdkafka caches from fetch responses is exact.
+
+    Partitions of other processes (a multi-process cluster) are not asked: there the hold also
+    lasts ``idle_s`` of wall time, as before. Thread-safe (one process's workers share it).
+    """
+
+    def __init__(self, parts: list[str]) -> None:
+        self._lock = threading.Lock()
+        self._expected = set(parts)
+        self._local: set[str] = set()
+        self._idle: dict[str, float] = {}  # idle partition -> time of its last fresh check
+        self._pending: dict[str, float] = {}  # holding partition -> its wake + settle
+
+    def register(self, part: str) -> None:
+        with self._lock:
+            self._local.add(part)
+
+    def forget(self, part: str) -> None:
+        with self._lock:
+            self._local.discard(part)
+            self._idle.pop(part, None)
+            self._pending.pop(part, None)
+
+    @property
+    def remote(self) -> bool:
+        """Some input partitions are read by another process (not asked on a wake)."""
+        return self._local != self._expected
+
+    def idle(self, part: str) -> None:
+        with self._lock:
+            self._pending.pop(part, None)
+            self._idle[part] = float("-inf")  # not checked for a wake yet
+
+    def wake(self, part: str, not_before: float) -> None:
+        with self._lock:
+            self._idle.pop(part, None)
+            self._pending[part] = not_before
+
+    def must_check(self, part: str, now: float) -> bool:
+        """A wake wants this (idle or going idle) partition to check its offsets afresh."""
+        with self._lock:
+            checked = self._idle.get(part, float("-inf"))
+            return any(checked < nb <= now for p, nb in self._pending.items() if p != part)
+
+    def checked(self, part: str, now: float) -> None:
+        with self._lock:
+            if part in self._idle:
+                self._idle[part] = now
+
+    def settled(self, part: str) -> bool:
+        """Every idle partition has checked since ``part``'s wake (+ settle): its hold may end."""
+        with self._lock:
+            nb = self._pending.get(part)
+            if nb is None:
+                return True
+            if any(t < nb for t in self._idle.values()):
+                return False
+            del self._pending[part]
+            return True
+
+
 class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
     def __init__(
         self,
@@ -428,6 +532,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         lag_interval_s: float = 1.0,
         frontier: dict[str, int] | None = None,
         committed: bool = False,
+        wakes: _Wakes | None = None,
     ) -> None:
         offset, max_t = resume or (OFFSET_BEGINNING, parser_args[2])
         self._consumer = Consumer(conf)
@@ -435,6 +540,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             offset = _committed_offset(self._consumer, topic, partition, offset)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic, self._stream, self._partition = topic, stream, partition
+        self._part = kafka_part_id(topic, partition)
         self._offset = offset
         tol, late, _, future, jump = parser_args
         self._parser = _Parser(
@@ -455,11 +561,15 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._lag_at = float("-inf")
         self._awake: datetime | None = None
         self._backoff_s = 0.0
-        # after waking from idle, the watermark stays where it was for idle_s: the other partitions
-        # that look caught up may only not have seen their fetch response yet (a replay burst
-        # reaches every topic at once); they get that long to wake up and hold the watermark
+        # after waking from idle, the watermark stays where it was until every idle partition of
+        # this process has checked its end offset afresh (see _Wakes); with partitions in other
+        # processes, also for idle_s
+        self._wakes = wakes if wakes is not None else _Wakes([self._part])
+        self._wakes.register(self._part)
+        self._holding = False
         self._hold_until = 0.0
         self._hold_wm = 0
+        self._known_high = -1  # an end offset a fresh check found (position < it: not caught up)
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -494,33 +604,76 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         if got_data:
             self._last_data = now
             if self._idle:
-                self._idle = False
-                self._parser.last_tick = None  # re-announce the real watermark
-                self._hold_until, self._hold_wm = now + self._idle_s, wm_before
+                self._wake(now, wm_before)
         if self._eof and self._to_end and not got_data:
             self._done = True
             self._parser.release_held(out, everything=True)
             self._parser.tick(out, END)
             self._report_lag(now, force=True)
-        elif (
+            return out
+        if (
             self._eof
             and not got_data
             and now - self._last_data >= self._idle_s
             and self._caught_up()
+            # a waking partition stays awake (holding) until the idle ones have checked
+            and (not self._holding or self._wakes.settled(self._part))
         ):
-            if self._parser.held:  # caught up: judge them against the rest of the stream
-                self._parser.after_idle = True
-                self._parser.release_held(out)
-                self._parser.after_idle = False
-            if not self._idle:
-                self._idle = True
-                self._parser.tick(out, IDLE)
-        elif now < self._hold_until:
-            self._parser.tick(out, min(self._hold_wm, self._parser.clock.watermark))
-        else:
-            self._parser.tick(out)
+            if self._wakes.must_check(self._part, now) and self._behind(now):
+                self._wake(now, self._parser.clock.watermark)  # data waits: hold from its clock
+            else:
+                self._wakes.checked(self._part, now)
+                if self._parser.held:  # caught up: judge them against the rest of the stream
+                    self._parser.after_idle = True
+                    self._parser.release_held(out)
+                    self._parser.after_idle = False
+                if not self._idle:
+                    self._idle = True
+                    self._holding = False
+                    self._wakes.idle(self._part)
+                    self._wakes.checked(self._part, now)
+                    self._parser.tick(out, IDLE)
+        elif self._idle:  # the cached end offset shows unread data (its fetch is on the way)
+            self._wake(now, self._parser.clock.watermark)
+        if not self._idle:
+            if (
+                self._holding
+                and self._wakes.settled(self._part)
+                and (now >= self._hold_until or not self._wakes.remote)
+            ):
+                self._holding = False
+            if self._holding:
+                self._parser.tick(out, min(self._hold_wm, self._parser.clock.watermark))
+            else:
+                self._parser.tick(out)
         self._report_lag(now)  # throttled; cached watermarks: no broker round trip
         return out
+
+    def _wake(self, now: float, hold_wm: int) -> None:
+        """No longer idle: announce the real watermark, held at ``hold_wm`` until the other idle
+        partitions have checked their offsets (see :class:`_Wakes`)."""
+        self._idle = False
+        self._parser.last_tick = None  # re-announce the real watermark
+        self._holding, self._hold_wm = True, hold_wm
+        self._hold_until = now + self._idle_s
+        self._wakes.wake(self._part, now + min(self._idle_s, WAKE_SETTLE_S))
+
+    def _behind(self, now: float) -> bool:
+        """Ask the broker for the end offset afresh (one ``ListOffsets`` round trip): True when
+        it is past the position (unread data), or when the broker does not answer (then the
+        partition holds the watermark until it is caught up and quiet again, by the cache)."""
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                self._wm_tp, timeout=WAKE_CHECK_TIMEOUT_S, cached=False
+            )
+        except KafkaException:
+            self._last_data = now
+            return True
+        if high > (self._offset if self._offset >= 0 else low):
+            self._known_high = high
+            self._last_data = now
+            return True
+        return False
 
     def _caught_up(self) -> bool:
         """Position >= high watermark, from the watermark librdkafka caches from every fetch
@@ -530,7 +683,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         except KafkaException:
             return False
         position = self._offset if self._offset >= 0 else low  # nothing read yet: from the start
-        return high >= 0 and position >= high
+        return high >= 0 and position >= max(high, self._known_high)
 
     def _report_lag(self, now: float, force: bool = False) -> None:
         """Set ``salvage_kafka_consumer_lag`` from the cached watermarks (no broker round trip);
@@ -557,6 +710,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         return (self._offset if mark is None else mark, self._parser.clock.max_t)
 
     def close(self) -> None:
+        self._wakes.forget(self._part)
         position = self.snapshot()[0]
         if position >= 0:  # something was read: where a restart without a snapshot goes on
             FINAL_POSITIONS[(self._topic, self._partition)] = position
@@ -642,6 +796,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         self._lag_interval_s = lag_interval_s
         # highest clock of each partition this process reads (the clock bound's reference)
         self._frontier: dict[str, int] = {}
+        self._wakes = _Wakes(self.part_ids())  # wake-ups settled by offsets, in this process
 
     def part_ids(self) -> list[str]:
         return [
@@ -669,4 +824,5 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             self._lag_interval_s,
             self._frontier,
             self._committed,
+            self._wakes,
         )

@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 from bytewax.testing import cluster_main
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
 from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
 from salvage.features.eventtime import BEGIN, IDLE, Reorderer
+from salvage.flows.messages import Event, Tick
 from salvage.flows.recovery import FlowSpec, build_flow
-from salvage.flows.sources import clear_stop, request_stop
+from salvage.flows.sources import KafkaEventSource, clear_stop, kafka_part_id, request_stop
 from salvage.runner import publish_log, run_flow
 from tests.flowkit import jsonl, run_file_flow, sim_log
-from tests.helpers import kafka_settings, topic_reader
+from tests.helpers import event, kafka_settings, line, order_placed, topic_reader
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +311,142 @@ def _partitions(consumer: Consumer, topic: str) -> list:
 
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+# ------------------------------------------------------------------ waking up by offsets
+
+
+def _scan(n: int, at: str) -> bytes:
+    return line(
+        event(
+            f"S{n:05d}",
+            "carrier_scan",
+            f"O{n:05d}",
+            at,
+            courier="dhl",
+            region="central",
+            scan="label_created",
+            estimated_delivery_at="2026-03-05T21:00:00Z",
+        )
+    )
+
+
+def _at(second: int) -> str:
+    return f"2026-03-02T{10 + second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z"
+
+
+@pytest.mark.integration
+def test_a_waking_partition_holds_until_every_idle_one_checked_its_offsets(
+    kafka_conf, unique_name
+):
+    """Issue 12 item 2: the hold after a wake-up is settled by offsets, not by a timer. An idle
+    partition whose own fetch has not delivered yet (paused here: its librdkafka cache still says
+    caught up) finds its unread data by a fresh end-offset query when another partition wakes,
+    and holds the watermark at once, before reading anything; the waking partition holds until
+    then, however long that takes. Fed to a reorderer in the order they came out, no event of
+    either partition is behind the watermark: none is late after the quiet spell."""
+    orders, scans = unique_name("orders-wake"), unique_name("deliveries-wake")
+    ensure_topics(kafka_conf, [orders, scans], 1)
+    idle_s = 0.3
+    source = KafkaEventSource(
+        kafka_conf,
+        {"orders": orders, "deliveries": scans},
+        {orders: 1, scans: 1},
+        tolerance_us=60_000_000,
+        max_lateness_us=7 * 86_400_000_000,
+        to_end=False,
+        idle_s=idle_s,
+    )
+    a_id, b_id = kafka_part_id(orders, 0), kafka_part_id(scans, 0)
+    a, b = source.build_part("in", a_id, None), source.build_part("in", b_id, None)
+    came: list[tuple[str, object]] = []  # every item, in the order the partitions emitted them
+    producer = Producer(kafka_conf)
+
+    def publish(first: int, last: int, to_b: bool = True) -> None:
+        for n in range(first, last):
+            producer.produce(orders, line(order_placed(f"O{n:05d}", _at(n))), partition=0)
+            if to_b:
+                producer.produce(scans, _scan(n, _at(n)), partition=0)
+        assert producer.flush(10) == 0
+
+    def pump(part, pid: str, times: int = 1) -> list:
+        got: list = []
+        for _ in range(times):
+            got += part.next_batch()
+            time.sleep(0.01)
+        came.extend((pid, item) for item in got)
+        return got
+
+    def events(pid: str) -> int:
+        return sum(1 for p, item in came if p == pid and isinstance(item, Event))
+
+    def ticks(items: list) -> list[int]:
+        return [item.watermark for item in items if isinstance(item, Tick)]
+
+    def until(pred, *parts, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "timed out"
+            for part, pid in parts:
+                pump(part, pid)
+
+    def both_idle() -> bool:
+        last = {p: item.watermark for p, item in came if isinstance(item, Tick)}
+        return last.get(a_id) == IDLE and last.get(b_id) == IDLE
+
+    clear_stop()
+    try:
+        publish(0, 20)
+        until(lambda: events(a_id) == events(b_id) == 20 and both_idle(), (a, a_id), (b, b_id))
+        a_old = a._parser.clock.watermark
+        b_old = b._parser.clock.watermark
+
+        # B's fetches stop (a slow fetch on a loaded machine); a burst reaches both topics
+        b._consumer.pause([TopicPartition(scans, 0)])
+        time.sleep(0.5)  # its last fetch request (fetch.wait.max.ms) has been answered
+        publish(20, 40)
+        mark = len(came)
+        until(lambda: events(a_id) == 40, (a, a_id))
+        time.sleep(3 * idle_s)  # a timer alone would have let A go on by now
+        pump(a, a_id, 5)
+        assert a._parser.clock.watermark > a_old
+        assert ticks([i for _, i in came[mark:]]) == [a_old]  # A holds: B has not checked
+        # B's cache still shows no new data: only a fresh query can tell
+        cached = b._consumer.get_watermark_offsets(TopicPartition(scans, 0), cached=True)
+        assert cached[1] == 20
+
+        woke = pump(b, b_id)  # B checks its end offset afresh: data waits, it holds at once
+        assert ticks(woke) == [b_old] and events(b_id) == 20
+        # settled: A goes on (caught up and quiet for long, it is idle now; B holds the watermark)
+        assert ticks(pump(a, a_id)) == [IDLE]
+        time.sleep(3 * idle_s)
+        assert IDLE not in ticks(pump(b, b_id, 5))  # behind by offsets: never idle, unread
+        b._consumer.resume([TopicPartition(scans, 0)])
+        until(lambda: events(b_id) == 40 and both_idle(), (a, a_id), (b, b_id))
+
+        # a wake with nothing waiting elsewhere: B's check finds nothing, B stays idle, A goes on
+        a_old = a._parser.clock.watermark
+        publish(40, 45, to_b=False)
+        mark = len(came)
+        until(lambda: events(a_id) == 45, (a, a_id))
+        time.sleep(3 * idle_s)
+        pump(a, a_id, 3)
+        assert ticks([i for _, i in came[mark:]]) == [a_old]  # holds until B has checked
+        assert pump(b, b_id) == []  # checked: still idle, nothing to say
+        assert ticks(pump(a, a_id)) == [IDLE]  # settled at once
+    finally:
+        a.close()
+        b.close()
+        clear_stop()
+        producer = None  # no reconnect attempts once the broker is gone
+
+    r = Reorderer([a_id, b_id])
+    late = []
+    for pid, item in came:
+        if isinstance(item, Tick):
+            r.tick(pid, item.watermark, item.seen)
+            r.release()
+        elif isinstance(item, Event) and not r.push(item.t, item.tie, item.payload):
+            late.append((pid, item.tie))
+    assert late == []
+    assert events(a_id) == 45 and events(b_id) == 40
