@@ -223,9 +223,9 @@ def test_a_frozen_redis_does_not_stop_processing_and_the_store_catches_up(
     thread = threading.Thread(target=thaw)
     thread.start()
     try:
-        spec = FlowSpec(
-            Settings(redis_url=frozen.url, shards=4), inputs=[log], out_dir=tmp_path / "out"
-        )
+        # the reference's settings (run_file_flow lays the log out as 3-partition topics)
+        settings = Settings(redis_url=frozen.url, shards=4, topic_partitions=3)
+        spec = FlowSpec(settings, inputs=[log], out_dir=tmp_path / "out")
         cluster_main(build_flow(spec), [], 0)
     finally:
         thread.join(timeout=90)
