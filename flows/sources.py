@@ -78,9 +78,11 @@ class _Parser:
     **Clock bound** (``max_jump_us``, DESIGN §11): one event may move its partition's clock only
     by that much. An event further ahead of the partition's latest event time is *held* (not
     applied, the clock does not move); when :data:`JUMP_CONFIRM` such events arrive in a row the
-    partition really moved on (a quiet night, a weekend) and they are applied in order; any other
-    on-time event in between rejects the held ones as ``bad_timestamp`` dead letters (a late event,
-    behind the clock's watermark, is applied and decides nothing). At the end of input
+    partition really moved on (a quiet night, a weekend) and they are applied in order; an event in
+    between that moves the clock on (past its latest event time, by less than the bound) rejects the
+    held ones as ``bad_timestamp`` dead letters (one that does not move it, late or a straggler
+    within the tolerance or a re-published copy, is applied and decides nothing). At the end of
+    input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
     it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
     of the other partitions read by this process (``frontier``) once this partition is caught up
@@ -155,10 +157,11 @@ class _Parser:
                 for h_raw, h_event, h_t, _ in held:
                     self._apply(h_raw, h_event, h_t, out)
             return
-        if self.held and t >= self.clock.watermark:  # an on-time event did not follow them
+        if self.held and t > self.clock.max_t:  # the clock moved on, and not with them
             self.reject_held(out)
-        # a late event (behind the clock) neither confirms nor refutes a jump: a sparse partition
-        # (one stream's share of a Kafka topic) often has a gap > max_jump before a late straggler
+        # an event not past the clock (late, or a straggler within the tolerance, or a re-published
+        # copy) neither confirms nor refutes a jump: a sparse partition (one stream's share of a
+        # Kafka topic) often has a gap > max_jump before such an event
         self._apply(raw, result, t, out)
 
     def _jumps(self, t: int) -> bool:
