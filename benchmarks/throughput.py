@@ -13,7 +13,9 @@ On one simulator log (`steady-state`, the first --events lines; generated once a
   a per-key `stateful_map` count into a null sink: what Bytewax itself costs per event here.
 * **plain**: the same stage classes (`flows/stages.py`) driven directly in one Python loop with
   the same batching, routing and ticks (no Bytewax): the domain logic's own cost. Its triggers
-  are checked to be identical to the full flow's (same SHA-256).
+  are checked to be identical to the full flow's (same SHA-256). With --case-records, dispatch
+  also builds the case-store records and each batch's latest per order is serialised as the
+  Redis sink does (no I/O); off by default, as the full run has no case store.
 
 Prints events/s for each and the ratios full/bare and full/plain, a per-stage time split of the
 plain loop, and a cProfile of the plain loop (or the flow, --profile flow) on the first
@@ -158,7 +160,7 @@ class PlainPipeline:
     shard, ticks to every shard), then each stage level runs on what the previous one emitted,
     routed by the same rules as the Bytewax wiring (``fan``), until the output stage."""
 
-    def __init__(self, log: Path, shards: int) -> None:
+    def __init__(self, log: Path, shards: int, case_records: bool = False) -> None:
         from salvage.config import Settings
         from salvage.flows.recovery import _shard_no
         from salvage.flows.sources import _Parser, file_part_id
@@ -177,7 +179,7 @@ class PlainPipeline:
         s = Settings(redis_url="", shards=shards, metrics_port=0)
         part = file_part_id(0, log)
         self.cfg = cfg = StageConfig(
-            case_records=False,
+            case_records=case_records,
             case_shards=s.shards,
             cust_shards=s.shards,
             lane_shards=max(1, min(s.shards, 4)),
@@ -213,6 +215,8 @@ class PlainPipeline:
         self.digest = hashlib.sha256()
         self.triggers = 0
         self.dead_letters = 0
+        self.case_records: list = []  # this batch's case-store records (--case-records)
+        self.case_docs = 0
 
     # the route name each consuming stage is fed by (``fan(route, ...)`` in build_flow)
     ROUTE_OF = {"context": "ctx", "lanes": "lane", "models": "model", "dispatch": "disp"}
@@ -261,6 +265,8 @@ class PlainPipeline:
                 kpis.observe(payload)
             elif route == "dlq":
                 self._serialise("dlq", payload)
+            elif route == "case":
+                self.case_records.append(payload)
         self.seconds["routing, KPIs"] += time.perf_counter() - t0
 
     def _serialise(self, kind: str, payload: Any) -> None:
@@ -311,17 +317,35 @@ class PlainPipeline:
         for name in self.LEVELS:
             if levels[name]:
                 self._run_level(name, levels[name], levels)
+        if self.case_records:
+            self._flush_cases()
+
+    def _flush_cases(self) -> None:
+        """What the Redis case sink does with a batch before its round trip: the latest record
+        per order, serialised (``CaseStore.write_many``); no I/O."""
+        from salvage.sinks.redis_store import case_json, latest_per_order
+
+        t0 = time.perf_counter()
+        docs = [case_json(d) for _, d in latest_per_order(self.case_records).values()]
+        self.case_docs += len(docs)
+        self.case_records = []
+        self.seconds["case-store documents (sink)"] += time.perf_counter() - t0
 
 
 def run_plain(
-    log: Path, shards: int, limit: int | None = None, batch: int = 2000, gc_tuned: bool = True
+    log: Path,
+    shards: int,
+    limit: int | None = None,
+    batch: int = 2000,
+    gc_tuned: bool = True,
+    case_records: bool = False,
 ):
     with gc_setting(gc_tuned):
-        return _run_plain(log, shards, limit, batch)
+        return _run_plain(log, shards, limit, batch, case_records)
 
 
-def _run_plain(log: Path, shards: int, limit: int | None, batch: int):
-    pipe = PlainPipeline(log, shards)
+def _run_plain(log: Path, shards: int, limit: int | None, batch: int, case_records: bool):
+    pipe = PlainPipeline(log, shards, case_records)
     started = time.perf_counter()
     last_report = started
     size = log.stat().st_size
@@ -378,6 +402,12 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=("full", "bare", "plain"), help="runs to skip"
     )
     ap.add_argument(
+        "--case-records",
+        action="store_true",
+        help="plain loop: with the case-store records (built by dispatch, the latest per order "
+        "serialised per batch as the Redis sink does; no I/O)",
+    )
+    ap.add_argument(
         "--default-gc",
         action="store_true",
         help="CPython's default GC thresholds instead of salvage run's (salvage.runner.tuned_gc)",
@@ -394,13 +424,14 @@ def main() -> None:
         results["bare"] = run_bare(log)
     if "plain" not in args.skip:
         say("plain Python loop: the same stages without Bytewax ...")
-        secs, pipe, _ = run_plain(log, args.shards, gc_tuned=tuned)
+        secs, pipe, _ = run_plain(log, args.shards, gc_tuned=tuned, case_records=args.case_records)
         results["plain"] = (
             secs,
             {
                 "triggers": pipe.triggers,
                 "trigger_sha": pipe.digest.hexdigest(),
                 "dead_letters": pipe.dead_letters,
+                "case_docs": pipe.case_docs,
                 "split": dict(pipe.seconds),
             },
         )
@@ -428,7 +459,14 @@ def main() -> None:
     if "plain" in results:
         split = results["plain"][1]["split"]
         total = sum(split.values())
-        print("\nplain loop: where the time goes")
+        print(
+            "\nplain loop: where the time goes"
+            + (
+                f" (case records on: {results['plain'][1]['case_docs']:,} documents)"
+                if args.case_records
+                else ""
+            )
+        )
         print(
             table(
                 ["part", "seconds", "share", "µs/event"],
@@ -474,7 +512,7 @@ def main() -> None:
         prof = cProfile.Profile()
         if args.profile == "plain":
             prof.enable()
-            run_plain(log, args.shards, limit, gc_tuned=tuned)
+            run_plain(log, args.shards, limit, gc_tuned=tuned, case_records=args.case_records)
             prof.disable()
         else:
             head = args.work / f"head-{limit}.jsonl"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import time
 import zlib
 from abc import ABC, abstractmethod
@@ -1084,7 +1083,7 @@ class DispatchStage(_Stage):
                 "lane": view.lane,
                 "campaign": view.campaign,
                 "sku_family": view.sku_family,
-                "features": features,
+                "features": dict(features),  # the record is not serialised yet: a copy
                 "scores": {
                     "recoverability": scores.recoverability,
                     "abuse": scores.abuse,
@@ -1097,9 +1096,9 @@ class DispatchStage(_Stage):
                 },
                 "decision": decision_doc,
                 "last_decision": decision_doc or self.last_decision.get(view.order_id),
-                "triggered": self.sent.get(view.order_id, []),
+                "triggered": list(self.sent.get(view.order_id, ())),
             }
-            out.append(("case", (view.order_id, t, json.dumps(record))))
+            out.append(("case", (view.order_id, t, record)))  # serialised by the sink, per flush
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
             self._outcome(t, view)

@@ -1,7 +1,9 @@
 """Redis case store: the latest state of each order case, written idempotently.
 
 Each case is a hash at ``salvage:case:{order_id}`` with fields ``v`` (the case version, an integer
-that grows with every update of the case) and ``doc`` (the case as JSON), and a TTL. A write only
+that grows with every update of the case) and ``doc`` (the case as JSON), and a TTL. The flow
+emits case records as dicts; a batch keeps the latest per order and serialises only that one
+(orjson), when it is written. A write only
 applies if its version is >= the stored one (a Lua script, atomic per key), so:
 
 - replaying older states after a restart (Bytewax resumes from the last snapshot, so the sink sees
@@ -29,11 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
+import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
@@ -60,8 +64,10 @@ log = logging.getLogger(__name__)
 CASE_KEY_PREFIX = "salvage:case:"
 DEFAULT_TTL_SECONDS = 45 * 24 * 3600
 
-CaseRecord = tuple[str, int, str]
-"""``(order_id, version, doc_json)``."""
+CaseDoc = str | bytes | dict[str, Any]
+"""A case document: a dict (serialised when written, see :func:`case_json`) or its JSON text."""
+CaseRecord = tuple[str, int, CaseDoc]
+"""``(order_id, version, doc)``."""
 
 T = TypeVar("T")
 
@@ -101,6 +107,41 @@ DEFAULT_MAX_BACKLOG = 200_000
 
 class CaseStoreUnavailable(RuntimeError):
     """Redis stayed unreachable for the whole retry budget."""
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, numbers.Real):  # float subclasses (numpy scalars), as json.dumps does
+        return float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def case_json(doc: CaseDoc) -> str | bytes:
+    """The JSON text of a case document: text as it is, a dict through orjson (compact, UTF-8;
+    parsed back it is the document ``json.dumps`` made, for the finite numbers a case holds)."""
+    if isinstance(doc, str | bytes):
+        return doc
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # a non-str key or a float subclass: slower options, as json.dumps took them
+        return orjson.dumps(doc, default=_json_default, option=_ORJSON_OPTIONS)
+
+
+def latest_per_order(records: Iterable[CaseRecord]) -> dict[str, tuple[int, Any]]:
+    """The highest version of each order's records (the last one among equals), exactly as if
+    the records were written one by one."""
+    latest: dict[str, tuple[int, Any]] = {}
+    for order_id, version, doc in records:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"case version must be an int, got {version!r}")
+        if not -_MAX_VERSION < version < _MAX_VERSION:
+            raise ValueError(f"case version {version} out of range (|v| < 2**53)")
+        prev = latest.get(order_id)
+        if prev is None or version >= prev[0]:
+            latest[order_id] = (version, doc)
+    return latest
 
 
 def _client(
@@ -228,24 +269,16 @@ class CaseStore:
 
     # ------------------------------------------------------------------ writes
     def write_many(self, records: Iterable[CaseRecord]) -> int:
-        """Write each ``(order_id, version, doc_json)`` unless the store holds a newer version.
+        """Write each ``(order_id, version, doc)`` unless the store holds a newer version.
 
         Within the batch, the highest version of an order wins (the last one among equals), exactly
-        as if the records were written one by one.
+        as if the records were written one by one; only that one is serialised
+        (:func:`case_json`).
 
         :returns: How many keys were written (stale records are skipped, not counted).
         :raises CaseStoreUnavailable: transient errors outlasted the retry budget.
         """
-        latest: dict[str, tuple[int, str]] = {}
-        for order_id, version, doc in records:
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise TypeError(f"case version must be an int, got {version!r}")
-            if not -_MAX_VERSION < version < _MAX_VERSION:
-                raise ValueError(f"case version {version} out of range (|v| < 2**53)")
-            prev = latest.get(order_id)
-            if prev is None or version >= prev[0]:
-                latest[order_id] = (version, doc)
-        items = list(latest.items())
+        items = [(o, (v, case_json(d))) for o, (v, d) in latest_per_order(records).items()]
         written = 0
         for start in range(0, len(items), self._chunk_size):
             chunk = items[start : start + self._chunk_size]
@@ -262,7 +295,7 @@ class CaseStore:
         finally:
             self.retry_budget_seconds = budget
 
-    def _write_chunk(self, chunk: list[tuple[str, tuple[int, str]]]) -> int:
+    def _write_chunk(self, chunk: list[tuple[str, tuple[int, str | bytes]]]) -> int:
         pipe = self._redis.pipeline(transaction=False)
         for order_id, (version, doc) in chunk:
             self._script(
@@ -424,7 +457,7 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self._pending: OutageBacklog[tuple[int, str]] = OutageBacklog(
+        self._pending: OutageBacklog[tuple[int, str | bytes]] = OutageBacklog(
             ("Redis case store", "case writes"),
             BACKLOG.labels(worker),
             WRITE_FAILURES,
@@ -445,10 +478,11 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
         pending = self._pending
         if not pending.items and pending.attempt(lambda: self._store.write_many_once(items)):
             return
-        for order_id, version, doc in items:  # keep the latest record per order
+        # keep the latest record per order, as JSON (smaller than the dict while Redis is down)
+        for order_id, (version, doc) in latest_per_order(items).items():
             prev = pending.items.get(order_id)
             if prev is None or version >= prev[0]:
-                pending.items[order_id] = (version, doc)
+                pending.items[order_id] = (version, case_json(doc))
         pending.bounded()
         if pending.due():
             pending.attempt(lambda: self._store.write_many_once(self._records()))
@@ -466,7 +500,7 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
 
 
 class RedisCaseSink(DynamicSink[CaseRecord]):
-    """Bytewax sink of ``(order_id, version, doc_json)`` items into a :class:`CaseStore`.
+    """Bytewax sink of ``(order_id, version, doc)`` items into a :class:`CaseStore`.
 
     Each worker writes its batches through its own store; the version guard makes concurrent and
     replayed writes converge. During an outage each worker buffers up to ``max_backlog`` records

@@ -12,12 +12,15 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from salvage.sinks.redis_store import (
     CaseRecord,
     CaseStore,
     CaseStoreUnavailable,
     RedisCaseSink,
+    case_json,
     redis_available,
 )
 
@@ -183,3 +186,66 @@ def test_write_raises_when_outage_outlasts_budget(
     elapsed = time.monotonic() - started
     assert 0.8 <= elapsed < 3
     assert store.retries >= 3
+
+
+# case records as the flow emits them: dicts, serialised once per flush by the sink
+_case_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**62), 2**62)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), _case_values, max_size=8))
+def test_case_json_is_the_document_json_dumps_made(doc: dict) -> None:
+    assert json.loads(case_json(doc)) == json.loads(json.dumps(doc))
+    assert case_json(json.dumps(doc)) == json.dumps(doc)  # text is written as it is
+
+
+def _record(order_id: str, version: int, **extra: object) -> dict:
+    return {"order_id": order_id, "version": version, "features": {"x": 0.1, "é": 2}, **extra}
+
+
+@integration
+def test_dict_documents_are_written_latest_per_order(store: CaseStore) -> None:
+    unserialisable = _record("o1", 1, junk=object())  # superseded in its batch: never serialised
+    records: list[CaseRecord] = [
+        ("o1", 1, unserialisable),
+        ("o1", 3, _record("o1", 3, status="delivered")),
+        ("o2", 2, _record("o2", 2)),
+        ("o1", 3, _record("o1", 3, status="returned")),  # equal: the later one wins
+    ]
+    assert store.write_many(records) == 2
+    assert store.get("o1")["doc"] == json.loads(json.dumps(records[3][2]))  # type: ignore[index]
+    assert store.get("o2")["doc"] == _record("o2", 2)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        store.write_many([("o3", 1, unserialisable)])
+
+
+@integration
+def test_dict_documents_through_the_sink_and_its_backlog(
+    redis_server_factory: Callable[[], RedisServer],
+) -> None:
+    from salvage.sinks.redis_store import _CasePartition
+
+    server = redis_server_factory()
+    store = CaseStore(server.url, retry_budget_seconds=5, backoff_max_seconds=0.2)
+    part = _CasePartition(store, "t", max_backlog=10, retry_interval=0.0)
+    part.write_batch([("a", 1, _record("a", 1)), ("a", 2, _record("a", 2))])
+    assert CaseStore(server.url).get("a")["doc"] == _record("a", 2)  # type: ignore[index]
+    server.stop()
+    part.write_batch([("a", 3, _record("a", 3)), ("b", 1, _record("b", 1))])
+    assert part.backlog == 2  # buffered as JSON text, the latest per order
+    assert all(isinstance(d, bytes) for _, d in part._pending.items.values())
+    server.start()
+    part.close()  # flushes the backlog
+    check = CaseStore(server.url)
+    assert check.get("a")["doc"] == _record("a", 3)  # type: ignore[index]
+    assert check.get("b")["doc"] == _record("b", 1)  # type: ignore[index]
