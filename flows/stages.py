@@ -42,6 +42,8 @@ from salvage.features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, f
 from salvage.features.lane import LaneConfig, LaneMonitor, LaneTransition
 from salvage.features.order_case import PROMISE_RECHECKS_US, OrderCase, Status
 from salvage.flows.items import Overdue
+from salvage.flows.metric_batch import cached as _cached
+from salvage.flows.metric_batch import flush as _flush_metrics
 from salvage.policy.config import MAX_CONTACT_LOG, Policy, load_policy
 from salvage.policy.disposition import decide_disposition
 from salvage.policy.engine import CUSTOMER_FACING, decide, holdout_unit
@@ -51,19 +53,6 @@ from salvage.scoring.text import IntentClassifier
 from salvage.sinks import kpis, metrics
 
 Emit = list[tuple[str, Any]]
-
-
-def _cached(metric):
-    """Memoise ``metric.labels(value)``: the lookup costs more than the increment."""
-    children: dict[str, Any] = {}
-
-    def child(value: str):
-        c = children.get(value)
-        if c is None:
-            c = children[value] = metric.labels(value)
-        return c
-
-    return child
 
 
 _EVENTS = _cached(metrics.EVENTS)
@@ -236,6 +225,7 @@ class _Stage(ABC):
                 self._outbox = {}
             if self.reorderer.low != before:
                 out.append(("tick", ("w", self.name, self.reorderer.low, self.seen_t)))
+        _flush_metrics()  # the batch's counter increments, one inc per labelled child
         return out
 
     def rebind(self, cfg: StageConfig) -> None:
