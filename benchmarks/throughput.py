@@ -11,8 +11,9 @@ On one simulator log (`steady-state`, the first --events lines; generated once a
   triggers (no file, Redis or Kafka I/O). `run_main`, one worker.
 * **bare**: a Bytewax flow over the same file doing only `json.loads` + `key_on(order_id)` +
   a per-key `stateful_map` count into a null sink: what Bytewax itself costs per event here.
-* **plain**: the same stage classes (`flows/stages.py`) driven directly in one Python loop with
-  the same batching, routing and ticks (no Bytewax): the domain logic's own cost. Its triggers
+* **plain**: the same stage classes (`flows/stages/`, wired by `flows/topology.py`) driven
+  directly in one Python loop (`flows/plain.py`) with the same batching, routing and ticks (no
+  Bytewax): the domain logic's own cost. Its triggers
   are checked to be identical to the full flow's (same SHA-256). With --case-records, dispatch
   also builds the case-store records and each batch's latest per order is serialised as the
   Redis sink does (no I/O); off by default, as the full run has no case store.
@@ -33,7 +34,6 @@ import io
 import json
 import pstats
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,6 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 
 TARGET_EPS = 50_000
-CLOCK = time.perf_counter
-"""The plain loop's clock: wall time, or this thread's CPU time (``--clock cpu``: on a machine
-shared with other work, what the loop itself costs)."""
 TARGET_SHARE_OF_BARE = 0.20
 
 
@@ -157,43 +154,20 @@ def run_bare(log: Path) -> tuple[float, dict[str, Any]]:
 
 
 class PlainPipeline:
-    """The flow's stages and routing (``salvage.flows.recovery.build_flow``) in one Python loop.
-
-    Per source batch: the parser's items are grouped per case shard (one ``("b", ...)`` item per
-    shard, ticks to every shard), then each stage level runs on what the previous one emitted,
-    routed by the same rules as the Bytewax wiring (``fan``), until the output stage."""
+    """The flow's stages in one Python loop (:class:`salvage.flows.plain.PlainLoop`: the same
+    stage graph, routing and :func:`~salvage.flows.topology.stage_config` as the Bytewax flow;
+    case records off unless ``case_records``: then each batch's are written as the Redis sink
+    does, less the I/O), fed by the file source's parser."""
 
     def __init__(self, log: Path, shards: int, case_records: bool = False) -> None:
         from salvage.config import Settings
-        from salvage.flows.recovery import _shard_no
+        from salvage.flows.plain import PlainLoop
         from salvage.flows.sources import _Parser, file_part_id
-        from salvage.flows.stages import (
-            CaseStage,
-            ContextStage,
-            DispatchStage,
-            LaneStage,
-            ModelStage,
-            OutputStage,
-            StageConfig,
-        )
-        from salvage.policy.config import load_policy
-        from salvage.scoring.models import ModelConfig
+        from salvage.flows.topology import stage_config
 
         s = Settings(redis_url="", shards=shards, metrics_port=0)
         part = file_part_id(0, log)
-        self.cfg = cfg = StageConfig(
-            case_records=case_records,
-            case_shards=s.shards,
-            cust_shards=s.shards,
-            lane_shards=max(1, min(s.shards, 4)),
-            sources=(part,),
-            return_window_us=int(s.return_window_days * 86_400 * 1e6),
-            model_shards=s.model_shards,
-            model=ModelConfig(min_labels=s.model_min_labels, promote_margin=s.model_promote_margin),
-            infer_intents=s.infer_intents,
-            intent_threshold=s.intent_threshold,
-            policy=load_policy(s.policy),
-        )
+        self.cfg = cfg = stage_config(s, (part,), case_records=case_records)
         self.log = log
         self.parser = _Parser(
             part,
@@ -201,76 +175,36 @@ class PlainPipeline:
             int(s.max_lateness_seconds * 1e6),
             -(2**62),
         )
-
-        def build(keys: list[str], make) -> dict[str, Any]:
-            return {k: make(_shard_no(k), cfg) for k in keys}
-
-        self.stages: dict[str, dict[str, Any]] = {
-            "cases": build(cfg.case_keys(), CaseStage),
-            "context": build(cfg.cust_keys("ctx"), ContextStage),
-            "lanes": build(cfg.lane_keys(), LaneStage),
-            "models": build(cfg.model_keys(), ModelStage),
-            "dispatch": build(cfg.cust_keys("disp"), DispatchStage),
-            "output": {"out": OutputStage(cfg)},
-        }
-        self.wiring = self._wire()
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.loop = PlainLoop(cfg, self._serialise, self._tap)
+        self.stages = self.loop.stages
+        self.seconds = self.loop.seconds
         self.digest = hashlib.sha256()
         self.triggers = 0
         self.dead_letters = 0
         self.case_records: list = []  # this batch's case-store records (--case-records)
         self.case_docs = 0
 
-    # the route name each consuming stage is fed by (``fan(route, ...)`` in build_flow)
-    ROUTE_OF = {"context": "ctx", "lanes": "lane", "models": "model", "dispatch": "disp"}
-    ROUTE_OF["output"] = "out"
-    LEVELS = ("cases", "context", "lanes", "models", "dispatch", "output")
-
-    def _wire(self) -> dict[str, dict[str, str]]:
-        """producer stage -> {route: consumer stage}, read from each consumer's upstream list
-        (so the loop follows the flow's wiring as stages gain or lose upstreams)."""
-        wiring: dict[str, dict[str, str]] = {name: {} for name in self.stages}
-        for consumer, route in self.ROUTE_OF.items():
-            upstreams = next(iter(self.stages[consumer].values())).reorderer.upstream
-            for producer, stages in self.stages.items():
-                if any(k in upstreams for k in stages):
-                    wiring[producer][route] = consumer
-        return wiring
-
-    def _run_level(self, name: str, inbox: dict[str, list], outbox: dict[str, dict]) -> None:
+    def _tap(self, route: Any, payload: Any) -> None:
+        from salvage.flows.messages import Route
         from salvage.sinks import kpis
 
-        stages = self.stages[name]
-        emitted: list = []
-        t0 = CLOCK()
-        for key, items in inbox.items():
-            emitted.extend(stages[key].on_batch(items))
-        self.seconds[name] += CLOCK() - t0
-        if name == "output":
-            t0 = CLOCK()
-            for kind, payload in emitted:
-                self._serialise(kind, payload)
-            self.seconds["serialise outputs"] += CLOCK() - t0
-            return
-        routes = self.wiring[name]
-        t0 = CLOCK()
-        for route, payload in emitted:
-            dest_stage = routes.get(route)
-            if dest_stage is not None:
-                dest, item = payload
-                outbox[dest_stage].setdefault(dest, []).append(item)
-            elif route == "tick":
-                for dest_stage in routes.values():
-                    box = outbox[dest_stage]
-                    for k in self.stages[dest_stage]:
-                        box.setdefault(k, []).append(payload)
-            elif route == "kpi":
-                kpis.observe(payload)
-            elif route == "dlq":
-                self._serialise("dlq", payload)
-            elif route == "case":
-                self.case_records.append(payload)
-        self.seconds["routing, KPIs"] += CLOCK() - t0
+        if route is Route.KPI:
+            kpis.observe(payload)
+        elif route is Route.DEAD_LETTER:
+            self._serialise("dlq", payload)
+        elif route is Route.CASE_RECORD:
+            self.case_records.append(payload)
+
+    def _flush_cases(self) -> None:
+        """What the Redis case sink does with a batch before its round trip
+        (``CaseStore.write_many``): the latest record per order, as JSON; no I/O."""
+        from salvage.sinks.redis_store import case_json, latest_per_order
+
+        t0 = time.perf_counter()
+        docs = [case_json(d) for _, d in latest_per_order(self.case_records).values()]
+        self.case_docs += len(docs)
+        self.case_records = []
+        self.seconds["case-store documents (sink)"] += time.perf_counter() - t0
 
     def _serialise(self, kind: str, payload: Any) -> None:
         if kind == "trigger":
@@ -285,9 +219,8 @@ class PlainPipeline:
     def feed(self, lines: list[bytes], line_no: int, final: bool) -> None:
         from salvage.connectors.parse import RawRecord
         from salvage.features.eventtime import END
-        from salvage.flows.stages import case_key, shard_of
 
-        t0 = CLOCK()
+        t0 = time.perf_counter()
         items: list = []
         source = str(self.log)
         for i, line in enumerate(lines):
@@ -295,44 +228,10 @@ class PlainPipeline:
             if value.strip():
                 self.parser.handle(RawRecord(source, 0, line_no + i + 1, value), items)
         self.parser.tick(items, END if final else None)
-        self.seconds["parse + validate + clock"] += CLOCK() - t0
-        t0 = CLOCK()
-        n_case = self.cfg.case_shards
-        inbox: dict[str, list] = {}
-        ticks = []
-        for item in items:
-            if item[0] == "e":
-                k = case_key(shard_of(item[3].order_id, n_case))
-                box = inbox.get(k)
-                if box is None:
-                    box = inbox[k] = [("b", [])]
-                box[0][1].append(item[1:])
-            elif item[0] == "w":
-                ticks.append(item)
-            else:
-                self._serialise("dlq", item[1])
-        for k in self.stages["cases"]:
-            if ticks:
-                inbox.setdefault(k, []).extend(ticks)
-        self.seconds["routing, KPIs"] += CLOCK() - t0
-        levels: dict[str, dict[str, list]] = {n: {} for n in self.stages}
-        levels["cases"] = inbox
-        for name in self.LEVELS:
-            if levels[name]:
-                self._run_level(name, levels[name], levels)
+        self.seconds["parse + validate + clock"] += time.perf_counter() - t0
+        self.loop.feed(items)
         if self.case_records:
             self._flush_cases()
-
-    def _flush_cases(self) -> None:
-        """What the Redis case sink does with a batch before its round trip: the latest record
-        per order, serialised (``CaseStore.write_many``); no I/O."""
-        from salvage.sinks.redis_store import case_json, latest_per_order
-
-        t0 = CLOCK()
-        docs = [case_json(d) for _, d in latest_per_order(self.case_records).values()]
-        self.case_docs += len(docs)
-        self.case_records = []
-        self.seconds["case-store documents (sink)"] += CLOCK() - t0
 
 
 def run_plain(
@@ -349,8 +248,8 @@ def run_plain(
 
 def _run_plain(log: Path, shards: int, limit: int | None, batch: int, case_records: bool):
     pipe = PlainPipeline(log, shards, case_records)
-    started = CLOCK()
-    wall0 = last_report = time.perf_counter()
+    started = time.perf_counter()
+    last_report = started
     size = log.stat().st_size
     line_no = 0
     with log.open("rb") as f:
@@ -369,10 +268,10 @@ def _run_plain(log: Path, shards: int, limit: int | None, batch: int, case_recor
             now = time.perf_counter()
             if now - last_report > 5:
                 last_report = now
-                say(f"  plain loop: {f.tell() / size:5.1%} of the log read, {now - wall0:.0f}s")
+                say(f"  plain loop: {f.tell() / size:5.1%} of the log read, {now - started:.0f}s")
             if final:
                 break
-    return CLOCK() - started, pipe, line_no
+    return time.perf_counter() - started, pipe, line_no
 
 
 # ----------------------------------------------------------------------------- report
@@ -407,14 +306,8 @@ def main() -> None:
     ap.add_argument(
         "--case-records",
         action="store_true",
-        help="plain loop: with the case-store records (built by dispatch, the latest per order "
-        "serialised per batch as the Redis sink does; no I/O)",
-    )
-    ap.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="plain loop: time it (and its split) in wall or in this thread's CPU seconds",
+        help="plain loop: with the case-store records (dispatch builds them; each batch's latest "
+        "per order serialised as the Redis sink does, no I/O)",
     )
     ap.add_argument(
         "--default-gc",
@@ -423,9 +316,6 @@ def main() -> None:
     )
     args = ap.parse_args()
     tuned = not args.default_gc
-    if args.clock == "cpu":
-        global CLOCK
-        CLOCK = time.thread_time
 
     log = args.log or sim_log(args.events, args.work)
     n_events = sum(1 for _ in log.open("rb"))

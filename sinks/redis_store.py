@@ -1,10 +1,10 @@
 """Redis case store: the latest state of each order case, written idempotently.
 
 Each case is a hash at ``salvage:case:{order_id}`` with fields ``v`` (the case version, an integer
-that grows with every update of the case) and ``doc`` (the case as JSON), and a TTL. The flow
-emits case records as dicts; a batch keeps the latest per order and serialises only that one
-(orjson), when it is written. A write only
-applies if its version is >= the stored one (a Lua script, atomic per key), so:
+that grows with every update of the case) and ``doc`` (the case as JSON), and a TTL. A batch is
+written as its latest record per order; a record may come as JSON (dispatch serialises with
+orjson, see :mod:`salvage.sinks.case_doc`) or as a dict, serialised then, for that one only.
+A write only applies if its version is >= the stored one (a Lua script, atomic per key), so:
 
 - replaying older states after a restart (Bytewax resumes from the last snapshot, so the sink sees
   some updates again) never regresses the store;
@@ -31,19 +31,19 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError
 from redis.retry import Retry
+
+from salvage.sinks.case_doc import CaseDoc, case_json
 
 if TYPE_CHECKING:
     from salvage.config import Settings
@@ -64,8 +64,6 @@ log = logging.getLogger(__name__)
 CASE_KEY_PREFIX = "salvage:case:"
 DEFAULT_TTL_SECONDS = 45 * 24 * 3600
 
-CaseDoc = str | bytes | dict[str, Any]
-"""A case document: a dict (serialised when written, see :func:`case_json`) or its JSON text."""
 CaseRecord = tuple[str, int, CaseDoc]
 """``(order_id, version, doc)``."""
 
@@ -107,26 +105,6 @@ DEFAULT_MAX_BACKLOG = 200_000
 
 class CaseStoreUnavailable(RuntimeError):
     """Redis stayed unreachable for the whole retry budget."""
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, numbers.Real):  # float subclasses (numpy scalars), as json.dumps does
-        return float(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-def case_json(doc: CaseDoc) -> str | bytes:
-    """The JSON text of a case document: text as it is, a dict through orjson (compact, UTF-8;
-    parsed back it is the document ``json.dumps`` made, for the finite numbers a case holds)."""
-    if isinstance(doc, str | bytes):
-        return doc
-    try:
-        return orjson.dumps(doc)
-    except TypeError:  # a non-str key or a float subclass: slower options, as json.dumps took them
-        return orjson.dumps(doc, default=_json_default, option=_ORJSON_OPTIONS)
 
 
 def latest_per_order(records: Iterable[CaseRecord]) -> dict[str, tuple[int, Any]]:
