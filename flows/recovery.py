@@ -21,11 +21,19 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from salvage.config import Settings
 from salvage.connectors.outputs import OUTPUTS, OutputStream
 from salvage.connectors.parse import set_dead_letter_max_bytes
+from salvage.flows.journal import EpochJournal, JournalError, JournalRef
+from salvage.flows.model_sink import ROUTE as MODEL_STATE
+from salvage.flows.model_sink import write_checkpoints
 from salvage.flows.sources import EventLogSource, KafkaEventSource
 from salvage.flows.stages import (
     INTENT_KEY,
@@ -42,6 +50,7 @@ from salvage.flows.stages import (
     routes_to_intents,
     shard_of,
 )
+from salvage.flows.state import StageState, load_bytes, rebuild, snapshot_bytes
 from salvage.policy.config import load_policy
 from salvage.scoring.models import ModelConfig
 from salvage.sinks import kpis, metrics
@@ -49,28 +58,121 @@ from salvage.sinks import kpis, metrics
 # ----------------------------------------------------------------------------- logic glue
 
 
+@dataclass(frozen=True)
+class StateStore:
+    """Where the stages' snapshots go. ``journal``: a folder on the recovery volume (one epoch
+    journal per stage shard, :mod:`salvage.flows.journal`); what Bytewax stores is a tiny
+    :class:`JournalRef`. Without it, ``inline`` puts the whole state into Bytewax's own snapshot
+    (``python -m bytewax.run`` with a recovery dir we were not told about); neither: snapshots
+    are skipped (a run without recovery pays nothing for them)."""
+
+    journal: Path | None = None
+    inline: bool = False
+    compact_ratio: float = 0.5
+    min_segments: int = 8
+
+    @property
+    def active(self) -> bool:
+        return self.journal is not None or self.inline
+
+
+@dataclass(frozen=True)
+class InlineState:
+    """A whole stage state inside a Bytewax snapshot (no journal folder known)."""
+
+    blob: bytes
+
+
 class _StageLogic(StatefulBatchLogic):
-    """Bytewax wrapper: values are ``(key, item)``; the stage is built lazily from its key."""
+    """Bytewax wrapper: values are ``(key, item)``; the stage is built lazily from its key.
+
+    A resume builds the stage from the *current* configuration (``factory``), then loads the
+    snapshot's state into it (:class:`salvage.flows.state.StageState`). ``state`` is what
+    :meth:`snapshot` returned: a :class:`JournalRef`, an :class:`InlineState`, or (from tools and
+    tests) the pickle of a stage object, migrated through the codec."""
 
     def __init__(
-        self, factory: Callable[[str], Any], state: bytes | None, cfg: StageConfig
+        self,
+        factory: Callable[[str], Any],
+        state: Any,
+        cfg: StageConfig,
+        store: StateStore | None = None,
+        step: str = "",
     ) -> None:
         self._factory = factory
-        self.stage = pickle.loads(state) if state is not None else None
-        if self.stage is not None:
-            self.stage.rebind(cfg)  # this run's policy and settings, not the snapshot's
+        self._cfg = cfg
+        self._store = store or StateStore()
+        self._step = step
+        self._key = ""
+        self._state: StageState | None = None
+        self._journal: EpochJournal | None = None
+        self._n = 0
+        self._pending_inline: bytes | None = None
+        self.stage: Any = None
+        if isinstance(state, JournalRef):
+            if self._store.journal is None:
+                raise JournalError(
+                    f"snapshot {state.name}#{state.n} lives in a state journal, but this run has "
+                    "no journal folder (SALVAGE_RECOVERY_DIR)"
+                )
+            self._key = state.name.rpartition("/")[2]
+            self.stage = factory(self._key)
+            self._journal = self._open_journal(state.name)
+            header, entries = self._journal.load(state.n)
+            self._state = StageState(self.stage)
+            self._state.load(header, entries, cfg)
+            self._n = state.n
+        elif isinstance(state, InlineState):  # loaded with its key, on the first batch
+            self._pending_inline = state.blob
+        elif state is not None:  # a pickled stage object (tools, tests): through the codec
+            self.stage = rebuild(pickle.loads(state), cfg)
+            if self._store.active:
+                self._state = StageState(self.stage).track()
+
+    def _open_journal(self, name: str) -> EpochJournal:
+        assert self._store.journal is not None
+        return EpochJournal(
+            self._store.journal, name, self._store.compact_ratio, self._store.min_segments
+        )
+
+    def _build(self, key: str) -> None:
+        self._key = key
+        self.stage = self._factory(key)
+        if self._pending_inline is not None:
+            self._state = load_bytes(self.stage, self._pending_inline, self._cfg)
+            self._pending_inline = None
+        elif self._store.active:
+            self._state = StageState(self.stage)
+        if self._state is not None and self._store.journal is not None:
+            self._state.track()
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         if self.stage is None:
-            self.stage = self._factory(values[0][0])
+            self._build(values[0][0])
         return self.stage.on_batch([v for _, v in values]), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self.stage, protocol=pickle.HIGHEST_PROTOCOL)
+    def snapshot(self) -> Any:
+        store = self._store
+        if self.stage is None:  # resumed, no batch since: the same state again
+            return InlineState(self._pending_inline) if self._pending_inline else None
+        if not store.active:
+            return None
+        if store.journal is None:
+            return InlineState(snapshot_bytes(self.stage))
+        if self._state is None:
+            self._state = StageState(self.stage).track()
+        if self._journal is None:
+            self._journal = self._open_journal(f"{self._step}/{self._key}")
+        n = self._n + 1
+        header, changed, deleted = self._state.delta()
+        full = self._state.entries() if self._journal.compaction_due() else None
+        ref = self._journal.write(n, header, changed, deleted, full)
+        self._n = n
+        return ref
 
 
-def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig):
-    return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg))
+def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig, store: StateStore):
+    return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg, store, step))
 
 
 def _shard_no(key: str) -> int:
@@ -122,6 +224,25 @@ class JsonlSink(FixedPartitionedSink[str, int]):
         return _JsonlPartition(self.path, resume_state)
 
 
+class _ModelPartition(StatelessSinkPartition[dict]):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def write_batch(self, items: list[dict]) -> None:
+        write_checkpoints(self.folder, items)
+
+
+class ModelFileSink(DynamicSink[dict]):
+    """Model checkpoints (:mod:`salvage.flows.model_sink`): each worker writes those of the model
+    shards it owns into ``folder``, one file per shard, the newest replacing the previous."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ModelPartition:
+        return _ModelPartition(self.folder)
+
+
 # ----------------------------------------------------------------------------- the flow
 
 
@@ -138,6 +259,11 @@ def _message(out: OutputStream) -> Callable[[Any], tuple[str, bytes]]:
 def _record_line(tag: str) -> Callable[[Any], tuple[str, str]]:
     return lambda x: (tag, json.dumps(x, sort_keys=True))
 
+
+JOURNAL_DIR = "journal"
+"""The stages' epoch journals, beside the Bytewax recovery partitions (``--recovery-dir``)."""
+MODELS_DIR = "models"
+"""The model shards' checkpoints (``salvage models export``), in ``--recovery-dir``."""
 
 RUN_RECORDS = ("assignments", "outcomes")
 """Files (not topics) every run writes into its out dir, in file and Kafka mode: the
@@ -157,6 +283,11 @@ class FlowSpec:
     from_beginning: bool = False  # Kafka mode with no snapshot: ignore the group's offsets
     extra_sinks: dict[str, Any] = field(default_factory=dict)  # for tests: name -> sink
     process_id: int = 0  # in a multi-process cluster: file outputs are written by process 0
+    # the stages' state journal (salvage run --recovery-dir: DIR/journal); None and not
+    # inline_state: snapshots are skipped (a run without recovery)
+    state_dir: Path | None = None
+    inline_state: bool = False
+    model_dir: Path | None = None  # model checkpoints for `salvage models export` (DIR/models)
 
     @property
     def file_mode(self) -> bool:
@@ -246,6 +377,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     set_dead_letter_max_bytes(s.dead_letter_max_bytes)
     source = _source(spec)
     sinks = _sinks(spec)
+    store = StateStore(spec.state_dir, inline=spec.inline_state)
     cfg = StageConfig(
         case_records="cases" in sinks,
         case_shards=s.shards,
@@ -268,6 +400,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         score_log="scores" in sinks,
         policy=load_policy(s.policy),
         orphan_wait_us=int(s.orphan_wait_seconds * 1e6),
+        model_exports=spec.model_dir is not None,
     )
     case_keys, lane_keys = cfg.case_keys(), cfg.lane_keys()
     ctx_keys, disp_keys, model_keys = cfg.cust_keys("ctx"), cfg.cust_keys("disp"), cfg.model_keys()
@@ -319,15 +452,15 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     if infer:  # one intent classifier per deployment, in event-time order (IntentStage)
         to_intents = op.filter("to_intents", routed, lambda kv: kv[0] == INTENT_KEY)
         direct = op.filter("to_cases", routed, lambda kv: kv[0] != INTENT_KEY)
-        intents = _stateful("intents", to_intents, lambda k: IntentStage(cfg), cfg)
+        intents = _stateful("intents", to_intents, lambda k: IntentStage(cfg), cfg, store)
         from_intents = op.flat_map("route_intents", intents, fan("case", case_keys))
         routed = op.merge("case_input", direct, from_intents)
-    cases = _stateful("cases", routed, lambda k: CaseStage(_shard_no(k), cfg), cfg)
+    cases = _stateful("cases", routed, lambda k: CaseStage(_shard_no(k), cfg), cfg, store)
 
     def stage(name: str, up, route: str, keys: list[str], make):
         """Route ``route`` items of ``up`` (ticks to every key) into a keyed stage."""
         routed = op.flat_map(f"route_{name}", up, fan(route, keys))
-        return _stateful(name, routed, lambda k: make(_shard_no(k), cfg), cfg)
+        return _stateful(name, routed, lambda k: make(_shard_no(k), cfg), cfg, store)
 
     context = stage("context", cases, "ctx", ctx_keys, ContextStage)
     models = stage("models", context, "model", model_keys, ModelStage)
@@ -336,11 +469,14 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     to_out = op.flat_map(  # cases: the return journey's status updates and alerts
         "route_output", op.merge("to_output", dispatch, lanes, cases), fan("out", [OUT_KEY])
     )
-    ordered = _stateful("output", to_out, lambda k: OutputStage(cfg), cfg)
+    ordered = _stateful("output", to_out, lambda k: OutputStage(cfg), cfg, store)
 
     def only(kind: str):
         return lambda kv: kv[1][1] if kv[1][0] == kind else None
 
+    if spec.model_dir is not None:  # model checkpoints: what `salvage models export` reads
+        states = op.filter_map("model_states", models, only(MODEL_STATE))
+        op.output("out_models", states, ModelFileSink(spec.model_dir))
     case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
     # every output stream (salvage.connectors.outputs.OUTPUTS): its items from the ordered output
     # stage (dead letters: the sources' and the case stage's), serialised under its contract
@@ -387,7 +523,13 @@ def spec_from_env() -> FlowSpec:
     settings = Settings()
     inputs = [Path(p) for p in os.environ.get("SALVAGE_INPUT", "").split(",") if p]
     out_dir = Path(os.environ.get("SALVAGE_OUT_DIR", "out"))
+    # python -m bytewax.run ... -r DIR: the journal lives in SALVAGE_RECOVERY_DIR/journal when
+    # told; otherwise whole states go inline into Bytewax's snapshots (recovery may be on)
+    rec = os.environ.get("SALVAGE_RECOVERY_DIR", "").strip()
     return FlowSpec(
+        state_dir=Path(rec) / JOURNAL_DIR if rec else None,
+        model_dir=Path(rec) / MODELS_DIR if rec else None,
+        inline_state=not rec,
         settings=settings,
         inputs=inputs,
         out_dir=out_dir,

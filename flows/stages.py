@@ -43,6 +43,7 @@ from salvage.features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer, f
 from salvage.features.lane import LaneConfig, LaneMonitor, LaneTransition
 from salvage.features.order_case import PROMISE_RECHECKS_US, OrderCase, Status
 from salvage.flows.items import Overdue
+from salvage.flows.model_sink import checkpoint
 from salvage.policy.config import MAX_CONTACT_LOG, Policy, load_policy
 from salvage.policy.disposition import decide_disposition
 from salvage.policy.engine import CUSTOMER_FACING, decide, holdout_unit
@@ -138,6 +139,7 @@ class StageConfig:
     intent_stage: bool = False
     intent_threshold: float = 0.6
     score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
+    model_exports: bool = False  # model shards emit checkpoints (flows/model_sink.py)
     policy: Policy = field(default_factory=load_policy)
 
     def case_keys(self) -> list[str]:
@@ -910,6 +912,8 @@ class ModelStage(_Stage):
             self.send("disp", dest, t, tie, (view, features, scored, events))
         if labelled:
             self._export_metrics()
+        if self.cfg.model_exports:  # for `salvage models export` (flows/model_sink.py)
+            checkpoint(self, low, out)
 
     def _export_metrics(self) -> None:
         shard = str(self.shard)
