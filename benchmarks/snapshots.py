@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/snapshots.py [--open 200000] [--touched 0.01]
 
 1. ``--open`` ``order_placed`` events (the memory benchmark's load: distinct orders, half as many
-   customers, promised in three years so no timer fires) go through every stage of the flow
-   (``benchmarks/throughput.py``'s plain loop), leaving that many open cases;
+   customers, promised in three years so no timer fires; the last one half an hour later, so
+   its watermark releases all the others) go through every stage of the flow
+   (``benchmarks/throughput.py``'s plain loop; ``--cases-only``: the case stage alone), leaving
+   that many open cases;
 2. every stage shard is snapshotted in full: the old way (the shard pickled whole, what
    ``_StageLogic.snapshot`` stored before the journal) and the new one (a base in its epoch
    journal, ``salvage.flows.state`` + ``salvage.flows.journal``), bytes and milliseconds;
@@ -31,6 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from _common import machine, say, table
+
+
+def _marker_line(n_open: int, after: timedelta) -> bytes:
+    """One more order, placed ``after`` the load: its watermark releases the load's tail (the
+    orders still in the reorder buffers), so the first snapshot holds every loaded case."""
+    from memory import LOAD_SPAN, T0, _iso, order_lines
+
+    line = next(iter(order_lines(n_open + 1, n_open, 1)))[0]
+    doc = json.loads(line)
+    doc["occurred_at"] = _iso(T0 + LOAD_SPAN + after)
+    return json.dumps(doc).encode() + b"\n"
 
 
 def _shipped_lines(n_open: int, every: int, start_after: timedelta) -> list[bytes]:
@@ -65,6 +78,9 @@ def main() -> None:
     ap.add_argument("--open", type=int, default=200_000, help="open cases")
     ap.add_argument("--touched", type=float, default=0.01, help="share of open cases changed")
     ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument(
+        "--cases-only", action="store_true", help="drive the case stage only (a faster load)"
+    )
     args = ap.parse_args()
 
     from memory import order_lines
@@ -78,18 +94,25 @@ def main() -> None:
     log = work / "source.jsonl"
     log.touch()  # the single source partition's id
     pipe = PlainPipeline(log, shards=args.shards)
+    if args.cases_only:  # what the case stage emits goes nowhere
+        pipe.stages = {"cases": pipe.stages["cases"]}
+        pipe.wiring = {"cases": {}}
+        pipe.LEVELS = ("cases",)
     states = {
         name: {key: StageState(stage).track() for key, stage in stages.items()}
         for name, stages in pipe.stages.items()
     }
     fed = 0
     t0 = time.perf_counter()
-    for lines in order_lines(args.open):
+    for lines in order_lines(args.open - 1):
         pipe.feed(lines, fed, final=False)
         fed += len(lines)
     say(f"  loaded {fed:,} orders in {time.perf_counter() - t0:.1f} s")
+    n_open = args.open - 1  # and the marker order
+    pipe.feed([_marker_line(n_open, timedelta(minutes=30))], fed, final=False)
+    fed += 1
     open_cases = sum(len(s.cases) for s in pipe.stages["cases"].values())
-    say(f"  {open_cases:,} open cases applied (the rest wait in the reorder buffers)")
+    say(f"  {open_cases:,} open cases (the marker order waits in the reorder buffer)")
     gc.collect()
 
     journals = {
@@ -127,7 +150,7 @@ def main() -> None:
         first[name] = (*old, *new)
 
     every = max(1, round(1 / args.touched))
-    shipped = _shipped_lines(args.open, every, timedelta(hours=1))
+    shipped = _shipped_lines(args.open - 1, every, timedelta(hours=1))
     pipe.feed(shipped, fed, final=False)
     fed += len(shipped)
     open_cases = sum(len(s.cases) for s in pipe.stages["cases"].values())

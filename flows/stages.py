@@ -241,13 +241,6 @@ class _Stage(ABC):
                 out.append(("tick", ("w", self.name, self.reorderer.low, self.seen_t)))
         return out
 
-    def rebind(self, cfg: StageConfig) -> None:
-        """On a resume from a snapshot: adopt the current run's configuration (policy, thresholds,
-        windows) instead of the one pickled with the state; what was learned and buffered stays.
-        The manifest (salvage.runner.run_manifest) refuses changes that would move keys."""
-        if hasattr(self, "cfg"):
-            self.cfg = cfg
-
     @abstractmethod
     def apply(self, released: list[tuple[int, str, Any]], low: int, out: Emit) -> None:
         """Apply the items released below the low watermark ``low``, in order."""
@@ -284,30 +277,6 @@ class CaseStage(_Stage):
                 _STATUS_UPDATES(stage.value)
             for kind in self.journey.alerts:
                 _JOURNEY_ALERTS(kind.value)
-
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        for name, empty in (("tomb_digests", dict), ("orphans", dict), ("orphan_heap", list)):
-            if not hasattr(self, name):  # a snapshot from before these existed
-                setattr(self, name, empty())
-        # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
-        if not hasattr(self, "settled"):  # a snapshot written before the grace period
-            self.settled = {}
-        for source in case_upstreams(cfg):
-            self.reorderer.upstream.setdefault(source, BEGIN)
-        if not cfg.intent_stage:  # inference turned off: no intent stage to wait for
-            self.reorderer.upstream.pop(INTENT_KEY, None)
-        self._configure(cfg)
-        # deadlines follow the config (return window, journey thresholds): a timer computed under
-        # the old one would be discarded when it fires and the new deadline never scheduled
-        self.timers = [
-            (d, oid)
-            for oid, case in self.cases.items()
-            if (
-                d := case.next_deadline(cfg.return_window_us, self.journey, cfg.promise_rechecks_us)
-            )
-        ]
-        heapq.heapify(self.timers)
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
@@ -789,12 +758,6 @@ class IntentStage(_Stage):
         self.intents = IntentClassifier(threshold=cfg.intent_threshold)
         self.recent: dict[int, None] = {}  # insertion-ordered: the oldest is evicted first
 
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        for source in cfg.sources:
-            self.reorderer.upstream.setdefault(source, BEGIN)
-        self.intents.threshold = cfg.intent_threshold  # a resume keeps what it learned
-
     def apply(self, released, low: int, out: Emit) -> None:
         clf = self.intents
         labelled = False
@@ -868,14 +831,6 @@ class ModelStage(_Stage):
         for name in ("recoverability", "abuse"):  # series exist from the start (increase() works)
             _MODEL_CHANGES["promoted"](name)
             _MODEL_CHANGES["demoted"](name)
-
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        # promotion and demotion gates of this run; the models' structure (learning rate, windows)
-        # is fixed when they are created
-        self.models.cfg = cfg.model
-        self.models.recoverability.cfg = self.models.abuse.cfg = cfg.model
-        self.models.upgrade()  # a snapshot written before issue 11's fields
 
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False
@@ -1202,12 +1157,6 @@ class LaneStage(_Stage):
         self.shard = shard
         self.cfg = cfg
         self.lanes: dict[str, LaneMonitor] = {}
-
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        for lane, monitor in self.lanes.items():  # the gauge of a fresh process starts at 0
-            if monitor.alert_open:
-                metrics.LANE_ALERT_OPEN.labels(kpis.bucket("lane_monitor", lane)).inc()
 
     def apply(self, released, low: int, out: Emit) -> None:
         lcfg = self.cfg.lane

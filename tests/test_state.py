@@ -243,3 +243,45 @@ def test_tracked_dict_records_reads_for_update_writes_and_deletes():
     import pickle
 
     assert type(pickle.loads(pickle.dumps(d))) is dict  # stage pickles stay plain
+
+
+@pytest.mark.parametrize("mode", ["journal", "inline"])
+def test_the_bytewax_logic_resumes_from_what_its_snapshot_returned(tmp_path, mode):
+    """``_StageLogic.snapshot`` returns a tiny JournalRef (journal) or the whole state (inline);
+    a logic built from it goes on exactly like the original; without a store nothing is paid."""
+    from salvage.connectors.parse import RawRecord
+    from salvage.flows.journal import JournalRef
+    from salvage.flows.recovery import InlineState, StateStore, _StageLogic
+    from salvage.flows.sources import _Parser
+    from tests.helpers import event, line, order_placed
+
+    cfg = _cfg(infer_intents=False)
+    store = StateStore(tmp_path / "journal" if mode == "journal" else None, inline=True)
+    parser = _Parser("t#0", 0, 7 * DAY_US, BEGIN)
+    items: list = []
+    docs = [order_placed(f"o{i}", f"2026-03-0{2 + i % 3}T10:00:00Z") for i in range(6)]
+    at = "2026-03-06T10:00:00Z"
+    docs.append(event("s1", "carrier_scan", "o1", at, scan="delivered", courier="dhl"))
+    for n, doc in enumerate(docs):
+        parser.handle(RawRecord("t", 0, n, line(doc)), items)
+    assert all(x[0] == "e" for x in items), items
+    first, second = items[:4], items[4:]
+    late = second[-1][1] + 40 * DAY_US
+
+    def make(key: str) -> CaseStage:
+        return CaseStage(int(key.rsplit("-", 1)[1]), cfg)
+
+    logic = _StageLogic(make, None, cfg, store, "cases")
+    logic.on_batch([("case-0000", x) for x in [*first, ("w", "t#0", first[-1][1], 0)]])
+    snap = logic.snapshot()
+    assert isinstance(snap, JournalRef if mode == "journal" else InlineState)
+    resumed = _StageLogic(make, snap, cfg, store, "cases")
+    rest = [("case-0000", x) for x in [*second, ("w", "t#0", late, late)]]
+    want, _ = logic.on_batch(rest)
+    got, _ = resumed.on_batch(rest)
+    assert [(r, str(p)) for r, p in got] == [(r, str(p)) for r, p in want] and len(want) >= 3
+    if mode == "journal":  # the next snapshot is a segment of the same journal
+        assert resumed.snapshot() == JournalRef("cases/case-0000", 2)
+    off = _StageLogic(make, None, cfg, StateStore(), "cases")
+    off.on_batch(rest)
+    assert off.snapshot() is None
