@@ -95,9 +95,11 @@ def main() -> None:
     log.touch()  # the single source partition's id
     pipe = PlainPipeline(log, shards=args.shards)
     if args.cases_only:  # what the case stage emits goes nowhere
-        pipe.stages = {"cases": pipe.stages["cases"]}
-        pipe.wiring = {"cases": {}}
-        pipe.LEVELS = ("cases",)
+        loop = pipe.loop
+        loop.specs = tuple(st for st in loop.specs if st.name == "cases")
+        loop.stages = pipe.stages = {"cases": pipe.stages["cases"]}
+        loop.consumers = {"cases": []}
+        loop.on_output = lambda kind, payload: None
     states = {
         name: {key: StageState(stage).track() for key, stage in stages.items()}
         for name, stages in pipe.stages.items()

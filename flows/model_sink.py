@@ -1,13 +1,12 @@
 """Model checkpoints: what ``salvage models export`` reads (not Bytewax's recovery tables).
 
-A model shard (``ModelStage``) emits a checkpoint of its two online models on the ``model_state``
-route when a model is promoted or demoted, every :data:`EVERY_LABELS` labels, and when its input
-ends; the flow's model sink (``salvage.flows.recovery.ModelFileSink``) writes each one atomically
-to ``DIR/model-NNNN.pkl`` (the newest replaces the previous: a compacted stream of one file per
-shard). ``salvage run --recovery-dir
-DIR`` puts them in ``DIR/models``, on the process that owns the shard. A replay after a crash
-emits the same checkpoints again, in the same order, so the files end the same. No Bytewax
-import (the stages call :func:`checkpoint`).
+A model shard (``ModelStage``) emits a checkpoint of its two online models on
+``Route.MODEL_STATE`` when a model is promoted or demoted, every :data:`EVERY_LABELS` labels, and
+when its input ends; the flow's model sink (``salvage.flows.recovery.ModelFileSink``) writes each
+one atomically to ``DIR/model-NNNN.pkl`` (the newest replaces the previous: a compacted stream of
+one file per shard). ``salvage run --recovery-dir DIR`` puts them in ``DIR/models``, on the
+process that owns the shard. A replay after a crash emits the same checkpoints again, in the same
+order, so the files end the same. No Bytewax import (the stages call :func:`checkpoint`).
 
 A checkpoint holds the :class:`~salvage.scoring.models.ModelSet` without its per-case memory
 (the pending snapshots of open cases stay in the recovery state): weights, scaler, evaluation
@@ -23,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from salvage.features.eventtime import END
+from salvage.flows.messages import Route
 
 EVERY_LABELS = 1000
-ROUTE = "model_state"
 SUFFIX = ".pkl"
 
 
@@ -57,7 +56,7 @@ def checkpoint(stage: Any, low: int, out: list) -> None:
         "driving": ms.version,
         "models": pickle.dumps(lite, protocol=pickle.HIGHEST_PROTOCOL),
     }
-    out.append((ROUTE, doc))
+    out.append((Route.MODEL_STATE, doc))
 
 
 def write_checkpoints(folder: Path, items: list[dict]) -> None:

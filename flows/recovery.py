@@ -14,7 +14,7 @@ import json
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,30 +29,14 @@ from bytewax.outputs import (
 )
 
 from salvage.config import Settings
-from salvage.connectors.outputs import OUTPUTS, OutputStream
+from salvage.connectors.outputs import OUTPUTS, DeadLetter, OutputStream
 from salvage.connectors.parse import set_dead_letter_max_bytes
 from salvage.flows.journal import EpochJournal, JournalError, JournalRef
-from salvage.flows.model_sink import ROUTE as MODEL_STATE
 from salvage.flows.model_sink import write_checkpoints
 from salvage.flows.sources import EventLogSource, KafkaEventSource
-from salvage.flows.stages import (
-    INTENT_KEY,
-    OUT_KEY,
-    CaseStage,
-    ContextStage,
-    DispatchStage,
-    IntentStage,
-    LaneStage,
-    ModelStage,
-    OutputStage,
-    StageConfig,
-    case_key,
-    routes_to_intents,
-    shard_of,
-)
+from salvage.flows.stages import StageConfig
 from salvage.flows.state import StageState, load_bytes, rebuild, snapshot_bytes
-from salvage.policy.config import load_policy
-from salvage.scoring.models import ModelConfig
+from salvage.flows.topology import SOURCE, TAPS, fan, graph, route_source, stage_config
 from salvage.sinks import kpis, metrics
 
 # ----------------------------------------------------------------------------- logic glue
@@ -80,6 +64,7 @@ class StateStore:
 class InlineState:
     """A whole stage state inside a Bytewax snapshot (no journal folder known)."""
 
+    key: str
     blob: bytes
 
 
@@ -88,8 +73,9 @@ class _StageLogic(StatefulBatchLogic):
 
     A resume builds the stage from the *current* configuration (``factory``), then loads the
     snapshot's state into it (:class:`salvage.flows.state.StageState`). ``state`` is what
-    :meth:`snapshot` returned: a :class:`JournalRef`, an :class:`InlineState`, or (from tools and
-    tests) the pickle of a stage object, migrated through the codec."""
+    :meth:`snapshot` returned: a :class:`JournalRef` (``store.journal``), an :class:`InlineState`
+    (``store.inline``, the default), or (from tools and tests) the pickle of a stage object,
+    migrated through the codec."""
 
     def __init__(
         self,
@@ -101,13 +87,12 @@ class _StageLogic(StatefulBatchLogic):
     ) -> None:
         self._factory = factory
         self._cfg = cfg
-        self._store = store or StateStore()
+        self._store = store if store is not None else StateStore(inline=True)
         self._step = step
         self._key = ""
         self._state: StageState | None = None
         self._journal: EpochJournal | None = None
         self._n = 0
-        self._pending_inline: bytes | None = None
         self.stage: Any = None
         if isinstance(state, JournalRef):
             if self._store.journal is None:
@@ -122,12 +107,16 @@ class _StageLogic(StatefulBatchLogic):
             self._state = StageState(self.stage)
             self._state.load(header, entries, cfg)
             self._n = state.n
-        elif isinstance(state, InlineState):  # loaded with its key, on the first batch
-            self._pending_inline = state.blob
+        elif isinstance(state, InlineState):
+            self._key = state.key
+            self.stage = factory(state.key)
+            self._state = load_bytes(self.stage, state.blob, cfg)
         elif state is not None:  # a pickled stage object (tools, tests): through the codec
             self.stage = rebuild(pickle.loads(state), cfg)
-            if self._store.active:
-                self._state = StageState(self.stage).track()
+            self._key = self.stage.name
+            self._state = StageState(self.stage)
+        if self._state is not None and self._store.journal is not None:
+            self._state.track()
 
     def _open_journal(self, name: str) -> EpochJournal:
         assert self._store.journal is not None
@@ -135,30 +124,20 @@ class _StageLogic(StatefulBatchLogic):
             self._store.journal, name, self._store.compact_ratio, self._store.min_segments
         )
 
-    def _build(self, key: str) -> None:
-        self._key = key
-        self.stage = self._factory(key)
-        if self._pending_inline is not None:
-            self._state = load_bytes(self.stage, self._pending_inline, self._cfg)
-            self._pending_inline = None
-        elif self._store.active:
-            self._state = StageState(self.stage)
-        if self._state is not None and self._store.journal is not None:
-            self._state.track()
-
     def on_batch(self, values: list) -> tuple[list, bool]:
         if self.stage is None:
-            self._build(values[0][0])
+            self._key = values[0][0]
+            self.stage = self._factory(self._key)
+            if self._store.journal is not None:
+                self._state = StageState(self.stage).track()
         return self.stage.on_batch([v for _, v in values]), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
         store = self._store
-        if self.stage is None:  # resumed, no batch since: the same state again
-            return InlineState(self._pending_inline) if self._pending_inline else None
-        if not store.active:
+        if self.stage is None or not store.active:
             return None
         if store.journal is None:
-            return InlineState(snapshot_bytes(self.stage))
+            return InlineState(self._key, snapshot_bytes(self.stage))
         if self._state is None:
             self._state = StageState(self.stage).track()
         if self._journal is None:
@@ -175,8 +154,19 @@ def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig, st
     return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg, store, step))
 
 
-def _shard_no(key: str) -> int:
-    return int(key.rsplit("-", 1)[1])
+def _for_keys(keys: tuple[str, ...]) -> Callable[[tuple[str, Any]], bool]:
+    wanted = frozenset(keys)
+    return lambda kv: kv[0] in wanted
+
+
+def _from_stage(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], list]:
+    """What a stateful step emits is ``(key, (route, payload))``: route the pair, keyed."""
+    return lambda kv: [(k, (k, item)) for k, item in route(kv[1])]
+
+
+def _with_key(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], list]:
+    """Bytewax's stateful steps do not tell the logic its key: values carry it, ``(key, item)``."""
+    return lambda x: [(k, (k, item)) for k, item in route(x)]
 
 
 # ----------------------------------------------------------------------------- file sink
@@ -373,117 +363,56 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
 
 
 def build_flow(spec: FlowSpec) -> Dataflow:
+    """The recovery dataflow: Bytewax is a thin shell around :mod:`salvage.flows.topology`
+    (which stage consumes which route) and the stage classes (what each does)."""
     s = spec.settings
     set_dead_letter_max_bytes(s.dead_letter_max_bytes)
     source = _source(spec)
     sinks = _sinks(spec)
-    store = StateStore(spec.state_dir, inline=spec.inline_state)
-    cfg = StageConfig(
-        case_records="cases" in sinks,
-        case_shards=s.shards,
-        cust_shards=s.shards,
-        lane_shards=max(1, min(s.shards, 4)),
-        sources=tuple(source.part_ids()),
-        return_window_us=int(s.return_window_days * 86_400 * 1e6),
-        settled_grace_us=int(s.settled_grace_days * 86_400 * 1e6),
-        lane=s.lane_config(),
-        promise_rechecks_us=tuple(int(h * 3_600_000_000) for h in s.promise_recheck_hours),
-        model_shards=s.model_shards,
-        model=ModelConfig(
-            min_labels=s.model_min_labels,
-            promote_margin=s.model_promote_margin,
-            verdict_wait_us=int(s.settled_grace_days * 86_400 * 1e6),
-        ),
-        infer_intents=s.infer_intents,
-        intent_stage=s.infer_intents,
-        intent_threshold=s.intent_threshold,
-        score_log="scores" in sinks,
-        policy=load_policy(s.policy),
-        orphan_wait_us=int(s.orphan_wait_seconds * 1e6),
-        model_exports=spec.model_dir is not None,
+    cfg = stage_config(
+        s, tuple(source.part_ids()), case_records="cases" in sinks, score_log="scores" in sinks
     )
-    case_keys, lane_keys = cfg.case_keys(), cfg.lane_keys()
-    ctx_keys, disp_keys, model_keys = cfg.cust_keys("ctx"), cfg.cust_keys("disp"), cfg.model_keys()
-    n_case = cfg.case_shards
-
+    cfg = replace(cfg, model_exports=spec.model_dir is not None)
+    store = StateStore(spec.state_dir, inline=spec.inline_state)
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
     metrics.LANE_ALERT_OPEN.clear()  # and the open-alert counts (a resume re-adds its own)
     flow = Dataflow("salvage-recovery")
     raw = op.input("input", flow, source)
+    # the source's items: dead letters to their sink, events and ticks into the graph
+    split = op.branch("source_items", raw, lambda item: not isinstance(item, DeadLetter))
+    from_source = op.flat_map_batch("route_source", split.trues, _with_key(route_source(cfg)))
 
-    infer = cfg.intent_stage
-    first_keys = [*case_keys, INTENT_KEY] if infer else case_keys
-
-    def route_source(items: list) -> list:
-        """Group a source batch per case shard: one item per shard, then the ticks. Support
-        contacts with text go to the intent stage first (when inference is on)."""
-        groups: dict[str, list] = {}
-        ticks = []
-        for item in items:
-            if item[0] == "e":
-                ev = item[3]
-                k = (
-                    INTENT_KEY
-                    if infer and routes_to_intents(ev)
-                    else case_key(shard_of(ev.order_id, n_case))
+    steps: dict[str, Any] = {}  # stage name -> its emitted (route, payload) stream
+    for st in graph(cfg):
+        feeds = []
+        for up in st.upstreams:
+            if up == SOURCE:
+                feeds.append(op.filter(f"source_to_{st.name}", from_source, _for_keys(st.keys)))
+            else:
+                assert st.route is not None
+                feeds.append(
+                    op.flat_map(
+                        f"{up}_to_{st.name}", steps[up], _from_stage(fan(st.route, st.keys))
+                    )
                 )
-                groups.setdefault(k, []).append(item[1:])
-            elif item[0] == "w":
-                ticks.append(item)
-        out = [(k, (k, ("b", batch))) for k, batch in groups.items()]
-        out += [(k, (k, tick)) for tick in ticks for k in first_keys]
-        return out
+        up_stream = feeds[0] if len(feeds) == 1 else op.merge(f"into_{st.name}", *feeds)
+        steps[st.name] = _stateful(st.name, up_stream, st.make, cfg, store)
 
-    source_dlq = op.filter_map("source_dlq", raw, lambda i: i[1] if i[0] == "x" else None)
-    routed = op.flat_map_batch("route_cases", raw, route_source)
+    def only(route: str):  # a stateful step emits (key, (route, payload))
+        return lambda kv: kv[1][1] if kv[1][0] == route else None
 
-    def fan(route: str, keys: list[str]):
-        def f(kv):
-            r, payload = kv[1]
-            if r == route:
-                dest, item = payload
-                return [(dest, (dest, item))]
-            if r == "tick":
-                return [(k, (k, payload)) for k in keys]
-            return []
-
-        return f
-
-    if infer:  # one intent classifier per deployment, in event-time order (IntentStage)
-        to_intents = op.filter("to_intents", routed, lambda kv: kv[0] == INTENT_KEY)
-        direct = op.filter("to_cases", routed, lambda kv: kv[0] != INTENT_KEY)
-        intents = _stateful("intents", to_intents, lambda k: IntentStage(cfg), cfg, store)
-        from_intents = op.flat_map("route_intents", intents, fan("case", case_keys))
-        routed = op.merge("case_input", direct, from_intents)
-    cases = _stateful("cases", routed, lambda k: CaseStage(_shard_no(k), cfg), cfg, store)
-
-    def stage(name: str, up, route: str, keys: list[str], make):
-        """Route ``route`` items of ``up`` (ticks to every key) into a keyed stage."""
-        routed = op.flat_map(f"route_{name}", up, fan(route, keys))
-        return _stateful(name, routed, lambda k: make(_shard_no(k), cfg), cfg, store)
-
-    context = stage("context", cases, "ctx", ctx_keys, ContextStage)
-    models = stage("models", context, "model", model_keys, ModelStage)
-    dispatch = stage("dispatch", models, "disp", disp_keys, DispatchStage)
-    lanes = stage("lanes", cases, "lane", lane_keys, LaneStage)
-    to_out = op.flat_map(  # cases: the return journey's status updates and alerts
-        "route_output", op.merge("to_output", dispatch, lanes, cases), fan("out", [OUT_KEY])
-    )
-    ordered = _stateful("output", to_out, lambda k: OutputStage(cfg), cfg, store)
-
-    def only(kind: str):
-        return lambda kv: kv[1][1] if kv[1][0] == kind else None
-
-    if spec.model_dir is not None:  # model checkpoints: what `salvage models export` reads
-        states = op.filter_map("model_states", models, only(MODEL_STATE))
-        op.output("out_models", states, ModelFileSink(spec.model_dir))
-    case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
+    ordered = steps["output"]
+    taps: dict[str, list] = {}
+    for (stage, route), name in TAPS.items():
+        taps.setdefault(name, []).append(
+            op.filter_map(f"{stage}_{name}", steps[stage], only(route))
+        )
     # every output stream (salvage.connectors.outputs.OUTPUTS): its items from the ordered output
     # stage (dead letters: the sources' and the case stage's), serialised under its contract
     streams: dict[str, Any] = {}
     for out in OUTPUTS:
         if out.item == "dlq":
-            items = op.merge("dead_letters", source_dlq, case_dlq)
+            items = op.merge("dead_letters", split.falses, *taps["dead_letters"])
         else:
             items = op.filter_map(out.sink, ordered, only(out.item))
         streams[out.item] = items
@@ -496,12 +425,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             op.output(f"out_{sink}", ser, sinks[sink])
 
     # KPIs: a stateless tap on order/case facts (Prometheus counters commute; order is irrelevant)
-    def tap(_step, kv) -> None:
-        if kv[1][0] == "kpi":
-            kpis.observe(kv[1][1])
-
-    op.inspect("kpis_orders", context, tap)
-    op.inspect("kpis_cases", dispatch, tap)
+    for i, facts in enumerate(taps["kpis"]):
+        op.inspect(f"kpis_{i}", facts, lambda _step, fact: kpis.observe(fact))
     if "reviews" in sinks:  # human-review triggers also go to the reviewers' queue
         reviews = op.filter_map(
             "reviews",
@@ -509,13 +434,12 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             lambda t: t.model_dump(mode="json") if t.action.value == "human_review" else None,
         )
         op.output("out_reviews", reviews, sinks["reviews"])
-    if "scores" in sinks:  # per-prediction log (benchmarks): an extra sink named "scores"
-        op.output(
-            "out_scores", op.filter_map("score_log", dispatch, only("score")), sinks["scores"]
-        )
-    if "cases" in sinks:
-        records = op.filter_map("case_records", dispatch, only("case"))
-        op.output("out_cases", records, sinks["cases"])
+    if spec.model_dir is not None:  # model checkpoints: what `salvage models export` reads
+        states = op.merge("all_model_states", *taps["model_states"])
+        op.output("out_models", states, ModelFileSink(spec.model_dir))
+    for name in ("scores", "cases"):  # per-prediction log (benchmarks), case store
+        if name in sinks:
+            op.output(f"out_{name}", op.merge(f"all_{name}", *taps[name]), sinks[name])
     return flow
 
 

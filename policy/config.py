@@ -44,8 +44,8 @@ from salvage.policy.disposition import DispositionPolicy
 
 DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
 
-# Contacts remembered per customer by the dispatch stage (flows/stages.py trims its log to this):
-# a contact cap above it could never be reached, so the guardrails reject one.
+# Contacts remembered per customer by the dispatch stage (flows/stages/dispatch.py trims its log to
+# this): a contact cap above it could never be reached, so the guardrails reject one.
 MAX_CONTACT_LOG = 8
 
 _OPS = {
