@@ -11,7 +11,8 @@
    ``_StageLogic.snapshot`` stored before the journal) and the new one (a base in its epoch
    journal, ``salvage.flows.state`` + ``salvage.flows.journal``), bytes and milliseconds;
 3. ``--touched`` of the open cases get one more event (``order_shipped``, an hour later), which
-   touches their case, customer, model snapshots and dispatch memory, and a watermark tick;
+   touches their case, customer, model snapshots and dispatch memory, then one more order two
+   hours later still, whose watermark releases the shipments through every stage;
 4. the next snapshot of every shard is taken: the old way (the whole shard again) and the new one
    (a journal segment: the touched entries and the headers).
 
@@ -94,11 +95,14 @@ def main() -> None:
     log = work / "source.jsonl"
     log.touch()  # the single source partition's id
     pipe = PlainPipeline(log, shards=args.shards)
-    if args.cases_only:  # what the case stage emits goes nowhere
+    if args.cases_only:  # the case stage (and the intent stage it waits for) only
         loop = pipe.loop
-        loop.specs = tuple(st for st in loop.specs if st.name == "cases")
-        loop.stages = pipe.stages = {"cases": pipe.stages["cases"]}
-        loop.consumers = {"cases": []}
+        keep = {"intents", "cases"}
+        loop.specs = tuple(st for st in loop.specs if st.name in keep)
+        loop.stages = pipe.stages = {n: st for n, st in loop.stages.items() if n in keep}
+        loop.consumers = {
+            n: [(c, f) for c, f in loop.consumers[n] if c in keep] for n in loop.stages
+        }
         loop.on_output = lambda kind, payload: None
     states = {
         name: {key: StageState(stage).track() for key, stage in stages.items()}
@@ -153,10 +157,16 @@ def main() -> None:
 
     every = max(1, round(1 / args.touched))
     shipped = _shipped_lines(args.open - 1, every, timedelta(hours=1))
+    # and a later event, whose watermark releases them (through every stage)
+    later = _marker_line(args.open, timedelta(hours=3))
     pipe.feed(shipped, fed, final=False)
-    fed += len(shipped)
+    pipe.feed([later], fed + len(shipped), final=False)
+    fed += len(shipped) + 1
     open_cases = sum(len(s.cases) for s in pipe.stages["cases"].values())
-    say(f"  touched {len(shipped):,} of {open_cases:,} open cases (order_shipped, then a tick)")
+    shipped_cases = sum(
+        1 for s in pipe.stages["cases"].values() for c in s.cases.values() if c.shipped_at
+    )
+    say(f"  {shipped_cases:,} of {open_cases:,} open cases touched (order_shipped applied)")
 
     ratios: dict[str, float] = {}
     for name in pipe.stages:

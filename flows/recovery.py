@@ -35,7 +35,7 @@ from salvage.flows.journal import EpochJournal, JournalError, JournalRef
 from salvage.flows.model_sink import write_checkpoints
 from salvage.flows.sources import EventLogSource, KafkaEventSource
 from salvage.flows.stages import StageConfig
-from salvage.flows.state import StageState, load_bytes, rebuild, snapshot_bytes
+from salvage.flows.state import StageState, fresh, load_bytes, rebuild, snapshot_bytes
 from salvage.flows.topology import SOURCE, TAPS, fan, graph, route_source, stage_config
 from salvage.sinks import kpis, metrics
 
@@ -101,7 +101,7 @@ class _StageLogic(StatefulBatchLogic):
                     "no journal folder (SALVAGE_RECOVERY_DIR)"
                 )
             self._key = state.name.rpartition("/")[2]
-            self.stage = factory(self._key)
+            self.stage = self._make(self._key)
             self._journal = self._open_journal(state.name)
             header, entries = self._journal.load(state.n)
             self._state = StageState(self.stage)
@@ -109,7 +109,7 @@ class _StageLogic(StatefulBatchLogic):
             self._n = state.n
         elif isinstance(state, InlineState):
             self._key = state.key
-            self.stage = factory(state.key)
+            self.stage = self._make(state.key)
             self._state = load_bytes(self.stage, state.blob, cfg)
         elif state is not None:  # a pickled stage object (tools, tests): through the codec
             self.stage = rebuild(pickle.loads(state), cfg)
@@ -117,6 +117,14 @@ class _StageLogic(StatefulBatchLogic):
             self._state = StageState(self.stage)
         if self._state is not None and self._store.journal is not None:
             self._state.track()
+
+    def _make(self, key: str) -> Any:
+        """The stage of ``key``, built from this logic's config (a factory made for another
+        config, e.g. a stage graph of the previous run, only tells the class and shard)."""
+        stage = self._factory(key)
+        if getattr(stage, "cfg", self._cfg) is not self._cfg:
+            stage = fresh(stage, self._cfg)
+        return stage
 
     def _open_journal(self, name: str) -> EpochJournal:
         assert self._store.journal is not None

@@ -377,7 +377,7 @@ class CaseCodec(_Base):
         }
 
     def finish(self, stage: Any, cfg: Any) -> None:
-        from salvage.flows.stages import TOMBSTONE_US
+        from salvage.flows.stages.base import TOMBSTONE_US
 
         # deadlines follow the config (return window, journey thresholds, promise re-checks)
         rechecks = cfg.promise_rechecks_us
@@ -720,6 +720,15 @@ def load_bytes(stage: Any, blob: bytes, cfg: Any) -> StageState:
     return state
 
 
+def fresh(stage: Any, cfg: Any) -> Any:
+    """A new, empty stage of ``stage``'s class and shard, built from ``cfg``."""
+    from salvage.flows import stages as s
+
+    if isinstance(stage, s.IntentStage | s.OutputStage):
+        return type(stage)(cfg)
+    return type(stage)(stage.shard, cfg)
+
+
 def rebuild(old: Any, cfg: Any) -> Any:
     """A stage built from ``cfg`` holding the state of ``old`` (a stage object from a pickle
     written before the codec, or from a tool): encode its state, load it into the new one."""
@@ -734,10 +743,7 @@ def rebuild(old: Any, cfg: Any) -> Any:
     ):
         if isinstance(old, s.CaseStage) and not hasattr(old, name):
             setattr(old, name, empty())
-    if isinstance(old, s.IntentStage | s.OutputStage):
-        new = type(old)(cfg)
-    else:
-        new = type(old)(old.shard, cfg)
+    new = fresh(old, cfg)
     header, entries = StageState(old).full()
     StageState(new).load(header, entries, cfg)
     return new

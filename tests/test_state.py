@@ -1,14 +1,13 @@
 """Explicit stage state (flows/state.py): codecs, touched keys, journaled snapshots and resumes.
 
-The pipeline tests drive every stage of the flow with the plain loop of
-``benchmarks/throughput.py`` (the flow's routing without Bytewax), snapshot every shard into its
+The pipeline tests drive every stage of the flow with the plain loop (``salvage.flows.plain``:
+the flow's stage graph and routing without Bytewax), snapshot every shard into its
 epoch journal after each batch, rebuild the stages from the *current* config at a cut point, load
 the journal into them and go on: the outputs must equal an uninterrupted run's, byte for byte."""
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salvage.features.eventtime import BEGIN, DAY_US
+from salvage.config import Settings
+from salvage.connectors.parse import RawRecord
+from salvage.features.eventtime import BEGIN, DAY_US, END
 from salvage.flows.journal import EpochJournal
+from salvage.flows.messages import Event, Tick
+from salvage.flows.plain import PlainLoop
+from salvage.flows.sources import _Parser, file_part_id
 from salvage.flows.stages import CaseStage, IntentStage, ModelStage, StageConfig
 from salvage.flows.state import (
     CODEC_VERSION,
@@ -28,24 +32,42 @@ from salvage.flows.state import (
     pack,
     unpack,
 )
+from salvage.flows.topology import stage_config
 from tests.flowkit import sim_log
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from throughput import PlainPipeline
 
-
-class Recording(PlainPipeline):
-    """The plain loop, keeping every output item (serialised) in order."""
+class Recording:
+    """The stage graph in a plain loop (:class:`salvage.flows.plain.PlainLoop`) fed by the file
+    source's parser, keeping every output item (serialised) in order."""
 
     def __init__(self, log: Path, shards: int) -> None:
-        super().__init__(log, shards)
+        s = Settings(redis_url="", shards=shards, metrics_port=0)
+        part = file_part_id(0, log)
+        self.cfg = stage_config(s, (part,), case_records=True, score_log=True)
+        self.parser = _Parser(
+            part,
+            int(s.reorder_tolerance_seconds * 1e6),
+            int(s.max_lateness_seconds * 1e6),
+            -(2**62),
+        )
         self.outputs: list[str] = []
+        self.loop = PlainLoop(self.cfg, self._keep, self._keep)
+        self.stages = self.loop.stages
+        self.source = str(log)
 
-    def _serialise(self, kind: str, payload: Any) -> None:
+    def _keep(self, kind: Any, payload: Any) -> None:
         if hasattr(payload, "model_dump_json"):
             self.outputs.append(f"{kind} {payload.model_dump_json()}")
         else:
             self.outputs.append(f"{kind} {json.dumps(payload, sort_keys=True, default=str)}")
+
+    def feed(self, lines: list[bytes], line_no: int, final: bool) -> None:
+        items: list = []
+        for i, line in enumerate(lines):
+            if line.strip():
+                self.parser.handle(RawRecord(self.source, 0, line_no + i + 1, line.rstrip()), items)
+        self.parser.tick(items, END if final else None)
+        self.loop.feed(items)
 
 
 def _batches(log: Path, size: int = 400) -> list[list[bytes]]:
@@ -66,7 +88,7 @@ def story(tmp_path_factory) -> tuple[Path, list[list[bytes]], list[str]]:
     return log, batches, ref.outputs
 
 
-def _journals(pipe: PlainPipeline, root: Path, **kw) -> dict[tuple[str, str], EpochJournal]:
+def _journals(pipe: Recording, root: Path, **kw) -> dict[tuple[str, str], EpochJournal]:
     return {
         (name, key): EpochJournal(root, f"{name}/{key}", **kw)
         for name, stages in pipe.stages.items()
@@ -148,8 +170,6 @@ def _cfg(**kw) -> StageConfig:
 def test_a_resume_builds_from_the_new_config_and_keeps_the_state():
     """Timers follow the new return window; a new input partition is waited for; the learned
     intent classifier stays while its threshold is this run's."""
-    from salvage.connectors.parse import RawRecord
-    from salvage.flows.sources import _Parser
     from tests.helpers import event, line, order_placed
 
     before = _cfg(return_window_us=30 * DAY_US, infer_intents=False)
@@ -161,16 +181,16 @@ def test_a_resume_builds_from_the_new_config_and_keeps_the_state():
     scan = event("s1", "carrier_scan", "o1", at, scan="delivered", courier="dhl")
     for n, doc in enumerate((order_placed("o1", "2026-03-02T10:00:00Z"), scan)):
         parser.handle(RawRecord("t", 0, n, line(doc)), items)
-    delivered = items[-1][1]
+    delivered = items[-1].t
     day = delivered + DAY_US
-    stage.on_batch([*items, ("w", "t#0", day, day)])
+    stage.on_batch([*items, Tick("t#0", day, day)])
     header, entries = state.full()
     after = replace(before, return_window_us=14 * DAY_US, sources=("t#0", "t#1"))
     resumed = CaseStage(0, after)
     StageState(resumed).load(header, entries, after)
     assert resumed.reorderer.upstream == {"t#0": day, "t#1": BEGIN}
     t = delivered + 15 * DAY_US
-    resumed.on_batch([("w", "t#0", t, t), ("w", "t#1", t, t)])
+    resumed.on_batch([Tick("t#0", t, t), Tick("t#1", t, t)])
     assert "o1" not in resumed.cases and "o1" in resumed.tombstones  # closed at the new window
 
     clf = IntentStage(_cfg(intent_threshold=0.6))
@@ -249,10 +269,8 @@ def test_tracked_dict_records_reads_for_update_writes_and_deletes():
 def test_the_bytewax_logic_resumes_from_what_its_snapshot_returned(tmp_path, mode):
     """``_StageLogic.snapshot`` returns a tiny JournalRef (journal) or the whole state (inline);
     a logic built from it goes on exactly like the original; without a store nothing is paid."""
-    from salvage.connectors.parse import RawRecord
     from salvage.flows.journal import JournalRef
     from salvage.flows.recovery import InlineState, StateStore, _StageLogic
-    from salvage.flows.sources import _Parser
     from tests.helpers import event, line, order_placed
 
     cfg = _cfg(infer_intents=False)
@@ -264,19 +282,19 @@ def test_the_bytewax_logic_resumes_from_what_its_snapshot_returned(tmp_path, mod
     docs.append(event("s1", "carrier_scan", "o1", at, scan="delivered", courier="dhl"))
     for n, doc in enumerate(docs):
         parser.handle(RawRecord("t", 0, n, line(doc)), items)
-    assert all(x[0] == "e" for x in items), items
+    assert all(type(x) is Event for x in items), items
     first, second = items[:4], items[4:]
-    late = second[-1][1] + 40 * DAY_US
+    late = second[-1].t + 40 * DAY_US
 
     def make(key: str) -> CaseStage:
         return CaseStage(int(key.rsplit("-", 1)[1]), cfg)
 
     logic = _StageLogic(make, None, cfg, store, "cases")
-    logic.on_batch([("case-0000", x) for x in [*first, ("w", "t#0", first[-1][1], 0)]])
+    logic.on_batch([("case-0000", x) for x in [*first, Tick("t#0", first[-1].t, 0)]])
     snap = logic.snapshot()
     assert isinstance(snap, JournalRef if mode == "journal" else InlineState)
     resumed = _StageLogic(make, snap, cfg, store, "cases")
-    rest = [("case-0000", x) for x in [*second, ("w", "t#0", late, late)]]
+    rest = [("case-0000", x) for x in [*second, Tick("t#0", late, late)]]
     want, _ = logic.on_batch(rest)
     got, _ = resumed.on_batch(rest)
     assert [(r, str(p)) for r, p in got] == [(r, str(p)) for r, p in want] and len(want) >= 3
