@@ -178,22 +178,24 @@ class PlainPipeline:
         part = file_part_id(0, log)
         self.cfg = cfg = StageConfig(
             case_records=False,
-            case_shards=s.shards,
-            cust_shards=s.shards,
-            lane_shards=max(1, min(s.shards, 4)),
+            case_shards=s.dataflow.shards,
+            cust_shards=s.dataflow.shards,
+            lane_shards=max(1, min(s.dataflow.shards, 4)),
             sources=(part,),
-            return_window_us=int(s.return_window_days * 86_400 * 1e6),
-            model_shards=s.model_shards,
-            model=ModelConfig(min_labels=s.model_min_labels, promote_margin=s.model_promote_margin),
-            infer_intents=s.infer_intents,
-            intent_threshold=s.intent_threshold,
-            policy=load_policy(s.policy),
+            return_window_us=int(s.dataflow.return_window_days * 86_400 * 1e6),
+            model_shards=s.models.shards,
+            model=ModelConfig(
+                min_labels=s.models.min_labels, promote_margin=s.models.promote_margin
+            ),
+            infer_intents=s.models.infer_intents,
+            intent_threshold=s.models.intent_threshold,
+            policy=load_policy(s.dataflow.policy),
         )
         self.log = log
         self.parser = _Parser(
             part,
-            int(s.reorder_tolerance_seconds * 1e6),
-            int(s.max_lateness_seconds * 1e6),
+            int(s.dataflow.reorder_tolerance_seconds * 1e6),
+            int(s.dataflow.max_lateness_seconds * 1e6),
             -(2**62),
         )
 

@@ -28,21 +28,21 @@ def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[
     duration of the block (topics created), stopped on exit."""
     from salvage.connectors.broker import EmbeddedBroker, ensure_topics
 
-    if settings.kafka_bootstrap:
+    if settings.kafka.bootstrap:
         ensure_topics(
-            settings.kafka_client_config(),
-            list(settings.input_topics().values()) + settings.output_topics(),
-            settings.topic_partitions,
+            settings.kafka.as_librdkafka_dict(),
+            list(settings.topics.inputs().values()) + settings.topics.outputs(),
+            settings.topics.partitions,
         )
         yield settings
         return
     with EmbeddedBroker(silent=True) as broker:
         log(f"embedded Kafka-compatible broker (Tansu) on {broker.bootstrap}")
-        live = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        live = settings.updated(kafka_bootstrap=broker.bootstrap)
         ensure_topics(
-            live.kafka_client_config(),
-            list(live.input_topics().values()) + live.output_topics(),
-            live.topic_partitions,
+            live.kafka.as_librdkafka_dict(),
+            list(live.topics.inputs().values()) + live.topics.outputs(),
+            live.topics.partitions,
         )
         yield live
 
@@ -85,7 +85,7 @@ def run_manifest(spec: FlowSpec, cluster: Cluster | None = None) -> dict[str, ob
     s = spec.settings
     doc: dict[str, object] = {
         "state_version": STATE_VERSION,
-        "shards": s.shards,
+        "shards": s.dataflow.shards,
         "mode": "file" if spec.file_mode else "kafka",
     }
     if cluster is not None and cluster.multi_process:
@@ -95,7 +95,7 @@ def run_manifest(spec: FlowSpec, cluster: Cluster | None = None) -> dict[str, ob
         doc["inputs"] = [str(Path(p).resolve()) for p in spec.inputs]
         doc["out_dir"] = str(Path(spec.out_dir or "out").resolve())
     else:
-        doc["topics"] = s.input_topics()
+        doc["topics"] = s.topics.inputs()
     return doc
 
 
@@ -279,7 +279,7 @@ def run_flow(
     if not spec.file_mode:
         # a clean stop (end of the topics or a drain): every output is acknowledged, so the
         # input positions can be committed; a restart without a snapshot goes on from them
-        commit_positions(spec.settings.kafka_client_config(), spec.settings.kafka_group_id)
+        commit_positions(spec.settings.kafka.as_librdkafka_dict(), spec.settings.kafka.group_id)
     return time.perf_counter() - started
 
 
@@ -330,13 +330,13 @@ def replay_log(
     from salvage.connectors.replay import Pacer, Progress, event_time_us, iter_records
     from salvage.sinks.kafka import TopicProducer
 
-    topics = settings.input_topics()
+    topics = settings.topics.inputs()
     stats = ReplayStats()
     pacer = Pacer(speed, rate) if speed or rate else None
     windowed = t_from is not None or t_to is not None
     prog = Progress()
     started = time.perf_counter()
-    with TopicProducer(settings.kafka_client_config()) as producer:
+    with TopicProducer(settings.kafka.as_librdkafka_dict()) as producer:
         for i, value in enumerate(iter_records(path, prog)):
             stream, key = "orders", None
             with contextlib.suppress(ValueError, AttributeError, TypeError, RecursionError):
@@ -397,17 +397,18 @@ def record_topics(
     from salvage.connectors.broker import topic_partitions
     from salvage.connectors.replay import event_time_us
 
-    conf = {
-        **settings.kafka_client_config(),
-        "group.id": "salvage-record",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-    }
-    client = settings.kafka_client_config()
+    conf = settings.kafka.as_librdkafka_dict(
+        {
+            "group.id": "salvage-record",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    client = settings.kafka.as_librdkafka_dict()
     assignment = [
         TopicPartition(topic, p, 0)
-        for topic in settings.input_topics().values()
+        for topic in settings.topics.inputs().values()
         for p in range(topic_partitions(client, topic))
     ]
     consumer = Consumer(conf)
@@ -462,13 +463,14 @@ def consume_topic(
     """
     from confluent_kafka import Consumer, KafkaError
 
-    conf = {
-        **settings.kafka_client_config(),
-        "group.id": group,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6000,
-        "enable.partition.eof": True,
-    }
+    conf = settings.kafka.as_librdkafka_dict(
+        {
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "enable.partition.eof": True,
+        }
+    )
     consumer = Consumer(conf)
     consumer.subscribe([topic])
     at_end: set[int] = set()

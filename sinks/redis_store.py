@@ -214,9 +214,9 @@ class CaseStore:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        kwargs.setdefault("ttl_seconds", settings.case_ttl_seconds)
-        return cls(settings.redis_url, password, **kwargs)
+        password = settings.redis.password_value()
+        kwargs.setdefault("ttl_seconds", settings.redis.case_ttl_seconds)
+        return cls(settings.redis.url, password, **kwargs)
 
     @property
     def redis(self) -> redis.Redis:
@@ -495,9 +495,9 @@ class RedisCaseSink(DynamicSink[CaseRecord]):
 
     @classmethod
     def from_settings(cls, settings: Settings, **store_kwargs: Any) -> Self:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        store_kwargs.setdefault("ttl_seconds", settings.case_ttl_seconds)
-        return cls(settings.redis_url, password, **store_kwargs)
+        password = settings.redis.password_value()
+        store_kwargs.setdefault("ttl_seconds", settings.redis.case_ttl_seconds)
+        return cls(settings.redis.url, password, **store_kwargs)
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int

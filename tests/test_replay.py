@@ -120,9 +120,8 @@ def test_replay_twice_then_kafka_mode_equals_file_mode_and_record_round_trips(
     gz = tmp_path / "events.jsonl.gz"
     gz.write_bytes(gzip.compress(log.read_bytes()))
     # through the CLI, as a data engineer would, with a gzip'd log
-    for key, value in settings.model_dump().items():
-        if key.startswith("topic_"):
-            monkeypatch.setenv(f"SALVAGE_{key.upper()}", str(value))
+    for key, value in settings.topics.model_dump().items():
+        monkeypatch.setenv(f"SALVAGE_TOPIC_{key.upper()}", str(value))
     result = CliRunner().invoke(
         app, ["replay", str(gz), "--max", "--kafka-bootstrap", kafka_broker.bootstrap]
     )
