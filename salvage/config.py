@@ -352,7 +352,7 @@ _PREFIXES = {"cost": "cost_"}  # CostSettings lives in sinks/cost_model.py
 
 def _flat_name(group: str, field: str) -> str:
     model = GROUP_MODELS[group]
-    prefix: str = _PREFIXES.get(group) or getattr(model, "flat_prefix", "")
+    prefix = str(_PREFIXES.get(group) or getattr(model, "flat_prefix", ""))
     return str(getattr(model, "flat_names", {}).get(field, prefix + field))
 
 
