@@ -456,20 +456,6 @@ class Settings(BaseSettings):
                 return super().__getattr__(name)
             return getattr(getattr(self, where[0]), where[1])
 
-    def lane_config(self) -> LaneConfig:
-        return self.lanes.config()
-
-    def kafka_client_config(self) -> dict[str, Any]:
-        """``self.kafka.as_librdkafka_dict()``."""
-        return self.kafka.as_librdkafka_dict()
-
-    def input_topics(self) -> dict[str, str]:
-        """stream name -> topic (``self.topics.inputs()``)."""
-        return self.topics.inputs()
-
-    def output_topics(self) -> list[str]:
-        return self.topics.outputs()
-
 
 def env_values() -> dict[str, Any]:
     """What the environment sets, as a (partial) nested tree: flat and nested variables (nested

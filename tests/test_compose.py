@@ -178,7 +178,7 @@ def test_topic_initialiser_creates_every_topic(services):
     init = services[SERVICES["topic initialiser"]]
     env = _env(init)
     s = Settings()
-    wanted = set(s.input_topics().values()) | set(s.output_topics())
+    wanted = set(s.topics.inputs().values()) | set(s.topics.outputs())
     missing = wanted - set(env["TOPICS"].split())
     assert not missing, f"kafka-init does not create {sorted(missing)}"
     assert env["PARTITIONS"] == _env(services[PIPELINE])["SALVAGE_TOPIC_PARTITIONS"]
