@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import cluster_main
+from bytewax.run import cli_main
 
 from salvage.config import Settings
 from salvage.connectors.events import STREAM_OF
@@ -189,7 +189,15 @@ def resolve_cluster(
     reads: ``BYTEWAX_ADDRESSES`` (``;`` or ``,`` separated), ``BYTEWAX_PROCESS_ID`` (else the
     ordinal of ``BYTEWAX_POD_NAME`` in ``BYTEWAX_STATEFULSET_NAME``, as the Bytewax Helm chart and
     waxctl set them), ``BYTEWAX_HOSTFILE_PATH`` (one address per line) and
-    ``BYTEWAX_WORKERS_PER_PROCESS``. Raises :class:`ClusterError` when they do not fit together."""
+    ``BYTEWAX_WORKERS_PER_PROCESS``. Raises :class:`ClusterError` when they do not fit together.
+
+    Why not ``bytewax.run``'s parser: its ``_parse_args`` is private, reads ``sys.argv`` of a
+    ``python -m bytewax.run IMPORT_STR`` command line and ends the process through argparse
+    (``SystemExit``, usage text) on a bad value; its short flags clash with ``salvage run``'s
+    (``-i`` is ``--input`` here); it reads ``BYTEWAX_HOSTFILE_PATH`` only when a process id is set,
+    splits addresses on ``;`` only, and crashes on a non-numeric StatefulSet ordinal. So the same
+    variables (same names and precedence) are resolved here, checked together, and the result goes
+    to ``bytewax.run``'s own entry point, :func:`bytewax.run.cli_main` (:func:`run_flow`)."""
     env = dict(os.environ) if env is None else env
     if workers is None:
         raw_w = env.get("BYTEWAX_WORKERS_PER_PROCESS", "").strip()
@@ -262,7 +270,10 @@ def run_flow(
     :class:`salvage.flows.recovery.JsonlSink`). Blocks until the whole cluster has finished."""
     cluster = cluster or Cluster()
     flow = build_flow(spec)
-    kwargs: dict[str, object] = {"worker_count_per_proc": cluster.workers_per_process}
+    kwargs: dict[str, object] = {"workers_per_process": cluster.workers_per_process}
+    if cluster.multi_process:
+        kwargs["process_id"] = cluster.process_id
+        kwargs["addresses"] = list(cluster.addresses)
     if recovery is not None:
         kwargs["epoch_interval"] = timedelta(seconds=recovery.snapshot_seconds)
         kwargs["recovery_config"] = RecoveryConfig(
@@ -273,7 +284,7 @@ def run_flow(
 
     FINAL_POSITIONS.clear()
     with tuned_gc():
-        cluster_main(flow, list(cluster.addresses), cluster.process_id, **kwargs)
+        cli_main(flow, **kwargs)  # what `python -m bytewax.run` calls with its arguments
     del flow
     gc.collect()  # free the run's Kafka clients now, not at some later collection
     if not spec.file_mode:
