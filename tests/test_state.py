@@ -46,8 +46,8 @@ class Recording:
         self.cfg = stage_config(s, (part,), case_records=True, score_log=True)
         self.parser = _Parser(
             part,
-            int(s.reorder_tolerance_seconds * 1e6),
-            int(s.max_lateness_seconds * 1e6),
+            int(s.dataflow.reorder_tolerance_seconds * 1e6),
+            int(s.dataflow.max_lateness_seconds * 1e6),
             -(2**62),
         )
         self.outputs: list[str] = []
