@@ -6,7 +6,7 @@ For each size N (each in a fresh child process, so RSS figures do not mix):
 
 1. N `order_placed` events (simulator-shaped, distinct orders, half as many customers, all within
    one hour of event time, promised in three years so no timer of theirs fires) are fed through
-   every stage of the flow (cases, context, models, dispatch, lanes, output: `flows/stages.py`
+   every stage of the flow (cases, context, models, dispatch, lanes, output: `flows/stages/`
    driven directly, as in `benchmarks/throughput.py`'s plain loop), leaving N open cases;
 2. RSS growth (after `gc.collect()`) divided by N: **bytes per open case** in memory;
 3. the recovery snapshot: every stage pickled as Bytewax snapshots it (`_StageLogic.snapshot`:

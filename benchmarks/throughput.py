@@ -11,8 +11,9 @@ On one simulator log (`steady-state`, the first --events lines; generated once a
   triggers (no file, Redis or Kafka I/O). `run_main`, one worker.
 * **bare**: a Bytewax flow over the same file doing only `json.loads` + `key_on(order_id)` +
   a per-key `stateful_map` count into a null sink: what Bytewax itself costs per event here.
-* **plain**: the same stage classes (`flows/stages.py`) driven directly in one Python loop with
-  the same batching, routing and ticks (no Bytewax): the domain logic's own cost. Its triggers
+* **plain**: the same stage classes (`flows/stages/`, wired by `flows/topology.py`) driven
+  directly in one Python loop (`flows/plain.py`) with the same batching, routing and ticks (no
+  Bytewax): the domain logic's own cost. Its triggers
   are checked to be identical to the full flow's (same SHA-256).
 
 Prints events/s for each and the ratios full/bare and full/plain, a per-stage time split of the
@@ -31,7 +32,6 @@ import io
 import json
 import pstats
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -152,43 +152,19 @@ def run_bare(log: Path) -> tuple[float, dict[str, Any]]:
 
 
 class PlainPipeline:
-    """The flow's stages and routing (``salvage.flows.recovery.build_flow``) in one Python loop.
-
-    Per source batch: the parser's items are grouped per case shard (one ``("b", ...)`` item per
-    shard, ticks to every shard), then each stage level runs on what the previous one emitted,
-    routed by the same rules as the Bytewax wiring (``fan``), until the output stage."""
+    """The flow's stages in one Python loop (:class:`salvage.flows.plain.PlainLoop`: the same
+    stage graph, routing and :func:`~salvage.flows.topology.stage_config` as the Bytewax flow;
+    case records off: no store in the loop), fed by the file source's parser."""
 
     def __init__(self, log: Path, shards: int) -> None:
         from salvage.config import Settings
-        from salvage.flows.recovery import _shard_no
+        from salvage.flows.plain import PlainLoop
         from salvage.flows.sources import _Parser, file_part_id
-        from salvage.flows.stages import (
-            CaseStage,
-            ContextStage,
-            DispatchStage,
-            LaneStage,
-            ModelStage,
-            OutputStage,
-            StageConfig,
-        )
-        from salvage.policy.config import load_policy
-        from salvage.scoring.models import ModelConfig
+        from salvage.flows.topology import stage_config
 
         s = Settings(redis_url="", shards=shards, metrics_port=0)
         part = file_part_id(0, log)
-        self.cfg = cfg = StageConfig(
-            case_records=False,
-            case_shards=s.shards,
-            cust_shards=s.shards,
-            lane_shards=max(1, min(s.shards, 4)),
-            sources=(part,),
-            return_window_us=int(s.return_window_days * 86_400 * 1e6),
-            model_shards=s.model_shards,
-            model=ModelConfig(min_labels=s.model_min_labels, promote_margin=s.model_promote_margin),
-            infer_intents=s.infer_intents,
-            intent_threshold=s.intent_threshold,
-            policy=load_policy(s.policy),
-        )
+        self.cfg = cfg = stage_config(s, (part,), case_records=False)
         self.log = log
         self.parser = _Parser(
             part,
@@ -196,72 +172,21 @@ class PlainPipeline:
             int(s.max_lateness_seconds * 1e6),
             -(2**62),
         )
-
-        def build(keys: list[str], make) -> dict[str, Any]:
-            return {k: make(_shard_no(k), cfg) for k in keys}
-
-        self.stages: dict[str, dict[str, Any]] = {
-            "cases": build(cfg.case_keys(), CaseStage),
-            "context": build(cfg.cust_keys("ctx"), ContextStage),
-            "lanes": build(cfg.lane_keys(), LaneStage),
-            "models": build(cfg.model_keys(), ModelStage),
-            "dispatch": build(cfg.cust_keys("disp"), DispatchStage),
-            "output": {"out": OutputStage(cfg)},
-        }
-        self.wiring = self._wire()
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.loop = PlainLoop(cfg, self._serialise, self._tap)
+        self.stages = self.loop.stages
+        self.seconds = self.loop.seconds
         self.digest = hashlib.sha256()
         self.triggers = 0
         self.dead_letters = 0
 
-    # the route name each consuming stage is fed by (``fan(route, ...)`` in build_flow)
-    ROUTE_OF = {"context": "ctx", "lanes": "lane", "models": "model", "dispatch": "disp"}
-    ROUTE_OF["output"] = "out"
-    LEVELS = ("cases", "context", "lanes", "models", "dispatch", "output")
-
-    def _wire(self) -> dict[str, dict[str, str]]:
-        """producer stage -> {route: consumer stage}, read from each consumer's upstream list
-        (so the loop follows the flow's wiring as stages gain or lose upstreams)."""
-        wiring: dict[str, dict[str, str]] = {name: {} for name in self.stages}
-        for consumer, route in self.ROUTE_OF.items():
-            upstreams = next(iter(self.stages[consumer].values())).reorderer.upstream
-            for producer, stages in self.stages.items():
-                if any(k in upstreams for k in stages):
-                    wiring[producer][route] = consumer
-        return wiring
-
-    def _run_level(self, name: str, inbox: dict[str, list], outbox: dict[str, dict]) -> None:
+    def _tap(self, route: Any, payload: Any) -> None:
+        from salvage.flows.messages import Route
         from salvage.sinks import kpis
 
-        stages = self.stages[name]
-        emitted: list = []
-        t0 = time.perf_counter()
-        for key, items in inbox.items():
-            emitted.extend(stages[key].on_batch(items))
-        self.seconds[name] += time.perf_counter() - t0
-        if name == "output":
-            t0 = time.perf_counter()
-            for kind, payload in emitted:
-                self._serialise(kind, payload)
-            self.seconds["serialise outputs"] += time.perf_counter() - t0
-            return
-        routes = self.wiring[name]
-        t0 = time.perf_counter()
-        for route, payload in emitted:
-            dest_stage = routes.get(route)
-            if dest_stage is not None:
-                dest, item = payload
-                outbox[dest_stage].setdefault(dest, []).append(item)
-            elif route == "tick":
-                for dest_stage in routes.values():
-                    box = outbox[dest_stage]
-                    for k in self.stages[dest_stage]:
-                        box.setdefault(k, []).append(payload)
-            elif route == "kpi":
-                kpis.observe(payload)
-            elif route == "dlq":
-                self._serialise("dlq", payload)
-        self.seconds["routing, KPIs"] += time.perf_counter() - t0
+        if route is Route.KPI:
+            kpis.observe(payload)
+        elif route is Route.DEAD_LETTER:
+            self._serialise("dlq", payload)
 
     def _serialise(self, kind: str, payload: Any) -> None:
         if kind == "trigger":
@@ -276,7 +201,6 @@ class PlainPipeline:
     def feed(self, lines: list[bytes], line_no: int, final: bool) -> None:
         from salvage.connectors.parse import RawRecord
         from salvage.features.eventtime import END
-        from salvage.flows.stages import case_key, shard_of
 
         t0 = time.perf_counter()
         items: list = []
@@ -287,30 +211,7 @@ class PlainPipeline:
                 self.parser.handle(RawRecord(source, 0, line_no + i + 1, value), items)
         self.parser.tick(items, END if final else None)
         self.seconds["parse + validate + clock"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        n_case = self.cfg.case_shards
-        inbox: dict[str, list] = {}
-        ticks = []
-        for item in items:
-            if item[0] == "e":
-                k = case_key(shard_of(item[3].order_id, n_case))
-                box = inbox.get(k)
-                if box is None:
-                    box = inbox[k] = [("b", [])]
-                box[0][1].append(item[1:])
-            elif item[0] == "w":
-                ticks.append(item)
-            else:
-                self._serialise("dlq", item[1])
-        for k in self.stages["cases"]:
-            if ticks:
-                inbox.setdefault(k, []).extend(ticks)
-        self.seconds["routing, KPIs"] += time.perf_counter() - t0
-        levels: dict[str, dict[str, list]] = {n: {} for n in self.stages}
-        levels["cases"] = inbox
-        for name in self.LEVELS:
-            if levels[name]:
-                self._run_level(name, levels[name], levels)
+        self.loop.feed(items)
 
 
 def run_plain(

@@ -24,26 +24,11 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from salvage.config import Settings
-from salvage.connectors.outputs import OUTPUTS, OutputStream
+from salvage.connectors.outputs import OUTPUTS, DeadLetter, OutputStream
 from salvage.connectors.parse import set_dead_letter_max_bytes
 from salvage.flows.sources import EventLogSource, KafkaEventSource
-from salvage.flows.stages import (
-    INTENT_KEY,
-    OUT_KEY,
-    CaseStage,
-    ContextStage,
-    DispatchStage,
-    IntentStage,
-    LaneStage,
-    ModelStage,
-    OutputStage,
-    StageConfig,
-    case_key,
-    routes_to_intents,
-    shard_of,
-)
-from salvage.policy.config import load_policy
-from salvage.scoring.models import ModelConfig
+from salvage.flows.stages import StageConfig
+from salvage.flows.topology import SOURCE, TAPS, fan, graph, route_source, stage_config
 from salvage.sinks import kpis, metrics
 
 # ----------------------------------------------------------------------------- logic glue
@@ -73,8 +58,19 @@ def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig):
     return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg))
 
 
-def _shard_no(key: str) -> int:
-    return int(key.rsplit("-", 1)[1])
+def _for_keys(keys: tuple[str, ...]) -> Callable[[tuple[str, Any]], bool]:
+    wanted = frozenset(keys)
+    return lambda kv: kv[0] in wanted
+
+
+def _from_stage(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], list]:
+    """What a stateful step emits is ``(key, (route, payload))``: route the pair, keyed."""
+    return lambda kv: [(k, (k, item)) for k, item in route(kv[1])]
+
+
+def _with_key(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], list]:
+    """Bytewax's stateful steps do not tell the logic its key: values carry it, ``(key, item)``."""
+    return lambda x: [(k, (k, item)) for k, item in route(x)]
 
 
 # ----------------------------------------------------------------------------- file sink
@@ -242,112 +238,54 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
 
 
 def build_flow(spec: FlowSpec) -> Dataflow:
+    """The recovery dataflow: Bytewax is a thin shell around :mod:`salvage.flows.topology`
+    (which stage consumes which route) and the stage classes (what each does)."""
     s = spec.settings
     set_dead_letter_max_bytes(s.dead_letter_max_bytes)
     source = _source(spec)
     sinks = _sinks(spec)
-    cfg = StageConfig(
-        case_records="cases" in sinks,
-        case_shards=s.shards,
-        cust_shards=s.shards,
-        lane_shards=max(1, min(s.shards, 4)),
-        sources=tuple(source.part_ids()),
-        return_window_us=int(s.return_window_days * 86_400 * 1e6),
-        settled_grace_us=int(s.settled_grace_days * 86_400 * 1e6),
-        lane=s.lane_config(),
-        promise_rechecks_us=tuple(int(h * 3_600_000_000) for h in s.promise_recheck_hours),
-        model_shards=s.model_shards,
-        model=ModelConfig(
-            min_labels=s.model_min_labels,
-            promote_margin=s.model_promote_margin,
-            verdict_wait_us=int(s.settled_grace_days * 86_400 * 1e6),
-        ),
-        infer_intents=s.infer_intents,
-        intent_stage=s.infer_intents,
-        intent_threshold=s.intent_threshold,
-        score_log="scores" in sinks,
-        policy=load_policy(s.policy),
-        orphan_wait_us=int(s.orphan_wait_seconds * 1e6),
+    cfg = stage_config(
+        s, tuple(source.part_ids()), case_records="cases" in sinks, score_log="scores" in sinks
     )
-    case_keys, lane_keys = cfg.case_keys(), cfg.lane_keys()
-    ctx_keys, disp_keys, model_keys = cfg.cust_keys("ctx"), cfg.cust_keys("disp"), cfg.model_keys()
-    n_case = cfg.case_shards
-
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
     metrics.LANE_ALERT_OPEN.clear()  # and the open-alert counts (a resume re-adds its own)
     flow = Dataflow("salvage-recovery")
     raw = op.input("input", flow, source)
+    # the source's items: dead letters to their sink, events and ticks into the graph
+    split = op.branch("source_items", raw, lambda item: not isinstance(item, DeadLetter))
+    from_source = op.flat_map_batch("route_source", split.trues, _with_key(route_source(cfg)))
 
-    infer = cfg.intent_stage
-    first_keys = [*case_keys, INTENT_KEY] if infer else case_keys
-
-    def route_source(items: list) -> list:
-        """Group a source batch per case shard: one item per shard, then the ticks. Support
-        contacts with text go to the intent stage first (when inference is on)."""
-        groups: dict[str, list] = {}
-        ticks = []
-        for item in items:
-            if item[0] == "e":
-                ev = item[3]
-                k = (
-                    INTENT_KEY
-                    if infer and routes_to_intents(ev)
-                    else case_key(shard_of(ev.order_id, n_case))
+    steps: dict[str, Any] = {}  # stage name -> its emitted (route, payload) stream
+    for st in graph(cfg):
+        feeds = []
+        for up in st.upstreams:
+            if up == SOURCE:
+                feeds.append(op.filter(f"source_to_{st.name}", from_source, _for_keys(st.keys)))
+            else:
+                assert st.route is not None
+                feeds.append(
+                    op.flat_map(
+                        f"{up}_to_{st.name}", steps[up], _from_stage(fan(st.route, st.keys))
+                    )
                 )
-                groups.setdefault(k, []).append(item[1:])
-            elif item[0] == "w":
-                ticks.append(item)
-        out = [(k, (k, ("b", batch))) for k, batch in groups.items()]
-        out += [(k, (k, tick)) for tick in ticks for k in first_keys]
-        return out
+        up_stream = feeds[0] if len(feeds) == 1 else op.merge(f"into_{st.name}", *feeds)
+        steps[st.name] = _stateful(st.name, up_stream, st.make, cfg)
 
-    source_dlq = op.filter_map("source_dlq", raw, lambda i: i[1] if i[0] == "x" else None)
-    routed = op.flat_map_batch("route_cases", raw, route_source)
+    def only(route: str):  # a stateful step emits (key, (route, payload))
+        return lambda kv: kv[1][1] if kv[1][0] == route else None
 
-    def fan(route: str, keys: list[str]):
-        def f(kv):
-            r, payload = kv[1]
-            if r == route:
-                dest, item = payload
-                return [(dest, (dest, item))]
-            if r == "tick":
-                return [(k, (k, payload)) for k in keys]
-            return []
-
-        return f
-
-    if infer:  # one intent classifier per deployment, in event-time order (IntentStage)
-        to_intents = op.filter("to_intents", routed, lambda kv: kv[0] == INTENT_KEY)
-        direct = op.filter("to_cases", routed, lambda kv: kv[0] != INTENT_KEY)
-        intents = _stateful("intents", to_intents, lambda k: IntentStage(cfg), cfg)
-        from_intents = op.flat_map("route_intents", intents, fan("case", case_keys))
-        routed = op.merge("case_input", direct, from_intents)
-    cases = _stateful("cases", routed, lambda k: CaseStage(_shard_no(k), cfg), cfg)
-
-    def stage(name: str, up, route: str, keys: list[str], make):
-        """Route ``route`` items of ``up`` (ticks to every key) into a keyed stage."""
-        routed = op.flat_map(f"route_{name}", up, fan(route, keys))
-        return _stateful(name, routed, lambda k: make(_shard_no(k), cfg), cfg)
-
-    context = stage("context", cases, "ctx", ctx_keys, ContextStage)
-    models = stage("models", context, "model", model_keys, ModelStage)
-    dispatch = stage("dispatch", models, "disp", disp_keys, DispatchStage)
-    lanes = stage("lanes", cases, "lane", lane_keys, LaneStage)
-    to_out = op.flat_map(  # cases: the return journey's status updates and alerts
-        "route_output", op.merge("to_output", dispatch, lanes, cases), fan("out", [OUT_KEY])
-    )
-    ordered = _stateful("output", to_out, lambda k: OutputStage(cfg), cfg)
-
-    def only(kind: str):
-        return lambda kv: kv[1][1] if kv[1][0] == kind else None
-
-    case_dlq = op.filter_map("case_dlq", cases, only("dlq"))
+    ordered = steps["output"]
+    taps: dict[str, list] = {}
+    for (stage, route), name in TAPS.items():
+        taps.setdefault(name, []).append(
+            op.filter_map(f"{stage}_{name}", steps[stage], only(route))
+        )
     # every output stream (salvage.connectors.outputs.OUTPUTS): its items from the ordered output
     # stage (dead letters: the sources' and the case stage's), serialised under its contract
     streams: dict[str, Any] = {}
     for out in OUTPUTS:
         if out.item == "dlq":
-            items = op.merge("dead_letters", source_dlq, case_dlq)
+            items = op.merge("dead_letters", split.falses, *taps["dead_letters"])
         else:
             items = op.filter_map(out.sink, ordered, only(out.item))
         streams[out.item] = items
@@ -360,12 +298,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             op.output(f"out_{sink}", ser, sinks[sink])
 
     # KPIs: a stateless tap on order/case facts (Prometheus counters commute; order is irrelevant)
-    def tap(_step, kv) -> None:
-        if kv[1][0] == "kpi":
-            kpis.observe(kv[1][1])
-
-    op.inspect("kpis_orders", context, tap)
-    op.inspect("kpis_cases", dispatch, tap)
+    for i, facts in enumerate(taps["kpis"]):
+        op.inspect(f"kpis_{i}", facts, lambda _step, fact: kpis.observe(fact))
     if "reviews" in sinks:  # human-review triggers also go to the reviewers' queue
         reviews = op.filter_map(
             "reviews",
@@ -373,13 +307,9 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             lambda t: t.model_dump(mode="json") if t.action.value == "human_review" else None,
         )
         op.output("out_reviews", reviews, sinks["reviews"])
-    if "scores" in sinks:  # per-prediction log (benchmarks): an extra sink named "scores"
-        op.output(
-            "out_scores", op.filter_map("score_log", dispatch, only("score")), sinks["scores"]
-        )
-    if "cases" in sinks:
-        records = op.filter_map("case_records", dispatch, only("case"))
-        op.output("out_cases", records, sinks["cases"])
+    for name in ("scores", "cases"):  # per-prediction log (benchmarks), case store
+        if name in sinks:
+            op.output(f"out_{name}", op.merge(f"all_{name}", *taps[name]), sinks[name])
     return flow
 
 

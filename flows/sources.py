@@ -5,9 +5,9 @@ Each source partition turns raw bytes into validated events (or dead letters), a
 time) and
 ends every batch with a watermark tick. Items:
 
-* ``("e", effective_time_us, tiebreak, event)``
-* ``("x", DeadLetter)``
-* ``("w", partition_id, watermark_us, latest_event_time_us)``
+* :class:`~salvage.flows.messages.Event` ``(effective_time_us, tiebreak, event)``
+* :class:`~salvage.connectors.outputs.DeadLetter`
+* :class:`~salvage.flows.messages.Tick` ``(partition_id, watermark_us, latest_event_time_us)``
 
 **Draining.** :func:`request_stop` (what ``salvage run`` calls on SIGTERM/SIGINT) makes every
 partition finish at its next batch boundary *without* the end-of-input tick: what is buffered in
@@ -32,9 +32,10 @@ from salvage.connectors.outputs import DeadLetter, DeadLetterKind
 from salvage.connectors.parse import RawRecord, dead_letter, parse
 from salvage.features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
 from salvage.flows.items import Overdue
+from salvage.flows.messages import Event, Tick
 from salvage.sinks import metrics
 
-Item = tuple[Any, ...]
+Item = Event | Tick | DeadLetter  # what a source partition emits
 
 _STOP = threading.Event()
 # an empty Kafka partition is polled again after 5 ms, doubling while it stays empty up to 40 ms
@@ -120,12 +121,12 @@ class _Parser:
         result = parse(raw)
         if not hasattr(result, "event_type"):
             metrics.DEAD_LETTERS.labels(result.kind.value).inc()
-            out.append(("x", result))
+            out.append(result)
             return
         t = to_us(result.occurred_at)
         if self.max_future_us and (dl := self._from_future(raw, result, t)) is not None:
             metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
-            out.append(("x", dl))
+            out.append(dl)
             return
         if self.max_jump_us and self._jumps(t):
             self.held.append((raw, result, t, mark))
@@ -171,7 +172,7 @@ class _Parser:
                 order_id=event.order_id,
             )
             metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
-            out.append(("x", dl))
+            out.append(dl)
 
     def resume_mark(self) -> Any:
         """The mark of the first held event, or None when nothing is held."""
@@ -191,11 +192,11 @@ class _Parser:
                 order_id=result.order_id,
             )
             # to its case shard first: a redelivered duplicate is recognised before lateness
-            out.append(("e", self.clock.watermark, tie, Overdue(result, dl)))
+            out.append(Event(self.clock.watermark, tie, Overdue(result, dl)))
             return
         if eff != t:
             metrics.LATE.labels(STREAM_OF[result.event_type].value).inc()
-        out.append(("e", eff, tie, result))
+        out.append(Event(eff, tie, result))
         if self.frontier is not None:
             self.frontier[self.part_id] = self.clock.max_t
 
@@ -203,7 +204,7 @@ class _Parser:
         wm = self.clock.watermark if wm is None else wm
         if wm != self.last_tick or wm == END:
             self.last_tick = wm
-            out.append(("w", self.part_id, wm, self.clock.max_t))
+            out.append(Tick(self.part_id, wm, self.clock.max_t))
 
 
 # ------------------------------------------------------------------------ files

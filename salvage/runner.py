@@ -50,7 +50,7 @@ def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[
 DEFAULT_SNAPSHOT_SECONDS = 5.0
 DEFAULT_BACKUP_SECONDS = 0.0
 RUN_MANIFEST = "salvage-run.json"
-# The layout of the pickled stage state (flows/stages.py, features/, scoring/models.py). Bump it
+# The layout of the pickled stage state (flows/stages/, features/, scoring/models.py). Bump it
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.

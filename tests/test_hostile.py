@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
 from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, parse
 from salvage.features.eventtime import END, to_us
+from salvage.flows.messages import Event, Tick
 from salvage.flows.stages import CaseStage, StageConfig
 from tests.flowkit import jsonl, run_file_flow, sim_log
 from tests.helpers import event, line, order_placed
@@ -418,13 +419,13 @@ def test_stages_survive_mutated_shuffled_duplicated_stories(picks, ops, seed):
         if isinstance(ev, DeadLetter):  # a blown-up amount past the documented maximum
             assert ev.kind is DeadLetterKind.INVALID_VALUE, ev
             continue
-        items.append(("e", to_us(ev.occurred_at), f"{ev.event_id}|{n}", ev))
+        items.append(Event(to_us(ev.occurred_at), f"{ev.event_id}|{n}", ev))
     if not items:
         return
-    max_t = max(i[1] for i in items)
+    max_t = max(i.t for i in items)
     half = len(items) // 2  # two batches: a watermark in the middle, then the end of input
-    out = cases.on_batch([*items[:half], ("w", "src", max_t - 86_400_000_000, max_t)])
-    out += cases.on_batch([*items[half:], ("w", "src", END, max_t)])
+    out = cases.on_batch([*items[:half], Tick("src", max_t - 86_400_000_000, max_t)])
+    out += cases.on_batch([*items[half:], Tick("src", END, max_t)])
     for route, payload in out:
         if route == "dlq":
             assert payload.kind.value in _ALLOWED, payload
@@ -442,16 +443,16 @@ def test_a_redelivered_event_of_a_closed_case_is_a_duplicate_not_a_dead_letter()
     events.sort(key=lambda e: to_us(e.occurred_at))
     cfg = StageConfig(case_shards=1, cust_shards=1, lane_shards=1, sources=("src",))
     cases = CaseStage(0, cfg)
-    items = [("e", to_us(e.occurred_at), f"{e.event_id}|{n}", e) for n, e in enumerate(events)]
-    end = max(i[1] for i in items) + 1
-    cases.on_batch([*items, ("w", "src", end, end)])
+    items = [Event(to_us(e.occurred_at), f"{e.event_id}|{n}", e) for n, e in enumerate(events)]
+    end = max(i.t for i in items) + 1
+    cases.on_batch([*items, Tick("src", end, end)])
     order_id = events[0].order_id
     assert order_id in cases.tombstones and order_id not in cases.cases  # closed by the refund
     scan = next(e for e in events if e.event_type == "carrier_scan")
     fresh = scan.model_copy(update={"event_id": "never-seen-before"})
     dups = _metric("salvage_duplicate_events_total")
     out = cases.on_batch(
-        [("e", end, "dup|1", scan), ("e", end, "new|1", fresh), ("w", "src", end + 1, end + 1)]
+        [Event(end, "dup|1", scan), Event(end, "new|1", fresh), Tick("src", end + 1, end + 1)]
     )
     letters = [payload for route, payload in out if route == "dlq"]
     assert [(d.kind.value, d.event_id) for d in letters] == [("unknown_order", "never-seen-before")]

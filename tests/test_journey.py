@@ -24,6 +24,7 @@ from salvage.connectors.events import EVENT_ADAPTER
 from salvage.connectors.outputs import JourneyAlert, JourneyStage, StatusUpdate
 from salvage.features.eventtime import DAY_US, HOUR_US, from_us, iso, to_us
 from salvage.features.journey import STAGE_RANK, add_business_days
+from salvage.flows.messages import Event, Tick
 from salvage.flows.stages import CaseStage, StageConfig
 from salvage.policy.config import PolicyError, load_policy
 from salvage.schemas import all_schemas
@@ -116,13 +117,13 @@ class Harness:
         self.views: list = []
 
     def feed(self, docs: list[dict], until: int) -> Harness:
-        items = [("e", to_us(ev.occurred_at), ev.event_id, ev) for ev in map(_ev, docs)]
-        items.append(("w", "src", until, until))
+        items = [Event(to_us(ev.occurred_at), ev.event_id, ev) for ev in map(_ev, docs)]
+        items.append(Tick("src", until, until))
         for route, payload in self.stage.on_batch(items):
             if route not in ("out", "ctx"):
                 continue
-            _dest, (_b, batch) = payload
-            for _t, _tie, item in batch:
+            _dest, batch = payload
+            for _t, _tie, item in batch.items:
                 if route == "ctx":
                     self.views.append(item)
                 elif item[0] == "status_update":
@@ -340,8 +341,8 @@ def test_end_of_input_does_not_advance_time_past_the_last_event():
 
     docs = [*base_story(), received(RECEIVED)]
     h = Harness()
-    items = [("e", to_us(ev.occurred_at), ev.event_id, ev) for ev in map(_ev, docs)]
-    h.stage.on_batch([*items, ("w", "src", END, RECEIVED)])
+    items = [Event(to_us(ev.occurred_at), ev.event_id, ev) for ev in map(_ev, docs)]
+    h.stage.on_batch([*items, Tick("src", END, RECEIVED)])
     assert h.alerts == []  # the log ended the moment the parcel arrived: nothing is overdue
 
 

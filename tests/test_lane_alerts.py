@@ -18,6 +18,7 @@ from salvage.config import Settings
 from salvage.connectors.simulator import lane_profiles
 from salvage.features.eventtime import DAY_US, HOUR_US
 from salvage.features.lane import LaneConfig, LaneMonitor, beta_sf
+from salvage.flows.messages import Batch, Tick
 from tests.flowkit import jsonl, sim_log
 
 LAUNCH = ("launch-week-backlog", 4000, 3)
@@ -337,7 +338,7 @@ def test_lane_metrics_are_bounded_labels_whatever_the_payload_says():
             for n in range(30)
             for lane in lanes
         ]
-        stage.on_batch([("b", items), ("w", case_key(0), END, DAY_US * 102)])
+        stage.on_batch([Batch(items), Tick(case_key(0), END, DAY_US * 102)])
         labels = {
             s.labels["lane"]
             for m in REGISTRY.collect()

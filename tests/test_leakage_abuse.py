@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from salvage.connectors.events import EVENT_ADAPTER
 from salvage.features.eventtime import END, to_us
+from salvage.flows.messages import Event, Tick
 from salvage.flows.stages import CaseStage, ContextStage, ModelStage, StageConfig
 from salvage.scoring.baseline import RULES_VERSION, ScoreResult
 from salvage.scoring.models import ModelConfig, ModelSet, abuse_revealed_at
@@ -81,12 +82,12 @@ def _run(docs: list[dict], model: ModelConfig | None = None) -> ModelStage:
     last = to_us(events[-1].occurred_at)
     stages = [CaseStage(0, cfg), ContextStage(0, cfg), ModelStage(0, cfg)]
     routes = ["ctx", "model"]
-    items: list[tuple] = [("e", to_us(e.occurred_at), e.event_id, e) for e in events]
-    items.append(("w", "p", END, last))
+    items: list[tuple] = [Event(to_us(e.occurred_at), e.event_id, e) for e in events]
+    items.append(Tick("p", END, last))
     for stage, route in zip(stages, [*routes, None], strict=True):
         out = stage.on_batch(items)
         items = [payload[1] for r, payload in out if r == route]
-        items.append(("w", stage.name, END, last))
+        items.append(Tick(stage.name, END, last))
     return stages[-1]
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 from rich.console import Console
 
+from salvage.flows.messages import Tick
 from salvage.live import LiveView, render
 from salvage.sinks import kpis
 from salvage.sinks.kpis import RETAINED
@@ -247,10 +248,10 @@ def test_a_shard_without_a_watermark_yet_is_not_an_event_time():
     def reported() -> float | None:
         return REGISTRY.get_sample_value("salvage_watermark_lag_seconds", {"shard": "97"})
 
-    stage.on_batch([("w", "p", BEGIN, BEGIN)])
+    stage.on_batch([Tick("p", BEGIN, BEGIN)])
     assert reported() is None
     t = 1_700_000_000 * 10**6
-    stage.on_batch([("w", "p", t, t)])
+    stage.on_batch([Tick("p", t, t)])
     assert abs(reported() - (time.time() - t / 1e6)) < 60
 
     reg = CollectorRegistry()

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from salvage.features.eventtime import BEGIN
+from salvage.flows.messages import Tick
 from salvage.flows.recovery import _StageLogic
 from salvage.flows.stages import CaseStage, ModelStage, StageConfig
 from salvage.scoring.models import ModelConfig
@@ -27,7 +28,7 @@ def _resume(stage, cfg: StageConfig):
 def test_a_resumed_case_stage_takes_the_new_policy_threshold_and_partitions():
     before = _cfg(intent_threshold=0.6)
     stage = CaseStage(0, before)
-    stage.on_batch([("w", "t#0", 1_000, 1_000)])
+    stage.on_batch([Tick("t#0", 1_000, 1_000)])
     assert stage.reorderer.low == 1_000
     policy = before.policy.model_copy(update={"version": "ops-v2"})
     after = replace(before, sources=("t#0", "t#1"), intent_threshold=0.9, policy=policy)
@@ -35,9 +36,9 @@ def test_a_resumed_case_stage_takes_the_new_policy_threshold_and_partitions():
     assert resumed.cfg.policy.version == "ops-v2"
     # the new partition is an upstream now: its first tick is accepted (it used to be a
     # KeyError on every restart) and the watermark waits for it instead of running ahead
-    resumed.on_batch([("w", "t#0", 5_000, 5_000)])
+    resumed.on_batch([Tick("t#0", 5_000, 5_000)])
     assert resumed.reorderer.upstream["t#1"] == BEGIN
-    resumed.on_batch([("w", "t#1", 2_000, 2_000)])
+    resumed.on_batch([Tick("t#1", 2_000, 2_000)])
     assert resumed.reorderer.compute_low() == 2_000
 
 
@@ -66,14 +67,14 @@ def test_a_resume_reschedules_deadlines_under_the_new_return_window(days):
     scan = event("s1", "carrier_scan", "o1", at, scan="delivered", courier="dhl")
     for n, doc in enumerate((placed, scan)):
         parser.handle(RawRecord("t", 0, n, line(doc)), items)
-    delivered = items[-1][1]  # ("e", t, tie, event): the scan's time
+    delivered = items[-1].t  # the scan's effective time
     day = delivered + DAY_US  # the earlier timers (the promise) have fired before the snapshot
-    stage.on_batch([*items, ("w", "t#0", day, day)])
+    stage.on_batch([*items, Tick("t#0", day, day)])
     assert list(stage.cases) == ["o1"] and stage.cases["o1"].delivered_at == delivered
     resumed = _resume(stage, replace(before, return_window_us=days * DAY_US))
     for d in (days - 2, days + 2):
         t = delivered + d * DAY_US
-        resumed.on_batch([("w", "t#0", t, t)])
+        resumed.on_batch([Tick("t#0", t, t)])
         assert ("o1" in resumed.cases) == (d < days), d  # closes at the new window, not never
 
 

@@ -8,6 +8,7 @@ import json
 
 from salvage.connectors.events import EVENT_ADAPTER
 from salvage.features.eventtime import DAY_US, END, to_us
+from salvage.flows.messages import Event, Tick
 from salvage.flows.stages import CaseStage, ContextStage, ModelStage, StageConfig
 from salvage.scoring.models import ModelConfig
 from tests.helpers import event, order_placed
@@ -66,8 +67,8 @@ def _run(docs: list[dict], cfg: StageConfig):
     items = []
     for d in docs:
         ev = EVENT_ADAPTER.validate_json(json.dumps(d))
-        items.append(("e", to_us(ev.occurred_at), ev.event_id, ev))
-    out = case.on_batch([*items, ("w", SRC, END, items[-1][1])])
+        items.append(Event(to_us(ev.occurred_at), ev.event_id, ev))
+    out = case.on_batch([*items, Tick(SRC, END, items[-1].t)])
     dead = [p for r, p in out if r == "dlq"]
     to_ctx = [p[1] for r, p in out if r == "ctx"] + [p for r, p in out if r == "tick"]
     out2 = ctx.on_batch(to_ctx)

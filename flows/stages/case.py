@@ -1,0 +1,535 @@
+"""The case stage: per-order state machines of one case shard (key ``case-NNNN``), with
+event-time timers, duplicates, orphans and the settled grace period."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+from salvage.connectors.events import STREAM_OF, Stream
+from salvage.connectors.outputs import (
+    DeadLetterKind,
+    JourneyAlert,
+    StatusUpdate,
+)
+from salvage.connectors.parse import RawRecord, dead_letter
+from salvage.features import journey
+from salvage.features.eventtime import BEGIN, END, from_us, iso
+from salvage.features.order_case import OrderCase, Status
+from salvage.flows.items import Overdue
+from salvage.flows.messages import CaseView, Emit, InferredContact, Route
+from salvage.flows.stages.base import (
+    _CLOSED,
+    _EVENTS,
+    _JOURNEY_ALERTS,
+    _STATUS_UPDATES,
+    INTENT_KEY,
+    OUT_KEY,
+    TOMBSTONE_US,
+    StageConfig,
+    _id_hash,
+    _Stage,
+    case_key,
+    ctx_key,
+    lane_key,
+    shard_of,
+)
+from salvage.sinks import metrics
+
+
+class CaseStage(_Stage):
+    """Per-order case state for the orders of one shard (key ``case-NNNN``)."""
+
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(case_key(shard), case_upstreams(cfg))
+        self.shard = shard
+        self.cfg = cfg
+        self.cases: dict[str, OrderCase] = {}
+        self.timers: list[tuple[int, str]] = []
+        self.tombstones: dict[str, int] = {}
+        self.tomb_heap: list[tuple[int, str]] = []
+        # a closed case's event ids, as 64-bit hashes (8 B each, not the strings): a redelivered
+        # event of a closed case is a duplicate, not a dead letter
+        self.tomb_ids: dict[str, array] = {}
+        # and their payload digests (crc32, same positions): a conflicting copy is inconsistent
+        self.tomb_digests: dict[str, bytes] = {}
+        # events of orders not seen yet, waiting for their order_placed (order id -> items)
+        self.orphans: dict[str, list[tuple[int, str, Any]]] = {}
+        self.orphan_heap: list[tuple[int, str]] = []
+        # settled cases in their grace period: order id -> compact record (see Settled)
+        self.settled: dict[str, Settled] = {}
+        self._configure(cfg)
+
+    def _configure(self, cfg: StageConfig) -> None:
+        """The parts of the stage that follow the configuration (at start and on a resume)."""
+        self.journey = cfg.policy.journey.config()  # None: journey tracking off
+        if self.journey is not None:  # series exist from the start (increase() works)
+            for stage in self.journey.stages:
+                _STATUS_UPDATES(stage.value)
+            for kind in self.journey.alerts:
+                _JOURNEY_ALERTS(kind.value)
+
+    def rebind(self, cfg: StageConfig) -> None:
+        super().rebind(cfg)
+        for name, empty in (("tomb_digests", dict), ("orphans", dict), ("orphan_heap", list)):
+            if not hasattr(self, name):  # a snapshot from before these existed
+                setattr(self, name, empty())
+        # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
+        if not hasattr(self, "settled"):  # a snapshot written before the grace period
+            self.settled = {}
+        for source in case_upstreams(cfg):
+            self.reorderer.upstream.setdefault(source, BEGIN)
+        if not cfg.intent_stage:  # inference turned off: no intent stage to wait for
+            self.reorderer.upstream.pop(INTENT_KEY, None)
+        self._configure(cfg)
+        # deadlines follow the config (return window, journey thresholds): a timer computed under
+        # the old one would be discarded when it fires and the new deadline never scheduled
+        self.timers = [
+            (d, oid)
+            for oid, case in self.cases.items()
+            if (
+                d := case.next_deadline(cfg.return_window_us, self.journey, cfg.promise_rechecks_us)
+            )
+        ]
+        heapq.heapify(self.timers)
+
+    # -- helpers -----------------------------------------------------------------
+    def _schedule(self, case: OrderCase) -> None:
+        deadline = case.next_deadline(
+            self.cfg.return_window_us, self.journey, self.cfg.promise_rechecks_us
+        )
+        if deadline:
+            heapq.heappush(self.timers, (deadline, case.order_id))
+
+    def _fire_timers(self, until: int, out: Emit) -> None:
+        """Fire every timer with deadline < until, in (deadline, order id) order."""
+        timers = self.timers
+        window = self.cfg.return_window_us
+        rechecks = self.cfg.promise_rechecks_us
+        while timers and timers[0][0] < until:
+            deadline, order_id = heapq.heappop(timers)
+            case = self.cases.get(order_id)
+            if case is None or case.next_deadline(window, self.journey, rechecks) != deadline:
+                continue  # stale timer
+            if case.core_deadline(window, rechecks) == deadline:
+                changes = case.on_time(deadline, window, rechecks)
+                if changes:
+                    self._emit_view(case, deadline, f"~timer:{order_id}", changes, out)
+            if self.journey is not None and journey.deadline(case, self.journey) == deadline:
+                # journey alerts go straight to the output: no case view, so no new decision
+                for alert in journey.on_time(case, deadline, self.journey):
+                    self._journey_alert(case, alert, f"~timer:{order_id}")
+            self._after_update(case, deadline)
+
+    def _journey(self, case: OrderCase, ev, t: int) -> None:
+        """Status updates and breakage alerts caused by a returns event (after case.apply)."""
+        if ev.event_type == "return_graded" and case.received_at and t >= case.received_at:
+            metrics.GRADING_DELAY.observe((t - case.received_at) / 1e6)
+        if self.journey is None or ev.event_type not in journey.STAGE_OF_EVENT:
+            return
+        amount = getattr(ev, "amount", None)
+        statuses, alerts = journey.on_event(case, ev.event_type, t, amount, self.journey)
+        for alert in alerts:
+            self._journey_alert(case, alert, ev.event_id)
+        for notice in statuses:
+            update = StatusUpdate(
+                update_id=journey.journey_id(case.order_id, case.return_id, notice.stage.value),
+                order_id=case.order_id,
+                customer_id=case.customer_id,
+                return_id=case.return_id,
+                stage=notice.stage,
+                occurred_at=from_us(t),
+                preferred_resolution=case.preferred_resolution,
+                expected_refund_date=notice.expected_refund_date,
+                amount=notice.amount,
+                currency=case.currency,
+                policy_version=self.cfg.policy.version,
+                source_event_id=ev.event_id,
+            )
+            _STATUS_UPDATES(notice.stage.value).inc()
+            self.send(Route.OUTPUT, OUT_KEY, t, f"s|{update.update_id}", ("status_update", update))
+
+    def _journey_alert(self, case: OrderCase, notice: journey.AlertNotice, source: str) -> None:
+        alert = JourneyAlert(
+            alert_id=journey.journey_id(case.order_id, case.return_id, notice.kind.value),
+            order_id=case.order_id,
+            return_id=case.return_id,
+            kind=notice.kind,
+            detected_at=from_us(notice.t),
+            threshold_hours=notice.threshold_hours,
+            observed_hours=notice.observed_hours,
+            received_at=from_us(case.received_at) if case.received_at else None,
+            return_reason=case.return_reason,
+            return_value=case.return_value,
+            currency=case.currency,
+            sku_family=case.sku_family,
+            lane=case.lane,
+            policy_version=self.cfg.policy.version,
+            source_event_id=source,
+        )
+        _JOURNEY_ALERTS(notice.kind.value).inc()
+        self.send(Route.OUTPUT, OUT_KEY, notice.t, f"j|{alert.alert_id}", ("journey_alert", alert))
+
+    def _after_update(self, case: OrderCase, t: int) -> None:
+        if case.status is Status.CLOSED:
+            del self.cases[case.order_id]
+            self.tombstones[case.order_id] = t
+            self.tomb_ids[case.order_id] = array("Q", map(_id_hash, case.seen))
+            self.tomb_digests[case.order_id] = _digests(case)
+            grace = self.cfg.settled_grace_us
+            if grace > 0:
+                self.settled[case.order_id] = Settled.of(case)
+            heapq.heappush(self.tomb_heap, (t + max(TOMBSTONE_US, grace), case.order_id))
+            _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
+        else:
+            self._schedule(case)
+
+    def _lane_fact(self, case: OrderCase, ev, t: int, changes: list[str]) -> None:
+        """A shipment cohort fact for the lane monitor: shipped (or first scanned) with a
+        promise, a delay signal, or delivered (the monitor judges on time / late itself)."""
+        kind = ev.event_type
+        if kind == "carrier_scan":
+            if "delivered" in changes:
+                fact = "delivered"
+            elif "delay_signal" in changes:
+                fact = "late"
+            else:
+                fact = "shipped"
+        elif kind == "order_shipped":
+            fact = "shipped"
+        else:
+            return
+        dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
+        self.send(
+            Route.LANES, dest, t, ev.event_id, (case.lane, case.order_id, case.promised_at, fact)
+        )
+
+    def _expire_tombstones(self, low: int) -> None:
+        heap = self.tomb_heap
+        while heap and heap[0][0] < low:
+            _, order_id = heapq.heappop(heap)
+            self.tombstones.pop(order_id, None)
+            self.tomb_ids.pop(order_id, None)
+            self.tomb_digests.pop(order_id, None)
+            self.settled.pop(order_id, None)
+
+    def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
+        view = CaseView(
+            order_id=case.order_id,
+            customer_id=case.customer_id,
+            t=t,
+            source_id=source_id,
+            changes=tuple(changes),
+            features=case.features(t),
+            status=case.status.value,
+            outcome=case.outcome.value if case.outcome else None,
+            lane=case.lane,
+            campaign=case.campaign,
+            sku_family=case.sku_family,
+            currency=case.currency,
+            order_value=case.order_value,
+            refunded_amount=case.refunded_amount,
+            returned=bool(case.return_requested_at),
+            abuse_flags=case.abuse_flags,
+            facts=case.facts() if case.status is Status.CLOSED else None,
+            grade=case.grade,
+            return_value=case.return_value,
+            received_at=case.received_at,
+        )
+        dest = ctx_key(shard_of(case.customer_id, self.cfg.cust_shards))
+        self.send(Route.CONTEXT, dest, t, f"{source_id}|{case.order_id}", view)
+
+    def _settled_fact(self, ev, t: int, inferred: str | None = None) -> bool:
+        """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
+        listens"): a grade, support contact, chargeback or review verdict updates the customer's
+        history, the abuse label and the KPIs (a ``settled`` case view to the customer stage).
+        False: not such a fact, or the grace period is over (the caller dead-letters it)."""
+        rec = self.settled.get(ev.order_id)
+        kind = ev.event_type
+        if rec is None or kind not in SETTLED_FACTS:
+            return False
+        if t - rec.closed_at > self.cfg.settled_grace_us:
+            return False
+        ids = self.tomb_ids.get(ev.order_id)
+        if ids is not None:  # a redelivery of this late fact is a duplicate too
+            ids.append(_id_hash(ev.event_id))
+        changes: list[str] = []
+        features: dict[str, float] = {}
+        flags: tuple[str, ...] = ()
+        amount = 0.0
+        flagged = rec.flagged  # before this fact
+        if kind == "return_graded":
+            flags = tuple(sorted({f.value for f in ev.abuse_flags}))
+            if flags and not rec.flagged:
+                rec.flagged = True
+                changes.append("graded")
+        elif kind == "support_contact":
+            intent = ev.intent.value if ev.intent is not None else inferred or "other"
+            features = {"last_contact_sentiment": ev.sentiment or 0.0}
+            changes += ["contact", f"intent:{intent}"]
+        elif kind == "chargeback_filed":
+            amount = float(ev.amount)
+            changes.append("chargeback")
+        else:  # review_resolved
+            if not rec.verdict:
+                rec.verdict = ev.verdict.value
+                rec.reviewed_at = t
+            rec.flagged = rec.flagged or ev.verdict.value == "abuse_confirmed"
+            changes.append("reviewed")
+        metrics.SETTLED_FACTS.labels(STREAM_OF[kind].value).inc()
+        if not changes:
+            return True  # e.g. a clean re-grade: nothing new for history or labels
+        view = CaseView(
+            order_id=ev.order_id,
+            customer_id=rec.customer_id,
+            t=t,
+            source_id=ev.event_id,
+            changes=tuple(changes),
+            features=features,
+            status="settled",
+            outcome=rec.outcome,
+            lane="",
+            campaign="",
+            sku_family="",
+            currency="",
+            order_value=0.0,
+            refunded_amount=amount,
+            returned=True,
+            abuse_flags=flags,
+            facts={
+                "order_id": ev.order_id,
+                "outcome": rec.outcome,
+                "closed_at": rec.closed_at,
+                "abuse_flags": list(flags),
+                "review_verdict": rec.verdict,
+                "reviewed_at": rec.reviewed_at,
+                "late": kind,
+                "amount": amount,
+                "flagged": flagged,
+            },
+        )
+        dest = ctx_key(shard_of(rec.customer_id, self.cfg.cust_shards))
+        self.send(Route.CONTEXT, dest, t, f"{ev.event_id}|{ev.order_id}", view)
+        return True
+
+    def _dead(self, raw_event, kind: DeadLetterKind, message: str, out: Emit) -> None:
+        raw = RawRecord(f"stage:{self.name}", self.shard, -1, raw_event.model_dump_json().encode())
+        letter = dead_letter(raw, kind, message, raw_event.event_id, raw_event.order_id)
+        metrics.DEAD_LETTERS.labels(kind.value).inc()
+        out.append((Route.DEAD_LETTER, letter))
+
+    # -- duplicates and orphans ----------------------------------------------------
+    def _known_digest(self, order_id: str, event_id: str) -> int | None:
+        """The payload digest remembered for ``event_id`` of ``order_id`` (0: remembered without
+        a digest, by state from before digests), or None if the event id is not remembered."""
+        case = self.cases.get(order_id)
+        if case is not None:
+            seen = case.seen
+            if event_id not in seen:
+                return None
+            i = seen.index(event_id)
+            return _digest_at(_digests(case), i)
+        ids = self.tomb_ids.get(order_id)
+        if ids is None:
+            return None
+        h = _id_hash(event_id)
+        if h not in ids:
+            return None
+        i = ids.index(h)
+        return _digest_at(self.tomb_digests.get(order_id, b""), i)
+
+    def _duplicate(self, ev, tie: str, out: Emit) -> bool:
+        """True if ``ev`` repeats a remembered event id: counted as a duplicate when the payload
+        is the same (or its digest is unknown), an ``inconsistent`` dead letter otherwise; the
+        first one applied (in event-time order) is kept either way."""
+        known = self._known_digest(ev.order_id, ev.event_id)
+        if known is None:
+            return False
+        if known == 0 or known == _tie_digest(tie):
+            metrics.DUPLICATES.inc()
+        else:
+            self._dead(
+                ev,
+                DeadLetterKind.INCONSISTENT,
+                "event_id already applied with a different payload; the first one is kept",
+                out,
+            )
+        return True
+
+    def _park(self, t: int, tie: str, item, out: Emit) -> None:
+        """An event of an order with no order_placed yet waits for it (a replay after a quiet
+        spell can deliver support, returns and scans before their order: README "Reliability").
+        ``item`` is the event, or the intent stage's :class:`InferredContact` wrapping it."""
+        ev = _event_of(item)
+        waiting = self.orphans.get(ev.order_id)
+        if waiting is None:
+            waiting = self.orphans[ev.order_id] = []
+            heapq.heappush(self.orphan_heap, (t + self.cfg.orphan_wait_us, ev.order_id))
+        if len(waiting) >= MAX_ORPHANS_PER_ORDER:
+            self._dead(ev, DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out)
+            return
+        waiting.append((t, tie, item))
+        metrics.ORPHANS_PARKED.inc()
+        while len(self.orphans) > MAX_ORPHAN_ORDERS:  # memory bound: the longest-waiting go
+            _, oldest = heapq.heappop(self.orphan_heap)
+            for _t, _tie, old in self.orphans.pop(oldest, ()):
+                self._dead(
+                    _event_of(old), DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out
+                )
+
+    def _expire_orphans(self, until: int, out: Emit) -> None:
+        """Dead-letter the orphans whose wait ended before ``until`` (all of them at the end)."""
+        heap = self.orphan_heap
+        while heap and (heap[0][0] < until or until >= END):
+            _, order_id = heapq.heappop(heap)
+            for _t, _tie, item in self.orphans.pop(order_id, ()):
+                self._dead(
+                    _event_of(item), DeadLetterKind.UNKNOWN_ORDER, "no order_placed seen", out
+                )
+
+    # -- the stage ---------------------------------------------------------------
+    def apply(self, released, low: int, out: Emit) -> None:
+        pending = list(released)
+        pending.reverse()  # a stack: orphans adopted by their order_placed are pushed on top
+        while pending:
+            t, tie, item = pending.pop()
+            inferred = None
+            ev = item
+            if isinstance(item, InferredContact):  # through the intent stage
+                ev, inferred = item.event, item.intent
+            self._fire_timers(t, out)
+            if type(ev) is Overdue:
+                if not self._duplicate(ev.event, tie, out):
+                    metrics.DEAD_LETTERS.labels(ev.letter.kind.value).inc()
+                    out.append((Route.DEAD_LETTER, ev.letter))
+                continue
+            if self._duplicate(ev, tie, out):
+                continue
+            order_id = ev.order_id
+            case = self.cases.get(order_id)
+            if case is None:
+                if order_id in self.tombstones:
+                    if self._settled_fact(ev, t, inferred):
+                        continue
+                    self._dead(
+                        ev,
+                        DeadLetterKind.UNKNOWN_ORDER,
+                        f"case closed at {iso(self.tombstones[order_id])}",
+                        out,
+                    )
+                    continue
+                if ev.event_type != "order_placed":
+                    self._park(t, tie, item, out)  # with its inferred intent, if any
+                    continue
+                case = self.cases[order_id] = OrderCase(order_id)
+                metrics.CASES_OPENED.inc()
+                adopted = self.orphans.pop(order_id, None)
+                if adopted:  # applied right after their order, at its time, in their order
+                    pending.extend((t, a_tie, a_ev) for _t, a_tie, a_ev in reversed(adopted))
+            elif ev.event_type == "order_placed":
+                self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
+                continue
+            self._apply_event(case, t, tie, ev, inferred, out)
+        horizon = self.horizon(low)
+        self._fire_timers(horizon, out)
+        self._expire_tombstones(horizon)
+        if self.orphan_heap:
+            confirmed = min(horizon, self.reorderer.confirmed_low())
+            self._expire_orphans(END if low >= END else confirmed, out)
+        if BEGIN < low < END:  # a shard without a watermark yet has no position to report
+            metrics.EVENT_TIME_LAG.labels(str(self.shard)).set(time.time() - low / 1e6)
+        metrics.OPEN_CASES.labels(str(self.shard)).set(len(self.cases))
+
+    def _apply_event(
+        self, case: OrderCase, t: int, tie: str, ev, inferred: str | None, out: Emit
+    ) -> None:
+        window = self.cfg.return_window_us
+        changes = case.apply(ev, t, window, inferred)
+        _remember_digest(case, _tie_digest(tie))
+        _EVENTS(STREAM_OF[ev.event_type].value).inc()
+        self._emit_view(case, t, ev.event_id, changes, out)
+        if STREAM_OF[ev.event_type] is Stream.RETURNS:
+            self._journey(case, ev, t)
+        if case.lane != "unknown" and case.promised_at:
+            self._lane_fact(case, ev, t, changes)
+        self._after_update(case, t)
+
+
+MAX_ORPHANS_PER_ORDER = 256
+
+
+def _event_of(item):
+    """The event inside an item (the intent stage wraps support contacts)."""
+    return item.event if isinstance(item, InferredContact) else item
+
+
+MAX_ORPHAN_ORDERS = 50_000  # per case shard: orders with events waiting for their order_placed
+
+
+def _tie_digest(tie: str) -> int:
+    """The payload digest a source put at the end of an event's tiebreak (``id|crc32hex``)."""
+    try:
+        return int(tie.rpartition("|")[2], 16) or 1
+    except ValueError:
+        return 0
+
+
+def _digests(case: OrderCase) -> bytes:
+    try:
+        return case.digests
+    except AttributeError:  # a case from a snapshot taken before digests existed
+        return b""
+
+
+def _digest_at(digests: bytes, i: int) -> int:
+    """The ``i``-th 4-byte digest (0: unknown)."""
+    return int.from_bytes(digests[4 * i : 4 * i + 4], "little") if 4 * i < len(digests) else 0
+
+
+def _remember_digest(case: OrderCase, digest: int) -> None:
+    """Keep ``case.digests`` (4 bytes per id) parallel to ``case.seen`` (which forgets its oldest
+    ids)."""
+    n = 4 * len(case.seen)
+    digests = _digests(case) + digest.to_bytes(4, "little")
+    if len(digests) > n:
+        digests = digests[-n:]
+    elif len(digests) < n:
+        digests = bytes(n - len(digests)) + digests
+    case.digests = digests
+
+
+SETTLED_FACTS = frozenset(
+    {"return_graded", "support_contact", "chargeback_filed", "review_resolved"}
+)
+
+
+@dataclass(slots=True)
+class Settled:
+    """What a settled case keeps for its grace period: ~120 B with its dict entry (the id strings
+    are shared with the tombstone and the customer context), next to the event-id hashes."""
+
+    customer_id: str
+    closed_at: int
+    outcome: str
+    flagged: bool  # a grade with abuse flags was already counted in the customer's history
+    verdict: str = ""
+    reviewed_at: int = 0
+
+    @classmethod
+    def of(cls, case: OrderCase) -> Settled:
+        return cls(
+            case.customer_id,
+            case.closed_at,
+            case.outcome.value if case.outcome else "",
+            bool(case.abuse_flags),
+            case.review_verdict,
+            case.reviewed_at,
+        )
+
+
+def case_upstreams(cfg: StageConfig) -> list[str]:
+    """What a case shard waits for: every input partition, and the intent stage if any."""
+    return [*cfg.sources, INTENT_KEY] if cfg.intent_stage else list(cfg.sources)

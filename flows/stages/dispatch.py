@@ -1,0 +1,267 @@
+"""The dispatch stage: policy, guardrails and triggers for one customer shard."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from salvage.connectors.outputs import (
+    Action,
+)
+from salvage.features.eventtime import DAY_US, END, iso
+from salvage.flows.messages import CaseView, Emit, Route
+from salvage.flows.stages.base import (
+    _DISPOSITIONS,
+    _HOLDOUT,
+    _SUPPRESSED,
+    _TRIGGERS,
+    OUT_KEY,
+    RISK_SIGNALS,
+    StageConfig,
+    _Stage,
+    disp_key,
+)
+from salvage.policy import guardrails
+from salvage.policy.config import MAX_CONTACT_LOG
+from salvage.policy.disposition import decide_disposition
+from salvage.policy.engine import CUSTOMER_FACING, decide, holdout_unit
+from salvage.policy.triggers import build_trigger, decision_record, held_out, is_forced, trigger_id
+from salvage.sinks import metrics
+
+
+class DispatchStage(_Stage):
+    """Policy, guardrails and triggers for one customer shard (contact caps live here)."""
+
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(disp_key(shard), cfg.model_keys())
+        self.shard = shard
+        self.cfg = cfg
+        self.contacted: dict[str, list[int]] = {}  # customer -> our outbound contact times
+        self.sent: dict[str, list[str]] = {}  # order id -> actions already triggered
+        self.first_score: dict[str, float] = {}  # order id -> first recoverability score
+        self.held_out: dict[str, set[str]] = {}  # order -> its held-out actions
+        self.last_decision: dict[str, dict] = {}  # order id -> the latest non-empty decision
+        self.assigned: set[str] = set()  # orders with an uplift (ITT) assignment, until close
+        self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
+        self.last_sweep = 0
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        for t, _tie, (view, features, scored, events) in released:
+            for ev in events:
+                out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
+                tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
+                self.send(Route.OUTPUT, OUT_KEY, t, tie, ("model_event", out_ev))
+            if scored is not None:  # None: a settled case's late fact (no decision)
+                self._update(t, view, features, scored, out)
+        if low < END and low - self.last_sweep > DAY_US:
+            self.last_sweep = low
+            stale = [c for c, ts in self.contacted.items() if ts and low - ts[-1] > 30 * DAY_US]
+            for c in stale:
+                del self.contacted[c]
+            today = low // DAY_US
+            for key in [k for k in self.spent if k[1] < today - 1]:
+                del self.spent[key]
+
+    def _disposition(self, t: int, view: CaseView) -> None:
+        """A graded return: recommend restock / open box / refurbish / donate / dispose."""
+        waited = (t - view.received_at) / DAY_US if view.received_at else 0.0
+        doc = decide_disposition(
+            self.cfg.policy.disposition,
+            view.grade,
+            view.sku_family,
+            view.return_value or view.order_value,
+            waited,
+        )
+        doc = {
+            "disposition_id": trigger_id(view.order_id, "disposition", view.source_id),
+            "order_id": view.order_id,
+            "decided_at": iso(t),
+            "policy_version": self.cfg.policy.version,
+            **doc,
+        }
+        _DISPOSITIONS(doc["route"]).inc()
+        self.send(Route.OUTPUT, OUT_KEY, t, f"d|{doc['disposition_id']}", ("disposition", doc))
+
+    def _update(self, t: int, view: CaseView, features, scored, out: Emit) -> None:
+        if "graded" in view.changes and view.grade:
+            self._disposition(t, view)
+        scores = scored.scores
+        closed = view.status == "closed"
+        if RISK_SIGNALS.intersection(view.changes):
+            # the score when the case first showed risk: what "recoverable" means for leakage
+            self.first_score.setdefault(view.order_id, scores.recoverability)
+            if self.cfg.score_log:
+                out.append(
+                    (
+                        Route.SCORE,
+                        {
+                            "order_id": view.order_id,
+                            "t": t,
+                            "returned": view.returned,
+                            "model": scored.shadow,
+                            "rules": {
+                                "recoverability": scored.rules.recoverability,
+                                "abuse": scored.rules.abuse,
+                            },
+                            "driving": scores.model_version,
+                        },
+                    )
+                )
+        policy = self.cfg.policy
+        decision = decide(policy, features, scores, resolved=closed or view.outcome is not None)
+        decision_doc: dict[str, Any] | None = None
+        if decision is not None:
+            action = decision.action
+            decision_doc = decision_record(decision)
+            if "abuse_block" in decision.guardrails:
+                _SUPPRESSED("abuse_block").inc()
+            forced = is_forced(decision)
+            suppressed = self._guardrail(view, action, decision.cost, t, forced)
+            self._assign(t, view, features, action, forced, suppressed)
+            decision_doc["suppressed_by"] = suppressed
+            if suppressed:
+                _SUPPRESSED(suppressed).inc()
+            else:
+                self.sent.setdefault(view.order_id, []).append(action.value)
+                holdout = held_out(policy, decision, view.order_id)
+                trig = build_trigger(
+                    decision,
+                    order_id=view.order_id,
+                    customer_id=view.customer_id,
+                    source_id=view.source_id,
+                    currency=view.currency,
+                    recoverability=scores.recoverability,
+                    abuse=scores.abuse,
+                    model_version=scores.model_version,
+                    policy_version=policy.version,
+                    holdout=holdout,
+                    t=t,
+                )
+                decision_doc["trigger_id"] = trig.trigger_id
+                decision_doc["holdout"] = holdout
+                if holdout:
+                    # the control group: recorded, never published, no contact, no spend
+                    self.held_out.setdefault(view.order_id, set()).add(action.value)
+                    _HOLDOUT(action.value).inc()
+                else:
+                    if action in CUSTOMER_FACING:
+                        log = self.contacted.setdefault(view.customer_id, [])
+                        log.append(t)
+                        del log[:-MAX_CONTACT_LOG]
+                    key = (action.value, t // DAY_US)
+                    self.spent[key] = self.spent.get(key, 0.0) + decision.cost
+                    _TRIGGERS(action.value).inc()
+                    for reason in decision.reason_codes:
+                        metrics.TRIGGER_REASONS.labels(action.value, reason).inc()
+                    self.send(Route.OUTPUT, OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig))
+        if decision_doc is not None and self.cfg.case_records:
+            self.last_decision[view.order_id] = decision_doc
+        if self.cfg.case_records:
+            record = {
+                "order_id": view.order_id,
+                "customer_id": view.customer_id,
+                "status": view.status,
+                "outcome": view.outcome,
+                "updated_at": iso(t),
+                "lane": view.lane,
+                "campaign": view.campaign,
+                "sku_family": view.sku_family,
+                "features": features,
+                "scores": {
+                    "recoverability": scores.recoverability,
+                    "abuse": scores.abuse,
+                    "model_version": scores.model_version,
+                    "rules": {
+                        "recoverability": scored.rules.recoverability,
+                        "abuse": scored.rules.abuse,
+                    },
+                    "models": scored.shadow,
+                },
+                "decision": decision_doc,
+                "last_decision": decision_doc or self.last_decision.get(view.order_id),
+                "triggered": self.sent.get(view.order_id, []),
+            }
+            out.append((Route.CASE_RECORD, (view.order_id, t, json.dumps(record))))
+        if closed and view.order_id in self.assigned:
+            self.assigned.discard(view.order_id)
+            self._outcome(t, view)
+        if closed:
+            # KPI fact: what happened to the case, and what we did about it (metrics only)
+            out.append(
+                (
+                    Route.KPI,
+                    {
+                        "kind": "case",
+                        "t": t,
+                        "case": view.facts,
+                        "first_recoverability": self.first_score.pop(view.order_id, None),
+                        "scores": {"recoverability": scores.recoverability, "abuse": scores.abuse},
+                        "triggered": list(self.sent.get(view.order_id, ())),
+                        "held_out": sorted(self.held_out.get(view.order_id, ())),
+                        "customer": {
+                            k: v for k, v in features.items() if k.startswith("customer_")
+                        },
+                    },
+                )
+            )
+            self.sent.pop(view.order_id, None)
+            self.held_out.pop(view.order_id, None)
+            self.last_decision.pop(view.order_id, None)
+
+    def _assign(
+        self, t: int, view: CaseView, features, action: Action, forced: bool, suppressed: str
+    ) -> None:
+        """Intention-to-treat assignment (see :mod:`salvage.uplift`): the first decision point of
+        an order whose chosen action is randomised (holdout share > 0, not a forced review) fixes
+        its arm, from the same deterministic holdout draw the trigger uses, whatever a guardrail
+        or a later decision does to it. Recorded once per order through the output stage."""
+        if view.order_id in self.assigned or forced:
+            return
+        policy = self.cfg.policy
+        share = policy.actions[action].holdout_share
+        if share <= 0:
+            return
+        self.assigned.add(view.order_id)
+        doc = {
+            "order_id": view.order_id,
+            "customer_id": view.customer_id,
+            "action": action.value,
+            "holdout": holdout_unit(view.order_id, policy.version) < share,
+            "holdout_share": share,
+            "decided_at": iso(t),
+            "suppressed_by": suppressed,
+            "order_value": round(view.order_value, 2),
+            "margin": round(float(features.get("margin", 0.0)), 2),
+            "currency": view.currency,
+            "policy_version": policy.version,
+        }
+        self.send(Route.OUTPUT, OUT_KEY, t, f"a|{view.order_id}", ("assignment", doc))
+
+    def _outcome(self, t: int, view: CaseView) -> None:
+        """The closing outcome of an assigned order (orders still open when the log ends have
+        none: they count as retained, DESIGN §11)."""
+        doc = {
+            "order_id": view.order_id,
+            "outcome": view.outcome,
+            "retained": view.outcome not in ("refund", "chargeback"),
+            "refunded_amount": round(view.refunded_amount, 2),
+            "closed_at": iso(t),
+        }
+        self.send(Route.OUTPUT, OUT_KEY, t, f"o|{view.order_id}", ("outcome", doc))
+
+    def _guardrail(
+        self, view: CaseView, action: Action, cost: float, t: int, forced: bool = False
+    ) -> str:
+        """The stateful guardrails (:func:`salvage.policy.guardrails.check`) on this shard's
+        memory; returns the one that suppresses, or ''."""
+        return guardrails.check(
+            self.cfg.policy,
+            action,
+            cost,
+            t,
+            sent=self.sent.get(view.order_id, ()),
+            contacts=self.contacted.get(view.customer_id, ()),
+            spent_today=self.spent.get((action.value, t // DAY_US), 0.0),
+            shards=self.cfg.cust_shards,
+            forced=forced,
+        )

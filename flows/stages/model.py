@@ -1,0 +1,90 @@
+"""The model stage: rule baseline and online models for one model shard."""
+
+from __future__ import annotations
+
+from salvage.flows.messages import Emit, Route
+from salvage.flows.stages.base import (
+    _MODEL_CHANGES,
+    RISK_SIGNALS,
+    StageConfig,
+    _Stage,
+    disp_key,
+    model_key,
+    shard_of,
+)
+from salvage.scoring.baseline import RuleScorer
+from salvage.scoring.models import ModelSet
+from salvage.sinks import metrics
+
+
+class ModelStage(_Stage):
+    """Rule baseline + online models for one model shard: score, learn on labels, promote."""
+
+    def __init__(self, shard: int, cfg: StageConfig) -> None:
+        super().__init__(model_key(shard), cfg.cust_keys("ctx"))
+        self.shard = shard
+        self.cfg = cfg
+        self.rules = RuleScorer()
+        self.models = ModelSet(cfg.model)
+        for name in ("recoverability", "abuse"):  # series exist from the start (increase() works)
+            _MODEL_CHANGES["promoted"](name)
+            _MODEL_CHANGES["demoted"](name)
+
+    def rebind(self, cfg: StageConfig) -> None:
+        super().rebind(cfg)
+        # promotion and demotion gates of this run; the models' structure (learning rate, windows)
+        # is fixed when they are created
+        self.models.cfg = cfg.model
+        self.models.recoverability.cfg = self.models.abuse.cfg = cfg.model
+        self.models.upgrade()  # a snapshot written before issue 11's fields
+
+    def apply(self, released, low: int, out: Emit) -> None:
+        labelled = False
+        for t, tie, (view, features) in released:
+            events: list[dict] = self.models.expire_awaiting(t)
+            if features is None:  # a settled case's late fact: a label, maybe (see ModelSet)
+                assert view.facts is not None
+                events += self.models.late_fact(view.order_id, t, view.facts)
+                for ev in events:
+                    _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
+                labelled = True
+                dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
+                self.send(Route.DISPATCH, dest, t, tie, (view, None, None, events))
+                continue
+            closed = view.status == "closed"
+            if closed:
+                labelled = True
+                assert view.facts is not None  # a closing update carries the facts
+                events += self.models.label(view.order_id, t, view.facts)
+            if events:
+                for ev in events:
+                    _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
+            rules = self.rules.score(features)
+            scored = self.models.score(
+                view.order_id,
+                t,
+                features,
+                rules,
+                view.returned,
+                snapshot=not closed,
+                risk=not RISK_SIGNALS.isdisjoint(view.changes),
+            )
+            dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
+            self.send(Route.DISPATCH, dest, t, tie, (view, features, scored, events))
+        if labelled:
+            self._export_metrics()
+
+    def _export_metrics(self) -> None:
+        shard = str(self.shard)
+        for name, summary in self.models.summary().items():
+            metrics.MODEL_ACTIVE.labels(name, shard).set(1 if summary["active"] else 0)
+            for scorer in ("model", "rules"):
+                s = summary[scorer]
+                # one-class window: NaN, Prometheus' "no value" (never 0)
+                auc = s["auc"]
+                metrics.MODEL_AUC.labels(name, scorer, shard).set(
+                    float("nan") if auc is None else auc
+                )
+                metrics.MODEL_LOGLOSS.labels(name, scorer, shard).set(s["logloss"])
+                metrics.MODEL_BRIER.labels(name, scorer, shard).set(s["brier"])
+            metrics.MODEL_LABELS.labels(name, shard).set(summary["labels"])
