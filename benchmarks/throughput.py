@@ -168,8 +168,8 @@ class PlainPipeline:
         self.log = log
         self.parser = _Parser(
             part,
-            int(s.reorder_tolerance_seconds * 1e6),
-            int(s.max_lateness_seconds * 1e6),
+            int(s.dataflow.reorder_tolerance_seconds * 1e6),
+            int(s.dataflow.max_lateness_seconds * 1e6),
             -(2**62),
         )
         self.loop = PlainLoop(cfg, self._serialise, self._tap)

@@ -161,31 +161,31 @@ class FlowSpec:
 
 def _source(spec: FlowSpec):
     s = spec.settings
-    tol = int(s.reorder_tolerance_seconds * 1e6)
-    late = int(s.max_lateness_seconds * 1e6)
-    future = int(s.max_future_seconds * 1e6)
-    jump = int(s.max_clock_jump_seconds * 1e6)
+    tol = int(s.dataflow.reorder_tolerance_seconds * 1e6)
+    late = int(s.dataflow.max_lateness_seconds * 1e6)
+    future = int(s.dataflow.max_future_seconds * 1e6)
+    jump = int(s.dataflow.max_clock_jump_seconds * 1e6)
     if spec.file_mode:
-        return EventLogSource(spec.inputs, tol, late, s.source_batch_size, future, jump)
+        return EventLogSource(spec.inputs, tol, late, s.dataflow.source_batch_size, future, jump)
     if spec.kafka_partitions is None:
         from salvage.connectors.broker import ensure_topics
 
         spec.kafka_partitions = ensure_topics(
-            s.kafka_client_config(), list(s.input_topics().values()), s.topic_partitions
+            s.kafka.as_librdkafka_dict(), list(s.topics.inputs().values()), s.topics.partitions
         )
     return KafkaEventSource(
-        s.kafka_client_config(),
-        s.input_topics(),
+        s.kafka.as_librdkafka_dict(),
+        s.topics.inputs(),
         spec.kafka_partitions,
         tol,
         late,
         spec.to_end,
-        s.idle_partition_seconds,
-        s.source_batch_size,
-        fetch_wait_ms=s.kafka_fetch_wait_max_ms,
+        s.dataflow.idle_partition_seconds,
+        s.dataflow.source_batch_size,
+        fetch_wait_ms=s.kafka.fetch_wait_max_ms,
         max_future_us=future,
         max_jump_us=jump,
-        group_id=s.kafka_group_id,
+        group_id=s.kafka.group_id,
         from_beginning=spec.from_beginning,
     )
 
@@ -205,9 +205,9 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
     else:
         from salvage.sinks.kafka import KafkaOutputSink
 
-        conf = s.kafka_client_config()
+        conf = s.kafka.as_librdkafka_dict()
         for stream in OUTPUTS:
-            sinks[stream.sink] = KafkaOutputSink(conf, getattr(s, stream.topic_setting))
+            sinks[stream.sink] = KafkaOutputSink(conf, s.topics.output(stream))
     if spec.file_mode or spec.out_dir is not None:
         # uplift inputs (salvage.uplift): files in the run's out dir, in file and Kafka mode
         out = spec.out_dir or Path("out")
@@ -217,22 +217,22 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / f"{name}.jsonl").touch()
             sinks[name] = JsonlSink(out / f"{name}.jsonl", local)
-    if spec.case_store and s.redis_url:
+    if spec.case_store and s.redis.url:
         from salvage.sinks.redis_store import RedisCaseSink
 
-        pw = s.redis_password.get_secret_value() if s.redis_password else None
+        pw = s.redis.password_value()
         # short timeouts: a frozen Redis costs one timeout per retry, then the backlog takes over
-        timeout = s.redis_socket_timeout_seconds
+        timeout = s.redis.socket_timeout_seconds
         sinks["cases"] = RedisCaseSink(
-            s.redis_url,
+            s.redis.url,
             password=pw,
-            ttl_seconds=s.case_ttl_seconds,
+            ttl_seconds=s.redis.case_ttl_seconds,
             socket_timeout=timeout,
             connect_timeout=timeout,
         )
         from salvage.sinks.review_queue import RedisReviewSink
 
-        sinks["reviews"] = RedisReviewSink(s.redis_url, password=pw, socket_timeout=timeout)
+        sinks["reviews"] = RedisReviewSink(s.redis.url, password=pw, socket_timeout=timeout)
     sinks.update(spec.extra_sinks)
     return sinks
 
@@ -241,7 +241,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     """The recovery dataflow: Bytewax is a thin shell around :mod:`salvage.flows.topology`
     (which stage consumes which route) and the stage classes (what each does)."""
     s = spec.settings
-    set_dead_letter_max_bytes(s.dead_letter_max_bytes)
+    set_dead_letter_max_bytes(s.dataflow.dead_letter_max_bytes)
     source = _source(spec)
     sinks = _sinks(spec)
     cfg = stage_config(
@@ -321,7 +321,7 @@ def spec_from_env() -> FlowSpec:
         settings=settings,
         inputs=inputs,
         out_dir=out_dir,
-        to_end=not settings.follow,
+        to_end=not settings.dataflow.follow,
         process_id=process_id_from_env() or 0,
     )
 
@@ -354,7 +354,7 @@ def __getattr__(name: str):
         signal.signal(signal.SIGTERM, lambda *_: request_stop())
         spec = spec_from_env()
         try:
-            metrics.serve(spec.settings.metrics_port, spec.settings.metrics_host)
+            metrics.serve(spec.settings.metrics.port, spec.settings.metrics.host)
         except OSError:  # another process of this host's cluster serves it already
             pass
         return build_flow(spec)

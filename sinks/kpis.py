@@ -76,9 +76,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.metrics import MetricWrapperBase
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from salvage.config import KpiSettings
 from salvage.connectors.events import Grade, Intent, ReturnReason
 from salvage.connectors.outputs import Action
 from salvage.features.order_case import Outcome
@@ -93,36 +92,7 @@ US = 1_000_000
 # ---------------------------------------------------------------------------------- settings
 
 
-class KpiSettings(BaseSettings):
-    """KPI knobs (env prefix ``SALVAGE_KPI_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="SALVAGE_KPI_", extra="ignore")
-
-    repeat_window_days: float = Field(90.0, gt=0, description="repeat-customer window")
-    top_n_campaign: int = Field(12, ge=0)
-    top_n_sku_family: int = Field(16, ge=0)
-    top_n_lane: int = Field(32, ge=0)
-    # the lane delay metrics (3 series per lane, no other dimension) afford many more lanes than
-    # the KPIs, where a lane multiplies with campaign and SKU family
-    top_n_lane_monitor: int = Field(256, ge=0)
-    top_n_courier: int = Field(8, ge=0)
-    top_n_support_reason: int = Field(12, ge=0)
-    top_n_action: int = Field(12, ge=0)
-    top_n_outcome: int = Field(12, ge=0)
-    top_n_grade: int = Field(6, ge=0)
-    top_n_reason: int = Field(12, ge=0)
-    top_n_currency: int = Field(4, ge=0)
-    preset_campaign: list[str] = []
-    preset_sku_family: list[str] = []
-    preset_lane: list[str] = []
-    preset_courier: list[str] = []
-
-    def top_n(self, label: str) -> int:
-        return int(getattr(self, f"top_n_{label}"))
-
-    def preset(self, label: str) -> list[str]:
-        label = "lane" if label == "lane_monitor" else label
-        return list(getattr(self, f"preset_{label}", []))
+# KpiSettings (the ``kpis`` group of salvage.config.Settings) is defined with the other groups.
 
 
 # ---------------------------------------------------------------------------------- buckets
@@ -360,14 +330,14 @@ _state_lock = threading.Lock()
 def configure(settings: KpiSettings | None = None, cost: CostModel | None = None) -> None:
     """(Re)load settings and cost model; resets the top-N slots (for tests and startup)."""
     with _state_lock:
-        _set_state(_State(settings or KpiSettings(), cost or load_cost_model()))
+        _set_state(_State(settings or KpiSettings.from_env(), cost or load_cost_model()))
 
 
 def _get_state() -> _State:
     if _state is None:
         with _state_lock:  # first use, possibly from several worker threads at once
             if _state is None:
-                _set_state(_State(KpiSettings(), load_cost_model()))
+                _set_state(_State(KpiSettings.from_env(), load_cost_model()))
     assert _state is not None
     return _state
 

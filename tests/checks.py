@@ -52,7 +52,9 @@ class Recording:
             self.calls.setdefault(name, {}).setdefault(key, []).append(list(items))
 
         loop = PlainLoop(self.cfg, lambda k, p: self.outputs.append((k, p)), None, inspect)
-        parser = _Parser(part, int(s.reorder_tolerance_seconds * 1e6), 7 * 86_400_000_000, -(2**62))
+        parser = _Parser(
+            part, int(s.dataflow.reorder_tolerance_seconds * 1e6), 7 * 86_400_000_000, -(2**62)
+        )
         lines = log.read_bytes().splitlines()
         for start in range(0, len(lines), batch):
             items: list = []

@@ -183,3 +183,79 @@ def test_write_raises_when_outage_outlasts_budget(
     elapsed = time.monotonic() - started
     assert 0.8 <= elapsed < 3
     assert store.retries >= 3
+
+
+def test_outage_backlog_schedule_doubles_to_ten_seconds_and_resets_on_success() -> None:
+    """The retry schedule (redis-py's ExponentialBackoff): an attempt at most every interval,
+    doubling per failure in a row up to 10 s, back to the first interval once Redis answers."""
+    import redis
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    from salvage.sinks.redis_store import OutageBacklog
+
+    registry = CollectorRegistry()
+    now = [100.0]
+    backlog: OutageBacklog[int] = OutageBacklog(
+        ("Redis test", "writes"),
+        Gauge("t_backlog", "t", registry=registry),
+        Counter("t_failures", "t", registry=registry),
+        RuntimeError,
+        max_items=10,
+        retry_interval=0.5,
+        clock=lambda: now[0],
+    )
+
+    def down() -> None:
+        raise redis.ConnectionError("refused")
+
+    intervals = []
+    for _ in range(7):
+        assert backlog.attempt(down) is False
+        intervals.append(backlog.retry_interval)
+        assert not backlog.due()
+        now[0] += backlog.retry_interval
+        assert backlog.due()
+    assert intervals == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    backlog.items["k"] = 1
+    assert backlog.attempt(lambda: None) is True and not backlog.items
+    assert backlog.attempt(down) is False and backlog.retry_interval == 0.5
+
+
+def test_retry_within_gives_up_after_its_budget_and_never_retries_a_refused_password() -> None:
+    import redis
+    from redis.exceptions import AuthenticationError
+
+    from salvage.sinks.redis_store import retry_within
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise redis.TimeoutError("slow")
+        return "ok"
+
+    seen: list[int] = []
+    result = retry_within(
+        flaky, 5.0, 0.001, 0.01, on_retry=lambda e, n, d: seen.append(n), give_up=RuntimeError
+    )
+    assert result == "ok"
+    assert seen == [1, 2]
+
+    def refused() -> None:
+        calls.append(1)
+        raise AuthenticationError("invalid password")
+
+    calls.clear()
+    with pytest.raises(AuthenticationError):
+        retry_within(refused, 5.0, 0.001, 0.01, give_up=lambda e, n: RuntimeError(n))
+    assert len(calls) == 1
+
+    def down() -> None:
+        raise redis.ConnectionError("refused")
+
+    with pytest.raises(RuntimeError, match="gave up after") as info:
+        retry_within(
+            down, 0.05, 0.01, 0.02, give_up=lambda e, n: RuntimeError(f"gave up after {n}")
+        )
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
