@@ -53,6 +53,7 @@ TAPS: dict[tuple[str, Route], str] = {
     ("dispatch", Route.KPI): "kpis",
     ("dispatch", Route.SCORE): "scores",
     ("dispatch", Route.CASE_RECORD): "cases",
+    ("models", Route.MODEL_STATE): "model_states",
 }
 
 

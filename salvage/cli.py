@@ -1051,13 +1051,13 @@ def models_export(
         list[Path],
         typer.Option(
             envvar="SALVAGE_RECOVERY_DIR",
-            help="The run's --recovery-dir (model state lives in its snapshots); a cluster: "
+            help="The run's --recovery-dir (model checkpoints live in DIR/models); a cluster: "
             "repeat it for every process's directory",
         ),
     ] = [Path("recovery")],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Write the current models (weights, scaler, shadow/active, rolling AUC / log loss / Brier
-    beside the rule baseline's) per model shard, from the latest committed snapshot."""
+    beside the rule baseline's) per model shard, from its newest checkpoint."""
     from rich.table import Table
 
     from salvage.models_export import ExportError, export_models

@@ -10,7 +10,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +19,13 @@ from bytewax.run import cli_main
 
 from salvage.config import Settings
 from salvage.connectors.events import STREAM_OF
-from salvage.flows.recovery import FlowSpec, build_flow, process_id_from_env
+from salvage.flows.recovery import (
+    JOURNAL_DIR,
+    MODELS_DIR,
+    FlowSpec,
+    build_flow,
+    process_id_from_env,
+)
 
 
 @contextlib.contextmanager
@@ -50,11 +56,13 @@ def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[
 DEFAULT_SNAPSHOT_SECONDS = 5.0
 DEFAULT_BACKUP_SECONDS = 0.0
 RUN_MANIFEST = "salvage-run.json"
-# The layout of the pickled stage state (flows/stages/, features/, scoring/models.py). Bump it
+# The layout of the stage state (flows/state.py codecs and the records they encode: flows/stages/,
+# features/, scoring/models.py; the journal format, flows/journal.py). Bump it
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.
-STATE_VERSION = 4  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*
+STATE_VERSION = 5  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*;
+# 5: explicit state (salvage.flows.state codecs in an epoch journal, DIR/journal), not pickles
 
 
 class RecoveryMismatch(ValueError):
@@ -269,6 +277,9 @@ def run_flow(
     sinks' single partition to a worker of process 0 (``spec.process_id``, see
     :class:`salvage.flows.recovery.JsonlSink`). Blocks until the whole cluster has finished."""
     cluster = cluster or Cluster()
+    if recovery is not None and spec.state_dir is None:  # the stages' journal: DIR/journal
+        db = Path(recovery.db_dir)
+        spec = replace(spec, state_dir=db / JOURNAL_DIR, model_dir=db / MODELS_DIR)
     flow = build_flow(spec)
     kwargs: dict[str, object] = {"workers_per_process": cluster.workers_per_process}
     if cluster.multi_process:

@@ -103,6 +103,7 @@ class StageConfig:
     intent_stage: bool = False
     intent_threshold: float = 0.6
     score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
+    model_exports: bool = False  # model shards emit checkpoints (flows/model_sink.py)
     policy: Policy = field(default_factory=load_policy)
 
     def case_keys(self) -> list[str]:
@@ -180,13 +181,6 @@ class _Stage(ABC):
             if self.reorderer.low != before:
                 out.append((Route.TICK, Tick(self.name, self.reorderer.low, self.seen_t)))
         return out
-
-    def rebind(self, cfg: StageConfig) -> None:
-        """On a resume from a snapshot: adopt the current run's configuration (policy, thresholds,
-        windows) instead of the one pickled with the state; what was learned and buffered stays.
-        The manifest (salvage.runner.run_manifest) refuses changes that would move keys."""
-        if hasattr(self, "cfg"):
-            self.cfg = cfg
 
     @abstractmethod
     def apply(self, released: list[tuple[int, str, Any]], low: int, out: Emit) -> None:
