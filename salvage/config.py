@@ -300,9 +300,6 @@ class KpiSettings(BaseSettings):
     flat_prefix: ClassVar[str] = "kpi_"
     flat_names: ClassVar[dict[str, str]] = {}
 
-    recoverable_threshold: float = Field(
-        0.5, ge=0, le=1, description="first recoverability score at/above which a case counts"
-    )
     repeat_window_days: float = Field(90.0, gt=0, description="repeat-customer window")
     top_n_campaign: int = Field(12, ge=0)
     top_n_sku_family: int = Field(16, ge=0)

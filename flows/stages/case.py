@@ -284,6 +284,7 @@ class CaseStage(_Stage):
                 "reviewed_at": rec.reviewed_at,
                 "late": kind,
                 "amount": amount,
+                "currency": ev.currency if kind == "chargeback_filed" else "",
                 "flagged": flagged,
             },
         )
