@@ -9,6 +9,29 @@ from salvage.features.eventtime import DAY_US
 
 @dataclass(slots=True)
 class CustomerContext:
+    """One customer's history, folded from the case updates of all their orders.
+
+    ``observe`` reads a few fields of the update (a :class:`salvage.flows.messages.CaseView` in
+    the flow; any object with those attributes here). Two orders, then a refunded return on the
+    second and one unhappy contact:
+
+    >>> from types import SimpleNamespace as View
+    >>> ctx = CustomerContext("c1")
+    >>> ctx.observe(1 * DAY_US, ("placed",), View(order_value=80.0))
+    >>> ctx.observe(2 * DAY_US, ("placed",), View(order_value=40.0))
+    >>> ctx.observe(3 * DAY_US, ("contact",), View(features={"last_contact_sentiment": -0.5}))
+    >>> refunded = View(outcome="refund", refunded_amount=40.0, returned=True, features={})
+    >>> ctx.observe(4 * DAY_US, ("return_requested",), refunded)
+    >>> ctx.observe(6 * DAY_US, ("closed",), refunded)
+    >>> f = ctx.features(11 * DAY_US)
+    >>> f["customer_orders"], f["customer_return_rate"], f["customer_refund_rate"]
+    (2.0, 0.5, 0.5)
+    >>> f["customer_net_value"], f["customer_mean_sentiment"], f["customer_contacts"]
+    (80.0, -0.5, 1.0)
+    >>> f["customer_tenure_days"], f["customer_days_since_return"]
+    (10.0, 7.0)
+    """
+
     customer_id: str
     first_seen: int = 0
     last_seen: int = 0

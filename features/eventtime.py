@@ -44,16 +44,35 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_us(dt: datetime) -> int:
-    """Timezone-aware datetime -> integer microseconds since the Unix epoch (exact)."""
+    """Timezone-aware datetime -> integer microseconds since the Unix epoch (exact).
+
+    >>> t = to_us(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))
+    >>> t, t % HOUR_US
+    (1772445600000000, 0)
+    >>> to_us(datetime(2026, 3, 2, 11, 0, 0, 1, tzinfo=UTC)) - t  # one hour and 1 µs later
+    3600000001
+    """
     delta = dt - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_us(us: int) -> datetime:
+    """Integer microseconds since the Unix epoch -> UTC datetime; the inverse of :func:`to_us`.
+
+    >>> from_us(1772445600000001)
+    datetime.datetime(2026, 3, 2, 10, 0, 0, 1, tzinfo=datetime.timezone.utc)
+    >>> to_us(from_us(1772445600000001))
+    1772445600000001
+    """
     return datetime.fromtimestamp(us // 1_000_000, UTC).replace(microsecond=us % 1_000_000)
 
 
 def iso(us: int) -> str:
+    """Microseconds -> ISO 8601 in UTC with a ``Z`` suffix (how outputs print event times).
+
+    >>> iso(1772445600000000), iso(1772445600000000 + DAY_US + 250_000)
+    ('2026-03-02T10:00:00Z', '2026-03-03T10:00:00.250000Z')
+    """
     return from_us(us).isoformat().replace("+00:00", "Z")
 
 
@@ -62,7 +81,25 @@ DAY_US = 24 * HOUR_US
 
 
 class PartitionClock:
-    """Watermark and lateness rule for one source partition (see module docstring)."""
+    """Watermark and lateness rule for one source partition (see module docstring).
+
+    The watermark trails the latest event time by the tolerance; a late event is applied at the
+    watermark, a very late one (more than ``max_lateness_us`` behind it) is refused:
+
+    >>> clock = PartitionClock(tolerance_us=10, max_lateness_us=100)
+    >>> clock.watermark == BEGIN  # nothing seen yet
+    True
+    >>> clock.observe(1_000), clock.watermark
+    (1000, 990)
+    >>> clock.observe(995)  # out of order, but within the tolerance: keeps its own time
+    995
+    >>> clock.observe(950)  # late: its effective time is the watermark
+    990
+    >>> clock.observe(850) is None  # 140 behind the watermark: too late (a dead letter)
+    True
+    >>> clock.observe(1_500), clock.watermark  # the clock only moves forward
+    (1500, 1490)
+    """
 
     __slots__ = ("max_lateness_us", "max_t", "tolerance_us")
 
@@ -93,6 +130,29 @@ class Reorderer:
     ``push`` buffers an item; ``advance`` records an upstream's watermark and returns the items
     now below the low watermark, in order. Items are ``(t, tiebreak, payload)``; ``tiebreak`` must
     make the order total for distinct items (e.g. the event id).
+
+    Nothing is released until every upstream has promised it; an idle upstream stops holding the
+    others back, and once all are idle everything up to the highest clock seen is released:
+
+    >>> r = Reorderer(["p0", "p1"])
+    >>> r.push(20, "e2", "from p1"), r.push(10, "e1", "from p0"), len(r)
+    (True, True, 2)
+    >>> r.tick("p0", 30)
+    >>> r.release()  # p1 has promised nothing yet
+    []
+    >>> r.tick("p1", 15)
+    >>> r.release(), r.low  # the low watermark is min(30, 15)
+    ([(10, 'e1', 'from p0')], 15)
+    >>> r.push(12, "e0", "too old")  # below the low watermark: refused
+    False
+    >>> r.push(40, "e3", "from p0")
+    True
+    >>> r.tick("p1", IDLE, seen=18)  # p1 caught up and went quiet: only p0 counts
+    >>> r.release(), r.low
+    ([(20, 'e2', 'from p1')], 30)
+    >>> r.tick("p0", IDLE, seen=40)  # every upstream idle: release up to the highest clock
+    >>> r.release(), r.low, len(r)
+    ([(40, 'e3', 'from p0')], 41, 0)
     """
 
     __slots__ = ("_heap", "_seq", "idle_clock", "low", "real", "upstream")

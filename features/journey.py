@@ -98,12 +98,22 @@ class AlertNotice:
 
 
 def journey_id(order_id: str, return_id: str, what: str) -> str:
-    """Deterministic id of one status update or alert: once per (order, return, stage / kind)."""
+    """Deterministic id of one status update or alert: once per (order, return, stage / kind).
+
+    >>> journey_id("o1", "r1", "received")
+    'bbe5b712b8b705d1d3c5440385d9b435'
+    >>> journey_id("o1", "r1", "graded") != journey_id("o1", "r1", "received")
+    True
+    """
     return hashlib.sha256(f"journey|{order_id}|{return_id}|{what}".encode()).hexdigest()[:32]
 
 
 def add_business_days(day: date, n: int) -> date:
-    """``day`` + ``n`` business days (Monday-Friday); n = 0 is ``day`` itself."""
+    """``day`` + ``n`` business days (Monday-Friday); n = 0 is ``day`` itself.
+
+    >>> add_business_days(date(2026, 3, 6), 1), add_business_days(date(2026, 3, 6), 5)  # a Friday
+    (datetime.date(2026, 3, 9), datetime.date(2026, 3, 13))
+    """
     added = 0
     while added < n:
         day += timedelta(days=1)
@@ -125,7 +135,26 @@ def _hours_since_receipt(case: OrderCase, t: int) -> float | None:
 def on_event(
     case: OrderCase, event_type: str, t: int, amount: float | None, cfg: JourneyConfig
 ) -> tuple[list[StatusNotice], list[AlertNotice]]:
-    """After ``case.apply`` of a returns event at ``t``: the status updates and alerts it causes."""
+    """After ``case.apply`` of a returns event at ``t``: the status updates and alerts it causes.
+
+    A return received on Friday 2026-03-06 (a refund is expected five business days later), a
+    late ``return_in_transit`` (behind the journey: not announced), then a refund before grading:
+
+    >>> from datetime import UTC, datetime
+    >>> from salvage.features.eventtime import to_us
+    >>> from salvage.features.order_case import OrderCase
+    >>> cfg = JourneyConfig()
+    >>> case = OrderCase("o1", return_id="r1", return_requested_at=1, preferred_resolution="refund")
+    >>> case.received_at = t = to_us(datetime(2026, 3, 6, 9, tzinfo=UTC))  # as apply() sets it
+    >>> [status], alerts = on_event(case, "return_received", t, None, cfg)
+    >>> status.stage.value, status.expected_refund_date, alerts
+    ('received', datetime.date(2026, 3, 13), [])
+    >>> on_event(case, "return_in_transit", t + 1, None, cfg)
+    ([], [])
+    >>> [status], [alert] = on_event(case, "refund_issued", t + 100 * HOUR_US, 80.0, cfg)
+    >>> status.stage.value, status.amount, alert.kind.value, alert.observed_hours
+    ('refund_issued', 80.0, 'refund_before_grading', 100.0)
+    """
     stage = STAGE_OF_EVENT.get(event_type)
     if stage is None or (stage in SETTLED and not case.return_requested_at):
         return [], []
@@ -167,13 +196,44 @@ def _due(case: OrderCase, cfg: JourneyConfig) -> list[tuple[int, JourneyAlertKin
 
 
 def deadline(case: OrderCase, cfg: JourneyConfig) -> int:
-    """The next event time at which a journey alert is due for this case (0: none)."""
+    """The next event time at which a journey alert is due for this case (0: none).
+
+    >>> from salvage.features.order_case import OrderCase, Outcome
+    >>> case = OrderCase("o1", return_requested_at=1, received_at=10 * DAY_US)
+    >>> cfg = JourneyConfig()  # received_ungraded after 72 h, refund_overdue after 7 days
+    >>> (deadline(case, cfg) - case.received_at) // HOUR_US
+    72
+    >>> case.graded_at = 11 * DAY_US  # graded in time: only the refund target is left
+    >>> (deadline(case, cfg) - case.received_at) // DAY_US
+    7
+    >>> case.outcome = Outcome.REFUND  # settled: nothing is due
+    >>> deadline(case, cfg)
+    0
+    """
     due = _due(case, cfg)
     return min(d for d, _, _ in due) if due else 0
 
 
 def on_time(case: OrderCase, now: int, cfg: JourneyConfig) -> list[AlertNotice]:
-    """Time reached ``now`` with nothing resolving them: the alerts due by then, in time order."""
+    """Time reached ``now`` with nothing resolving them: the alerts due by then, in time order.
+
+    Each alert is raised once per order:
+
+    >>> from salvage.features.order_case import OrderCase
+    >>> case = OrderCase("o1", return_requested_at=1, received_at=10 * DAY_US)
+    >>> cfg = JourneyConfig()
+    >>> on_time(case, 13 * DAY_US - 1, cfg)  # 1 µs short of 72 h
+    []
+    >>> def alerts(now):
+    ...     return [(a.kind.value, a.threshold_hours, a.observed_hours)
+    ...             for a in on_time(case, now, cfg)]
+    >>> alerts(13 * DAY_US)  # exactly 72 h after receipt: due
+    [('received_ungraded', 72.0, 72.0)]
+    >>> alerts(20 * DAY_US)  # 7 days were due at day 17
+    [('refund_overdue', 168.0, 240.0)]
+    >>> on_time(case, 30 * DAY_US, cfg), deadline(case, cfg)
+    ([], 0)
+    """
     alerts = []
     for due, kind, threshold in sorted(_due(case, cfg)):
         if due <= now:

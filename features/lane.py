@@ -37,6 +37,18 @@ from salvage.features.eventtime import DAY_US, HOUR_US
 
 @dataclass(frozen=True, slots=True)
 class LaneConfig:
+    """The lane monitor's settings (see the module docstring); times in µs.
+
+    >>> cfg = LaneConfig()
+    >>> cfg.threshold(0.06)  # 1.5 x the baseline + 0.05
+    0.14
+    >>> LaneConfig(windows_us=(DAY_US, HOUR_US), close_confidence=0.995).validate()
+    Traceback (most recent call last):
+    ...
+    ValueError: lane monitor: windows must be increasing; close_confidence must be below \
+open_confidence (hysteresis)
+    """
+
     step_us: int = 6 * HOUR_US  # evaluation step (event time)
     windows_us: tuple[int, ...] = (
         12 * HOUR_US,
@@ -148,6 +160,31 @@ def _ibeta(x: float, a: float, b: float) -> float:
 
 @dataclass(slots=True)
 class LaneMonitor:
+    """One courier lane's shipments, baseline and alert state (see the module docstring).
+
+    Ten parcels promised for day 10; four arrive an hour early, six are not delivered when the
+    promise passes. With no warm-up the baseline is the prior (6%), the threshold 14%:
+
+    >>> cfg = LaneConfig(warmup_shipments=0)
+    >>> lane, promise = LaneMonitor("dhl:DE>FR"), 10 * DAY_US
+    >>> for i in range(10):
+    ...     lane.observe(DAY_US, f"o{i}", promise, "shipped", cfg)
+    >>> for i in range(6, 10):
+    ...     lane.observe(promise - HOUR_US, f"o{i}", promise, "delivered", cfg)
+    >>> lane.advance(promise, cfg)  # evaluations before the promise: nothing is due yet
+    []
+    >>> [alert] = lane.advance(promise + cfg.step_us + 1, cfg)  # the step after the promise
+    >>> alert.opened, alert.volume, alert.late, alert.delay_rate, alert.threshold
+    (True, 10, 6, 0.6, 0.14)
+    >>> alert.confidence, alert.critical  # P(rate > 14%) >= open_confidence (0.99)
+    (0.9906, True)
+    >>> [closed] = lane.advance(promise + 10 * DAY_US, cfg)  # the cohort left every window
+    >>> closed.opened, closed.volume, (closed.window_end - promise) // DAY_US, lane.alert_open
+    (False, 0, 8, False)
+    >>> lane.shipments_total, lane.delayed_total  # judged one day after the promise
+    (10, 6)
+    """
+
     lane: str
     # order id -> [promise, late signal seen (bool), delivered at (0: not yet), learned (bool)]
     shipments: dict[str, list] = field(default_factory=dict)

@@ -44,12 +44,24 @@ PROMISE_RECHECKS_US: tuple[int, ...] = (6 * HOUR_US, 24 * HOUR_US, 72 * HOUR_US)
 
 
 class Status(StrEnum):
+    """A case is open until an outcome (or the hard TTL) closes it.
+
+    >>> Status.OPEN == "open", Status("closed") is Status.CLOSED
+    (True, True)
+    """
+
     OPEN = "open"
     CLOSED = "closed"
 
 
 class Outcome(StrEnum):
-    """Final outcome; retained = kept | exchange | store_credit | return_cancelled."""
+    """Final outcome; retained = kept | exchange | store_credit | return_cancelled.
+
+    >>> sorted(o.value for o in RETAINED), sorted(o.value for o in LOST)
+    (['exchange', 'kept', 'return_cancelled', 'store_credit'], ['chargeback', 'refund'])
+    >>> Outcome("undelivered") in RETAINED | LOST  # neither kept nor refunded: no label
+    False
+    """
 
     KEPT = "kept"
     EXCHANGE = "exchange"
@@ -74,6 +86,50 @@ FIT_INTENTS = frozenset({"sizing_question", "product_question", "exchange_reques
 
 @dataclass(slots=True)
 class OrderCase:
+    """The state of one order, folded from its events in event time (µs).
+
+    An order placed for two tops, then a carrier scan saying it runs two days late:
+
+    >>> from datetime import UTC, datetime
+    >>> from salvage.connectors.events import CarrierScan, OrderLine, OrderPlaced, ScanCode
+    >>> from salvage.features.eventtime import iso
+    >>> at = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    >>> placed = OrderPlaced(
+    ...     event_id="e1", event_type="order_placed", order_id="o1", occurred_at=at,
+    ...     schema_version=1, customer_id="c1", channel="web", currency="EUR",
+    ...     lines=[OrderLine(sku="s1", sku_family="tops", qty=2, unit_price=40.0, unit_cost=15.0)],
+    ...     promised_delivery_at=datetime(2026, 3, 4, 18, tzinfo=UTC),
+    ...     courier="dhl", origin_region="DE", destination_region="FR")
+    >>> case, window = OrderCase("o1"), 30 * DAY_US  # window: the return window
+    >>> case.apply(placed, to_us(at), window)
+    ['placed']
+    >>> case.order_value, case.margin, case.lane, iso(case.promised_at)
+    (80.0, 50.0, 'dhl:DE>FR', '2026-03-04T18:00:00Z')
+    >>> scan = CarrierScan(
+    ...     event_id="e2", event_type="carrier_scan", order_id="o1", schema_version=1,
+    ...     occurred_at=datetime(2026, 3, 3, 8, tzinfo=UTC), scan=ScanCode.DELAYED,
+    ...     courier="dhl", estimated_delivery_at=datetime(2026, 3, 6, 12, tzinfo=UTC))
+    >>> now = to_us(scan.occurred_at)
+    >>> case.apply(scan, now, window), case.is_duplicate("e2")
+    (['scan', 'delay_signal'], True)
+    >>> f = case.features(now)  # the carrier's ETA is 42 h past the promise
+    >>> f["slippage_hours"], f["delayed_scans"], f["delivered"], f["margin_rate"]
+    (42.0, 1.0, 0.0, 0.625)
+
+    Time alone changes a case: the promise is missed ``PROMISE_GRACE_US`` after it passes
+    undelivered, re-checked later, and the case closes at the hard TTL:
+
+    >>> due = case.next_deadline(window)
+    >>> iso(due), case.on_time(due, window)
+    ('2026-03-04T20:00:00Z', ['promise_missed', 'delay_signal'])
+    >>> iso(case.next_deadline(window))  # the first re-check, 6 h after the promise
+    '2026-03-05T00:00:00Z'
+    >>> case.on_time(case.placed_at + HARD_TTL_US, window), case.status, case.outcome
+    (['closed'], <Status.CLOSED: 'closed'>, <Outcome.UNDELIVERED: 'undelivered'>)
+    >>> case.next_deadline(window)  # closed: nothing is due any more
+    0
+    """
+
     order_id: str
     customer_id: str = ""
     placed_at: int = 0

@@ -34,7 +34,15 @@ __all__ = [
 class Route(StrEnum):
     """Where a stage's output goes. The first six feed the next keyed stage (payload
     ``(dest_key, item)``); ``TICK`` is a watermark broadcast to every shard of the next stages;
-    the rest go to sinks or taps."""
+    the rest go to sinks or taps.
+
+    A ``StrEnum``: each route equals its string (what ``Emit`` pairs and tests compare with):
+
+    >>> Route.CASES == "case", Route("dlq") is Route.DEAD_LETTER, f"{Route.TICK}"
+    (True, True, 'tick')
+    >>> [r.value for r in Route][:6]
+    ['case', 'ctx', 'model', 'disp', 'lane', 'out']
+    """
 
     CASES = "case"  # intent stage -> case shards
     CONTEXT = "ctx"  # cases -> customer context
@@ -47,11 +55,25 @@ class Route(StrEnum):
     CASE_RECORD = "case_record"  # a case-store document (dispatch)
     KPI = "kpi"  # a KPI fact (context, dispatch): Prometheus counters
     SCORE = "score"  # a per-prediction log record (benchmarks)
+    MODEL_STATE = "model_state"  # a model shard's checkpoint (flows/model_sink.py)
 
 
 class Event(NamedTuple):
     """One data item: a payload at its effective event time ``t`` (µs), ordered by ``tie``
-    among equal times (a source's tie is ``event_id|crc32`` of the raw bytes)."""
+    among equal times (a source's tie is ``event_id|crc32`` of the raw bytes).
+
+    >>> ev = Event(t=1_000, tie="e1|12345", payload={"order_id": "o1"})
+    >>> ev.t, ev.tie, ev.payload["order_id"]
+    (1000, 'e1|12345', 'o1')
+    >>> ev == (1_000, "e1|12345", {"order_id": "o1"})  # a plain tuple underneath
+    True
+    >>> sorted([Event(5, "b", None), Event(5, "a", None), Event(1, "z", None)])[0].tie
+    'z'
+    >>> ev.t = 0  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ...
+    AttributeError: can't set attribute
+    """
 
     t: int
     tie: str
@@ -60,7 +82,11 @@ class Event(NamedTuple):
 
 class Tick(NamedTuple):
     """Upstream ``source`` (an input partition or a stage shard) has passed ``watermark``; the
-    latest event time it has seen is ``seen`` (both µs)."""
+    latest event time it has seen is ``seen`` (both µs).
+
+    >>> Tick("orders:0", watermark=990, seen=1_000)
+    Tick(source='orders:0', watermark=990, seen=1000)
+    """
 
     source: str
     watermark: int

@@ -245,12 +245,12 @@ def file_part_id(index: int, path: Path) -> str:
 def clock_settings(settings: Settings) -> tuple[int, int, int, int]:
     """(reorder tolerance, max lateness, max future, max clock jump) in µs, as every source
     partition of a flow built from ``settings`` judges event time."""
-    s = settings
+    d = settings.dataflow
     return (
-        int(s.reorder_tolerance_seconds * 1e6),
-        int(s.max_lateness_seconds * 1e6),
-        int(s.max_future_seconds * 1e6),
-        int(s.max_clock_jump_seconds * 1e6),
+        int(d.reorder_tolerance_seconds * 1e6),
+        int(d.max_lateness_seconds * 1e6),
+        int(d.max_future_seconds * 1e6),
+        int(d.max_clock_jump_seconds * 1e6),
     )
 
 
@@ -258,7 +258,7 @@ def file_layout(part_id: str, settings: Settings) -> _KafkaLayout:
     """Parse + clocks of one event log exactly as file mode's source has them (for drivers of
     the stages without Bytewax: feed it with ``handle``, ``release_held`` at the end, ``tick``)."""
     tol, late, future, jump = clock_settings(settings)
-    return _KafkaLayout(part_id, (tol, late, BEGIN, future, jump), settings.topic_partitions)
+    return _KafkaLayout(part_id, (tol, late, BEGIN, future, jump), settings.topics.partitions)
 
 
 class _KafkaLayout:

@@ -85,7 +85,23 @@ def _compile(value: Any) -> tuple[Any, float]:
 
 
 class Rule(BaseModel):
-    """All conditions hold, and (if given) at least one ``any`` sub-rule holds."""
+    """All conditions hold, and (if given) at least one ``any`` sub-rule holds.
+
+    >>> rule = Rule.model_validate(
+    ...     {"delivered": False, "any": [{"slippage_hours": ">= 6"}, {"lost": True}]})
+    >>> compiled = rule.compiled()
+    >>> holds(compiled, {"delivered": 0.0, "slippage_hours": 8.0, "lost": 0.0})
+    True
+    >>> holds(compiled, {"delivered": 0.0, "slippage_hours": 2.0, "lost": 0.0})  # no ``any``
+    False
+    >>> holds(compiled, {"delivered": 1.0, "slippage_hours": 8.0, "lost": 1.0})
+    False
+    >>> try:  # feature names are checked when the rule is loaded
+    ...     Rule.model_validate({"slipage_hours": ">= 6"})
+    ... except ValueError as exc:
+    ...     print(exc.errors()[0]["msg"])
+    Value error, unknown feature 'slipage_hours'
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -106,6 +122,11 @@ class Rule(BaseModel):
 
 
 def holds(compiled: tuple[list, list], f: dict[str, float]) -> bool:
+    """Does a compiled :class:`Rule` hold on the features ``f``?
+
+    >>> holds(Rule.model_validate({"wismo_7d": ">= 2"}).compiled(), {"wismo_7d": 2.0})
+    True
+    """
     conds, anys = compiled
     for name, op, value in conds:
         if not op(f[name], value):
@@ -240,7 +261,22 @@ def _where(err: dict) -> str:
 
 
 def load_policy(path: Path | str | None = None) -> Policy:
-    """Load and validate a policy file (default: the shipped ``policy/default.yaml``)."""
+    """Load and validate a policy file (default: the shipped ``policy/default.yaml``).
+
+    >>> policy = load_policy()
+    >>> policy.version, policy.currency, policy.guardrails.abuse_block
+    ('default-v1', 'EUR', 0.5)
+    >>> sorted(a.value for a in policy.actions)  # doctest: +NORMALIZE_WHITESPACE
+    ['delay_intervention', 'exchange_first_offer', 'human_review', 'proactive_reassurance',
+     'product_guidance']
+    >>> delay = policy.actions[Action.DELAY_INTERVENTION]
+    >>> delay.cost, delay.budget_per_day, delay.holdout_share  # 0.50 message + 5.00 goodwill
+    (5.5, 2000.0, 0.1)
+    >>> load_policy("no/such/policy.yaml")
+    Traceback (most recent call last):
+    ...
+    salvage.policy.config.PolicyError: no/such/policy.yaml: file not found
+    """
     path = Path(path) if path else DEFAULT_POLICY
     try:
         doc = yaml.safe_load(path.read_text())

@@ -32,6 +32,28 @@ CUSTOMER_FACING = frozenset(a for a in Action if a is not Action.HUMAN_REVIEW)
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """One decision and its audit trail: every candidate ``(action, EV, note)`` considered and
+    the stateless guardrails that shaped it.
+
+    A "never arrived" claim on a delivered parcel with a high abuse score goes to human review,
+    routed by the guardrail (no eligibility rule of its own needed):
+
+    >>> from salvage.features.customer import CustomerContext
+    >>> from salvage.features.order_case import OrderCase
+    >>> from salvage.policy.config import load_policy
+    >>> from salvage.scoring.baseline import ScoreResult
+    >>> f = OrderCase("o1").features(0) | CustomerContext("c1").features(0)
+    >>> f |= {"order_value": 80.0, "margin": 50.0, "margin_rate": 0.625, "delivered": 1.0,
+    ...       "return_requested": 1.0, "return_share": 1.0, "reason_not_received": 1.0}
+    >>> d = decide(load_policy(), f, ScoreResult(0.5, 0.7, "rules-v1"), resolved=False)
+    >>> d.action.value, d.priority.value, d.expected_value, d.cost
+    ('human_review', 'high', 53.25, 6.0)
+    >>> d.candidates, d.guardrails
+    ((('human_review', 53.25, 'routed by guardrail'),), ('review_routing',))
+    >>> d.reason_codes
+    ('return_open', 'reason_not_received', 'abuse_risk_high', 'recoverability_ambiguous')
+    """
+
     action: Action
     expected_value: float
     cost: float
@@ -97,7 +119,28 @@ def reasons(f: dict[str, float], abuse: float, recoverability: float, policy: Po
 
 def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> Decision | None:
     """The best action for this case update, or None (no forced review and no eligible action with
-    positive EV)."""
+    positive EV).
+
+    A parcel 30 h late whose customer asked where it is, recoverability 0.4: both delay actions
+    are eligible; the value at risk is 80 x (0.5 + 0.5 x 0.625) = 65, so reassurance is worth
+    0.08 x 0.6 x 65 - 0.05 = 3.07, the delay intervention 0.2 x 0.6 x 65 - 5.5 = 2.30:
+
+    >>> from salvage.features.customer import CustomerContext
+    >>> from salvage.features.order_case import OrderCase
+    >>> from salvage.policy.config import load_policy
+    >>> from salvage.scoring.baseline import ScoreResult
+    >>> f = OrderCase("o1").features(0) | CustomerContext("c1").features(0)
+    >>> f |= {"order_value": 80.0, "margin": 50.0, "margin_rate": 0.625,
+    ...       "slippage_hours": 30.0, "wismo_7d": 1.0}
+    >>> policy, scores = load_policy(), ScoreResult(0.4, 0.02, "rules-v1")
+    >>> d = decide(policy, f, scores, resolved=False)
+    >>> d.action.value, d.expected_value, d.cost, d.priority.value, d.ttl_hours
+    ('proactive_reassurance', 3.07, 0.05, 'low', 24)
+    >>> d.candidates
+    (('proactive_reassurance', 3.07, ''), ('delay_intervention', 2.3, ''))
+    >>> decide(policy, f, scores, resolved=True) is None  # the case already has its outcome
+    True
+    """
     if resolved:
         return None
     g = policy.guardrails

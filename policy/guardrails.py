@@ -8,14 +8,14 @@ goodwill cap) are part of :func:`salvage.policy.engine.decide`.
 >>> from salvage.connectors.outputs import Action
 >>> policy = load_policy()
 >>> day = 86_400_000_000
->>> check(policy, Action.REASSURANCE, 0.1, 10 * day, sent=(), contacts=(), spent_today=0.0,
-...       shards=1)
+>>> reassure = Action.PROACTIVE_REASSURANCE
+>>> check(policy, reassure, 0.1, 10 * day, sent=(), contacts=(), spent_today=0.0, shards=1)
 ''
->>> check(policy, Action.REASSURANCE, 0.1, 10 * day, sent=("reassurance",), contacts=(),
+>>> check(policy, reassure, 0.1, 10 * day, sent=("proactive_reassurance",), contacts=(),
 ...       spent_today=0.0, shards=1)
 'once_per_order'
 >>> cap = policy.guardrails.contact_cap_24h
->>> check(policy, Action.REASSURANCE, 0.1, 10 * day, sent=(), contacts=[10 * day - 1] * cap,
+>>> check(policy, reassure, 0.1, 10 * day, sent=(), contacts=[10 * day - 1] * cap,
 ...       spent_today=0.0, shards=1)
 'contact_cap_24h'
 """

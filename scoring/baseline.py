@@ -57,6 +57,25 @@ def abuse(f: dict[str, float]) -> float:
 
 
 class RuleScorer:
+    """Both rule scores for one merged case + customer feature dict.
+
+    A fresh order with no history, the same order two days late with a customer asking for it
+    and for a refund, and a "never arrived" claim on a delivered parcel from a customer with
+    two abuse flags and a chargeback behind them:
+
+    >>> from salvage.features.customer import CustomerContext
+    >>> from salvage.features.order_case import OrderCase
+    >>> f = OrderCase("o1").features(0) | CustomerContext("c1").features(0)
+    >>> RuleScorer().score(f)
+    ScoreResult(recoverability=0.916827, abuse=0.017986, model_version='rules-v1')
+    >>> late = f | {"slippage_hours": 48.0, "wismo_7d": 2.0, "refund_intent_7d": 1.0}
+    >>> RuleScorer().score(late).recoverability
+    0.524979
+    >>> claim = f | {"return_requested": 1.0, "reason_not_received": 1.0, "delivered": 1.0}
+    >>> RuleScorer().score(claim | {"customer_abuse_flags": 2.0, "customer_chargebacks": 1.0})
+    ScoreResult(recoverability=0.549834, abuse=0.731059, model_version='rules-v1')
+    """
+
     version = RULES_VERSION
 
     def score(self, features: dict[str, float]) -> ScoreResult:

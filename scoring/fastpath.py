@@ -22,6 +22,23 @@ CLIP = (
 
 
 def predict_proba(pipeline: compose.Pipeline, x: dict[str, float]) -> float:
+    """P(True) of a ``StandardScaler | clip | LogisticRegression`` pipeline, as River computes it.
+
+    >>> from river import linear_model, preprocessing
+    >>> from salvage.scoring.models import clip
+    >>> pipe = compose.Pipeline(
+    ...     preprocessing.StandardScaler(), compose.FuncTransformer(clip),
+    ...     linear_model.LogisticRegression())
+    >>> predict_proba(pipe, {"x": 1.0})  # untrained
+    0.5
+    >>> for i in range(20):
+    ...     pipe.learn_one({"x": float(i % 4), "c": 1.0}, i % 4 >= 2)
+    >>> [round(predict_proba(pipe, {"x": v}), 4) for v in (0.0, 3.0, 1e9)]  # 1e9 is clipped
+    [0.4752, 0.5248, 0.5914]
+    >>> x = {"x": 3.0, "c": 1.0, "unseen": 7.0}  # constant and unseen inputs add nothing
+    >>> abs(predict_proba(pipe, x) - pipe.predict_proba_one(x)[True]) < 1e-12
+    True
+    """
     scaler = pipeline["StandardScaler"]
     lr = pipeline["LogisticRegression"]
     means, variances = scaler.means, scaler.vars

@@ -41,6 +41,15 @@ LOST = frozenset({"refund", "chargeback"})
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
+    """Learning, evaluation and promotion settings shared by both models (frozen).
+
+    >>> cfg = ModelConfig(min_labels=200)
+    >>> cfg.min_labels, cfg.promote_margin, cfg.window, cfg.verdict_wait_us
+    (200, 0.03, 1000, 0)
+    >>> ModelSet(cfg).version  # both models start in shadow: the rule baseline drives
+    'rules-v1'
+    """
+
     min_labels: int = 1000  # labels since the last change before a promotion is considered
     promote_margin: float = 0.03  # rolling AUC margin over the rule baseline
     demote_margin: float = 0.0  # active model demoted when its AUC < baseline - this
@@ -66,7 +75,13 @@ class RollingEval:
 
     AUC is undefined when the window holds one class only (River's RollingROCAUC then reports 0):
     :meth:`auc_value` returns None, the summary says ``"auc": None`` ("no value"), and nothing
-    compares against it (promotion and demotion wait)."""
+    compares against it (promotion and demotion wait).
+
+    Log loss and Brier are not River's ``utils.Rolling(metrics.LogLoss, ...)``: River clamps a
+    probability at 1e-15 (here 1e-7, so one confident mistake weighs ~16, not ~35) and its rolling
+    mean reverts incrementally (float drift over millions of labels), where this window sums its
+    last ``window`` terms exactly when a summary is asked for (rarely: model events, exports);
+    the published numbers would change. River has no Brier metric."""
 
     def __init__(self, window: int) -> None:
         self.auc = metrics.RollingROCAUC(window_size=window)
@@ -394,7 +409,33 @@ def abuse_revealed_at(facts: dict[str, Any], t: int, reviewed: bool = False) -> 
 
 @dataclass
 class ModelSet:
-    """Both models of one model shard, plus the pending snapshots of its open cases."""
+    """Both models of one model shard, plus the pending snapshots of its open cases.
+
+    A shadow model is scored and evaluated on every case, but the policy acts on the rules until
+    it is promoted. A fresh order, kept, then a late order whose customer asks for a refund:
+
+    >>> from salvage.features.customer import CustomerContext
+    >>> from salvage.features.order_case import OrderCase
+    >>> from salvage.scoring.baseline import RuleScorer
+    >>> models = ModelSet()
+    >>> x = OrderCase("o1").features(0) | CustomerContext("c1").features(0)
+    >>> rules = RuleScorer().score(x)
+    >>> scored = models.score("o1", 10, x, rules, returned=False)
+    >>> scored.scores == rules, scored.shadow  # untrained: 0.5 for both
+    (True, {'recoverability': 0.5, 'abuse': 0.5})
+    >>> models.label("o1", 20, {"outcome": "kept"}), models.pending  # evaluated, learned, gone
+    ([], {})
+    >>> rec = models.summary()["recoverability"]
+    >>> rec["labels"], rec["model"]["auc"], rec["model"]["logloss"]  # one class: no AUC yet
+    (1, None, 0.6931)
+    >>> late = x | {"slippage_hours": 48.0, "wismo_7d": 2.0, "refund_intent_7d": 1.0}
+    >>> _ = models.score("o2", 30, late, RuleScorer().score(late), returned=False)
+    >>> models.label("o2", 40, {"outcome": "refund"})
+    []
+    >>> rec = models.summary()["recoverability"]
+    >>> rec["labels"], rec["positives"], rec["model"]["auc"], rec["rules"]["auc"]
+    (2, 1, 0.0, 1.0)
+    """
 
     cfg: ModelConfig = field(default_factory=ModelConfig)
     feature_names: tuple[str, ...] = ()

@@ -89,7 +89,33 @@ class IntentClassifier:
     classifier asks itself what :meth:`infer` would have filled in (after the warm-up and the
     threshold). ``coverage`` is the share of labelled contacts it would have filled in (not
     ``other``), ``accuracy`` the share of those it got right; both over the last ``window``
-    labelled contacts (0.0 with no value yet: see ``delivered``)."""
+    labelled contacts (0.0 with no value yet: see ``delivered``).
+
+    >>> clf = IntentClassifier(threshold=0.8, min_examples=4)
+    >>> clf.infer("where is my parcel")  # not trained yet
+    ('other', 0.0)
+    >>> for text, intent in [
+    ...     ("where is my parcel", "where_is_my_order"),
+    ...     ("my parcel has not arrived", "where_is_my_order"),
+    ...     ("I want a refund", "refund_request"),
+    ...     ("please refund my money", "refund_request"),
+    ... ]:
+    ...     clf.learn(text, intent)
+    >>> intent, p = clf.infer("Where is my parcel now?")
+    >>> intent, round(p, 3)
+    ('where_is_my_order', 0.997)
+    >>> intent, p = clf.infer("refund the parcel")  # unsure: below the threshold
+    >>> intent, round(p, 3)
+    ('other', 0.783)
+
+    Each labelled contact is first predicted (after the warm-up of ``min_examples``), then
+    learned: one filled in and right, one left to ``other``:
+
+    >>> clf.learn("parcel still not arrived", "where_is_my_order")
+    >>> clf.learn("my parcel refund", "refund_request")
+    >>> list(clf.hits), clf.delivered, round(clf.coverage, 3), clf.accuracy
+    ([None, None, None, None, True, None], 1, 0.167, 1.0)
+    """
 
     def __init__(self, threshold: float = 0.6, min_examples: int = 30, window: int = 500) -> None:
         self.threshold = threshold

@@ -55,9 +55,9 @@ def test_kafka_mode_matches_file_mode(kafka_broker, late_log, tmp_path, unique_n
     log = late_log
     settings = _topic_settings(kafka_broker.bootstrap, unique_name("t"))
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
-        settings.topic_partitions,
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        settings.topics.partitions,
     )
     counts = publish_log(settings, log)
     assert sum(counts.values()) == sum(1 for x in log.read_bytes().splitlines() if x.strip())
@@ -65,7 +65,7 @@ def test_kafka_mode_matches_file_mode(kafka_broker, late_log, tmp_path, unique_n
     cluster_main(build_flow(spec), [], 0, worker_count_per_proc=workers)
 
     got = tmp_path / "interventions.jsonl"
-    n = consume_topic(settings, settings.topic_interventions, got, group=unique_name("g"))
+    n = consume_topic(settings, settings.topics.interventions, got, group=unique_name("g"))
     file_out = run_file_flow([log], tmp_path / "file", topic_partitions=3)
     expected = jsonl(file_out["interventions"])
     assert n == len(expected) > 0

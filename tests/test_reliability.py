@@ -246,8 +246,8 @@ def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
     stops the run cleanly (exit 0)."""
     settings = _settings(kafka_broker.bootstrap, unique_name("f"))
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
         3,
     )
     lines = log.read_bytes().splitlines(keepends=True)
@@ -263,16 +263,16 @@ def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
         "SALVAGE_TOPIC_PARTITIONS": "3",
         "SALVAGE_METRICS_PORT": str(port),
         "SALVAGE_METRICS_HOST": "127.0.0.1",
-        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.input_topics().items()},
-        "SALVAGE_TOPIC_INTERVENTIONS": settings.topic_interventions,
-        "SALVAGE_TOPIC_LANE_ALERTS": settings.topic_lane_alerts,
-        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
     }
     proc = salvage_cli(
         "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary", env=env
     )
     arrived: dict[str, float] = {}  # trigger id -> when the independent reader got it
-    reader = _reader(settings, settings.topic_interventions)
+    reader = _reader(settings, settings.topics.interventions)
 
     def read(seconds: float) -> None:
         until = time.monotonic() + seconds
@@ -315,13 +315,13 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
     no trigger lost."""
     settings = _settings(kafka_broker.bootstrap, unique_name("r"))
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
         3,
     )
     expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
     got: list[dict] = []
-    reader = _reader(settings, settings.topic_interventions)
+    reader = _reader(settings, settings.topics.interventions)
     published = threading.Event()
 
     def burst_after_idle() -> None:
@@ -339,7 +339,7 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
     finally:
         reader.close()
     letters: list[dict] = []
-    dlq = _reader(settings, settings.topic_dead_letters)
+    dlq = _reader(settings, settings.topics.dead_letters)
     try:
         _drain(dlq, letters)
     finally:
@@ -352,7 +352,7 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
 def _trigger_ids(settings: Settings) -> list[str]:
     """Every trigger id on the interventions topic, read to the end (the embedded broker's high
     watermarks do not count messages one by one, so they are not used to count)."""
-    reader = topic_reader(settings, settings.topic_interventions)
+    reader = topic_reader(settings, settings.topics.interventions)
     ids: list[str] = []
     last = time.monotonic()
     try:
@@ -374,14 +374,14 @@ def test_a_restart_without_recovery_goes_on_from_the_groups_offsets(
     republish every trigger (486 -> 972). --from-beginning still re-reads everything."""
     group = unique_name("group")
     settings = kafka_settings(kafka_broker.bootstrap, unique_name("rs"), kafka_group_id=group)
-    ensure_topics(settings.kafka_client_config(), list(settings.input_topics().values()), 3)
+    ensure_topics(settings.kafka.as_librdkafka_dict(), list(settings.topics.inputs().values()), 3)
     published = sum(publish_log(settings, sim_log(tmp_path, orders=300, seed=8)).values())
     run_flow(FlowSpec(settings, to_end=True, case_store=False))
     first = _trigger_ids(settings)
     assert first and len(set(first)) == len(first)
     # the clean stop committed every input partition's end
-    probe = Consumer({**settings.kafka_client_config(), "group.id": group})
-    inputs = [tp for t in settings.input_topics().values() for tp in _partitions(probe, t)]
+    probe = Consumer({**settings.kafka.as_librdkafka_dict(), "group.id": group})
+    inputs = [tp for t in settings.topics.inputs().values() for tp in _partitions(probe, t)]
     committed = probe.committed(inputs, timeout=10)
     probe.close()
     assert sum(tp.offset for tp in committed) == published  # new topics: they start at 0
