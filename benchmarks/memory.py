@@ -9,9 +9,10 @@ For each size N (each in a fresh child process, so RSS figures do not mix):
    every stage of the flow (cases, context, models, dispatch, lanes, output: `flows/stages/`
    driven directly, as in `benchmarks/throughput.py`'s plain loop), leaving N open cases;
 2. RSS growth (after `gc.collect()`) divided by N: **bytes per open case** in memory;
-3. the recovery snapshot: every stage pickled as Bytewax snapshots it (`_StageLogic.snapshot`:
-   the whole shard, `pickle.HIGHEST_PROTOCOL`): bytes per open case and the seconds one full
-   snapshot takes (paid every `--snapshot-interval`, 5 s by default, with --recovery-dir);
+3. a whole-shard snapshot: every stage pickled (`pickle.HIGHEST_PROTOCOL`, what
+   `_StageLogic.snapshot` stored before the epoch journal): bytes per open case and the seconds
+   one full snapshot takes (`benchmarks/snapshots.py` measures the journal, which writes a full
+   state only at compactions and otherwise what changed);
 4. throughput with N cases open: the `order_placed` load rate over its last 10%, and a probe (a
    steady-state simulator log of --probe-orders orders, placed after the load in event time, with
    its full event mix) in events/s, compared with the same probe on an empty pipeline (N = 0).

@@ -14,7 +14,9 @@ On one simulator log (`steady-state`, the first --events lines; generated once a
 * **plain**: the same stage classes (`flows/stages/`, wired by `flows/topology.py`) driven
   directly in one Python loop (`flows/plain.py`) with the same batching, routing and ticks (no
   Bytewax): the domain logic's own cost. Its triggers
-  are checked to be identical to the full flow's (same SHA-256).
+  are checked to be identical to the full flow's (same SHA-256). With --case-records, dispatch
+  also builds the case-store records and each batch's latest per order is serialised as the
+  Redis sink does (no I/O); off by default, as the full run has no case store.
 
 Prints events/s for each and the ratios full/bare and full/plain, a per-stage time split of the
 plain loop, and a cProfile of the plain loop (or the flow, --profile flow) on the first
@@ -154,30 +156,29 @@ def run_bare(log: Path) -> tuple[float, dict[str, Any]]:
 class PlainPipeline:
     """The flow's stages in one Python loop (:class:`salvage.flows.plain.PlainLoop`: the same
     stage graph, routing and :func:`~salvage.flows.topology.stage_config` as the Bytewax flow;
-    case records off: no store in the loop), fed by the file source's parser."""
+    case records off unless ``case_records``: then each batch's are written as the Redis sink
+    does, less the I/O), fed by the file source's layout (parse, one clock per Kafka partition,
+    clock bound: :func:`~salvage.flows.sources.file_layout`)."""
 
-    def __init__(self, log: Path, shards: int) -> None:
+    def __init__(self, log: Path, shards: int, case_records: bool = False) -> None:
         from salvage.config import Settings
         from salvage.flows.plain import PlainLoop
-        from salvage.flows.sources import _Parser, file_part_id
+        from salvage.flows.sources import file_layout, file_part_id
         from salvage.flows.topology import stage_config
 
         s = Settings(redis_url="", shards=shards, metrics_port=0)
         part = file_part_id(0, log)
-        self.cfg = cfg = stage_config(s, (part,), case_records=False)
+        self.cfg = cfg = stage_config(s, (part,), case_records=case_records)
         self.log = log
-        self.parser = _Parser(
-            part,
-            int(s.reorder_tolerance_seconds * 1e6),
-            int(s.max_lateness_seconds * 1e6),
-            -(2**62),
-        )
+        self.layout = file_layout(part, s)  # the file source's own parse + clocks
         self.loop = PlainLoop(cfg, self._serialise, self._tap)
         self.stages = self.loop.stages
         self.seconds = self.loop.seconds
         self.digest = hashlib.sha256()
         self.triggers = 0
         self.dead_letters = 0
+        self.case_records: list = []  # this batch's case-store records (--case-records)
+        self.case_docs = 0
 
     def _tap(self, route: Any, payload: Any) -> None:
         from salvage.flows.messages import Route
@@ -187,6 +188,19 @@ class PlainPipeline:
             kpis.observe(payload)
         elif route is Route.DEAD_LETTER:
             self._serialise("dlq", payload)
+        elif route is Route.CASE_RECORD:
+            self.case_records.append(payload)
+
+    def _flush_cases(self) -> None:
+        """What the Redis case sink does with a batch before its round trip
+        (``CaseStore.write_many``): the latest record per order, as JSON; no I/O."""
+        from salvage.sinks.redis_store import case_json, latest_per_order
+
+        t0 = time.perf_counter()
+        docs = [case_json(d) for _, d in latest_per_order(self.case_records).values()]
+        self.case_docs += len(docs)
+        self.case_records = []
+        self.seconds["case-store documents (sink)"] += time.perf_counter() - t0
 
     def _serialise(self, kind: str, payload: Any) -> None:
         if kind == "trigger":
@@ -208,21 +222,30 @@ class PlainPipeline:
         for i, line in enumerate(lines):
             value = line.rstrip(b"\r\n")
             if value.strip():
-                self.parser.handle(RawRecord(source, 0, line_no + i + 1, value), items)
-        self.parser.tick(items, END if final else None)
+                self.layout.handle(RawRecord(source, 0, line_no + i + 1, value), items)
+        if final:
+            self.layout.release_held(items)
+        self.layout.tick(items, END if final else None)
         self.seconds["parse + validate + clock"] += time.perf_counter() - t0
         self.loop.feed(items)
+        if self.case_records:
+            self._flush_cases()
 
 
 def run_plain(
-    log: Path, shards: int, limit: int | None = None, batch: int = 2000, gc_tuned: bool = True
+    log: Path,
+    shards: int,
+    limit: int | None = None,
+    batch: int = 2000,
+    gc_tuned: bool = True,
+    case_records: bool = False,
 ):
     with gc_setting(gc_tuned):
-        return _run_plain(log, shards, limit, batch)
+        return _run_plain(log, shards, limit, batch, case_records)
 
 
-def _run_plain(log: Path, shards: int, limit: int | None, batch: int):
-    pipe = PlainPipeline(log, shards)
+def _run_plain(log: Path, shards: int, limit: int | None, batch: int, case_records: bool):
+    pipe = PlainPipeline(log, shards, case_records)
     started = time.perf_counter()
     last_report = started
     size = log.stat().st_size
@@ -279,6 +302,12 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=("full", "bare", "plain"), help="runs to skip"
     )
     ap.add_argument(
+        "--case-records",
+        action="store_true",
+        help="plain loop: with the case-store records (dispatch builds them; each batch's latest "
+        "per order serialised as the Redis sink does, no I/O)",
+    )
+    ap.add_argument(
         "--default-gc",
         action="store_true",
         help="CPython's default GC thresholds instead of salvage run's (salvage.runner.tuned_gc)",
@@ -295,13 +324,14 @@ def main() -> None:
         results["bare"] = run_bare(log)
     if "plain" not in args.skip:
         say("plain Python loop: the same stages without Bytewax ...")
-        secs, pipe, _ = run_plain(log, args.shards, gc_tuned=tuned)
+        secs, pipe, _ = run_plain(log, args.shards, gc_tuned=tuned, case_records=args.case_records)
         results["plain"] = (
             secs,
             {
                 "triggers": pipe.triggers,
                 "trigger_sha": pipe.digest.hexdigest(),
                 "dead_letters": pipe.dead_letters,
+                "case_docs": pipe.case_docs,
                 "split": dict(pipe.seconds),
             },
         )
@@ -329,7 +359,14 @@ def main() -> None:
     if "plain" in results:
         split = results["plain"][1]["split"]
         total = sum(split.values())
-        print("\nplain loop: where the time goes")
+        print(
+            "\nplain loop: where the time goes"
+            + (
+                f" (case records on: {results['plain'][1]['case_docs']:,} documents)"
+                if args.case_records
+                else ""
+            )
+        )
         print(
             table(
                 ["part", "seconds", "share", "µs/event"],
@@ -375,7 +412,7 @@ def main() -> None:
         prof = cProfile.Profile()
         if args.profile == "plain":
             prof.enable()
-            run_plain(log, args.shards, limit, gc_tuned=tuned)
+            run_plain(log, args.shards, limit, gc_tuned=tuned, case_records=args.case_records)
             prof.disable()
         else:
             head = args.work / f"head-{limit}.jsonl"

@@ -266,7 +266,7 @@ def _assign(log: Path, settings=None) -> dict[str, dict]:
     settings = settings or Settings()
     with tempfile.TemporaryDirectory() as tmp:
         spec = FlowSpec(
-            settings.model_copy(update={"redis_url": ""}),
+            settings.updated(redis_url=""),
             inputs=[log],
             out_dir=Path(tmp),
             case_store=False,

@@ -602,6 +602,106 @@ class _Story:
         self.items.append((ts if emit is None else emit, n, event))
 
 
+class _Order:
+    """One order's story in the making: the state the story builders of :meth:`_World.order` pass
+    along (set as the story goes; a builder reads only what earlier ones set)."""
+
+    __slots__ = (
+        "bracket_honest",
+        "campaign",
+        "cancel_p",
+        "cause",
+        "ci",
+        "courier",
+        "days",
+        "delayed",
+        "delivered_at",
+        "dest",
+        "exception",
+        "fams",
+        "fit_line",
+        "handling",
+        "items",
+        "kind",
+        "label_cost",
+        "lane",
+        "lines",
+        "lost",
+        "new_sku",
+        "origin",
+        "outcome",
+        "preferred",
+        "promised",
+        "pushes",
+        "reason",
+        "ret_value",
+        "retained",
+        "return_id",
+        "rts",
+        "slip_h",
+        "st",
+        "t0",
+        "t_end",
+        "t_label_r",
+        "t_req",
+        "t_ship",
+        "t_transit",
+        "temper",
+        "tier",
+        "truth",
+        "value",
+    )
+    # placed
+    kind: str | None
+    lines: list[dict]
+    fams: set[str]
+    bracket_honest: bool
+    tier: int
+    temper: float
+    ci: int
+    courier: str
+    lane: _Lane
+    origin: str
+    dest: str
+    campaign: str | None
+    value: float
+    promised: int
+    truth: dict
+    handling: int
+    cancel_p: float
+    # shipped
+    t_ship: int
+    t_end: int
+    delivered_at: int
+    pushes: list[tuple[int, int]]
+    delayed: bool
+    lost: bool
+    rts: bool
+    exception: bool
+    slip_h: float
+    # latent
+    fit_line: int
+    retained: bool
+    cause: str | None
+    # the return
+    reason: str | None
+    items: list[dict]
+    new_sku: str | None
+    ret_value: float
+    days: float
+    t_req: int
+    return_id: str
+    outcome: str
+    preferred: str
+    label_cost: float
+    t_label_r: int
+    t_transit: int
+
+    def __init__(self, oid: str, t0: int) -> None:
+        self.st = _Story(oid)
+        self.t0 = t0
+
+
 # ---------------------------------------------------------------- the world
 
 
@@ -910,22 +1010,45 @@ class _World:
     # ------------------------------------------------------------ one order's story
 
     def order(self, n: int, t0: int) -> _Story:
-        rng = self.rng
-        rand = rng.random
-        uni = rng.uniform
-        oid = f"O{n:08d}"
-        st = _Story(oid)
+        """One order's story, told by the story builders below in a fixed order of random draws:
+        placed -> cancelled before shipping | shipped -> never delivered (lost / returned to
+        sender) | kept | a return or claim -> chargeback without a return | a not-received claim |
+        a cancelled return | a chargeback with the return in transit | received, graded, settled."""
+        o = self._place(n, t0)
+        if o.kind is None and self.rng.random() < o.cancel_p:
+            return self._cancellation(o)
+        self._ship(o)
+        self._latent(o)
+        self._journey_contacts(o)
+        if o.lost or o.rts:
+            return self._never_delivered(o)
+        if not self._return_starts(o):
+            return self._kept(o)
+        self._plan_return(o)
+        self._return_contacts(o)
+        # the chargeback route skips the return for not-received claims half the time
+        if o.outcome == "chargeback" and self.rng.random() < 0.5:
+            return self._chargeback_without_return(o)
+        self._request_return(o)
+        if o.cause == "not_received":
+            return self._not_received_claim(o)
+        return self._return_shipment(o)
+
+    def _place(self, n: int, t0: int) -> _Order:
+        """The customer, the lines, the lane and the ``order_placed`` event."""
+        rand = self.rng.random
+        o = _Order(f"O{n:08d}", t0)
         cidx = self._customer()
         cid = f"C{cidx + 1:07d}"
-        tier = self.c_tier[cidx]
+        o.tier = tier = self.c_tier[cidx]
         abuse_code = self.c_abuse[cidx]
-        temper = self.c_temper[cidx] / 40.0
+        o.temper = self.c_temper[cidx] / 40.0
         launch_window = self.launch and self.launch_from <= t0 < self.launch_to
 
         # intended abuse kind for this order (confirmed below once we know the lines)
         kind = ABUSE_KINDS[abuse_code - 1] if abuse_code and rand() < ABUSE_ATTEMPT_PROB else None
-        lines, glow, bracket_honest = self._lines(kind, launch_window)
-        fams = {ln["sku_family"] for ln in lines}
+        lines, glow, o.bracket_honest = self._lines(kind, launch_window)
+        o.fams = fams = {ln["sku_family"] for ln in lines}
         if kind == "wardrobing" and not (fams & WEARABLE):
             kind = None
         if kind == "bracketing":
@@ -933,6 +1056,8 @@ class _World:
                 kind = None
             elif lines[0]["sku"].rsplit("-", 1)[0] != lines[1]["sku"].rsplit("-", 1)[0]:
                 kind = None
+        o.kind = kind
+        o.lines = lines
 
         dest = (
             REGIONS[self.c_region[cidx]] if rand() < 0.92 else REGIONS[self._pick(self.region_cum)]
@@ -940,9 +1065,10 @@ class _World:
         origin = ORIGINS[self._pick(self.origin_cum[dest])]
         if glow:
             origin = "central"  # launch stock sits at the central warehouse
-        ci = self._pick(self.courier_cum)
-        courier = COURIERS[ci]
-        lane = self.lanes[(ci, origin, dest)]
+        o.ci = ci = self._pick(self.courier_cum)
+        o.courier = courier = COURIERS[ci]
+        o.lane = lane = self.lanes[(ci, origin, dest)]
+        o.origin, o.dest = origin, dest
         channel = CHANNELS[self._pick(self.channel_cum)]
         if launch_window and glow and rand() < 0.9:
             campaign: str | None = LAUNCH_CAMPAIGN
@@ -952,15 +1078,17 @@ class _World:
                 campaign = "newsletter"
         else:
             campaign = None
+        o.campaign = campaign
         if campaign == "spring-sale":
             for ln in lines:
                 sale = round(ln["unit_price"] * 0.8, 2)
                 if sale > ln["unit_cost"]:
                     ln["unit_price"] = sale
-        value = round(sum(ln["qty"] * ln["unit_price"] for ln in lines), 2)
+        o.value = round(sum(ln["qty"] * ln["unit_price"] for ln in lines), 2)
 
         day0 = t0 // DAY
         promised = (day0 + 1 + lane.transit_days + COURIER_BUFFER_DAYS[ci]) * DAY + 21 * HOUR
+        o.promised = promised
         placed = {
             "customer_id": cid,
             "channel": channel,
@@ -973,44 +1101,53 @@ class _World:
         }
         if campaign is not None:
             placed["campaign"] = campaign
-        st.add(t0, "order_placed", placed)
+        o.st.add(t0, "order_placed", placed)
 
-        truth = {
+        o.truth = {
             "type": "order",
-            "order_id": oid,
+            "order_id": o.st.oid,
             "customer_id": cid,
             "segment": TIERS[tier],
             "customer_abusive": bool(abuse_code),
             "lane": lane.key,
             "journey_anomaly": None,
         }
-        handling = int(uni(4, 28) * HOUR)
+        o.handling = int(self.rng.uniform(4, 28) * HOUR)
+        o.cancel_p = CANCEL_PROB * (1.5 if channel == "marketplace" else 1.0)
+        return o
 
-        # ---- cancelled before shipping
-        cancel_p = CANCEL_PROB * (1.5 if channel == "marketplace" else 1.0)
-        if kind is None and rand() < cancel_p:
-            t_cancel = t0 + int(handling * uni(0.1, 0.9))
-            reason_i = self._pick([0.6, 0.85, 1.0])
-            if reason_i == 0 and rand() < 0.6:
-                self._contact(
-                    st, t0 + int((t_cancel - t0) * uni(0.3, 0.95)), "cancel_request", temper
-                )
-            cancel_reason = ("customer_request", "payment_failed", "out_of_stock")[reason_i]
-            st.add(t_cancel, "order_cancelled", {"reason": cancel_reason})
-            truth.update(
-                recoverability=0.0,
-                abusive=False,
-                abuse_kind=None,
-                outcome="cancelled",
-                retained=False,
-                slippage_hours=0.0,
-                cause=None,
+    def _cancellation(self, o: _Order) -> _Story:
+        """Cancelled before shipping (recoverability 0)."""
+        rand, uni = self.rng.random, self.rng.uniform
+        st, t0 = o.st, o.t0
+        t_cancel = t0 + int(o.handling * uni(0.1, 0.9))
+        reason_i = self._pick([0.6, 0.85, 1.0])
+        if reason_i == 0 and rand() < 0.6:
+            self._contact(
+                st, t0 + int((t_cancel - t0) * uni(0.3, 0.95)), "cancel_request", o.temper
             )
-            return self._finish(st, truth, t_cancel)
+        cancel_reason = ("customer_request", "payment_failed", "out_of_stock")[reason_i]
+        st.add(t_cancel, "order_cancelled", {"reason": cancel_reason})
+        o.truth.update(
+            recoverability=0.0,
+            abusive=False,
+            abuse_kind=None,
+            outcome="cancelled",
+            retained=False,
+            slippage_hours=0.0,
+            cause=None,
+        )
+        return self._finish(st, o.truth, t_cancel)
 
-        # ---- outbound shipment
-        t_label = t0 + int(handling * uni(0.2, 0.6))
-        t_ship = t0 + handling
+    def _ship(self, o: _Order) -> None:
+        """The outbound shipment: carrier scans, delays and ETA pushes, lost / returned parcels."""
+        rng = self.rng
+        rand = rng.random
+        uni = rng.uniform
+        st, lane, courier, origin, dest = o.st, o.lane, o.courier, o.origin, o.dest
+        t0, promised = o.t0, o.promised
+        t_label = t0 + int(o.handling * uni(0.2, 0.6))
+        o.t_ship = t_ship = t0 + o.handling
         t_pick = t_ship + int(uni(0.5, 3) * HOUR)
         delay_p, mean_h, lost_p, rts_p = lane.delay_p, lane.delay_mean_h, 0.002, 0.002
         backlog = False
@@ -1025,16 +1162,16 @@ class _World:
             nominal_day += 1  # a silent slip: no delayed scan
         nominal = nominal_day * DAY + int(uni(9.5, 20) * HOUR)
         nominal_eta = nominal_day * DAY + 21 * HOUR
-        delayed = rand() < delay_p
+        o.delayed = delayed = rand() < delay_p
         delay_h = 0.0
         if delayed:
             base = 40.0 if mean_h > 50 else 14.0
             delay_h = min(base + rng.expovariate(1.0 / (mean_h - base + 1e-9)), 220.0)
         fate = rand()
-        lost = fate < lost_p
-        rts = not lost and fate < lost_p + rts_p
+        o.lost = lost = fate < lost_p
+        o.rts = rts = not lost and fate < lost_p + rts_p
         actual_day = nominal_day + math.ceil(delay_h / 24.0)
-        delivered_at = actual_day * DAY + int(uni(9.5, 20) * HOUR)
+        o.delivered_at = delivered_at = actual_day * DAY + int(uni(9.5, 20) * HOUR)
 
         st.add(t_ship, "order_shipped", {"courier": courier})
         self._scan(st, t_label, "label_created", courier, origin, promised)
@@ -1045,7 +1182,8 @@ class _World:
             t_end = nominal + int(uni(2, 8) * DAY)
         elif rts:
             t_end = nominal + int(uni(2, 5) * DAY)
-        pushes: list[tuple[int, int]] = []  # (scan time, new eta)
+        o.t_end = t_end
+        o.pushes = pushes = []  # (scan time, new eta)
         if delayed:
             if backlog:  # stuck at the hub: the carrier says so within hours of pick-up
                 t_d1 = t_pick + int(uni(2, 14) * HOUR)
@@ -1067,7 +1205,7 @@ class _World:
                 t_d3 = t_d2 + int((delivered_at - t_d2) * uni(0.2, 0.5))
                 pushes.append((t_d3, final_eta + DAY))
                 # the last push overshoots; out_for_delivery corrects it
-        exception = (delayed and rand() < 0.3) or rand() < 0.01
+        o.exception = exception = (delayed and rand() < 0.3) or rand() < 0.01
         ofd = actual_day * DAY + int(uni(6.5, 8.5) * HOUR)
         if lost or rts:
             ofd = 0
@@ -1108,12 +1246,18 @@ class _World:
             self._scan(st, ofd, "out_for_delivery", courier, dest, actual_day * DAY + 21 * HOUR)
             self._scan(st, delivered_at, "delivered", courier, dest, None)
 
-        slip_h = max(0.0, (t_end - promised) / HOUR)
+        o.slip_h = max(0.0, (t_end - promised) / HOUR)
 
-        # ---- latent problems
+    def _latent(self, o: _Order) -> None:
+        """Latent problems, the recoverability they leave, whether the order is retained and its
+        primary cause (the truth record's fields)."""
+        rng = self.rng
+        rand = rng.random
+        lines, tier, slip_h = o.lines, o.tier, o.slip_h
+        kind, lost, rts, delayed = o.kind, o.lost, o.rts, o.delayed
         fit_line = -1
         quality = damaged = False
-        dmg_mult = COURIER_DAMAGE[ci] * (1.6 if delayed else 1.0) * (2.0 if exception else 1.0)
+        dmg_mult = COURIER_DAMAGE[o.ci] * (1.6 if delayed else 1.0) * (2.0 if o.exception else 1.0)
         for i, ln in enumerate(lines):
             fam = self.fam_by_name[ln["sku_family"]]
             if fit_line < 0 and fam.fit and rand() < fam.fit * (0.7 if tier == 2 else 1.0):
@@ -1122,12 +1266,13 @@ class _World:
                 quality = True
             if rand() < fam.damage * dmg_mult:
                 damaged = True
-        cm_p = max(self.fam_by_name[f].changed_mind for f in fams)
-        if campaign == "spring-sale":
+        cm_p = max(self.fam_by_name[f].changed_mind for f in o.fams)
+        if o.campaign == "spring-sale":
             cm_p *= 1.5
         changed_mind = rand() < cm_p
         wrong = rand() < 0.008
         misdelivered = not (lost or rts) and kind is None and rand() < 0.004
+        bracket_honest = o.bracket_honest
         if lost or rts:
             kind = None  # the parcel never arrived: no abuse possible, no other problem either
             bracket_honest = False
@@ -1135,8 +1280,9 @@ class _World:
             fit_line, quality, damaged, changed_mind, wrong = -1, False, False, False, False
         if bracket_honest:
             fit_line = -1
+        o.kind, o.bracket_honest, o.fit_line = kind, bracket_honest, fit_line
 
-        logit = 4.4 + TIER_LOGIT[tier] + 0.35 * temper + rng.gauss(0.0, 0.3)
+        logit = 4.4 + TIER_LOGIT[tier] + 0.35 * o.temper + rng.gauss(0.0, 0.3)
         logit -= 0.022 * min(slip_h, 160.0)
         if fit_line >= 0:
             logit -= 2.6
@@ -1163,10 +1309,11 @@ class _World:
         elif kind == "false_not_received":
             logit -= 5.6
         recoverability = _sigmoid(logit)
-        retained = rand() < recoverability
+        o.retained = rand() < recoverability
 
         # primary cause -> return reason
         late = slip_h > 24
+        cause: str | None
         if kind == "false_not_received" or misdelivered:
             cause = "not_received"
         elif kind is not None:
@@ -1189,7 +1336,8 @@ class _World:
             cause = "changed_mind"
         else:
             cause = None
-        truth.update(
+        o.cause = cause
+        o.truth.update(
             recoverability=round(recoverability, 4),
             abusive=kind is not None,
             abuse_kind=kind,
@@ -1197,7 +1345,11 @@ class _World:
             cause=cause,
         )
 
-        # ---- support contacts driven by the journey
+    def _journey_contacts(self, o: _Order) -> None:
+        """Support contacts driven by the outbound journey (WISMO, complaints, refund requests)."""
+        rand, uni = self.rng.random, self.rng.uniform
+        st, temper, t0, t_ship, t_end = o.st, o.temper, o.t0, o.t_ship, o.t_end
+        promised, slip_h, pushes = o.promised, o.slip_h, o.pushes
         if rand() < 0.02:
             self._contact(st, t0 + int((t_ship - t0) * rand()), "product_question", temper)
         if rand() < 0.01:
@@ -1209,7 +1361,7 @@ class _World:
             t_c = t_ship + int((min(t_end, promised) - t_ship) * rand())
             self._contact(st, t_c, "where_is_my_order", temper, 0.0, "wismo_early")
         if t_end > promised:
-            seg = 1.2 if tier == 2 else 1.0
+            seg = 1.2 if o.tier == 2 else 1.0
             lam = min(0.15 + slip_h / 30.0, 3.5) * seg
             for _ in range(self._poisson(lam)):
                 self._contact(
@@ -1229,30 +1381,35 @@ class _World:
                 t_c = promised + int((t_end - promised) * rand())
                 self._contact(st, t_c, "cancel_request", temper, slip_h)
 
-        # ---- lost / returned to sender: resolved without a return shipment
-        if lost or rts:
-            t_res = t_end + int(uni(1, 4) * DAY)
-            if lost and rand() < 0.5:
-                self._contact(st, t_end + int(uni(0.1, 2) * DAY), "complaint", temper, slip_h)
-            if retained:
-                st.add(t_res, "store_credit_issued", {"amount": value, "currency": CURRENCY})
-                outcome = "store_credit"
-            elif lost and rand() < 0.12:
-                t_res = t_end + int(uni(5, 25) * DAY)
-                st.add(
-                    t_res,
-                    "chargeback_filed",
-                    {"amount": value, "currency": CURRENCY, "reason": "item_not_received"},
-                )
-                outcome = "chargeback"
-            else:
-                st.add(t_res, "refund_issued", {"amount": value, "currency": CURRENCY})
-                outcome = "refund"
-            truth.update(outcome=outcome, retained=retained)
-            return self._finish(st, truth, t_res)
+    def _never_delivered(self, o: _Order) -> _Story:
+        """Lost / returned to sender: resolved without a return shipment (credit, refund or a
+        chargeback)."""
+        rand, uni = self.rng.random, self.rng.uniform
+        st, t_end, value, lost = o.st, o.t_end, o.value, o.lost
+        t_res = t_end + int(uni(1, 4) * DAY)
+        if lost and rand() < 0.5:
+            self._contact(st, t_end + int(uni(0.1, 2) * DAY), "complaint", o.temper, o.slip_h)
+        if o.retained:
+            st.add(t_res, "store_credit_issued", {"amount": value, "currency": CURRENCY})
+            outcome = "store_credit"
+        elif lost and rand() < 0.12:
+            t_res = t_end + int(uni(5, 25) * DAY)
+            st.add(
+                t_res,
+                "chargeback_filed",
+                {"amount": value, "currency": CURRENCY, "reason": "item_not_received"},
+            )
+            outcome = "chargeback"
+        else:
+            st.add(t_res, "refund_issued", {"amount": value, "currency": CURRENCY})
+            outcome = "refund"
+        o.truth.update(outcome=outcome, retained=o.retained)
+        return self._finish(st, o.truth, t_res)
 
-        # ---- does a return (or claim) start?
-        if retained and kind is None:
+    def _return_starts(self, o: _Order) -> bool:
+        """Does a return (or claim) start? Always for an order not retained or an abuse attempt."""
+        cause, slip_h = o.cause, o.slip_h
+        if o.retained and o.kind is None:
             if cause is None:
                 p_return = 0.0
             elif cause == "late":
@@ -1266,20 +1423,29 @@ class _World:
                     "changed_mind": 0.4,
                     "not_received": 0.6,
                 }.get(cause, 0.5)
-            starts = rand() < p_return
-        else:
-            starts = True  # not retained, or an abuse attempt (the return is the abuse)
-        if not starts:
-            if cause == "damaged" and rand() < 0.3:
-                self._contact(st, delivered_at + int(uni(0.1, 3) * DAY), "damaged_item", temper)
-            if fit_line >= 0 and rand() < 0.15:
-                self._contact(st, delivered_at + int(uni(0.1, 5) * DAY), "sizing_question", temper)
-            truth.update(outcome="kept", retained=True)
-            return self._finish(st, truth, delivered_at + RETURN_WINDOW_DAYS * DAY)
+            return self.rng.random() < p_return
+        return True  # not retained, or an abuse attempt (the return is the abuse)
 
-        # reason, items, timing
-        if cause is None:
-            cause = "changed_mind"
+    def _kept(self, o: _Order) -> _Story:
+        """Kept: maybe a damaged-item or sizing contact; the story ends with the return window."""
+        rand, uni = self.rng.random, self.rng.uniform
+        st, delivered_at = o.st, o.delivered_at
+        if o.cause == "damaged" and rand() < 0.3:
+            self._contact(st, delivered_at + int(uni(0.1, 3) * DAY), "damaged_item", o.temper)
+        if o.fit_line >= 0 and rand() < 0.15:
+            self._contact(st, delivered_at + int(uni(0.1, 5) * DAY), "sizing_question", o.temper)
+        o.truth.update(outcome="kept", retained=True)
+        return self._finish(st, o.truth, delivered_at + RETURN_WINDOW_DAYS * DAY)
+
+    def _plan_return(self, o: _Order) -> None:
+        """The return's reason, items, value and timing, its outcome and the customer's preferred
+        resolution."""
+        rng = self.rng
+        rand, uni = rng.random, rng.uniform
+        lines, retained = o.lines, o.retained
+        if o.cause is None:
+            o.cause = "changed_mind"
+        cause = o.cause
         reason: str | None
         if cause == "late":
             reason = "arrived_late"
@@ -1295,7 +1461,7 @@ class _World:
             reason = cause  # damaged / wrong_item / not_received
         items: list[dict] = []
         new_sku: str | None = None
-        if cause == "bracketing" or (cause == "fit" and bracket_honest):
+        if cause == "bracketing" or (cause == "fit" and o.bracket_honest):
             style = lines[0]["sku"].rsplit("-", 1)[0]
             group = [i for i, ln in enumerate(lines) if ln["sku"].rsplit("-", 1)[0] == style]
             keep = group[int(rand() * len(group))]
@@ -1305,7 +1471,7 @@ class _World:
             items = [{"sku": lines[i]["sku"], "qty": lines[i]["qty"]} for i in back]
             reason = "too_small" if back[0] < keep else "too_large"
         elif cause == "fit":
-            ln = lines[fit_line]
+            ln = lines[o.fit_line]
             fam = self.fam_by_name[ln["sku_family"]]
             si = fam.sizes.index(ln["size"])  # type: ignore[union-attr]
             small = rand() < (0.55 if fam.name == "footwear" else 0.5)
@@ -1329,7 +1495,7 @@ class _World:
             ln = lines[int(rand() * len(lines))]
             items = [{"sku": ln["sku"], "qty": ln["qty"]}]
         price = {ln["sku"]: ln["unit_price"] for ln in lines}
-        ret_value = round(sum(price[it["sku"]] * it["qty"] for it in items), 2)
+        o.ret_value = round(sum(price[it["sku"]] * it["qty"] for it in items), 2)
 
         after = {
             "fit": (1.0, 3.0, 27.0),
@@ -1346,14 +1512,15 @@ class _World:
         else:
             lo, mean, cap = after[cause]
             days = min(lo + rng.expovariate(1.0 / mean), cap)
-        t_req = delivered_at + int(days * DAY)
-        return_id = f"{oid}-R1"
+        o.days = days
+        o.t_req = o.delivered_at + int(days * DAY)
+        o.return_id = f"{o.st.oid}-R1"
 
         # outcome of the return path
         if not retained:
             if cause == "not_received":
-                outcome = "chargeback" if rand() < (0.45 if kind else 0.15) else "refund"
-            elif rand() < (0.08 if slip_h > 96 else 0.015):
+                outcome = "chargeback" if rand() < (0.45 if o.kind else 0.15) else "refund"
+            elif rand() < (0.08 if o.slip_h > 96 else 0.015):
                 outcome = "chargeback"
             else:
                 outcome = "refund"
@@ -1391,12 +1558,23 @@ class _World:
             preferred = ("exchange", "refund", "store_credit")[self._pick([0.55, 0.95, 1.0])]
         else:
             preferred = ("refund", "store_credit", "exchange")[self._pick([0.75, 0.9, 1.0])]
+        o.reason, o.items, o.new_sku, o.outcome, o.preferred = (
+            reason,
+            items,
+            new_sku,
+            outcome,
+            preferred,
+        )
 
-        # contacts around the return
+    def _return_contacts(self, o: _Order) -> None:
+        """Support contacts around the return (before the request)."""
+        rand, uni = self.rng.random, self.rng.uniform
+        st, temper, cause = o.st, o.temper, o.cause
+        delivered_at, t_req = o.delivered_at, o.t_req
         if cause == "not_received":
-            t_c = delivered_at + int(days * DAY * uni(0.2, 0.8))
+            t_c = delivered_at + int(o.days * DAY * uni(0.2, 0.8))
             self._contact(st, t_c, "where_is_my_order", temper, 0.0, "wismo_delivered", -0.3)
-            if rand() < (0.5 if kind else 0.25):
+            if rand() < (0.5 if o.kind else 0.25):
                 t_c += int(uni(1, 20) * HOUR)
                 self._contact(st, t_c, "complaint", temper, 0.0, "complaint_not_received")
         elif cause in ("fit", "bracketing") and rand() < 0.35:
@@ -1405,95 +1583,127 @@ class _World:
         elif cause in ("damaged", "wrong_item") and rand() < 0.65:
             t_c = delivered_at + int((t_req - delivered_at) * uni(0.05, 0.8))
             self._contact(st, t_c, "damaged_item" if cause == "damaged" else "wrong_item", temper)
-        if preferred == "exchange" and rand() < 0.4:
+        if o.preferred == "exchange" and rand() < 0.4:
             t_c = t_req - int(uni(0.5, 24) * HOUR)
             self._contact(st, max(delivered_at + 600, t_c), "exchange_request", temper)
         elif rand() < 0.15:
             t_c = t_req - int(uni(0.5, 24) * HOUR)
             self._contact(st, max(delivered_at + 600, t_c), "return_request", temper)
 
-        # the chargeback route skips the return for not-received claims half the time
-        if outcome == "chargeback" and rand() < 0.5:
-            t_cb = delivered_at + int(uni(max(days, 5.0), 30.0) * DAY)
-            reason_cb = "item_not_received" if cause == "not_received" else "not_as_described"
-            if cause == "late":
-                reason_cb = "service_not_provided"
-            st.add(
-                t_cb,
-                "chargeback_filed",
-                {"amount": value, "currency": CURRENCY, "reason": reason_cb},
-            )
-            truth.update(outcome="chargeback", retained=False)
-            return self._finish(st, truth, t_cb)
+    def _chargeback_without_return(self, o: _Order) -> _Story:
+        """A bank dispute instead of a return request."""
+        cause = o.cause
+        t_cb = o.delivered_at + int(self.rng.uniform(max(o.days, 5.0), 30.0) * DAY)
+        reason_cb = "item_not_received" if cause == "not_received" else "not_as_described"
+        if cause == "late":
+            reason_cb = "service_not_provided"
+        o.st.add(
+            t_cb,
+            "chargeback_filed",
+            {"amount": o.value, "currency": CURRENCY, "reason": reason_cb},
+        )
+        o.truth.update(outcome="chargeback", retained=False)
+        return self._finish(o.st, o.truth, t_cb)
 
-        st.add(
-            t_req,
+    def _request_return(self, o: _Order) -> None:
+        o.st.add(
+            o.t_req,
             "return_requested",
             {
-                "return_id": return_id,
-                "reason": reason,
-                "items": items,
-                "preferred_resolution": preferred,
+                "return_id": o.return_id,
+                "reason": o.reason,
+                "items": o.items,
+                "preferred_resolution": o.preferred,
             },
         )
 
-        if cause == "not_received":
-            # no parcel to send back: refund, chargeback, credit or withdrawn claim
-            t_res = t_req + int(uni(1, 4) * DAY)
-            if outcome == "refund":
-                st.add(
-                    t_res,
-                    "refund_issued",
-                    {"return_id": return_id, "amount": ret_value, "currency": CURRENCY},
-                )
-            elif outcome == "chargeback":
-                t_res = t_req + int(uni(4, 20) * DAY)
-                st.add(
-                    t_res,
-                    "chargeback_filed",
-                    {"amount": value, "currency": CURRENCY, "reason": "item_not_received"},
-                )
-            elif outcome == "store_credit":
-                st.add(
-                    t_res,
-                    "store_credit_issued",
-                    {"return_id": return_id, "amount": ret_value, "currency": CURRENCY},
-                )
-            else:
-                st.add(t_res, "return_cancelled", {"return_id": return_id})
-            truth.update(outcome=outcome, retained=retained)
-            return self._finish(st, truth, t_res)
-
-        label_cost = round(uni(3.9, 8.9), 2)
-        t_label_r = t_req + int(uni(0.1, 6) * HOUR)
-        if outcome == "return_cancelled":
-            t_cancel = t_req + int(uni(0.5, 7) * DAY)
-            if rand() < 0.7:
-                st.add(
-                    t_label_r,
-                    "return_label_issued",
-                    {"return_id": return_id, "courier": courier, "label_cost": label_cost},
-                )
-            st.add(t_cancel, "return_cancelled", {"return_id": return_id})
-            truth.update(outcome=outcome, retained=True)
-            return self._finish(st, truth, max(t_cancel, delivered_at + RETURN_WINDOW_DAYS * DAY))
-
-        st.add(
-            t_label_r,
-            "return_label_issued",
-            {"return_id": return_id, "courier": courier, "label_cost": label_cost},
+    def _not_received_claim(self, o: _Order) -> _Story:
+        """No parcel to send back: refund, chargeback, credit or withdrawn claim."""
+        uni = self.rng.uniform
+        st, t_req, return_id, outcome, ret_value = (
+            o.st,
+            o.t_req,
+            o.return_id,
+            o.outcome,
+            o.ret_value,
         )
-        t_transit = t_label_r + int(uni(0.5, 5) * DAY)
-        if outcome == "chargeback":  # a return in flight, then the bank dispute anyway
-            st.add(t_transit, "return_in_transit", {"return_id": return_id})
-            t_cb = t_transit + int(uni(2, 10) * DAY)
+        t_res = t_req + int(uni(1, 4) * DAY)
+        if outcome == "refund":
             st.add(
-                t_cb,
-                "chargeback_filed",
-                {"amount": value, "currency": CURRENCY, "reason": "credit_not_processed"},
+                t_res,
+                "refund_issued",
+                {"return_id": return_id, "amount": ret_value, "currency": CURRENCY},
             )
-            truth.update(outcome="chargeback", retained=False)
-            return self._finish(st, truth, t_cb)
+        elif outcome == "chargeback":
+            t_res = t_req + int(uni(4, 20) * DAY)
+            st.add(
+                t_res,
+                "chargeback_filed",
+                {"amount": o.value, "currency": CURRENCY, "reason": "item_not_received"},
+            )
+        elif outcome == "store_credit":
+            st.add(
+                t_res,
+                "store_credit_issued",
+                {"return_id": return_id, "amount": ret_value, "currency": CURRENCY},
+            )
+        else:
+            st.add(t_res, "return_cancelled", {"return_id": return_id})
+        o.truth.update(outcome=outcome, retained=o.retained)
+        return self._finish(st, o.truth, t_res)
+
+    def _return_shipment(self, o: _Order) -> _Story:
+        """A return label, then: the return is cancelled, or a chargeback while it is in transit,
+        or it is received, graded and settled."""
+        uni = self.rng.uniform
+        o.label_cost = round(uni(3.9, 8.9), 2)
+        o.t_label_r = o.t_req + int(uni(0.1, 6) * HOUR)
+        if o.outcome == "return_cancelled":
+            return self._cancelled_return(o)
+        o.st.add(
+            o.t_label_r,
+            "return_label_issued",
+            {"return_id": o.return_id, "courier": o.courier, "label_cost": o.label_cost},
+        )
+        o.t_transit = o.t_label_r + int(uni(0.5, 5) * DAY)
+        if o.outcome == "chargeback":
+            return self._chargeback_in_transit(o)
+        return self._warehouse(o)
+
+    def _cancelled_return(self, o: _Order) -> _Story:
+        """The customer withdraws the return (maybe after a label): the order is kept."""
+        rand, uni = self.rng.random, self.rng.uniform
+        st = o.st
+        t_cancel = o.t_req + int(uni(0.5, 7) * DAY)
+        if rand() < 0.7:
+            st.add(
+                o.t_label_r,
+                "return_label_issued",
+                {"return_id": o.return_id, "courier": o.courier, "label_cost": o.label_cost},
+            )
+        st.add(t_cancel, "return_cancelled", {"return_id": o.return_id})
+        o.truth.update(outcome=o.outcome, retained=True)
+        return self._finish(st, o.truth, max(t_cancel, o.delivered_at + RETURN_WINDOW_DAYS * DAY))
+
+    def _chargeback_in_transit(self, o: _Order) -> _Story:
+        """A return in flight, then the bank dispute anyway."""
+        st, t_transit = o.st, o.t_transit
+        st.add(t_transit, "return_in_transit", {"return_id": o.return_id})
+        t_cb = t_transit + int(self.rng.uniform(2, 10) * DAY)
+        st.add(
+            t_cb,
+            "chargeback_filed",
+            {"amount": o.value, "currency": CURRENCY, "reason": "credit_not_processed"},
+        )
+        o.truth.update(outcome="chargeback", retained=False)
+        return self._finish(st, o.truth, t_cb)
+
+    def _warehouse(self, o: _Order) -> _Story:
+        """Received, graded (unless refunded first) and settled: refund, exchange or store credit,
+        with the occasional warehouse breakage (``_journey_anomaly``)."""
+        rand, uni = self.rng.random, self.rng.uniform
+        st, return_id, outcome, ret_value = o.st, o.return_id, o.outcome, o.ret_value
+        t_transit = o.t_transit
         t_recv = t_transit + int(uni(1.5, 5) * DAY)
         t_grade = t_recv + int(uni(0.1, 3) * DAY)
         t_res = t_grade + int(uni(0.05, 1.5) * DAY)
@@ -1507,10 +1717,11 @@ class _World:
                 t_res = t_grade + int(jr.uniform(0.05, 1.0) * DAY)
             else:  # refund_overdue: graded in time, settled 8-12 days after receipt
                 t_res = t_recv + int(jr.uniform(8.0, 12.0) * DAY)
-            truth["journey_anomaly"] = anomaly
+            o.truth["journey_anomaly"] = anomaly
         st.add(t_transit, "return_in_transit", {"return_id": return_id})
         st.add(t_recv, "return_received", {"return_id": return_id})
-        grade, flags = self._grade(cause, lines)
+        assert o.cause is not None  # a return always has one (``_plan_return``)
+        grade, flags = self._grade(o.cause, o.lines)
         if anomaly != "refund_before_grading":
             st.add(
                 t_grade,
@@ -1518,7 +1729,7 @@ class _World:
                 {"return_id": return_id, "grade": grade, "abuse_flags": flags},
             )
         if outcome == "refund" and rand() < 0.2:
-            self._contact(st, t_recv + int((t_res - t_recv) * rand()), "refund_request", temper)
+            self._contact(st, t_recv + int((t_res - t_recv) * rand()), "refund_request", o.temper)
         if outcome == "refund":
             amount = ret_value
             if "empty_box" in flags or "swapped_item" in flags:
@@ -1532,8 +1743,8 @@ class _World:
             )
         elif outcome == "exchange":
             ev: dict = {"return_id": return_id}
-            if new_sku is not None:
-                ev["new_sku"] = new_sku
+            if o.new_sku is not None:
+                ev["new_sku"] = o.new_sku
             st.add(t_res, "exchange_completed", ev)
         else:
             bonus = 1.1 if rand() < 0.3 else 1.0
@@ -1546,8 +1757,8 @@ class _World:
                     "currency": CURRENCY,
                 },
             )
-        truth.update(outcome=outcome, retained=retained)
-        return self._finish(st, truth, t_res)
+        o.truth.update(outcome=outcome, retained=o.retained)
+        return self._finish(st, o.truth, t_res)
 
     def _journey_anomaly(self, outcome: str) -> str | None:
         """A warehouse breakage for a received return (``JOURNEY_ANOMALY_SHARE``), or None."""

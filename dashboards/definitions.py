@@ -71,8 +71,10 @@ LEAKAGE = Panel(
     "Refund leakage",
     (Target(f"sum by (currency) ({inc('salvage_refund_leakage_total')})", "{{currency}}"),),
     kind="stat",
-    description="Value refunded on cases that were recoverable when first scored "
-    "(first recoverability >= SALVAGE_KPI_RECOVERABLE_THRESHOLD, 0.5).",
+    description="Value refunded that could have been saved: the parcel was delivered, no abuse "
+    "evidence (grading flag, confirmed review, flagged customer) and a controllable reason (fit, "
+    "damaged, wrong item, quality, late delivery) or the customer asked for an exchange or store "
+    "credit (sinks/leakage.py; salvage_refunded_by_basis_total says why).",
     width=4,
     decimals=0,
     thresholds=(Threshold(None, "orange"),),

@@ -55,6 +55,7 @@ class Route(StrEnum):
     CASE_RECORD = "case_record"  # a case-store document (dispatch)
     KPI = "kpi"  # a KPI fact (context, dispatch): Prometheus counters
     SCORE = "score"  # a per-prediction log record (benchmarks)
+    MODEL_STATE = "model_state"  # a model shard's checkpoint (flows/model_sink.py)
 
 
 class Event(NamedTuple):

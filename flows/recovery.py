@@ -14,48 +14,152 @@ import json
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from salvage.config import Settings
 from salvage.connectors.outputs import OUTPUTS, DeadLetter, OutputStream
 from salvage.connectors.parse import set_dead_letter_max_bytes
-from salvage.flows.sources import EventLogSource, KafkaEventSource
+from salvage.flows.journal import EpochJournal, JournalError, JournalRef
+from salvage.flows.model_sink import write_checkpoints
+from salvage.flows.sources import EventLogSource, KafkaEventSource, clock_settings
 from salvage.flows.stages import StageConfig
+from salvage.flows.state import StageState, fresh, load_bytes, rebuild, snapshot_bytes
 from salvage.flows.topology import SOURCE, TAPS, fan, graph, route_source, stage_config
 from salvage.sinks import kpis, metrics
 
 # ----------------------------------------------------------------------------- logic glue
 
 
+@dataclass(frozen=True)
+class StateStore:
+    """Where the stages' snapshots go. ``journal``: a folder on the recovery volume (one epoch
+    journal per stage shard, :mod:`salvage.flows.journal`); what Bytewax stores is a tiny
+    :class:`JournalRef`. Without it, ``inline`` puts the whole state into Bytewax's own snapshot
+    (``python -m bytewax.run`` with a recovery dir we were not told about); neither: snapshots
+    are skipped (a run without recovery pays nothing for them)."""
+
+    journal: Path | None = None
+    inline: bool = False
+    compact_ratio: float = 0.5
+    min_segments: int = 8
+
+    @property
+    def active(self) -> bool:
+        return self.journal is not None or self.inline
+
+
+@dataclass(frozen=True)
+class InlineState:
+    """A whole stage state inside a Bytewax snapshot (no journal folder known)."""
+
+    key: str
+    blob: bytes
+
+
 class _StageLogic(StatefulBatchLogic):
-    """Bytewax wrapper: values are ``(key, item)``; the stage is built lazily from its key."""
+    """Bytewax wrapper: values are ``(key, item)``; the stage is built lazily from its key.
+
+    A resume builds the stage from the *current* configuration (``factory``), then loads the
+    snapshot's state into it (:class:`salvage.flows.state.StageState`). ``state`` is what
+    :meth:`snapshot` returned: a :class:`JournalRef` (``store.journal``), an :class:`InlineState`
+    (``store.inline``, the default), or (from tools and tests) the pickle of a stage object,
+    migrated through the codec."""
 
     def __init__(
-        self, factory: Callable[[str], Any], state: bytes | None, cfg: StageConfig
+        self,
+        factory: Callable[[str], Any],
+        state: Any,
+        cfg: StageConfig,
+        store: StateStore | None = None,
+        step: str = "",
     ) -> None:
         self._factory = factory
-        self.stage = pickle.loads(state) if state is not None else None
-        if self.stage is not None:
-            self.stage.rebind(cfg)  # this run's policy and settings, not the snapshot's
+        self._cfg = cfg
+        self._store = store if store is not None else StateStore(inline=True)
+        self._step = step
+        self._key = ""
+        self._state: StageState | None = None
+        self._journal: EpochJournal | None = None
+        self._n = 0
+        self.stage: Any = None
+        if isinstance(state, JournalRef):
+            if self._store.journal is None:
+                raise JournalError(
+                    f"snapshot {state.name}#{state.n} lives in a state journal, but this run has "
+                    "no journal folder (SALVAGE_RECOVERY_DIR)"
+                )
+            self._key = state.name.rpartition("/")[2]
+            self.stage = self._make(self._key)
+            self._journal = self._open_journal(state.name)
+            header, entries = self._journal.load(state.n)
+            self._state = StageState(self.stage)
+            self._state.load(header, entries, cfg)
+            self._n = state.n
+        elif isinstance(state, InlineState):
+            self._key = state.key
+            self.stage = self._make(state.key)
+            self._state = load_bytes(self.stage, state.blob, cfg)
+        elif state is not None:  # a pickled stage object (tools, tests): through the codec
+            self.stage = rebuild(pickle.loads(state), cfg)
+            self._key = self.stage.name
+            self._state = StageState(self.stage)
+        if self._state is not None and self._store.journal is not None:
+            self._state.track()
+
+    def _make(self, key: str) -> Any:
+        """The stage of ``key``, built from this logic's config (a factory made for another
+        config, e.g. a stage graph of the previous run, only tells the class and shard)."""
+        stage = self._factory(key)
+        if getattr(stage, "cfg", self._cfg) is not self._cfg:
+            stage = fresh(stage, self._cfg)
+        return stage
+
+    def _open_journal(self, name: str) -> EpochJournal:
+        assert self._store.journal is not None
+        return EpochJournal(
+            self._store.journal, name, self._store.compact_ratio, self._store.min_segments
+        )
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         if self.stage is None:
-            self.stage = self._factory(values[0][0])
+            self._key = values[0][0]
+            self.stage = self._factory(self._key)
+            if self._store.journal is not None:
+                self._state = StageState(self.stage).track()
         return self.stage.on_batch([v for _, v in values]), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self.stage, protocol=pickle.HIGHEST_PROTOCOL)
+    def snapshot(self) -> Any:
+        store = self._store
+        if self.stage is None or not store.active:
+            return None
+        if store.journal is None:
+            return InlineState(self._key, snapshot_bytes(self.stage))
+        if self._state is None:
+            self._state = StageState(self.stage).track()
+        if self._journal is None:
+            self._journal = self._open_journal(f"{self._step}/{self._key}")
+        n = self._n + 1
+        header, changed, deleted = self._state.delta()
+        full = self._state.entries() if self._journal.compaction_due() else None
+        ref = self._journal.write(n, header, changed, deleted, full)
+        self._n = n
+        return ref
 
 
-def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig):
-    return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg))
+def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig, store: StateStore):
+    return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg, store, step))
 
 
 def _for_keys(keys: tuple[str, ...]) -> Callable[[tuple[str, Any]], bool]:
@@ -118,6 +222,25 @@ class JsonlSink(FixedPartitionedSink[str, int]):
         return _JsonlPartition(self.path, resume_state)
 
 
+class _ModelPartition(StatelessSinkPartition[dict]):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def write_batch(self, items: list[dict]) -> None:
+        write_checkpoints(self.folder, items)
+
+
+class ModelFileSink(DynamicSink[dict]):
+    """Model checkpoints (:mod:`salvage.flows.model_sink`): each worker writes those of the model
+    shards it owns into ``folder``, one file per shard, the newest replacing the previous."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ModelPartition:
+        return _ModelPartition(self.folder)
+
+
 # ----------------------------------------------------------------------------- the flow
 
 
@@ -134,6 +257,11 @@ def _message(out: OutputStream) -> Callable[[Any], tuple[str, bytes]]:
 def _record_line(tag: str) -> Callable[[Any], tuple[str, str]]:
     return lambda x: (tag, json.dumps(x, sort_keys=True))
 
+
+JOURNAL_DIR = "journal"
+"""The stages' epoch journals, beside the Bytewax recovery partitions (``--recovery-dir``)."""
+MODELS_DIR = "models"
+"""The model shards' checkpoints (``salvage models export``), in ``--recovery-dir``."""
 
 RUN_RECORDS = ("assignments", "outcomes", "orders")
 """Files (not topics) every run writes into its out dir, in file and Kafka mode: the
@@ -159,6 +287,11 @@ class FlowSpec:
     from_beginning: bool = False  # Kafka mode with no snapshot: ignore the group's offsets
     extra_sinks: dict[str, Any] = field(default_factory=dict)  # for tests: name -> sink
     process_id: int = 0  # in a multi-process cluster: file outputs are written by process 0
+    # the stages' state journal (salvage run --recovery-dir: DIR/journal); None and not
+    # inline_state: snapshots are skipped (a run without recovery)
+    state_dir: Path | None = None
+    inline_state: bool = False
+    model_dir: Path | None = None  # model checkpoints for `salvage models export` (DIR/models)
 
     @property
     def file_mode(self) -> bool:
@@ -167,31 +300,30 @@ class FlowSpec:
 
 def _source(spec: FlowSpec):
     s = spec.settings
-    tol = int(s.reorder_tolerance_seconds * 1e6)
-    late = int(s.max_lateness_seconds * 1e6)
-    future = int(s.max_future_seconds * 1e6)
-    jump = int(s.max_clock_jump_seconds * 1e6)
+    tol, late, future, jump = clock_settings(s)
     if spec.file_mode:
-        return EventLogSource(spec.inputs, tol, late, s.source_batch_size, future, jump)
+        return EventLogSource(
+            spec.inputs, tol, late, s.dataflow.source_batch_size, future, jump, s.topics.partitions
+        )
     if spec.kafka_partitions is None:
         from salvage.connectors.broker import ensure_topics
 
         spec.kafka_partitions = ensure_topics(
-            s.kafka_client_config(), list(s.input_topics().values()), s.topic_partitions
+            s.kafka.as_librdkafka_dict(), list(s.topics.inputs().values()), s.topics.partitions
         )
     return KafkaEventSource(
-        s.kafka_client_config(),
-        s.input_topics(),
+        s.kafka.as_librdkafka_dict(),
+        s.topics.inputs(),
         spec.kafka_partitions,
         tol,
         late,
         spec.to_end,
-        s.idle_partition_seconds,
-        s.source_batch_size,
-        fetch_wait_ms=s.kafka_fetch_wait_max_ms,
+        s.dataflow.idle_partition_seconds,
+        s.dataflow.source_batch_size,
+        fetch_wait_ms=s.kafka.fetch_wait_max_ms,
         max_future_us=future,
         max_jump_us=jump,
-        group_id=s.kafka_group_id,
+        group_id=s.kafka.group_id,
         from_beginning=spec.from_beginning,
     )
 
@@ -211,9 +343,9 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
     else:
         from salvage.sinks.kafka import KafkaOutputSink
 
-        conf = s.kafka_client_config()
+        conf = s.kafka.as_librdkafka_dict()
         for stream in OUTPUTS:
-            sinks[stream.sink] = KafkaOutputSink(conf, getattr(s, stream.topic_setting))
+            sinks[stream.sink] = KafkaOutputSink(conf, s.topics.output(stream))
     if spec.file_mode or spec.out_dir is not None:
         # uplift inputs (salvage.uplift): files in the run's out dir, in file and Kafka mode
         out = spec.out_dir or Path("out")
@@ -223,22 +355,22 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / f"{name}.jsonl").touch()
             sinks[name] = JsonlSink(out / f"{name}.jsonl", local)
-    if spec.case_store and s.redis_url:
+    if spec.case_store and s.redis.url:
         from salvage.sinks.redis_store import RedisCaseSink
 
-        pw = s.redis_password.get_secret_value() if s.redis_password else None
+        pw = s.redis.password_value()
         # short timeouts: a frozen Redis costs one timeout per retry, then the backlog takes over
-        timeout = s.redis_socket_timeout_seconds
+        timeout = s.redis.socket_timeout_seconds
         sinks["cases"] = RedisCaseSink(
-            s.redis_url,
+            s.redis.url,
             password=pw,
-            ttl_seconds=s.case_ttl_seconds,
+            ttl_seconds=s.redis.case_ttl_seconds,
             socket_timeout=timeout,
             connect_timeout=timeout,
         )
         from salvage.sinks.review_queue import RedisReviewSink
 
-        sinks["reviews"] = RedisReviewSink(s.redis_url, password=pw, socket_timeout=timeout)
+        sinks["reviews"] = RedisReviewSink(s.redis.url, password=pw, socket_timeout=timeout)
     sinks.update(spec.extra_sinks)
     return sinks
 
@@ -247,12 +379,14 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     """The recovery dataflow: Bytewax is a thin shell around :mod:`salvage.flows.topology`
     (which stage consumes which route) and the stage classes (what each does)."""
     s = spec.settings
-    set_dead_letter_max_bytes(s.dead_letter_max_bytes)
+    set_dead_letter_max_bytes(s.dataflow.dead_letter_max_bytes)
     source = _source(spec)
     sinks = _sinks(spec)
     cfg = stage_config(
         s, tuple(source.part_ids()), case_records="cases" in sinks, score_log="scores" in sinks
     )
+    cfg = replace(cfg, model_exports=spec.model_dir is not None)
+    store = StateStore(spec.state_dir, inline=spec.inline_state)
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
     metrics.LANE_ALERT_OPEN.clear()  # and the open-alert counts (a resume re-adds its own)
     flow = Dataflow("salvage-recovery")
@@ -275,7 +409,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
                     )
                 )
         up_stream = feeds[0] if len(feeds) == 1 else op.merge(f"into_{st.name}", *feeds)
-        steps[st.name] = _stateful(st.name, up_stream, st.make, cfg)
+        steps[st.name] = _stateful(st.name, up_stream, st.make, cfg, store)
 
     def only(route: str):  # a stateful step emits (key, (route, payload))
         return lambda kv: kv[1][1] if kv[1][0] == route else None
@@ -313,6 +447,9 @@ def build_flow(spec: FlowSpec) -> Dataflow:
             lambda t: t.model_dump(mode="json") if t.action.value == "human_review" else None,
         )
         op.output("out_reviews", reviews, sinks["reviews"])
+    if spec.model_dir is not None:  # model checkpoints: what `salvage models export` reads
+        states = op.merge("all_model_states", *taps["model_states"])
+        op.output("out_models", states, ModelFileSink(spec.model_dir))
     for name in ("scores", "cases"):  # per-prediction log (benchmarks), case store
         if name in sinks:
             op.output(f"out_{name}", op.merge(f"all_{name}", *taps[name]), sinks[name])
@@ -323,11 +460,17 @@ def spec_from_env() -> FlowSpec:
     settings = Settings()
     inputs = [Path(p) for p in os.environ.get("SALVAGE_INPUT", "").split(",") if p]
     out_dir = Path(os.environ.get("SALVAGE_OUT_DIR", "out"))
+    # python -m bytewax.run ... -r DIR: the journal lives in SALVAGE_RECOVERY_DIR/journal when
+    # told; otherwise whole states go inline into Bytewax's snapshots (recovery may be on)
+    rec = os.environ.get("SALVAGE_RECOVERY_DIR", "").strip()
     return FlowSpec(
+        state_dir=Path(rec) / JOURNAL_DIR if rec else None,
+        model_dir=Path(rec) / MODELS_DIR if rec else None,
+        inline_state=not rec,
         settings=settings,
         inputs=inputs,
         out_dir=out_dir,
-        to_end=not settings.follow,
+        to_end=not settings.dataflow.follow,
         process_id=process_id_from_env() or 0,
     )
 
@@ -360,7 +503,7 @@ def __getattr__(name: str):
         signal.signal(signal.SIGTERM, lambda *_: request_stop())
         spec = spec_from_env()
         try:
-            metrics.serve(spec.settings.metrics_port, spec.settings.metrics_host)
+            metrics.serve(spec.settings.metrics.port, spec.settings.metrics.host)
         except OSError:  # another process of this host's cluster serves it already
             pass
         return build_flow(spec)

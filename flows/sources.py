@@ -22,7 +22,7 @@ import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -30,10 +30,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from salvage.connectors.events import STREAM_OF, Stream
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
 from salvage.connectors.parse import RawRecord, dead_letter, parse
+from salvage.connectors.partitioning import partition_of
 from salvage.features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
 from salvage.flows.items import Overdue
 from salvage.flows.messages import Event, Tick
 from salvage.sinks import metrics
+
+if TYPE_CHECKING:
+    from salvage.config import Settings
 
 Item = Event | Tick | DeadLetter  # what a source partition emits
 
@@ -43,8 +47,15 @@ _STOP = threading.Event()
 POLL_BACKOFF_MIN_S = 0.005
 POLL_BACKOFF_MAX_S = 0.040
 # an event more than max_jump ahead of its partition's clock is held; this many such events in a
-# row (each confirming the others) move the clock, anything else in between rejects them
+# row (each confirming the others) move the clock, an on-time event in between rejects them (a
+# late one decides nothing)
 JUMP_CONFIRM = 3
+# a partition waking from idle holds the watermark until every idle partition has checked its end
+# offset afresh at least this long after the wake (what a producer sends together arrives within
+# it; the checks find what is already at the broker, whatever the fetch delays); each such check
+# waits at most WAKE_CHECK_TIMEOUT_S for the broker (no answer: that partition counts as behind)
+WAKE_SETTLE_S = 0.1
+WAKE_CHECK_TIMEOUT_S = 2.0
 
 
 def request_stop() -> None:
@@ -67,15 +78,19 @@ class _Parser:
     **Clock bound** (``max_jump_us``, DESIGN §11): one event may move its partition's clock only
     by that much. An event further ahead of the partition's latest event time is *held* (not
     applied, the clock does not move); when :data:`JUMP_CONFIRM` such events arrive in a row the
-    partition really moved on (a quiet night, a weekend) and they are applied in order; any other
-    event in between rejects the held ones as ``bad_timestamp`` dead letters. At the end of input
+    partition really moved on (a quiet night, a weekend) and they are applied in order; an event in
+    between that moves the clock on (past its latest event time, by less than the bound) rejects the
+    held ones as ``bad_timestamp`` dead letters (one that does not move it, late or a straggler
+    within the tolerance or a re-published copy, is applied and decides nothing). At the end of
+    input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
     it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
     of the other partitions read by this process (``frontier``) once this partition is caught up
     and quiet: its last events are then not held when the rest of the stream has moved on with
     them (while data flows, a partition is judged on its own clock only).
-    The first event of a partition is exempt. While events are held, the partition's resume
-    position (its snapshot) stays at the first held one, so a restart re-reads them.
+    The first event of a partition is exempt. While events are held, a Kafka partition's resume
+    position (its snapshot) stays at the first held one, so a restart re-reads them (file mode
+    keeps them in its snapshot instead).
     """
 
     def __init__(
@@ -99,6 +114,9 @@ class _Parser:
         self.max_jump_us = max_jump_us  # 0: no bound
         # held events (raw, event, time, resume mark), see the class docstring
         self.held: list[tuple[RawRecord, Any, int, Any]] = []
+        # no event leaves before this time (file mode: what the file's tick already promised,
+        # see _KafkaLayout); BEGIN: the clock's own watermark is the only bound
+        self.floor = BEGIN
 
     def _from_future(self, raw: RawRecord, event, t: int) -> DeadLetter | None:
         """An event time past the wall clock by more than the allowance is a broken clock, not an
@@ -123,6 +141,10 @@ class _Parser:
             metrics.DEAD_LETTERS.labels(result.kind.value).inc()
             out.append(result)
             return
+        self.handle_event(raw, result, out, mark)
+
+    def handle_event(self, raw: RawRecord, result, out: list[Item], mark: Any = None) -> None:
+        """Clock one parsed event (see :meth:`handle`)."""
         t = to_us(result.occurred_at)
         if self.max_future_us and (dl := self._from_future(raw, result, t)) is not None:
             metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
@@ -135,8 +157,11 @@ class _Parser:
                 for h_raw, h_event, h_t, _ in held:
                     self._apply(h_raw, h_event, h_t, out)
             return
-        if self.held:
+        if self.held and t > self.clock.max_t:  # the clock moved on, and not with them
             self.reject_held(out)
+        # an event not past the clock (late, or a straggler within the tolerance, or a re-published
+        # copy) neither confirms nor refutes a jump: a sparse partition (one stream's share of a
+        # Kafka topic) often has a gap > max_jump before such an event
         self._apply(raw, result, t, out)
 
     def _jumps(self, t: int) -> bool:
@@ -184,6 +209,7 @@ class _Parser:
         tie = f"{result.event_id}|{zlib.crc32(raw.value):08x}"
         eff = self.clock.observe(t)
         if eff is None:
+            wm = max(self.clock.watermark, self.floor)
             dl = dead_letter(
                 raw,
                 DeadLetterKind.TOO_LATE,
@@ -192,8 +218,10 @@ class _Parser:
                 order_id=result.order_id,
             )
             # to its case shard first: a redelivered duplicate is recognised before lateness
-            out.append(Event(self.clock.watermark, tie, Overdue(result, dl)))
+            out.append(Event(wm, tie, Overdue(result, dl)))
             return
+        if eff < self.floor:
+            eff = self.floor
         if eff != t:
             metrics.LATE.labels(STREAM_OF[result.event_type].value).inc()
         out.append(Event(eff, tie, result))
@@ -214,17 +242,120 @@ def file_part_id(index: int, path: Path) -> str:
     return f"file{index}:{path.name}"
 
 
+def clock_settings(settings: Settings) -> tuple[int, int, int, int]:
+    """(reorder tolerance, max lateness, max future, max clock jump) in µs, as every source
+    partition of a flow built from ``settings`` judges event time."""
+    d = settings.dataflow
+    return (
+        int(d.reorder_tolerance_seconds * 1e6),
+        int(d.max_lateness_seconds * 1e6),
+        int(d.max_future_seconds * 1e6),
+        int(d.max_clock_jump_seconds * 1e6),
+    )
+
+
+def file_layout(part_id: str, settings: Settings) -> _KafkaLayout:
+    """Parse + clocks of one event log exactly as file mode's source has them (for drivers of
+    the stages without Bytewax: feed it with ``handle``, ``release_held`` at the end, ``tick``)."""
+    tol, late, future, jump = clock_settings(settings)
+    return _KafkaLayout(part_id, (tol, late, BEGIN, future, jump), settings.topics.partitions)
+
+
+class _KafkaLayout:
+    """File mode: the log laid out as Kafka would hold it, one clock per (stream, partition).
+
+    ``salvage replay`` sends each event to its stream's topic keyed by ``order_id``
+    (``murmur2_random``, :mod:`salvage.connectors.partitioning`), and in Kafka mode lateness is
+    judged per partition: an event is late when it is behind its *partition's* watermark. One
+    clock over a whole file judged it against every stream at once, so a carrier scan 10 minutes
+    behind the file (but not behind the other scans of its partition) was late in file mode and on
+    time in Kafka mode, and ``decided_at`` differed. Here each ``(stream, partition_of(order_id,
+    partitions))`` has its own :class:`_Parser` (clock, clock bound, held events), fed in the
+    file's order, which is the order each partition holds after a replay: the same effective time
+    for every event as Kafka mode with ``partitions`` partitions per topic.
+
+    The file's tick is the *floor*: the highest value so far of the minimum over the started
+    partitions' watermarks (a function of the content read, not of batch boundaries). No event
+    leaves below it: an event of a partition that starts (or restarts) behind the others by more
+    than the tolerance is applied at the floor, where Kafka mode, which waits for every partition,
+    would apply it at its own time (README "Event time and determinism").
+    """
+
+    def __init__(self, part_id: str, parser_args: tuple, partitions: int, state=None) -> None:
+        tol, late, _, future, jump = parser_args
+        self.part_id = part_id
+        self._args = (tol, late, future, jump)
+        self._partitions = partitions
+        self.parts: dict[tuple[str, int], _Parser] = {}
+        self.floor = BEGIN
+        self.last_tick: int | None = None
+        self._slot: dict[str, int] = {}  # order_id -> partition (bounded cache)
+        if state is not None:
+            self.floor, parts = state
+            for key, (max_t, held) in parts.items():
+                self._new(key, max_t).held = list(held)
+
+    def _new(self, key: tuple[str, int], max_t: int = BEGIN) -> _Parser:
+        tol, late, future, jump = self._args
+        parser = _Parser(f"{self.part_id}|{key[0]}#{key[1]}", tol, late, max_t, future, jump)
+        parser.floor = self.floor
+        self.parts[key] = parser
+        return parser
+
+    def state(self) -> tuple:
+        parts = {k: (p.clock.max_t, list(p.held)) for k, p in self.parts.items()}
+        return (self.floor, parts)
+
+    def handle(self, raw: RawRecord, out: list[Item], mark: Any = None) -> None:
+        result = parse(raw)
+        if not hasattr(result, "event_type"):
+            metrics.DEAD_LETTERS.labels(result.kind.value).inc()
+            out.append(result)
+            return
+        slot = self._slot.get(result.order_id)
+        if slot is None:
+            if len(self._slot) >= 100_000:
+                self._slot.clear()
+            slot = self._slot[result.order_id] = partition_of(result.order_id, self._partitions)
+        key = (STREAM_OF[result.event_type].value, slot)
+        parser = self.parts.get(key) or self._new(key)
+        before = parser.clock.max_t
+        parser.handle_event(raw, result, out)
+        if parser.clock.max_t != before:
+            self._raise_floor()
+
+    def _raise_floor(self) -> None:
+        low = min(p.clock.watermark for p in self.parts.values() if p.clock.max_t != BEGIN)
+        if low > self.floor:
+            self.floor = low
+            for p in self.parts.values():
+                p.floor = low
+
+    def release_held(self, out: list[Item]) -> None:
+        """End of input: apply every held event (see :class:`_Parser`)."""
+        for key in sorted(self.parts):
+            self.parts[key].release_held(out, everything=True)
+
+    def tick(self, out: list[Item], wm: int | None = None) -> None:
+        wm = self.floor if wm is None else wm
+        if wm != self.last_tick or wm == END:
+            self.last_tick = wm
+            latest = max((p.clock.max_t for p in self.parts.values()), default=BEGIN)
+            out.append(Tick(self.part_id, wm, latest))
+
+
 class _FilePartition(StatefulSourcePartition[Item, tuple]):
-    def __init__(self, path: Path, part_id: str, parser_args: tuple, batch_size: int, resume):
-        offset, line_no, max_t, done = resume or (0, 0, parser_args[2], False)
+    def __init__(
+        self, path: Path, part_id: str, parser_args: tuple, partitions: int, batch_size: int, resume
+    ):
+        offset, line_no, done, layout = resume or (0, 0, False, None)
         self._path = path
         self._f = open(path, "rb")
         self._f.seek(offset)
         self._pos = offset
         self._line = line_no
         self._done = done
-        tol, late, _, future, jump = parser_args
-        self._parser = _Parser(part_id, tol, late, max_t, future, jump)
+        self._layout = _KafkaLayout(part_id, parser_args, partitions, layout)
         self._batch = batch_size
 
     def next_batch(self) -> list[Item]:
@@ -233,29 +364,26 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         out: list[Item] = []
         readline = self._f.readline
         source = str(self._path)
-        handle = self._parser.handle
+        handle = self._layout.handle
         for _ in range(self._batch):
             line = readline()
             if not line:
                 self._done = True
                 break
-            mark = (self._pos, self._line)
             self._pos += len(line)
             self._line += 1
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 continue  # blank line: no record
-            handle(RawRecord(source, 0, self._line, value), out, mark)
+            handle(RawRecord(source, 0, self._line, value), out)
         if self._done:
-            self._parser.release_held(out, everything=True)
-        self._parser.tick(out, END if self._done else None)
+            self._layout.release_held(out)
+        self._layout.tick(out, END if self._done else None)
         return out
 
     def snapshot(self) -> tuple:
-        mark = self._parser.resume_mark()
-        if mark is not None:  # re-read the held events on a resume
-            return (mark[0], mark[1], self._parser.clock.max_t, False)
-        return (self._pos, self._line, self._parser.clock.max_t, self._done)
+        # held events (clock bound) travel in the snapshot: a resume goes on after them
+        return (self._pos, self._line, self._done, self._layout.state())
 
     def close(self) -> None:
         self._f.close()
@@ -287,12 +415,14 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
         batch_size: int = 2000,
         max_future_us: int = 0,
         max_jump_us: int = 0,
+        partitions: int = 4,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
             check_event_log(p)
         self._args = (tolerance_us, max_lateness_us, -(2**62), max_future_us, max_jump_us)
         self._batch = batch_size
+        self._partitions = partitions  # each file is laid out as Kafka topics of this many
 
     def part_ids(self) -> list[str]:
         return [file_part_id(i, p) for i, p in enumerate(self.paths)]
@@ -302,7 +432,9 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
 
     def build_part(self, step_id: str, for_part: str, resume_state):
         index = self.part_ids().index(for_part)
-        return _FilePartition(self.paths[index], for_part, self._args, self._batch, resume_state)
+        return _FilePartition(
+            self.paths[index], for_part, self._args, self._partitions, self._batch, resume_state
+        )
 
 
 # ------------------------------------------------------------------------ kafka
@@ -310,6 +442,82 @@ class EventLogSource(FixedPartitionedSource[Item, tuple]):
 
 def kafka_part_id(topic: str, partition: int) -> str:
     return f"{topic}#{partition}"
+
+
+class _Wakes:
+    """Wake-ups of one process's Kafka partitions, settled by offsets (README "Reliability").
+
+    A partition that is caught up (position = high watermark) and quiet for ``idle_s`` is *idle*:
+    it does not hold the watermark back. When one of them *wakes* (new data, or the broker shows
+    data it has not read), the others that look idle may only not have seen theirs yet: a replay
+    burst reaches every topic at once, but each partition learns of it from its own fetch, which
+    on a loaded machine can come a second later. So the waking partition keeps its old watermark
+    (holds) until every partition that is idle has asked the broker for its end offset afresh
+    (``ListOffsets``, at least :data:`WAKE_SETTLE_S` after the wake: what a producer batches
+    together) and found nothing unread. One that finds unread data is no longer idle at once: it
+    holds the watermark from its own clock and wakes in turn.
+
+    A fresh end offset may lag the true one (the embedded broker answers with the last batch's
+    base offset + 1) but an end offset past the position is exact evidence of unread data, on it
+    and on Kafka; the end offset librdkafka caches from fetch responses is exact.
+
+    Partitions of other processes (a multi-process cluster) are not asked: there the hold also
+    lasts ``idle_s`` of wall time, as before. Thread-safe (one process's workers share it).
+    """
+
+    def __init__(self, parts: list[str]) -> None:
+        self._lock = threading.Lock()
+        self._expected = set(parts)
+        self._local: set[str] = set()
+        self._idle: dict[str, float] = {}  # idle partition -> time of its last fresh check
+        self._pending: dict[str, float] = {}  # holding partition -> its wake + settle
+
+    def register(self, part: str) -> None:
+        with self._lock:
+            self._local.add(part)
+
+    def forget(self, part: str) -> None:
+        with self._lock:
+            self._local.discard(part)
+            self._idle.pop(part, None)
+            self._pending.pop(part, None)
+
+    @property
+    def remote(self) -> bool:
+        """Some input partitions are read by another process (not asked on a wake)."""
+        return self._local != self._expected
+
+    def idle(self, part: str) -> None:
+        with self._lock:
+            self._pending.pop(part, None)
+            self._idle[part] = float("-inf")  # not checked for a wake yet
+
+    def wake(self, part: str, not_before: float) -> None:
+        with self._lock:
+            self._idle.pop(part, None)
+            self._pending[part] = not_before
+
+    def must_check(self, part: str, now: float) -> bool:
+        """A wake wants this (idle or going idle) partition to check its offsets afresh."""
+        with self._lock:
+            checked = self._idle.get(part, float("-inf"))
+            return any(checked < nb <= now for p, nb in self._pending.items() if p != part)
+
+    def checked(self, part: str, now: float) -> None:
+        with self._lock:
+            if part in self._idle:
+                self._idle[part] = now
+
+    def settled(self, part: str) -> bool:
+        """Every idle partition has checked since ``part``'s wake (+ settle): its hold may end."""
+        with self._lock:
+            nb = self._pending.get(part)
+            if nb is None:
+                return True
+            if any(t < nb for t in self._idle.values()):
+                return False
+            del self._pending[part]
+            return True
 
 
 class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
@@ -327,6 +535,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         lag_interval_s: float = 1.0,
         frontier: dict[str, int] | None = None,
         committed: bool = False,
+        wakes: _Wakes | None = None,
     ) -> None:
         offset, max_t = resume or (OFFSET_BEGINNING, parser_args[2])
         self._consumer = Consumer(conf)
@@ -334,6 +543,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             offset = _committed_offset(self._consumer, topic, partition, offset)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic, self._stream, self._partition = topic, stream, partition
+        self._part = kafka_part_id(topic, partition)
         self._offset = offset
         tol, late, _, future, jump = parser_args
         self._parser = _Parser(
@@ -354,11 +564,15 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._lag_at = float("-inf")
         self._awake: datetime | None = None
         self._backoff_s = 0.0
-        # after waking from idle, the watermark stays where it was for idle_s: the other partitions
-        # that look caught up may only not have seen their fetch response yet (a replay burst
-        # reaches every topic at once); they get that long to wake up and hold the watermark
+        # after waking from idle, the watermark stays where it was until every idle partition of
+        # this process has checked its end offset afresh (see _Wakes); with partitions in other
+        # processes, also for idle_s
+        self._wakes = wakes if wakes is not None else _Wakes([self._part])
+        self._wakes.register(self._part)
+        self._holding = False
         self._hold_until = 0.0
         self._hold_wm = 0
+        self._known_high = -1  # an end offset a fresh check found (position < it: not caught up)
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -393,33 +607,76 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         if got_data:
             self._last_data = now
             if self._idle:
-                self._idle = False
-                self._parser.last_tick = None  # re-announce the real watermark
-                self._hold_until, self._hold_wm = now + self._idle_s, wm_before
+                self._wake(now, wm_before)
         if self._eof and self._to_end and not got_data:
             self._done = True
             self._parser.release_held(out, everything=True)
             self._parser.tick(out, END)
             self._report_lag(now, force=True)
-        elif (
+            return out
+        if (
             self._eof
             and not got_data
             and now - self._last_data >= self._idle_s
             and self._caught_up()
+            # a waking partition stays awake (holding) until the idle ones have checked
+            and (not self._holding or self._wakes.settled(self._part))
         ):
-            if self._parser.held:  # caught up: judge them against the rest of the stream
-                self._parser.after_idle = True
-                self._parser.release_held(out)
-                self._parser.after_idle = False
-            if not self._idle:
-                self._idle = True
-                self._parser.tick(out, IDLE)
-        elif now < self._hold_until:
-            self._parser.tick(out, min(self._hold_wm, self._parser.clock.watermark))
-        else:
-            self._parser.tick(out)
+            if self._wakes.must_check(self._part, now) and self._behind(now):
+                self._wake(now, self._parser.clock.watermark)  # data waits: hold from its clock
+            else:
+                self._wakes.checked(self._part, now)
+                if self._parser.held:  # caught up: judge them against the rest of the stream
+                    self._parser.after_idle = True
+                    self._parser.release_held(out)
+                    self._parser.after_idle = False
+                if not self._idle:
+                    self._idle = True
+                    self._holding = False
+                    self._wakes.idle(self._part)
+                    self._wakes.checked(self._part, now)
+                    self._parser.tick(out, IDLE)
+        elif self._idle:  # the cached end offset shows unread data (its fetch is on the way)
+            self._wake(now, self._parser.clock.watermark)
+        if not self._idle:
+            if (
+                self._holding
+                and self._wakes.settled(self._part)
+                and (now >= self._hold_until or not self._wakes.remote)
+            ):
+                self._holding = False
+            if self._holding:
+                self._parser.tick(out, min(self._hold_wm, self._parser.clock.watermark))
+            else:
+                self._parser.tick(out)
         self._report_lag(now)  # throttled; cached watermarks: no broker round trip
         return out
+
+    def _wake(self, now: float, hold_wm: int) -> None:
+        """No longer idle: announce the real watermark, held at ``hold_wm`` until the other idle
+        partitions have checked their offsets (see :class:`_Wakes`)."""
+        self._idle = False
+        self._parser.last_tick = None  # re-announce the real watermark
+        self._holding, self._hold_wm = True, hold_wm
+        self._hold_until = now + self._idle_s
+        self._wakes.wake(self._part, now + min(self._idle_s, WAKE_SETTLE_S))
+
+    def _behind(self, now: float) -> bool:
+        """Ask the broker for the end offset afresh (one ``ListOffsets`` round trip): True when
+        it is past the position (unread data), or when the broker does not answer (then the
+        partition holds the watermark until it is caught up and quiet again, by the cache)."""
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                self._wm_tp, timeout=WAKE_CHECK_TIMEOUT_S, cached=False
+            )
+        except KafkaException:
+            self._last_data = now
+            return True
+        if high > (self._offset if self._offset >= 0 else low):
+            self._known_high = high
+            self._last_data = now
+            return True
+        return False
 
     def _caught_up(self) -> bool:
         """Position >= high watermark, from the watermark librdkafka caches from every fetch
@@ -429,7 +686,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         except KafkaException:
             return False
         position = self._offset if self._offset >= 0 else low  # nothing read yet: from the start
-        return high >= 0 and position >= high
+        return high >= 0 and position >= max(high, self._known_high)
 
     def _report_lag(self, now: float, force: bool = False) -> None:
         """Set ``salvage_kafka_consumer_lag`` from the cached watermarks (no broker round trip);
@@ -456,6 +713,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         return (self._offset if mark is None else mark, self._parser.clock.max_t)
 
     def close(self) -> None:
+        self._wakes.forget(self._part)
         position = self.snapshot()[0]
         if position >= 0:  # something was read: where a restart without a snapshot goes on
             FINAL_POSITIONS[(self._topic, self._partition)] = position
@@ -541,6 +799,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         self._lag_interval_s = lag_interval_s
         # highest clock of each partition this process reads (the clock bound's reference)
         self._frontier: dict[str, int] = {}
+        self._wakes = _Wakes(self.part_ids())  # wake-ups settled by offsets, in this process
 
     def part_ids(self) -> list[str]:
         return [
@@ -568,4 +827,5 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             self._lag_interval_s,
             self._frontier,
             self._committed,
+            self._wakes,
         )

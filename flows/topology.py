@@ -53,6 +53,7 @@ TAPS: dict[tuple[str, Route], str] = {
     ("dispatch", Route.KPI): "kpis",
     ("dispatch", Route.SCORE): "scores",
     ("dispatch", Route.CASE_RECORD): "cases",
+    ("models", Route.MODEL_STATE): "model_states",
 }
 
 
@@ -74,26 +75,26 @@ def stage_config(
     """The stages' configuration for a run with these settings and input partitions."""
     return StageConfig(
         case_records=case_records,
-        case_shards=s.shards,
-        cust_shards=s.shards,
-        lane_shards=max(1, min(s.shards, 4)),
+        case_shards=s.dataflow.shards,
+        cust_shards=s.dataflow.shards,
+        lane_shards=max(1, min(s.dataflow.shards, 4)),
         sources=sources,
-        return_window_us=int(s.return_window_days * 86_400 * 1e6),
-        settled_grace_us=int(s.settled_grace_days * 86_400 * 1e6),
-        lane=s.lane_config(),
-        promise_rechecks_us=tuple(int(h * 3_600_000_000) for h in s.promise_recheck_hours),
-        model_shards=s.model_shards,
+        return_window_us=int(s.dataflow.return_window_days * 86_400 * 1e6),
+        settled_grace_us=int(s.dataflow.settled_grace_days * 86_400 * 1e6),
+        lane=s.lanes.config(),
+        promise_rechecks_us=tuple(int(h * 3_600_000_000) for h in s.dataflow.promise_recheck_hours),
+        model_shards=s.models.shards,
         model=ModelConfig(
-            min_labels=s.model_min_labels,
-            promote_margin=s.model_promote_margin,
-            verdict_wait_us=int(s.settled_grace_days * 86_400 * 1e6),
+            min_labels=s.models.min_labels,
+            promote_margin=s.models.promote_margin,
+            verdict_wait_us=int(s.dataflow.settled_grace_days * 86_400 * 1e6),
         ),
-        infer_intents=s.infer_intents,
-        intent_stage=s.infer_intents,
-        intent_threshold=s.intent_threshold,
+        infer_intents=s.models.infer_intents,
+        intent_stage=s.models.infer_intents,
+        intent_threshold=s.models.intent_threshold,
         score_log=score_log,
-        policy=load_policy(s.policy),
-        orphan_wait_us=int(s.orphan_wait_seconds * 1e6),
+        policy=load_policy(s.dataflow.policy),
+        orphan_wait_us=int(s.dataflow.orphan_wait_seconds * 1e6),
     )
 
 

@@ -97,29 +97,32 @@ def _redis_args(settings: Settings) -> tuple[str, str | None]:
     """The Redis URL and password of a command that reads Redis; exit 2 on an unusable URL."""
     from salvage.sinks.redis_store import redact_url
 
-    url = settings.redis_url
+    url = settings.redis.url
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise _fail(
             f"needs Redis: --redis-url or SALVAGE_REDIS_URL must be a redis://, rediss:// or "
             f"unix:// URL, not {redact_url(url)!r}"
         )
-    return url, settings.redis_password.get_secret_value() if settings.redis_password else None
+    return url, settings.redis.password_value()
 
 
 def _settings(**overrides) -> Settings:
     """The settings, validated once at start: environment, then flags (validated like the
     environment: a flag cannot bypass a bound), then the KPI and cost settings, which would
     otherwise fail only when the flow first counts a KPI."""
-    from salvage.settings_doc import validate_all
+    from pydantic import ValidationError
+
+    from salvage.settings_doc import describe_error
 
     updates = {k: v for k, v in overrides.items() if v is not None}
     try:
-        settings = Settings(**updates)
-        validate_all(settings)
+        return Settings(**updates)  # the whole tree: KPI and cost settings included
     except Exception as exc:  # pydantic ValidationError / a bad cost file: field + reason, exit 2
-        console.print(f"[red]invalid SALVAGE_* setting:[/red] {exc}")
+        from rich.markup import escape
+
+        why = describe_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        console.print(f"[red]invalid SALVAGE_* setting:[/red] {escape(why)}")
         raise typer.Exit(2) from exc
-    return settings
 
 
 def _check_policy(path: str | None) -> None:
@@ -419,12 +422,12 @@ def run(
             check_event_log(Path(path))
         except (OSError, ValueError) as exc:
             raise _fail(str(exc)) from exc
-    _check_policy(settings.policy)
-    _serve_metrics(settings.metrics_port, settings.metrics_host)
-    if settings.shards < cluster.total_workers:
-        settings = settings.model_copy(update={"shards": cluster.total_workers})
+    _check_policy(settings.dataflow.policy)
+    _serve_metrics(settings.metrics.port, settings.metrics.host)
+    if settings.dataflow.shards < cluster.total_workers:
+        settings = settings.updated(shards=cluster.total_workers)
     if cluster.multi_process:
-        if not input and not settings.kafka_bootstrap:
+        if not input and not settings.kafka.bootstrap:
             console.print(
                 "[red]cluster: Kafka mode on several processes needs --kafka-bootstrap (or "
                 "SALVAGE_KAFKA_BOOTSTRAP): an embedded broker would be private to one process[/red]"
@@ -433,7 +436,7 @@ def run(
         console.print(
             f"cluster: process {cluster.process_id} of {cluster.processes} "
             f"({', '.join(cluster.addresses)}), {workers} worker(s) each, "
-            f"{settings.shards} shards"
+            f"{settings.dataflow.shards} shards"
         )
     use_store = _case_store_at_start(settings, redis_url, no_case_store)
     clear_stop()
@@ -444,7 +447,7 @@ def run(
             recovery_dir,
             snapshot_seconds=snapshot_interval,
             backup_seconds=backup_interval,
-            partitions=recovery_partitions or max(settings.shards, cluster.total_workers),
+            partitions=recovery_partitions or max(settings.dataflow.shards, cluster.total_workers),
         )
 
     def start(spec: FlowSpec) -> float:
@@ -513,8 +516,8 @@ def run(
             here = out_dir if cluster.process_id == 0 else None
             render_summary(summarise_metrics(), here, console)
             console.print(
-                f"Outputs: topics {live.topic_interventions}, {live.topic_lane_alerts}, "
-                f"{live.topic_dead_letters} on {live.kafka_bootstrap}"
+                f"Outputs: topics {live.topics.interventions}, {live.topics.lane_alerts}, "
+                f"{live.topics.dead_letters} on {live.kafka.bootstrap}"
             )
 
 
@@ -525,18 +528,18 @@ def _case_store_at_start(settings: Settings, flag_url: str | None, no_case_store
     falls back to running without, and says so."""
     from salvage.sinks.redis_store import redact_url, redis_problem
 
-    if no_case_store or not settings.redis_url:
+    if no_case_store or not settings.redis.url:
         console.print("case store: off (--no-case-store or an empty Redis URL)")
         return False
     explicit = (
         flag_url is not None
         or "SALVAGE_REDIS_URL" in os.environ
-        or settings.redis_password is not None
+        or settings.redis.password is not None
     )
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    problem = redis_problem(settings.redis_url, password)
+    password = settings.redis.password_value()
+    problem = redis_problem(settings.redis.url, password)
     if problem is None:
-        console.print(f"case store: Redis {redact_url(settings.redis_url)}")
+        console.print(f"case store: Redis {redact_url(settings.redis.url)}")
         return True
     if explicit:
         raise _fail(f"case store: {problem}; fix it, or run with --no-case-store")
@@ -645,11 +648,10 @@ def broker(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with EmbeddedBroker(port=port, silent=True) as b:
-        conf = {"bootstrap.servers": b.bootstrap}
         ensure_topics(
-            conf,
-            list(settings.input_topics().values()) + settings.output_topics(),
-            settings.topic_partitions,
+            settings.updated(kafka_bootstrap=b.bootstrap).kafka.as_librdkafka_dict(),
+            list(settings.topics.inputs().values()) + settings.topics.outputs(),
+            settings.topics.partitions,
         )
         print(b.bootstrap, flush=True)
         console.print(f"broker up: export SALVAGE_KAFKA_BOOTSTRAP={b.bootstrap}  (Ctrl-C stops it)")
@@ -700,7 +702,7 @@ def replay(
         console.print(f"[red]bad --from/--to: {exc}[/red]")
         raise typer.Exit(2) from exc
     settings = _settings(kafka_bootstrap=kafka_bootstrap)
-    if not settings.kafka_bootstrap:
+    if not settings.kafka.bootstrap:
         console.print(
             "[red]replay needs a broker: set SALVAGE_KAFKA_BOOTSTRAP or --kafka-bootstrap[/red]"
         )
@@ -745,7 +747,7 @@ def record(
     from salvage.runner import record_topics
 
     settings = _settings(kafka_bootstrap=kafka_bootstrap)
-    if not settings.kafka_bootstrap:
+    if not settings.kafka.bootstrap:
         console.print(
             "[red]record needs a broker: set SALVAGE_KAFKA_BOOTSTRAP or --kafka-bootstrap[/red]"
         )
@@ -792,7 +794,7 @@ def demo(
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     settings = _settings()
-    _serve_metrics(settings.metrics_port, settings.metrics_host)
+    _serve_metrics(settings.metrics.port, settings.metrics.host)
     log = out_dir / "events.jsonl"
     with _progress() as bar:
         task = bar.add_task(f"simulating {scenario}", total=orders)
@@ -807,9 +809,9 @@ def demo(
         bar.update(task, completed=orders)
     salted = _salt(log)
     console.print(f"salted the log with {salted} malformed records (they must become dead letters)")
-    use_store = bool(settings.redis_url) and redis_available(
-        settings.redis_url,
-        settings.redis_password.get_secret_value() if settings.redis_password else None,
+    use_store = bool(settings.redis.url) and redis_available(
+        settings.redis.url,
+        settings.redis.password_value(),
     )
     if not use_store:
         console.print(
@@ -830,7 +832,7 @@ def demo(
             secs = run_flow(spec)
         console.print(f"dataflow finished in {secs:.1f}s; reading the output topics...")
         for stream in OUTPUTS:
-            topic = getattr(live, stream.topic_setting)
+            topic = live.topics.output(stream)
             consume_topic(live, topic, out_dir / stream.file_name, group="salvage-demo")
     write_metrics_snapshot(out_dir)  # `salvage report` reads it later (holdouts, uplift)
     render_summary(summarise(out_dir), out_dir, console)
@@ -838,7 +840,7 @@ def demo(
         from salvage.sinks.redis_store import redact_url
 
         console.print(
-            f"Case store: Redis {redact_url(settings.redis_url)} (keys salvage:case:<order_id>)"
+            f"Case store: Redis {redact_url(settings.redis.url)} (keys salvage:case:<order_id>)"
         )
     from salvage.report import write_report
 
@@ -1059,13 +1061,13 @@ def models_export(
         list[Path],
         typer.Option(
             envvar="SALVAGE_RECOVERY_DIR",
-            help="The run's --recovery-dir (model state lives in its snapshots); a cluster: "
+            help="The run's --recovery-dir (model checkpoints live in DIR/models); a cluster: "
             "repeat it for every process's directory",
         ),
     ] = [Path("recovery")],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Write the current models (weights, scaler, shadow/active, rolling AUC / log loss / Brier
-    beside the rule baseline's) per model shard, from the latest committed snapshot."""
+    beside the rule baseline's) per model shard, from its newest checkpoint."""
     from rich.table import Table
 
     from salvage.models_export import ExportError, export_models
@@ -1181,7 +1183,7 @@ def review_resolve(
     import json
 
     settings = _settings(redis_url=redis_url, kafka_bootstrap=kafka_bootstrap)
-    if not print_only and not settings.kafka_bootstrap:
+    if not print_only and not settings.kafka.bootstrap:
         raise _fail(
             "resolve publishes the verdict to Kafka: set --kafka-bootstrap or "
             "SALVAGE_KAFKA_BOOTSTRAP, or pass --print-only to print the event instead"
@@ -1191,10 +1193,10 @@ def review_resolve(
     def publish(event: dict) -> None:
         from salvage.sinks.kafka import TopicProducer
 
-        conf = settings.kafka_client_config()
+        conf = settings.kafka.as_librdkafka_dict()
         with TopicProducer(conf, message_timeout_ms=int(publish_timeout * 1000)) as producer:
             producer.produce(
-                settings.topic_returns, event["order_id"].encode(), json.dumps(event).encode()
+                settings.topics.returns, event["order_id"].encode(), json.dumps(event).encode()
             )  # the producer's exit flushes: it returns once Kafka acknowledged, else raises
 
     def show(event: dict) -> None:
@@ -1208,7 +1210,7 @@ def review_resolve(
     else:
         console.print(
             f"resolved {entry_id}: published review_resolved for {event['order_id']} to "
-            f"{settings.topic_returns}"
+            f"{settings.topics.returns}"
         )
 
 

@@ -65,7 +65,7 @@ def run_policy(settings: Settings, log: Path, policy_path: str | None) -> Policy
     policy = load_policy(policy_path)
     with tempfile.TemporaryDirectory() as tmp:
         spec = FlowSpec(
-            settings.model_copy(update={"policy": policy_path, "redis_url": ""}),
+            settings.updated(policy=policy_path, redis_url=""),
             inputs=[log],
             out_dir=Path(tmp),
             case_store=False,

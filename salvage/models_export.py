@@ -1,23 +1,25 @@
-"""``salvage models export``: the models a run has learned, read from its recovery snapshots.
+"""``salvage models export``: the models a run has learned, from its model checkpoints.
 
-Model state lives in the dataflow's recoverable state (one ``ModelStage`` per model shard, pickled
-by Bytewax into ``--recovery-dir``). This reads the latest committed snapshot of every model shard
-and writes, per shard, ``model-NNNN/<model>.json`` (weights, intercept, scaler, rolling AUC / log
-loss / Brier for the model and the rule baseline, shadow or active, promotions) and
-``model-NNNN/models.pkl`` (the River objects, for a notebook), plus ``summary.json``.
+Each model shard (``ModelStage``) emits checkpoints through the flow's model sink
+(:mod:`salvage.flows.model_sink`): with ``salvage run --recovery-dir DIR`` they land in
+``DIR/models/model-NNNN.pkl`` on the process that owns the shard (on a promotion or demotion,
+every 1,000 labels, and at the end of the input). This reads the newest checkpoint of every model
+shard and writes, per shard, ``model-NNNN/<model>.json`` (weights, intercept, scaler, rolling AUC
+/ log loss / Brier for the model and the rule baseline, shadow or active, promotions) and
+``model-NNNN/models.pkl`` (the River objects, for a notebook), plus ``summary.json``. Bytewax's
+recovery tables are not read (their snapshots are references into the stages' state journal).
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODEL_STEP = "salvage-recovery.models"
+from salvage.flows.model_sink import read_checkpoints
 
 
 class ExportError(Exception):
@@ -27,8 +29,9 @@ class ExportError(Exception):
 @dataclass(frozen=True)
 class ShardState:
     key: str
-    epoch: int
-    stage: Any  # salvage.flows.stages.ModelStage
+    labels: int  # labels learned by both models when the checkpoint was taken
+    pending_cases: int
+    models: Any  # salvage.scoring.models.ModelSet (without its per-case memory)
 
 
 def _dirs(recovery_dirs: Path | Sequence[Path]) -> list[Path]:
@@ -36,13 +39,13 @@ def _dirs(recovery_dirs: Path | Sequence[Path]) -> list[Path]:
 
 
 def load_model_shards(recovery_dirs: Path | Sequence[Path]) -> list[ShardState]:
-    """The latest committed snapshot of each model shard. A cluster keeps each process's share of
-    the recovery partitions in that process's own directory: pass them all (the committed epoch
-    is the cluster's, the minimum over every partition)."""
-    dirs = _dirs(recovery_dirs)
-    where = ", ".join(str(d) for d in dirs)
+    """The newest checkpoint of each model shard. A cluster keeps each shard's checkpoints in
+    the directory of the process that owns it: pass them all."""
+    from salvage.flows.recovery import MODELS_DIR
     from salvage.runner import RUN_MANIFEST, STATE_VERSION
 
+    dirs = _dirs(recovery_dirs)
+    where = ", ".join(str(d) for d in dirs)
     for d in dirs:
         manifest = Path(d) / RUN_MANIFEST
         if manifest.is_file():
@@ -52,33 +55,19 @@ def load_model_shards(recovery_dirs: Path | Sequence[Path]) -> list[ShardState]:
                     f"{d} holds state written by another Salvage version (state format {version},"
                     f" this one reads {STATE_VERSION}): export it with that version"
                 )
-    dbs = sorted(db for d in dirs for db in Path(d).glob("part-*.sqlite3"))
-    if not dbs:
-        raise ExportError(f"{where} holds no recovery partitions (part-*.sqlite3)")
-    commits: list[int] = []
-    snaps: list[tuple[str, int, bytes]] = []
-    for db in dbs:  # one read-only pass per partition
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            commits += [row[0] for row in conn.execute("SELECT commit_epoch FROM commits")]
-            snaps += conn.execute(
-                "SELECT state_key, snap_epoch, ser_change FROM snaps"
-                " WHERE step_id = ? AND ser_change IS NOT NULL",
-                (MODEL_STEP,),
-            ).fetchall()
-    limit = min(commits) if commits else None
-    latest: dict[str, tuple[int, bytes]] = {}
-    for key, epoch, blob in snaps:
-        if (limit is None or epoch <= limit) and (key not in latest or epoch > latest[key][0]):
-            latest[key] = (epoch, blob)
-    if not latest:
-        raise ExportError(f"{where} holds no model state yet (no committed snapshot)")
-    shards = []
-    for key in sorted(latest):
-        epoch, blob = latest[key]
-        inner = pickle.loads(blob)  # Bytewax's serde wraps the stage's own pickle
-        stage = pickle.loads(inner) if isinstance(inner, bytes) else inner
-        shards.append(ShardState(key, epoch, stage))
-    return shards
+    docs = [doc for d in dirs for doc in read_checkpoints(Path(d) / MODELS_DIR)]
+    if not docs:
+        if not any(any(Path(d).glob("part-*.sqlite3")) for d in dirs):
+            raise ExportError(f"{where} holds no recovery partitions (part-*.sqlite3)")
+        raise ExportError(f"{where} holds no model checkpoints yet ({MODELS_DIR}/model-*.pkl)")
+    latest: dict[str, dict] = {}
+    for doc in docs:  # a shard moved between directories: the one that learned more
+        if doc["key"] not in latest or doc["labels"] > latest[doc["key"]]["labels"]:
+            latest[doc["key"]] = doc
+    return [
+        ShardState(key, doc["labels"], doc["pending_cases"], doc["models"])
+        for key, doc in sorted(latest.items())
+    ]
 
 
 def export_models(recovery_dirs: Path | Sequence[Path], out: Path) -> dict[str, Any]:
@@ -89,7 +78,7 @@ def export_models(recovery_dirs: Path | Sequence[Path], out: Path) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"recovery_dirs": [str(d) for d in dirs], "shards": {}}
     for shard in shards:
-        models = shard.stage.models
+        models = shard.models
         folder = out / shard.key
         folder.mkdir(exist_ok=True)
         exported = models.export()
@@ -98,8 +87,8 @@ def export_models(recovery_dirs: Path | Sequence[Path], out: Path) -> dict[str, 
         with (folder / "models.pkl").open("wb") as f:
             pickle.dump(models, f, protocol=pickle.HIGHEST_PROTOCOL)
         summary["shards"][shard.key] = {
-            "epoch": shard.epoch,
-            "pending_cases": len(models.pending),
+            "labels": shard.labels,
+            "pending_cases": shard.pending_cases,
             "driving": models.version,
             "models": {
                 name: {

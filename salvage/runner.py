@@ -10,16 +10,22 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import cluster_main
+from bytewax.run import cli_main
 
 from salvage.config import Settings
 from salvage.connectors.events import STREAM_OF
-from salvage.flows.recovery import FlowSpec, build_flow, process_id_from_env
+from salvage.flows.recovery import (
+    JOURNAL_DIR,
+    MODELS_DIR,
+    FlowSpec,
+    build_flow,
+    process_id_from_env,
+)
 
 
 @contextlib.contextmanager
@@ -28,21 +34,21 @@ def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[
     duration of the block (topics created), stopped on exit."""
     from salvage.connectors.broker import EmbeddedBroker, ensure_topics
 
-    if settings.kafka_bootstrap:
+    if settings.kafka.bootstrap:
         ensure_topics(
-            settings.kafka_client_config(),
-            list(settings.input_topics().values()) + settings.output_topics(),
-            settings.topic_partitions,
+            settings.kafka.as_librdkafka_dict(),
+            list(settings.topics.inputs().values()) + settings.topics.outputs(),
+            settings.topics.partitions,
         )
         yield settings
         return
     with EmbeddedBroker(silent=True) as broker:
         log(f"embedded Kafka-compatible broker (Tansu) on {broker.bootstrap}")
-        live = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        live = settings.updated(kafka_bootstrap=broker.bootstrap)
         ensure_topics(
-            live.kafka_client_config(),
-            list(live.input_topics().values()) + live.output_topics(),
-            live.topic_partitions,
+            live.kafka.as_librdkafka_dict(),
+            list(live.topics.inputs().values()) + live.topics.outputs(),
+            live.topics.partitions,
         )
         yield live
 
@@ -50,11 +56,14 @@ def kafka_available(settings: Settings, log: Callable[[str], None]) -> Iterator[
 DEFAULT_SNAPSHOT_SECONDS = 5.0
 DEFAULT_BACKUP_SECONDS = 0.0
 RUN_MANIFEST = "salvage-run.json"
-# The layout of the pickled stage state (flows/stages/, features/, scoring/models.py). Bump it
+# The layout of the stage state (flows/state.py codecs and the records they encode: flows/stages/,
+# features/, scoring/models.py; the journal format, flows/journal.py). Bump it
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.
-STATE_VERSION = 4  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*
+STATE_VERSION = 6  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*;
+# 5: explicit state (salvage.flows.state codecs in an epoch journal, DIR/journal), not pickles;
+# 6: file sources keep one clock per Kafka-style partition (flows.sources._KafkaLayout)
 
 
 class RecoveryMismatch(ValueError):
@@ -85,7 +94,7 @@ def run_manifest(spec: FlowSpec, cluster: Cluster | None = None) -> dict[str, ob
     s = spec.settings
     doc: dict[str, object] = {
         "state_version": STATE_VERSION,
-        "shards": s.shards,
+        "shards": s.dataflow.shards,
         "mode": "file" if spec.file_mode else "kafka",
     }
     if cluster is not None and cluster.multi_process:
@@ -95,7 +104,7 @@ def run_manifest(spec: FlowSpec, cluster: Cluster | None = None) -> dict[str, ob
         doc["inputs"] = [str(Path(p).resolve()) for p in spec.inputs]
         doc["out_dir"] = str(Path(spec.out_dir or "out").resolve())
     else:
-        doc["topics"] = s.input_topics()
+        doc["topics"] = s.topics.inputs()
     return doc
 
 
@@ -189,7 +198,15 @@ def resolve_cluster(
     reads: ``BYTEWAX_ADDRESSES`` (``;`` or ``,`` separated), ``BYTEWAX_PROCESS_ID`` (else the
     ordinal of ``BYTEWAX_POD_NAME`` in ``BYTEWAX_STATEFULSET_NAME``, as the Bytewax Helm chart and
     waxctl set them), ``BYTEWAX_HOSTFILE_PATH`` (one address per line) and
-    ``BYTEWAX_WORKERS_PER_PROCESS``. Raises :class:`ClusterError` when they do not fit together."""
+    ``BYTEWAX_WORKERS_PER_PROCESS``. Raises :class:`ClusterError` when they do not fit together.
+
+    Why not ``bytewax.run``'s parser: its ``_parse_args`` is private, reads ``sys.argv`` of a
+    ``python -m bytewax.run IMPORT_STR`` command line and ends the process through argparse
+    (``SystemExit``, usage text) on a bad value; its short flags clash with ``salvage run``'s
+    (``-i`` is ``--input`` here); it reads ``BYTEWAX_HOSTFILE_PATH`` only when a process id is set,
+    splits addresses on ``;`` only, and crashes on a non-numeric StatefulSet ordinal. So the same
+    variables (same names and precedence) are resolved here, checked together, and the result goes
+    to ``bytewax.run``'s own entry point, :func:`bytewax.run.cli_main` (:func:`run_flow`)."""
     env = dict(os.environ) if env is None else env
     if workers is None:
         raw_w = env.get("BYTEWAX_WORKERS_PER_PROCESS", "").strip()
@@ -261,8 +278,14 @@ def run_flow(
     sinks' single partition to a worker of process 0 (``spec.process_id``, see
     :class:`salvage.flows.recovery.JsonlSink`). Blocks until the whole cluster has finished."""
     cluster = cluster or Cluster()
+    if recovery is not None and spec.state_dir is None:  # the stages' journal: DIR/journal
+        db = Path(recovery.db_dir)
+        spec = replace(spec, state_dir=db / JOURNAL_DIR, model_dir=db / MODELS_DIR)
     flow = build_flow(spec)
-    kwargs: dict[str, object] = {"worker_count_per_proc": cluster.workers_per_process}
+    kwargs: dict[str, object] = {"workers_per_process": cluster.workers_per_process}
+    if cluster.multi_process:
+        kwargs["process_id"] = cluster.process_id
+        kwargs["addresses"] = list(cluster.addresses)
     if recovery is not None:
         kwargs["epoch_interval"] = timedelta(seconds=recovery.snapshot_seconds)
         kwargs["recovery_config"] = RecoveryConfig(
@@ -273,13 +296,13 @@ def run_flow(
 
     FINAL_POSITIONS.clear()
     with tuned_gc():
-        cluster_main(flow, list(cluster.addresses), cluster.process_id, **kwargs)
+        cli_main(flow, **kwargs)  # what `python -m bytewax.run` calls with its arguments
     del flow
     gc.collect()  # free the run's Kafka clients now, not at some later collection
     if not spec.file_mode:
         # a clean stop (end of the topics or a drain): every output is acknowledged, so the
         # input positions can be committed; a restart without a snapshot goes on from them
-        commit_positions(spec.settings.kafka_client_config(), spec.settings.kafka_group_id)
+        commit_positions(spec.settings.kafka.as_librdkafka_dict(), spec.settings.kafka.group_id)
     return time.perf_counter() - started
 
 
@@ -330,13 +353,13 @@ def replay_log(
     from salvage.connectors.replay import Pacer, Progress, event_time_us, iter_records
     from salvage.sinks.kafka import TopicProducer
 
-    topics = settings.input_topics()
+    topics = settings.topics.inputs()
     stats = ReplayStats()
     pacer = Pacer(speed, rate) if speed or rate else None
     windowed = t_from is not None or t_to is not None
     prog = Progress()
     started = time.perf_counter()
-    with TopicProducer(settings.kafka_client_config()) as producer:
+    with TopicProducer(settings.kafka.as_librdkafka_dict()) as producer:
         for i, value in enumerate(iter_records(path, prog)):
             stream, key = "orders", None
             with contextlib.suppress(ValueError, AttributeError, TypeError, RecursionError):
@@ -397,17 +420,18 @@ def record_topics(
     from salvage.connectors.broker import topic_partitions
     from salvage.connectors.replay import event_time_us
 
-    conf = {
-        **settings.kafka_client_config(),
-        "group.id": "salvage-record",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-    }
-    client = settings.kafka_client_config()
+    conf = settings.kafka.as_librdkafka_dict(
+        {
+            "group.id": "salvage-record",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    client = settings.kafka.as_librdkafka_dict()
     assignment = [
         TopicPartition(topic, p, 0)
-        for topic in settings.input_topics().values()
+        for topic in settings.topics.inputs().values()
         for p in range(topic_partitions(client, topic))
     ]
     consumer = Consumer(conf)
@@ -462,13 +486,14 @@ def consume_topic(
     """
     from confluent_kafka import Consumer, KafkaError
 
-    conf = {
-        **settings.kafka_client_config(),
-        "group.id": group,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6000,
-        "enable.partition.eof": True,
-    }
+    conf = settings.kafka.as_librdkafka_dict(
+        {
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "enable.partition.eof": True,
+        }
+    )
     consumer = Consumer(conf)
     consumer.subscribe([topic])
     at_end: set[int] = set()

@@ -75,7 +75,13 @@ class RollingEval:
 
     AUC is undefined when the window holds one class only (River's RollingROCAUC then reports 0):
     :meth:`auc_value` returns None, the summary says ``"auc": None`` ("no value"), and nothing
-    compares against it (promotion and demotion wait)."""
+    compares against it (promotion and demotion wait).
+
+    Log loss and Brier are not River's ``utils.Rolling(metrics.LogLoss, ...)``: River clamps a
+    probability at 1e-15 (here 1e-7, so one confident mistake weighs ~16, not ~35) and its rolling
+    mean reverts incrementally (float drift over millions of labels), where this window sums its
+    last ``window`` terms exactly when a summary is asked for (rarely: model events, exports);
+    the published numbers would change. River has no Brier metric."""
 
     def __init__(self, window: int) -> None:
         self.auc = metrics.RollingROCAUC(window_size=window)

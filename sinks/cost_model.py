@@ -29,12 +29,10 @@ deployment; no FX conversion). Load order: defaults, then a JSON or YAML file na
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 COMPONENTS = ("return_label", "intake_labour", "support", "write_off", "refund_processing")
 GRADES = ("A", "B", "refurbish", "dispose")
@@ -131,19 +129,20 @@ class CostModel(BaseModel):
         }
 
 
-class _CostEnv(BaseSettings):
-    """``SALVAGE_COST_*`` overrides (only the fields that are set)."""
+class CostSettings(CostModel):
+    """The ``cost`` group of :class:`salvage.config.Settings`: the cost model plus the file it was
+    read from. Precedence: defaults < ``model_file`` < values given (``SALVAGE_COST_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="SALVAGE_COST_", extra="ignore")
+    model_file: str | None = Field(
+        None, description="cost model file (JSON or YAML); `SALVAGE_COST_*` win"
+    )
 
-    label_cost_by_courier: dict[str, float] | None = None
-    default_label_cost: float | None = None
-    intake_labour_per_return: float | None = None
-    cost_per_support_touch: float | None = None
-    write_off_share: dict[str, float] | None = None
-    default_write_off_share: float | None = None
-    refund_processing_fee: float | None = None
-    chargeback_fee: float | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _read_model_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model_file"):
+            return {**_read_file(Path(data["model_file"])), **data}
+        return data
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -163,9 +162,9 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 def load_cost_model(path: str | Path | None = None) -> CostModel:
     """Defaults < file (``path`` or ``SALVAGE_COST_MODEL_FILE``) < ``SALVAGE_COST_*`` env vars."""
-    fields: dict[str, Any] = {}
-    path = path or os.environ.get("SALVAGE_COST_MODEL_FILE") or None
+    from salvage.config import env_values
+
+    fields = dict(env_values().get("cost", {}))
     if path:
-        fields.update(_read_file(Path(path)))
-    fields.update(_CostEnv().model_dump(exclude_none=True))
-    return CostModel(**fields)
+        fields["model_file"] = str(path)
+    return CostSettings.model_validate(fields)

@@ -138,7 +138,7 @@ class TopicProducer:
     A new producer's first delivery takes ~0.5-1 s: librdkafka acquires the idempotent producer
     id on a 500 ms timer. Keep ``message_timeout_ms`` well above that.
 
-    :param client_conf: Connection settings (``Settings.kafka_client_config()``).
+    :param client_conf: Connection settings (``Settings.kafka.as_librdkafka_dict()``).
     :param message_timeout_ms: librdkafka's bound on delivery time incl. retries.
     :param flush_timeout: Default for :meth:`flush`; defaults to the message timeout plus 5 s so
         librdkafka reports every message before the flush gives up.
@@ -423,7 +423,7 @@ class _KafkaOutputPartition(StatelessSinkPartition[KafkaItem]):
 class KafkaOutputSink(DynamicSink[KafkaItem]):
     """Write ``(key, value)`` items to one Kafka topic; every batch is acknowledged on return.
 
-    :param client_conf: Connection settings (``Settings.kafka_client_config()``).
+    :param client_conf: Connection settings (``Settings.kafka.as_librdkafka_dict()``).
     :param topic: Destination topic.
     :param message_timeout_ms: Bound on one message's delivery incl. retries; a batch that cannot
         be delivered within it fails the dataflow with :class:`KafkaDeliveryError`.

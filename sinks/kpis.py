@@ -8,6 +8,8 @@
   got), ``scores`` (at close), ``triggered`` (actions decided), ``held_out`` (those of them held
   out: the draw is per order, the share per action), ``customer`` (customer-context features at
   close);
+* ``kind="settled"``, a late fact of a settled case in its grace period: ``case`` with ``late``
+  (the event type), ``amount`` and ``currency`` (a chargeback's);
 * ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
   incl. ``customer_days_since_return``, -1 when the customer never returned anything).
 
@@ -25,9 +27,13 @@ in seconds). ``D`` = ``campaign, sku_family, lane``:
                                             retained, D}: retention rate and uplift by action
 ``salvage_refunded_total``                  value refunded (refunds + chargebacks) {currency, D,
                                             support_reason}
-``salvage_refund_leakage_total``            value refunded on cases that were recoverable when
-                                            first scored (``first_recoverability >=
-                                            recoverable_threshold``) {currency, D, support_reason}
+``salvage_refund_leakage_total``            value refunded that could have been saved: delivered,
+                                            no abuse evidence, a controllable reason
+                                            (:mod:`salvage.sinks.leakage`) {currency, D,
+                                            support_reason}
+``salvage_refunded_by_basis_total``         value refunded by leakage basis (why it is or is not
+                                            leakage; :data:`~salvage.sinks.leakage.BASES`)
+                                            {currency, basis}
 ``salvage_returns_total``                   closed cases with a return request {reason, D,
                                             support_reason}
 ``salvage_return_cost_total``               fully loaded cost of returns {currency, component,
@@ -70,12 +76,12 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.metrics import MetricWrapperBase
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from salvage.config import KpiSettings
 from salvage.connectors.events import Grade, Intent, ReturnReason
 from salvage.connectors.outputs import Action
 from salvage.features.order_case import Outcome
+from salvage.sinks import leakage
 from salvage.sinks.cost_model import CostModel, load_cost_model
 
 OTHER = "other"
@@ -86,39 +92,7 @@ US = 1_000_000
 # ---------------------------------------------------------------------------------- settings
 
 
-class KpiSettings(BaseSettings):
-    """KPI knobs (env prefix ``SALVAGE_KPI_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="SALVAGE_KPI_", extra="ignore")
-
-    recoverable_threshold: float = Field(
-        0.5, ge=0, le=1, description="first recoverability score at/above which a case counts"
-    )
-    repeat_window_days: float = Field(90.0, gt=0, description="repeat-customer window")
-    top_n_campaign: int = Field(12, ge=0)
-    top_n_sku_family: int = Field(16, ge=0)
-    top_n_lane: int = Field(32, ge=0)
-    # the lane delay metrics (3 series per lane, no other dimension) afford many more lanes than
-    # the KPIs, where a lane multiplies with campaign and SKU family
-    top_n_lane_monitor: int = Field(256, ge=0)
-    top_n_courier: int = Field(8, ge=0)
-    top_n_support_reason: int = Field(12, ge=0)
-    top_n_action: int = Field(12, ge=0)
-    top_n_outcome: int = Field(12, ge=0)
-    top_n_grade: int = Field(6, ge=0)
-    top_n_reason: int = Field(12, ge=0)
-    top_n_currency: int = Field(4, ge=0)
-    preset_campaign: list[str] = []
-    preset_sku_family: list[str] = []
-    preset_lane: list[str] = []
-    preset_courier: list[str] = []
-
-    def top_n(self, label: str) -> int:
-        return int(getattr(self, f"top_n_{label}"))
-
-    def preset(self, label: str) -> list[str]:
-        label = "lane" if label == "lane_monitor" else label
-        return list(getattr(self, f"preset_{label}", []))
+# KpiSettings (the ``kpis`` group of salvage.config.Settings) is defined with the other groups.
 
 
 # ---------------------------------------------------------------------------------- buckets
@@ -248,8 +222,14 @@ REFUNDED = Counter(
 )
 LEAKAGE = Counter(
     "salvage_refund_leakage",
-    "Value refunded on cases that were recoverable when first scored (currency units)",
+    "Value refunded that could have been saved: delivered, no abuse evidence, a controllable "
+    "return reason (sinks/leakage.py; currency units)",
     ["currency", *D, "support_reason"],
+)
+REFUNDED_BY_BASIS = Counter(
+    "salvage_refunded_by_basis",
+    "Value refunded by leakage basis: why it counts as leakage or not (currency units)",
+    ["currency", "basis"],
 )
 RETURNS = Counter(
     "salvage_returns",
@@ -308,7 +288,6 @@ class _State:
     def __init__(self, settings: KpiSettings, cost: CostModel) -> None:
         self.settings = settings
         self.cost = cost
-        self.threshold = settings.recoverable_threshold
         self.repeat_days = settings.repeat_window_days
         self.bucket: dict[str, TopN] = {
             name: TopN(settings.top_n(name), settings.preset(name), VETTING.get(name))
@@ -321,6 +300,7 @@ class _State:
             CASES_BY_ACTION,
             REFUNDED,
             LEAKAGE,
+            REFUNDED_BY_BASIS,
             RETURNS,
             RETURN_COST,
             GRADED,
@@ -334,6 +314,7 @@ class _State:
             self.by_action,
             self.refunded,
             self.leakage,
+            self.by_basis,
             self.returns,
             self.return_cost,
             self.graded,
@@ -349,14 +330,14 @@ _state_lock = threading.Lock()
 def configure(settings: KpiSettings | None = None, cost: CostModel | None = None) -> None:
     """(Re)load settings and cost model; resets the top-N slots (for tests and startup)."""
     with _state_lock:
-        _set_state(_State(settings or KpiSettings(), cost or load_cost_model()))
+        _set_state(_State(settings or KpiSettings.from_env(), cost or load_cost_model()))
 
 
 def _get_state() -> _State:
     if _state is None:
         with _state_lock:  # first use, possibly from several worker threads at once
             if _state is None:
-                _set_state(_State(KpiSettings(), load_cost_model()))
+                _set_state(_State(KpiSettings.from_env(), load_cost_model()))
     assert _state is not None
     return _state
 
@@ -381,6 +362,8 @@ def observe(fact: dict[str, Any]) -> None:
         _case(_get_state(), fact)
     elif kind == "order":
         _order(_get_state(), fact)
+    elif kind == "settled":
+        _settled(_get_state(), fact)
 
 
 def _order(s: _State, fact: dict[str, Any]) -> None:
@@ -388,6 +371,18 @@ def _order(s: _State, fact: dict[str, Any]) -> None:
     days = (fact.get("customer") or {}).get("customer_days_since_return", -1.0)
     if days is not None and 0.0 <= days <= s.repeat_days:
         REPEAT_ORDERS.inc()
+
+
+def _settled(s: _State, fact: dict[str, Any]) -> None:
+    """A chargeback after the case settled: refunded value, never leakage (sinks/leakage.py)."""
+    case: dict[str, Any] = fact.get("case") or {}
+    amount = float(case.get("amount") or 0.0)
+    if case.get("late") != "chargeback_filed" or amount <= 0:
+        return
+    currency = s.bucket["currency"](case.get("currency"))
+    none = s.bucket["campaign"]("")  # a settled record keeps no campaign / family / lane
+    s.refunded(currency, none, none, none, none).inc(amount)
+    s.by_basis(currency, "late_chargeback").inc(amount)
 
 
 def _case(s: _State, fact: dict[str, Any]) -> None:
@@ -422,7 +417,9 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
     refunded = float(get("refunded_amount") or 0.0)
     if refunded > 0:
         s.refunded(currency, *d, support).inc(refunded)
-        if first is not None and first >= s.threshold:
+        why = leakage.basis(case, fact.get("customer"))
+        s.by_basis(currency, why).inc(refunded)
+        if why in leakage.LEAKED:
             s.leakage(currency, *d, support).inc(refunded)
     if first is not None:
         s.scored(SCORE_BINS[min(9, max(0, int(first * 10 + 1e-9)))], retained_s).inc()

@@ -1,8 +1,10 @@
 """Redis case store: the latest state of each order case, written idempotently.
 
 Each case is a hash at ``salvage:case:{order_id}`` with fields ``v`` (the case version, an integer
-that grows with every update of the case) and ``doc`` (the case as JSON), and a TTL. A write only
-applies if its version is >= the stored one (a Lua script, atomic per key), so:
+that grows with every update of the case) and ``doc`` (the case as JSON), and a TTL. A batch is
+written as its latest record per order; a record may come as JSON (dispatch serialises with
+orjson, see :mod:`salvage.sinks.case_doc`) or as a dict, serialised then, for that one only.
+A write only applies if its version is >= the stored one (a Lua script, atomic per key), so:
 
 - replaying older states after a restart (Bytewax resumes from the last snapshot, so the sink sees
   some updates again) never regresses the store;
@@ -37,9 +39,11 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ReadOnlyError
 from redis.retry import Retry
+
+from salvage.sinks.case_doc import CaseDoc, case_json
 
 if TYPE_CHECKING:
     from salvage.config import Settings
@@ -60,8 +64,8 @@ log = logging.getLogger(__name__)
 CASE_KEY_PREFIX = "salvage:case:"
 DEFAULT_TTL_SECONDS = 45 * 24 * 3600
 
-CaseRecord = tuple[str, int, str]
-"""``(order_id, version, doc_json)``."""
+CaseRecord = tuple[str, int, CaseDoc]
+"""``(order_id, version, doc)``."""
 
 T = TypeVar("T")
 
@@ -101,6 +105,21 @@ DEFAULT_MAX_BACKLOG = 200_000
 
 class CaseStoreUnavailable(RuntimeError):
     """Redis stayed unreachable for the whole retry budget."""
+
+
+def latest_per_order(records: Iterable[CaseRecord]) -> dict[str, tuple[int, Any]]:
+    """The highest version of each order's records (the last one among equals), exactly as if
+    the records were written one by one."""
+    latest: dict[str, tuple[int, Any]] = {}
+    for order_id, version, doc in records:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"case version must be an int, got {version!r}")
+        if not -_MAX_VERSION < version < _MAX_VERSION:
+            raise ValueError(f"case version {version} out of range (|v| < 2**53)")
+        prev = latest.get(order_id)
+        if prev is None or version >= prev[0]:
+            latest[order_id] = (version, doc)
+    return latest
 
 
 def _client(
@@ -170,6 +189,50 @@ def redis_problem(url: str, password: str | None = None, timeout: float = 1.0) -
     return None
 
 
+class _UntilDeadline(ExponentialBackoff):
+    """redis-py's capped exponential backoff (``base``, ``2 base``, ``4 base``, ... up to
+    ``cap``) that never sleeps past ``deadline`` (``time.monotonic()``)."""
+
+    def __init__(self, cap: float, base: float, deadline: float) -> None:
+        super().__init__(cap=cap, base=base)
+        self.deadline = deadline
+
+    def compute(self, failures: int) -> float:
+        remaining = self.deadline - time.monotonic()
+        return max(0.0, min(super().compute(max(failures - 1, 0)), remaining))
+
+
+def retry_within(
+    fn: Callable[[], T],
+    budget_seconds: float,
+    backoff_initial: float,
+    backoff_max: float,
+    *,
+    on_retry: Callable[[Exception, int, float], None] | None = None,
+    give_up: Callable[[Exception, int], Exception],
+) -> T:
+    """``fn()``, retried through transient Redis errors (connection, timeout, read-only replica)
+    with redis-py's :class:`~redis.retry.Retry` and a capped exponential backoff until
+    ``budget_seconds`` have passed; then raises ``give_up(last error, failures)`` from it. A
+    refused password is a configuration error: raised at once. ``on_retry(error, failures,
+    delay)`` runs before each wait."""
+    deadline = time.monotonic() + budget_seconds
+    backoff = _UntilDeadline(backoff_max, backoff_initial, deadline)
+    failures = 0
+
+    def failed(exc: Exception) -> None:
+        nonlocal failures
+        if isinstance(exc, _NOT_TRANSIENT):  # AuthenticationError is a ConnectionError
+            raise exc
+        failures += 1
+        if deadline - time.monotonic() <= 0:
+            raise give_up(exc, failures) from exc
+        if on_retry is not None:
+            on_retry(exc, failures, backoff.compute(failures))
+
+    return Retry(backoff, -1, supported_errors=_TRANSIENT).call_with_retry(fn, failed)
+
+
 class CaseStore:
     """Latest case documents in Redis, guarded by version, with a TTL.
 
@@ -214,9 +277,9 @@ class CaseStore:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        kwargs.setdefault("ttl_seconds", settings.case_ttl_seconds)
-        return cls(settings.redis_url, password, **kwargs)
+        password = settings.redis.password_value()
+        kwargs.setdefault("ttl_seconds", settings.redis.case_ttl_seconds)
+        return cls(settings.redis.url, password, **kwargs)
 
     @property
     def redis(self) -> redis.Redis:
@@ -228,24 +291,16 @@ class CaseStore:
 
     # ------------------------------------------------------------------ writes
     def write_many(self, records: Iterable[CaseRecord]) -> int:
-        """Write each ``(order_id, version, doc_json)`` unless the store holds a newer version.
+        """Write each ``(order_id, version, doc)`` unless the store holds a newer version.
 
         Within the batch, the highest version of an order wins (the last one among equals), exactly
-        as if the records were written one by one.
+        as if the records were written one by one; only that one is serialised
+        (:func:`case_json`).
 
         :returns: How many keys were written (stale records are skipped, not counted).
         :raises CaseStoreUnavailable: transient errors outlasted the retry budget.
         """
-        latest: dict[str, tuple[int, str]] = {}
-        for order_id, version, doc in records:
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise TypeError(f"case version must be an int, got {version!r}")
-            if not -_MAX_VERSION < version < _MAX_VERSION:
-                raise ValueError(f"case version {version} out of range (|v| < 2**53)")
-            prev = latest.get(order_id)
-            if prev is None or version >= prev[0]:
-                latest[order_id] = (version, doc)
-        items = list(latest.items())
+        items = [(o, (v, case_json(d))) for o, (v, d) in latest_per_order(records).items()]
         written = 0
         for start in range(0, len(items), self._chunk_size):
             chunk = items[start : start + self._chunk_size]
@@ -262,7 +317,7 @@ class CaseStore:
         finally:
             self.retry_budget_seconds = budget
 
-    def _write_chunk(self, chunk: list[tuple[str, tuple[int, str]]]) -> int:
+    def _write_chunk(self, chunk: list[tuple[str, tuple[int, str | bytes]]]) -> int:
         pipe = self._redis.pipeline(transaction=False)
         for order_id, (version, doc) in chunk:
             self._script(
@@ -271,38 +326,33 @@ class CaseStore:
         return sum(int(r) for r in pipe.execute())
 
     def _with_retry(self, fn: Callable[[], T], what: str) -> T:
-        """Run ``fn``; on transient errors retry with capped exponential backoff within budget.
+        """Run ``fn``; on transient errors retry with capped exponential backoff within budget
+        (redis-py's :class:`~redis.retry.Retry`, see :func:`retry_within`).
 
         The single place that decides what happens during an outage (a later buffering mode hooks
         in here / around the :class:`CaseStoreUnavailable` it raises).
         """
-        deadline = time.monotonic() + self.retry_budget_seconds
-        delay = self._backoff_initial
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                return fn()
-            except _NOT_TRANSIENT:
-                raise
-            except _TRANSIENT as exc:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CaseStoreUnavailable(
-                        f"Redis {what} failed {attempts} times over "
-                        f"{self.retry_budget_seconds:.1f}s: {exc}"
-                    ) from exc
-                self.retries += 1
-                log.warning(
-                    "Redis %s failed (%s: %s); retry %d in %.2fs",
-                    what,
-                    type(exc).__name__,
-                    exc,
-                    attempts,
-                    min(delay, remaining),
-                )
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, self._backoff_max)
+        budget = self.retry_budget_seconds
+
+        def retried(exc: Exception, failures: int, delay: float) -> None:
+            self.retries += 1
+            log.warning(
+                "Redis %s failed (%s: %s); retry %d in %.2fs",
+                what,
+                type(exc).__name__,
+                exc,
+                failures,
+                delay,
+            )
+
+        def gave_up(exc: Exception, failures: int) -> Exception:
+            return CaseStoreUnavailable(
+                f"Redis {what} failed {failures} times over {budget:.1f}s: {exc}"
+            )
+
+        return retry_within(
+            fn, budget, self._backoff_initial, self._backoff_max, on_retry=retried, give_up=gave_up
+        )
 
     # ------------------------------------------------------------------ reads & admin
     def get(self, order_id: str) -> dict[str, Any] | None:
@@ -354,9 +404,11 @@ class OutageBacklog(Generic[T]):
         self._what, self._gauge, self._failures = what, gauge, failures
         self._unavailable = unavailable
         self._max = max_items
-        self._retry_initial = self.retry_interval = retry_interval
+        self.retry_interval = retry_interval
+        # the interval after the n-th failure in a row: retry_interval * 2**(n-1), capped at 10 s
+        self._schedule = ExponentialBackoff(cap=max(10.0, retry_interval), base=retry_interval)
+        self._failed_in_row = 0
         self._next_try = 0.0
-        self._outage = False
         self._clock = clock
         gauge.set(0)
 
@@ -385,11 +437,9 @@ class OutageBacklog(Generic[T]):
             raise
         except _TRANSIENT as exc:
             self._failures.inc()
-            if self._outage:
-                self.retry_interval = min(self.retry_interval * 2, 10.0)
-            else:
-                self._outage = True
-                self.retry_interval = self._retry_initial
+            self._failed_in_row += 1
+            self.retry_interval = self._schedule.compute(self._failed_in_row - 1)
+            if self._failed_in_row == 1:
                 log.warning(
                     "%s unavailable (%s: %s); buffering %s",
                     self._what[0],
@@ -399,12 +449,37 @@ class OutageBacklog(Generic[T]):
                 )
             self._next_try = self._clock() + self.retry_interval
             return False
-        if self._outage and self.items:
+        if self._failed_in_row and self.items:
             log.warning("%s back: wrote a backlog of %d", self._what[0], len(self.items))
-        self._outage = False
+        self._failed_in_row = 0
         self._next_try = 0.0
         self.clear()
         return True
+
+    def drain(
+        self, write: Callable[[], object], budget_seconds: float, done: str = "written"
+    ) -> None:
+        """At the end of the flow: ``write`` (which writes ``items``) until it succeeds, on this
+        backlog's schedule (:func:`retry_within`), for up to ``budget_seconds``; then raises
+        ``unavailable``. Empty afterwards."""
+
+        def gave_up(exc: Exception, failures: int) -> Exception:
+            self._failures.inc()
+            return self._unavailable(
+                f"{self._what[0]} down at the end of the flow: {len(self.items)} "
+                f"{self._what[1]} not {done} after retrying for {budget_seconds:g}s ({exc})"
+            )
+
+        retry_within(
+            write,
+            budget_seconds,
+            self.retry_interval,
+            max(10.0, self.retry_interval),
+            on_retry=lambda *_: self._failures.inc(),
+            give_up=gave_up,
+        )
+        self._failed_in_row = 0
+        self.clear()
 
     def clear(self) -> None:
         """Everything was written."""
@@ -424,7 +499,7 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self._pending: OutageBacklog[tuple[int, str]] = OutageBacklog(
+        self._pending: OutageBacklog[tuple[int, str | bytes]] = OutageBacklog(
             ("Redis case store", "case writes"),
             BACKLOG.labels(worker),
             WRITE_FAILURES,
@@ -445,10 +520,11 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
         pending = self._pending
         if not pending.items and pending.attempt(lambda: self._store.write_many_once(items)):
             return
-        for order_id, version, doc in items:  # keep the latest record per order
+        # keep the latest record per order, as JSON (smaller than the dict while Redis is down)
+        for order_id, (version, doc) in latest_per_order(items).items():
             prev = pending.items.get(order_id)
             if prev is None or version >= prev[0]:
-                pending.items[order_id] = (version, doc)
+                pending.items[order_id] = (version, case_json(doc))
         pending.bounded()
         if pending.due():
             pending.attempt(lambda: self._store.write_many_once(self._records()))
@@ -466,7 +542,7 @@ class _CasePartition(StatelessSinkPartition[CaseRecord]):
 
 
 class RedisCaseSink(DynamicSink[CaseRecord]):
-    """Bytewax sink of ``(order_id, version, doc_json)`` items into a :class:`CaseStore`.
+    """Bytewax sink of ``(order_id, version, doc)`` items into a :class:`CaseStore`.
 
     Each worker writes its batches through its own store; the version guard makes concurrent and
     replayed writes converge. During an outage each worker buffers up to ``max_backlog`` records
@@ -495,9 +571,9 @@ class RedisCaseSink(DynamicSink[CaseRecord]):
 
     @classmethod
     def from_settings(cls, settings: Settings, **store_kwargs: Any) -> Self:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        store_kwargs.setdefault("ttl_seconds", settings.case_ttl_seconds)
-        return cls(settings.redis_url, password, **store_kwargs)
+        password = settings.redis.password_value()
+        store_kwargs.setdefault("ttl_seconds", settings.redis.case_ttl_seconds)
+        return cls(settings.redis.url, password, **store_kwargs)
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int

@@ -476,15 +476,8 @@ class _ReviewPartition(StatelessSinkPartition[dict]):
             self.queue.redis.close()
 
     def _flush_before_close(self) -> None:
-        deadline = time.monotonic() + self._flush_budget
-        while not self._flush():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ReviewQueueUnavailable(
-                    f"Redis review queue down at the end of the flow: {len(self._pending)} review "
-                    f"triggers not queued after retrying for {self._flush_budget:g}s"
-                )
-            time.sleep(min(self._pending.retry_interval, remaining))
+        self._pending.drain(self._enqueue, self._flush_budget, "queued")
+        self.refresh()
 
 
 class RedisReviewSink(DynamicSink[dict]):

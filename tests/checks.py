@@ -30,7 +30,7 @@ from salvage.features.eventtime import END
 from salvage.flows.messages import Batch, Event, Route
 from salvage.flows.plain import PlainLoop
 from salvage.flows.recovery import _StageLogic
-from salvage.flows.sources import _Parser, file_part_id
+from salvage.flows.sources import file_layout, file_part_id
 from salvage.flows.stages import StageConfig
 from salvage.flows.topology import StageSpec, graph, stage_config
 from salvage.policy.config import load_policy
@@ -52,15 +52,17 @@ class Recording:
             self.calls.setdefault(name, {}).setdefault(key, []).append(list(items))
 
         loop = PlainLoop(self.cfg, lambda k, p: self.outputs.append((k, p)), None, inspect)
-        parser = _Parser(part, int(s.reorder_tolerance_seconds * 1e6), 7 * 86_400_000_000, -(2**62))
+        layout = file_layout(part, s)  # the file source's own parse + clocks
         lines = log.read_bytes().splitlines()
         for start in range(0, len(lines), batch):
             items: list = []
             for n, value in enumerate(lines[start : start + batch], start + 1):
                 if value.strip():
-                    parser.handle(RawRecord(str(log), 0, n, value), items)
+                    layout.handle(RawRecord(str(log), 0, n, value), items)
             final = start + batch >= len(lines)
-            parser.tick(items, END if final else None)
+            if final:
+                layout.release_held(items)
+            layout.tick(items, END if final else None)
             loop.feed(items)
 
     def spec(self, name: str) -> StageSpec:

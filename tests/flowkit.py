@@ -43,7 +43,9 @@ def run_file_flow(
     inputs: list[Path], out_dir: Path, workers: int = 1, **settings: Any
 ) -> dict[str, bytes]:
     """Run file mode to the end; return the output files' bytes (name -> bytes)."""
-    base: dict[str, Any] = {"redis_url": "", "shards": 4}
+    # file mode lays the log out as Kafka topics of ``topic_partitions`` partitions (lateness is
+    # judged per partition): 3, as the Kafka-mode tests' topics (tests.helpers.kafka_settings)
+    base: dict[str, Any] = {"redis_url": "", "shards": 4, "topic_partitions": 3}
     base.update(settings)
     spec = FlowSpec(
         Settings(**base), inputs=inputs, out_dir=out_dir, case_store=bool(base["redis_url"])

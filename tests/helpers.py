@@ -85,7 +85,11 @@ def topic_reader(settings, topic: str):
     """A consumer assigned to every partition of ``topic`` from the start (no group offsets)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    conf = {**settings.kafka_client_config(), "group.id": "unused", "enable.auto.commit": False}
+    conf = {
+        **settings.kafka.as_librdkafka_dict(),
+        "group.id": "unused",
+        "enable.auto.commit": False,
+    }
     consumer = Consumer(conf)
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])

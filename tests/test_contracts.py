@@ -21,7 +21,7 @@ def test_each_stream_is_declared_once_with_its_own_names():
         values = [getattr(s, attr) for s in OUTPUTS]
         assert len(set(values)) == len(values), attr
     # the default topic of each stream is its name; Settings lists exactly these output topics
-    assert Settings(redis_url="").output_topics() == [s.name for s in OUTPUTS]
+    assert Settings(redis_url="").topics.outputs() == [s.name for s in OUTPUTS]
     assert {"model-events", "dispositions"} <= {s.name for s in OUTPUTS}
 
 

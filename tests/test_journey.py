@@ -698,9 +698,9 @@ def test_kafka_mode_publishes_the_same_journey_messages_keyed_by_order(
         topic_journey_alerts=f"journey-alerts-{suffix}",
     )
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
-        settings.topic_partitions,
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        settings.topics.partitions,
     )
     publish_log(settings, sim[0])
     cluster_main(build_flow(FlowSpec(settings, to_end=True, case_store=False)), [], 0)
@@ -709,17 +709,17 @@ def test_kafka_mode_publishes_the_same_journey_messages_keyed_by_order(
         """Every message of ``topic`` as (key, document), read by partition (no group join)."""
         consumer = Consumer(
             {
-                **settings.kafka_client_config(),
+                **settings.kafka.as_librdkafka_dict(),
                 "group.id": unique_name("g"),
                 "enable.partition.eof": True,
             }
         )
         consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.topic_partitions)]
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.topics.partitions)]
         )
         got, eof = [], set()
         try:
-            while len(eof) < settings.topic_partitions:
+            while len(eof) < settings.topics.partitions:
                 msg = consumer.poll(1.0)
                 if msg is None:
                     continue
@@ -732,8 +732,8 @@ def test_kafka_mode_publishes_the_same_journey_messages_keyed_by_order(
         return got
 
     for topic, name, id_field in (
-        (settings.topic_status_updates, "status_updates", "update_id"),
-        (settings.topic_journey_alerts, "journey_alerts", "alert_id"),
+        (settings.topics.status_updates, "status_updates", "update_id"),
+        (settings.topics.journey_alerts, "journey_alerts", "alert_id"),
     ):
         got = drain(topic)
         assert all(key == doc["order_id"] for key, doc in got)

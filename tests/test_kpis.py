@@ -212,17 +212,73 @@ def test_refunded_recoverable_case_leaks_and_costs_per_the_model():
     assert d("salvage_time_to_refund_seconds_bucket", le="259200.0", **D) == 0
 
 
-def test_leakage_only_above_the_recoverable_threshold():
+@pytest.mark.parametrize(
+    ("over", "customer", "basis"),
+    [
+        ({}, {}, "fit"),  # too_small, delivered, clean grade: an exchange could have saved it
+        ({"return_reason": "damaged"}, {}, "damaged"),
+        ({"return_reason": "not_as_described"}, {}, "quality"),
+        ({"return_reason": "arrived_late"}, {}, "late_delivery"),
+        (
+            {"return_reason": "changed_mind", "preferred_resolution": "exchange"},
+            {},
+            "asked_for_alternative",
+        ),
+        ({"return_reason": "changed_mind"}, {}, "changed_mind"),
+        ({"return_reason": "other"}, {}, "other_reason"),
+        (
+            {"return_reason": "not_received", "preferred_resolution": "store_credit"},
+            {},
+            "not_received",
+        ),
+        ({"abuse_flags": ["worn"]}, {}, "abuse_evidence"),
+        ({"review_verdict": "abuse_confirmed"}, {}, "abuse_evidence"),
+        ({}, {"customer_abuse_flags": 1.0}, "abuse_evidence"),  # flagged on an earlier return
+        ({"delivered_at": 0}, {}, "not_delivered"),  # lost / returned to sender
+        (
+            {"return_requested_at": 0, "return_reason": "", "slippage_hours": 24.0},
+            {},
+            "no_return_request",
+        ),
+        (
+            {"return_requested_at": 0, "return_reason": "", "slippage_hours": 24.5},
+            {},
+            "late_delivery",
+        ),
+    ],
+)
+def test_leakage_is_refunded_value_that_could_have_been_saved(over, customer, basis):
+    """sinks/leakage.py: delivered, no abuse evidence, a controllable reason (or the customer asked
+    for an alternative); the first score plays no part (0.9 here: the old definition's leak)."""
     d = Delta()
-    kpis.observe(refunded_case(first=0.49))
-    kpis.observe(refunded_case(first=None))
-    kpis.observe(refunded_case(first=0.5, refunded_amount=25.0))
+    fact = refunded_case(first=0.9, **over)
+    fact["customer"].update(customer)
+    kpis.observe(fact)
     sr = {"support_reason": "refund_request"}
-    assert d("salvage_refunded_total", currency="EUR", **D, **sr) == 145.0
-    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == 25.0
-    kpis.configure(kpis.KpiSettings(recoverable_threshold=0.4), CostModel())
-    kpis.observe(refunded_case(first=0.45))
-    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == 85.0
+    leaked = basis in ("fit", "damaged", "quality", "late_delivery", "asked_for_alternative")
+    assert d("salvage_refunded_total", currency="EUR", **D, **sr) == 60.0
+    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == (60.0 if leaked else 0)
+    assert d("salvage_refunded_by_basis_total", currency="EUR", basis=basis) == 60.0
+    assert (
+        sum(v for (n, _), v in d.changed().items() if n == "salvage_refunded_by_basis_total") == 60
+    )
+
+
+def test_a_chargeback_after_settlement_is_refunded_value_not_leakage():
+    """A late chargeback (grace period) adds to the refunded value of its currency, never to
+    leakage; other late facts (a grade's flag) move nothing: counters do not go down."""
+    d = Delta()
+    none = {"campaign": "none", "sku_family": "none", "lane": "none", "support_reason": "none"}
+    late = {"order_id": "O1", "outcome": "refund", "amount": 50.0, "currency": "USD"}
+    kpis.observe({"kind": "settled", "t": T0, "case": {**late, "late": "chargeback_filed"}})
+    graded = {**late, "late": "return_graded", "amount": 0.0, "abuse_flags": ["worn"]}
+    kpis.observe({"kind": "settled", "t": T0, "case": graded})
+    assert d("salvage_refunded_total", currency="USD", **none) == 50.0
+    assert d("salvage_refunded_by_basis_total", currency="USD", basis="late_chargeback") == 50.0
+    assert {n for n, _ in d.changed()} == {
+        "salvage_refunded_total",
+        "salvage_refunded_by_basis_total",
+    }
 
 
 def test_default_label_cost_by_courier_and_no_refund_before_request():
@@ -237,7 +293,10 @@ def test_default_label_cost_by_courier_and_no_refund_before_request():
              component="write_off", **D) == 0  # fmt: skip
     assert d("salvage_returns_graded_total", grade="B", **D) == 0
     # a chargeback without a return request: refunded value counts, no return/cost/histogram
-    kpis.observe(case_fact(first=0.9, outcome="chargeback", refunded_amount=120.0))
+    # (delivered 30 h late: the late delivery is its controllable reason, so it is leakage)
+    kpis.observe(
+        case_fact(first=0.9, outcome="chargeback", refunded_amount=120.0, slippage_hours=30.0)
+    )
     assert d("salvage_refund_leakage_total", currency="EUR", support_reason="none", **D) == 120
     assert d("salvage_time_to_refund_seconds_count", **D) == 2
 

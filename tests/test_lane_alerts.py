@@ -315,7 +315,7 @@ def test_lane_settings_are_validated(changes):
         LaneConfig(**changes).validate()
     with pytest.raises(ValueError):
         Settings(lane_windows_hours=(48.0, 24.0))
-    assert Settings(lane_min_late=5).lane_config().min_late == 5
+    assert Settings(lane_min_late=5).lanes.config().min_late == 5
 
 
 def test_lane_metrics_are_bounded_labels_whatever_the_payload_says():

@@ -96,7 +96,7 @@ def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
     kafka_broker, tmp_path, unique_name, salvage_cli
 ):
     suffix = unique_name("big")
-    topics = {f"SALVAGE_TOPIC_{s.upper()}": f"{s}-{suffix}" for s in Settings().input_topics()}
+    topics = {f"SALVAGE_TOPIC_{s.upper()}": f"{s}-{suffix}" for s in Settings().topics.inputs()}
     for name in ("interventions", "lane_alerts", "dead_letters"):
         topics[f"SALVAGE_TOPIC_{name.upper()}"] = f"{name}-{suffix}"
     settings = Settings(
@@ -104,8 +104,8 @@ def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
         **{k.removeprefix("SALVAGE_").lower(): v for k, v in topics.items()},
     )
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
         1,
     )
     log = tmp_path / "events.jsonl"
@@ -115,9 +115,9 @@ def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
         size: b'{"event_type":"carrier_scan","pad":"' + b"x" * size + b'"}'
         for size in (800 * 1024, 10 * 1024 * 1024)
     }
-    producer = Producer({**settings.kafka_client_config(), "message.max.bytes": 20_000_000})
+    producer = Producer({**settings.kafka.as_librdkafka_dict(), "message.max.bytes": 20_000_000})
     for value in huge.values():
-        producer.produce(settings.topic_deliveries, value, key=b"o1")
+        producer.produce(settings.topics.deliveries, value, key=b"o1")
     assert producer.flush(30) == 0
     env = {**topics, "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap}
     args = ["run", "--to-end", "--shards", "2", "--no-case-store"]
@@ -134,12 +134,12 @@ def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
 
     consumer = Consumer(
         {
-            **settings.kafka_client_config(),
+            **settings.kafka.as_librdkafka_dict(),
             "group.id": unique_name("g"),
             "auto.offset.reset": "earliest",
         }
     )
-    consumer.subscribe([settings.topic_dead_letters])
+    consumer.subscribe([settings.topics.dead_letters])
     letters = []
     for _ in range(100):
         msg = consumer.poll(0.5)
@@ -223,9 +223,9 @@ def test_a_frozen_redis_does_not_stop_processing_and_the_store_catches_up(
     thread = threading.Thread(target=thaw)
     thread.start()
     try:
-        spec = FlowSpec(
-            Settings(redis_url=frozen.url, shards=4), inputs=[log], out_dir=tmp_path / "out"
-        )
+        # the reference's settings (run_file_flow lays the log out as 3-partition topics)
+        settings = Settings(redis_url=frozen.url, shards=4, topic_partitions=3)
+        spec = FlowSpec(settings, inputs=[log], out_dir=tmp_path / "out")
         cluster_main(build_flow(spec), [], 0)
     finally:
         thread.join(timeout=90)

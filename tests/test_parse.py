@@ -1,13 +1,19 @@
 import base64
+import functools
 import hashlib
+import itertools
 import json
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from salvage.connectors.events import OrderPlaced, Stream
+from salvage.connectors.events import EVENT_MODELS, OrderPlaced, Stream
+from salvage.connectors.fastparse import parse_fast
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
 from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, parse
+from salvage.connectors.simulator import SCENARIOS, dumps, generate
 from tests.helpers import event, line, order_placed
 
 
@@ -107,3 +113,196 @@ def test_mutated_events_are_accepted_or_dead_lettered(mutation):
         assert result.message
     else:
         assert result.order_id == doc["order_id"]
+
+
+# ---------------------------------------------------------------- the msgspec fast path
+
+
+def _simulated_docs() -> list[dict]:
+    """Valid events of every type: a few of each from the simulator's scenarios, and a review."""
+    by_type: dict[str, list[dict]] = {}
+    for scenario in SCENARIOS:
+        stream = generate(scenario, 200, 3, variants=("realistic-text", "bracketing-unflagged"))
+        for kind, doc in itertools.islice(stream, 4000):
+            if kind == "event" and len(by_type.setdefault(doc["event_type"], [])) < 12:
+                by_type[doc["event_type"]].append(doc)
+    review = event("rv1", "review_resolved", "o1", "2026-03-09T10:00:00Z", review_id="rv-1")
+    by_type["review_resolved"] = [
+        {**review, "verdict": "approve", "reviewer": "ana.b-2"},
+        {**review, "verdict": "abuse_confirmed"},
+    ]
+    assert set(by_type) == set(EVENT_MODELS)
+    return [doc for docs in by_type.values() for doc in docs]
+
+
+DOCS = _simulated_docs()
+
+
+def _same(fast: object, slow: object) -> None:
+    """The fast path's result is the pydantic path's: the same dead letter, or the same model
+    (class, field values with their types and order, fields set, serialisation)."""
+    if isinstance(slow, DeadLetter) or isinstance(fast, DeadLetter):
+        assert fast == slow
+        return
+    assert type(fast) is type(slow)
+    assert repr(fast.__dict__) == repr(slow.__dict__)  # order, values and types (5 vs 5.0)
+    assert fast.__getstate__() == slow.__getstate__()  # fields set, extra, private
+    assert fast.model_dump_json() == slow.model_dump_json()
+    for name, value in fast.__dict__.items():
+        other = slow.__dict__[name]
+        if isinstance(value, datetime):
+            assert value.tzinfo is other.tzinfo is UTC, name
+        if isinstance(value, list):
+            for a, b in zip(value, other, strict=True):
+                if isinstance(a, BaseModel):
+                    _same(a, b)
+
+
+def _check(value: bytes, stream: Stream | None = None) -> object:
+    raw = RawRecord("test", 0, 7, value, stream)
+    fast, slow = parse(raw), parse(raw, fast=False)
+    _same(fast, slow)
+    return fast
+
+
+def test_fast_path_takes_every_simulated_event():
+    for doc in DOCS:
+        value = dumps(doc).encode()
+        fast = parse_fast(value)
+        assert fast is not None, value
+        _check(value)
+
+
+def test_fast_path_leaves_what_it_cannot_decide_to_pydantic():
+    doc = order_placed("o1", "2026-03-02T10:00:00Z")
+    cases = {
+        # msgspec rounds a 7th fractional digit where pydantic truncates
+        "fraction": {**doc, "occurred_at": "2026-03-02T10:00:00.9999999Z"},
+        # pydantic's Literal[1] takes these
+        "version": {**doc, "schema_version": 1.0},
+        "version_bool": {**doc, "schema_version": True},
+        # Python's `$` matches before a final newline; pydantic's does not
+        "newline": {**doc, "currency": "EUR\n"},
+        # pydantic refuses nesting deeper than 200 even in an ignored field
+        "deep": {**doc, "junk": functools.reduce(lambda acc, _: [acc], range(250), [])},
+        "offset": {**doc, "occurred_at": "2026-03-02T10:00:00.5+05:30"},
+        "space": {**doc, "occurred_at": "2026-03-02 10:00:00Z"},
+    }
+    for name, case in cases.items():
+        value = json.dumps(case).encode()
+        if name in ("offset", "space", "version", "version_bool"):
+            assert hasattr(_check(value), "event_type"), name
+        else:
+            _check(value)
+        if name not in ("offset",):
+            assert parse_fast(value) is None, name
+    dup = dumps(doc)[:-1] + ',"order_id":"o2"}'
+    assert _check(dup.encode()).order_id == "o2"  # the last of duplicate keys, both paths
+    assert isinstance(_check(dumps(doc).replace("EUR", "\\u0045UR").encode()), OrderPlaced)
+    assert isinstance(_check(b'{"x": "\\ud800", ' + dumps(doc).encode()[1:]), DeadLetter)
+
+
+def _timestamps() -> st.SearchStrategy[str]:
+    """Near-ISO timestamps: every separator, fraction length, offset and range variant."""
+    return st.builds(
+        lambda y, mo, d, sep, h, mi, s, frac, tz: (
+            f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}{s}{frac}{tz}"
+        ),
+        st.sampled_from([1999, 2000, 2026, 2099, 2100, 9999, 0]),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.sampled_from(["T", "t", " ", "_", ""]),
+        st.integers(0, 25),
+        st.integers(0, 61),
+        st.sampled_from([":00", ":59", ":60", "", ":5"]),
+        st.sampled_from(["", ".", ".5", ".123456", ".1234567", ".9999999", ",5"]),
+        st.sampled_from(
+            ["Z", "z", "", "+00:00", "-00:00", "+05:30", "+23:59", "-24:00", "+0100", "+01"]
+        ),
+    )
+
+
+_junk = st.one_of(
+    json_values,
+    _timestamps(),
+    st.text(max_size=5000),
+    st.text(st.characters(codec="ascii"), max_size=130),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "EUR",
+            "eur",
+            "EUR\n",
+            "a b",
+            "x" * 129,
+            "x" * 65,
+            "\x7f",
+            "é",
+            "other",
+            "delivered",
+            "DELIVERED",
+            "approve",
+            "worn",
+            "A",
+            "refurbish",
+            "email",
+            "high",
+        ]
+    ),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, 1000, 1001, 1.0, -0.0, 1e6, 1e6 + 1, 1e400, True, None]),
+)
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> bytes:
+    doc = json.loads(json.dumps(draw(st.sampled_from(DOCS))))
+    for _ in range(draw(st.integers(1, 3))):
+        # a field at the top or inside a line / item / flag list
+        target = doc
+        nested = [d for v in doc.values() if isinstance(v, list) for d in v if isinstance(d, dict)]
+        if nested and draw(st.booleans()):
+            target = draw(st.sampled_from(nested))
+        keys = sorted(target)
+        key = draw(st.sampled_from([*keys, "extra", "event_type", "currency", "scan"]))
+        action = draw(st.sampled_from(["set", "set", "delete", "time", "list"]))
+        if action == "delete":
+            target.pop(key, None)
+        elif action == "time":
+            target[key] = draw(_timestamps())
+        elif action == "list":
+            target[key] = draw(st.lists(_junk, max_size=4))
+        else:
+            target[key] = draw(_junk)
+    text = json.dumps(doc, ensure_ascii=draw(st.booleans()), allow_nan=True)
+    value = text.encode("utf-8", "surrogatepass")
+    match draw(st.sampled_from(["none", "none", "bytes", "cut", "dup"])):
+        case "bytes":  # non-UTF-8, control characters, stray bytes
+            at = draw(st.integers(0, len(value)))
+            value = value[:at] + draw(st.binary(min_size=1, max_size=4)) + value[at:]
+        case "cut":
+            value = value[: draw(st.integers(0, len(value)))]
+        case "dup":  # a duplicate key at the end
+            key = draw(st.sampled_from(sorted(doc)))
+            value = (
+                value[:-1]
+                + b', "'
+                + key.encode()
+                + b'": '
+                + json.dumps(draw(_junk)).encode()
+                + b"}"
+            )
+    return value
+
+
+@settings(max_examples=800, deadline=None)
+@given(_mutated(), st.sampled_from([None, *Stream]))
+def test_fast_path_and_pydantic_agree_on_mutated_events(value, stream):
+    _check(value, stream)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fast_path_and_pydantic_agree_on_arbitrary_bytes(value):
+    _check(value)

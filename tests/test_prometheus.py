@@ -197,9 +197,9 @@ def scraped_run(
             topic_dead_letters=f"dead-letters-{suffix}",
         )
         ensure_topics(
-            settings.kafka_client_config(),
-            list(settings.input_topics().values()) + settings.output_topics(),
-            settings.topic_partitions,
+            settings.kafka.as_librdkafka_dict(),
+            list(settings.topics.inputs().values()) + settings.topics.outputs(),
+            settings.topics.partitions,
         )
         publish_log(settings, salted)
         for i in range(2):  # the same input twice: every counter moves between scrapes

@@ -87,7 +87,7 @@ def _wait_for_lines(proc: subprocess.Popen, path: Path, n: int, timeout: float =
 
 def _topic_size(settings: Settings, topic: str) -> int:
     """Messages on a topic, from the brokers' high watermarks (no consumer group: instant)."""
-    conf = {**settings.kafka_client_config(), "group.id": "salvage-probe"}
+    conf = {**settings.kafka.as_librdkafka_dict(), "group.id": "salvage-probe"}
     consumer = Consumer(conf)
     try:
         md = consumer.list_topics(topic, timeout=10)
@@ -202,7 +202,7 @@ def test_kill9_in_kafka_mode_loses_nothing_and_repeats_only_same_ids(
     log = tmp_path / "events.jsonl"
     write_log("launch-week-backlog", 600, 8, log)
     suffix = unique_name("rk")
-    topics = {f"SALVAGE_TOPIC_{s.upper()}": f"{s}-{suffix}" for s in Settings().input_topics()}
+    topics = {f"SALVAGE_TOPIC_{s.upper()}": f"{s}-{suffix}" for s in Settings().topics.inputs()}
     topics |= {
         "SALVAGE_TOPIC_INTERVENTIONS": f"interventions-{suffix}",
         "SALVAGE_TOPIC_LANE_ALERTS": f"lane-alerts-{suffix}",
@@ -214,8 +214,8 @@ def test_kill9_in_kafka_mode_loses_nothing_and_repeats_only_same_ids(
         **{k.removeprefix("SALVAGE_").lower(): v for k, v in topics.items()},
     )
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
         2,
     )
     publish_log(settings, log)
@@ -230,17 +230,17 @@ def test_kill9_in_kafka_mode_loses_nothing_and_repeats_only_same_ids(
     first = salvage_cli(*args, env=env)
     # mid-stream: some triggers are on the topic, not all of them
     deadline = time.monotonic() + 60
-    while _topic_size(settings, settings.topic_interventions) < len(expected) // 4:
+    while _topic_size(settings, settings.topics.interventions) < len(expected) // 4:
         assert first.poll() is None, first.err_path.read_text()
         assert time.monotonic() < deadline
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    assert _topic_size(settings, settings.topic_interventions) < len(expected)
+    assert _topic_size(settings, settings.topics.interventions) < len(expected)
     second = salvage_cli(*args, env=env)
     assert second.wait(timeout=120) == 0, second.err_path.read_text()
     got = tmp_path / "interventions.jsonl"
-    n = consume_topic(settings, settings.topic_interventions, got, group=unique_name("g"))
+    n = consume_topic(settings, settings.topics.interventions, got, group=unique_name("g"))
     triggers = jsonl(got.read_bytes())
     by_id: dict[str, dict] = {}
     for t in triggers:

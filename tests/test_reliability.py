@@ -5,23 +5,28 @@ embedded broker where the behaviour is Kafka's."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from bytewax.testing import cluster_main
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
 from salvage.features.eventtime import BEGIN, IDLE, Reorderer
+from salvage.flows.messages import Event, Tick
 from salvage.flows.recovery import FlowSpec, build_flow
-from salvage.flows.sources import clear_stop, request_stop
+from salvage.flows.sources import KafkaEventSource, clear_stop, kafka_part_id, request_stop
 from salvage.runner import publish_log, run_flow
 from tests.flowkit import jsonl, run_file_flow, sim_log
-from tests.helpers import kafka_settings, topic_reader
+from tests.helpers import event, kafka_settings, line, order_placed, topic_reader
 
 
 @pytest.fixture(scope="module")
@@ -193,29 +198,111 @@ def _follow(settings: Settings, until, bound_s: float = 90.0) -> None:
     assert not runner.is_alive()
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _applied(port: int) -> int:
+    """Input records the running flow has accounted for (applied, duplicate or dead letter),
+    from its /metrics endpoint; 0 while it is not up yet."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return 0
+    names = {"salvage_events", "salvage_duplicate_events", "salvage_dead_letters"}
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text.decode())
+            if family.name in names
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )
+
+
+def _split_point(lines: list[bytes], near: float) -> int:
+    """An index k near ``near * len(lines)`` such that every event from k on is later than every
+    event before it (the tail published later is not behind what came before)."""
+    times = [json.loads(x)["occurred_at"] for x in lines]
+    for k in range(int(near * len(lines)), len(lines)):
+        if max(times[:k]) < min(times[k:]):
+            return k
+    raise AssertionError("no split point")
+
+
 @pytest.mark.integration
 def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
-    kafka_broker, log, file_mode, unique_name
+    kafka_broker, log, file_mode, unique_name, salvage_cli, tmp_path
 ):
-    """Issue 12: with the topics preloaded, ``--follow`` stalled at 375 of 486 triggers once every
-    partition was quiet. Now every partition is caught up (offsets) and the watermark reaches the
-    highest clock: the same trigger ids as file mode, with nothing left to read."""
+    """Issue 12, done when: ``salvage run --follow`` on preloaded topics emits exactly file mode's
+    trigger ids within 5 s after input goes quiet. It stalled at 375 of 486 triggers once every
+    partition was quiet. A real ``salvage run --follow`` process reads the preloaded topics (all
+    of the log but its tail); once it has applied them, the tail is published, and from the
+    moment the last input is acknowledged by the broker every trigger id of file mode is on the
+    interventions topic (read by an independent consumer) within 5 s, and no other. SIGTERM then
+    stops the run cleanly (exit 0)."""
     settings = _settings(kafka_broker.bootstrap, unique_name("f"))
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
         3,
     )
-    publish_log(settings, log)
+    lines = log.read_bytes().splitlines(keepends=True)
+    k = _split_point(lines, 0.9)
+    (tmp_path / "head.jsonl").write_bytes(b"".join(lines[:k]))
+    (tmp_path / "tail.jsonl").write_bytes(b"".join(lines[k:]))
+    publish_log(settings, tmp_path / "head.jsonl")  # preloaded before the run starts
     expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
-    got: list[dict] = []
-    reader = _reader(settings, settings.topic_interventions)
+
+    port = _free_port()
+    env = {
+        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SALVAGE_TOPIC_PARTITIONS": "3",
+        "SALVAGE_METRICS_PORT": str(port),
+        "SALVAGE_METRICS_HOST": "127.0.0.1",
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
+    }
+    proc = salvage_cli(
+        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary", env=env
+    )
+    arrived: dict[str, float] = {}  # trigger id -> when the independent reader got it
+    reader = _reader(settings, settings.topics.interventions)
+
+    def read(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            for m in reader.consume(1000, 0.05):
+                if m.error() is None:
+                    arrived.setdefault(json.loads(m.value())["trigger_id"], time.monotonic())
+
     try:
-        _follow(settings, lambda: _drain(reader, got, 0.1) or len(got) >= len(expected))
-        _drain(reader, got)
+        deadline = time.monotonic() + 60
+        while _applied(port) < k:  # the preloaded part read and applied
+            assert time.monotonic() < deadline, f"applied {_applied(port)} of {k}"
+            assert proc.poll() is None, proc.err_path.read_text()
+            read(0.2)
+        before = set(arrived)
+        publish_log(settings, tmp_path / "tail.jsonl")
+        quiet = time.monotonic()  # the last input is acknowledged: input is quiet from here
+        while not expected <= set(arrived) and time.monotonic() < quiet + 30:
+            assert proc.poll() is None, proc.err_path.read_text()
+            read(0.1)
+        read(1.0)  # quiet on: nothing more comes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
     finally:
         reader.close()
-    assert {t["trigger_id"] for t in got} == expected
+    assert set(arrived) == expected
+    assert before < expected  # some triggers needed the tail: the measurement means something
+    took = max(arrived.values()) - quiet
+    print(f"every trigger out {took:.2f}s after the last input")
+    assert took <= 5.0
 
 
 @pytest.mark.integration
@@ -228,13 +315,13 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
     no trigger lost."""
     settings = _settings(kafka_broker.bootstrap, unique_name("r"))
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
         3,
     )
     expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
     got: list[dict] = []
-    reader = _reader(settings, settings.topic_interventions)
+    reader = _reader(settings, settings.topics.interventions)
     published = threading.Event()
 
     def burst_after_idle() -> None:
@@ -252,7 +339,7 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
     finally:
         reader.close()
     letters: list[dict] = []
-    dlq = _reader(settings, settings.topic_dead_letters)
+    dlq = _reader(settings, settings.topics.dead_letters)
     try:
         _drain(dlq, letters)
     finally:
@@ -265,7 +352,7 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
 def _trigger_ids(settings: Settings) -> list[str]:
     """Every trigger id on the interventions topic, read to the end (the embedded broker's high
     watermarks do not count messages one by one, so they are not used to count)."""
-    reader = topic_reader(settings, settings.topic_interventions)
+    reader = topic_reader(settings, settings.topics.interventions)
     ids: list[str] = []
     last = time.monotonic()
     try:
@@ -287,14 +374,14 @@ def test_a_restart_without_recovery_goes_on_from_the_groups_offsets(
     republish every trigger (486 -> 972). --from-beginning still re-reads everything."""
     group = unique_name("group")
     settings = kafka_settings(kafka_broker.bootstrap, unique_name("rs"), kafka_group_id=group)
-    ensure_topics(settings.kafka_client_config(), list(settings.input_topics().values()), 3)
+    ensure_topics(settings.kafka.as_librdkafka_dict(), list(settings.topics.inputs().values()), 3)
     published = sum(publish_log(settings, sim_log(tmp_path, orders=300, seed=8)).values())
     run_flow(FlowSpec(settings, to_end=True, case_store=False))
     first = _trigger_ids(settings)
     assert first and len(set(first)) == len(first)
     # the clean stop committed every input partition's end
-    probe = Consumer({**settings.kafka_client_config(), "group.id": group})
-    inputs = [tp for t in settings.input_topics().values() for tp in _partitions(probe, t)]
+    probe = Consumer({**settings.kafka.as_librdkafka_dict(), "group.id": group})
+    inputs = [tp for t in settings.topics.inputs().values() for tp in _partitions(probe, t)]
     committed = probe.committed(inputs, timeout=10)
     probe.close()
     assert sum(tp.offset for tp in committed) == published  # new topics: they start at 0
@@ -310,3 +397,140 @@ def _partitions(consumer: Consumer, topic: str) -> list:
 
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+# ------------------------------------------------------------------ waking up by offsets
+
+
+def _scan(n: int, at: str) -> bytes:
+    return line(
+        event(
+            f"S{n:05d}",
+            "carrier_scan",
+            f"O{n:05d}",
+            at,
+            courier="dhl",
+            region="central",
+            scan="label_created",
+            estimated_delivery_at="2026-03-05T21:00:00Z",
+        )
+    )
+
+
+def _at(second: int) -> str:
+    return f"2026-03-02T{10 + second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z"
+
+
+@pytest.mark.integration
+def test_a_waking_partition_holds_until_every_idle_one_checked_its_offsets(kafka_conf, unique_name):
+    """Issue 12 item 2: the hold after a wake-up is settled by offsets, not by a timer. An idle
+    partition whose own fetch has not delivered yet (paused here: its librdkafka cache still says
+    caught up) finds its unread data by a fresh end-offset query when another partition wakes,
+    and holds the watermark at once, before reading anything; the waking partition holds until
+    then, however long that takes. Fed to a reorderer in the order they came out, no event of
+    either partition is behind the watermark: none is late after the quiet spell."""
+    orders, scans = unique_name("orders-wake"), unique_name("deliveries-wake")
+    ensure_topics(kafka_conf, [orders, scans], 1)
+    idle_s = 0.3
+    source = KafkaEventSource(
+        kafka_conf,
+        {"orders": orders, "deliveries": scans},
+        {orders: 1, scans: 1},
+        tolerance_us=60_000_000,
+        max_lateness_us=7 * 86_400_000_000,
+        to_end=False,
+        idle_s=idle_s,
+    )
+    a_id, b_id = kafka_part_id(orders, 0), kafka_part_id(scans, 0)
+    a, b = source.build_part("in", a_id, None), source.build_part("in", b_id, None)
+    came: list[tuple[str, object]] = []  # every item, in the order the partitions emitted them
+    producer = Producer(kafka_conf)
+
+    def publish(first: int, last: int, to_b: bool = True) -> None:
+        for n in range(first, last):
+            producer.produce(orders, line(order_placed(f"O{n:05d}", _at(n))), partition=0)
+            if to_b:
+                producer.produce(scans, _scan(n, _at(n)), partition=0)
+        assert producer.flush(10) == 0
+
+    def pump(part, pid: str, times: int = 1) -> list:
+        got: list = []
+        for _ in range(times):
+            got += part.next_batch()
+            time.sleep(0.01)
+        came.extend((pid, item) for item in got)
+        return got
+
+    def events(pid: str) -> int:
+        return sum(1 for p, item in came if p == pid and isinstance(item, Event))
+
+    def ticks(items: list) -> list[int]:
+        return [item.watermark for item in items if isinstance(item, Tick)]
+
+    def until(pred, *parts, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "timed out"
+            for part, pid in parts:
+                pump(part, pid)
+
+    def both_idle() -> bool:
+        last = {p: item.watermark for p, item in came if isinstance(item, Tick)}
+        return last.get(a_id) == IDLE and last.get(b_id) == IDLE
+
+    clear_stop()
+    try:
+        publish(0, 20)
+        until(lambda: events(a_id) == events(b_id) == 20 and both_idle(), (a, a_id), (b, b_id))
+        a_old = a._parser.clock.watermark
+        b_old = b._parser.clock.watermark
+
+        # B's fetches stop (a slow fetch on a loaded machine); a burst reaches both topics
+        b._consumer.pause([TopicPartition(scans, 0)])
+        time.sleep(0.5)  # its last fetch request (fetch.wait.max.ms) has been answered
+        publish(20, 40)
+        mark = len(came)
+        until(lambda: events(a_id) == 40, (a, a_id))
+        time.sleep(3 * idle_s)  # a timer alone would have let A go on by now
+        pump(a, a_id, 5)
+        assert a._parser.clock.watermark > a_old
+        assert ticks([i for _, i in came[mark:]]) == [a_old]  # A holds: B has not checked
+        # B's cache still shows no new data: only a fresh query can tell
+        cached = b._consumer.get_watermark_offsets(TopicPartition(scans, 0), cached=True)
+        assert cached[1] == 20
+
+        woke = pump(b, b_id)  # B checks its end offset afresh: data waits, it holds at once
+        assert ticks(woke) == [b_old] and events(b_id) == 20
+        # settled: A goes on (caught up and quiet for long, it is idle now; B holds the watermark)
+        assert ticks(pump(a, a_id)) == [IDLE]
+        time.sleep(3 * idle_s)
+        assert IDLE not in ticks(pump(b, b_id, 5))  # behind by offsets: never idle, unread
+        b._consumer.resume([TopicPartition(scans, 0)])
+        until(lambda: events(b_id) == 40 and both_idle(), (a, a_id), (b, b_id))
+
+        # a wake with nothing waiting elsewhere: B's check finds nothing, B stays idle, A goes on
+        a_old = a._parser.clock.watermark
+        publish(40, 45, to_b=False)
+        mark = len(came)
+        until(lambda: events(a_id) == 45, (a, a_id))
+        time.sleep(3 * idle_s)
+        pump(a, a_id, 3)
+        assert ticks([i for _, i in came[mark:]]) == [a_old]  # holds until B has checked
+        assert pump(b, b_id) == []  # checked: still idle, nothing to say
+        assert ticks(pump(a, a_id)) == [IDLE]  # settled at once
+    finally:
+        a.close()
+        b.close()
+        clear_stop()
+        producer = None  # no reconnect attempts once the broker is gone
+
+    r = Reorderer([a_id, b_id])
+    late = []
+    for pid, item in came:
+        if isinstance(item, Tick):
+            r.tick(pid, item.watermark, item.seen)
+            r.release()
+        elif isinstance(item, Event) and not r.push(item.t, item.tie, item.payload):
+            late.append((pid, item.tie))
+    assert late == []
+    assert events(a_id) == 45 and events(b_id) == 40

@@ -113,16 +113,15 @@ def test_replay_twice_then_kafka_mode_equals_file_mode_and_record_round_trips(
 ):
     settings = _settings(kafka_broker.bootstrap, unique_name("rp"))
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
         3,
     )
     gz = tmp_path / "events.jsonl.gz"
     gz.write_bytes(gzip.compress(log.read_bytes()))
     # through the CLI, as a data engineer would, with a gzip'd log
-    for key, value in settings.model_dump().items():
-        if key.startswith("topic_"):
-            monkeypatch.setenv(f"SALVAGE_{key.upper()}", str(value))
+    for key, value in settings.topics.model_dump().items():
+        monkeypatch.setenv(f"SALVAGE_TOPIC_{key.upper()}", str(value))
     result = CliRunner().invoke(
         app, ["replay", str(gz), "--max", "--kafka-bootstrap", kafka_broker.bootstrap]
     )
@@ -135,7 +134,7 @@ def test_replay_twice_then_kafka_mode_equals_file_mode_and_record_round_trips(
 
     run_flow(FlowSpec(settings, to_end=True, case_store=False))
     got = tmp_path / "interventions.jsonl"
-    consume_topic(settings, settings.topic_interventions, got, group=unique_name("g"))
+    consume_topic(settings, settings.topics.interventions, got, group=unique_name("g"))
     expected = run_file_flow([log], tmp_path / "file", **WIDE)["interventions"]
     # identical triggers, byte for byte (the topic's partitions interleave them on reading)
     assert sorted(got.read_bytes().splitlines()) == sorted(expected.splitlines())
@@ -153,7 +152,7 @@ def test_replay_twice_then_kafka_mode_equals_file_mode_and_record_round_trips(
 @pytest.mark.integration
 def test_replay_time_window_and_rate(kafka_broker, log, tmp_path, unique_name):
     settings = _settings(kafka_broker.bootstrap, unique_name("rw"))
-    ensure_topics(settings.kafka_client_config(), list(settings.input_topics().values()), 3)
+    ensure_topics(settings.kafka.as_librdkafka_dict(), list(settings.topics.inputs().values()), 3)
     lines = _raw_lines(log)
     times = sorted(t for t in (event_time_us(x) for x in lines) if t is not None)
     lo, hi = times[len(times) // 4], times[len(times) // 2]

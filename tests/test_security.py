@@ -34,7 +34,7 @@ def test_kafka_sasl_tls_settings_pass_through(monkeypatch):
     }.items():
         monkeypatch.setenv(key, value)
     s = Settings()
-    assert s.kafka_client_config() == {
+    assert s.kafka.as_librdkafka_dict() == {
         "bootstrap.servers": "broker-1:9093",
         "log.connection.close": "false",
         "security.protocol": "SASL_SSL",

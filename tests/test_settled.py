@@ -115,3 +115,38 @@ def test_after_the_grace_period_late_facts_are_dead_letters_again():
 def test_grace_zero_is_the_old_behaviour():
     _case, _ctx, _model, dead, _kpi = _run(_story(late_day=20), _cfg(settled_grace_us=0))
     assert len(dead) == 4
+
+
+def test_a_late_chargeback_reaches_the_refunded_kpi_in_its_currency():
+    """The settled KPI fact of a chargeback carries its amount and currency: refunded value (basis
+    ``late_chargeback``), never leakage (sinks/leakage.py)."""
+    from prometheus_client import REGISTRY
+
+    from salvage.sinks import kpis
+
+    def total(name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for m in REGISTRY.collect()
+            for s in m.samples
+            if s.name == name and labels.items() <= s.labels.items()
+        )
+
+    kpis.configure()
+    basis = {"currency": "EUR", "basis": "late_chargeback"}
+    before = [total("salvage_refunded_by_basis_total", **basis)]
+    before += [total("salvage_refunded_total", currency="EUR")]
+    before += [total("salvage_refund_leakage_total")]
+    _case, _ctx, _model, _dead, kpi = _run(_story(late_day=20), _cfg())
+    late = [k["case"] for k in kpi if k["kind"] == "settled"]
+    assert [(c["late"], c["amount"], c["currency"]) for c in late][-1] == (
+        "chargeback_filed",
+        50.0,
+        "EUR",
+    )
+    for fact in kpi:
+        kpis.observe(fact)
+    after = [total("salvage_refunded_by_basis_total", **basis)]
+    after += [total("salvage_refunded_total", currency="EUR")]
+    after += [total("salvage_refund_leakage_total")]
+    assert [round(a - b, 6) for a, b in zip(after, before, strict=True)] == [50.0, 50.0, 0.0]

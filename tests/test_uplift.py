@@ -318,9 +318,9 @@ def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
         update={"policy": str(EXPERIMENT_POLICY)}
     )
     ensure_topics(
-        settings.kafka_client_config(),
-        list(settings.input_topics().values()) + settings.output_topics(),
-        settings.topic_partitions,
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        settings.topics.partitions,
     )
     publish_log(settings, d / "events.jsonl")
     spec = FlowSpec(settings, to_end=True, case_store=False, out_dir=tmp_path / "kafka")

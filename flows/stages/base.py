@@ -14,23 +14,11 @@ from salvage.features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer
 from salvage.features.lane import LaneConfig
 from salvage.features.order_case import PROMISE_RECHECKS_US
 from salvage.flows.messages import Batch, Emit, Event, Route, Tick
+from salvage.flows.metric_batch import cached as _cached
+from salvage.flows.metric_batch import flush as _flush_metrics
 from salvage.policy.config import Policy, load_policy
 from salvage.scoring.models import ModelConfig
 from salvage.sinks import metrics
-
-
-def _cached(metric):
-    """Memoise ``metric.labels(value)``: the lookup costs more than the increment."""
-    children: dict[str, Any] = {}
-
-    def child(value: str):
-        c = children.get(value)
-        if c is None:
-            c = children[value] = metric.labels(value)
-        return c
-
-    return child
-
 
 _EVENTS = _cached(metrics.EVENTS)
 _CLOSED = _cached(metrics.CASES_CLOSED)
@@ -103,6 +91,7 @@ class StageConfig:
     intent_stage: bool = False
     intent_threshold: float = 0.6
     score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
+    model_exports: bool = False  # model shards emit checkpoints (flows/model_sink.py)
     policy: Policy = field(default_factory=load_policy)
 
     def case_keys(self) -> list[str]:
@@ -179,14 +168,8 @@ class _Stage(ABC):
                 self._outbox = {}
             if self.reorderer.low != before:
                 out.append((Route.TICK, Tick(self.name, self.reorderer.low, self.seen_t)))
+        _flush_metrics()  # the batch's counter increments, one inc per labelled child
         return out
-
-    def rebind(self, cfg: StageConfig) -> None:
-        """On a resume from a snapshot: adopt the current run's configuration (policy, thresholds,
-        windows) instead of the one pickled with the state; what was learned and buffered stays.
-        The manifest (salvage.runner.run_manifest) refuses changes that would move keys."""
-        if hasattr(self, "cfg"):
-            self.cfg = cfg
 
     @abstractmethod
     def apply(self, released: list[tuple[int, str, Any]], low: int, out: Emit) -> None:

@@ -72,30 +72,6 @@ class CaseStage(_Stage):
             for kind in self.journey.alerts:
                 _JOURNEY_ALERTS(kind.value)
 
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        for name, empty in (("tomb_digests", dict), ("orphans", dict), ("orphan_heap", list)):
-            if not hasattr(self, name):  # a snapshot from before these existed
-                setattr(self, name, empty())
-        # input partitions added since the snapshot (a Kafka topic grown by ops): wait for them
-        if not hasattr(self, "settled"):  # a snapshot written before the grace period
-            self.settled = {}
-        for source in case_upstreams(cfg):
-            self.reorderer.upstream.setdefault(source, BEGIN)
-        if not cfg.intent_stage:  # inference turned off: no intent stage to wait for
-            self.reorderer.upstream.pop(INTENT_KEY, None)
-        self._configure(cfg)
-        # deadlines follow the config (return window, journey thresholds): a timer computed under
-        # the old one would be discarded when it fires and the new deadline never scheduled
-        self.timers = [
-            (d, oid)
-            for oid, case in self.cases.items()
-            if (
-                d := case.next_deadline(cfg.return_window_us, self.journey, cfg.promise_rechecks_us)
-            )
-        ]
-        heapq.heapify(self.timers)
-
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
         deadline = case.next_deadline(
@@ -308,6 +284,7 @@ class CaseStage(_Stage):
                 "reviewed_at": rec.reviewed_at,
                 "late": kind,
                 "amount": amount,
+                "currency": ev.currency if kind == "chargeback_filed" else "",
                 "flagged": flagged,
             },
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from salvage.connectors.outputs import (
@@ -27,6 +26,7 @@ from salvage.policy.disposition import decide_disposition
 from salvage.policy.engine import CUSTOMER_FACING, decide, holdout_unit
 from salvage.policy.triggers import build_trigger, decision_record, held_out, is_forced, trigger_id
 from salvage.sinks import metrics
+from salvage.sinks.case_doc import case_json
 from salvage.uplift import placed
 
 
@@ -186,7 +186,7 @@ class DispatchStage(_Stage):
                 "last_decision": decision_doc or self.last_decision.get(view.order_id),
                 "triggered": self.sent.get(view.order_id, []),
             }
-            out.append((Route.CASE_RECORD, (view.order_id, t, json.dumps(record))))
+            out.append((Route.CASE_RECORD, (view.order_id, t, case_json(record))))
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
             self._outcome(t, view)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from salvage.features.eventtime import BEGIN
 from salvage.flows.messages import Emit, InferredContact, Route
 from salvage.flows.stages.base import (
     _INFERRED,
@@ -37,12 +36,6 @@ class IntentStage(_Stage):
         self.cfg = cfg
         self.intents = IntentClassifier(threshold=cfg.intent_threshold)
         self.recent: dict[int, None] = {}  # insertion-ordered: the oldest is evicted first
-
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        for source in cfg.sources:
-            self.reorderer.upstream.setdefault(source, BEGIN)
-        self.intents.threshold = cfg.intent_threshold  # a resume keeps what it learned
 
     def apply(self, released, low: int, out: Emit) -> None:
         clf = self.intents

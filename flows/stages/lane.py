@@ -25,12 +25,6 @@ class LaneStage(_Stage):
         self.cfg = cfg
         self.lanes: dict[str, LaneMonitor] = {}
 
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        for lane, monitor in self.lanes.items():  # the gauge of a fresh process starts at 0
-            if monitor.alert_open:
-                metrics.LANE_ALERT_OPEN.labels(kpis.bucket("lane_monitor", lane)).inc()
-
     def apply(self, released, low: int, out: Emit) -> None:
         lcfg = self.cfg.lane
         lanes = self.lanes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from salvage.flows.messages import Emit, Route
+from salvage.flows.model_sink import checkpoint
 from salvage.flows.stages.base import (
     _MODEL_CHANGES,
     RISK_SIGNALS,
@@ -29,14 +30,6 @@ class ModelStage(_Stage):
         for name in ("recoverability", "abuse"):  # series exist from the start (increase() works)
             _MODEL_CHANGES["promoted"](name)
             _MODEL_CHANGES["demoted"](name)
-
-    def rebind(self, cfg: StageConfig) -> None:
-        super().rebind(cfg)
-        # promotion and demotion gates of this run; the models' structure (learning rate, windows)
-        # is fixed when they are created
-        self.models.cfg = cfg.model
-        self.models.recoverability.cfg = self.models.abuse.cfg = cfg.model
-        self.models.upgrade()  # a snapshot written before issue 11's fields
 
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False
@@ -73,6 +66,8 @@ class ModelStage(_Stage):
             self.send(Route.DISPATCH, dest, t, tie, (view, features, scored, events))
         if labelled:
             self._export_metrics()
+        if self.cfg.model_exports:  # for `salvage models export` (flows/model_sink.py)
+            checkpoint(self, low, out)
 
     def _export_metrics(self) -> None:
         shard = str(self.shard)

@@ -1,0 +1,101 @@
+"""Refund leakage: which refunded value could have been saved (issue 11 item 5).
+
+An ops user reads "refund leakage" as *money refunded that could have been saved*. Salvage decides
+it per closed case from facts it had **when the money went out** (a refund or a chargeback closes
+the case, so the case's facts at close are those facts), never from a model score:
+
+1. **Delivered.** A parcel that never arrived (lost, returned to sender: no ``delivered`` scan) is
+   refunded because the goods are gone: a carrier claim, not a refund anyone could have avoided.
+2. **No abuse evidence.** No abuse flag from grading, no ``abuse_confirmed`` review verdict, no
+   abuse flag on any return of this customer so far (``customer_abuse_flags``). Money that went to
+   abuse is a loss, but not a customer who could have been kept.
+3. **A controllable reason.** The return reason is one the brand can answer with something other
+   than cash: a size (``too_small`` / ``too_large``: an exchange), ``damaged`` or ``wrong_item``
+   (a replacement), ``quality`` / ``not_as_described`` (a replacement, credit), ``arrived_late``
+   (an apology, credit); or, whatever the reason, the customer asked for an exchange or store
+   credit (``preferred_resolution``) and got cash. ``changed_mind``, ``other`` and ``not_received``
+   (a claim against a delivered scan) are not leakage. A chargeback without a return request has
+   no reason: it counts when the parcel arrived more than :data:`LATE_HOURS` after its promise.
+
+Value is the refunded amount (refunds + chargebacks of the case), in the case's currency (one
+series per currency, never converted). A chargeback filed **after** the case settled, within
+``SALVAGE_SETTLED_GRACE_DAYS``, adds to the refunded value (basis ``late_chargeback``) but not to
+leakage: it disputes a decision already taken. Counters never go down, so a fact that arrives after
+the refund (a late grade's abuse flag) does not move value out of leakage: the definition is about
+what was known at the refund.
+
+It is a share estimate, not a list of cases: on the simulator a refund's latent recoverability is a
+coin flip inside every reason (it hinges on the customer's temperament and value tier), so no rule
+picks the right cases one by one (README, "On data Salvage was not tuned to").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+LATE_HOURS = 24.0
+"""A delivery this many hours past its promise is late (the reason of a chargeback without a
+return request)."""
+
+CONTROLLABLE: dict[str, str] = {
+    "too_small": "fit",
+    "too_large": "fit",
+    "damaged": "damaged",
+    "wrong_item": "wrong_item",
+    "quality": "quality",
+    "not_as_described": "quality",
+    "arrived_late": "late_delivery",
+}
+ALTERNATIVES = frozenset({"exchange", "store_credit"})
+LEAKED = frozenset({*CONTROLLABLE.values(), "asked_for_alternative"})
+BASES: tuple[str, ...] = (
+    *dict.fromkeys(CONTROLLABLE.values()),
+    "asked_for_alternative",
+    "changed_mind",
+    "other_reason",
+    "not_received",
+    "no_return_request",
+    "not_delivered",
+    "abuse_evidence",
+    "late_chargeback",
+)
+"""Every basis :func:`basis` returns (a closed label vocabulary)."""
+
+
+def basis(case: Mapping[str, Any], customer: Mapping[str, Any] | None = None) -> str:
+    """Why a closed case's refunded value is (or is not) leakage: one of :data:`BASES`; leakage
+    iff the result is in :data:`LEAKED`. ``case``: :meth:`OrderCase.facts` at close; ``customer``:
+    the customer-context features at close.
+
+    >>> basis({"delivered_at": 1, "return_reason": "too_small"})
+    'fit'
+    >>> basis({"delivered_at": 1, "return_reason": "too_small", "abuse_flags": ["worn"]})
+    'abuse_evidence'
+    >>> basis({"delivered_at": 1, "return_reason": "changed_mind",
+    ...        "preferred_resolution": "store_credit"})
+    'asked_for_alternative'
+    >>> basis({"delivered_at": 0, "return_reason": "damaged"})
+    'not_delivered'
+    >>> basis({"delivered_at": 1, "slippage_hours": 30.0}), basis({"delivered_at": 1})
+    ('late_delivery', 'no_return_request')
+    """
+    if not case.get("delivered_at"):
+        return "not_delivered"
+    if (
+        case.get("abuse_flags")
+        or case.get("review_verdict") == "abuse_confirmed"
+        or float((customer or {}).get("customer_abuse_flags") or 0.0) > 0
+    ):
+        return "abuse_evidence"
+    reason = case.get("return_reason") or ""
+    if not reason:
+        late = float(case.get("slippage_hours") or 0.0) > LATE_HOURS
+        return "late_delivery" if late else "no_return_request"
+    if reason == "not_received":
+        return "not_received"
+    if reason in CONTROLLABLE:
+        return CONTROLLABLE[reason]
+    if case.get("preferred_resolution") in ALTERNATIVES:
+        return "asked_for_alternative"
+    return "changed_mind" if reason == "changed_mind" else "other_reason"
