@@ -415,8 +415,8 @@ def write_log(
     effects = dict(TRUE_EFFECTS if effects is None else effects)
     repeat_effects = dict(REPEAT_EFFECTS if repeat_effects is None else repeat_effects)
     settings = settings or Settings(redis_url="")
-    if not settings.policy:
-        settings = settings.model_copy(update={"policy": str(EXPERIMENT_POLICY)})
+    if not settings.dataflow.policy:
+        settings = settings.updated(policy=str(EXPERIMENT_POLICY))
     say = progress or (lambda _m: None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -467,8 +467,8 @@ def write_log(
             "customers": {act: n for act, n in sorted(_counts(customer_units).items())},
             "window_days": REPEAT_WINDOW_DAYS,
         },
-        "policy": str(settings.policy),
-        "policy_version": load_policy(settings.policy).version,
+        "policy": str(settings.dataflow.policy),
+        "policy_version": load_policy(settings.dataflow.policy).version,
         "iterations": iterations,
         "converged": converged,
         "react_delay_hours": REACT_DELAY_S / 3600,

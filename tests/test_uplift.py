@@ -314,8 +314,8 @@ def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
     from tests.test_integration import WIDE, _topic_settings
 
     d, _record = closed_loop
-    settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl")).model_copy(
-        update={"policy": str(EXPERIMENT_POLICY)}
+    settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl")).updated(
+        policy=str(EXPERIMENT_POLICY)
     )
     ensure_topics(
         settings.kafka.as_librdkafka_dict(),
