@@ -314,7 +314,7 @@ def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
     from tests.test_integration import WIDE, _topic_settings
 
     d, _record = closed_loop
-    settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl")).updated(
+    settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl"), **WIDE).updated(
         policy=str(EXPERIMENT_POLICY)
     )
     ensure_topics(
