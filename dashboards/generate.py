@@ -2,7 +2,7 @@
 salvage.dashboards.generate``.
 
 ``--check`` writes nothing and exits 1 when a committed file differs from what the code generates
-(``tests/test_dashboards.py`` does the same check).
+(``tests/dashboards/test_dashboards.py`` does the same check).
 """
 
 from __future__ import annotations

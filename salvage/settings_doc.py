@@ -1,6 +1,6 @@
 """Every ``SALVAGE_*`` setting in one place: the effective configuration as a tree (``salvage
 config``) and the README's settings table, both generated from :class:`salvage.config.Settings`
-(``tests/test_settings_doc.py`` keeps the README equal to :func:`settings_table`).
+(``tests/salvage/test_settings_doc.py`` keeps the README equal to :func:`settings_table`).
 
 :func:`validate_all` builds the whole tree (the KPI label buckets and the cost model included), so
 a bad value stops a command at start (exit 2), not a running flow."""

@@ -7,7 +7,7 @@ probability from the same River state in one pass: one dict of scaled-and-clippe
 product in River's (Rust) ``VectorDict``. It reads the state only: learning stays River's.
 
 Equal to ``pipeline.predict_proba_one(x)[True]`` up to float rounding (the summation order of the
-dot product); ``tests/test_fastpath.py`` checks it on trained models.
+dot product); ``tests/scoring/test_fastpath.py`` checks it on trained models.
 """
 
 from __future__ import annotations

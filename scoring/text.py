@@ -33,7 +33,7 @@ class HashedNB:
     """Multinomial naive Bayes over hashed term counts (Laplace/Lidstone ``alpha``): River's
     ``MultinomialNB`` formula, P(t|c) = (n(t, c) + alpha) / (n(c) + alpha * V), computed with one
     log per (term, class) and the class denominators once per call (River recomputes both per
-    term). ``tests/test_text.py`` checks it against River's on the same data."""
+    term). ``tests/scoring/test_text.py`` checks it against River's on the same data."""
 
     __slots__ = ("alpha", "class_docs", "class_terms", "counts")
 

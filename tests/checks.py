@@ -1,5 +1,5 @@
 """River-style checks for every keyed stage (cf. ``river/checks/``): properties any stage must
-have, written once and applied to each stage of the graph (``tests/test_stage_checks.py``).
+have, written once and applied to each stage of the graph (``tests/flows/test_stage_checks.py``).
 
 Inputs are real: a simulator log runs through the stage graph in a plain loop
 (:class:`salvage.flows.plain.PlainLoop`) and every call of every stage shard is recorded. A check

@@ -102,7 +102,7 @@ def _cfg(**model) -> StageConfig:
 
 
 def _features(i: int, leak: float = 0.0) -> dict[str, float]:
-    from tests.test_order_case import apply_all, story
+    from tests.features.test_order_case import apply_all, story
 
     f = apply_all(story(f"o{i}")[:3]).features(10**15)
     return {
@@ -236,7 +236,7 @@ def test_a_review_verdict_is_the_abuse_label():
     ms.score("o2", 150, {"a": 1.5}, RULES, returned=True)
     ms.label("o2", 300, {**facts, "abuse_flags": ["worn"], "review_verdict": "approve"})
     # the reviewer overrules the grading flag, on both snapshots taken once the return was claimed
-    # (and before the verdict: tests/test_leakage_abuse.py)
+    # (and before the verdict: tests/flows/test_leakage_abuse.py)
     assert (ms.abuse.positives, ms.abuse.negatives) == (1, 2)
 
 

@@ -1,6 +1,6 @@
 """Outages over real servers: Redis stopped and restarted on a spare port while the flow runs.
 
-(Kafka produce failures stopping the flow loudly: ``tests/test_broker_io.py``.)
+(Kafka produce failures stopping the flow loudly: ``tests/connectors/test_broker_io.py``.)
 """
 
 from __future__ import annotations

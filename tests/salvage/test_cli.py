@@ -122,7 +122,7 @@ def test_bytewax_run_entry_point(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bytewax.run", "salvage.flows.recovery:flow"],
         env=env,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         capture_output=True,
         timeout=120,
     )

@@ -18,7 +18,7 @@ from salvage.connectors.outputs import Trigger
 pytestmark = pytest.mark.integration
 
 SPEC = importlib.util.spec_from_file_location(
-    "trigger_consumer", Path(__file__).resolve().parents[1] / "examples" / "trigger_consumer.py"
+    "trigger_consumer", Path(__file__).resolve().parents[2] / "examples" / "trigger_consumer.py"
 )
 assert SPEC is not None and SPEC.loader is not None
 example = importlib.util.module_from_spec(SPEC)

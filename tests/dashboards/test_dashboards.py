@@ -20,7 +20,7 @@ from salvage.dashboards import generate
 from salvage.dashboards.builder import DATASOURCE_UID, SCHEMA_VERSION, render, substitute
 from salvage.dashboards.definitions import DASHBOARDS
 
-ALERTS = Path(__file__).resolve().parent.parent / "dashboards" / "alerts"
+ALERTS = Path(__file__).resolve().parents[2] / "dashboards" / "alerts"
 RULES = ALERTS / "salvage.rules.yml"
 ALERT_NAMES = {
     "SalvageCourierLaneDelaySpike",

@@ -20,7 +20,7 @@ import yaml
 
 from salvage.config import FLAT, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 PROM = ROOT / "deploy" / "prometheus.yml"
 AM = ROOT / "deploy" / "alertmanager.yml"

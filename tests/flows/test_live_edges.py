@@ -24,7 +24,7 @@ from salvage.connectors.parse import (
 )
 from salvage.runner import publish_log
 from tests.helpers import event, line, order_placed
-from tests.test_outages import _backlog, _dump
+from tests.sinks.test_outages import _backlog, _dump
 
 TEXT = "Hi, this is Jane Doe, 12 Elm Street, jane@example.com, call me on +44 7700 900123"
 

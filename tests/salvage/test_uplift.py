@@ -311,7 +311,7 @@ def test_closed_loop_log_in_kafka_mode_gives_the_file_mode_assignments(
     from salvage.connectors.broker import ensure_topics
     from salvage.flows.recovery import FlowSpec, build_flow
     from salvage.runner import publish_log
-    from tests.test_integration import WIDE, _topic_settings
+    from tests.salvage.test_integration import WIDE, _topic_settings
 
     d, _record = closed_loop
     settings = _topic_settings(kafka_broker.bootstrap, unique_name("cl"), **WIDE).updated(

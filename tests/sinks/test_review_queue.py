@@ -23,7 +23,7 @@ from salvage.sinks.review_queue import (
     ReviewQueueUnavailable,
 )
 from tests.flowkit import jsonl, sim_log
-from tests.test_outages import _chain
+from tests.sinks.test_outages import _chain
 
 pytestmark = pytest.mark.integration
 

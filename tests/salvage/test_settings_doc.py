@@ -12,7 +12,7 @@ from salvage.cli import app
 from salvage.config import FLAT, Settings
 from salvage.settings_doc import GROUPS, README_END, README_START, settings_rows, settings_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 runner = CliRunner()
 
 

@@ -24,7 +24,7 @@ from salvage.connectors.broker import free_port
 from salvage.connectors.simulator import write_log
 from salvage.runner import Cluster, ClusterError, resolve_cluster
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = ("interventions", "lane_alerts", "dead_letters", "model_events", "dispositions")
 ENV = {"SALVAGE_REORDER_TOLERANCE_SECONDS": "3600", "SALVAGE_METRICS_PORT": "0"}
 

@@ -40,7 +40,7 @@ from tests.flowkit import sim_log
 
 pytestmark = pytest.mark.integration
 
-RULES = Path(__file__).resolve().parent.parent / "dashboards" / "alerts" / "salvage.rules.yml"
+RULES = Path(__file__).resolve().parents[2] / "dashboards" / "alerts" / "salvage.rules.yml"
 GRAFANA = {"__rate_interval": "1m", "__range": "5m", "campaign": ".*", "sku_family": ".*"}
 GRAFANA["lane"] = ".*"
 MALFORMED = [

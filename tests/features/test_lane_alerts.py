@@ -46,7 +46,7 @@ def _run(tmp_path_factory, scenario: str, orders: int, seed: int):
     # scrapes of this process's registry for the tests that come after (test_prometheus).
     subprocess.run(
         [sys.executable, "-c", _RUN, str(log), str(out)],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         check=True,
         timeout=240,
         capture_output=True,

@@ -12,7 +12,15 @@ from salvage.connectors.outputs import Action, Priority
 from salvage.features.eventtime import DAY_US
 from salvage.policy.config import MAX_CONTACT_LOG, PolicyError, load_policy
 from salvage.policy.engine import decide
-from tests.test_policy import _default_doc, _features, _scores, _sent, _stage, _update, _write
+from tests.policy.test_policy import (
+    _default_doc,
+    _features,
+    _scores,
+    _sent,
+    _stage,
+    _update,
+    _write,
+)
 
 POLICY = load_policy()
 
