@@ -136,7 +136,5 @@ def learn_batch(S, intercept, X, returned, y, weight, rates, l2):
     """Learn the rows of ``X`` in order; returns the final intercept (``S`` in place)."""
     scaled = np.empty(S.shape[1])
     for k in range(X.shape[0]):
-        intercept = _learn(
-            S, intercept, X[k], returned[k], y[k], weight[k], rates[k], l2, scaled
-        )
+        intercept = _learn(S, intercept, X[k], returned[k], y[k], weight[k], rates[k], l2, scaled)
     return intercept

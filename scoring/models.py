@@ -239,6 +239,9 @@ class _PythonEngine:
     def vector(self, xp: list[float]) -> Any:
         return xp
 
+    def warm(self) -> None:
+        pass
+
     def predict_one(self, s, b, x, returned: bool) -> float:
         return dense.predict(s, b, x, returned)
 
@@ -264,6 +267,13 @@ class _NumbaEngine:
 
     def vector(self, xp: list[float]) -> Any:
         return np.array(xp, dtype=np.float64)
+
+    def warm(self) -> None:
+        """Compile (or load from the cache) every kernel now, not on the first update."""
+        s, x = np.zeros((dense.ROWS, 2)), np.zeros(1)
+        self.predict_one(s, 0.0, x, True)
+        self.predict_pair(s, 0.0, s, 0.0, x, True)
+        self.learn(s, 0.0, [[0.0]], [True], [True], [1.0], [0.001], 0.0)
 
     def predict_one(self, s, b, x, returned: bool) -> float:
         return self.k.predict_one(s, b, x, returned)
