@@ -271,8 +271,8 @@ class _NumbaEngine:
     def warm(self) -> None:
         """Compile (or load from the cache) every kernel now, not on the first update."""
         s, x = np.zeros((dense.ROWS, 2)), np.zeros(1)
-        self.predict_one(s, 0.0, x, True)
-        self.predict_pair(s, 0.0, s, 0.0, x, True)
+        self.k.predict_one(s, 0.0, x, True)
+        self.k.predict_pair(s, 0.0, s, 0.0, x, True)
         self.learn(s, 0.0, [[0.0]], [True], [True], [1.0], [0.001], 0.0)
 
     def predict_one(self, s, b, x, returned: bool) -> float:
@@ -294,7 +294,7 @@ class _NumbaEngine:
         )
 
 
-ENGINES = {"python": _PythonEngine, "numba": _NumbaEngine}
+ENGINES: dict[str, Any] = {"python": _PythonEngine, "numba": _NumbaEngine}
 _ENGINES: dict[str, Any] = {}
 
 
@@ -303,7 +303,9 @@ def engine(name: str) -> Any:
     if name not in _ENGINES:
         if name not in ENGINES:
             raise ValueError(f"unknown model engine {name!r}: one of {sorted(ENGINES)}")
-        _ENGINES[name] = ENGINES[name]()
+        e = ENGINES[name]()
+        e.warm()
+        _ENGINES[name] = e
     return _ENGINES[name]
 
 
@@ -646,6 +648,7 @@ class ModelSet:
     _inputs: Inputs | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        engine(self.cfg.engine)  # an unknown engine fails here; the kernels load now, not mid-batch
         self.recoverability = OnlineModel("recoverability", self.cfg)
         self.abuse = OnlineModel("abuse", self.cfg)
 
