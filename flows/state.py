@@ -17,8 +17,10 @@ stage that follow the configuration. A resume builds the stage from the current 
 loads the state into it (:meth:`StageState.load`).
 
 What is pickled: the items in flight in a reorder buffer or waiting for their order (input
-events, case views: transient, usually few) and the two River models of a model shard (a keyed
-entry each, rewritten only when they learned). Everything else is plain values.
+events, case views: transient, usually few) and the models' evaluation windows (River metrics and
+ADWIN, inside each model's entry). The models' parameters are the dense core's float64 arrays
+(:func:`model_doc`: a keyed entry per model, rewritten only when it learned). Everything else is
+plain values.
 
 Versioning: :data:`CODEC_VERSION` is written in every header and checked on load; record
 schemas travel with the header, so a record type that gained a field loads older entries with
@@ -45,7 +47,7 @@ from salvage.features.order_case import OrderCase, Outcome, Status
 from salvage.scoring.models import Snapshot
 from salvage.sinks import kpis, metrics
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2  # 2: the models' dense state (msgpack doc, not a pickle)
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 
@@ -305,9 +307,16 @@ class StageCodec:
         """After the entries are loaded: recompute what follows from them and the config."""
 
     def virtual(self, stage: Any) -> dict[str, Any]:
-        """Entries that live outside a dict (the River models): name -> object, pickled as the
-        entry ``m:<name>``, rewritten when its :meth:`StageState._mark` changes."""
+        """Entries that live outside a dict (the models): name -> object, stored as the entry
+        ``m:<name>`` (:meth:`encode_virtual`), rewritten when its :meth:`StageState._mark`
+        changes."""
         return {}
+
+    def encode_virtual(self, name: str, value: Any) -> bytes:
+        return pickle.dumps(value, protocol=_PICKLE)
+
+    def load_virtual(self, stage: Any, name: str, blob: bytes) -> None:
+        _set_virtual(stage, name, pickle.loads(blob))
 
 
 def _reorderer_doc(r: Reorderer) -> dict:
@@ -435,6 +444,70 @@ class DispatchCodec(_Base):
         stage.last_sweep = doc["sweep"]
 
 
+def model_doc(m: Any) -> dict:
+    """One online model (salvage.scoring.models.OnlineModel) as plain values: the dense core's
+    parameters as float64 bytes (:data:`salvage.scoring.dense.LAYOUT_VERSION` slots), its
+    promotion state, and its evaluation windows (River metrics and ADWIN, pickled)."""
+    from salvage.scoring import dense
+
+    state = None if m.state is None else np_bytes(m.state)
+    return {
+        "layout": dense.LAYOUT_VERSION,
+        "rows": dense.ROWS,
+        "state": state,
+        "intercept": float(m.intercept),
+        "steps": m.steps,
+        "active": m.active,
+        "version": m.version,
+        "labels": m.labels,
+        "labels_since_change": m.labels_since_change,
+        "positives": m.positives,
+        "negatives": m.negatives,
+        "evaluation": pickle.dumps(
+            (m.model_eval, m.rules_eval, m.model_flagged, m.rules_flagged, m.adwin),
+            protocol=_PICKLE,
+        ),
+    }
+
+
+def np_bytes(state: Any) -> bytes:
+    import numpy as np
+
+    return np.asarray(state, dtype="<f8").tobytes()
+
+
+def load_model_doc(m: Any, doc: dict, inputs: Any) -> None:
+    """Into a model built from the current config (its engine converts the state)."""
+    import numpy as np
+
+    from salvage.scoring import dense
+
+    if doc.get("layout") != dense.LAYOUT_VERSION or doc.get("rows") != dense.ROWS:
+        raise StateError(
+            f"model state with layout {doc.get('layout')}, this version reads "
+            f"{dense.LAYOUT_VERSION}"
+        )
+    m.state = None
+    if doc["state"] is not None:
+        rows = np.frombuffer(doc["state"], dtype="<f8").reshape(dense.ROWS, -1)
+        if inputs is None or rows.shape[1] != 2 * inputs.n:
+            raise StateError("model state does not match its feature names")
+        m.state = m.engine.adopt(rows)
+    if inputs is not None:
+        m.bind(inputs)
+    m.intercept = doc["intercept"]
+    m.steps = doc["steps"]
+    m.active = doc["active"]
+    m.version = doc["version"]
+    m.labels = doc["labels"]
+    m.labels_since_change = doc["labels_since_change"]
+    m.positives = doc["positives"]
+    m.negatives = doc["negatives"]
+    (m.model_eval, m.rules_eval, m.model_flagged, m.rules_flagged, m.adwin) = pickle.loads(
+        doc["evaluation"]
+    )
+
+
 class ModelCodec(_Base):
     maps = (
         KeyedMap("p", "models.pending", _snap_enc, lambda v, h: _snap_dec(v)),
@@ -472,12 +545,18 @@ class ModelCodec(_Base):
         ms = stage.models
         return {name: getattr(ms, name) for name in self.MODELS}
 
+    def encode_virtual(self, name: str, value: Any) -> bytes:
+        return pack(model_doc(value))
+
+    def load_virtual(self, stage: Any, name: str, blob: bytes) -> None:
+        ms = stage.models
+        load_model_doc(getattr(ms, name), unpack(blob), ms.inputs if ms.feature_names else None)
+
     def finish(self, stage: Any, cfg: Any) -> None:
         ms = stage.models
-        # the promotion and demotion gates of this run; the models' structure (learning rate,
-        # windows) is fixed when they are created
-        ms.cfg = cfg.model
-        ms.recoverability.cfg = ms.abuse.cfg = cfg.model
+        # the promotion and demotion gates and the engine of this run; the models' structure
+        # (learning rate, windows) is fixed when they are created
+        ms.configure(cfg.model)
         ms.await_heap = [(e[0], oid) for oid, e in ms.awaiting.items()]
         heapq.heapify(ms.await_heap)
         ms.upgrade()
@@ -615,7 +694,7 @@ class StageState:
             mark = self._mark(value)
             if self._marks.get(name) != mark:
                 self._marks[name] = mark
-                changed[f"m:{name}"] = pickle.dumps(value, protocol=_PICKLE)
+                changed[f"m:{name}"] = self.codec.encode_virtual(name, value)
         return self._header(), changed, deleted
 
     def entries(self) -> dict[str, bytes]:
@@ -637,7 +716,7 @@ class StageState:
                     out[m.key(k)] = pack(enc(v))
         for name, value in self.codec.virtual(self.stage).items():
             self._marks[name] = self._mark(value)
-            out[f"m:{name}"] = pickle.dumps(value, protocol=_PICKLE)
+            out[f"m:{name}"] = self.codec.encode_virtual(name, value)
         return out
 
     def full(self) -> tuple[bytes, dict[str, bytes]]:
@@ -677,12 +756,12 @@ class StageState:
                 continue
             dec = m.decode
             m.set(self.stage, m.tracked({k: dec(unpack(v), doc) for k, v in items}))
-        virtual = codec.virtual(self.stage)
-        for name in virtual:
+        for name in codec.virtual(self.stage):
             blob = entries.get(f"m:{name}")
             if blob is not None:
-                value = pickle.loads(blob)
-                _set_virtual(self.stage, name, value)
+                codec.load_virtual(self.stage, name, blob)
+        for name, value in codec.virtual(self.stage).items():
+            if f"m:{name}" in entries:
                 self._marks[name] = self._mark(value)
         codec.finish(self.stage, cfg)
 

@@ -87,6 +87,7 @@ def stage_config(
         model=ModelConfig(
             min_labels=s.models.min_labels,
             promote_margin=s.models.promote_margin,
+            engine=s.models.engine,
             verdict_wait_us=int(s.dataflow.settled_grace_days * 86_400 * 1e6),
         ),
         infer_intents=s.models.infer_intents,

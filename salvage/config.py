@@ -15,7 +15,7 @@ included) and renders the tree ``salvage config`` prints, secrets redacted."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, model_validator
 from pydantic_settings import (
@@ -215,6 +215,10 @@ class ModelSettings(Group):
     )
     min_labels: int = Field(1000, ge=1, description="labels before a promotion is considered")
     promote_margin: float = Field(0.03, ge=0, description="AUC margin over the rules")
+    engine: Literal["numba", "python"] = Field(
+        "numba",
+        description="model core: numba (compiled) or python (the reference); identical outputs",
+    )
     infer_intents: bool = Field(True, description="fill missing support intents from free text")
     intent_threshold: float = Field(0.6, gt=0, le=1, description="below: the intent stays other")
 

@@ -6,8 +6,9 @@ Each model shard (``ModelStage``) emits checkpoints through the flow's model sin
 every 1,000 labels, and at the end of the input). This reads the newest checkpoint of every model
 shard and writes, per shard, ``model-NNNN/<model>.json`` (weights, intercept, scaler, rolling AUC
 / log loss / Brier for the model and the rule baseline, shadow or active, promotions) and
-``model-NNNN/models.pkl`` (the River objects, for a notebook), plus ``summary.json``. Bytewax's
-recovery tables are not read (their snapshots are references into the stages' state journal).
+``model-NNNN/models.pkl`` (the ModelSet with its dense parameters, for a notebook), plus
+``summary.json``. Bytewax's recovery tables are not read (their snapshots are references into
+the stages' state journal).
 """
 
 from __future__ import annotations

@@ -30,10 +30,12 @@ from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from typing import Any
 
+import numpy as np
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
+from salvage.scoring import dense
 from salvage.scoring.baseline import RULES_VERSION, ScoreResult
-from salvage.scoring.fastpath import CLIP, predict_proba
+from salvage.scoring.dense import CLIP
 
 RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
 LOST = frozenset({"refund", "chargeback"})
@@ -68,6 +70,9 @@ class ModelConfig:
     # refunded before grading) keeps its abuse snapshots this long for a late verdict / grade /
     # chargeback to label it; then the close-time label is taken. 0: label at the close.
     verdict_wait_us: int = 0
+    # the dense core's engine (scoring/dense.py): "numba" (compiled) or "python" (the reference);
+    # both give bit-identical floats
+    engine: str = "numba"
 
 
 class RollingEval:
@@ -163,6 +168,7 @@ def clip(x: dict[str, float]) -> dict[str, float]:
 
 
 def _pipeline(cfg: ModelConfig) -> compose.Pipeline:
+    """The River pipeline the dense core replicates (scoring/dense.py; tests compare them)."""
     return compose.Pipeline(
         preprocessing.StandardScaler(),
         compose.FuncTransformer(clip),
@@ -170,13 +176,153 @@ def _pipeline(cfg: ModelConfig) -> compose.Pipeline:
     )
 
 
+RULE_INPUTS = ("rules_recoverability_logit", "rules_abuse_logit")
+
+
+class Inputs:
+    """The fixed order of a model set's inputs (``ModelSet.feature_names``, sorted, with the rule
+    logits), and how a feature dict becomes one vector in that order: :meth:`raw` (what a
+    snapshot keeps) then :meth:`prepare` (:func:`prepare`'s signed log scale on the same slots;
+    the ``returned:`` crossing is the dense core's second half, see scoring/dense.py). An input
+    missing from the dict is 0.0, as it always was when learning from a snapshot.
+
+    >>> inp = Inputs(("order_value", "return_requested", *RULE_INPUTS))
+    >>> raw = inp.raw({"order_value": 99.0, "return_requested": 1.0}, ScoreResult(0.5, 0.5, ""))
+    >>> raw, inp.returned(raw)
+    ([99.0, 1.0, 0.0, 0.0], True)
+    >>> [round(v, 4) for v in inp.prepare(raw)] == [round(math.log1p(99.0), 4), 1.0, 0.0, 0.0]
+    True
+    """
+
+    __slots__ = ("i_abuse", "i_rec", "i_returned", "log_slots", "n", "names")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.n = len(names)
+        index = {k: i for i, k in enumerate(names)}
+        self.i_rec = index.get(RULE_INPUTS[0], -1)
+        self.i_abuse = index.get(RULE_INPUTS[1], -1)
+        self.i_returned = index.get("return_requested", -1)
+        self.log_slots = tuple(i for i, k in enumerate(names) if k in LOG_SCALED)
+
+    def raw(self, x: dict[str, float], rules: ScoreResult | None = None) -> list[float]:
+        values = list(map(x.get, self.names, repeat(0.0)))
+        if rules is not None:
+            if self.i_rec >= 0:
+                values[self.i_rec] = logit(rules.recoverability)
+            if self.i_abuse >= 0:
+                values[self.i_abuse] = logit(rules.abuse)
+        return values
+
+    def prepare(self, raw: list[float]) -> list[float]:
+        out = list(raw)
+        for i in self.log_slots:
+            v = out[i]
+            out[i] = math.copysign(math.log1p(abs(v)), v)
+        return out
+
+    def returned(self, raw: Any) -> bool:
+        return self.i_returned >= 0 and bool(raw[self.i_returned])
+
+    def slot_names(self) -> list[str]:
+        return [*self.names, *(f"returned:{k}" for k in self.names)]
+
+
+class _PythonEngine:
+    """The reference: scoring/dense.py over lists."""
+
+    name = "python"
+
+    def adopt(self, state: Any) -> Any:
+        return [list(map(float, row)) for row in state]
+
+    def vector(self, xp: list[float]) -> Any:
+        return xp
+
+    def warm(self) -> None:
+        pass
+
+    def predict_one(self, s, b, x, returned: bool) -> float:
+        return dense.predict(s, b, x, returned)
+
+    def predict_pair(self, s1, b1, s2, b2, x, returned: bool) -> tuple[float, float]:
+        return dense.predict(s1, b1, x, returned), dense.predict(s2, b2, x, returned)
+
+    def learn(self, state, b, X, R, Y, W, rates, l2) -> float:
+        return dense.learn_batch(state, b, X, R, Y, W, rates, l2)
+
+
+class _NumbaEngine:
+    """scoring/dense_numba.py: compiled, bit-identical to the reference."""
+
+    name = "numba"
+
+    def __init__(self) -> None:
+        from salvage.scoring import dense_numba
+
+        self.k = dense_numba
+
+    def adopt(self, state: Any) -> Any:
+        return np.array(state, dtype=np.float64)
+
+    def vector(self, xp: list[float]) -> Any:
+        return np.array(xp, dtype=np.float64)
+
+    def warm(self) -> None:
+        """Compile (or load from the cache) every kernel now, not on the first update."""
+        s, x = np.zeros((dense.ROWS, 2)), np.zeros(1)
+        self.k.predict_one(s, 0.0, x, True)
+        self.k.predict_pair(s, 0.0, s, 0.0, x, True)
+        self.learn(s, 0.0, [[0.0]], [True], [True], [1.0], [0.001], 0.0)
+
+    def predict_one(self, s, b, x, returned: bool) -> float:
+        return self.k.predict_one(s, b, x, returned)
+
+    def predict_pair(self, s1, b1, s2, b2, x, returned: bool) -> tuple[float, float]:
+        return self.k.predict_pair(s1, b1, s2, b2, x, returned)
+
+    def learn(self, state, b, X, R, Y, W, rates, l2) -> float:
+        return self.k.learn_batch(
+            state,
+            b,
+            np.array(X, dtype=np.float64),
+            np.array(R, dtype=np.bool_),
+            np.array(Y, dtype=np.bool_),
+            np.array(W, dtype=np.float64),
+            np.array(rates, dtype=np.float64),
+            l2,
+        )
+
+
+ENGINES: dict[str, Any] = {"python": _PythonEngine, "numba": _NumbaEngine}
+_ENGINES: dict[str, Any] = {}
+
+
+def engine(name: str) -> Any:
+    """The engine called ``name`` (the numba one compiles or loads its cache on first use)."""
+    if name not in _ENGINES:
+        if name not in ENGINES:
+            raise ValueError(f"unknown model engine {name!r}: one of {sorted(ENGINES)}")
+        e = ENGINES[name]()
+        e.warm()
+        _ENGINES[name] = e
+    return _ENGINES[name]
+
+
 class OnlineModel:
-    """One binary classifier with its shadow/active state and its evaluation against the rules."""
+    """One binary classifier with its shadow/active state and its evaluation against the rules.
+
+    Its parameters are the dense core's (scoring/dense.py): ``state`` (scaler and logistic
+    regression, six rows of ``2n`` slots), ``intercept`` and Adam's ``steps``; ``None`` until the
+    model set fixes its inputs (the first update scored)."""
 
     def __init__(self, name: str, cfg: ModelConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self.pipeline = _pipeline(cfg)
+        self.inputs: Inputs | None = None
+        self.state: Any = None
+        self.intercept = 0.0
+        self.steps = 0  # Adam iterations
         self.active = False
         self.version = 0  # promotions so far
         self.labels = 0
@@ -195,20 +341,37 @@ class OnlineModel:
         """What currently drives decisions: the model version, or the rule baseline."""
         return f"{self.name}-lr-v{self.version}" if self.active else RULES_VERSION
 
+    @property
+    def engine(self) -> Any:
+        return engine(self.cfg.engine)
+
+    def bind(self, inputs: Inputs) -> None:
+        """Fix the inputs (a fresh model starts untrained over them)."""
+        self.inputs = inputs
+        if self.state is None:
+            self.state = self.engine.adopt(dense.new_state(inputs.n))
+
+    def configure(self, cfg: ModelConfig) -> None:
+        """Take this run's settings (the engine may change: the state is converted, unchanged)."""
+        self.cfg = cfg
+        if self.state is not None:
+            self.state = self.engine.adopt(self.state)
+
     def predict(self, x: dict[str, float]) -> float:
-        return self.predict_prepared(prepare(x))
+        """P(True) for a feature dict (the rule logits are inputs like any other)."""
+        if self.inputs is None:
+            return 0.5
+        eng, inp = self.engine, self.inputs
+        raw = inp.raw(x)
+        vec = eng.vector(inp.prepare(raw))
+        return eng.predict_one(self.state, self.intercept, vec, inp.returned(raw))
 
-    def predict_prepared(self, xp: dict[str, float]) -> float:
-        """P(True) for inputs already passed through :func:`prepare` (one pass, see fastpath)."""
-        return predict_proba(self.pipeline, xp)
-
-    def learn(
-        self, x: dict[str, float], y: bool, weighted: bool, prior: float | None = None
-    ) -> None:
-        """``weighted``: up-weight rare positives (abuse). ``prior``: correct label-prior shift —
-        weight the classes so the labelled mix matches ``prior``, the expected positive share of
-        the *scored* population (delayed labels arrive class by class: refunds resolve in days,
-        kept orders only when the return window closes)."""
+    def weight(self, y: bool, weighted: bool, prior: float | None = None) -> float:
+        """The sample weight of a label. ``weighted``: up-weight rare positives (abuse).
+        ``prior``: correct label-prior shift — weight the classes so the labelled mix matches
+        ``prior``, the expected positive share of the *scored* population (delayed labels arrive
+        class by class: refunds resolve in days, kept orders only when the return window
+        closes)."""
         w = 1.0
         if weighted and y:
             w = min(self.cfg.abuse_weight_cap, max(1.0, self.negatives / max(self.positives, 1)))
@@ -217,7 +380,38 @@ class OnlineModel:
             if 0.0 < observed < 1.0:
                 w = prior / observed if y else (1.0 - prior) / (1.0 - observed)
                 w = min(10.0, max(0.1, w))
-        self.pipeline.learn_one(prepare(x), y, w=w)
+        return w
+
+    def learn_snapshots(self, xs: list[array], y: bool, weights: list[float]) -> None:
+        """Learn, in order, from snapshot inputs (raw, in the inputs' order) with label ``y``."""
+        if not xs or self.inputs is None:
+            return
+        inp = self.inputs
+        X = [inp.prepare(list(x)) for x in xs]
+        R = [inp.returned(x) for x in xs]
+        rates = dense.adam_rates(self.cfg.learning_rate, self.steps, len(xs))
+        self.steps += len(xs)
+        self.intercept = float(
+            self.engine.learn(
+                self.state, self.intercept, X, R, [y] * len(xs), weights, rates, self.cfg.l2
+            )
+        )
+
+    def parameters(self) -> dict[str, dict[str, float]]:
+        """Per input slot seen in training (``returned:<name>`` for the crossed ones): the
+        logistic regression's weight and the scaler's mean and variance."""
+        if self.inputs is None:
+            return {}
+        rows = np.asarray(self.state, dtype=np.float64)
+        return {
+            k: {
+                "weight": float(rows[dense.W, i]),
+                "mean": float(rows[dense.MEAN, i]),
+                "var": float(rows[dense.VAR, i]),
+            }
+            for i, k in enumerate(self.inputs.slot_names())
+            if rows[dense.COUNT, i] > 0
+        }
 
     def rules_flag(self, p_rules: float) -> bool:
         """Do the rules flag this case (abuse: likely abuse; recoverability: at risk)?"""
@@ -451,9 +645,29 @@ class ModelSet:
     recoverability: OnlineModel = field(init=False)
     abuse: OnlineModel = field(init=False)
 
+    _inputs: Inputs | None = field(default=None, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
+        engine(self.cfg.engine)  # an unknown engine fails here; the kernels load now, not mid-batch
         self.recoverability = OnlineModel("recoverability", self.cfg)
         self.abuse = OnlineModel("abuse", self.cfg)
+
+    @property
+    def inputs(self) -> Inputs:
+        """The inputs' order (``feature_names``, fixed by the first update scored); binds both
+        models to it."""
+        inp = self._inputs
+        if inp is None or inp.names != self.feature_names:
+            inp = self._inputs = Inputs(self.feature_names)
+            self.recoverability.bind(inp)
+            self.abuse.bind(inp)
+        return inp
+
+    def configure(self, cfg: ModelConfig) -> None:
+        """This run's settings (promotion gates, engine) for the set and both models."""
+        self.cfg = cfg
+        self.recoverability.configure(cfg)
+        self.abuse.configure(cfg)
 
     @property
     def version(self) -> str:
@@ -473,19 +687,27 @@ class ModelSet:
         """Score one update of an open case. ``risk``: the update carries a risk signal (delay,
         missed promise, contact, return request): its snapshot is kept as the case's "risk"
         snapshot, the moment the policy first has a reason to act."""
-        x = with_rules(x, rules)
         if not self.feature_names:
-            self.feature_names = tuple(sorted(x))
+            self.feature_names = tuple(sorted({*x, *RULE_INPUTS}))
+        inp = self.inputs
         self.scored += 1
         self.rules_prior_sum += rules.recoverability
-        xp = prepare(x)  # once for both models
-        p_rec = self.recoverability.predict_prepared(xp)
-        p_abuse = self.abuse.predict_prepared(xp)
+        raw = inp.raw(x, rules)  # one vector in the inputs' order, for both models
+        rec_m, ab_m = self.recoverability, self.abuse
+        eng = rec_m.engine
+        p_rec, p_abuse = eng.predict_pair(
+            rec_m.state,
+            rec_m.intercept,
+            ab_m.state,
+            ab_m.intercept,
+            eng.vector(inp.prepare(raw)),
+            inp.returned(raw),
+        )
         rec = p_rec if self.recoverability.active else rules.recoverability
         ab = p_abuse if self.abuse.active else rules.abuse
         if snapshot:
             self._snapshot(
-                order_id, t, x, p_rec, rules.recoverability, p_abuse, rules.abuse, returned, risk
+                order_id, t, raw, p_rec, rules.recoverability, p_abuse, rules.abuse, returned, risk
             )
         return Scored(
             scores=ScoreResult(round(rec, 6), round(ab, 6), self.version),
@@ -493,10 +715,10 @@ class ModelSet:
             rules=rules,
         )
 
-    def _snapshot(self, order_id, t, x, p_rec, r_rec, p_ab, r_ab, returned, risk) -> None:
+    def _snapshot(self, order_id, t, raw, p_rec, r_rec, p_ab, r_ab, returned, risk) -> None:
         snaps = self.pending.setdefault(order_id, [])
         values = array("f", (p_rec, r_rec, p_ab, r_ab))
-        values.extend(map(x.get, self.feature_names, repeat(0.0)))
+        values.extend(raw)
         kinds = {s.kind for s in snaps}
         if returned and "return" not in kinds:
             kind = "return"
@@ -521,7 +743,6 @@ class ModelSet:
         y_abuse = abuse_label(facts, review)
         # abuse: only what was scored before the case showed its abuse label (None: nothing)
         revealed = abuse_revealed_at(facts, t, review is not None) if y_abuse is not None else None
-        names = self.feature_names
         snaps = [s for s in snaps if s.t < t]  # leakage guard: nothing at/after the outcome
         wait = (
             y_abuse is not None
@@ -529,14 +750,16 @@ class ModelSet:
             and self.cfg.verdict_wait_us > 0
             and self._awaits_verdict(snaps, facts)
         )
-        for snap in snaps:
-            if y_rec is not None:
-                x = dict(zip(names, snap.x, strict=True))
-                ev = self.recoverability.evaluate(y_rec, snap.p_rec, snap.p_rec_rules, t)
-                prior = self.rules_prior_sum / self.scored if self.scored else None
-                self.recoverability.learn(x, y_rec, weighted=False, prior=prior)
+        if y_rec is not None and snaps:
+            rec = self.recoverability
+            prior = self.rules_prior_sum / self.scored if self.scored else None
+            weights = []
+            for snap in snaps:  # evaluated before learning (learning never changes the counts)
+                ev = rec.evaluate(y_rec, snap.p_rec, snap.p_rec_rules, t)
+                weights.append(rec.weight(y_rec, weighted=False, prior=prior))
                 if ev:
                     events.append(ev)
+            rec.learn_snapshots([s.x for s in snaps], y_rec, weights)
         if wait:  # "review requested": the abuse label waits for a verdict (or the timeout)
             keep = [s for s in snaps if s.kind != "risk"]
             if keep:
@@ -550,16 +773,18 @@ class ModelSet:
 
     def _label_abuse(self, snaps: list[Snapshot], y: bool, revealed: int, t: int) -> list[dict]:
         events = []
-        names = self.feature_names
+        abuse = self.abuse
+        xs, weights = [], []
         for snap in snaps:
             if snap.kind != "risk" and snap.t < revealed:
                 # abuse is about the claim: learn from the request on, not from the early signal,
                 # and only until the grade / verdict / chargeback showed the answer
-                x = dict(zip(names, snap.x, strict=True))
-                ev = self.abuse.evaluate(y, snap.p_abuse, snap.p_abuse_rules, t)
-                self.abuse.learn(x, y, weighted=True)
+                ev = abuse.evaluate(y, snap.p_abuse, snap.p_abuse_rules, t)
+                xs.append(snap.x)
+                weights.append(abuse.weight(y, weighted=True))
                 if ev:
                     events.append(ev)
+        abuse.learn_snapshots(xs, y, weights)
         return events
 
     def _awaits_verdict(self, snaps: list[Snapshot], facts: dict[str, Any]) -> bool:
@@ -651,18 +876,19 @@ class ModelSet:
         out: dict[str, dict[str, Any]] = {}
         summary = self.summary()
         for m in (self.recoverability, self.abuse):
-            lr = m.pipeline["LogisticRegression"]
-            scaler = m.pipeline["StandardScaler"]
-            weights = sorted(lr.weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+            params = m.parameters()
+            weights = sorted(
+                ((k, p["weight"]) for k, p in params.items()), key=lambda kv: (-abs(kv[1]), kv[0])
+            )
             out[m.name] = {
                 **summary[m.name],
                 "negatives": m.negatives,
                 "labels_since_change": m.labels_since_change,
-                "intercept": float(lr.intercept),
-                "weights": {k: round(float(w), 6) for k, w in weights},
+                "intercept": float(m.intercept),
+                "weights": {k: round(w, 6) for k, w in weights},
                 "scaler": {
-                    k: {"mean": round(float(scaler.means[k]), 6), "var": round(float(v), 6)}
-                    for k, v in sorted(scaler.vars.items())
+                    k: {"mean": round(p["mean"], 6), "var": round(p["var"], 6)}
+                    for k, p in sorted(params.items())
                 },
                 "config": asdict(self.cfg),
             }

@@ -138,10 +138,9 @@ def test_a_feature_that_only_exists_after_the_outcome_never_reaches_training():
         stage.apply([(5000 + i, "b", (closed_view, closed_view.features))], 0, [])
     model = stage.models.recoverability
     assert model.labels == 40
-    scaler = model.pipeline.steps["StandardScaler"]
-    assert scaler.means["leak"] == 0.0  # every training row had leak = 0
-    lr = model.pipeline.steps["LogisticRegression"]
-    assert lr.weights.get("leak", 0.0) == 0.0
+    leak = model.parameters().get("leak", {"mean": 0.0, "weight": 0.0})
+    assert leak["mean"] == 0.0  # every training row had leak = 0
+    assert leak["weight"] == 0.0
 
 
 def test_snapshots_at_or_after_the_label_time_are_not_learned():
