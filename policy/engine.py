@@ -170,14 +170,21 @@ def gate_source(policy: Policy) -> str:
     return f"def gate(f, rec, abuse):\n    return (\n        {body}\n    )"
 
 
+_GATES: dict[str, Gate] = {}  # gate source -> its compiled function
+
+
 def decision_gate(policy: Policy) -> Gate:
-    """:func:`gate_source` compiled, once per policy object (names and numbers in it come from
-    the validated policy: known feature names, numbers parsed by the rule grammar)."""
-    gate = policy._gate
+    """:func:`gate_source` compiled, once per distinct source (the names and numbers in it come
+    from the validated policy: known feature names, numbers parsed by the rule grammar). The
+    policy keeps the source, not the function, so it still pickles (stage snapshots)."""
+    source = policy._gate
+    if source is None:
+        source = policy._gate = gate_source(policy)
+    gate = _GATES.get(source)
     if gate is None:
         namespace: dict = {}
-        exec(compile(gate_source(policy), f"<policy {policy.version} gate>", "exec"), namespace)
-        gate = policy._gate = namespace["gate"]
+        exec(compile(source, f"<policy {policy.version} gate>", "exec"), namespace)
+        gate = _GATES[source] = namespace["gate"]
     return gate
 
 

@@ -5,6 +5,7 @@ every simulator scenario a run with the skip emits exactly what a run without it
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,14 @@ def test_every_scenario_decides_the_same_with_the_skip(tmp_path: Path, scenario:
     assert triggers, "no triggers: the comparison would prove nothing"
     assert [p for k, p in without if k == "trigger"] == triggers  # byte-identical triggers
     assert without == with_skip  # and every other output, case record and KPI fact
+
+
+def test_a_policy_that_has_gated_still_pickles() -> None:
+    """Stage snapshots pickle the stage with its policy: the gate must not make it unpicklable."""
+    policy = load_policy()
+    f = OrderCase("o1").features(0) | CustomerContext("c1").features(0)
+    late = f | {"slippage_hours": 30.0}
+    assert could_decide(policy, late, ScoreResult(0.4, 0.02, "rules-v1"))
+    copy = pickle.loads(pickle.dumps(policy, protocol=pickle.HIGHEST_PROTOCOL))
+    assert could_decide(copy, late, ScoreResult(0.4, 0.02, "rules-v1"))
+    assert not could_decide(copy, f, ScoreResult(0.4, 0.02, "rules-v1"))
