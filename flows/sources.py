@@ -56,6 +56,10 @@ JUMP_CONFIRM = 3
 # waits at most WAKE_CHECK_TIMEOUT_S for the broker (no answer: that partition counts as behind)
 WAKE_SETTLE_S = 0.1
 WAKE_CHECK_TIMEOUT_S = 2.0
+# time-bounded Kafka reads (_Pace): the fewest messages a read may be limited to, and the share of
+# its CPU and message sums a worker keeps at each read (a moving ratio over the last rounds)
+MIN_PACED_READ = 32
+PACE_KEEP = 0.9
 
 
 def request_stop() -> None:
@@ -520,6 +524,60 @@ class _Wakes:
             return True
 
 
+class _Pace:
+    """Time-bounded reads: how many messages one ``next_batch`` of a Kafka partition may take, so
+    that what a worker reads in one round is handled in about ``budget_s``.
+
+    A Bytewax worker polls all its source partitions, then runs the whole dataflow on what they
+    returned before it polls again: an event read together with 2,000 others waits for all of
+    them to pass every stage (~0.3 s at ~150 µs each) before its trigger can leave, and so does
+    everything that arrives meanwhile. Each worker thread measures what an event costs it: its
+    CPU time (waiting for data costs nothing) between successive reads, over the messages read,
+    both as moving sums that keep :data:`PACE_KEEP` of their value at each read (a ratio over the
+    last rounds: the parse, every stage and the sinks). A partition then takes at most
+    ``budget_s / cost`` messages divided among the partitions of that thread that had data in
+    their last read (at least :data:`MIN_PACED_READ`, at most ``max_batch``). A burst is worked
+    off in rounds of about ``budget_s``, its first events leaving after the first round, instead
+    of in one big batch. ``budget_s`` 0: no time bound (``max_batch`` per read)."""
+
+    def __init__(self, budget_s: float, max_batch: int, clock=time.thread_time) -> None:
+        self.budget_s, self.max_batch = budget_s, max_batch
+        self._clock = clock  # this thread's CPU seconds
+        # per worker thread: [CPU at its last read, CPU sum, messages sum, messages since]
+        self._threads: dict[int, list[float]] = {}
+        self._last: dict[str, tuple[int, int]] = {}  # partition -> (thread, messages last read)
+
+    def limit(self, part: str) -> int:
+        """How many messages ``part`` may read now."""
+        if self.budget_s <= 0:
+            return self.max_batch
+        tid = threading.get_ident()
+        now = self._clock()
+        acc = self._threads.get(tid)
+        if acc is None:
+            self._threads[tid] = [now, 0.0, 0.0, 0.0]
+            return self.max_batch
+        acc[1] = acc[1] * PACE_KEEP + (now - acc[0])
+        acc[2] = acc[2] * PACE_KEEP + acc[3]
+        acc[0], acc[3] = now, 0.0
+        if acc[2] <= 0 or acc[1] <= 0:
+            return self.max_batch
+        cost = acc[1] / acc[2]
+        busy = sum(1 for t, n in self._last.values() if t == tid and n) or 1
+        return max(MIN_PACED_READ, min(self.max_batch, int(self.budget_s / cost / busy)))
+
+    def done(self, part: str, n: int) -> None:
+        """``part`` read ``n`` messages (right after its ``limit``)."""
+        tid = threading.get_ident()
+        acc = self._threads.get(tid)
+        if acc is not None:
+            acc[3] += n
+        self._last[part] = (tid, n)
+
+    def forget(self, part: str) -> None:
+        self._last.pop(part, None)
+
+
 class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
     def __init__(
         self,
@@ -536,6 +594,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         frontier: dict[str, int] | None = None,
         committed: bool = False,
         wakes: _Wakes | None = None,
+        pace: _Pace | None = None,
     ) -> None:
         offset, max_t = resume or (OFFSET_BEGINNING, parser_args[2])
         self._consumer = Consumer(conf)
@@ -550,6 +609,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             kafka_part_id(topic, partition), tol, late, max_t, future, jump, frontier
         )
         self._batch = batch_size
+        self._pace = pace if pace is not None else _Pace(0.0, batch_size)
         self._to_end = to_end
         self._idle_s = idle_s
         self._eof = False
@@ -582,7 +642,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         # every call, and a worker polls its partitions in turn. When nothing is there, Bytewax
         # is asked to come back a little later instead (next_awake), so the worker serves its
         # other partitions and stages meanwhile and an idle partition costs no CPU spin.
-        msgs = self._consumer.consume(self._batch, 0)
+        msgs = self._consumer.consume(self._pace.limit(self._part), 0)
+        self._pace.done(self._part, len(msgs))
         if msgs:
             self._backoff_s, self._awake = 0.0, None
         else:
@@ -714,6 +775,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
 
     def close(self) -> None:
         self._wakes.forget(self._part)
+        self._pace.forget(self._part)
         position = self.snapshot()[0]
         if position >= 0:  # something was read: where a restart without a snapshot goes on
             FINAL_POSITIONS[(self._topic, self._partition)] = position
@@ -776,6 +838,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         max_jump_us: int = 0,
         group_id: str | None = None,
         from_beginning: bool = False,
+        batch_ms: float = 0.0,
     ) -> None:
         # a group: a partition with no snapshot starts at the group's committed offset (the
         # last clean stop), unless from_beginning; reads still use assign(), not the group
@@ -800,6 +863,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         # highest clock of each partition this process reads (the clock bound's reference)
         self._frontier: dict[str, int] = {}
         self._wakes = _Wakes(self.part_ids())  # wake-ups settled by offsets, in this process
+        self._pace = _Pace(batch_ms / 1000, batch_size)  # time-bounded reads, in this process
 
     def part_ids(self) -> list[str]:
         return [
@@ -828,4 +892,5 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             self._frontier,
             self._committed,
             self._wakes,
+            self._pace,
         )
