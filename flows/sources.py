@@ -59,7 +59,7 @@ WAKE_CHECK_TIMEOUT_S = 2.0
 # time-bounded Kafka reads (_Pace): the fewest messages a read may be limited to, and the share of
 # its CPU and message sums a worker keeps at each read (a moving ratio over the last rounds)
 MIN_PACED_READ = 32
-PACE_KEEP = 0.9
+PACE_KEEP = 0.98
 
 
 def request_stop() -> None:
@@ -525,30 +525,33 @@ class _Wakes:
 
 
 class _Pace:
-    """Time-bounded reads: how many messages one ``next_batch`` of a Kafka partition may take, so
-    that what a worker reads in one round is handled in about ``budget_s``.
+    """Time-bounded reads: one ``next_batch`` of a Kafka partition takes at most the messages its
+    worker handles in about ``budget_s`` (and at most ``max_batch``).
 
-    A Bytewax worker polls all its source partitions, then runs the whole dataflow on what they
+    A Bytewax worker polls its source partitions, then runs the whole dataflow on what they
     returned before it polls again: an event read together with 2,000 others waits for all of
-    them to pass every stage (~0.3 s at ~150 µs each) before its trigger can leave, and so does
-    everything that arrives meanwhile. Each worker thread measures what an event costs it: its
-    CPU time (waiting for data costs nothing) between successive reads, over the messages read,
-    both as moving sums that keep :data:`PACE_KEEP` of their value at each read (a ratio over the
-    last rounds: the parse, every stage and the sinks). A partition then takes at most
-    ``budget_s / cost`` messages divided among the partitions of that thread that had data in
-    their last read (at least :data:`MIN_PACED_READ`, at most ``max_batch``). A burst is worked
-    off in rounds of about ``budget_s``, its first events leaving after the first round, instead
-    of in one big batch. ``budget_s`` 0: no time bound (``max_batch`` per read)."""
+    them to pass every stage (~0.3 s at ~150 µs each) before its trigger can leave, and a stop
+    request or a snapshot waits for the round too. Each worker thread measures what a message
+    costs it: its CPU time (waiting for data costs nothing) between successive reads over the
+    messages read, both as moving sums that keep :data:`PACE_KEEP` of their value at each read
+    (a ratio over the last rounds: the parse, every stage and the sinks). A read then takes at
+    most ``budget_s / cost`` messages (at least :data:`MIN_PACED_READ`), so a backlog is worked
+    off in batches of about ``budget_s`` each. ``budget_s`` 0: no time bound.
+
+    Measured (README "Performance"): no difference at 2,000 or 10,000 events/s within the noise
+    of a shared machine (batches there are small, or the worker is saturated either way). A
+    variant that shared the budget among the partitions with data (a whole round in
+    ``budget_s``) cut what one worker kept up with at 10,000 events/s from ~6,250 to ~4,500
+    events/s: per-round costs (a tick per partition through every stage) grow with the rounds."""
 
     def __init__(self, budget_s: float, max_batch: int, clock=time.thread_time) -> None:
         self.budget_s, self.max_batch = budget_s, max_batch
         self._clock = clock  # this thread's CPU seconds
         # per worker thread: [CPU at its last read, CPU sum, messages sum, messages since]
         self._threads: dict[int, list[float]] = {}
-        self._last: dict[str, tuple[int, int]] = {}  # partition -> (thread, messages last read)
 
-    def limit(self, part: str) -> int:
-        """How many messages ``part`` may read now."""
+    def limit(self) -> int:
+        """How many messages a read of this thread may take now."""
         if self.budget_s <= 0:
             return self.max_batch
         tid = threading.get_ident()
@@ -563,19 +566,13 @@ class _Pace:
         if acc[2] <= 0 or acc[1] <= 0:
             return self.max_batch
         cost = acc[1] / acc[2]
-        busy = sum(1 for t, n in self._last.values() if t == tid and n) or 1
-        return max(MIN_PACED_READ, min(self.max_batch, int(self.budget_s / cost / busy)))
+        return max(MIN_PACED_READ, min(self.max_batch, int(self.budget_s / cost)))
 
-    def done(self, part: str, n: int) -> None:
-        """``part`` read ``n`` messages (right after its ``limit``)."""
-        tid = threading.get_ident()
-        acc = self._threads.get(tid)
+    def done(self, n: int) -> None:
+        """A read of this thread took ``n`` messages (right after its ``limit``)."""
+        acc = self._threads.get(threading.get_ident())
         if acc is not None:
             acc[3] += n
-        self._last[part] = (tid, n)
-
-    def forget(self, part: str) -> None:
-        self._last.pop(part, None)
 
 
 class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
@@ -642,8 +639,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         # every call, and a worker polls its partitions in turn. When nothing is there, Bytewax
         # is asked to come back a little later instead (next_awake), so the worker serves its
         # other partitions and stages meanwhile and an idle partition costs no CPU spin.
-        msgs = self._consumer.consume(self._pace.limit(self._part), 0)
-        self._pace.done(self._part, len(msgs))
+        msgs = self._consumer.consume(self._pace.limit(), 0)
+        self._pace.done(len(msgs))
         if msgs:
             self._backoff_s, self._awake = 0.0, None
         else:
@@ -775,7 +772,6 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
 
     def close(self) -> None:
         self._wakes.forget(self._part)
-        self._pace.forget(self._part)
         position = self.snapshot()[0]
         if position >= 0:  # something was read: where a restart without a snapshot goes on
             FINAL_POSITIONS[(self._topic, self._partition)] = position

@@ -181,8 +181,8 @@ class DataflowSettings(Group):
         20.0,
         ge=0,
         le=10_000,
-        description="Kafka mode: a worker reads at most what it handles in about this many ms "
-        "per round (measured cost per event; at most source_batch_size); 0: no time bound",
+        description="Kafka mode: a source read takes at most the events its worker handles in "
+        "about this many ms (measured cost per event; at most source_batch_size); 0: no bound",
     )
     idle_partition_seconds: float = Field(
         0.5,

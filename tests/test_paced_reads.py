@@ -1,5 +1,5 @@
-"""Time-bounded Kafka reads (``flows.sources._Pace``, ``SALVAGE_SOURCE_BATCH_MS``): a worker
-reads at most what it handles in about the budget per round, from its measured cost per event;
+"""Time-bounded Kafka reads (``flows.sources._Pace``, ``SALVAGE_SOURCE_BATCH_MS``): a read takes
+at most the messages its worker handles in about the budget, from the measured cost per message;
 the reads stay complete and in offset order."""
 
 from __future__ import annotations
@@ -32,44 +32,46 @@ class CpuClock:
         return self.now
 
 
-def _rounds(pace: _Pace, clock: CpuClock, parts: dict[str, int], cost: float, n: int) -> int:
-    """``n`` worker rounds: each partition reads its count, then the worker spends ``cost`` CPU
-    seconds per message read on them; returns the limit the first partition gets next."""
+def _rounds(pace: _Pace, clock: CpuClock, reads: list[int], cost: float, n: int) -> int:
+    """``n`` worker rounds: one read per partition (``reads``: how many messages each takes),
+    then ``cost`` CPU seconds per message read; returns the limit of the next read."""
     for _ in range(n):
-        for part, count in parts.items():
-            pace.limit(part)
-            pace.done(part, count)
-        clock.now += cost * sum(parts.values())
-    return pace.limit(next(iter(parts)))
+        for count in reads:
+            pace.limit()
+            pace.done(count)
+        clock.now += cost * sum(reads)
+    return pace.limit()
 
 
 def test_a_read_takes_what_the_worker_handles_in_the_budget() -> None:
     clock = CpuClock()
     pace = _Pace(0.020, 2000, clock)
-    assert pace.limit("a") == 2000  # no cost known yet: the batch size
-    pace.done("a", 500)
+    assert pace.limit() == 2000  # no cost known yet: the batch size
+    pace.done(500)
     clock.now += 500 * 100e-6  # 100 µs of work per message read
-    assert pace.limit("a") in (199, 200)  # 20 ms / 100 µs
-    # two partitions with data share the round: about 100 each
-    assert 95 <= _rounds(pace, clock, {"a": 100, "b": 100}, 100e-6, 60) <= 105
+    assert pace.limit() in (199, 200)  # 20 ms / 100 µs
+    # rounds of four partitions' reads: the cost is over all of them (a moving ratio: within
+    # 10% whatever the phase of the round)
+    assert 180 <= _rounds(pace, clock, [100, 100, 0, 50], 100e-6, 200) <= 220
     # the cost doubles: the reads halve
-    assert 47 <= _rounds(pace, clock, {"a": 50, "b": 50}, 200e-6, 60) <= 53
+    assert 90 <= _rounds(pace, clock, [50, 50, 10, 0], 200e-6, 200) <= 110
 
 
 def test_the_read_is_bounded() -> None:
     clock = CpuClock()
-    pace = _Pace(0.020, 2000, clock)
-    assert _rounds(pace, clock, {"a": 100}, 1.0, 3) == MIN_PACED_READ  # absurdly slow: the floor
-    assert _rounds(pace, clock, {"a": 100}, 1e-9, 300) == 2000  # absurdly fast: the batch size
+    slow = _Pace(0.020, 2000, clock)
+    assert _rounds(slow, clock, [100], 1e-3, 3) == MIN_PACED_READ  # 20 per 20 ms: the floor
+    fast = _Pace(0.020, 2000, clock)
+    assert _rounds(fast, clock, [100], 1e-6, 3) == 2000  # 20,000 per 20 ms: the batch size
 
 
 def test_no_budget_no_bound() -> None:
     clock = CpuClock()
     pace = _Pace(0.0, 700, clock)
-    pace.limit("a")
-    pace.done("a", 700)
+    pace.limit()
+    pace.done(700)
     clock.now += 10.0
-    assert pace.limit("a") == 700
+    assert pace.limit() == 700
 
 
 @pytest.mark.parametrize("bad", [-1, 10_001])
