@@ -566,7 +566,7 @@ class _Pace:
         if acc[2] <= 0 or acc[1] <= 0:
             return self.max_batch
         cost = acc[1] / acc[2]
-        return max(MIN_PACED_READ, min(self.max_batch, int(self.budget_s / cost)))
+        return min(self.max_batch, max(MIN_PACED_READ, int(self.budget_s / cost)))
 
     def done(self, n: int) -> None:
         """A read of this thread took ``n`` messages (right after its ``limit``)."""

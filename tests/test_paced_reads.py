@@ -63,6 +63,8 @@ def test_the_read_is_bounded() -> None:
     assert _rounds(slow, clock, [100], 1e-3, 3) == MIN_PACED_READ  # 20 per 20 ms: the floor
     fast = _Pace(0.020, 2000, clock)
     assert _rounds(fast, clock, [100], 1e-6, 3) == 2000  # 20,000 per 20 ms: the batch size
+    small = _Pace(0.020, 7, clock)  # a batch size below the floor still bounds every read
+    assert _rounds(small, clock, [7], 1e-3, 3) == 7
 
 
 def test_no_budget_no_bound() -> None:
