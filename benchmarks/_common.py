@@ -122,21 +122,24 @@ def file_progress(path: Path, label: str, every: float = 5.0) -> Iterator[None]:
 
 
 class _NullPartition(StatelessSinkPartition):
-    def __init__(self, counter: list[int]) -> None:
+    def __init__(self, counter: list[int], last_write: list[float]) -> None:
         self._counter = counter
+        self._last_write = last_write
 
     def write_batch(self, items: list) -> None:
         self._counter[0] += len(items)
+        self._last_write[0] = time.perf_counter()
 
 
 class NullSink(DynamicSink):
-    """Counts what reaches it and drops it."""
+    """Counts what reaches it and drops it; ``last_write``: perf_counter of its last batch."""
 
     def __init__(self) -> None:
         self.count = [0]
+        self.last_write = [0.0]
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _NullPartition:
-        return _NullPartition(self.count)
+        return _NullPartition(self.count, self.last_write)
 
 
 def peak_rss_mb() -> float:

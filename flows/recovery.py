@@ -325,6 +325,7 @@ def _source(spec: FlowSpec):
         max_jump_us=jump,
         group_id=s.kafka.group_id,
         from_beginning=spec.from_beginning,
+        batch_ms=s.dataflow.source_batch_ms,
     )
 
 

@@ -233,6 +233,7 @@ class Policy(BaseModel):
     disposition: DispositionPolicy = DispositionPolicy()
     journey: JourneyPolicy = JourneyPolicy()
     _compiled: dict | None = PrivateAttr(None)
+    _gate: str | None = PrivateAttr(None)  # engine.could_decide's test (its source), on first use
 
     def compiled_rules(self) -> dict:
         """Each action's eligibility rule, compiled once per policy object."""

@@ -22,10 +22,11 @@ memory (contact caps, once per order, daily budgets, holdout) are applied by the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from salvage.connectors.outputs import Action, Priority
-from salvage.policy.config import Policy, holds
+from salvage.policy.config import _OPS, Policy, holds
 
 CUSTOMER_FACING = frozenset(a for a in Action if a is not Action.HUMAN_REVIEW)
 
@@ -115,6 +116,100 @@ def reasons(f: dict[str, float], abuse: float, recoverability: float, policy: Po
     if f["order_value"] >= g.review_value:
         r.append("high_value")
     return r
+
+
+_SYMBOL = {fn: sym for sym, fn in _OPS.items()}
+_SCORES = {"recoverability": "rec", "abuse": "abuse"}  # rule names of the scores: gate arguments
+
+Gate = Callable[[dict[str, float], float, float], bool]
+
+
+def _cond_source(name: str, op, value: float) -> str:
+    operand = _SCORES.get(name) or f"f[{name!r}]"
+    return f"{operand} {_SYMBOL[op]} {float(value)!r}"
+
+
+def _rule_source(compiled: tuple[list, list]) -> str:
+    """A compiled rule as one Python expression over ``f``, ``rec`` and ``abuse`` that is true
+    exactly when :func:`~salvage.policy.config.holds` is. Conditions false on a zero feature
+    (``>= 1``, ``== 1``: most updates have none of what a rule asks for) come first, then the
+    ``any`` group, then the rest, so a failing rule usually stops at its first comparison."""
+    conds, anys = compiled
+    fails_at_zero = [c for c in conds if not c[1](0.0, c[2])]
+    rest = [c for c in conds if c[1](0.0, c[2])]
+    parts = [_cond_source(*c) for c in fails_at_zero]
+    if anys:
+        parts.append("(" + " or ".join(_rule_source(sub) for sub in anys) + ")")
+    parts += [_cond_source(*c) for c in rest]
+    return "(" + " and ".join(parts) + ")" if parts else "True"
+
+
+def gate_source(policy: Policy) -> str:
+    """The source of :func:`could_decide`'s test for ``policy``: the review-routing guardrail,
+    then each enabled action's eligibility rule, joined by ``or``.
+
+    >>> from salvage.policy.config import load_policy
+    >>> print(gate_source(load_policy()))  # doctest: +ELLIPSIS
+    def gate(f, rec, abuse):
+        return (
+            ((f['return_requested'] or f['wismo_after_delivered']) and (abuse >= 0.5 or ...)))
+            or (((f['slippage_hours'] >= 6.0) or (f['delayed_scans'] >= 1.0) or ...) and ...)
+    ...
+    """
+    g = policy.guardrails
+    lo, hi = g.ambiguity_band
+    review = (
+        "((f['return_requested'] or f['wismo_after_delivered']) and "
+        f"(abuse >= {float(g.abuse_block)!r} or "
+        f"(f['order_value'] >= {float(g.review_value)!r} and "
+        f"{float(lo)!r} <= rec <= {float(hi)!r})))"
+    )
+    rules = policy.compiled_rules()
+    terms = [review] + [_rule_source(rules[a]) for a, ap in policy.actions.items() if ap.enabled]
+    body = "\n        or ".join(terms)
+    return f"def gate(f, rec, abuse):\n    return (\n        {body}\n    )"
+
+
+_GATES: dict[str, Gate] = {}  # gate source -> its compiled function
+
+
+def decision_gate(policy: Policy) -> Gate:
+    """:func:`gate_source` compiled, once per distinct source (the names and numbers in it come
+    from the validated policy: known feature names, numbers parsed by the rule grammar). The
+    policy keeps the source, not the function, so it still pickles (stage snapshots)."""
+    source = policy._gate
+    if source is None:
+        source = policy._gate = gate_source(policy)
+    gate = _GATES.get(source)
+    if gate is None:
+        namespace: dict = {}
+        exec(compile(source, f"<policy {policy.version} gate>", "exec"), namespace)
+        gate = _GATES[source] = namespace["gate"]
+    return gate
+
+
+def could_decide(policy: Policy, f: dict[str, float], scores) -> bool:
+    """A necessary condition for :func:`decide` to return a decision, cheap enough to test on
+    every update before deciding: False means no enabled action's rule holds and no guardrail
+    routes the case to review, so ``decide`` would return None (whatever ``resolved`` is).
+
+    It is the eligibility half of ``decide`` alone: the rules, compiled into one Python
+    expression per policy (:func:`gate_source`), evaluated on the features and the two scores
+    directly, without the merged feature dict, the expected values or the audit trail. Most
+    updates (85-88% on the simulator's logs) end here.
+
+    >>> from salvage.features.customer import CustomerContext
+    >>> from salvage.features.order_case import OrderCase
+    >>> from salvage.policy.config import load_policy
+    >>> from salvage.scoring.baseline import ScoreResult
+    >>> f = OrderCase("o1").features(0) | CustomerContext("c1").features(0)
+    >>> policy = load_policy()
+    >>> could_decide(policy, f, ScoreResult(0.4, 0.02, "rules-v1"))  # nothing asks for action
+    False
+    >>> could_decide(policy, f | {"slippage_hours": 30.0}, ScoreResult(0.4, 0.02, "rules-v1"))
+    True
+    """
+    return bool(decision_gate(policy)(f, scores.recoverability, scores.abuse))
 
 
 def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> Decision | None:

@@ -177,6 +177,13 @@ class DataflowSettings(Group):
     source_batch_size: int = Field(
         2000, ge=1, le=100_000, description="events per source read: lower latency vs throughput"
     )
+    source_batch_ms: float = Field(
+        20.0,
+        ge=0,
+        le=10_000,
+        description="Kafka mode: a source read takes at most the events its worker handles in "
+        "about this many ms (measured cost per event; at most source_batch_size); 0: no bound",
+    )
     idle_partition_seconds: float = Field(
         0.5,
         gt=0,

@@ -92,6 +92,9 @@ class StageConfig:
     intent_threshold: float = 0.6
     score_log: bool = False  # emit a "score" record per risk-signal update (benchmarks)
     model_exports: bool = False  # model shards emit checkpoints (flows/model_sink.py)
+    # dispatch skips decide() when policy.engine.could_decide says no rule or guardrail can hold
+    # (same decisions: see could_decide); off: decide() on every update (the equality tests)
+    decide_gate: bool = True
     policy: Policy = field(default_factory=load_policy)
 
     def case_keys(self) -> list[str]:

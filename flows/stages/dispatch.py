@@ -23,7 +23,7 @@ from salvage.flows.stages.base import (
 from salvage.policy import guardrails
 from salvage.policy.config import MAX_CONTACT_LOG
 from salvage.policy.disposition import decide_disposition
-from salvage.policy.engine import CUSTOMER_FACING, decide, holdout_unit
+from salvage.policy.engine import CUSTOMER_FACING, could_decide, decide, holdout_unit
 from salvage.policy.triggers import build_trigger, decision_record, held_out, is_forced, trigger_id
 from salvage.sinks import metrics
 from salvage.sinks.case_doc import case_json
@@ -113,7 +113,11 @@ class DispatchStage(_Stage):
                     )
                 )
         policy = self.cfg.policy
-        decision = decide(policy, features, scores, resolved=closed or view.outcome is not None)
+        resolved = closed or view.outcome is not None
+        if resolved or (self.cfg.decide_gate and not could_decide(policy, features, scores)):
+            decision = None  # what decide() returns here, without its merged dicts and EVs
+        else:
+            decision = decide(policy, features, scores, resolved=False)
         decision_doc: dict[str, Any] | None = None
         if decision is not None:
             action = decision.action
