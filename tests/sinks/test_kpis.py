@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,12 +49,17 @@ class Delta:
         return round(self._snapshot().get(key, 0.0) - self.before.get(key, 0.0), 6)
 
     def changed(self) -> dict[tuple[str, frozenset], float]:
+        """Samples whose value moved. A gauge left at NaN ("no value", e.g. a one-class AUC set
+        by an earlier test's model stage) and still NaN has not moved (NaN != NaN otherwise)."""
         after = self._snapshot()
-        return {
-            k: round(v - self.before.get(k, 0.0), 6)
-            for k, v in after.items()
-            if round(v - self.before.get(k, 0.0), 6) != 0
-        }
+        out = {}
+        for k, v in after.items():
+            was = self.before.get(k, 0.0)
+            if math.isnan(v) and math.isnan(was):
+                continue
+            if round(v - was, 6) != 0:
+                out[k] = round(v - was, 6)
+        return out
 
 
 D = {"campaign": "glow-launch", "sku_family": "skincare", "lane": "swiftship:central>north"}
