@@ -54,8 +54,8 @@ def _chain(exc: BaseException | None) -> str:
 
 
 def _run(log: Path, out: Path, sink: RedisCaseSink) -> None:
-    spec = FlowSpec(
-        Settings(redis_url="", shards=4),
+    spec = FlowSpec(  # the file layout of run_file_flow's reference (lateness per partition)
+        Settings(redis_url="", shards=4, topic_partitions=3),
         inputs=[log],
         out_dir=out,
         extra_sinks={"cases": sink},
