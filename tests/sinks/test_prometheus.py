@@ -77,7 +77,7 @@ class Prom:
         config.write_text(
             # a generous scrape timeout: late in a full test run this process's registry holds
             # every earlier in-process flow's series (several MB of text to render)
-            "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 1s\n"
+            "global:\n  scrape_interval: 5s\n  scrape_timeout: 5s\n  evaluation_interval: 1s\n"
             f"rule_files:\n  - {RULES}\n"
             "scrape_configs:\n  - job_name: salvage\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{target_port}']\n"
@@ -113,7 +113,8 @@ class Prom:
 
     def scrapes_after(self, t: float, n: int = 1, timeout: float = 30.0) -> None:
         """Wait until the salvage target's last successful scrape started ``n`` scrapes after
-        wall time ``t`` (2 s interval)."""
+        wall time ``t`` (5 s interval: in the whole suite this process's registry holds every
+        earlier test's series, megabytes of exposition, so 2 s scrapes could time out)."""
         deadline = time.monotonic() + timeout
         while True:
             targets = _get(f"{self.base}/api/v1/targets?state=active")["data"]["activeTargets"]
@@ -121,7 +122,7 @@ class Prom:
             if ours and ours[0]["health"] == "up":
                 last = ours[0]["lastScrape"]  # RFC 3339 with nanoseconds
                 ts = _rfc3339(last)
-                if ts >= t + (n - 1) * 2.0:
+                if ts >= t + (n - 1) * 5.0:
                     return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no successful scrape after {t}: {ours}")
