@@ -408,7 +408,8 @@ class _FlatEnvSource(PydanticBaseSettingsSource):
     """The documented flat variables (``SALVAGE_SHARDS``), nested into their groups."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ reads everything at once
+        """One group's values from the flat variables (``__call__`` reads all groups at once)."""
+        return self().get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         values = EnvSettingsSource(_FlatEnv)()
