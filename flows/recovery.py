@@ -249,9 +249,15 @@ def _file_line(out: OutputStream) -> Callable[[Any], tuple[str, str]]:
     return lambda x: (out.tag, out.serialise(x))
 
 
-def _message(out: OutputStream) -> Callable[[Any], tuple[str, bytes]]:
-    """Kafka mode: (message key, value)."""
-    return lambda x: (out.key(x), out.serialise(x).encode())
+def _message(out: OutputStream) -> Callable[[Any], tuple[str, tuple[str, bytes]]]:
+    """Kafka mode: the sink's item for (message key, value) (see
+    :func:`~salvage.sinks.kafka.kafka_item`)."""
+
+    def item(x: Any) -> tuple[str, tuple[str, bytes]]:
+        key = out.key(x)
+        return key, (key, out.serialise(x).encode())
+
+    return item
 
 
 def _record_line(tag: str) -> Callable[[Any], tuple[str, str]]:

@@ -6,11 +6,17 @@ produced so far is acknowledged by the broker, and raises :class:`KafkaDeliveryE
 not (after librdkafka's own retries, bounded by ``message.timeout.ms``). Nothing is dropped
 silently.
 
-:class:`KafkaOutputSink` is a Bytewax ``DynamicSink`` of ``(key, value)`` items. Each
-``write_batch`` produces the batch and flushes, so when it returns the batch is on the broker.
-Bytewax snapshots after the batches of an epoch are written, hence output is at-least-once across a
-crash and restart (the epoch after the last snapshot is produced again); downstream consumers dedupe
-on the deterministic ids carried in the payload.
+:class:`KafkaOutputSink` is a Bytewax ``FixedPartitionedSink`` of ``(key, value)`` items.
+``write_batch`` queues the batch with librdkafka and serves the delivery reports that are ready
+(raising on any failure reported so far), without waiting for the broker: librdkafka sends within
+``linger.ms``, so a message is on the broker about one round trip later whether or not anybody waits
+for it. The wait for every acknowledgement is at the end of each epoch: Bytewax calls the
+partition's ``snapshot`` at the epoch's close, *before* the epoch's recovery snapshot (and the
+input offsets in it) is committed, and ``snapshot`` flushes. So output stays at-least-once across a
+crash and restart (an epoch whose snapshot was not committed is produced again; downstream consumers
+dedupe on the deterministic ids in the payload), while the worker no longer stops for one broker
+round trip per batch and per output stream (README "Latency"). A bound on what may wait
+unacknowledged (``max_unacked``) flushes early in a long epoch.
 
 Keys are hashed with ``murmur2_random`` (the Java client's partitioner), so a key lands on the same
 partition as when a Java/Kafka Streams producer writes it.
@@ -24,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, NoReturn, Self
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
@@ -34,7 +40,9 @@ __all__ = [
     "KafkaDeliveryError",
     "KafkaItem",
     "KafkaOutputSink",
+    "KafkaSinkItem",
     "TopicProducer",
+    "kafka_item",
     "producer_config",
 ]
 
@@ -52,7 +60,18 @@ DELIVERY_FAILURES = Counter(
 )
 
 KafkaItem = tuple[str, bytes]
-"""What :class:`KafkaOutputSink` consumes: ``(key, value)``."""
+"""A Kafka message: ``(key, value)``."""
+
+KafkaSinkItem = tuple[str, KafkaItem]
+"""What :class:`KafkaOutputSink` consumes: ``(key, (key, value))``; Bytewax routes a
+partitioned sink's items on the first key and hands the partition only the second element
+(:func:`kafka_item` builds one)."""
+
+
+def kafka_item(key: str, value: bytes) -> KafkaSinkItem:
+    """The :class:`KafkaOutputSink` item of the message ``(key, value)``."""
+    return key, (key, value)
+
 
 DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
 _FLUSH_MARGIN_S = 5.0
@@ -325,6 +344,19 @@ class TopicProducer:
         self._push_metrics()
         return served
 
+    def raise_reported(self) -> None:
+        """Serve the delivery reports that are ready, without waiting, and raise if any report so
+        far (since the last flush or raise) carried an error, or the producer hit a fatal error.
+
+        :raises KafkaDeliveryError: as :meth:`flush` would, for the failures reported so far.
+        """
+        self._producer.poll(0)
+        self._push_metrics()
+        if self._fatal is not None:
+            self._raise("fatal producer error")
+        if self._pending_failed:
+            self._raise("delivery reports carried errors")
+
     def __len__(self) -> int:
         """Messages queued or in flight (not yet reported)."""
         return len(self._producer)
@@ -407,26 +439,47 @@ class TopicProducer:
                 log.error("%d Kafka messages left unacknowledged on error exit", remaining)
 
 
-class _KafkaOutputPartition(StatelessSinkPartition[KafkaItem]):
-    def __init__(self, producer: TopicProducer, topic: str) -> None:
+class _KafkaOutputPartition(StatefulSinkPartition[KafkaItem, None]):
+    """One sink partition: its own producer; acknowledged at each epoch's close (``snapshot``)."""
+
+    def __init__(self, producer: TopicProducer, topic: str, max_unacked: int) -> None:
         self._producer = producer
         self._topic = topic
+        self._max_unacked = max_unacked
 
     def write_batch(self, items: list[KafkaItem]) -> None:
-        self._producer.produce_many(self._topic, items)
+        producer = self._producer
+        producer.produce_many(self._topic, items)
+        producer.raise_reported()  # serve ready reports; a failure so far fails the flow now
+        if len(producer) > self._max_unacked:
+            producer.flush()
+
+    def snapshot(self) -> None:
+        """The epoch closes: wait until all it produced is acknowledged (raises otherwise)."""
         self._producer.flush()
+        return None
 
     def close(self) -> None:
         self._producer.close()
 
 
-class KafkaOutputSink(DynamicSink[KafkaItem]):
-    """Write ``(key, value)`` items to one Kafka topic; every batch is acknowledged on return.
+class KafkaOutputSink(FixedPartitionedSink[KafkaItem, None]):
+    """Write messages to one Kafka topic; acknowledged by the end of each epoch. Items are
+    :data:`KafkaSinkItem` (``kafka_item(key, value)``).
+
+    Items are spread over ``parts`` sink partitions by a stable hash of the key (Bytewax's
+    default ``part_fn``, adler32: one key keeps one producer, and its order); Bytewax gives each
+    partition to one worker of the cluster. One by default: the triggers come from the single
+    output stage anyway, and a producer per stream and cluster keeps the broker connections few.
 
     :param client_conf: Connection settings (``Settings.kafka.as_librdkafka_dict()``).
     :param topic: Destination topic.
-    :param message_timeout_ms: Bound on one message's delivery incl. retries; a batch that cannot
-        be delivered within it fails the dataflow with :class:`KafkaDeliveryError`.
+    :param message_timeout_ms: Bound on one message's delivery incl. retries; a message that cannot
+        be delivered within it fails the dataflow with :class:`KafkaDeliveryError` (at the latest
+        at the end of its epoch; at once if its report is already in when the next batch comes).
+    :param max_unacked: Messages that may wait unacknowledged before a batch waits for them (a
+        bound for long epochs; the epoch's close always waits).
+    :param parts: Sink partitions (producers) per topic across the cluster.
     :param producer_conf: Extra librdkafka settings (override the defaults).
     """
 
@@ -438,19 +491,26 @@ class KafkaOutputSink(DynamicSink[KafkaItem]):
         message_timeout_ms: int = DEFAULT_MESSAGE_TIMEOUT_MS,
         linger_ms: int = 5,
         flush_timeout: float | None = None,
+        max_unacked: int = 50_000,
+        parts: int = 1,
         producer_conf: Mapping[str, str | int | bool] | None = None,
     ) -> None:
+        if parts < 1:
+            raise ValueError(f"parts must be >= 1, got {parts}")
         self._client_conf = dict(client_conf)
         self._topic = topic
         self._message_timeout_ms = message_timeout_ms
         self._linger_ms = linger_ms
         self._flush_timeout = flush_timeout
+        self._max_unacked = max_unacked
+        self._parts = [str(i) for i in range(parts)]
         self._producer_conf = dict(producer_conf or {})
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[KafkaItem]:
-        extra: dict[str, str | int | bool] = {"client.id": f"salvage-{step_id}-{worker_index}"}
+    def list_parts(self) -> list[str]:
+        return self._parts
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaOutputPartition:
+        extra: dict[str, str | int | bool] = {"client.id": f"salvage-{step_id}-{for_part}"}
         extra.update(self._producer_conf)
         producer = TopicProducer(
             self._client_conf,
@@ -459,4 +519,4 @@ class KafkaOutputSink(DynamicSink[KafkaItem]):
             flush_timeout=self._flush_timeout,
             extra_conf=extra,
         )
-        return _KafkaOutputPartition(producer, self._topic)
+        return _KafkaOutputPartition(producer, self._topic, self._max_unacked)

@@ -21,7 +21,7 @@ from salvage.connectors.broker import (
     free_port,
     topic_partitions,
 )
-from salvage.sinks.kafka import KafkaDeliveryError, KafkaOutputSink, TopicProducer
+from salvage.sinks.kafka import KafkaDeliveryError, KafkaOutputSink, TopicProducer, kafka_item
 
 integration = pytest.mark.integration
 
@@ -252,7 +252,9 @@ def test_kafka_output_sink_through_bytewax(
     sent = _messages(250)
     flow = Dataflow("kafka_sink_test")
     items = op.input("inp", flow, TestingSource(sent, batch_size=40))
-    op.output("out", items, KafkaOutputSink(kafka_conf, topic))
+    op.output(
+        "out", op.map("item", items, lambda kv: kafka_item(*kv)), KafkaOutputSink(kafka_conf, topic)
+    )
     run_main(flow)
 
     got = _read_assigned(kafka_conf, topic, len(sent))
@@ -310,7 +312,8 @@ def test_kafka_output_sink_failure_stops_the_flow(
     broker.stop()
     flow = Dataflow("kafka_sink_failure")
     items = op.input("inp", flow, TestingSource(_messages(3)))
-    op.output("out", items, KafkaOutputSink(conf, topic, message_timeout_ms=800))
+    sink = KafkaOutputSink(conf, topic, message_timeout_ms=800)
+    op.output("out", op.map("item", items, lambda kv: kafka_item(*kv)), sink)
     with pytest.raises(Exception) as info:
         run_main(flow)
     chain: list[BaseException] = []
@@ -319,3 +322,61 @@ def test_kafka_output_sink_failure_stops_the_flow(
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
     assert any(isinstance(e, KafkaDeliveryError) for e in chain), chain
+
+
+@integration
+def test_sink_partition_acknowledges_at_the_epoch_close(
+    doomed_broker: tuple[EmbeddedBroker, str],
+) -> None:
+    """A batch is queued, not waited for; the epoch's close (``snapshot``) waits for every
+    acknowledgement, and raises when the broker is gone: the epoch's snapshot then never
+    commits, so its inputs are read again on restart (at-least-once)."""
+    broker, topic = doomed_broker
+    sink = KafkaOutputSink(broker.client_config(), topic, message_timeout_ms=2000)
+    part = sink.build_part("out", "0", None)
+    part.write_batch([("k", b"first")])
+    assert len(part._producer) == 1  # queued, not acknowledged: write_batch did not wait
+    part.snapshot()
+    assert len(part._producer) == 0 and part._producer.delivered == 1
+
+    broker.stop()
+    part.write_batch([("k", b"lost-%d" % i) for i in range(3)])  # returns: nothing reported yet
+    with pytest.raises(KafkaDeliveryError) as info:
+        part.snapshot()
+    assert info.value.failed == 3 and info.value.topics == [topic]
+    part._producer._release()
+
+
+@integration
+def test_sink_partition_raises_reported_failures_on_the_next_batch(
+    doomed_broker: tuple[EmbeddedBroker, str],
+) -> None:
+    """A delivery failure reported between two batches fails the next ``write_batch`` at once,
+    without waiting for the epoch's close."""
+    broker, topic = doomed_broker
+    sink = KafkaOutputSink(broker.client_config(), topic, message_timeout_ms=2500)
+    part = sink.build_part("out", "0", None)
+    part.write_batch([("k", b"first")])
+    part.snapshot()
+    broker.stop()
+    part.write_batch([("k", b"lost")])
+    deadline = time.monotonic() + 15
+    while part._producer.failed == 0 and time.monotonic() < deadline:
+        part._producer.poll(0.1)  # the report of the lost message (after its 2.5 s timeout)
+    with pytest.raises(KafkaDeliveryError, match="delivery reports carried errors"):
+        part.write_batch([("k", b"next")])
+    part._producer._release()
+
+
+@integration
+def test_sink_partition_bounds_what_waits_unacknowledged(
+    kafka_conf: dict[str, str], unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("bounded")
+    ensure_topics(kafka_conf, [topic], partitions=1)
+    part = KafkaOutputSink(kafka_conf, topic, max_unacked=10).build_part("out", "0", None)
+    part.write_batch([("k", b"%d" % i) for i in range(5)])
+    assert len(part._producer) == 5
+    part.write_batch([("k", b"%d" % i) for i in range(5, 16)])  # 16 > 10: waits for them
+    assert len(part._producer) == 0 and part._producer.delivered == 16
+    part.close()

@@ -200,7 +200,9 @@ def test_kill9_in_kafka_mode_loses_nothing_and_repeats_only_same_ids(
     kafka_broker, tmp_path, unique_name, salvage_cli
 ):
     log = tmp_path / "events.jsonl"
-    write_log("launch-week-backlog", 600, 8, log)
+    # long enough that the kill lands mid-stream: the sink does not wait for the broker per
+    # batch, so 600 orders were all out (~3 s) before the watcher saw a quarter of them
+    write_log("launch-week-backlog", 2000, 8, log)
     suffix = unique_name("rk")
     topics = {f"SALVAGE_TOPIC_{s.upper()}": f"{s}-{suffix}" for s in Settings().topics.inputs()}
     topics |= {
