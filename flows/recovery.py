@@ -162,14 +162,23 @@ def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig, st
     return op.stateful_batch(step, up, lambda state: _StageLogic(factory, state, cfg, store, step))
 
 
-def _for_keys(keys: tuple[str, ...]) -> Callable[[tuple[str, Any]], bool]:
+# Routing between steps works on whole batches (``flat_map_batch``): one Python call per batch,
+# not the two per item of ``op.filter`` / ``op.filter_map`` / ``op.flat_map`` (shim + generator).
+
+
+def _for_keys(keys: tuple[str, ...]) -> Callable[[list], list]:
     wanted = frozenset(keys)
-    return lambda kv: kv[0] in wanted
+    return lambda batch: [kv for kv in batch if kv[0] in wanted]
 
 
-def _from_stage(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], list]:
-    """What a stateful step emits is ``(key, (route, payload))``: route the pair, keyed."""
-    return lambda kv: [(k, (k, item)) for k, item in route(kv[1])]
+def _from_stage(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[list], list]:
+    """What a stateful step emits is ``(key, (route, payload))``: route each pair, keyed."""
+    return lambda batch: [(k, (k, item)) for kv in batch for k, item in route(kv[1])]
+
+
+def _only(route: str) -> Callable[[list], list]:
+    """The payloads of one route in a batch of a stateful step's ``(key, (route, payload))``."""
+    return lambda batch: [kv[1][1] for kv in batch if kv[1][0] == route]
 
 
 def _with_key(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], list]:
@@ -407,25 +416,24 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         feeds = []
         for up in st.upstreams:
             if up == SOURCE:
-                feeds.append(op.filter(f"source_to_{st.name}", from_source, _for_keys(st.keys)))
+                feeds.append(
+                    op.flat_map_batch(f"source_to_{st.name}", from_source, _for_keys(st.keys))
+                )
             else:
                 assert st.route is not None
                 feeds.append(
-                    op.flat_map(
+                    op.flat_map_batch(
                         f"{up}_to_{st.name}", steps[up], _from_stage(fan(st.route, st.keys))
                     )
                 )
         up_stream = feeds[0] if len(feeds) == 1 else op.merge(f"into_{st.name}", *feeds)
         steps[st.name] = _stateful(st.name, up_stream, st.make, cfg, store)
 
-    def only(route: str):  # a stateful step emits (key, (route, payload))
-        return lambda kv: kv[1][1] if kv[1][0] == route else None
-
     ordered = steps["output"]
     taps: dict[str, list] = {}
     for (stage, route), name in TAPS.items():
         taps.setdefault(name, []).append(
-            op.filter_map(f"{stage}_{name}", steps[stage], only(route))
+            op.flat_map_batch(f"{stage}_{name}", steps[stage], _only(route))
         )
     # every output stream (salvage.connectors.outputs.OUTPUTS): its items from the ordered output
     # stage (dead letters: the sources' and the case stage's), serialised under its contract
@@ -434,13 +442,13 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         if out.item == "dlq":
             items = op.merge("dead_letters", split.falses, *taps["dead_letters"])
         else:
-            items = op.filter_map(out.sink, ordered, only(out.item))
+            items = op.flat_map_batch(out.sink, ordered, _only(out.item))
         streams[out.item] = items
         ser = op.map(f"ser_{out.tag}", items, _file_line(out) if spec.file_mode else _message(out))
         op.output(out.step, ser, sinks[out.sink])
     if "assignments" in sinks:  # files only (also in Kafka mode): the uplift's inputs
         for sink, tag, item in _RUN_ITEMS:
-            records = op.filter_map(sink, ordered, only(item))
+            records = op.flat_map_batch(sink, ordered, _only(item))
             ser = op.map(f"ser_{tag}", records, _record_line(tag))
             op.output(f"out_{sink}", ser, sinks[sink])
 

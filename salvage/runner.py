@@ -292,6 +292,11 @@ def run_flow(
         kwargs["recovery_config"] = RecoveryConfig(
             Path(recovery.db_dir), timedelta(seconds=recovery.backup_seconds)
         )
+    from salvage.scoring.models import engine
+
+    # the model engine's kernels (numba: compiled or loaded from its cache, 0.4-4 s) now, not
+    # when the first case reaches the model stage: that stalled the first events of a live run
+    engine(spec.settings.models.engine)
     started = time.perf_counter()
     from salvage.flows.sources import FINAL_POSITIONS, commit_positions
 
