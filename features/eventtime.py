@@ -114,9 +114,10 @@ class PartitionClock:
 
     def observe(self, t: int) -> int | None:
         """Return the effective time for an event at ``t``, or None if it is too late to apply."""
-        wm = self.watermark
+        max_t = self.max_t
+        wm = BEGIN if max_t == BEGIN else max_t - self.tolerance_us  # self.watermark, inline
         if t >= wm:
-            if t > self.max_t:
+            if t > max_t:
                 self.max_t = t
             return t
         if wm - t > self.max_lateness_us:
