@@ -52,7 +52,8 @@ class CustomerContext:
         """Fold one case update (see :class:`salvage.flows.stages.CaseView`) into the aggregates."""
         if not self.first_seen:
             self.first_seen = t
-        self.last_seen = max(self.last_seen, t)
+        if t > self.last_seen:
+            self.last_seen = t
         for change in changes:
             if change == "placed":
                 self.orders += 1
@@ -88,6 +89,29 @@ class CustomerContext:
                     self.refunded_value += view.refunded_amount
                 elif outcome in ("exchange", "store_credit", "return_cancelled") and view.returned:
                     self.retained_returns += 1
+
+    def merged(self, base: dict[str, float], now: int) -> dict[str, float]:
+        """``base | self.features(now)`` (same keys, order and values), without building the
+        customer's dict first (the context stage does this for every case update)."""
+        f = base.copy()
+        prior_orders = self.orders if self.orders > 1 else 1
+        refunds = self.refunds
+        retained = self.retained_returns
+        f["customer_orders"] = float(self.orders)
+        f["customer_return_rate"] = self.returns / prior_orders
+        f["customer_refund_rate"] = refunds / prior_orders
+        f["customer_retained_return_rate"] = retained / max(retained + refunds, 1)
+        f["customer_mean_sentiment"] = self.sentiment_sum / self.contacts if self.contacts else 0.0
+        f["customer_contacts"] = float(self.contacts)
+        f["customer_abuse_flags"] = float(self.abuse_flags)
+        f["customer_not_received_claims"] = float(self.not_received_claims)
+        f["customer_chargebacks"] = float(self.chargebacks)
+        f["customer_net_value"] = self.spend - self.refunded_value
+        f["customer_tenure_days"] = (now - self.first_seen) / DAY_US if self.first_seen else 0.0
+        f["customer_days_since_return"] = (
+            (now - self.last_return_at) / DAY_US if self.last_return_at else -1.0
+        )
+        return f
 
     def features(self, now: int) -> dict[str, float]:
         prior_orders = max(self.orders, 1)

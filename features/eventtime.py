@@ -114,9 +114,10 @@ class PartitionClock:
 
     def observe(self, t: int) -> int | None:
         """Return the effective time for an event at ``t``, or None if it is too late to apply."""
-        wm = self.watermark
+        max_t = self.max_t
+        wm = BEGIN if max_t == BEGIN else max_t - self.tolerance_us  # self.watermark, inline
         if t >= wm:
-            if t > self.max_t:
+            if t > max_t:
                 self.max_t = t
             return t
         if wm - t > self.max_lateness_us:
@@ -180,6 +181,24 @@ class Reorderer:
         heapq.heappush(self._heap, (t, tiebreak, self._seq, payload))
         return True
 
+    def push_many(self, items: Iterable[tuple[int, str, Any]]) -> int:
+        """:meth:`push` each ``(t, tiebreak, payload)`` in turn, except that an item the low
+        watermark has passed is buffered at the low watermark instead of refused; returns how
+        many were (what a stage counts as late after an idle upstream woke up)."""
+        low = self.low
+        heap = self._heap
+        seq = self._seq
+        push = heapq.heappush
+        refused = 0
+        for t, tie, payload in items:
+            seq += 1
+            if t < low:
+                refused += 1
+                t = low
+            push(heap, (t, tie, seq, payload))
+        self._seq = seq
+        return refused
+
     def tick(self, upstream: str, wm: int, seen: int = BEGIN) -> None:
         """Record an upstream watermark (monotone per upstream; IDLE marks it idle, ``seen`` is
         then the latest event time the idle upstream has seen)."""
@@ -232,13 +251,14 @@ class Reorderer:
 
     def release(self) -> list[tuple[int, str, Any]]:
         """Advance the low watermark and pop every item strictly below it, in order."""
-        self.low = self.compute_low()
+        self.low = low = self.compute_low()
         out: list[tuple[int, str, Any]] = []
         heap = self._heap
-        low = self.low
+        pop = heapq.heappop
+        append = out.append
         while heap and heap[0][0] < low:
-            t, tie, _, payload = heapq.heappop(heap)
-            out.append((t, tie, payload))
+            t, tie, _, payload = pop(heap)
+            append((t, tie, payload))
         return out
 
     def pending(self) -> list[tuple[int, str, Any]]:

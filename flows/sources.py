@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 Item = Event | Tick | DeadLetter  # what a source partition emits
 
+# event type -> its stream's name (``STREAM_OF[...].value`` without the enum property per event)
+_STREAM_VALUE: dict[str, str] = {k: v.value for k, v in STREAM_OF.items()}
+
 _STOP = threading.Event()
 # an empty Kafka partition is polled again after 5 ms, doubling while it stays empty up to 40 ms
 # (an idle pipeline does not spin; the first message after a quiet spell waits at most 40 ms)
@@ -150,11 +153,16 @@ class _Parser:
     def handle_event(self, raw: RawRecord, result, out: list[Item], mark: Any = None) -> None:
         """Clock one parsed event (see :meth:`handle`)."""
         t = to_us(result.occurred_at)
-        if self.max_future_us and (dl := self._from_future(raw, result, t)) is not None:
+        if (
+            self.max_future_us
+            and t - time.time_ns() // 1000 > self.max_future_us  # _from_future's test, inline
+            and (dl := self._from_future(raw, result, t)) is not None
+        ):
             metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
             out.append(dl)
             return
-        if self.max_jump_us and self._jumps(t):
+        # t - max_t > max_jump: _jumps' necessary condition (its reference is >= max_t), inline
+        if self.max_jump_us and t - self.clock.max_t > self.max_jump_us and self._jumps(t):
             self.held.append((raw, result, t, mark))
             if len(self.held) >= JUMP_CONFIRM:  # confirmed: the partition moved on
                 held, self.held = self.held, []
@@ -227,7 +235,7 @@ class _Parser:
         if eff < self.floor:
             eff = self.floor
         if eff != t:
-            metrics.LATE.labels(STREAM_OF[result.event_type].value).inc()
+            metrics.LATE.labels(_STREAM_VALUE[result.event_type]).inc()
         out.append(Event(eff, tie, result))
         if self.frontier is not None:
             self.frontier[self.part_id] = self.clock.max_t
@@ -294,6 +302,9 @@ class _KafkaLayout:
         self.floor = BEGIN
         self.last_tick: int | None = None
         self._slot: dict[str, int] = {}  # order_id -> partition (bounded cache)
+        # the minimum watermark over the started partitions as of the last floor update (None:
+        # unknown, recompute): see handle
+        self._low: int | None = None
         if state is not None:
             self.floor, parts = state
             for key, (max_t, held) in parts.items():
@@ -321,15 +332,30 @@ class _KafkaLayout:
             if len(self._slot) >= 100_000:
                 self._slot.clear()
             slot = self._slot[result.order_id] = partition_of(result.order_id, self._partitions)
-        key = (STREAM_OF[result.event_type].value, slot)
+        key = (_STREAM_VALUE[result.event_type], slot)
         parser = self.parts.get(key) or self._new(key)
-        before = parser.clock.max_t
+        clock = parser.clock
+        before = clock.max_t
         parser.handle_event(raw, result, out)
-        if parser.clock.max_t != before:
-            self._raise_floor()
+        if clock.max_t != before:
+            # The floor is max(floor, min over the started partitions' watermarks), and only this
+            # partition's clock moved (forward). Kept incrementally (the same values as
+            # _raise_floor on every move): a partition that starts can only lower the minimum
+            # (and the floor is already >= it); one that was above the minimum leaves it as is;
+            # only one that held it (maybe tied) makes the minimum, and maybe the floor, move.
+            low = self._low
+            if low is None:
+                self._raise_floor()
+            elif before == BEGIN:
+                wm = clock.watermark
+                if wm < low:
+                    self._low = wm
+            elif before - clock.tolerance_us <= low:
+                self._raise_floor()
 
     def _raise_floor(self) -> None:
         low = min(p.clock.watermark for p in self.parts.values() if p.clock.max_t != BEGIN)
+        self._low = low
         if low > self.floor:
             self.floor = low
             for p in self.parts.values():
@@ -339,6 +365,7 @@ class _KafkaLayout:
         """End of input: apply every held event (see :class:`_Parser`)."""
         for key in sorted(self.parts):
             self.parts[key].release_held(out, everything=True)
+        self._low = None  # clocks moved without a floor update (as before): recompute next time
 
     def tick(self, out: list[Item], wm: int | None = None) -> None:
         wm = self.floor if wm is None else wm

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from zlib import crc32
 
 from salvage.config import Settings
 from salvage.connectors.outputs import DeadLetter
@@ -34,9 +35,6 @@ from salvage.flows.stages import (
     ModelStage,
     OutputStage,
     StageConfig,
-    case_key,
-    routes_to_intents,
-    shard_of,
 )
 from salvage.flows.stages.base import _Stage
 from salvage.policy.config import load_policy
@@ -168,6 +166,8 @@ def route_source(cfg: StageConfig) -> Callable[[list], list[Keyed]]:
     infer = cfg.intent_stage
     first_keys = [*cfg.case_keys(), INTENT_KEY] if infer else cfg.case_keys()
 
+    case_keys = cfg.case_keys()  # by shard number
+
     def route(items: list) -> list[Keyed]:
         groups: dict[str, list] = {}
         ticks = []
@@ -175,11 +175,11 @@ def route_source(cfg: StageConfig) -> Callable[[list], list[Keyed]]:
             kind = type(item)
             if kind is Event:
                 ev = item.payload
-                k = (
-                    INTENT_KEY
-                    if infer and routes_to_intents(ev)
-                    else case_key(shard_of(ev.order_id, n_case))
-                )
+                # routes_to_intents(ev), else case_key(shard_of(ev.order_id, n_case)), inline
+                if infer and getattr(ev, "event_type", None) == "support_contact" and ev.text:
+                    k = INTENT_KEY
+                else:
+                    k = case_keys[crc32(ev.order_id.encode()) % n_case]
                 box = groups.get(k)
                 if box is None:
                     box = groups[k] = []

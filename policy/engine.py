@@ -209,7 +209,17 @@ def could_decide(policy: Policy, f: dict[str, float], scores) -> bool:
     >>> could_decide(policy, f | {"slippage_hours": 30.0}, ScoreResult(0.4, 0.02, "rules-v1"))
     True
     """
-    return bool(decision_gate(policy)(f, scores.recoverability, scores.abuse))
+    hit = _GATE_OF.get(id(policy))
+    if hit is None or hit[0] is not policy:
+        # the policy's private ``_gate`` is a slow (pydantic) attribute to read per update
+        if len(_GATE_OF) >= 64:
+            _GATE_OF.clear()
+        hit = _GATE_OF[id(policy)] = (policy, decision_gate(policy))
+    return bool(hit[1](f, scores.recoverability, scores.abuse))
+
+
+# id(policy) -> (that policy, its gate): the policy is held, so its id is not reused meanwhile
+_GATE_OF: dict[int, tuple[Policy, Gate]] = {}
 
 
 def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> Decision | None:

@@ -150,8 +150,9 @@ class _Stage(ABC):
         for item in items:
             kind = type(item)
             if kind is Batch:
-                for t, tie, payload in item.items:
-                    self._push(t, tie, payload)
+                late = self.reorderer.push_many(item.items)  # _push on each, in order
+                if late:
+                    metrics.LATE_AFTER_IDLE.inc(late)
             elif kind is Event:
                 self._push(item.t, item.tie, item.payload)
             elif kind is Tick:

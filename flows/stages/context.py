@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zlib import crc32
+
 from salvage.features.customer import CustomerContext
 from salvage.features.eventtime import DAY_US, END
 from salvage.flows.messages import Emit, Route
@@ -10,8 +12,6 @@ from salvage.flows.stages.base import (
     StageConfig,
     _Stage,
     ctx_key,
-    model_key,
-    shard_of,
 )
 
 
@@ -27,22 +27,31 @@ class ContextStage(_Stage):
         self.last_sweep = 0
 
     def apply(self, released, low: int, out: Emit) -> None:
+        customers = self.customers
+        outbox = self._outbox  # self.send, inline
+        n_models = self.cfg.model_shards
+        model_keys = [(Route.MODELS, k) for k in self.cfg.model_keys()]
         for t, tie, view in released:
-            ctx = self.customers.get(view.customer_id)
+            cid = view.customer_id
+            ctx = customers.get(cid)
             if ctx is None:
-                ctx = self.customers[view.customer_id] = CustomerContext(view.customer_id)
-            if "placed" in view.changes:
+                ctx = customers[cid] = CustomerContext(cid)
+            changes = view.changes
+            if "placed" in changes:
                 # KPI fact: an order, and how long ago this customer last returned something
                 out.append((Route.KPI, {"kind": "order", "t": t, "customer": ctx.features(t)}))
-            ctx.observe(t, view.changes, view)
-            dest = model_key(shard_of(view.customer_id, self.cfg.model_shards))
+            ctx.observe(t, changes, view)
+            # model_key(shard_of(customer_id, model_shards))
+            key = model_keys[0 if n_models == 1 else crc32(cid.encode()) % n_models]
+            box = outbox.get(key)
+            if box is None:
+                box = outbox[key] = []
             if view.status == "settled":
                 # a late fact of a settled case: history (above), KPIs and labels; never scored
                 out.append((Route.KPI, {"kind": "settled", "t": t, "case": view.facts}))
-                self.send(Route.MODELS, dest, t, tie, (view, None))
+                box.append((t, tie, (view, None)))
                 continue
-            features = view.features | ctx.features(t)
-            self.send(Route.MODELS, dest, t, tie, (view, features))
+            box.append((t, tie, (view, ctx.merged(view.features, t))))  # view.features | ctx's
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
             idle = [c for c, x in self.customers.items() if low - x.last_seen > CUSTOMER_IDLE_US]

@@ -48,10 +48,11 @@ class DispatchStage(_Stage):
 
     def apply(self, released, low: int, out: Emit) -> None:
         for t, _tie, (view, features, scored, events) in released:
-            for ev in events:
-                out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
-                tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
-                self.send(Route.OUTPUT, OUT_KEY, t, tie, ("model_event", out_ev))
+            if events:
+                for ev in events:
+                    out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
+                    tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
+                    self.send(Route.OUTPUT, OUT_KEY, t, tie, ("model_event", out_ev))
             if "placed" in view.changes:  # uplift: customers' orders (repeat-order effects)
                 self.send(
                     Route.OUTPUT, OUT_KEY, t, f"p|{view.order_id}", ("order", placed(view, t))
@@ -88,11 +89,12 @@ class DispatchStage(_Stage):
         self.send(Route.OUTPUT, OUT_KEY, t, f"d|{doc['disposition_id']}", ("disposition", doc))
 
     def _update(self, t: int, view: CaseView, features, scored, out: Emit) -> None:
-        if "graded" in view.changes and view.grade:
+        changes = view.changes
+        if "graded" in changes and view.grade:
             self._disposition(t, view)
         scores = scored.scores
         closed = view.status == "closed"
-        if RISK_SIGNALS.intersection(view.changes):
+        if not RISK_SIGNALS.isdisjoint(changes):
             # the score when the case first showed risk: what "recoverable" means for leakage
             self.first_score.setdefault(view.order_id, scores.recoverability)
             if self.cfg.score_log:
@@ -112,9 +114,10 @@ class DispatchStage(_Stage):
                         },
                     )
                 )
-        policy = self.cfg.policy
+        cfg = self.cfg
+        policy = cfg.policy
         resolved = closed or view.outcome is not None
-        if resolved or (self.cfg.decide_gate and not could_decide(policy, features, scores)):
+        if resolved or (cfg.decide_gate and not could_decide(policy, features, scores)):
             decision = None  # what decide() returns here, without its merged dicts and EVs
         else:
             decision = decide(policy, features, scores, resolved=False)
