@@ -11,6 +11,35 @@ from dataclasses import dataclass
 
 RULES_VERSION = "rules-v1"
 
+# every feature the rules read, in the order the compiled batch kernel takes their columns
+# (scoring/dense_numba.py ``rule_scores``, the same operations as the functions below)
+RULE_FEATURES = (
+    "return_requested",
+    "slippage_hours",
+    "refund_intent_7d",
+    "wismo_7d",
+    "urgent_contacts_7d",
+    "mean_sentiment_7d",
+    "lost",
+    "prefers_exchange",
+    "reason_fit",
+    "prefers_refund",
+    "reason_damaged",
+    "reason_late",
+    "customer_refund_rate",
+    "customer_abuse_flags",
+    "customer_not_received_claims",
+    "customer_chargebacks",
+    "reason_not_received",
+    "delivered",
+    "wismo_after_delivered",
+    "bracketing_lines",
+    "reason_changed_mind",
+    "days_since_delivery",
+    "customer_return_rate",
+    "customer_orders",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ScoreResult:

@@ -138,3 +138,99 @@ def learn_batch(S, intercept, X, returned, y, weight, rates, l2):
     for k in range(X.shape[0]):
         intercept = _learn(S, intercept, X[k], returned[k], y[k], weight[k], rates[k], l2, scaled)
     return intercept
+
+
+# ---------------------------------------------------------------- one model-stage call at a time
+# What the model stage does per update in Python (scoring/baseline.py's rules, Inputs.prepare,
+# predict_pair), over the matrix of one call's updates: the same operations in the same order.
+
+
+@njit(cache=True, inline="always")
+def _min(a, b):
+    return b if b < a else a  # Python's min(a, b): the first unless the second is smaller
+
+
+@njit(cache=True, inline="always")
+def _max(a, b):
+    return b if b > a else a  # Python's max(a, b)
+
+
+@njit(cache=True, inline="always")
+def _rule_sigmoid(z):
+    if z < -30:
+        return 1e-13
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+@njit(cache=True)
+def rule_scores(X, c):
+    """The rule baseline (scoring/baseline.py ``recoverability`` and ``abuse``, unrounded) for
+    each row of ``X``; ``c``: the columns of ``baseline.RULE_FEATURES`` in ``X``."""
+    k = X.shape[0]
+    rec = np.empty(k)
+    ab = np.empty(k)
+    for r in range(k):
+        f = X[r]
+        returned = f[c[0]]
+        z = 2.4
+        z -= 0.025 * _min(f[c[1]], 120.0)
+        z -= 0.6 * _min(f[c[2]], 3.0)
+        z -= 0.25 * _min(f[c[3]], 4.0)
+        z -= 0.3 * _min(f[c[4]], 3.0)
+        z += 0.6 * f[c[5]]
+        z -= 1.2 * f[c[6]]
+        z -= 2.2 * returned
+        z += returned * (1.4 * f[c[7]] + 0.9 * f[c[8]])
+        z -= returned * (1.0 * f[c[9]] + 0.8 * f[c[10]] + 0.5 * f[c[11]])
+        z -= 0.8 * _min(f[c[12]], 1.0)
+        rec[r] = _rule_sigmoid(z)
+        z = -4.0
+        z += 0.9 * _min(f[c[13]], 3.0)
+        z += 0.8 * _min(f[c[14]], 3.0)
+        z += 1.0 * _min(f[c[15]], 2.0)
+        z += 2.2 * f[c[16]] * f[c[17]]
+        z += 0.8 * _min(f[c[18]], 2.0)
+        z += 0.9 * _min(f[c[19]], 2.0)
+        z += 1.0 * f[c[20]] * (1.0 if f[c[21]] > 18 else 0.0)
+        z += 1.2 * _max(f[c[22]] - 0.4, 0.0) * (1.0 if f[c[23]] >= 3 else 0.0)
+        ab[r] = _rule_sigmoid(z)
+    return rec, ab
+
+
+@njit(cache=True, inline="always")
+def _logit(p):
+    q = _min(_max(p, 1e-6), 1 - 1e-6)
+    return math.log(q / (1 - q))
+
+
+@njit(cache=True)
+def prepare_rows(X, rec, ab, i_rec, i_abuse, log_slots, i_returned):
+    """Complete the raw rows in place (the rule logits of the rounded rule scores ``rec`` /
+    ``ab``, as ``Inputs.raw``) and return the model inputs (``Inputs.prepare``) and the
+    returned flags (``Inputs.returned``)."""
+    k = X.shape[0]
+    P = X.copy()
+    R = np.zeros(k, dtype=np.bool_)
+    for r in range(k):
+        if i_rec >= 0:
+            X[r, i_rec] = _logit(rec[r])
+            P[r, i_rec] = X[r, i_rec]
+        if i_abuse >= 0:
+            X[r, i_abuse] = _logit(ab[r])
+            P[r, i_abuse] = X[r, i_abuse]
+        for i in log_slots:
+            v = X[r, i]
+            P[r, i] = math.copysign(math.log1p(abs(v)), v)
+        if i_returned >= 0:
+            R[r] = X[r, i_returned] != 0.0
+    return P, R
+
+
+@njit(cache=True)
+def predict_pairs(S1, b1, S2, b2, X, returned, lo, hi):
+    """:func:`predict_pair` on rows ``lo`` to ``hi`` (excluded): a ``(hi - lo, 2)`` array."""
+    out = np.empty((hi - lo, 2))
+    for k in range(lo, hi):
+        out[k - lo, 0] = predict_one(S1, b1, X[k], returned[k])
+        out[k - lo, 1] = predict_one(S2, b2, X[k], returned[k])
+    return out

@@ -25,16 +25,18 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
+from bisect import bisect_right
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
-from salvage.scoring import dense
-from salvage.scoring.baseline import RULES_VERSION, ScoreResult
+from salvage.scoring import baseline, dense
+from salvage.scoring.baseline import RULE_FEATURES, RULES_VERSION, ScoreResult
 from salvage.scoring.dense import CLIP
 
 RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
@@ -232,6 +234,7 @@ class _PythonEngine:
     """The reference: scoring/dense.py over lists."""
 
     name = "python"
+    batched = False  # the reference scores update by update (ModelSet.score)
 
     def adopt(self, state: Any) -> Any:
         return [list(map(float, row)) for row in state]
@@ -256,6 +259,7 @@ class _NumbaEngine:
     """scoring/dense_numba.py: compiled, bit-identical to the reference."""
 
     name = "numba"
+    batched = True  # a model-stage call's updates are scored together (ScoreBatch)
 
     def __init__(self) -> None:
         from salvage.scoring import dense_numba
@@ -274,6 +278,10 @@ class _NumbaEngine:
         self.k.predict_one(s, 0.0, x, True)
         self.k.predict_pair(s, 0.0, s, 0.0, x, True)
         self.learn(s, 0.0, [[0.0]], [True], [True], [1.0], [0.001], 0.0)
+        X = np.zeros((1, len(RULE_FEATURES)))
+        rec, ab = self.k.rule_scores(X, np.arange(len(RULE_FEATURES)))
+        _, R = self.k.prepare_rows(X, rec, ab, 0, 1, np.zeros(1, dtype=np.int64), 2)
+        self.k.predict_pairs(s, 0.0, s, 0.0, np.zeros((1, 1)), R, 0, 1)
 
     def predict_one(self, s, b, x, returned: bool) -> float:
         return self.k.predict_one(s, b, x, returned)
@@ -493,6 +501,172 @@ class OnlineModel:
             "model_auc_flagged": self.model_flagged.summary()["auc"],
             "rules_auc_flagged": self.rules_flagged.summary()["auc"],
         }
+
+
+class ScoreBatch:
+    """The updates of one model-stage call, scored as :meth:`ModelSet.score` scores them (the
+    same floats, snapshots and counts), with the per-update work done once for the whole call
+    by the compiled engine (scoring/dense_numba.py): one matrix of raw inputs (``Inputs.raw``)
+    read from the feature dicts, the rule baseline over it (``rule_scores``, the
+    scoring/baseline.py functions), the model inputs (``prepare_rows``), and both models'
+    predictions (``predict_pairs``) for every row up to the next label.
+
+    Learning order is kept: :meth:`score` takes the rows in order, interleaved with the
+    stage's ``label`` / ``late_fact`` / ``expire_awaiting`` calls; predictions made ahead are
+    used only while neither model has learned since (Adam's step counts are unchanged: every
+    learning step moves them), else they are made again from that row on. ``cuts`` (the rows a
+    label may precede) only bounds how far ahead they are made.
+
+    The rows' values are those of :meth:`Inputs.raw` as float64 (what the engine's vector was);
+    a row whose dict lacks one of the inputs takes :meth:`Inputs.raw`'s own path (0.0 for a
+    missing input) and the rules in Python (which need their inputs)."""
+
+    __slots__ = (
+        "ab_r",
+        "buf",
+        "cuts",
+        "gen",
+        "hi",
+        "k",
+        "lo",
+        "ms",
+        "names",
+        "preds",
+        "rec_r",
+        "returned",
+        "rounded",
+        "row",
+        "row_bytes",
+        "rows",
+        "version",
+        "xp",
+    )
+
+    def __init__(self, ms: ModelSet, xs: list[dict[str, float]], cuts: list[int]) -> None:
+        # the inputs as ModelSet.score fixes them; the set itself takes them at the first row
+        names = ms.feature_names or tuple(sorted({*xs[0], *RULE_INPUTS}))
+        inp = ms._inputs
+        if inp is None or inp.names != names:
+            inp = Inputs(names)
+        self.ms = ms
+        self.names = names
+        self.k = k = ms.recoverability.engine.k
+        m, n = len(xs), inp.n
+        X = np.zeros((m, n))
+        base = [i for i, name in enumerate(names) if name not in RULE_INPUTS]
+        slow: list[int] = []  # rows read by Inputs.raw's own path
+        keys = list(xs[0])
+        if (
+            len(keys) == len(base)
+            and set(keys) == {names[i] for i in base}
+            and (list(map(list, xs)).count(keys) == m)
+        ):  # every dict has exactly the inputs, in one order: read the values as they are
+            index = {name: i for i, name in enumerate(names)}
+            flat = np.fromiter(chain.from_iterable(map(dict.values, xs)), np.float64, m * len(keys))
+            X[:, [index[key] for key in keys]] = flat.reshape(m, len(keys))
+        elif len(base) < 2:  # itemgetter of one name returns the value, not a tuple
+            slow = list(range(m))
+        else:
+            get = itemgetter(*(names[i] for i in base))
+            try:
+                flat = np.fromiter(chain.from_iterable(map(get, xs)), np.float64, m * len(base))
+                X[:, base] = flat.reshape(m, len(base))
+            except KeyError:  # some dict lacks an input: row by row
+                for r, x in enumerate(xs):
+                    try:
+                        X[r, base] = get(x)
+                    except KeyError:
+                        slow.append(r)
+        for r in slow:
+            X[r] = inp.raw(xs[r])
+        index = {name: i for i, name in enumerate(names)}
+        if all(f in index for f in RULE_FEATURES):
+            cols = np.array([index[f] for f in RULE_FEATURES], dtype=np.int64)
+            rec_p, ab_p = k.rule_scores(X, cols)
+            rec = rec_p.tolist()
+            ab = ab_p.tolist()
+            python_rules = slow
+        else:
+            rec, ab = [0.0] * m, [0.0] * m
+            python_rules = list(range(m))
+        for r in python_rules:  # scoring/baseline.py on the dict, as RuleScorer.score
+            rec[r] = baseline.recoverability(xs[r])
+            ab[r] = baseline.abuse(xs[r])
+        self.rec_r = list(map(round, rec, repeat(6)))
+        self.ab_r = list(map(round, ab, repeat(6)))
+        log_slots = np.array(inp.log_slots, dtype=np.int64)
+        self.xp, self.returned = k.prepare_rows(
+            X,
+            np.array(self.rec_r, dtype=np.float64),
+            np.array(self.ab_r, dtype=np.float64),
+            inp.i_rec,
+            inp.i_abuse,
+            log_slots,
+            inp.i_returned,
+        )
+        self.rows = m
+        # snapshots keep the raw rows as float32 (Snapshot): one conversion for the call
+        self.buf = memoryview(X.astype(np.float32).tobytes())
+        self.row_bytes = 4 * n
+        self.cuts = cuts
+        self.row = 0
+        self.lo = self.hi = 0
+        self.gen: tuple[int, int, bool, bool] = (-1, -1, False, False)
+        self.preds: list[float] = []  # p_rec, p_abuse of rows lo.. (hi excluded), flat
+        self.rounded: list[float] = []  # the same, rounded to 6 digits (Scored.shadow)
+        self.version = RULES_VERSION
+
+    def _predict(self, r: int) -> None:
+        """Both models' predictions from row ``r`` to the next cut, with the models as they are."""
+        ms = self.ms
+        if r == 0:  # the first update scored fixes the inputs (ModelSet.score) and binds them
+            if not ms.feature_names:
+                ms.feature_names = self.names
+            ms.inputs  # noqa: B018
+        i = bisect_right(self.cuts, r)
+        hi = self.cuts[i] if i < len(self.cuts) else self.rows
+        rec_m, ab_m = ms.recoverability, ms.abuse
+        out = self.k.predict_pairs(
+            rec_m.state, rec_m.intercept, ab_m.state, ab_m.intercept, self.xp, self.returned, r, hi
+        )
+        self.preds = preds = out.ravel().tolist()
+        self.rounded = list(map(round, preds, repeat(6)))
+        self.lo, self.hi = r, hi
+        # what can change the models' predictions or tags: learning (Adam's steps move on every
+        # step) and promotion / demotion (which flip ``active``)
+        self.gen = (rec_m.steps, ab_m.steps, rec_m.active, ab_m.active)
+        self.version = ms.version
+
+    def score(
+        self, order_id: str, t: int, returned: bool, snapshot: bool = True, risk: bool = False
+    ) -> Scored:
+        """:meth:`ModelSet.score` of the next row (its rule scores are the batch's)."""
+        r = self.row
+        self.row = r + 1
+        ms = self.ms
+        rec_m, ab_m = ms.recoverability, ms.abuse
+        if r >= self.hi or self.gen != (rec_m.steps, ab_m.steps, rec_m.active, ab_m.active):
+            self._predict(r)
+        j = 2 * (r - self.lo)
+        r_rec, r_ab = self.rec_r[r], self.ab_r[r]
+        rules = ScoreResult(r_rec, r_ab, RULES_VERSION)
+        ms.scored += 1
+        ms.rules_prior_sum += r_rec
+        s_rec, s_ab = self.rounded[j], self.rounded[j + 1]
+        if snapshot:
+            preds = self.preds
+            values = array("f", (preds[j], r_rec, preds[j + 1], r_ab))
+            b = self.row_bytes
+            values.frombytes(self.buf[r * b : r * b + b])
+            ms._keep(order_id, t, values, returned, risk)
+        if rec_m.active or ab_m.active:
+            # (the rule scores are rounded already: round is idempotent)
+            scores = ScoreResult(
+                s_rec if rec_m.active else r_rec, s_ab if ab_m.active else r_ab, self.version
+            )
+        else:  # the rules drive: what ModelSet.score returns equals them (one frozen object)
+            scores = rules
+        return Scored(scores, {"recoverability": s_rec, "abuse": s_ab}, rules)
 
 
 @dataclass(slots=True)
@@ -716,9 +890,19 @@ class ModelSet:
         )
 
     def _snapshot(self, order_id, t, raw, p_rec, r_rec, p_ab, r_ab, returned, risk) -> None:
-        snaps = self.pending.setdefault(order_id, [])
         values = array("f", (p_rec, r_rec, p_ab, r_ab))
         values.extend(raw)
+        self._keep(order_id, t, values, returned, risk)
+
+    def _keep(self, order_id: str, t: int, values: array, returned: bool, risk: bool) -> None:
+        """Keep a snapshot's packed values (see :class:`Snapshot`) as the case's "return",
+        "risk" or "latest" snapshot."""
+        pending = self.pending
+        snaps = pending.get(order_id)
+        if snaps is None:  # the case's first snapshot
+            kind = "return" if returned else "risk" if risk else "latest"
+            pending[order_id] = [Snapshot(t, values, kind)]
+            return
         kinds = {s.kind for s in snaps}
         if returned and "return" not in kinds:
             kind = "return"
@@ -729,6 +913,19 @@ class ModelSet:
         if "latest" in kinds:  # "latest" is only kept while it is the newest
             snaps[:] = [s for s in snaps if s.kind != "latest"]
         snaps.append(Snapshot(t, values, kind))
+
+    @property
+    def batched(self) -> bool:
+        """Does this set's engine score a model-stage call's updates together (:meth:`batch`)?"""
+        return bool(self.recoverability.engine.batched)
+
+    def batch(self, xs: list[dict[str, float]], cuts: list[int]) -> ScoreBatch | None:
+        """The updates ``xs`` (feature dicts, in the order they will be scored) prepared for
+        :meth:`ScoreBatch.score`, one after the other; ``cuts``: the rows before whose score the
+        models may learn (a label). None: score them one by one (:meth:`score`)."""
+        if not xs or not self.batched:
+            return None
+        return ScoreBatch(self, xs, cuts)
 
     def label(
         self, order_id: str, t: int, facts: dict[str, Any], review: bool | None = None

@@ -33,36 +33,53 @@ class ModelStage(_Stage):
 
     def apply(self, released, low: int, out: Emit) -> None:
         labelled = False
+        models = self.models
+        batch = None
+        if models.batched:  # the compiled engine: the call's updates prepared together
+            xs: list[dict[str, float]] = []
+            cuts: list[int] = []  # the rows a label (may) precede
+            cut = False
+            for _, _, (view, features) in released:
+                if features is None:
+                    cut = True
+                    continue
+                if cut or view.status == "closed":
+                    cuts.append(len(xs))
+                cut = False
+                xs.append(features)
+            batch = models.batch(xs, cuts)
+        shards = self.cfg.cust_shards
+        dests = [disp_key(i) for i in range(shards)]
         for t, tie, (view, features) in released:
-            events: list[dict] = self.models.expire_awaiting(t)
+            # ModelSet.expire_awaiting, called only when a wait ran out before t
+            heap = models.await_heap
+            events: list[dict] = models.expire_awaiting(t) if heap and heap[0][0] < t else []
             if features is None:  # a settled case's late fact: a label, maybe (see ModelSet)
                 assert view.facts is not None
-                events += self.models.late_fact(view.order_id, t, view.facts)
+                events += models.late_fact(view.order_id, t, view.facts)
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
                 labelled = True
-                dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
+                dest = dests[shard_of(view.customer_id, shards)]
                 self.send(Route.DISPATCH, dest, t, tie, (view, None, None, events))
                 continue
             closed = view.status == "closed"
             if closed:
                 labelled = True
                 assert view.facts is not None  # a closing update carries the facts
-                events += self.models.label(view.order_id, t, view.facts)
+                events += models.label(view.order_id, t, view.facts)
             if events:
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
-            rules = self.rules.score(features)
-            scored = self.models.score(
-                view.order_id,
-                t,
-                features,
-                rules,
-                view.returned,
-                snapshot=not closed,
-                risk=not RISK_SIGNALS.isdisjoint(view.changes),
-            )
-            dest = disp_key(shard_of(view.customer_id, self.cfg.cust_shards))
+            risk = not RISK_SIGNALS.isdisjoint(view.changes)
+            if batch is not None:
+                scored = batch.score(view.order_id, t, view.returned, not closed, risk)
+            else:
+                rules = self.rules.score(features)
+                scored = models.score(
+                    view.order_id, t, features, rules, view.returned, not closed, risk
+                )
+            dest = dests[shard_of(view.customer_id, shards)]
             self.send(Route.DISPATCH, dest, t, tie, (view, features, scored, events))
         if labelled:
             self._export_metrics()
