@@ -161,11 +161,18 @@ def _copy(stage):
     return st.load_bytes(type(stage)(0, cfg), st.snapshot_bytes(stage), cfg).stage.models
 
 
-SCENARIOS = [
+SCENARIOS = [  # every simulator scenario (the test below checks the list is complete)
     ("steady-state", 1500, 1, ()),
     ("thin-lane-incident", 1500, 2, ()),
     ("launch-week-backlog", 1500, 4, ("realistic-text",)),
+    ("silent-carrier-incident", 3000, 3, ()),  # promotes only after ~2 months of labels
 ]
+
+
+def test_the_engine_comparison_covers_every_simulator_scenario() -> None:
+    from salvage.connectors.simulator import SCENARIOS as ALL
+
+    assert {s[0] for s in SCENARIOS} == set(ALL)
 
 
 @pytest.mark.parametrize(("scenario", "orders", "seed", "variants"), SCENARIOS)
