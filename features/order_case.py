@@ -82,6 +82,8 @@ LOST = frozenset({Outcome.REFUND, Outcome.CHARGEBACK})
 REFUND_INTENTS = frozenset({"refund_request", "return_request", "cancel_request"})
 DELAY_INTENTS = frozenset({"where_is_my_order", "complaint"})
 FIT_INTENTS = frozenset({"sizing_question", "product_question", "exchange_request"})
+# per promise re-check setting: its offsets past the grace period (the checkpoints after the first)
+_RECHECK_OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}
 
 
 @dataclass(slots=True)
@@ -210,26 +212,31 @@ class OrderCase:
         seen = (*self.seen, ev.event_id)
         self.seen = seen[-MAX_SEEN_IDS:] if len(seen) > MAX_SEEN_IDS else seen  # forget the oldest
         self.events += 1
-        self.last_event_at = max(self.last_event_at, t)
-        changes: list[str] = []
+        if t > self.last_event_at:
+            self.last_event_at = t
         kind = ev.event_type
-        if kind == "order_placed":
-            self._placed(ev, t)
-            changes.append("placed")
-        elif kind == "carrier_scan":
-            changes.extend(self._scan(ev, t))
+        changes: list[str]
+        if kind == "carrier_scan":
+            changes = self._scan(ev, t)
         elif kind == "support_contact":
-            changes.extend(self._contact(ev, t, intent))
+            changes = self._contact(ev, t, intent)
+        elif kind == "order_placed":
+            self._placed(ev, t)
+            changes = ["placed"]
         elif kind == "order_shipped":
             self._shipped(ev, t)
+            changes = []
         elif kind == "order_cancelled":
             self._cancelled(ev, t)
-            changes.append("cancelled")
+            changes = ["cancelled"]
         else:
-            changes.extend(self._returns(ev, t))
-        if self.status is Status.OPEN:
-            self._maybe_close(t, return_window_us)
-        if self.status is Status.CLOSED:
+            changes = self._returns(ev, t)
+        status = self.status
+        if status is Status.OPEN:
+            if self.delivered_at:
+                self._maybe_close(t, return_window_us)
+                status = self.status
+        if status is Status.CLOSED:
             changes.append("closed")
         return changes
 
@@ -274,11 +281,12 @@ class OrderCase:
 
     def _scan(self, ev: CarrierScan, t: int) -> list[str]:
         changes = ["scan"]
-        self.last_scan_at = max(self.last_scan_at, t)
-        self.last_scan = ev.scan.value
+        if t > self.last_scan_at:
+            self.last_scan_at = t
+        scan = ev.scan
+        self.last_scan = scan._value_  # the member's value (a plain attribute, no descriptor)
         if ev.estimated_delivery_at is not None:
             self.carrier_eta = to_us(ev.estimated_delivery_at)
-        scan = ev.scan
         if scan is ScanCode.DELIVERED:
             self.delivered_at = self.delivered_at or t
             changes.append("delivered")
@@ -306,10 +314,11 @@ class OrderCase:
         return changes
 
     def _contact(self, ev: SupportContact, t: int, inferred: str | None) -> list[str]:
-        intent = ev.intent.value if ev.intent is not None else inferred or "other"
-        self.contacts.append((t, intent, ev.urgency.value == "high", ev.sentiment or 0.0))
-        if len(self.contacts) > MAX_CONTACTS:
-            del self.contacts[0]
+        intent = ev.intent._value_ if ev.intent is not None else inferred or "other"
+        contacts = self.contacts
+        contacts.append((t, intent, ev.urgency._value_ == "high", ev.sentiment or 0.0))
+        if len(contacts) > MAX_CONTACTS:
+            del contacts[0]
         self.contacts_total += 1
         if self.delivered_at and t >= self.delivered_at:
             self.contacts_after_delivery += 1
@@ -406,14 +415,19 @@ class OrderCase:
         """The next event time at which time alone changes this case (0: none)."""
         if self.status is Status.CLOSED:
             return 0
-        candidates = [self.placed_at + HARD_TTL_US] if self.placed_at else []
-        if self.promised_at and not self.delivered_at:
+        # the least of: the hard TTL, the next promise checkpoint, the end of the return window
+        best = self.placed_at + HARD_TTL_US if self.placed_at else None
+        delivered_at = self.delivered_at
+        if delivered_at:
+            if not self.return_requested_at or self.outcome is not None:  # no return open
+                due = delivered_at + return_window_us
+                if best is None or due < best:
+                    best = due
+        elif self.promised_at:
             check = self._promise_check(rechecks)
-            if check:
-                candidates.append(check)
-        if self.delivered_at and not self.return_open():
-            candidates.append(self.delivered_at + return_window_us)
-        return min(candidates) if candidates else 0
+            if check and (best is None or check < best):
+                best = check
+        return 0 if best is None else best
 
     def _promise_check(self, rechecks: tuple[int, ...]) -> int:
         """The next promise checkpoint of an undelivered parcel (0: none left): the "missed"
@@ -421,7 +435,10 @@ class OrderCase:
         k = self.promise_checks
         if k == 0:
             return self.promised_at + PROMISE_GRACE_US
-        offsets = [o for o in rechecks if o > PROMISE_GRACE_US]
+        offsets = _RECHECK_OFFSETS.get(rechecks)
+        if offsets is None:
+            offsets = tuple(o for o in rechecks if o > PROMISE_GRACE_US)
+            _RECHECK_OFFSETS[rechecks] = offsets
         return self.promised_at + offsets[k - 1] if k - 1 < len(offsets) else 0
 
     def on_time(
@@ -516,58 +533,107 @@ class OrderCase:
 
     def features(self, now: int) -> dict[str, float]:
         """Numeric features known at ``now`` (never anything from the future)."""
-        c24 = c7d = wismo7 = refund7 = fit7 = high7 = 0
-        sentiment_sum = 0.0
-        for t, intent, high, sentiment in self.contacts:
-            if t > now:
-                continue
-            age = now - t
-            if age <= 7 * DAY_US:
-                c7d += 1
-                sentiment_sum += sentiment
-                if intent in DELAY_INTENTS:
-                    wismo7 += 1
-                if intent in REFUND_INTENTS:
-                    refund7 += 1
-                if intent in FIT_INTENTS:
-                    fit7 += 1
-                if high:
-                    high7 += 1
-                if age <= DAY_US:
-                    c24 += 1
-        delivered = bool(self.delivered_at)
-        days_since_delivery = (now - self.delivered_at) / DAY_US if delivered else 0.0
+        # counts kept as floats (what the features are; exact for any count)
+        c24 = c7d = wismo7 = refund7 = fit7 = high7 = sentiment_sum = 0.0
+        contacts = self.contacts
+        if contacts:
+            for t, intent, high, sentiment in contacts:
+                if t > now:
+                    continue
+                age = now - t
+                if age <= _WEEK_US:
+                    c7d += 1.0
+                    sentiment_sum += sentiment
+                    if intent in DELAY_INTENTS:
+                        wismo7 += 1.0
+                    if intent in REFUND_INTENTS:
+                        refund7 += 1.0
+                    if intent in FIT_INTENTS:
+                        fit7 += 1.0
+                    if high:
+                        high7 += 1.0
+                    if age <= DAY_US:
+                        c24 += 1.0
+            last_sentiment = contacts[-1][3]
+        else:
+            last_sentiment = 0.0
+        delivered_at = self.delivered_at
+        promised_at = self.promised_at
+        if promised_at:  # slippage_hours(now), inline
+            if delivered_at:
+                end = delivered_at
+            else:
+                end = max(self.carrier_eta, now if now > promised_at else 0)
+            slippage = max(0.0, (end - promised_at) / HOUR_US)
+        else:
+            slippage = 0.0
+        order_value = self.order_value
+        margin = self.margin
+        n_units = self.n_units
+        last_scan_at = self.last_scan_at
+        resolution = self.preferred_resolution
+        flags = _REASON_FLAGS.get(self.return_reason)
+        if flags is None:
+            flags = _reason_flags(self.return_reason)
+        fit, late, damaged, not_received, changed_mind = flags
         return {
-            "order_value": self.order_value,
-            "margin": self.margin,
-            "margin_rate": self.margin / self.order_value if self.order_value else 0.0,
-            "units": float(self.n_units),
+            "order_value": order_value,
+            "margin": margin,
+            "margin_rate": margin / order_value if order_value else 0.0,
+            "units": float(n_units),
             "bracketing_lines": float(self.bracketing_lines),
-            "slippage_hours": self.slippage_hours(now),
+            "slippage_hours": slippage,
             "exception_count": float(self.exception_count),
             "delayed_scans": float(self.delayed_scan_count),
             "lost": float(self.lost),
-            "hours_since_last_scan": (now - self.last_scan_at) / HOUR_US
-            if self.last_scan_at and not delivered
+            "hours_since_last_scan": (now - last_scan_at) / HOUR_US
+            if last_scan_at and not delivered_at
             else 0.0,
-            "delivered": float(delivered),
-            "days_since_delivery": days_since_delivery,
-            "contacts_24h": float(c24),
-            "contacts_7d": float(c7d),
-            "wismo_7d": float(wismo7),
-            "refund_intent_7d": float(refund7),
-            "fit_intent_7d": float(fit7),
-            "urgent_contacts_7d": float(high7),
+            "delivered": 1.0 if delivered_at else 0.0,
+            "days_since_delivery": (now - delivered_at) / DAY_US if delivered_at else 0.0,
+            "contacts_24h": c24,
+            "contacts_7d": c7d,
+            "wismo_7d": wismo7,
+            "refund_intent_7d": refund7,
+            "fit_intent_7d": fit7,
+            "urgent_contacts_7d": high7,
             "mean_sentiment_7d": sentiment_sum / c7d if c7d else 0.0,
-            "last_contact_sentiment": self.contacts[-1][3] if self.contacts else 0.0,
+            "last_contact_sentiment": last_sentiment,
             "wismo_after_delivered": float(self.wismo_after_delivered),
-            "return_requested": float(bool(self.return_requested_at)),
-            "return_share": self.return_units / self.n_units if self.n_units else 0.0,
-            "prefers_exchange": float(self.preferred_resolution == "exchange"),
-            "prefers_refund": float(self.preferred_resolution == "refund"),
-            "reason_fit": float(self.return_reason in ("too_small", "too_large")),
-            "reason_late": float(self.return_reason == "arrived_late"),
-            "reason_damaged": float(self.return_reason in ("damaged", "wrong_item")),
-            "reason_not_received": float(self.return_reason == "not_received"),
-            "reason_changed_mind": float(self.return_reason in ("changed_mind", "quality")),
+            "return_requested": 1.0 if self.return_requested_at else 0.0,
+            "return_share": self.return_units / n_units if n_units else 0.0,
+            "prefers_exchange": 1.0 if resolution == "exchange" else 0.0,
+            "prefers_refund": 1.0 if resolution == "refund" else 0.0,
+            "reason_fit": fit,
+            "reason_late": late,
+            "reason_damaged": damaged,
+            "reason_not_received": not_received,
+            "reason_changed_mind": changed_mind,
         }
+
+
+_WEEK_US = 7 * DAY_US
+# return reason -> (reason_fit, reason_late, reason_damaged, reason_not_received,
+# reason_changed_mind), as features() reports them
+_REASON_FLAGS: dict[str, tuple[float, float, float, float, float]] = {
+    "": (0.0, 0.0, 0.0, 0.0, 0.0),  # no return (yet)
+    "too_small": (1.0, 0.0, 0.0, 0.0, 0.0),
+    "too_large": (1.0, 0.0, 0.0, 0.0, 0.0),
+    "arrived_late": (0.0, 1.0, 0.0, 0.0, 0.0),
+    "damaged": (0.0, 0.0, 1.0, 0.0, 0.0),
+    "wrong_item": (0.0, 0.0, 1.0, 0.0, 0.0),
+    "not_received": (0.0, 0.0, 0.0, 1.0, 0.0),
+    "changed_mind": (0.0, 0.0, 0.0, 0.0, 1.0),
+    "quality": (0.0, 0.0, 0.0, 0.0, 1.0),
+}
+
+
+def _reason_flags(reason: str) -> tuple[float, float, float, float, float]:
+    """The reason features of any other reason (none: all 0.0)."""
+    return (
+        float(reason in ("too_small", "too_large")),
+        float(reason == "arrived_late"),
+        float(reason in ("damaged", "wrong_item")),
+        float(reason == "not_received"),
+        float(reason in ("changed_mind", "quality")),
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import heapq
 import time
+import zlib
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from salvage.connectors.events import STREAM_OF, Stream
@@ -61,6 +62,10 @@ class CaseStage(_Stage):
         self.orphan_heap: list[tuple[int, str]] = []
         # settled cases in their grace period: order id -> compact record (see Settled)
         self.settled: dict[str, Settled] = {}
+        # derived from the config (not state): the customer stage's shard keys, by shard, and
+        # each lane's lane-monitor key (lanes are few)
+        self._ctx_keys = [ctx_key(i) for i in range(cfg.cust_shards)]
+        self._lane_dest: dict[str, str] = {}
         self._configure(cfg)
 
     def _configure(self, cfg: StageConfig) -> None:
@@ -178,7 +183,9 @@ class CaseStage(_Stage):
             fact = "shipped"
         else:
             return
-        dest = lane_key(shard_of(case.lane, self.cfg.lane_shards))
+        dest = self._lane_dest.get(case.lane)
+        if dest is None:
+            dest = self._lane_dest[case.lane] = lane_key(shard_of(case.lane, self.cfg.lane_shards))
         self.send(
             Route.LANES, dest, t, ev.event_id, (case.lane, case.order_id, case.promised_at, fact)
         )
@@ -193,29 +200,34 @@ class CaseStage(_Stage):
             self.settled.pop(order_id, None)
 
     def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
-        view = CaseView(
-            order_id=case.order_id,
-            customer_id=case.customer_id,
-            t=t,
-            source_id=source_id,
-            changes=tuple(changes),
-            features=case.features(t),
-            status=case.status.value,
-            outcome=case.outcome.value if case.outcome else None,
-            lane=case.lane,
-            campaign=case.campaign,
-            sku_family=case.sku_family,
-            currency=case.currency,
-            order_value=case.order_value,
-            refunded_amount=case.refunded_amount,
-            returned=bool(case.return_requested_at),
-            abuse_flags=case.abuse_flags,
-            facts=case.facts() if case.status is Status.CLOSED else None,
-            grade=case.grade,
-            return_value=case.return_value,
-            received_at=case.received_at,
+        status = case.status
+        outcome = case.outcome
+        customer_id = case.customer_id
+        view = _case_view(
+            case.order_id,
+            customer_id,
+            t,
+            source_id,
+            tuple(changes),
+            case.features(t),
+            status._value_,
+            outcome._value_ if outcome else None,
+            case.lane,
+            case.campaign,
+            case.sku_family,
+            case.currency,
+            case.order_value,
+            case.refunded_amount,
+            bool(case.return_requested_at),
+            case.abuse_flags,
+            case.facts() if status is Status.CLOSED else None,
+            case.grade,
+            case.return_value,
+            case.received_at,
         )
-        dest = ctx_key(shard_of(case.customer_id, self.cfg.cust_shards))
+        # ctx_key(shard_of(customer_id, cust_shards))
+        ctx_keys = self._ctx_keys
+        dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
         self.send(Route.CONTEXT, dest, t, f"{source_id}|{case.order_id}", view)
 
     def _settled_fact(self, ev, t: int, inferred: str | None = None) -> bool:
@@ -371,23 +383,35 @@ class CaseStage(_Stage):
     def apply(self, released, low: int, out: Emit) -> None:
         pending = list(released)
         pending.reverse()  # a stack: orphans adopted by their order_placed are pushed on top
+        cases = self.cases
+        timers = self.timers
         while pending:
             t, tie, item = pending.pop()
             inferred = None
             ev = item
             if isinstance(item, InferredContact):  # through the intent stage
                 ev, inferred = item.event, item.intent
-            self._fire_timers(t, out)
+            if timers and timers[0][0] < t:
+                self._fire_timers(t, out)
             if type(ev) is Overdue:
                 if not self._duplicate(ev.event, tie, out):
                     metrics.DEAD_LETTERS.labels(ev.letter.kind.value).inc()
                     out.append((Route.DEAD_LETTER, ev.letter))
                 continue
-            if self._duplicate(ev, tie, out):
-                continue
             order_id = ev.order_id
-            case = self.cases.get(order_id)
-            if case is None:
+            case = cases.get(order_id)
+            if case is not None:
+                # an open case remembers its event ids: only one of them can be a duplicate
+                if ev.event_id in case.seen and self._duplicate(ev, tie, out):
+                    continue
+                if ev.event_type == "order_placed":
+                    self._dead(
+                        ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out
+                    )
+                    continue
+            else:
+                if self._duplicate(ev, tie, out):
+                    continue
                 if order_id in self.tombstones:
                     if self._settled_fact(ev, t, inferred):
                         continue
@@ -401,14 +425,11 @@ class CaseStage(_Stage):
                 if ev.event_type != "order_placed":
                     self._park(t, tie, item, out)  # with its inferred intent, if any
                     continue
-                case = self.cases[order_id] = OrderCase(order_id)
+                case = cases[order_id] = OrderCase(order_id)
                 metrics.CASES_OPENED.inc()
                 adopted = self.orphans.pop(order_id, None)
                 if adopted:  # applied right after their order, at its time, in their order
                     pending.extend((t, a_tie, a_ev) for _t, a_tie, a_ev in reversed(adopted))
-            elif ev.event_type == "order_placed":
-                self._dead(ev, DeadLetterKind.INCONSISTENT, "second order_placed for order", out)
-                continue
             self._apply_event(case, t, tie, ev, inferred, out)
         horizon = self.horizon(low)
         self._fire_timers(horizon, out)
@@ -423,16 +444,33 @@ class CaseStage(_Stage):
     def _apply_event(
         self, case: OrderCase, t: int, tie: str, ev, inferred: str | None, out: Emit
     ) -> None:
-        window = self.cfg.return_window_us
-        changes = case.apply(ev, t, window, inferred)
+        cfg = self.cfg
+        kind = ev.event_type
+        changes = case.apply(ev, t, cfg.return_window_us, inferred)
         _remember_digest(case, _tie_digest(tie))
-        _EVENTS(STREAM_OF[ev.event_type].value).inc()
+        counter = _EVENTS_OF.get(kind)
+        if counter is None:
+            counter = _EVENTS_OF[kind] = _EVENTS(STREAM_OF[kind].value)
+        counter.inc()
         self._emit_view(case, t, ev.event_id, changes, out)
-        if STREAM_OF[ev.event_type] is Stream.RETURNS:
+        if kind in _RETURNS_EVENTS:
             self._journey(case, ev, t)
-        if case.lane != "unknown" and case.promised_at:
+        if (kind == "carrier_scan" or kind == "order_shipped") and (
+            case.lane != "unknown" and case.promised_at
+        ):
             self._lane_fact(case, ev, t, changes)
-        self._after_update(case, t)
+        if case.status is Status.CLOSED:
+            self._after_update(case, t)
+        else:  # _after_update of an open case: its next deadline
+            deadline = case.next_deadline(
+                cfg.return_window_us, self.journey, cfg.promise_rechecks_us
+            )
+            if deadline:
+                heapq.heappush(self.timers, (deadline, case.order_id))
+
+
+_RETURNS_EVENTS = frozenset(k for k, s in STREAM_OF.items() if s is Stream.RETURNS)
+_EVENTS_OF: dict[str, Any] = {}  # event type -> its events counter (by stream)
 
 
 MAX_ORPHANS_PER_ORDER = 256
@@ -476,6 +514,26 @@ def _remember_digest(case: OrderCase, digest: int) -> None:
     elif len(digests) < n:
         digests = bytes(n - len(digests)) + digests
     case.digests = digests
+
+
+def _view_maker() -> Any:
+    """A constructor of :class:`CaseView` taking its fields in order, that sets the slots directly:
+    a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field (about twice
+    the cost, for the view made on every case update). The same object either way (a test checks
+    it); CaseView itself if it ever gets a ``__post_init__`` or loses its slots."""
+    names = [f.name for f in fields(CaseView)]
+    if hasattr(CaseView, "__post_init__") or not hasattr(CaseView, "__slots__"):
+        return CaseView
+    scope: dict[str, Any] = {"_new": object.__new__, "_cls": CaseView}
+    for name in names:
+        scope[f"_set_{name}"] = getattr(CaseView, name).__set__
+    body = "".join(f"    _set_{name}(view, {name})\n" for name in names)
+    src = f"def _case_view({', '.join(names)}):\n    view = _new(_cls)\n{body}    return view\n"
+    exec(src, scope)  # generated from CaseView's own field names
+    return scope["_case_view"]
+
+
+_case_view = _view_maker()
 
 
 SETTLED_FACTS = frozenset(
