@@ -297,7 +297,7 @@ class PlainPipeline:
         handle = self.layout.handle_line  # as the file source reads its lines
         for i, line in enumerate(lines):
             value = line.rstrip(b"\r\n")
-            if value.strip():
+            if value and not value.isspace():  # as the file source: no copy
                 handle(source, line_no + i + 1, value, items)
         if final:
             self.layout.release_held(items)

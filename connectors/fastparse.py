@@ -181,6 +181,9 @@ class _Gen:
             "_time": _time,
             "_ctime": _cached_time,
             "_tcget": _TIME_CACHE.get,
+            "_fromiso": _fromisoformat,
+            "_MIN_Z": _MIN_Z,
+            "_MAX_Z": _MAX_Z,
             "_UNSET": msgspec.UNSET,
             "_new": object.__new__,
             **{
@@ -271,7 +274,12 @@ class _Gen:
                 entries.append(f"{name!r}: {tag!r}")
                 continue
             mtype, conv, check = self.translate(hints[name])
-            if conv is not None and name != "occurred_at":  # few distinct values: cached
+            if conv == "_time({x})" and name == "occurred_at":  # the common form inline
+                conv = (
+                    "(_fromiso(_o) if len(_o := {x}) == 20 and _o[4::3] == '--T::Z'"
+                    " and _MIN_Z <= _o < _MAX_Z else _time(_o))"
+                )
+            elif conv is not None:  # few distinct values: cached
                 conv = conv.replace("_time({x})", "(_tcget({x}) or _ctime({x}))")
             if info.is_required():
                 fields.append((name, mtype, msgspec.NODEFAULT))

@@ -308,6 +308,8 @@ class _KafkaLayout:
         self.floor = BEGIN
         self.last_tick: int | None = None
         self._slot: dict[str, int] = {}  # order_id -> partition (bounded cache)
+        # event type -> its stream's parser of each partition, as started (handle_line's index)
+        self._rows: dict[str, list[_Parser | None]] = {}
         # the minimum watermark over the started partitions as of the last floor update (None:
         # unknown, recompute): see handle
         self._low: int | None = None
@@ -378,8 +380,13 @@ class _KafkaLayout:
             if len(self._slot) >= 100_000:
                 self._slot.clear()
             slot = self._slot[order_id] = partition_of(order_id, self._partitions)
-        key = (_STREAM_VALUE[result.event_type], slot)
-        parser = self.parts.get(key) or self._new(key)
+        row = self._rows.get(result.event_type)
+        if row is None:
+            row = self._rows[result.event_type] = [None] * self._partitions
+        parser = row[slot]
+        if parser is None:
+            key = (_STREAM_VALUE[result.event_type], slot)
+            parser = row[slot] = self.parts.get(key) or self._new(key)
         clock = parser.clock
         before = clock.max_t
         t = (result.occurred_at - _EPOCH) // _ONE_US  # to_us, inline
@@ -392,7 +399,7 @@ class _KafkaLayout:
         ):
             parser.handle_event(RawRecord(source, 0, line_no, value), result, out)
         else:  # _Parser.handle_event and _apply, inline, for an event applied here
-            tie = f"{result.event_id}|{zlib.crc32(value):08x}"
+            tie = "%s|%08x" % (result.event_id, zlib.crc32(value))  # noqa: UP031 (faster)
             if t >= wm:
                 eff = t
                 if t > before:
@@ -462,7 +469,7 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
             self._pos += len(line)
             self._line += 1
             value = line.rstrip(b"\r\n")
-            if not value.strip():
+            if not value or value.isspace():  # value.strip() is empty, without a copy
                 continue  # blank line: no record
             handle(source, self._line, value, out)
         if self._done:
