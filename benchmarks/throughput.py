@@ -289,16 +289,16 @@ class PlainPipeline:
             json.dumps(payload, sort_keys=True)
 
     def feed(self, lines: list[bytes], line_no: int, final: bool) -> None:
-        from salvage.connectors.parse import RawRecord
         from salvage.features.eventtime import END
 
         t0 = time.perf_counter()
         items: list = []
         source = str(self.log)
+        handle = self.layout.handle_line  # as the file source reads its lines
         for i, line in enumerate(lines):
             value = line.rstrip(b"\r\n")
-            if value.strip():
-                self.layout.handle(RawRecord(source, 0, line_no + i + 1, value), items)
+            if value and not value.isspace():  # as the file source: no copy
+                handle(source, line_no + i + 1, value, items)
         if final:
             self.layout.release_held(items)
         self.layout.tick(items, END if final else None)

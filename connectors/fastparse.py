@@ -4,7 +4,8 @@ The pydantic models in :mod:`salvage.connectors.events` stay the contracts. This
 from them, at import, one msgspec ``Struct`` per model (same fields, same constraints, the
 ``event_type`` literal as the union's tag) and a generated converter per model that builds the
 pydantic instance directly: the same ``__dict__`` (same field order, same values and types,
-timestamps normalised to UTC), the same ``model_fields_set``, no extra, no private state.
+timestamps normalised to UTC), an equal ``model_fields_set`` (one set shared by the instances
+with the same given fields: the models are frozen), no extra, no private state.
 
 The fast path only ever *accepts*, and only what the pydantic path accepts with the same values;
 anything it cannot decide exactly returns ``None`` and :func:`salvage.connectors.parse.parse`
@@ -17,7 +18,8 @@ messages). What the fast path leaves to pydantic on purpose:
   (and a no-space check for ids) instead of a regex per field (msgspec's costs ~0.8 µs each);
   other patterns are matched with Python's ``re`` (``$`` as ``\Z``, as pydantic's Rust regex);
 * more than ``MAX_CONTAINERS`` ``[``/``{`` bytes: pydantic's JSON parser refuses nesting deeper
-  than 200 levels even in ignored fields, which msgspec would accept;
+  than 200 levels even in ignored fields, which msgspec would accept (counted only in records
+  longer than ``2 * MAX_CONTAINERS`` bytes: valid JSON that deep is longer);
 * timestamps other than ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+HH:MM)`` (msgspec rounds more than 6
   fractional digits where pydantic truncates; pydantic also takes ``,`` and shorter forms), and
   any timestamp outside the contract's range;
@@ -71,6 +73,22 @@ def _time(text: str) -> datetime:
     value = _fromisoformat(text).astimezone(UTC)
     if not MIN_TIME <= value < MAX_TIME:
         raise ValueError(text)
+    return value
+
+
+_TIME_CACHE: dict[str, datetime] = {}
+_TIME_CACHE_MAX = 4096
+
+
+def _cached_time(text: str) -> datetime:
+    """:func:`_time`, remembered: deadlines (``promised_delivery_at``, ``estimated_delivery_at``)
+    take few distinct values, so most are a dict hit (the generated converters look the cache up
+    themselves first; ``occurred_at`` is nearly always new: not cached). A datetime is
+    immutable, so the events may share it."""
+    value = _time(text)  # raises (not cached) where the text is not for the fast path
+    if len(_TIME_CACHE) >= _TIME_CACHE_MAX:
+        _TIME_CACHE.clear()
+    _TIME_CACHE[text] = value
     return value
 
 
@@ -137,6 +155,23 @@ def _constraints(meta: list[Any]) -> tuple[dict[str, Any], str | None]:
     return out, pattern
 
 
+MAX_OPTIONAL = 10
+"""At most this many optional fields per model (2**n shared fields sets each)."""
+
+
+def _shared_fields_sets(required: list[str], optional: list[str]) -> tuple[set[str], ...]:
+    """``model_fields_set`` for each mask ``k`` of given optional fields (bit i: ``optional[i]``).
+
+    One set per combination, shared by every instance built with it: a fresh set per event was
+    the largest single cost of a conversion (an allocation the cyclic GC tracks). Sharing is
+    safe because the event models are frozen: pydantic changes a fields set only on attribute
+    assignment (refused) and in ``model_copy``, which copies the set first (``__copy__``)."""
+    return tuple(
+        set(required) | {name for i, name in enumerate(optional) if k >> i & 1}
+        for k in range(1 << len(optional))
+    )
+
+
 class _Gen:
     """Translates the pydantic contracts into Structs and generates their converters."""
 
@@ -144,6 +179,11 @@ class _Gen:
         self.structs: dict[type[BaseModel], type[msgspec.Struct]] = {}
         self.ns: dict[str, Any] = {
             "_time": _time,
+            "_ctime": _cached_time,
+            "_tcget": _TIME_CACHE.get,
+            "_fromiso": _fromisoformat,
+            "_MIN_Z": _MIN_Z,
+            "_MAX_Z": _MAX_Z,
             "_UNSET": msgspec.UNSET,
             "_new": object.__new__,
             **{
@@ -225,6 +265,7 @@ class _Gen:
         checks: list[str] = []
         lines: list[str] = []
         entries: list[str] = []
+        optional: list[str] = []  # the optional fields, in order (bit i of k: the i-th was given)
         for name, info in model.model_fields.items():
             if info.alias is not None or info.validation_alias is not None:
                 raise TypeError(f"fastparse: aliases are not supported ({model.__name__}.{name})")
@@ -233,6 +274,13 @@ class _Gen:
                 entries.append(f"{name!r}: {tag!r}")
                 continue
             mtype, conv, check = self.translate(hints[name])
+            if conv == "_time({x})" and name == "occurred_at":  # the common form inline
+                conv = (
+                    "(_fromiso(_o) if len(_o := {x}) == 20 and _o[4::3] == '--T::Z'"
+                    " and _MIN_Z <= _o < _MAX_Z else _time(_o))"
+                )
+            elif conv is not None:  # few distinct values: cached
+                conv = conv.replace("_time({x})", "(_tcget({x}) or _ctime({x}))")
             if info.is_required():
                 fields.append((name, mtype, msgspec.NODEFAULT))
                 required.append(name)
@@ -255,8 +303,9 @@ class _Gen:
                 f"    if {v} is _UNSET:",
                 f"        {v} = {default_expr}",
                 "    else:",
-                f"        fs.add({name!r})",
+                f"        k |= {1 << len(optional)}",
             ]
+            optional.append(name)
             if check is not None:
                 lines.append(f"        if not ({check.format(x=v)}):")
                 lines.append("            raise ValueError")
@@ -269,6 +318,11 @@ class _Gen:
         struct = msgspec.defstruct(f"_{model.__name__}Struct", fields, **opts)
         self.structs[model] = struct
         self.ns[model.__name__] = model
+        if len(optional) > MAX_OPTIONAL:
+            raise TypeError(f"fastparse: {model.__name__} has over {MAX_OPTIONAL} optional fields")
+        # the fields set of every combination of given optional fields, built once and shared
+        # by the instances (see _shared_fields_sets)
+        self.ns[f"_fs_{model.__name__}"] = _shared_fields_sets(required, optional)
         src = "\n".join(
             [
                 f"def _conv_{model.__name__}(s):",
@@ -276,11 +330,11 @@ class _Gen:
                     [f"    if not ({' and '.join(checks)}):", "        raise ValueError"]
                     * bool(checks)
                 ),
-                f"    fs = {set(required)!r}",
+                *(["    k = 0"] * bool(optional)),
                 *lines,
                 f"    m = _new({model.__name__})",
                 "    _setdict(m, {" + ", ".join(entries) + "})",
-                "    _setpydantic_fields_set(m, fs)",
+                f"    _setpydantic_fields_set(m, _fs_{model.__name__}[{'k' if optional else 0}])",
                 "    _setpydantic_extra(m, None)",
                 "    _setpydantic_private(m, None)",
                 "    return m",
@@ -310,7 +364,11 @@ def parse_fast(value: bytes) -> Any:
         not value.isascii()
         or b"\\" in value
         or b"\x7f" in value
-        or value.count(b"[") + value.count(b"{") > MAX_CONTAINERS
+        # JSON nested n deep has n opening and n closing brackets: no need to count below that
+        or (
+            len(value) > 2 * MAX_CONTAINERS
+            and value.count(b"[") + value.count(b"{") > MAX_CONTAINERS
+        )
     ):
         return None
     try:

@@ -28,8 +28,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from salvage.connectors.events import STREAM_OF, Stream
+from salvage.connectors.fastparse import parse_fast
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
-from salvage.connectors.parse import RawRecord, dead_letter, parse
+from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, dead_letter, parse
 from salvage.connectors.partitioning import partition_of
 from salvage.features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
 from salvage.flows.items import Overdue
@@ -43,6 +44,10 @@ Item = Event | Tick | DeadLetter  # what a source partition emits
 
 # event type -> its stream's name (``STREAM_OF[...].value`` without the enum property per event)
 _STREAM_VALUE: dict[str, str] = {k: v.value for k, v in STREAM_OF.items()}
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_new_event = tuple.__new__  # Event(...) without NamedTuple's Python-level __new__
 
 _STOP = threading.Event()
 # an empty Kafka partition is polled again after 5 ms, doubling while it stays empty up to 40 ms
@@ -268,7 +273,8 @@ def clock_settings(settings: Settings) -> tuple[int, int, int, int]:
 
 def file_layout(part_id: str, settings: Settings) -> _KafkaLayout:
     """Parse + clocks of one event log exactly as file mode's source has them (for drivers of
-    the stages without Bytewax: feed it with ``handle``, ``release_held`` at the end, ``tick``)."""
+    the stages without Bytewax: feed it with ``handle_line`` (or ``handle``), ``release_held`` at
+    the end, ``tick``)."""
     tol, late, future, jump = clock_settings(settings)
     return _KafkaLayout(part_id, (tol, late, BEGIN, future, jump), settings.topics.partitions)
 
@@ -302,6 +308,8 @@ class _KafkaLayout:
         self.floor = BEGIN
         self.last_tick: int | None = None
         self._slot: dict[str, int] = {}  # order_id -> partition (bounded cache)
+        # event type -> its stream's parser of each partition, as started (handle_line's index)
+        self._rows: dict[str, list[_Parser | None]] = {}
         # the minimum watermark over the started partitions as of the last floor update (None:
         # unknown, recompute): see handle
         self._low: int | None = None
@@ -338,20 +346,77 @@ class _KafkaLayout:
         before = clock.max_t
         parser.handle_event(raw, result, out)
         if clock.max_t != before:
-            # The floor is max(floor, min over the started partitions' watermarks), and only this
-            # partition's clock moved (forward). Kept incrementally (the same values as
-            # _raise_floor on every move): a partition that starts can only lower the minimum
-            # (and the floor is already >= it); one that was above the minimum leaves it as is;
-            # only one that held it (maybe tied) makes the minimum, and maybe the floor, move.
-            low = self._low
-            if low is None:
-                self._raise_floor()
-            elif before == BEGIN:
-                wm = clock.watermark
-                if wm < low:
-                    self._low = wm
-            elif before - clock.tolerance_us <= low:
-                self._raise_floor()
+            self._moved(clock, before)
+
+    def _moved(self, clock: PartitionClock, before: int) -> None:
+        """A partition's clock moved on from ``before``: update the floor."""
+        # The floor is max(floor, min over the started partitions' watermarks), and only this
+        # partition's clock moved (forward). Kept incrementally (the same values as
+        # _raise_floor on every move): a partition that starts can only lower the minimum
+        # (and the floor is already >= it); one that was above the minimum leaves it as is;
+        # only one that held it (maybe tied) makes the minimum, and maybe the floor, move.
+        low = self._low
+        if low is None:
+            self._raise_floor()
+        elif before == BEGIN:
+            wm = clock.watermark
+            if wm < low:
+                self._low = wm
+        elif before - clock.tolerance_us <= low:
+            self._raise_floor()
+
+    def handle_line(self, source: str, line_no: int, value: bytes, out: list[Item]) -> None:
+        """:meth:`handle` of ``RawRecord(source, 0, line_no, value)`` (a line of an event log),
+        with the common case in one frame: a record the fast parse accepts, applied on time or
+        late on a partition that holds nothing. The record is built only for what needs it (a
+        dead letter, a held event, or anything else :meth:`handle` decides: then it does)."""
+        result = parse_fast(value) if len(value) <= MAX_EVENT_BYTES else None
+        if result is None:  # pydantic decides (a dead letter, or a record only it accepts)
+            self.handle(RawRecord(source, 0, line_no, value), out)
+            return
+        order_id = result.order_id
+        slot = self._slot.get(order_id)
+        if slot is None:
+            if len(self._slot) >= 100_000:
+                self._slot.clear()
+            slot = self._slot[order_id] = partition_of(order_id, self._partitions)
+        row = self._rows.get(result.event_type)
+        if row is None:
+            row = self._rows[result.event_type] = [None] * self._partitions
+        parser = row[slot]
+        if parser is None:
+            key = (_STREAM_VALUE[result.event_type], slot)
+            parser = row[slot] = self.parts.get(key) or self._new(key)
+        clock = parser.clock
+        before = clock.max_t
+        t = (result.occurred_at - _EPOCH) // _ONE_US  # to_us, inline
+        wm = BEGIN if before == BEGIN else before - clock.tolerance_us  # clock.watermark
+        if (
+            parser.held  # held events: this one may confirm or reject them
+            or (parser.max_future_us and t - time.time_ns() // 1000 > parser.max_future_us)
+            or (parser.max_jump_us and t - before > parser.max_jump_us)  # maybe a jump
+            or (t < wm and wm - t > clock.max_lateness_us)  # too late: a dead letter
+        ):
+            parser.handle_event(RawRecord(source, 0, line_no, value), result, out)
+        else:  # _Parser.handle_event and _apply, inline, for an event applied here
+            tie = "%s|%08x" % (result.event_id, zlib.crc32(value))  # noqa: UP031 (faster)
+            if t >= wm:
+                eff = t
+                if t > before:
+                    clock.max_t = t
+            else:
+                eff = wm
+            if eff < parser.floor:
+                eff = parser.floor
+            if eff != t:
+                metrics.LATE.labels(_STREAM_VALUE[result.event_type]).inc()
+            out.append(_new_event(Event, (eff, tie, result)))
+            if parser.frontier is not None:
+                parser.frontier[parser.part_id] = clock.max_t
+        if clock.max_t != before and (  # else _moved has nothing to do: checked here
+            before == BEGIN or self._low is None or before - clock.tolerance_us <= self._low
+        ):
+            self._moved(clock, before)
 
     def _raise_floor(self) -> None:
         low = min(p.clock.watermark for p in self.parts.values() if p.clock.max_t != BEGIN)
@@ -395,7 +460,7 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
         out: list[Item] = []
         readline = self._f.readline
         source = str(self._path)
-        handle = self._layout.handle
+        handle = self._layout.handle_line
         for _ in range(self._batch):
             line = readline()
             if not line:
@@ -404,9 +469,9 @@ class _FilePartition(StatefulSourcePartition[Item, tuple]):
             self._pos += len(line)
             self._line += 1
             value = line.rstrip(b"\r\n")
-            if not value.strip():
+            if not value or value.isspace():  # value.strip() is empty, without a copy
                 continue  # blank line: no record
-            handle(RawRecord(source, 0, self._line, value), out)
+            handle(source, self._line, value, out)
         if self._done:
             self._layout.release_held(out)
         self._layout.tick(out, END if self._done else None)

@@ -3,7 +3,7 @@ clock move), and the stages' fast paths against the slow ones they replace."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from unittest import mock
 
@@ -148,3 +148,79 @@ def test_merged_features_are_the_dict_union(
     )
     merged, union = ctx.merged(base, now), base | ctx.features(now)
     assert list(merged.items()) == list(union.items()) or repr(merged) == repr(union)  # NaN
+
+
+# ------------------------------------------------- the file source's line path (handle_line)
+
+
+def _sample_docs() -> list[dict]:
+    import itertools
+
+    from salvage.connectors.simulator import generate
+
+    stream = generate("steady-state", 80, 7, variants=("realistic-text",))
+    return list(itertools.islice((doc for kind, doc in stream if kind == "event"), 80))
+
+
+DOCS = _sample_docs()
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+WALL_US = int((T0 + timedelta(days=3)).timestamp() * 1e6)  # the wall clock, fixed
+
+lines = st.lists(
+    st.tuples(
+        st.integers(0, len(DOCS) - 1),  # which record
+        st.integers(-60, 400),  # its occurred_at, minutes after T0 (past 4 days: from the future)
+        st.sampled_from(["ok"] * 6 + ["bad-json", "wrong-type", "offset", "too-large"]),
+    ),
+    max_size=80,
+)
+
+
+def _line(doc: dict, minute: int, how: str) -> bytes:
+    from salvage.connectors.parse import MAX_EVENT_BYTES
+    from salvage.connectors.simulator import dumps
+
+    doc = dict(doc, occurred_at=(T0 + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if how == "wrong-type":
+        doc["order_id"] = 7
+    elif how == "offset":  # another form of the same instant (the pydantic path decides)
+        doc["occurred_at"] = (
+            (T0 + timedelta(minutes=minute)).astimezone(timezone(timedelta(hours=2))).isoformat()
+        )
+    elif how == "too-large":
+        doc["padding"] = "x" * MAX_EVENT_BYTES
+    value = dumps(doc).encode()
+    return value[:-3] if how == "bad-json" else value
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    picks=lines,
+    tol=st.sampled_from([0, 5, 30]),
+    late=st.sampled_from([10, 60, 10**6]),
+    jump=st.sampled_from([0, 40, 120]),
+    future=st.sampled_from([0, 3600]),
+    cut=st.integers(0, 80),
+)
+def test_handle_line_is_handle_of_the_record(picks, tol, late, jump, future, cut) -> None:
+    """handle_line (the file source's path: a line, its common case inline) gives the items and
+    the state that handle gives for RawRecord(source, 0, line, value)."""
+    us = 60_000_000
+    args = (tol * us, late * us, BEGIN, future * 1_000_000, jump * us)
+    fast, ref = _KafkaLayout("f", args, 3), _KafkaLayout("f", args, 3)
+    outs: list[list] = [[], []]
+    wall = SimpleNamespace(time_ns=lambda: WALL_US * 1000)
+    with mock.patch.object(sources, "time", wall):
+        for i, (k, minute, how) in enumerate(picks):
+            value = _line(DOCS[k], minute, how)
+            fast.handle_line("log", i + 1, value, outs[0])
+            ref.handle(RawRecord("log", 0, i + 1, value), outs[1])
+            if i == cut:
+                fast.tick(outs[0])
+                ref.tick(outs[1])
+            assert fast.state() == ref.state() and fast._low == ref._low
+        for layout, out in zip((fast, ref), outs, strict=True):
+            layout.release_held(out)
+            layout.tick(out, END)
+    assert outs[0] == outs[1]
+    assert [repr(x) for x in outs[0]] == [repr(x) for x in outs[1]]
