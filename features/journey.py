@@ -217,11 +217,7 @@ def deadline(case: OrderCase, cfg: JourneyConfig) -> int:
     alerted = case.journey_alerted
     alerts = cfg.alerts
     best = None
-    if (
-        _UNGRADED in alerts
-        and not case.graded_at
-        and not alerted & _UNGRADED_BIT
-    ):
+    if _UNGRADED in alerts and not case.graded_at and not alerted & _UNGRADED_BIT:
         best = received_at + cfg.received_ungraded_us
     if _OVERDUE in alerts and not alerted & _OVERDUE_BIT:
         due = received_at + cfg.refund_target_us
