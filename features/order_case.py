@@ -9,7 +9,8 @@ hypothesis test checks that any order within the reorder tolerance yields the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from enum import StrEnum
 
 from salvage.connectors.events import (
@@ -158,8 +159,9 @@ class OrderCase:
     lost: bool = False
     returned_to_sender: bool = False
     promise_checks: int = 0  # promise checkpoints (grace, then the re-checks) already passed
-    # support: rolling (t, intent, urgency_high, sentiment)
-    contacts: list[tuple[int, str, bool, float]] = field(default_factory=list)
+    # support: rolling (t, intent, urgency_high, sentiment); the shared empty tuple until the
+    # first contact (most cases have none: an empty list is 56 B per case)
+    contacts: list[tuple[int, str, bool, float]] | tuple[()] = ()
     contacts_total: int = 0
     contacts_after_delivery: int = 0
     wismo_after_delivered: int = 0
@@ -244,11 +246,12 @@ class OrderCase:
         self.has_order = True
         self.customer_id = ev.customer_id
         self.placed_at = t
-        self.currency = ev.currency
-        self.campaign = ev.campaign or "none"
-        self.channel = ev.channel
-        self.courier = ev.courier
-        self.lane = lane_of(ev.courier, ev.origin_region, ev.destination_region)
+        # low-cardinality labels: one shared copy per process (see shared), not one per case
+        self.currency = shared(ev.currency)
+        self.campaign = shared(ev.campaign) if ev.campaign else "none"
+        self.channel = shared(ev.channel)
+        self.courier = shared(ev.courier)
+        self.lane = shared(lane_of(ev.courier, ev.origin_region, ev.destination_region))
         self.promised_at = to_us(ev.promised_delivery_at)
         value = margin = 0.0
         units = 0
@@ -260,7 +263,7 @@ class OrderCase:
             margin += line.qty * (line.unit_price - line.unit_cost)
             units += line.qty
             if line_value > best:
-                best, self.sku_family = line_value, line.sku_family
+                best, self.sku_family = line_value, shared(line.sku_family)
             families.setdefault(line.sku_family, set()).add(line.size)
         self.order_value = round(value, 2)
         self.margin = round(margin, 2)
@@ -273,7 +276,7 @@ class OrderCase:
     def _shipped(self, ev: OrderShipped, t: int) -> None:
         self.shipped_at = self.shipped_at or t
         if ev.courier:
-            self.courier = ev.courier
+            self.courier = shared(ev.courier)
 
     def _cancelled(self, ev: OrderCancelled, t: int) -> None:
         if not self.shipped_at and not self.delivered_at:
@@ -316,6 +319,8 @@ class OrderCase:
     def _contact(self, ev: SupportContact, t: int, inferred: str | None) -> list[str]:
         intent = ev.intent._value_ if ev.intent is not None else inferred or "other"
         contacts = self.contacts
+        if type(contacts) is not list:  # the first contact (a restored case: a list already)
+            contacts = self.contacts = list(contacts)
         contacts.append((t, intent, ev.urgency._value_ == "high", ev.sentiment or 0.0))
         if len(contacts) > MAX_CONTACTS:
             del contacts[0]
@@ -613,6 +618,15 @@ class OrderCase:
 
 
 _WEEK_US = 7 * DAY_US
+
+
+def shared(label: str) -> str:
+    """One copy per process of a low-cardinality label (courier, region lane, channel, currency,
+    campaign, SKU family): ``sys.intern`` (interned strings are freed when no case holds them any
+    more). Every open case would otherwise keep its own copy of each, as parsed (~50 B each)."""
+    return sys.intern(label) if type(label) is str else label
+
+
 # return reason -> (reason_fit, reason_late, reason_damaged, reason_not_received,
 # reason_changed_mind), as features() reports them
 _REASON_FLAGS: dict[str, tuple[float, float, float, float, float]] = {

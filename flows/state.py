@@ -43,7 +43,7 @@ import msgpack
 from salvage.features.customer import CustomerContext
 from salvage.features.eventtime import BEGIN, Reorderer
 from salvage.features.lane import LaneMonitor
-from salvage.features.order_case import OrderCase, Outcome, Status
+from salvage.features.order_case import OrderCase, Outcome, Status, shared
 from salvage.scoring.models import Snapshot
 from salvage.sinks import kpis, metrics
 
@@ -201,7 +201,11 @@ CASE = Record(
     {
         "status": Status,
         "outcome": lambda v: Outcome(v) if v is not None else None,
-        "contacts": lambda v: [tuple(c) for c in v],
+        "contacts": lambda v: [tuple(c) for c in v] if v else (),  # () as in a new case
+        # the labels a new case shares (order_case.shared), shared by a restored one too
+        **dict.fromkeys(
+            ("currency", "sku_family", "campaign", "channel", "courier", "lane"), shared
+        ),
         "seen": _tuple,
         "abuse_flags": _tuple,
     },
