@@ -144,7 +144,9 @@ def on_event(
     >>> from salvage.features.eventtime import to_us
     >>> from salvage.features.order_case import OrderCase
     >>> cfg = JourneyConfig()
-    >>> case = OrderCase("o1", return_id="r1", return_requested_at=1, preferred_resolution="refund")
+    >>> case = OrderCase.of(
+    ...     "o1", return_id="r1", return_requested_at=1, preferred_resolution="refund"
+    ... )
     >>> case.received_at = t = to_us(datetime(2026, 3, 6, 9, tzinfo=UTC))  # as apply() sets it
     >>> [status], alerts = on_event(case, "return_received", t, None, cfg)
     >>> status.stage.value, status.expected_refund_date, alerts
@@ -199,7 +201,7 @@ def deadline(case: OrderCase, cfg: JourneyConfig) -> int:
     """The next event time at which a journey alert is due for this case (0: none).
 
     >>> from salvage.features.order_case import OrderCase, Outcome
-    >>> case = OrderCase("o1", return_requested_at=1, received_at=10 * DAY_US)
+    >>> case = OrderCase.of("o1", return_requested_at=1, received_at=10 * DAY_US)
     >>> cfg = JourneyConfig()  # received_ungraded after 72 h, refund_overdue after 7 days
     >>> (deadline(case, cfg) - case.received_at) // HOUR_US
     72
@@ -238,7 +240,7 @@ def on_time(case: OrderCase, now: int, cfg: JourneyConfig) -> list[AlertNotice]:
     Each alert is raised once per order:
 
     >>> from salvage.features.order_case import OrderCase
-    >>> case = OrderCase("o1", return_requested_at=1, received_at=10 * DAY_US)
+    >>> case = OrderCase.of("o1", return_requested_at=1, received_at=10 * DAY_US)
     >>> cfg = JourneyConfig()
     >>> on_time(case, 13 * DAY_US - 1, cfg)  # 1 µs short of 72 h
     []

@@ -9,8 +9,10 @@ hypothesis test checks that any order within the reorder tolerance yields the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from salvage.connectors.events import (
     CarrierScan,
@@ -87,6 +89,40 @@ _RECHECK_OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}
 
 
 @dataclass(slots=True)
+class ReturnState:
+    """The part of a case that only a return (or a claim, a review) sets, allocated by the first
+    of them: most open cases never have one, and these 20 fields would cost each ~160 B. Read and
+    written as attributes of the case (``case.return_id``: properties, see ``_delegate``)."""
+
+    return_id: str = ""
+    return_requested_at: int = 0
+    return_reason: str = ""
+    preferred_resolution: str = ""
+    return_units: int = 0
+    return_value: float = 0.0
+    label_issued_at: int = 0
+    label_cost: float = 0.0
+    received_at: int = 0
+    graded_at: int = 0
+    grade: str = ""
+    abuse_flags: tuple[str, ...] = ()
+    refunded_amount: float = 0.0
+    refund_at: int = 0
+    review_verdict: str = ""
+    reviewed_at: int = 0  # first verdict (the abuse label's time, for the leakage cut)
+    resolved_at: int = 0
+    # return journey (features/journey.py): furthest stage reached (-1: none), stages announced
+    # and alert kinds raised (bit sets)
+    journey_rank: int = -1
+    journey_sent: int = 0
+    journey_alerted: int = 0
+
+
+RETURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReturnState))
+NO_RETURN = ReturnState()  # what a case without a ReturnState reads (never written)
+
+
+@dataclass(slots=True)
 class OrderCase:
     """The state of one order, folded from its events in event time (µs).
 
@@ -158,34 +194,12 @@ class OrderCase:
     lost: bool = False
     returned_to_sender: bool = False
     promise_checks: int = 0  # promise checkpoints (grace, then the re-checks) already passed
-    # support: rolling (t, intent, urgency_high, sentiment)
-    contacts: list[tuple[int, str, bool, float]] = field(default_factory=list)
+    # support: rolling (t, intent, urgency_high, sentiment); the shared empty tuple until the
+    # first contact (most cases have none: an empty list is 56 B per case)
+    contacts: list[tuple[int, str, bool, float]] | tuple[()] = ()
     contacts_total: int = 0
     contacts_after_delivery: int = 0
     wismo_after_delivered: int = 0
-    # returns
-    return_id: str = ""
-    return_requested_at: int = 0
-    return_reason: str = ""
-    preferred_resolution: str = ""
-    return_units: int = 0
-    return_value: float = 0.0
-    label_issued_at: int = 0
-    label_cost: float = 0.0
-    received_at: int = 0
-    graded_at: int = 0
-    grade: str = ""
-    abuse_flags: tuple[str, ...] = ()
-    refunded_amount: float = 0.0
-    refund_at: int = 0
-    review_verdict: str = ""
-    reviewed_at: int = 0  # first verdict (the abuse label's time, for the leakage cut)
-    resolved_at: int = 0
-    # return journey (features/journey.py): furthest stage reached (-1: none), stages announced
-    # and alert kinds raised (bit sets)
-    journey_rank: int = -1
-    journey_sent: int = 0
-    journey_alerted: int = 0
     # lifecycle
     status: Status = Status.OPEN
     outcome: Outcome | None = None
@@ -199,6 +213,42 @@ class OrderCase:
     # case stage)
     digests: bytes = b""
     has_order: bool = False
+    # what only a return (or a claim, a review) sets: see ReturnState and the properties of the
+    # same names below; None until the first of them
+    ret: ReturnState | None = None
+
+    if TYPE_CHECKING:  # for the type checker: the ReturnState fields, properties (_delegate)
+        return_id: str = ""
+        return_requested_at: int = 0
+        return_reason: str = ""
+        preferred_resolution: str = ""
+        return_units: int = 0
+        return_value: float = 0.0
+        label_issued_at: int = 0
+        label_cost: float = 0.0
+        received_at: int = 0
+        graded_at: int = 0
+        grade: str = ""
+        abuse_flags: tuple[str, ...] = ()
+        refunded_amount: float = 0.0
+        refund_at: int = 0
+        review_verdict: str = ""
+        reviewed_at: int = 0
+        resolved_at: int = 0
+        journey_rank: int = -1
+        journey_sent: int = 0
+        journey_alerted: int = 0
+
+    @classmethod
+    def of(cls, order_id: str, **values: Any) -> OrderCase:
+        """A case with any of its values, the ReturnState ones included (the dataclass
+        constructor takes the others), e.g. ``OrderCase.of("o1", customer_id="c1",
+        return_requested_at=1)``."""
+        ret = {k: values.pop(k) for k in RETURN_FIELDS if k in values}
+        case = cls(order_id, **values)
+        for name, value in ret.items():
+            setattr(case, name, value)
+        return case
 
     # ------------------------------------------------------------------ apply
 
@@ -244,11 +294,12 @@ class OrderCase:
         self.has_order = True
         self.customer_id = ev.customer_id
         self.placed_at = t
-        self.currency = ev.currency
-        self.campaign = ev.campaign or "none"
-        self.channel = ev.channel
-        self.courier = ev.courier
-        self.lane = lane_of(ev.courier, ev.origin_region, ev.destination_region)
+        # low-cardinality labels: one shared copy per process (see shared), not one per case
+        self.currency = shared(ev.currency)
+        self.campaign = shared(ev.campaign) if ev.campaign else "none"
+        self.channel = shared(ev.channel)
+        self.courier = shared(ev.courier)
+        self.lane = shared(lane_of(ev.courier, ev.origin_region, ev.destination_region))
         self.promised_at = to_us(ev.promised_delivery_at)
         value = margin = 0.0
         units = 0
@@ -260,7 +311,7 @@ class OrderCase:
             margin += line.qty * (line.unit_price - line.unit_cost)
             units += line.qty
             if line_value > best:
-                best, self.sku_family = line_value, line.sku_family
+                best, self.sku_family = line_value, shared(line.sku_family)
             families.setdefault(line.sku_family, set()).add(line.size)
         self.order_value = round(value, 2)
         self.margin = round(margin, 2)
@@ -273,7 +324,7 @@ class OrderCase:
     def _shipped(self, ev: OrderShipped, t: int) -> None:
         self.shipped_at = self.shipped_at or t
         if ev.courier:
-            self.courier = ev.courier
+            self.courier = shared(ev.courier)
 
     def _cancelled(self, ev: OrderCancelled, t: int) -> None:
         if not self.shipped_at and not self.delivered_at:
@@ -316,6 +367,8 @@ class OrderCase:
     def _contact(self, ev: SupportContact, t: int, inferred: str | None) -> list[str]:
         intent = ev.intent._value_ if ev.intent is not None else inferred or "other"
         contacts = self.contacts
+        if type(contacts) is not list:  # the first contact (a restored case: a list already)
+            contacts = self.contacts = list(contacts)
         contacts.append((t, intent, ev.urgency._value_ == "high", ev.sentiment or 0.0))
         if len(contacts) > MAX_CONTACTS:
             del contacts[0]
@@ -571,10 +624,11 @@ class OrderCase:
         margin = self.margin
         n_units = self.n_units
         last_scan_at = self.last_scan_at
-        resolution = self.preferred_resolution
-        flags = _REASON_FLAGS.get(self.return_reason)
+        ret = self.ret or NO_RETURN  # (the properties, without their call per field)
+        resolution = ret.preferred_resolution
+        flags = _REASON_FLAGS.get(ret.return_reason)
         if flags is None:
-            flags = _reason_flags(self.return_reason)
+            flags = _reason_flags(ret.return_reason)
         fit, late, damaged, not_received, changed_mind = flags
         return {
             "order_value": order_value,
@@ -600,8 +654,8 @@ class OrderCase:
             "mean_sentiment_7d": sentiment_sum / c7d if c7d else 0.0,
             "last_contact_sentiment": last_sentiment,
             "wismo_after_delivered": float(self.wismo_after_delivered),
-            "return_requested": 1.0 if self.return_requested_at else 0.0,
-            "return_share": self.return_units / n_units if n_units else 0.0,
+            "return_requested": 1.0 if ret.return_requested_at else 0.0,
+            "return_share": ret.return_units / n_units if n_units else 0.0,
             "prefers_exchange": 1.0 if resolution == "exchange" else 0.0,
             "prefers_refund": 1.0 if resolution == "refund" else 0.0,
             "reason_fit": fit,
@@ -612,7 +666,48 @@ class OrderCase:
         }
 
 
+def _delegate(name: str) -> property:
+    """``OrderCase.<name>``: the field of its ReturnState (the default without one); writing a
+    value other than the default allocates the ReturnState."""
+    slot = getattr(ReturnState, name)  # the slot's member descriptor
+    get_slot, set_slot = slot.__get__, slot.__set__
+    default = getattr(NO_RETURN, name)
+
+    def get(case: OrderCase) -> Any:
+        ret = case.ret
+        return default if ret is None else get_slot(ret)
+
+    def put(case: OrderCase, value: Any) -> None:
+        ret = case.ret
+        if ret is None:
+            if value == default:
+                return
+            ret = case.ret = ReturnState()
+        set_slot(ret, value)
+
+    return property(get, put, doc=f"ReturnState.{name} of the case")
+
+
+for _name in RETURN_FIELDS:
+    setattr(OrderCase, _name, _delegate(_name))
+del _name
+
+# the order of a case's values in recovery state (flows/state.py), as before ReturnState: the
+# ReturnState fields after wismo_after_delivered, ``ret`` itself not stored
+_CORE = [f.name for f in fields(OrderCase) if f.name != "ret"]
+_AT = _CORE.index("wismo_after_delivered") + 1
+STATE_FIELDS: tuple[str, ...] = (*_CORE[:_AT], *RETURN_FIELDS, *_CORE[_AT:])
+
 _WEEK_US = 7 * DAY_US
+
+
+def shared(label: str) -> str:
+    """One copy per process of a low-cardinality label (courier, region lane, channel, currency,
+    campaign, SKU family): ``sys.intern`` (interned strings are freed when no case holds them any
+    more). Every open case would otherwise keep its own copy of each, as parsed (~50 B each)."""
+    return sys.intern(label) if type(label) is str else label
+
+
 # return reason -> (reason_fit, reason_late, reason_damaged, reason_not_received,
 # reason_changed_mind), as features() reports them
 _REASON_FLAGS: dict[str, tuple[float, float, float, float, float]] = {

@@ -43,7 +43,7 @@ import msgpack
 from salvage.features.customer import CustomerContext
 from salvage.features.eventtime import BEGIN, Reorderer
 from salvage.features.lane import LaneMonitor
-from salvage.features.order_case import OrderCase, Outcome, Status
+from salvage.features.order_case import STATE_FIELDS, OrderCase, Outcome, Status, shared
 from salvage.scoring.models import Snapshot
 from salvage.sinks import kpis, metrics
 
@@ -160,10 +160,18 @@ class Record:
     """The msgpack codec of one dataclass record type: a list of its field values, in the order
     of the schema written in the header (``names``), with per-field conversions back."""
 
-    def __init__(self, cls: type, decode: dict[str, Callable[[Any], Any]] | None = None) -> None:
+    def __init__(
+        self,
+        cls: type,
+        decode: dict[str, Callable[[Any], Any]] | None = None,
+        names: tuple[str, ...] | None = None,
+        make: Callable[..., Any] | None = None,
+    ) -> None:
         self.cls = cls
-        self.names = tuple(f.name for f in fields(cls))
+        # the values stored (attributes of a record): by default its dataclass fields
+        self.names = names if names is not None else tuple(f.name for f in fields(cls))
         self.decode_field = decode or {}
+        self.make = make or cls  # takes the values by name (and in order, with the default names)
 
     def encode(self, obj: Any) -> list:
         return [getattr(obj, n) for n in self.names]
@@ -173,13 +181,13 @@ class Record:
         Fields the record no longer has are ignored; new ones take their defaults."""
         written = tuple(names) if names is not None else self.names
         conv = [(i, self.decode_field[n]) for i, n in enumerate(written) if n in self.decode_field]
-        cls = self.cls
-        if written == self.names:
+        make = self.make
+        if written == self.names and make is self.cls:
 
             def same(values: list) -> Any:
                 for i, f in conv:
                     values[i] = f(values[i])
-                return cls(*values)
+                return make(*values)
 
             return same
         known = set(self.names)
@@ -187,7 +195,7 @@ class Record:
         def mapped(values: list) -> Any:
             for i, f in conv:
                 values[i] = f(values[i])
-            return cls(**{n: v for n, v in zip(written, values, strict=False) if n in known})
+            return make(**{n: v for n, v in zip(written, values, strict=False) if n in known})
 
         return mapped
 
@@ -201,10 +209,16 @@ CASE = Record(
     {
         "status": Status,
         "outcome": lambda v: Outcome(v) if v is not None else None,
-        "contacts": lambda v: [tuple(c) for c in v],
+        "contacts": lambda v: [tuple(c) for c in v] if v else (),  # () as in a new case
+        # the labels a new case shares (order_case.shared), shared by a restored one too
+        **dict.fromkeys(
+            ("currency", "sku_family", "campaign", "channel", "courier", "lane"), shared
+        ),
         "seen": _tuple,
         "abuse_flags": _tuple,
     },
+    STATE_FIELDS,  # (the ReturnState fields among them, as attributes of the case)
+    OrderCase.of,
 )
 CUSTOMER = Record(CustomerContext)
 LANE = Record(LaneMonitor)

@@ -897,6 +897,9 @@ class ModelSet:
     def _keep(self, order_id: str, t: int, values: array, returned: bool, risk: bool) -> None:
         """Keep a snapshot's packed values (see :class:`Snapshot`) as the case's "return",
         "risk" or "latest" snapshot."""
+        # an exact-size copy: ``values`` grew by frombytes/extend, which over-allocate (~24 B of
+        # slack per snapshot, and a snapshot stays as long as its case is open)
+        values = values[:]
         pending = self.pending
         snaps = pending.get(order_id)
         if snaps is None:  # the case's first snapshot

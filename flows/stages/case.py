@@ -19,7 +19,7 @@ from salvage.connectors.outputs import (
 from salvage.connectors.parse import RawRecord, dead_letter
 from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
-from salvage.features.order_case import OrderCase, Status
+from salvage.features.order_case import NO_RETURN, OrderCase, Status
 from salvage.flows.items import Overdue
 from salvage.flows.messages import CaseView, Emit, InferredContact, Route
 from salvage.flows.stages.base import (
@@ -203,6 +203,7 @@ class CaseStage(_Stage):
         status = case.status
         outcome = case.outcome
         customer_id = case.customer_id
+        ret = case.ret or NO_RETURN  # (case.refunded_amount ... without their properties)
         view = _case_view(
             case.order_id,
             customer_id,
@@ -217,13 +218,13 @@ class CaseStage(_Stage):
             case.sku_family,
             case.currency,
             case.order_value,
-            case.refunded_amount,
-            bool(case.return_requested_at),
-            case.abuse_flags,
+            ret.refunded_amount,
+            bool(ret.return_requested_at),
+            ret.abuse_flags,
             case.facts() if status is Status.CLOSED else None,
-            case.grade,
-            case.return_value,
-            case.received_at,
+            ret.grade,
+            ret.return_value,
+            ret.received_at,
         )
         # ctx_key(shard_of(customer_id, cust_shards))
         ctx_keys = self._ctx_keys

@@ -54,7 +54,7 @@ def cases(draw) -> OrderCase:
             max_size=6,
         )
     )
-    return OrderCase(
+    return OrderCase.of(
         "o1",
         customer_id="c1",
         placed_at=draw(times),

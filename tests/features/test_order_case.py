@@ -308,3 +308,36 @@ def test_the_first_verdict_and_the_first_grade_are_the_label_times():
     regrade = next(e for e in evs if e.event_type == "return_graded")
     case.apply(regrade, graded + HOUR_US, WINDOW)
     assert case.graded_at == graded
+
+
+def test_the_return_fields_live_in_a_return_state_allocated_by_the_first_of_them():
+    from salvage.features.order_case import NO_RETURN, RETURN_FIELDS
+    from salvage.flows.state import CASE
+
+    case = OrderCase("o1")
+    assert case.ret is None  # most open cases: no ReturnState (~160 B each)
+    assert {n: getattr(case, n) for n in RETURN_FIELDS} == {
+        n: getattr(NO_RETURN, n) for n in RETURN_FIELDS
+    }
+    case.refunded_amount = 0.0  # a default value allocates nothing
+    assert case.ret is None
+    case.return_requested_at = 5
+    assert case.ret is not None and case.return_requested_at == case.ret.return_requested_at == 5
+    assert OrderCase.of("o1", return_requested_at=5) == case
+    # recovery state: the same values in the same order as when they were fields of the case
+    assert CASE.names == (
+        *("order_id", "customer_id", "placed_at", "currency", "order_value", "margin", "n_units"),
+        *("n_lines", "sku_family", "bracketing_lines", "campaign", "channel", "courier", "lane"),
+        *("promised_at", "shipped_at", "last_scan_at", "last_scan", "carrier_eta"),
+        *("delivered_at", "exception_count", "delayed_scan_count", "lost", "returned_to_sender"),
+        *("promise_checks", "contacts", "contacts_total", "contacts_after_delivery"),
+        *("wismo_after_delivered", "return_id", "return_requested_at", "return_reason"),
+        *("preferred_resolution", "return_units", "return_value", "label_issued_at"),
+        *("label_cost", "received_at", "graded_at", "grade", "abuse_flags", "refunded_amount"),
+        *("refund_at", "review_verdict", "reviewed_at", "resolved_at", "journey_rank"),
+        *("journey_sent", "journey_alerted", "status", "outcome", "closed_at", "events"),
+        *("last_event_at", "seen", "digests", "has_order"),
+    )
+    for c in (case, OrderCase("o2")):
+        assert CASE.decoder(None)(CASE.encode(c)) == c
+    assert CASE.decoder(None)(CASE.encode(OrderCase("o2"))).ret is None
