@@ -261,12 +261,9 @@ def _file_line(out: OutputStream) -> Callable[[Any], tuple[str, str]]:
 def _message(out: OutputStream) -> Callable[[Any], tuple[str, tuple[str, bytes]]]:
     """Kafka mode: the sink's item for (message key, value) (see
     :func:`~salvage.sinks.kafka.kafka_item`)."""
+    from salvage.sinks.kafka import kafka_item
 
-    def item(x: Any) -> tuple[str, tuple[str, bytes]]:
-        key = out.key(x)
-        return key, (key, out.serialise(x).encode())
-
-    return item
+    return lambda x: kafka_item(out.key(x), out.serialise(x).encode())
 
 
 def _record_line(tag: str) -> Callable[[Any], tuple[str, str]]:

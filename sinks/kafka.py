@@ -350,12 +350,8 @@ class TopicProducer:
 
         :raises KafkaDeliveryError: as :meth:`flush` would, for the failures reported so far.
         """
-        self._producer.poll(0)
-        self._push_metrics()
-        if self._fatal is not None:
-            self._raise("fatal producer error")
-        if self._pending_failed:
-            self._raise("delivery reports carried errors")
+        self.poll(0)
+        self._raise_failures()
 
     def __len__(self) -> int:
         """Messages queued or in flight (not yet reported)."""
@@ -371,12 +367,16 @@ class TopicProducer:
         outstanding = int(self._producer.flush(timeout))
         self._produced_since_poll = 0
         self._push_metrics()
+        self._raise_failures(outstanding)
+        if outstanding:
+            self._raise(f"flush timed out after {timeout:.1f}s", outstanding=outstanding)
+
+    def _raise_failures(self, outstanding: int | None = None) -> None:
+        """Raise for a fatal producer error or for failures reported since the last raise."""
         if self._fatal is not None:
             self._raise("fatal producer error", outstanding=outstanding)
         if self._pending_failed:
             self._raise("delivery reports carried errors", outstanding=outstanding)
-        if outstanding:
-            self._raise(f"flush timed out after {timeout:.1f}s", outstanding=outstanding)
 
     def _raise(
         self,
