@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 BASE_TIME = "2026-03-02T10:00:00Z"
@@ -94,6 +95,38 @@ def topic_reader(settings, topic: str):
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     return consumer
+
+
+def read_to_end(settings, topic: str, timeout_s: float = 30.0, quiet_s: float = 1.0) -> list[dict]:
+    """Every message of ``topic`` (JSON-decoded): read at least up to its end offsets, asked afresh
+    when called, then until ``quiet_s`` passes without a message.
+
+    The end offsets come first: a fresh consumer's first fetch can take longer than any quiet
+    timeout on a loaded machine. The quiet spell after them: the embedded broker's end offset is
+    the last batch's base offset + 1, not past its last message."""
+    from confluent_kafka import TopicPartition
+
+    consumer = topic_reader(settings, topic)
+    try:
+        parts = [tp.partition for tp in consumer.assignment()]
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in parts
+        }
+        pos = dict.fromkeys(parts, 0)
+        out: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while any(pos[p] < ends[p] for p in parts):
+            assert time.monotonic() < deadline, f"{topic}: read {pos} of {ends} in {timeout_s} s"
+            for m in consumer.consume(1000, 0.5):
+                if m.error() is None:
+                    pos[m.partition()] = m.offset() + 1
+                    out.append(json.loads(m.value()))
+        while msgs := consumer.consume(1000, quiet_s):
+            out += [json.loads(m.value()) for m in msgs if m.error() is None]
+        return out
+    finally:
+        consumer.close()
 
 
 def metric_total(name: str) -> float:

@@ -20,7 +20,7 @@ from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
 from salvage.runner import publish_log
 from tests.flowkit import jsonl, run_file_flow, sim_log
-from tests.helpers import topic_reader
+from tests.helpers import read_to_end, topic_reader
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +152,7 @@ def test_chaos_follow_with_pauses_kills_and_hostile_input_equals_file_mode(
         )
     assert set(by_id) == expected, tmp_path / "diff.json"  # none lost, none extra
 
-    letters = _drain(_reader(settings, settings.topics.dead_letters), [], 0.5)
+    letters = read_to_end(settings, settings.topics.dead_letters)
     kinds = {d["kind"] for d in letters}
     assert "unknown_order" not in kinds
     assert {"too_large", "inconsistent", "bad_timestamp"} <= kinds

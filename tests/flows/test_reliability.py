@@ -26,7 +26,7 @@ from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.flows.sources import KafkaEventSource, clear_stop, kafka_part_id, request_stop
 from salvage.runner import publish_log, run_flow
 from tests.flowkit import jsonl, run_file_flow, sim_log
-from tests.helpers import event, kafka_settings, line, order_placed, topic_reader
+from tests.helpers import event, kafka_settings, line, order_placed, read_to_end, topic_reader
 
 
 @pytest.fixture(scope="module")
@@ -338,12 +338,7 @@ def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
         _drain(reader, got)
     finally:
         reader.close()
-    letters: list[dict] = []
-    dlq = _reader(settings, settings.topics.dead_letters)
-    try:
-        _drain(dlq, letters)
-    finally:
-        dlq.close()
+    letters = read_to_end(settings, settings.topics.dead_letters)
     lost = [(d["event_id"], d["message"]) for d in letters if d["kind"] == "unknown_order"]
     assert lost == [], lost[:5]
     assert expected <= {t["trigger_id"] for t in got}
