@@ -593,11 +593,13 @@ class _Wakes:
             self._idle.pop(part, None)
             self._pending[part] = not_before
 
-    def must_check(self, part: str, now: float) -> bool:
-        """A wake wants this (idle or going idle) partition to check its offsets afresh."""
+    def must_check(self, part: str, now: float) -> float | None:
+        """A wake wants this (idle or going idle) partition to check its offsets afresh: the
+        time the check must be sent at or after (the latest such wake's), else ``None``."""
         with self._lock:
             checked = self._idle.get(part, float("-inf"))
-            return any(checked < nb <= now for p, nb in self._pending.items() if p != part)
+            due = [nb for p, nb in self._pending.items() if p != part and checked < nb <= now]
+            return max(due) if due else None
 
     def checked(self, part: str, now: float) -> None:
         with self._lock:
@@ -614,6 +616,80 @@ class _Wakes:
                 return False
             del self._pending[part]
             return True
+
+
+class _EndOffsets:
+    """Fresh end offsets (``ListOffsets``) asked by a background thread of the process, so that
+    the checks a wake-up needs (see :class:`_Wakes`) never block the worker that asks.
+
+    A partition asks (:meth:`ask`); the thread queries the broker (its own consumer handle, one
+    round trip per partition, at most :data:`WAKE_CHECK_TIMEOUT_S` each) and keeps ``(sent,
+    offsets)``: the monotonic time the query was sent and the (low, high) offsets (``None``: the
+    broker did not answer). :meth:`answer` gives the newest one if it was sent at or after a
+    given time, else ``None`` (ask again). At 2,000 events/s on 16 partitions the synchronous
+    checks held the worker 28% of its time (README "Performance"). The thread starts with the
+    first question and ends when the last partition of the process closes."""
+
+    def __init__(self, conf: dict) -> None:
+        self._conf = conf
+        self._cv = threading.Condition()
+        self._asked: dict[str, TopicPartition] = {}
+        self._answers: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        self._users = 0
+        self._thread: threading.Thread | None = None
+
+    def join(self) -> None:
+        with self._cv:
+            self._users += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._users -= 1
+            self._cv.notify_all()
+        if self._users <= 0 and self._thread is not None:
+            self._thread.join(timeout=2 * WAKE_CHECK_TIMEOUT_S)
+            self._thread = None
+
+    def ask(self, part: str, tp: TopicPartition) -> None:
+        with self._cv:
+            self._asked[part] = tp
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="salvage-end-offsets", daemon=True
+                )
+                self._thread.start()
+            self._cv.notify_all()
+
+    def answer(self, part: str, since: float) -> tuple[float, tuple[int, int] | None] | None:
+        with self._cv:
+            got = self._answers.get(part)
+        return got if got is not None and got[0] >= since else None
+
+    def _run(self) -> None:
+        consumer = Consumer(self._conf)
+        try:
+            while True:
+                with self._cv:
+                    while not self._asked and self._users > 0 and not _STOP.is_set():
+                        self._cv.wait(0.2)
+                    if self._users <= 0 or _STOP.is_set():
+                        return
+                    asked, self._asked = self._asked, {}
+                for part, tp in asked.items():
+                    sent = time.monotonic()
+                    offsets: tuple[int, int] | None
+                    try:
+                        offsets = consumer.get_watermark_offsets(
+                            tp, timeout=WAKE_CHECK_TIMEOUT_S, cached=False
+                        )
+                    except KafkaException:
+                        offsets = None
+                    with self._cv:
+                        self._answers[part] = (sent, offsets)
+        finally:
+            with self._cv:
+                self._thread = None
+            consumer.close()
 
 
 class _Pace:
@@ -684,6 +760,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         committed: bool = False,
         wakes: _Wakes | None = None,
         pace: _Pace | None = None,
+        probe: _EndOffsets | None = None,
     ) -> None:
         offset, max_t = resume or (OFFSET_BEGINNING, parser_args[2])
         self._consumer = Consumer(conf)
@@ -722,6 +799,10 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._hold_until = 0.0
         self._hold_wm = 0
         self._known_high = -1  # an end offset a fresh check found (position < it: not caught up)
+        # fresh end-offset checks, asked of a background thread (see _EndOffsets)
+        self._probe = probe if probe is not None else _EndOffsets(conf)
+        self._probe.join()
+        self._checked_at = 0.0  # when the last fresh check used was sent
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -772,10 +853,14 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             # a waking partition stays awake (holding) until the idle ones have checked
             and (not self._holding or self._wakes.settled(self._part))
         ):
-            if self._wakes.must_check(self._part, now) and self._behind(now):
+            since = self._wakes.must_check(self._part, now)
+            behind = False if since is None else self._behind(now, since)
+            if behind is None:  # the fresh check is on its way: come back for it soon
+                self._awake = datetime.now(UTC) + timedelta(seconds=POLL_BACKOFF_MIN_S)
+            elif behind:
                 self._wake(now, self._parser.clock.watermark)  # data waits: hold from its clock
             else:
-                self._wakes.checked(self._part, now)
+                self._wakes.checked(self._part, now if since is None else self._checked_at)
                 if self._parser.held:  # caught up: judge them against the rest of the stream
                     self._parser.after_idle = True
                     self._parser.release_held(out)
@@ -811,17 +896,21 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._hold_until = now + self._idle_s
         self._wakes.wake(self._part, now + min(self._idle_s, WAKE_SETTLE_S))
 
-    def _behind(self, now: float) -> bool:
-        """Ask the broker for the end offset afresh (one ``ListOffsets`` round trip): True when
-        it is past the position (unread data), or when the broker does not answer (then the
-        partition holds the watermark until it is caught up and quiet again, by the cache)."""
-        try:
-            low, high = self._consumer.get_watermark_offsets(
-                self._wm_tp, timeout=WAKE_CHECK_TIMEOUT_S, cached=False
-            )
-        except KafkaException:
+    def _behind(self, now: float, since: float) -> bool | None:
+        """The end offset from the broker afresh (a ``ListOffsets`` query sent at or after
+        ``since``, by the process's :class:`_EndOffsets` thread): True when it is past the
+        position (unread data), or when the broker did not answer (then the partition holds the
+        watermark until it is caught up and quiet again, by the cache); ``None`` while the
+        answer is not there yet (asked: the worker goes on meanwhile)."""
+        got = self._probe.answer(self._part, since)
+        if got is None:
+            self._probe.ask(self._part, self._wm_tp)
+            return None
+        self._checked_at, offsets = got
+        if offsets is None:
             self._last_data = now
             return True
+        low, high = offsets
         if high > (self._offset if self._offset >= 0 else low):
             self._known_high = high
             self._last_data = now
@@ -864,6 +953,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
 
     def close(self) -> None:
         self._wakes.forget(self._part)
+        self._probe.leave()
         position = self.snapshot()[0]
         if position >= 0:  # something was read: where a restart without a snapshot goes on
             FINAL_POSITIONS[(self._topic, self._partition)] = position
@@ -952,6 +1042,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         self._frontier: dict[str, int] = {}
         self._wakes = _Wakes(self.part_ids())  # wake-ups settled by offsets, in this process
         self._pace = _Pace(batch_ms / 1000, batch_size)  # time-bounded reads, in this process
+        self._probe = _EndOffsets(self._conf)  # fresh end-offset checks, in this process
 
     def part_ids(self) -> list[str]:
         return [
@@ -981,4 +1072,5 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             self._committed,
             self._wakes,
             self._pace,
+            self._probe,
         )
