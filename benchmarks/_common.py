@@ -21,6 +21,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 
 DEFAULT_WORK = Path(os.environ.get("SALVAGE_BENCH_DIR", "/tmp/salvage-bench"))
 EVENTS_PER_ORDER = 9.0  # steady-state simulator: ~9.5 events per order; a little headroom
+# A simulation's last ~15% of events are its drain-down: after the last order is placed, only the
+# open orders' scans and returns (returns are 57% of the events there, 0-4% before). A ``steady``
+# log is cut from a simulation of 1 / STEADY_SHARE as many orders, so that it ends before that.
+STEADY_SHARE = 0.75
 
 
 def machine() -> str:
@@ -43,16 +47,26 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def sim_log(events: int, work: Path, scenario: str = "steady-state", seed: int = 7) -> Path:
+def sim_log(
+    events: int,
+    work: Path,
+    scenario: str = "steady-state",
+    seed: int = 7,
+    steady: bool = False,
+) -> Path:
     """A simulator log of exactly ``events`` lines (the first ones of a long enough simulation),
-    generated once and cached under ``work``."""
+    generated once and cached under ``work``. The simulation is sized to ``events``, so the log's
+    last ~15% is its drain-down; ``steady``: enough orders that the log ends before it (see
+    :data:`STEADY_SHARE`; the returns then are a smaller share than in either: the simulation's
+    first days have few)."""
     from salvage.connectors.simulator import write_log
 
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"{scenario}-{events}-{seed}.jsonl"
+    tail = "-steady" if steady else ""
+    path = work / f"{scenario}-{events}-{seed}{tail}.jsonl"
     if path.is_file():
         return path
-    orders = int(events / EVENTS_PER_ORDER) + 100
+    orders = int(events / EVENTS_PER_ORDER / (STEADY_SHARE if steady else 1.0)) + 100
     full = work / f"{scenario}-orders{orders}-{seed}.full.jsonl"
     if not full.is_file():
         started = time.perf_counter()
