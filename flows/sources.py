@@ -666,7 +666,14 @@ class _EndOffsets:
         return got if got is not None and got[0] >= since else None
 
     def _run(self) -> None:
-        consumer = Consumer(self._conf)
+        try:
+            consumer = Consumer(self._conf)
+        except KafkaException:  # no handle, no answer: each asking partition counts as behind
+            with self._cv:
+                now = time.monotonic()
+                self._answers.update(dict.fromkeys(self._asked, (now, None)))
+                self._asked, self._thread = {}, None
+            return
         try:
             while True:
                 with self._cv:

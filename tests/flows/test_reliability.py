@@ -23,7 +23,13 @@ from salvage.connectors.broker import ensure_topics
 from salvage.features.eventtime import BEGIN, IDLE, Reorderer
 from salvage.flows.messages import Event, Tick
 from salvage.flows.recovery import FlowSpec, build_flow
-from salvage.flows.sources import KafkaEventSource, clear_stop, kafka_part_id, request_stop
+from salvage.flows.sources import (
+    KafkaEventSource,
+    _EndOffsets,
+    clear_stop,
+    kafka_part_id,
+    request_stop,
+)
 from salvage.runner import publish_log, run_flow
 from tests.flowkit import jsonl, run_file_flow, sim_log
 from tests.helpers import event, kafka_settings, line, order_placed, read_to_end, topic_reader
@@ -417,6 +423,41 @@ def _at(second: int) -> str:
 
 
 @pytest.mark.integration
+def test_end_offsets_are_asked_in_the_background_and_answered_fresh(kafka_conf, unique_name):
+    """The wake-up checks' thread (_EndOffsets): an answer is the broker's (low, high) offsets
+    of a query sent after the time asked for; an older answer is not given (ask again); an
+    unknown partition's query comes back as no answer (None: the partition counts as behind)."""
+    topic = unique_name("end-offsets")
+    ensure_topics(kafka_conf, [topic], 2)
+    producer = Producer(kafka_conf)
+    for _ in range(3):
+        producer.produce(topic, b"x", partition=1)
+    assert producer.flush(10) == 0
+    probe = _EndOffsets({**kafka_conf, "group.id": "salvage-unused"})
+    probe.join()
+
+    def answer(part: str, tp: TopicPartition, since: float):
+        deadline = time.monotonic() + 10
+        while (got := probe.answer(part, since)) is None:
+            assert time.monotonic() < deadline, "no answer"
+            probe.ask(part, tp)
+            time.sleep(0.01)
+        return got
+
+    try:
+        before = time.monotonic()
+        sent, offsets = answer("a", TopicPartition(topic, 0), before)
+        assert sent >= before and offsets == (0, 0)
+        _, offsets1 = answer("b", TopicPartition(topic, 1), before)
+        assert offsets1 is not None and offsets1[0] == 0 and offsets1[1] >= 1  # data waits
+        assert probe.answer("b", time.monotonic() + 1) is None  # not fresh enough
+        _, missing = answer("c", TopicPartition(unique_name("no-such-topic"), 0), before)
+        assert missing is None
+    finally:
+        probe.leave()
+    assert probe._thread is None  # the last user left: the thread ended
+
+
 def test_a_waking_partition_holds_until_every_idle_one_checked_its_offsets(kafka_conf, unique_name):
     """Issue 12 item 2: the hold after a wake-up is settled by offsets, not by a timer. An idle
     partition whose own fetch has not delivered yet (paused here: its librdkafka cache still says
