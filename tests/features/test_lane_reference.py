@@ -13,9 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from salvage.features.eventtime import DAY_US, HOUR_US
+from salvage.features.eventtime import DAY_US, END, HOUR_US
 from salvage.features.lane import LaneConfig, LaneMonitor, _Index
+from salvage.flows.messages import Batch, Tick
+from salvage.flows.stages import LaneStage, StageConfig, case_key
 from salvage.flows.state import LANE
+from salvage.sinks import kpis
+from salvage.sinks.cost_model import CostModel
 from tests.features.lane_reference import ReferenceLaneMonitor
 
 T0 = 1_772_000_000_000_000 - 1_772_000_000_000_000 % DAY_US
@@ -266,3 +270,71 @@ def test_an_incident_stream_gives_the_reference_transitions():
     want += ref.advance(T0 + 80 * DAY_US, cfg)
     assert [t.opened for t in want] == [True, False]
     assert got == want and _state(new) == _state(ref)
+
+
+class _ReferenceLaneStage(LaneStage):
+    """LaneStage.apply before issue 15: every lane advanced (and its label bucketed), in name
+    order, on every call."""
+
+    def apply(self, released, low: int, out) -> None:
+        lcfg = self.cfg.lane
+        lanes = self.lanes
+        for t, _tie, (lane, order_id, promise, fact) in released:
+            monitor = lanes.get(lane)
+            if monitor is None:
+                monitor = lanes[lane] = LaneMonitor(lane)
+            if monitor.next_eval and monitor.next_eval < t:
+                self._advance(monitor, t, out)
+            monitor.observe(t, order_id, promise, fact, lcfg)
+        horizon = self.horizon(low)
+        for lane in sorted(lanes):
+            self._advance(lanes[lane], horizon, out)
+
+
+@st.composite
+def lane_batches(draw):
+    """Batches of lane facts (several lanes, some past the top-N, some refused as labels), each
+    followed by a tick; event time grows across batches."""
+    names = ["b:x>y", "a:x>y", "c:x>z", "a:y>x", "d:1234567>x", "e:x>y", "f:q>r"]
+    t = T0
+    batches = []
+    for _ in range(draw(st.integers(1, 12))):
+        items = []
+        for _ in range(draw(st.integers(0, 12))):
+            t += draw(st.one_of(st.integers(0, 3 * HOUR_US), st.sampled_from([0, 2 * DAY_US])))
+            lane = draw(st.sampled_from(names))
+            order = f"{lane}-{draw(st.integers(0, 15))}"
+            promise = t + draw(st.integers(-DAY_US, 4 * DAY_US))
+            kind = draw(st.sampled_from(["shipped", "late", "delivered"]))
+            items.append((t, f"{order}|{len(items)}", (lane, order, promise, kind)))
+        watermark = t + draw(st.sampled_from([1, HOUR_US, DAY_US]))
+        batches.append((items, watermark))
+    return batches
+
+
+@settings(max_examples=150, deadline=None)
+@given(lane_batches(), st.integers(0, 4))
+def test_lane_stage_skips_idle_lanes_with_the_same_outputs_and_label_order(batches, top_n):
+    """Only lanes with an evaluation due are advanced: same outputs, same lane state, and the
+    metric labels claimed in the same order (top-N first come) as advancing every lane."""
+    cfg = StageConfig(
+        case_shards=1,
+        cust_shards=1,
+        lane_shards=1,
+        sources=("p",),
+        lane=LaneConfig(warmup_shipments=0, min_late=1, step_us=2 * HOUR_US),
+    )
+    runs = []
+    for make in (LaneStage, _ReferenceLaneStage):
+        kpis.configure(kpis.KpiSettings(top_n_lane_monitor=top_n), CostModel())
+        try:
+            stage = make(0, cfg)
+            out = []
+            for items, watermark in batches:
+                out += stage.on_batch([Batch(items), Tick(case_key(0), watermark, watermark)])
+            out += stage.on_batch([Tick(case_key(0), END, batches[-1][1])])
+            lanes = {lane: _state(m) for lane, m in stage.lanes.items()}
+            runs.append((out, lanes, list(kpis.claimed("lane_monitor").items())))
+        finally:
+            kpis.configure()
+    assert runs[0] == runs[1]
