@@ -30,7 +30,9 @@ late rate (``evidence_weight`` pseudo-shipments at the baseline as prior):
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
 
 from salvage.features.eventtime import DAY_US, HOUR_US
 
@@ -199,6 +201,10 @@ class LaneMonitor:
     skip_to: int = 0
     shipments_total: int = 0  # shipments judged (baseline_lag_us after their promise)
     delayed_total: int = 0  # ... of which late
+    # derived from ``shipments`` (not part of the state: rebuilt when missing), see _Index
+    index: _Index | None = field(
+        default=None, repr=False, compare=False, metadata={"derived": True}
+    )
 
     # ---------------------------------------------------------------- input
 
@@ -209,13 +215,41 @@ class LaneMonitor:
         if promise <= 0:
             return
         rec = self.shipments.get(order_id)
+        ix = self.index
+        if ix is not None and ix.grace != cfg.late_grace_us:
+            ix = self.index = None  # rebuilt at the next evaluation
         if rec is None:
             rec = self.shipments[order_id] = [promise, False, 0, False]
             if not self.next_eval:
                 self.next_eval = t - t % cfg.step_us + cfg.step_us
-        if kind == "late":
-            rec[1] = True
-        elif kind == "delivered" and not rec[2]:
+            if ix is None:
+                if kind == "late":
+                    rec[1] = True
+                elif kind == "delivered" and t:
+                    rec[2] = t
+                return
+            # indexed (ix.add, inline): its class, its promise, its (promise, order id) entries
+            insort(ix.promises, promise)
+            if kind == "late":
+                rec[1] = True
+                insort(ix.late, promise)
+            elif kind == "delivered" and t:
+                rec[2] = t
+                if t > promise + ix.grace:
+                    insort(ix.late, promise)
+            else:
+                insort(ix.waiting, promise)
+            entry = (promise, order_id)
+            heappush(ix.expiry, entry)
+            heappush(ix.unlearned, entry)
+        elif kind == "late":
+            if not rec[1]:
+                if ix is not None:
+                    ix.move(rec, _LATE)
+                rec[1] = True
+        elif kind == "delivered" and not rec[2] and t:
+            if ix is not None and not rec[1]:
+                ix.move(rec, _LATE if t > rec[0] + ix.grace else _ON_TIME)
             rec[2] = t
 
     # ---------------------------------------------------------------- evaluation
@@ -241,49 +275,80 @@ class LaneMonitor:
                 break
         return out
 
-    def _late(self, rec: list, now: int, cfg: LaneConfig) -> bool:
-        promise, signal, delivered, _ = rec
-        if signal:
-            return True
-        deadline = promise + cfg.late_grace_us
-        return delivered > deadline if delivered else now > deadline
+    def _counts(self, now: int, cfg: LaneConfig) -> tuple[list[list[int]], int, int]:
+        """Judge the shipments whose promise is ``baseline_lag_us`` old (the totals; returns how
+        many may teach the baseline, and how many of those were late), drop those that left the
+        longest window and count the windows' cohorts: ``[volume, late]`` per window.
+
+        Through the index: only the shipments judged or dropped at ``now`` are visited, a
+        window's counts are ranges of the index's sorted promises (the same counts as walking
+        every shipment, as :class:`tests.features.lane_reference.ReferenceLaneMonitor` does)."""
+        ix = self.index
+        if ix is None or ix.grace != cfg.late_grace_us:
+            ix = self.index = _Index(self.shipments, cfg.late_grace_us)
+        grace = ix.grace
+        shipments = self.shipments
+        leaving_n = leaving_late = 0
+        heap = ix.unlearned
+        cut = now - cfg.baseline_lag_us
+        if heap and heap[0][0] <= cut and heap[0][0] < now:
+            frozen = self.alert_open
+            skip_from, skip_to = self.skip_from, self.skip_to
+            judged = delayed = 0
+            while heap and (promise := heap[0][0]) <= cut and promise < now:
+                oid = heappop(heap)[1]
+                rec = shipments.get(oid)
+                if rec is None or rec[3] or rec[0] != promise:
+                    continue  # left the longest window before its judgement (lag > longest)
+                rec[3] = True
+                if rec[1]:
+                    late = True
+                else:
+                    delivered = rec[2]
+                    late = delivered > promise + grace if delivered else now > promise + grace
+                judged += 1
+                delayed += late
+                # an alert's cohort does not teach the baseline (frozen while alerting)
+                if not (frozen or skip_from <= promise < skip_to):
+                    leaving_n += 1
+                    leaving_late += late
+            self.shipments_total += judged
+            self.delayed_total += delayed
+        windows = cfg.windows_us
+        promises, late_for_good, waiting = ix.promises, ix.late, ix.waiting
+        cut = now - windows[-1]
+        expiry = ix.expiry
+        if expiry and expiry[0][0] <= cut:
+            while expiry and expiry[0][0] <= cut:
+                del shipments[heappop(expiry)[1]]
+            del promises[: bisect_right(promises, cut)]
+            del late_for_good[: bisect_right(late_for_good, cut)]
+            del waiting[: bisect_right(waiting, cut)]
+        # cohort of window w: promises in (now - w, now); late: late for good, or undelivered
+        # and now > promise + grace
+        top_n = bisect_left(promises, now)
+        top_late = bisect_left(late_for_good, now)
+        top_wait = bisect_left(waiting, min(now, now - grace))
+        counts = []
+        for w in windows:
+            lo = now - w
+            n_wait = top_wait - bisect_right(waiting, lo)
+            counts.append(
+                [
+                    top_n - bisect_right(promises, lo),
+                    top_late - bisect_right(late_for_good, lo) + (n_wait if n_wait > 0 else 0),
+                ]
+            )
+        return counts, leaving_n, leaving_late
 
     def _evaluate(self, now: int, cfg: LaneConfig) -> LaneTransition | None:
         windows = cfg.windows_us
-        longest = windows[-1]
-        counts = [[0, 0] for _ in windows]  # [volume, late] per window
-        leaving_n = leaving_late = 0
-        gone = []
-        for oid, rec in self.shipments.items():
-            promise = rec[0]
-            if promise >= now:
-                continue  # not due yet (a promise exactly now is judged at the next step)
-            age = now - promise
-            late = self._late(rec, now, cfg)
-            if age >= cfg.baseline_lag_us and not rec[3]:
-                rec[3] = True
-                self.shipments_total += 1
-                self.delayed_total += late
-                # an alert's cohort does not teach the baseline (frozen while alerting)
-                if not (self.alert_open or self.skip_from <= promise < self.skip_to):
-                    leaving_n += 1
-                    leaving_late += late
-            if age >= longest:
-                gone.append(oid)
-                continue
-            for i, w in enumerate(windows):
-                if age < w:
-                    c = counts[i]
-                    c[0] += 1
-                    c[1] += late
-        for oid in gone:
-            del self.shipments[oid]
+        counts, leaving_n, leaving_late = self._counts(now, cfg)
         base = self.baseline(cfg)
         theta = cfg.threshold(base)
         k = cfg.evidence_weight
-
-        def confidence(n: int, late: int) -> float:
-            return beta_sf(theta, 1.0 + late + k * base, 1.0 + n - late + k * (1.0 - base))
+        # the cohort's Beta posterior: 1 + late + k * base, 1 + n - late + k * (1 - base)
+        k_late, k_on_time = k * base, k * (1.0 - base)
 
         transition: LaneTransition | None = None
         if not self.alert_open:
@@ -297,7 +362,10 @@ class LaneMonitor:
             if self.learned < cfg.warmup_shipments:
                 learn = min(leaving_late, (base + 3 * cfg.learn_cap) * leaving_n)
             elif leaving_late and any(
-                n and confidence(n, late) >= cfg.close_confidence for n, late in counts
+                n
+                and beta_sf(theta, 1.0 + late + k_late, 1.0 + n - late + k_on_time)
+                >= cfg.close_confidence
+                for n, late in counts
             ):
                 learn = min(leaving_late, (base + cfg.learn_cap) * leaving_n)
             self.base_late = decay * self.base_late + learn
@@ -309,7 +377,7 @@ class LaneMonitor:
                     if now - windows[i] < self.skip_to:
                         break  # reaches back into the last alert's cohort
                     if n and n_late >= cfg.min_late:
-                        p = confidence(n, n_late)
+                        p = beta_sf(theta, 1.0 + n_late + k_late, 1.0 + n - n_late + k_on_time)
                         if p >= cfg.open_confidence and (best is None or p > best[0]):
                             best = (p, i)
                 if best is not None:
@@ -326,7 +394,8 @@ class LaneMonitor:
                     (j for j, c in enumerate(counts) if c[0] >= cfg.close_min_shipments),
                     len(windows) - 1,
                 )
-                p = confidence(*counts[i])
+                n, n_late = counts[i]
+                p = beta_sf(theta, 1.0 + n_late + k_late, 1.0 + n - n_late + k_on_time)
                 if p < cfg.close_confidence:
                     transition = self._transition(False, now, i, counts, base, p, cfg)
             if transition is not None:
@@ -350,3 +419,61 @@ class LaneMonitor:
             window_start=now - cfg.windows_us[i],
             window_end=now,
         )
+
+
+# a shipment's class in the index: late whatever the time (a late signal, or delivered after
+# promise + grace), on time for good (delivered by then, no signal), or waiting (undelivered, no
+# signal: late once the evaluation time is past promise + grace)
+_LATE, _ON_TIME, _WAITING = 0, 1, 2
+
+
+class _Index:
+    """A lane's shipments indexed by promise (derived from ``LaneMonitor.shipments``; rebuilt
+    from it when missing, e.g. after a restore, or when ``late_grace_us`` changed).
+
+    ``promises``: every shipment's promise, sorted; ``late`` / ``waiting``: the promises of the
+    shipments of that class, sorted (a window's counts are ranges of these); ``unlearned``: a
+    heap of (promise, order id) not judged yet; ``expiry``: a heap of (promise, order id) of
+    every shipment (dropped when the promise leaves the longest window)."""
+
+    __slots__ = ("expiry", "grace", "late", "promises", "unlearned", "waiting")
+
+    def __init__(self, shipments: dict[str, list], grace: int) -> None:
+        self.grace = grace
+        self.promises: list[int] = sorted(rec[0] for rec in shipments.values())
+        self.late: list[int] = []
+        self.waiting: list[int] = []
+        for rec in shipments.values():
+            cls = self.cls(rec)
+            if cls == _LATE:
+                self.late.append(rec[0])
+            elif cls == _WAITING:
+                self.waiting.append(rec[0])
+        self.late.sort()
+        self.waiting.sort()
+        self.expiry = [(rec[0], oid) for oid, rec in shipments.items()]
+        heapify(self.expiry)
+        self.unlearned = [e for e in self.expiry if not shipments[e[1]][3]]
+        heapify(self.unlearned)
+
+    def cls(self, rec: list) -> int:
+        if rec[1]:
+            return _LATE
+        if rec[2]:
+            return _LATE if rec[2] > rec[0] + self.grace else _ON_TIME
+        return _WAITING
+
+    def move(self, rec: list, to: int) -> None:
+        """``rec`` (before its change) becomes class ``to``."""
+        cls = self.cls(rec)
+        if cls == to:
+            return
+        promise = rec[0]
+        if cls == _LATE:
+            del self.late[bisect_left(self.late, promise)]
+        elif cls == _WAITING:
+            del self.waiting[bisect_left(self.waiting, promise)]
+        if to == _LATE:
+            insort(self.late, promise)
+        elif to == _WAITING:
+            insort(self.waiting, promise)

@@ -169,7 +169,12 @@ class Record:
     ) -> None:
         self.cls = cls
         # the values stored (attributes of a record): by default its dataclass fields
-        self.names = names if names is not None else tuple(f.name for f in fields(cls))
+        # (fields marked ``metadata={"derived": True}`` are rebuilt from the others, not stored)
+        self.names = (
+            names
+            if names is not None
+            else tuple(f.name for f in fields(cls) if not f.metadata.get("derived"))
+        )
         self.decode_field = decode or {}
         self.make = make or cls  # takes the values by name (and in order, with the default names)
 

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -350,6 +350,13 @@ def _set_state(state: _State) -> None:
 def bucket(label: str, value: Any) -> str:
     """The bounded label value ``value`` is reported as (``other`` past the top-N)."""
     return _get_state().bucket[label](value)
+
+
+def claimed(label: str) -> Container[str]:
+    """The values of ``label`` whose bucket is settled: :func:`bucket` on them changes nothing
+    (a value missing here may still be one, e.g. a refused value; calling :func:`bucket` on it is
+    then harmless). A live view: read it, never change it."""
+    return _get_state().bucket[label]._map
 
 
 # ---------------------------------------------------------------------------------- observe

@@ -38,7 +38,17 @@ class LaneStage(_Stage):
                 self._advance(monitor, t, out)
             monitor.observe(t, order_id, promise, fact, lcfg)
         horizon = self.horizon(low)
-        for lane in sorted(lanes):
+        # every lane with an evaluation due, in name order; a lane with none due is skipped
+        # (advance would do nothing) once its metric label is claimed: the first bucket() call
+        # of a lane claims it (top 256, then other), in the same order as advancing every lane
+        claimed = kpis.claimed("lane_monitor")
+        due = [
+            lane
+            for lane, monitor in lanes.items()
+            if (monitor.next_eval and monitor.next_eval < horizon) or lane not in claimed
+        ]
+        due.sort()
+        for lane in due:
             self._advance(lanes[lane], horizon, out)
 
     def _advance(self, monitor: LaneMonitor, until: int, out: Emit) -> None:
