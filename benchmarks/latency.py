@@ -167,6 +167,19 @@ def paced(rate: float, total: int, send, tick=None) -> tuple[float, float]:
     return total / (time.perf_counter() - started), t0_wall
 
 
+def series(at: list[float], lat: list[float]) -> str:
+    """Latency second by second of the run: for each second of scheduled send time, the
+    triggers measured, p50 and max (ms)."""
+    by: dict[int, list[float]] = {}
+    for a, x in zip(at, lat, strict=True):
+        by.setdefault(int(a), []).append(x)
+    rows = [
+        [f"{s}", f"{len(v):,}", f"{pct(v, 0.5) * 1e3:,.0f}", f"{max(v) * 1e3:,.0f}"]
+        for s, v in sorted(by.items())
+    ]
+    return table(["second", "triggers", "p50 ms", "max ms"], rows)
+
+
 def producer(conf: dict) -> Producer:
     from salvage.sinks.kafka import producer_config
 
@@ -307,16 +320,19 @@ def pipeline(
         last_arrival = reader.last_arrival
         arrivals = reader.stop()
         lat = []
+        at = []  # each measured latency's scheduled send time, s after t0 (for --series)
         for src, now in arrivals:
             i = index.get(src)  # type: ignore[arg-type]
             if i is not None and i >= skip:
                 lat.append(now - (t0 + i / rate))  # from its scheduled send time
+                at.append(i / rate)
         drained_s = max(produced_s, last_arrival - t0)
         # events of a partition that had been declared idle, behind the watermark: re-stamped
         late_after_idle = _counter(port, "salvage_late_after_idle_total")
         return {
             "late_after_idle": late_after_idle,
             "lat": lat,
+            "at": at,
             "achieved": achieved,
             "events": total,
             "triggers": len(arrivals),
@@ -373,6 +389,12 @@ def main() -> None:
         help="cut the log from a longer simulation, so that it ends before the drain-down after "
         "the last order (by default a 10,000 events/s run's last ~2 s are in it: returns are "
         "57%% of those events, 0-4%% before)",
+    )
+    ap.add_argument(
+        "--series",
+        action="store_true",
+        help="also print the pipeline's latency second by second of the run (by scheduled send "
+        "time): is it flat (delays) or growing (a backlog), and when",
     )
     args = ap.parse_args()
     extra_env = dict(kv.split("=", 1) for kv in args.env)
@@ -431,6 +453,8 @@ def main() -> None:
                     ]
                 )
                 say(f"  p50/p95/p99 {p50:,.0f}/{p95:,.0f}/{p99:,.0f} ms ({len(lat):,} triggers)")
+                if args.series:
+                    say(series(res["at"], lat))
     print(f"\nevent-to-trigger latency, Kafka mode (embedded broker), one worker, {machine()}")
     print(
         table(
