@@ -222,26 +222,12 @@ class LaneMonitor:
             rec = self.shipments[order_id] = [promise, False, 0, False]
             if not self.next_eval:
                 self.next_eval = t - t % cfg.step_us + cfg.step_us
-            if ix is None:
-                if kind == "late":
-                    rec[1] = True
-                elif kind == "delivered" and t:
-                    rec[2] = t
-                return
-            # indexed (ix.add, inline): its class, its promise, its (promise, order id) entries
-            insort(ix.promises, promise)
             if kind == "late":
                 rec[1] = True
-                insort(ix.late, promise)
             elif kind == "delivered" and t:
                 rec[2] = t
-                if t > promise + ix.grace:
-                    insort(ix.late, promise)
-            else:
-                insort(ix.waiting, promise)
-            entry = (promise, order_id)
-            heappush(ix.expiry, entry)
-            heappush(ix.unlearned, entry)
+            if ix is not None:
+                ix.add(order_id, rec)
         elif kind == "late":
             if not rec[1]:
                 if ix is not None:
@@ -455,6 +441,19 @@ class _Index:
         heapify(self.expiry)
         self.unlearned = [e for e in self.expiry if not shipments[e[1]][3]]
         heapify(self.unlearned)
+
+    def add(self, order_id: str, rec: list) -> None:
+        """A new shipment (``rec`` as recorded): its promise, its class, its heap entries."""
+        promise = rec[0]
+        insort(self.promises, promise)
+        cls = self.cls(rec)
+        if cls == _LATE:
+            insort(self.late, promise)
+        elif cls == _WAITING:
+            insort(self.waiting, promise)
+        entry = (promise, order_id)
+        heappush(self.expiry, entry)
+        heappush(self.unlearned, entry)
 
     def cls(self, rec: list) -> int:
         if rec[1]:
