@@ -646,9 +646,9 @@ class _EndOffsets:
         with self._cv:
             self._users -= 1
             self._cv.notify_all()
-        if self._users <= 0 and self._thread is not None:
-            self._thread.join(timeout=2 * WAKE_CHECK_TIMEOUT_S)
-            self._thread = None
+            ending = self._thread if self._users <= 0 else None
+        if ending is not None:  # the last user: wait for the thread (it clears _thread itself)
+            ending.join(timeout=2 * WAKE_CHECK_TIMEOUT_S)
 
     def ask(self, part: str, tp: TopicPartition) -> None:
         with self._cv:
@@ -809,7 +809,6 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         # fresh end-offset checks, asked of a background thread (see _EndOffsets)
         self._probe = probe if probe is not None else _EndOffsets(conf)
         self._probe.join()
-        self._checked_at = 0.0  # when the last fresh check used was sent
 
     def next_batch(self) -> list[Item]:
         if self._done or _STOP.is_set():
@@ -861,13 +860,13 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             and (not self._holding or self._wakes.settled(self._part))
         ):
             since = self._wakes.must_check(self._part, now)
-            behind = False if since is None else self._behind(now, since)
-            if behind is None:  # the fresh check is on its way: come back for it soon
+            check = (now, False) if since is None else self._behind(now, since)
+            if check is None:  # the fresh check is on its way: come back for it soon
                 self._awake = datetime.now(UTC) + timedelta(seconds=POLL_BACKOFF_MIN_S)
-            elif behind:
+            elif check[1]:
                 self._wake(now, self._parser.clock.watermark)  # data waits: hold from its clock
             else:
-                self._wakes.checked(self._part, now if since is None else self._checked_at)
+                self._wakes.checked(self._part, check[0])
                 if self._parser.held:  # caught up: judge them against the rest of the stream
                     self._parser.after_idle = True
                     self._parser.release_held(out)
@@ -903,26 +902,27 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._hold_until = now + self._idle_s
         self._wakes.wake(self._part, now + min(self._idle_s, WAKE_SETTLE_S))
 
-    def _behind(self, now: float, since: float) -> bool | None:
+    def _behind(self, now: float, since: float) -> tuple[float, bool] | None:
         """The end offset from the broker afresh (a ``ListOffsets`` query sent at or after
-        ``since``, by the process's :class:`_EndOffsets` thread): True when it is past the
-        position (unread data), or when the broker did not answer (then the partition holds the
-        watermark until it is caught up and quiet again, by the cache); ``None`` while the
-        answer is not there yet (asked: the worker goes on meanwhile)."""
+        ``since``, by the process's :class:`_EndOffsets` thread): ``(when the query was sent,
+        behind)``, behind when the end offset is past the position (unread data) or when the
+        broker did not answer (then the partition holds the watermark until it is caught up and
+        quiet again, by the cache); ``None`` while the answer is not there yet (asked: the
+        worker goes on meanwhile)."""
         got = self._probe.answer(self._part, since)
         if got is None:
             self._probe.ask(self._part, self._wm_tp)
             return None
-        self._checked_at, offsets = got
+        sent, offsets = got
         if offsets is None:
             self._last_data = now
-            return True
+            return sent, True
         low, high = offsets
         if high > (self._offset if self._offset >= 0 else low):
             self._known_high = high
             self._last_data = now
-            return True
-        return False
+            return sent, True
+        return sent, False
 
     def _caught_up(self) -> bool:
         """Position >= high watermark, from the watermark librdkafka caches from every fetch
