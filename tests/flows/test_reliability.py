@@ -312,6 +312,70 @@ def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
 
 
 @pytest.mark.integration
+@pytest.mark.integration
+def test_follow_raises_file_modes_lane_alerts_on_an_incident(
+    kafka_broker, unique_name, salvage_cli, tmp_path
+):
+    """The lane detector in Kafka mode, not only in file mode: ``salvage run --follow`` on the
+    silent-carrier scenario (a carrier stops scanning; the incident's alerts open and close) in
+    topics raises exactly file mode's lane alerts (ids: lane, state, window end) and triggers,
+    read by an independent consumer; SIGTERM then stops it cleanly."""
+    log = sim_log(tmp_path, "silent-carrier-incident", orders=600, seed=2)
+    file_out = run_file_flow([log], tmp_path / "file")
+    alerts = {a["alert_id"] for a in jsonl(file_out["lane_alerts"])}
+    triggers = {t["trigger_id"] for t in jsonl(file_out["interventions"])}
+    assert len(alerts) >= 2  # the incident opens an alert and closes it
+
+    settings = _settings(kafka_broker.bootstrap, unique_name("lanes"))
+    ensure_topics(
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        3,
+    )
+    publish_log(settings, log)
+    env = {
+        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SALVAGE_TOPIC_PARTITIONS": "3",
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
+    }
+    proc = salvage_cli(
+        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary", env=env
+    )
+    got_alerts: set[str] = set()
+    got_triggers: set[str] = set()
+    alert_reader = _reader(settings, settings.topics.lane_alerts)
+    trigger_reader = _reader(settings, settings.topics.interventions)
+
+    def read(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            for reader, into, key in (
+                (alert_reader, got_alerts, "alert_id"),
+                (trigger_reader, got_triggers, "trigger_id"),
+            ):
+                for m in reader.consume(1000, 0.05):
+                    if m.error() is None:
+                        into.add(json.loads(m.value())[key])
+
+    try:
+        deadline = time.monotonic() + 90
+        while not (alerts <= got_alerts and triggers <= got_triggers):
+            assert time.monotonic() < deadline, (sorted(alerts - got_alerts), len(got_triggers))
+            assert proc.poll() is None, proc.err_path.read_text()
+            read(0.2)
+        read(1.5)  # quiet on: nothing more comes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
+    finally:
+        alert_reader.close()
+        trigger_reader.close()
+    assert got_alerts == alerts
+    assert got_triggers == triggers
+
+
 def test_a_replay_burst_after_a_quiet_spell_loses_no_event(
     kafka_broker, log, file_mode, unique_name
 ):
