@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
-from salvage.features.eventtime import BEGIN, IDLE, Reorderer
+from salvage.features.eventtime import BEGIN, IDLE, Reorderer, to_us
 from salvage.flows.messages import Event, Tick
 from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.flows.sources import (
+    CLOCK_SETTLE_S,
     KafkaEventSource,
     _EndOffsets,
     clear_stop,
@@ -649,3 +651,156 @@ def test_a_waking_partition_holds_until_every_idle_one_checked_its_offsets(kafka
             late.append((pid, item.tie))
     assert late == []
     assert events(a_id) == 45 and events(b_id) == 40
+
+
+def _us(second: int) -> int:
+    return to_us(datetime.fromisoformat(_at(second).replace("Z", "+00:00")))
+
+
+@pytest.mark.integration
+def test_a_sparse_partition_follows_the_stream_by_checked_clocks(kafka_conf, unique_name):
+    """A partition with nothing to read does not hold the watermark while the rest of the stream
+    flows (issue 15, latency): a fresh end-offset check that finds it caught up moves its clock
+    to what the process had read before the check (less the settle margin). Here partition B
+    never gets an event while A flows, and idleness (30 s) cannot be what lets A's events go:
+    they are released within seconds, every one at its own time, B never idle. Then B's fetches
+    stop (its cache still says caught up) and an event waits on it: B's check finds it unread,
+    and B's clock stays behind that event however far A goes, so it is not late when it comes."""
+    orders, scans = unique_name("orders-checked"), unique_name("deliveries-checked")
+    ensure_topics(kafka_conf, [orders, scans], 1)
+    tol = 60_000_000
+    source = KafkaEventSource(
+        kafka_conf,
+        {"orders": orders, "deliveries": scans},
+        {orders: 1, scans: 1},
+        tolerance_us=tol,
+        max_lateness_us=7 * 86_400_000_000,
+        to_end=False,
+        idle_s=30.0,
+    )
+    a_id, b_id = kafka_part_id(orders, 0), kafka_part_id(scans, 0)
+    a, b = source.build_part("in", a_id, None), source.build_part("in", b_id, None)
+    reorderer = Reorderer([a_id, b_id])
+    released: list = []
+    b_ticks: list[int] = []
+    producer = Producer(kafka_conf)
+
+    def publish_a(first: int, last: int) -> None:
+        for n in range(first, last):
+            producer.produce(orders, line(order_placed(f"O{n:05d}", _at(n))), partition=0)
+        assert producer.flush(10) == 0
+
+    def pump() -> None:
+        for part, pid in ((a, a_id), (b, b_id)):
+            for item in part.next_batch():
+                if isinstance(item, Event):  # in order: never behind the low watermark
+                    assert reorderer.push(item.t, item.tie, item.payload), f"late: {item}"
+                elif isinstance(item, Tick):
+                    reorderer.tick(pid, item.watermark, item.seen)
+                    if pid == b_id:
+                        b_ticks.append(item.watermark)
+        released.extend(reorderer.release())
+        time.sleep(0.005)
+
+    def pump_until(pred, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "timed out"
+            pump()
+
+    clear_stop()
+    try:
+        for first in range(0, 300, 10):  # A flows: 10 events at a time, 1 s of event time each
+            publish_a(first, first + 10)
+            pump()
+        # everything A promised (its clock less the tolerance) goes, B having read nothing
+        pump_until(lambda: len(released) >= 300 - 61)
+        assert [t for t, _, _ in released] == [_us(n) for n in range(len(released))]
+        assert IDLE not in b_ticks and b._parser.clock.watermark >= _us(299) - tol - 10**6
+
+        # B's fetches stop; an event waits on B; A goes on far past it
+        b._consumer.pause([TopicPartition(scans, 0)])
+        time.sleep(0.5)  # its last fetch request (fetch.wait.max.ms) has been answered
+        producer.produce(scans, _scan(300, _at(300)), partition=0)
+        assert producer.flush(10) == 0
+        mark = len(b_ticks)
+        for first in range(301, 600, 10):
+            publish_a(first, first + 10)
+            pump()
+        pump_until(lambda: a._parser.clock.max_t == _us(600))
+        for _ in range(40):  # checks are asked and answered meanwhile: B finds its unread event
+            pump()
+        assert b._parser.clock.max_t < _us(300)  # held back: its unread event is not late
+        assert all(wm < _us(300) - tol for wm in b_ticks[mark:])
+        assert released[-1][0] < _us(300) - tol
+        cached = b._consumer.get_watermark_offsets(TopicPartition(scans, 0), cached=True)
+        assert cached[1] == 0  # only a fresh query could tell
+
+        b._consumer.resume([TopicPartition(scans, 0)])
+        pump_until(lambda: len(released) >= 601 - 61)  # B's event in its place, none late
+        assert [t for t, _, _ in released] == [_us(n) for n in range(len(released))]
+        assert released[300][2].event_type == "carrier_scan"
+        assert IDLE not in b_ticks
+    finally:
+        a.close()
+        b.close()
+        clear_stop()
+        producer = None
+
+
+@pytest.mark.integration
+def test_a_checked_clock_takes_what_was_read_a_settle_margin_before_its_check(
+    kafka_conf, unique_name
+):
+    """The rule of a checked clock, on a real partition with answers placed in its probe: an
+    answer sent at ``s`` that finds nothing unread moves the clock to the highest event time
+    read before ``s - CLOCK_SETTLE_S`` (a producer's appends to other partitions may trail by
+    that much), not to what was read later; an answer that shows unread data, or none, moves
+    nothing."""
+    topic = unique_name("deliveries-rule")
+    ensure_topics(kafka_conf, [topic], 1)
+    source = KafkaEventSource(
+        kafka_conf,
+        {"deliveries": topic},
+        {topic: 1},
+        tolerance_us=60_000_000,
+        max_lateness_us=7 * 86_400_000_000,
+        to_end=False,
+        idle_s=30.0,
+    )
+    part_id = kafka_part_id(topic, 0)
+    b = source.build_part("in", part_id, None)
+    clear_stop()
+    try:
+        deadline = time.monotonic() + 20
+        while not b._caught_up():  # its first fetch answered: the cache knows the (empty) end
+            assert time.monotonic() < deadline, "timed out"
+            b.next_batch()
+            time.sleep(0.01)
+        base = time.monotonic() + 100  # planted history, apart from anything real
+        seen = b._seen
+        for dt, second in ((0.0, 10), (0.010, 20), (0.050, 30)):
+            seen.note(base + dt, _us(second))
+        settle = CLOCK_SETTLE_S
+        assert 0.010 < 0.055 - settle < 0.050  # the check below is sent between the two
+        clock = b._parser.clock
+        assert clock.max_t == BEGIN
+
+        b._probe._answers[part_id] = (base + 0.055, (0, 3))  # unread data: no move
+        b._advance(base + 1)
+        assert clock.max_t == BEGIN
+        b._probe._answers[part_id] = (base + 0.056, None)  # no answer from the broker
+        b._advance(base + 1)
+        assert clock.max_t == BEGIN
+        b._probe._answers[part_id] = (base + 0.057, (0, 0))  # caught up when sent
+        b._advance(base + 1)
+        assert clock.max_t == _us(20)  # read 47 ms before the check, not the one 7 ms before
+        b._advance(base + 1)  # the same answer again: nothing new
+        assert clock.max_t == _us(20)
+        b._probe._answers[part_id] = (base + 0.090, (0, 0))
+        b._advance(base + 1)
+        assert clock.max_t == _us(30)
+        assert clock.watermark == _us(30) - 60_000_000
+    finally:
+        b.close()
+        clear_stop()
