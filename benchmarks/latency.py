@@ -12,11 +12,16 @@ For each rate, on fresh topics of one embedded broker (Tansu, 4 partitions per t
    (as `salvage replay` does); each trigger read back from the `interventions` topic is mapped by
    its `source_event_id` to its source event's scheduled send time: latency = trigger arrival -
    scheduled send. Triggers fired by event-time timers (no source event) are left out. The first
-   --warmup seconds are not measured. The log is the first events of a simulation sized to them:
-   its last ~15% is the drain-down after the last order is placed, when returns are 57% of the
-   events (0-4% before); at 10,000 events/s that is a run's last ~2 s, where the tail of the
-   latency comes from. ``--steady`` cuts the log from a longer simulation, before the drain-down
+   --warmup seconds are not measured, nor the last --cooldown seconds (default 1): the input's
+   last events wait for the process to go quiet (SALVAGE_IDLE_PARTITION_SECONDS) before the
+   watermark lets them go, an end-of-input effect that a steady stream does not have (the
+   "catch-up" column shows it; ``--cooldown 0`` measures to the end, as before 2026-12-05). The
+   log is the first events of a simulation sized to the run: its last ~15% is the drain-down after
+   the last order is placed, when returns are 57% of the events (0-4% before), at 10,000 events/s
+   a run's last ~2 s. ``--steady`` cuts the log from a longer simulation, before the drain-down
    (returns then 1.5% of the events: the simulation's first days have few).
+   ``--breakdown`` splits each measured trigger's latency into its hops (read by the source,
+   released by the watermark to its case shard, trigger produced, read back).
 
 **No coordinated omission.** Event i is scheduled at t0 + i / rate (wall clock) and its latency
 runs from that scheduled time, not from when the producer got round to sending it: a stalled
@@ -243,6 +248,8 @@ def pipeline(
     warmup: float,
     fetch_wait_ms: int,
     env_extra: dict[str, str] | None = None,
+    cooldown: float = 0.0,
+    breakdown: bool = False,
 ) -> dict:
     from salvage.connectors.broker import ensure_topics, free_port
 
@@ -274,15 +281,15 @@ def pipeline(
     )
     log = DEFAULT_WORK / f"latency-pipeline-{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    stamps = DEFAULT_WORK / f"latency-stamps-{tag}.json"
+    if breakdown:  # the same command line, with stamps along each event's way
+        env["BENCH_TRACE_OUT"] = str(stamps)
+        cmd = [sys.executable, str(Path(__file__).with_name("_latency_trace.py"))]
+    else:
+        cmd = [sys.executable, "-c", "from salvage.cli import main; main()"]
     with log.open("wb") as f:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from salvage.cli import main; main()",
-                "run",
-                "--follow",
-            ],
+            [*cmd, "run", "--follow"],
             cwd=ROOT,
             env=env,
             stdout=f,
@@ -296,8 +303,9 @@ def pipeline(
                 raise RuntimeError(f"pipeline did not start: {log.read_text()[-2000:]}")
             time.sleep(0.2)
         time.sleep(3)  # the flow is built and its consumers assigned after /metrics is up
-        total = min(len(records), int(rate * (seconds + warmup)))
+        total = min(len(records), int(rate * (seconds + warmup + cooldown)))
         skip = int(rate * warmup)
+        stop = skip + int(rate * seconds)  # events from `stop` on: the unmeasured cool-down
         index = {records[i][2]: i for i in range(total)}  # source event id -> its slot i
         reader = Reader(conf, outs["interventions"], 4, fetch_wait_ms, triggers=True)
         reader.start()
@@ -321,15 +329,19 @@ def pipeline(
         arrivals = reader.stop()
         lat = []
         at = []  # each measured latency's scheduled send time, s after t0 (for --series)
+        hops = []  # (scheduled send, trigger arrival, source event id) for --breakdown
         for src, now in arrivals:
             i = index.get(src)  # type: ignore[arg-type]
-            if i is not None and i >= skip:
+            if i is not None and skip <= i < stop:
                 lat.append(now - (t0 + i / rate))  # from its scheduled send time
                 at.append(i / rate)
+                hops.append((t0 + i / rate, now, src))
         drained_s = max(produced_s, last_arrival - t0)
         # events of a partition that had been declared idle, behind the watermark: re-stamped
         late_after_idle = _counter(port, "salvage_late_after_idle_total")
         return {
+            "hops": hops,
+            "stamps": stamps if breakdown else None,
             "late_after_idle": late_after_idle,
             "lat": lat,
             "at": at,
@@ -346,6 +358,34 @@ def pipeline(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+HOPS = (
+    "scheduled send -> read by the source",
+    "read -> applied by its case shard (watermark)",
+    "applied -> trigger to the producer (stages)",
+    "producer -> read back (output topic)",
+)
+
+
+def breakdown(hops: list[tuple[float, float, str]], stamps_path: Path) -> str:
+    """Where each measured trigger's latency went, from the pipeline's stamps (``--breakdown``):
+    p50/p95/p99/max ms per hop, over the triggers whose event was stamped at every point."""
+    stamps = json.loads(stamps_path.read_text())
+    read, applied, sunk = stamps["read"], stamps["case"], stamps["sink"]
+    parts: list[list[float]] = [[], [], [], [], []]
+    for sched, arrival, src in hops:
+        r, c, s = read.get(src), applied.get(src), sunk.get(src)
+        if r is None or c is None or s is None:
+            continue
+        for k, x in enumerate((r - sched, c - r, s - c, arrival - s, arrival - sched)):
+            parts[k].append(x * 1e3)
+    rows = [
+        [name, f"{len(xs):,}", *(f"{pct(xs, q):,.1f}" for q in (0.5, 0.95, 0.99, 1.0))]
+        for name, xs in zip((*HOPS, "total"), parts, strict=True)
+        if xs
+    ]
+    return table(["hop", "triggers", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)
 
 
 def load_records(path: Path, limit: int) -> list[tuple[str, bytes | None, str, bytes]]:
@@ -367,6 +407,22 @@ def main() -> None:
     ap.add_argument("--rates", type=int, nargs="+", default=[2_000, 10_000, 20_000])
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per rate")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    ap.add_argument(
+        "--cooldown",
+        type=float,
+        default=1.0,
+        help="unmeasured seconds last: input goes on after the measured window, so that no "
+        "measured event is among the input's last ones, which wait for the process to go quiet "
+        "(SALVAGE_IDLE_PARTITION_SECONDS): an end-of-input effect, not steady-state latency "
+        "(0: measure to the end)",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print where the latency went, hop by hop (the pipeline runs with wall-clock "
+        "stamps at the source, the case shard and the trigger producer: "
+        "benchmarks/_latency_trace.py)",
+    )
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument(
         "--fetch-wait-ms",
@@ -403,7 +459,7 @@ def main() -> None:
 
     from salvage.connectors.broker import EmbeddedBroker
 
-    need = int(max(args.rates) * (args.seconds + args.warmup)) + 1000
+    need = int(max(args.rates) * (args.seconds + args.warmup + args.cooldown)) + 1000
     log = sim_log(max(need, 100_000), args.work, steady=args.steady)
     say(f"loading {need:,} events of {log.name} ...")
     records = load_records(log, need)
@@ -430,6 +486,8 @@ def main() -> None:
                     args.warmup,
                     wait,
                     extra_env,
+                    args.cooldown,
+                    args.breakdown,
                 )
                 lat = res["lat"]
                 p50, p95, p99 = (pct(lat, q) * 1e3 for q in (0.5, 0.95, 0.99))
@@ -455,6 +513,8 @@ def main() -> None:
                 say(f"  p50/p95/p99 {p50:,.0f}/{p95:,.0f}/{p99:,.0f} ms ({len(lat):,} triggers)")
                 if args.series:
                     say(series(res["at"], lat))
+                if args.breakdown and res["stamps"] is not None:
+                    say(breakdown(res["hops"], res["stamps"]))
     print(f"\nevent-to-trigger latency, Kafka mode (embedded broker), one worker, {machine()}")
     print(
         table(

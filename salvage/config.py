@@ -187,8 +187,9 @@ class DataflowSettings(Group):
     idle_partition_seconds: float = Field(
         0.5,
         gt=0,
-        description="live mode: a partition caught up by offsets and quiet this long stops "
-        "holding the watermark; when all are, it reaches the highest partition clock",
+        description="live mode: when a process has read nothing this long, its partitions caught "
+        "up by offsets are idle (stop holding the watermark; when all are, it reaches the highest "
+        "partition clock); within a flowing stream a sparse partition's clock follows by checks",
     )
     follow: bool = Field(
         False, description="bytewax.run entry point in Kafka mode: keep following the topics"
