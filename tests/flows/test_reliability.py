@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
+from salvage.connectors.events import STREAM_OF, Stream
 from salvage.features.eventtime import BEGIN, IDLE, Reorderer, to_us
 from salvage.flows.messages import Event, Tick
 from salvage.flows.recovery import FlowSpec, build_flow
@@ -311,6 +312,110 @@ def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
     took = max(arrived.values()) - quiet
     print(f"every trigger out {took:.2f}s after the last input")
     assert took <= 5.0
+
+
+def _metrics_up(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+    except OSError:
+        return False
+    return True
+
+
+def _counter(port: int, name: str) -> float:
+    """A counter's total over its labels on a running flow's /metrics endpoint."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+@pytest.mark.integration
+def test_follow_with_streams_published_behind_the_orders_equals_file_mode(
+    kafka_broker, log, file_mode, unique_name, salvage_cli, tmp_path
+):
+    """Checked clocks move a caught-up partition to what its process had read: they assume one
+    producer publishing in event-time order. Here three systems publish with their own delays:
+    the carrier, support and returns streams go out a day of event time behind the orders
+    stream, paced at 500 events/s while ``salvage run --follow`` reads (the log's 44 days take
+    7.5 s: the day is ~170 ms of wall time, more than a check's settle margin and round trip, so
+    those partitions are caught up and checked while the orders run ahead), with a reorder
+    tolerance of 2 days (what a deployment with such sources must set). Each event is within the
+    tolerance of everything read before it: none may be late, and the triggers are file mode's,
+    read by an independent consumer. (With a 12 h tolerance the same run has late events.)"""
+    settings = _settings(kafka_broker.bootstrap, unique_name("skew"))
+    ensure_topics(
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        3,
+    )
+    skew = timedelta(days=1)
+    inputs = settings.topics.inputs()
+    records = []
+    for raw in log.read_bytes().splitlines():
+        doc = json.loads(raw)
+        stream = STREAM_OF[doc["event_type"]]
+        at = datetime.fromisoformat(doc["occurred_at"].replace("Z", "+00:00"))
+        records.append((at if stream is Stream.ORDERS else at + skew, stream, doc, raw))
+    records.sort(key=lambda r: r[0])  # publication order: the other streams a day behind
+    assert [r[3] for r in records] != log.read_bytes().splitlines()
+    expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
+
+    port = _free_port()
+    env = {
+        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SALVAGE_TOPIC_PARTITIONS": "3",
+        "SALVAGE_METRICS_PORT": str(port),
+        "SALVAGE_METRICS_HOST": "127.0.0.1",
+        "SALVAGE_REORDER_TOLERANCE_SECONDS": str(2 * 86_400),
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in inputs.items()},
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
+    }
+    proc = salvage_cli(
+        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary", env=env
+    )
+    arrived: set[str] = set()
+    reader = _reader(settings, settings.topics.interventions)
+
+    def read(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            for m in reader.consume(1000, 0.05):
+                if m.error() is None:
+                    arrived.add(json.loads(m.value())["trigger_id"])
+
+    producer = Producer(settings.kafka.as_librdkafka_dict())
+    try:
+        deadline = time.monotonic() + 60
+        while not _metrics_up(port):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.err_path.read_text()
+            time.sleep(0.2)
+        start = time.monotonic()
+        for i, (_, stream, doc, raw) in enumerate(records):  # 500 events/s
+            while time.monotonic() < start + i / 500:
+                producer.poll(0)
+                time.sleep(0.001)
+            producer.produce(inputs[stream.value], raw, key=doc["order_id"].encode())
+        assert producer.flush(10) == 0
+        deadline = time.monotonic() + 60
+        while not expected <= arrived and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.err_path.read_text()
+            read(0.1)
+        read(1.0)  # quiet on: nothing more comes
+        late = _counter(port, "salvage_late_events_total")
+        late_after_idle = _counter(port, "salvage_late_after_idle_total")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
+    finally:
+        reader.close()
+        producer = None
+    assert (late, late_after_idle) == (0, 0)
+    assert arrived == expected
 
 
 @pytest.mark.integration
