@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from salvage.connectors.outputs import DeadLetter
+from salvage.fastpickle import fast_pickle
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class Overdue:
     """An event more than ``max_lateness`` behind its partition's watermark.

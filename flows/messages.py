@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from salvage.fastpickle import fast_pickle
 from salvage.flows.items import Overdue
 
 __all__ = [
@@ -102,6 +103,7 @@ class Batch(NamedTuple):
 Emit = list[tuple[Route, Any]]
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class CaseView:
     """What the case stage tells the customer stage about one update of one order."""
@@ -128,6 +130,7 @@ class CaseView:
     received_at: int = 0
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class InferredContact:
     """A support contact on its way from the intent stage to its case shard; ``intent`` is the

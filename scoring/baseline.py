@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from salvage.fastpickle import fast_pickle
+
 RULES_VERSION = "rules-v1"
 
 # every feature the rules read, in the order the compiled batch kernel takes their columns
@@ -41,6 +43,7 @@ RULE_FEATURES = (
 )
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class ScoreResult:
     recoverability: float

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
+from salvage.fastpickle import fast_pickle
 from salvage.scoring import baseline, dense
 from salvage.scoring.baseline import RULE_FEATURES, RULES_VERSION, ScoreResult
 from salvage.scoring.dense import CLIP
@@ -701,6 +702,7 @@ class Snapshot:
         return self.v[3]
 
 
+@fast_pickle
 @dataclass(slots=True)
 class Scored:
     scores: ScoreResult  # what the policy acts on

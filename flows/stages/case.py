@@ -7,7 +7,7 @@ import heapq
 import time
 import zlib
 from array import array
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from salvage.connectors.events import STREAM_OF, Stream
@@ -17,6 +17,7 @@ from salvage.connectors.outputs import (
     StatusUpdate,
 )
 from salvage.connectors.parse import RawRecord, dead_letter
+from salvage.fastpickle import slot_maker
 from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
 from salvage.features.order_case import NO_RETURN, OrderCase, Status
@@ -517,24 +518,9 @@ def _remember_digest(case: OrderCase, digest: int) -> None:
     case.digests = digests
 
 
-def _view_maker() -> Any:
-    """A constructor of :class:`CaseView` taking its fields in order, that sets the slots directly:
-    a frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field (about twice
-    the cost, for the view made on every case update). The same object either way (a test checks
-    it); CaseView itself if it ever gets a ``__post_init__`` or loses its slots."""
-    names = [f.name for f in fields(CaseView)]
-    if hasattr(CaseView, "__post_init__") or not hasattr(CaseView, "__slots__"):
-        return CaseView
-    scope: dict[str, Any] = {"_new": object.__new__, "_cls": CaseView}
-    for name in names:
-        scope[f"_set_{name}"] = getattr(CaseView, name).__set__
-    body = "".join(f"    _set_{name}(view, {name})\n" for name in names)
-    src = f"def _case_view({', '.join(names)}):\n    view = _new(_cls)\n{body}    return view\n"
-    exec(src, scope)  # generated from CaseView's own field names
-    return scope["_case_view"]
-
-
-_case_view = _view_maker()
+# a CaseView constructor that sets the slots directly (the view is made on every case update;
+# a frozen dataclass's __init__ costs about twice as much); the same object (a test checks it)
+_case_view = slot_maker(CaseView)
 
 
 SETTLED_FACTS = frozenset(
