@@ -43,11 +43,14 @@ def split(log: Path, files: int, work: Path) -> list[Path]:
     return paths
 
 
-def run(inputs: list[Path], out: Path, processes: int, workers: int, work: Path) -> dict:
+def run(
+    inputs: list[Path], out: Path, processes: int, workers: int, work: Path, model_shards: int = 1
+) -> dict:
     from salvage.connectors.broker import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SALVAGE_", "BYTEWAX_"))}
     env.update({"PYTHONPATH": str(ROOT), "SALVAGE_METRICS_PORT": "0", "SALVAGE_REDIS_URL": ""})
+    env["SALVAGE_MODEL_SHARDS"] = str(model_shards)
     base = [sys.executable, "-c", "from salvage.cli import main; main()", "run"]
     base += [a for p in inputs for a in ("--input", str(p))]
     base += ["--out-dir", str(out), "--no-summary", "--shards", "8", "-w", str(workers)]
@@ -90,6 +93,12 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--files", type=int, default=2, help="input files (partitions)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument(
+        "--model-shards",
+        type=int,
+        default=1,
+        help="SALVAGE_MODEL_SHARDS for every configuration (outputs are compared per count)",
+    )
     args = ap.parse_args()
     log = sim_log(args.events, args.work)
     inputs = split(log, args.files, args.work)
@@ -98,7 +107,9 @@ def main() -> None:
     for processes, workers in configs:
         say(f"{processes} process(es) x {workers} worker(s) on {args.events:,} events ...")
         out = args.work / f"scaling-out-{processes}x{workers}"
-        results[(processes, workers)] = run(inputs, out, processes, workers, args.work)
+        results[(processes, workers)] = run(
+            inputs, out, processes, workers, args.work, args.model_shards
+        )
         say(f"  flow {results[(processes, workers)]['flow']:.1f}s")
     ref = results[(1, 1)]
     rows = []

@@ -50,7 +50,7 @@ def checkpoint(stage: Any, low: int, out: list) -> None:
     lite = copy.copy(ms)
     lite.pending, lite.awaiting, lite.await_heap = {}, {}, []
     doc = {
-        "key": stage.name,
+        "key": f"model-{stage.shard:04d}",  # a name for people (the stage key may carry a ~salt)
         "labels": labels,
         "pending_cases": len(ms.pending),
         "driving": ms.version,

@@ -98,8 +98,8 @@ def stage_config(
 
 
 def shard_no(key: str) -> int:
-    """The shard number in a stage key (``case-0007`` -> 7)."""
-    return int(key.rsplit("-", 1)[1])
+    """The shard number in a stage key (``case-0007`` or ``case-0007~3`` -> 7)."""
+    return int(key.rsplit("-", 1)[1].split("~", 1)[0])
 
 
 def graph(cfg: StageConfig) -> tuple[StageSpec, ...]:

@@ -61,10 +61,11 @@ RUN_MANIFEST = "salvage-run.json"
 # when a change would make older snapshots unreadable or wrong: a resume then stops with a clear
 # message (start from a fresh --recovery-dir, or finish the run with the version that began it)
 # instead of an AttributeError deep in a stage.
-STATE_VERSION = 7  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*;
+STATE_VERSION = 8  # 3: DispatchStage.assigned (uplift assignments); 4: modules under salvage.*;
 # 5: explicit state (salvage.flows.state codecs in an epoch journal, DIR/journal), not pickles;
 # 6: file sources keep one clock per Kafka-style partition (flows.sources._KafkaLayout);
-# 7: the models' dense state (scoring/dense.py arrays in a msgpack doc, not pickled River models)
+# 7: the models' dense state (scoring/dense.py arrays in a msgpack doc, not pickled River models);
+# 8: shard keys balanced over the workers (flows.stages.base.balanced_key): state is keyed by them
 
 
 class RecoveryMismatch(ValueError):

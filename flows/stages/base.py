@@ -4,6 +4,7 @@ watermark). Plain Python, no Bytewax."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from abc import ABC, abstractmethod
@@ -44,28 +45,108 @@ def shard_of(key: str, shards: int) -> int:
     return zlib.crc32(key.encode()) % shards
 
 
+_U64 = (1 << 64) - 1
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _U64
+
+
+def _sip_round(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    v0 = (v0 + v1) & _U64
+    v1 = _rotl(v1, 13) ^ v0
+    v0 = _rotl(v0, 32)
+    v2 = (v2 + v3) & _U64
+    v3 = _rotl(v3, 16) ^ v2
+    v0 = (v0 + v3) & _U64
+    v3 = _rotl(v3, 21) ^ v0
+    v2 = (v2 + v1) & _U64
+    v1 = _rotl(v1, 17) ^ v2
+    v2 = _rotl(v2, 32)
+    return v0, v1, v2, v3
+
+
+def siphash13(data: bytes) -> int:
+    """SipHash-1-3 with zero keys: Rust's ``DefaultHasher``, which Bytewax's stateful steps hash
+    a key with to pick its worker."""
+    v0, v1, v2, v3 = 0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573
+    n = len(data)
+    end = n - n % 8
+    for i in range(0, end, 8):
+        m = int.from_bytes(data[i : i + 8], "little")
+        v3 ^= m
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+        v0 ^= m
+    m = (n & 0xFF) << 56 | int.from_bytes(data[end:], "little")
+    v3 ^= m
+    v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    v0 ^= m
+    v2 ^= 0xFF
+    for _ in range(3):
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def worker_of(key: str, workers: int) -> int:
+    """The worker (0..workers-1, all processes' workers counted) a Bytewax 0.21 stateful step
+    routes ``key`` to: the key's hash (a Rust ``String``: its UTF-8 bytes, then 0xFF) modulo the
+    worker count. ``tests/flows/test_routing.py`` checks it against Bytewax itself.
+
+    >>> [worker_of(k, 2) for k in ("case-0000", "case-0001", "model-0000", "model-0001")]
+    [1, 0, 1, 1]
+    """
+    return siphash13(key.encode() + b"\xff") % workers
+
+
+BALANCE = 48  # shard keys spread evenly over any worker count that divides 48 (1-4, 6, 8, 12...)
+
+
+@functools.cache
+def balanced_key(stage: str, slot: int) -> str:
+    """The key of a stage's shard ``slot``: ``stage-0007``, or with the smallest suffix ``~n``
+    that makes Bytewax route it to worker ``slot % W`` for every worker count W dividing
+    :data:`BALANCE`. Plain ``stage-NNNN`` names hash where they happen to: on 2 workers 7 of 8
+    customer shards, all 4 lane shards and both model shards of ``SALVAGE_MODEL_SHARDS=2`` went
+    to the same worker, so a second process took half the cases and little else.
+
+    >>> [balanced_key("model", i) for i in range(2)]
+    ['model-0000~65', 'model-0001~88']
+    >>> [worker_of(balanced_key("case", i), 4) for i in range(8)]
+    [0, 1, 2, 3, 0, 1, 2, 3]
+    """
+    base = f"{stage}-{slot:04d}"
+    target = slot % BALANCE
+    key, n = base, 0
+    while siphash13(key.encode() + b"\xff") % BALANCE != target:
+        n += 1
+        key = f"{base}~{n}"
+    return key
+
+
 def case_key(shard: int) -> str:
-    return f"case-{shard:04d}"
+    return balanced_key("case", shard)
 
 
 def ctx_key(shard: int) -> str:
-    return f"ctx-{shard:04d}"
+    return balanced_key("ctx", shard)
 
 
 def model_key(shard: int) -> str:
-    return f"model-{shard:04d}"
+    return balanced_key("model", shard)
 
 
 def disp_key(shard: int) -> str:
-    return f"disp-{shard:04d}"
+    return balanced_key("disp", shard)
 
 
 def lane_key(shard: int) -> str:
-    return f"lane-{shard:04d}"
+    return balanced_key("lane", shard)
 
 
-OUT_KEY = "out"
-INTENT_KEY = "intent"  # the one intent stage of a deployment (whatever SALVAGE_SHARDS says)
+# the single-key stages, on different workers from the first model shard (slot 0) when there are
+# several: the output stage on slot 1, the intent stage on slot 3 (with it on 2 workers)
+OUT_KEY = balanced_key("out", 1)
+INTENT_KEY = balanced_key("intent", 3)  # one per deployment (whatever SALVAGE_SHARDS says)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import yaml
 
 from salvage.connectors.outputs import Action
 from salvage.features.eventtime import DAY_US, HOUR_US
-from salvage.flows.stages import CaseView, DispatchStage, StageConfig
+from salvage.flows.stages import OUT_KEY, CaseView, DispatchStage, StageConfig
 from salvage.policy.config import DEFAULT_POLICY, PolicyError, load_policy
 from salvage.policy.engine import decide, holdout_unit
 from salvage.scoring.baseline import ScoreResult
@@ -196,7 +196,7 @@ def _update(
 
 def _sent(stage) -> list:
     """Triggers queued for the output stage (then cleared)."""
-    box = stage._outbox.pop(("out", "out"), [])
+    box = stage._outbox.pop(("out", OUT_KEY), [])
     return [payload for _, _, (kind, payload) in box if kind == "trigger"]
 
 
