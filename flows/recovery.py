@@ -299,6 +299,7 @@ class FlowSpec:
     from_beginning: bool = False  # Kafka mode with no snapshot: ignore the group's offsets
     extra_sinks: dict[str, Any] = field(default_factory=dict)  # for tests: name -> sink
     process_id: int = 0  # in a multi-process cluster: file outputs are written by process 0
+    processes: int = 1  # the cluster's processes (SALVAGE_MODEL_SHARDS=0: a model shard each)
     # the stages' state journal (salvage run --recovery-dir: DIR/journal); None and not
     # inline_state: snapshots are skipped (a run without recovery)
     state_dir: Path | None = None
@@ -398,7 +399,11 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     cfg = stage_config(
         s, tuple(source.part_ids()), case_records="cases" in sinks, score_log="scores" in sinks
     )
-    cfg = replace(cfg, model_exports=spec.model_dir is not None)
+    cfg = replace(
+        cfg,
+        model_exports=spec.model_dir is not None,
+        model_shards=s.models.shards or max(1, spec.processes),
+    )
     store = StateStore(spec.state_dir, inline=spec.inline_state)
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
     metrics.LANE_ALERT_OPEN.clear()  # and the open-alert counts (a resume re-adds its own)
@@ -484,7 +489,19 @@ def spec_from_env() -> FlowSpec:
         out_dir=out_dir,
         to_end=not settings.dataflow.follow,
         process_id=process_id_from_env() or 0,
+        processes=_processes_from_env(),
     )
+
+
+def _processes_from_env() -> int:
+    """The cluster's process count from the variables ``bytewax.run`` reads (1 if unset or
+    inconsistent: ``bytewax.run`` itself reports that)."""
+    from salvage.runner import ClusterError, resolve_cluster
+
+    try:
+        return resolve_cluster().processes
+    except (ClusterError, OSError):
+        return 1
 
 
 def process_id_from_env(env: dict[str, str] | None = None) -> int | None:

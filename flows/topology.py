@@ -81,7 +81,7 @@ def stage_config(
         settled_grace_us=int(s.dataflow.settled_grace_days * 86_400 * 1e6),
         lane=s.lanes.config(),
         promise_rechecks_us=tuple(int(h * 3_600_000_000) for h in s.dataflow.promise_recheck_hours),
-        model_shards=s.models.shards,
+        model_shards=s.models.shards or 1,  # 0 (one per process): build_flow knows the count
         model=ModelConfig(
             min_labels=s.models.min_labels,
             promote_margin=s.models.promote_margin,

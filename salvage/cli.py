@@ -472,6 +472,7 @@ def run(
             out_dir=out_dir,
             case_store=use_store,
             process_id=cluster.process_id,
+            processes=cluster.processes,
         )
         secs = start(spec)
         if stop_requested():
@@ -497,6 +498,7 @@ def run(
             to_end=to_end,
             case_store=use_store,
             process_id=cluster.process_id,
+            processes=cluster.processes,
             out_dir=out_dir,  # the uplift's inputs (assignments, outcomes) land there
             from_beginning=from_beginning,
         )

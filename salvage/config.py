@@ -219,7 +219,11 @@ class ModelSettings(Group):
     flat_names = {"infer_intents": "infer_intents", "intent_threshold": "intent_threshold"}
 
     shards: int = Field(
-        1, ge=1, le=256, description="model replicas (stable key: customer); results per count"
+        0,
+        ge=0,
+        le=256,
+        description="model replicas (stable key: customer); 0: one per process of the cluster; "
+        "results are deterministic per count",
     )
     min_labels: int = Field(1000, ge=1, description="labels before a promotion is considered")
     promote_margin: float = Field(0.03, ge=0, description="AUC margin over the rules")

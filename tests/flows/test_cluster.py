@@ -106,9 +106,10 @@ def inputs(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def single(inputs, tmp_path_factory) -> dict[str, bytes]:
-    """The reference: one process, one worker."""
+    """The reference: one process, one worker, with the model shards a 2-process cluster has by
+    default (SALVAGE_MODEL_SHARDS=0: one per process; results are deterministic per count)."""
     root = tmp_path_factory.mktemp("single")
-    proc = _start(_run_args(inputs, root / "out"), root / "run.log")
+    proc = _start(_run_args(inputs, root / "out"), root / "run.log", {"SALVAGE_MODEL_SHARDS": "2"})
     _wait([proc], [root / "run.log"])
     got = _outputs(root / "out")
     assert got["interventions"].count(b"\n") > 100
@@ -187,10 +188,10 @@ def test_cluster_killed_mid_stream_resumes_byte_identical(inputs, single, tmp_pa
 
     dirs = [tmp_path / "db0", tmp_path / "db1"]
     found = [_model_shards(d) for d in dirs]
-    assert sorted(found) == [0, 1], found  # one model shard, in one process's directory
+    assert found == [1, 1], found  # a model shard per process (the default), each in its own
     summary = export_models(dirs, tmp_path / "export")
-    assert list(summary["shards"]) == ["model-0000"]
-    assert (tmp_path / "export" / "model-0000" / "abuse.json").is_file()
+    assert list(summary["shards"]) == ["model-0000", "model-0001"]
+    assert (tmp_path / "export" / "model-0001" / "abuse.json").is_file()
 
 
 def _model_shards(db: Path) -> int:
