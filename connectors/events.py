@@ -22,8 +22,6 @@ from pydantic import (
     TypeAdapter,
 )
 
-from salvage.fastpickle import reduce_model
-
 SCHEMA_VERSION: Final = 1
 
 # Time bounds: anything outside is a data error (a clock set to 1970 or to year 9999), not a case.
@@ -136,8 +134,6 @@ class AbuseFlag(StrEnum):
 
 class _Model(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-    __reduce__ = reduce_model  # cheap across a cluster's processes (salvage/fastpickle.py)
 
 
 class _Event(_Model):

@@ -18,7 +18,6 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from salvage.connectors.events import SCHEMA_VERSION
-from salvage.fastpickle import reduce_model
 
 
 class Action(StrEnum):
@@ -38,8 +37,6 @@ class Priority(StrEnum):
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    __reduce__ = reduce_model  # cheap across a cluster's processes (salvage/fastpickle.py)
 
 
 class Scores(_Out):
