@@ -266,8 +266,13 @@ def test_a_recovery_dir_refuses_different_arguments(tmp_path):
     assert prepare_recovery(rec, spec(shards=4)) is True  # resumes
     with pytest.raises(RecoveryMismatch, match="shards"):
         prepare_recovery(rec, spec(shards=5))
+    # the model replicas in effect: customers map to them by count
+    assert prepare_recovery(rec, spec(shards=4, model_shards=1)) is True  # the default's count
+    with pytest.raises(RecoveryMismatch, match="model_shards"):
+        prepare_recovery(rec, spec(shards=4, model_shards=2))
     manifest = json.loads((tmp_path / "db" / "salvage-run.json").read_text())
     assert manifest["mode"] == "file" and manifest["shards"] == 4
+    assert manifest["model_shards"] == 1
     # state written by an older Salvage (no or another state_version): a clear refusal
     old = {k: v for k, v in manifest.items() if k != "state_version"}
     (tmp_path / "db" / "salvage-run.json").write_text(json.dumps(old))
