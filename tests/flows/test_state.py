@@ -24,6 +24,7 @@ from salvage.flows.messages import Event, Tick
 from salvage.flows.plain import PlainLoop
 from salvage.flows.sources import _Parser, file_part_id
 from salvage.flows.stages import CaseStage, IntentStage, ModelStage, StageConfig
+from salvage.flows.stages.base import case_key, model_key
 from salvage.flows.state import (
     CODEC_VERSION,
     StageState,
@@ -138,7 +139,7 @@ def test_a_snapshot_writes_only_what_changed(story, tmp_path):
     for lines in batches[:6]:
         pipe.feed(lines, fed, final=False)
         fed += len(lines)
-    stage = pipe.stages["cases"]["case-0000"]
+    stage = pipe.stages["cases"][case_key(0)]
     state = StageState(stage).track()
     _header, entries = state.full()
     assert len(stage.cases) > 50 and sum(k.startswith("c:") for k in entries) == len(stage.cases)
@@ -153,12 +154,12 @@ def test_a_snapshot_writes_only_what_changed(story, tmp_path):
     _h, changed, deleted = state.delta()
     assert changed == {} and deleted == [f"c:{order_id}"]
     # the model shard's River models are rewritten only when they learned
-    models = StageState(pipe.stages["models"]["model-0000"]).track()
+    models = StageState(pipe.stages["models"][model_key(0)]).track()
     _h, entries = models.full()
     assert {"m:recoverability", "m:abuse"} <= set(entries)
     _h, changed, _d = models.delta()
     assert not any(k.startswith("m:") for k in changed)
-    pipe.stages["models"]["model-0000"].models.abuse.labels += 1
+    pipe.stages["models"][model_key(0)].models.abuse.labels += 1
     _h, changed, _d = models.delta()
     assert [k for k in changed if k.startswith("m:")] == ["m:abuse"]
 
