@@ -363,7 +363,8 @@ def pipeline(
 HOPS = (
     "scheduled send -> read by the source",
     "read -> applied by its case shard (watermark)",
-    "applied -> trigger to the producer (stages)",
+    "applied -> trigger decided (context, models, dispatch)",
+    "decided -> trigger to the producer (output stage)",
     "producer -> read back (output topic)",
 )
 
@@ -372,13 +373,13 @@ def breakdown(hops: list[tuple[float, float, str]], stamps_path: Path) -> str:
     """Where each measured trigger's latency went, from the pipeline's stamps (``--breakdown``):
     p50/p95/p99/max ms per hop, over the triggers whose event was stamped at every point."""
     stamps = json.loads(stamps_path.read_text())
-    read, applied, sunk = stamps["read"], stamps["case"], stamps["sink"]
-    parts: list[list[float]] = [[], [], [], [], []]
+    read, applied, decided, sunk = (stamps[k] for k in ("read", "case", "dispatch", "sink"))
+    parts: list[list[float]] = [[], [], [], [], [], []]
     for sched, arrival, src in hops:
-        r, c, s = read.get(src), applied.get(src), sunk.get(src)
-        if r is None or c is None or s is None:
+        r, c, d, s = read.get(src), applied.get(src), decided.get(src), sunk.get(src)
+        if r is None or c is None or d is None or s is None:
             continue
-        for k, x in enumerate((r - sched, c - r, s - c, arrival - s, arrival - sched)):
+        for k, x in enumerate((r - sched, c - r, d - c, s - d, arrival - s, arrival - sched)):
             parts[k].append(x * 1e3)
     rows = [
         [name, f"{len(xs):,}", *(f"{pct(xs, q):,.1f}" for q in (0.5, 0.95, 0.99, 1.0))]
