@@ -307,6 +307,11 @@ class FlowSpec:
     model_dir: Path | None = None  # model checkpoints for `salvage models export` (DIR/models)
 
     @property
+    def model_shards(self) -> int:
+        """The model replicas in effect: ``SALVAGE_MODEL_SHARDS``, or one per process (0)."""
+        return self.settings.models.shards or max(1, self.processes)
+
+    @property
     def file_mode(self) -> bool:
         return bool(self.inputs)
 
@@ -402,7 +407,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     cfg = replace(
         cfg,
         model_exports=spec.model_dir is not None,
-        model_shards=s.models.shards or max(1, spec.processes),
+        model_shards=spec.model_shards,
     )
     store = StateStore(spec.state_dir, inline=spec.inline_state)
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on

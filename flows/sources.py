@@ -647,18 +647,16 @@ class _Seen:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._times: list[float] = []
-        self._values: list[int] = []
-        self.top = BEGIN
+        self._values: list[int] = []  # increasing: the last one is the highest yet
         self.last_read = float("-inf")
 
     def note(self, now: float, max_t: int) -> None:
         with self._lock:
             if now > self.last_read:
                 self.last_read = now
-            if max_t <= self.top:
-                return
-            self.top = max_t
             times, values = self._times, self._values
+            if values and max_t <= values[-1]:
+                return
             if times and now - times[-1] < 0.002:
                 times[-1], values[-1] = now, max_t
             else:
@@ -1003,8 +1001,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._adv_used = sent + 1e-9  # the next answer must be a newer one
             if offsets is not None:
                 low, high = offsets
-                position = self._offset if self._offset >= 0 else low
-                if 0 <= high <= position and self._caught_up():
+                if 0 <= high <= self._position(low) and self._caught_up():
                     v = self._seen.at(sent - CLOCK_SETTLE_S)
                     if v > clock.max_t:
                         clock.max_t = v
@@ -1042,11 +1039,16 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._last_data = now
             return sent, True
         low, high = offsets
-        if high > (self._offset if self._offset >= 0 else low):
+        if high > self._position(low):
             self._known_high = high
             self._last_data = now
             return sent, True
         return sent, False
+
+    def _position(self, low: int) -> int:
+        """The next offset to read; ``low`` (the partition's first offset) before anything was
+        read: from the start."""
+        return self._offset if self._offset >= 0 else low
 
     def _caught_up(self) -> bool:
         """Position >= high watermark, from the watermark librdkafka caches from every fetch
@@ -1055,7 +1057,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             low, high = self._consumer.get_watermark_offsets(self._wm_tp, cached=True)
         except KafkaException:
             return False
-        position = self._offset if self._offset >= 0 else low  # nothing read yet: from the start
+        position = self._position(low)
         return high >= 0 and position >= max(high, self._known_high)
 
     def _report_lag(self, now: float, force: bool = False) -> None:
@@ -1067,7 +1069,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             low, high = self._consumer.get_watermark_offsets(self._wm_tp, cached=True)
         except KafkaException:
             return
-        position = self._offset if self._offset >= 0 else low  # nothing read yet: from the start
+        position = self._position(low)
         if high < 0 or position < 0:
             return
         self._lag_at = now

@@ -61,16 +61,13 @@ def fast_pickle(cls: type[T]) -> type[T]:
     """Class decorator (above ``@dataclass(slots=True)``): pickle instances as ``revive(cls,
     field values)``."""
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    get = attrgetter(*names)
-    if len(names) == 1:
-        name = names[0]
+    get: Callable[[Any], tuple] = attrgetter(*names)
+    if len(names) == 1:  # attrgetter of one name gives the value, not a 1-tuple
+        one = get
+        get = lambda obj: (one(obj),)  # noqa: E731
 
-        def __reduce__(self: Any) -> tuple:
-            return (revive, (cls, (getattr(self, name),)))
-    else:
-
-        def __reduce__(self: Any) -> tuple:
-            return (revive, (cls, get(self)))
+    def __reduce__(self: Any) -> tuple:
+        return (revive, (cls, get(self)))
 
     cls.__reduce__ = __reduce__  # type: ignore[method-assign]
     return cls

@@ -97,8 +97,7 @@ def run_manifest(spec: FlowSpec, cluster: Cluster | None = None) -> dict[str, ob
     doc: dict[str, object] = {
         "state_version": STATE_VERSION,
         "shards": s.dataflow.shards,
-        # the model replicas in effect (customers map to them by count): as build_flow counts
-        "model_shards": s.models.shards or max(1, spec.processes),
+        "model_shards": spec.model_shards,  # customers map to the replicas by their count
         "mode": "file" if spec.file_mode else "kafka",
     }
     if cluster is not None and cluster.multi_process:

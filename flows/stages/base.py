@@ -117,7 +117,7 @@ def balanced_key(stage: str, slot: int) -> str:
     base = f"{stage}-{slot:04d}"
     target = slot % BALANCE
     key, n = base, 0
-    while siphash13(key.encode() + b"\xff") % BALANCE != target:
+    while worker_of(key, BALANCE) != target:
         n += 1
         key = f"{base}~{n}"
     return key
