@@ -21,7 +21,8 @@ For each rate, on fresh topics of one embedded broker (Tansu, 4 partitions per t
    a run's last ~2 s. ``--steady`` cuts the log from a longer simulation, before the drain-down
    (returns then 1.5% of the events: the simulation's first days have few).
    ``--breakdown`` splits each measured trigger's latency into its hops (read by the source,
-   released by the watermark to its case shard, trigger produced, read back).
+   released by the watermark to its case shard, decided by dispatch, handed to the producer by
+   the output stage, read back).
 
 **No coordinated omission.** Event i is scheduled at t0 + i / rate (wall clock) and its latency
 runs from that scheduled time, not from when the producer got round to sending it: a stalled
@@ -327,24 +328,20 @@ def pipeline(
                 seen, quiet_since = reader.count, time.monotonic()
         last_arrival = reader.last_arrival
         arrivals = reader.stop()
-        lat = []
-        at = []  # each measured latency's scheduled send time, s after t0 (for --series)
-        hops = []  # (scheduled send, trigger arrival, source event id) for --breakdown
+        # each measured trigger: (its event's scheduled send time, its arrival, the event's id)
+        measured = []
         for src, now in arrivals:
             i = index.get(src)  # type: ignore[arg-type]
             if i is not None and skip <= i < stop:
-                lat.append(now - (t0 + i / rate))  # from its scheduled send time
-                at.append(i / rate)
-                hops.append((t0 + i / rate, now, src))
+                measured.append((t0 + i / rate, now, src))
         drained_s = max(produced_s, last_arrival - t0)
         # events of a partition that had been declared idle, behind the watermark: re-stamped
         late_after_idle = _counter(port, "salvage_late_after_idle_total")
         return {
-            "hops": hops,
+            "measured": measured,
+            "t0": t0,
             "stamps": stamps if breakdown else None,
             "late_after_idle": late_after_idle,
-            "lat": lat,
-            "at": at,
             "achieved": achieved,
             "events": total,
             "triggers": len(arrivals),
@@ -369,13 +366,13 @@ HOPS = (
 )
 
 
-def breakdown(hops: list[tuple[float, float, str]], stamps_path: Path) -> str:
+def breakdown(measured: list[tuple[float, float, str]], stamps_path: Path) -> str:
     """Where each measured trigger's latency went, from the pipeline's stamps (``--breakdown``):
     p50/p95/p99/max ms per hop, over the triggers whose event was stamped at every point."""
     stamps = json.loads(stamps_path.read_text())
     read, applied, decided, sunk = (stamps[k] for k in ("read", "case", "dispatch", "sink"))
     parts: list[list[float]] = [[], [], [], [], [], []]
-    for sched, arrival, src in hops:
+    for sched, arrival, src in measured:
         r, c, d, s = read.get(src), applied.get(src), decided.get(src), sunk.get(src)
         if r is None or c is None or d is None or s is None:
             continue
@@ -490,7 +487,8 @@ def main() -> None:
                     args.cooldown,
                     args.breakdown,
                 )
-                lat = res["lat"]
+                # latency from each event's scheduled send time
+                lat = [arrival - sched for sched, arrival, _ in res["measured"]]
                 p50, p95, p99 = (pct(lat, q) * 1e3 for q in (0.5, 0.95, 0.99))
                 if rate == TARGET_RATE and wait == args.fetch_wait_ms[0]:
                     p99_at_target = p99
@@ -513,9 +511,9 @@ def main() -> None:
                 )
                 say(f"  p50/p95/p99 {p50:,.0f}/{p95:,.0f}/{p99:,.0f} ms ({len(lat):,} triggers)")
                 if args.series:
-                    say(series(res["at"], lat))
+                    say(series([sched - res["t0"] for sched, _, _ in res["measured"]], lat))
                 if args.breakdown and res["stamps"] is not None:
-                    say(breakdown(res["hops"], res["stamps"]))
+                    say(breakdown(res["measured"], res["stamps"]))
     print(f"\nevent-to-trigger latency, Kafka mode (embedded broker), one worker, {machine()}")
     print(
         table(
