@@ -213,22 +213,56 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _applied(port: int) -> int:
-    """Input records the running flow has accounted for (applied, duplicate or dead letter),
-    from its /metrics endpoint; 0 while it is not up yet."""
+def _scrape(port: int) -> dict[str, float] | None:
+    """A running flow's /metrics: each sample name's total over its labels; None while it is
+    not up."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
     except OSError:
-        return 0
-    names = {"salvage_events", "salvage_duplicate_events", "salvage_dead_letters"}
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text.decode())
-            if family.name in names
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        )
+        return None
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def _applied(port: int) -> int:
+    """Input records the running flow has accounted for (applied, duplicate or dead letter),
+    from its /metrics endpoint; 0 while it is not up yet."""
+    totals = _scrape(port) or {}
+    names = ("salvage_events", "salvage_duplicate_events", "salvage_dead_letters")
+    return int(sum(totals.get(f"{name}_total", 0.0) for name in names))
+
+
+def _follow_env(settings: Settings, port: int | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a ``salvage run --follow`` subprocess on ``settings``' topics (3
+    partitions each), with its /metrics on ``port`` when given."""
+    env = {
+        "SALVAGE_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+        "SALVAGE_TOPIC_PARTITIONS": "3",
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
+        **extra,
+    }
+    if port is not None:
+        env.update({"SALVAGE_METRICS_PORT": str(port), "SALVAGE_METRICS_HOST": "127.0.0.1"})
+    return env
+
+
+def _live_source(conf: dict, topics: dict[str, str], idle_s: float) -> KafkaEventSource:
+    """A following Kafka source over one-partition ``topics`` (stream -> topic), the default
+    tolerance (60 s) and lateness bound (7 days)."""
+    return KafkaEventSource(
+        conf,
+        topics,
+        dict.fromkeys(topics.values(), 1),
+        tolerance_us=60_000_000,
+        max_lateness_us=7 * 86_400_000_000,
+        to_end=False,
+        idle_s=idle_s,
     )
 
 
@@ -267,16 +301,7 @@ def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
     expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
 
     port = _free_port()
-    env = {
-        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-        "SALVAGE_TOPIC_PARTITIONS": "3",
-        "SALVAGE_METRICS_PORT": str(port),
-        "SALVAGE_METRICS_HOST": "127.0.0.1",
-        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
-        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
-        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
-        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
-    }
+    env = _follow_env(settings, port)
     proc = salvage_cli(
         "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary", env=env
     )
@@ -314,25 +339,6 @@ def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
     assert took <= 5.0
 
 
-def _metrics_up(port: int) -> bool:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-    except OSError:
-        return False
-    return True
-
-
-def _counter(port: int, name: str) -> float:
-    """A counter's total over its labels on a running flow's /metrics endpoint."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text.decode())
-        for sample in family.samples
-        if sample.name == name
-    )
-
-
 @pytest.mark.integration
 def test_follow_with_streams_published_behind_the_orders_equals_file_mode(
     kafka_broker, log, file_mode, unique_name, salvage_cli, tmp_path
@@ -365,17 +371,7 @@ def test_follow_with_streams_published_behind_the_orders_equals_file_mode(
     expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
 
     port = _free_port()
-    env = {
-        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-        "SALVAGE_TOPIC_PARTITIONS": "3",
-        "SALVAGE_METRICS_PORT": str(port),
-        "SALVAGE_METRICS_HOST": "127.0.0.1",
-        "SALVAGE_REORDER_TOLERANCE_SECONDS": str(2 * 86_400),
-        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in inputs.items()},
-        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
-        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
-        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
-    }
+    env = _follow_env(settings, port, SALVAGE_REORDER_TOLERANCE_SECONDS=str(2 * 86_400))
     proc = salvage_cli(
         "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary", env=env
     )
@@ -392,7 +388,7 @@ def test_follow_with_streams_published_behind_the_orders_equals_file_mode(
     producer = Producer(settings.kafka.as_librdkafka_dict())
     try:
         deadline = time.monotonic() + 60
-        while not _metrics_up(port):
+        while _scrape(port) is None:
             assert time.monotonic() < deadline and proc.poll() is None, proc.err_path.read_text()
             time.sleep(0.2)
         start = time.monotonic()
@@ -407,8 +403,9 @@ def test_follow_with_streams_published_behind_the_orders_equals_file_mode(
             assert proc.poll() is None, proc.err_path.read_text()
             read(0.1)
         read(1.0)  # quiet on: nothing more comes
-        late = _counter(port, "salvage_late_events_total")
-        late_after_idle = _counter(port, "salvage_late_after_idle_total")
+        totals = _scrape(port) or {}
+        late = totals.get("salvage_late_events_total", 0.0)
+        late_after_idle = totals.get("salvage_late_after_idle_total", 0.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
     finally:
@@ -440,14 +437,7 @@ def test_follow_raises_file_modes_lane_alerts_on_an_incident(
         3,
     )
     publish_log(settings, log)
-    env = {
-        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-        "SALVAGE_TOPIC_PARTITIONS": "3",
-        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
-        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
-        "SALVAGE_TOPIC_LANE_ALERTS": settings.topics.lane_alerts,
-        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
-    }
+    env = _follow_env(settings)
     proc = salvage_cli(
         "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary", env=env
     )
@@ -639,15 +629,7 @@ def test_a_waking_partition_holds_until_every_idle_one_checked_its_offsets(kafka
     orders, scans = unique_name("orders-wake"), unique_name("deliveries-wake")
     ensure_topics(kafka_conf, [orders, scans], 1)
     idle_s = 0.3
-    source = KafkaEventSource(
-        kafka_conf,
-        {"orders": orders, "deliveries": scans},
-        {orders: 1, scans: 1},
-        tolerance_us=60_000_000,
-        max_lateness_us=7 * 86_400_000_000,
-        to_end=False,
-        idle_s=idle_s,
-    )
+    source = _live_source(kafka_conf, {"orders": orders, "deliveries": scans}, idle_s)
     a_id, b_id = kafka_part_id(orders, 0), kafka_part_id(scans, 0)
     a, b = source.build_part("in", a_id, None), source.build_part("in", b_id, None)
     came: list[tuple[str, object]] = []  # every item, in the order the partitions emitted them
@@ -773,16 +755,8 @@ def test_a_sparse_partition_follows_the_stream_by_checked_clocks(kafka_conf, uni
     and B's clock stays behind that event however far A goes, so it is not late when it comes."""
     orders, scans = unique_name("orders-checked"), unique_name("deliveries-checked")
     ensure_topics(kafka_conf, [orders, scans], 1)
-    tol = 60_000_000
-    source = KafkaEventSource(
-        kafka_conf,
-        {"orders": orders, "deliveries": scans},
-        {orders: 1, scans: 1},
-        tolerance_us=tol,
-        max_lateness_us=7 * 86_400_000_000,
-        to_end=False,
-        idle_s=30.0,
-    )
+    tol = 60_000_000  # _live_source's
+    source = _live_source(kafka_conf, {"orders": orders, "deliveries": scans}, idle_s=30.0)
     a_id, b_id = kafka_part_id(orders, 0), kafka_part_id(scans, 0)
     a, b = source.build_part("in", a_id, None), source.build_part("in", b_id, None)
     reorderer = Reorderer([a_id, b_id])
@@ -864,15 +838,7 @@ def test_a_checked_clock_takes_what_was_read_a_settle_margin_before_its_check(
     nothing."""
     topic = unique_name("deliveries-rule")
     ensure_topics(kafka_conf, [topic], 1)
-    source = KafkaEventSource(
-        kafka_conf,
-        {"deliveries": topic},
-        {topic: 1},
-        tolerance_us=60_000_000,
-        max_lateness_us=7 * 86_400_000_000,
-        to_end=False,
-        idle_s=30.0,
-    )
+    source = _live_source(kafka_conf, {"deliveries": topic}, idle_s=30.0)
     part_id = kafka_part_id(topic, 0)
     b = source.build_part("in", part_id, None)
     clear_stop()

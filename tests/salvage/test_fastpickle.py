@@ -13,7 +13,6 @@ from salvage.connectors.events import Stream
 from salvage.connectors.fastparse import parse_fast
 from salvage.connectors.outputs import DeadLetterKind
 from salvage.connectors.parse import RawRecord, dead_letter
-from salvage.fastpickle import slot_maker
 from salvage.flows.items import Overdue
 from salvage.flows.messages import CaseView, InferredContact
 from salvage.scoring.baseline import ScoreResult
@@ -89,10 +88,3 @@ def test_events_inside_wrappers_come_back_equal(tmp_path):
             back = pickle.loads(pickle.dumps(item, 5))
             assert type(back) is type(item) and back == item
             assert pickle.loads(_old_way(item)) == item
-
-
-def test_the_slot_maker_builds_what_the_constructor_builds():
-    values = ("O1", "C1", 5, "e1", ("scan",), {"f": 1.0}, "open", None, "l", "c", "s", "EUR")
-    values += (10.0, 0.0, False, (), None, "", 0.0, 0)
-    made, reference = slot_maker(CaseView)(*values), CaseView(*values)
-    assert type(made) is CaseView and made == reference
