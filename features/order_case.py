@@ -10,7 +10,7 @@ hypothesis test checks that any order within the reorder tolerance yields the sa
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +216,9 @@ class OrderCase:
     # what only a return (or a claim, a review) sets: see ReturnState and the properties of the
     # same names below; None until the first of them
     ret: ReturnState | None = None
+    # the deadline of this case's entry in its case stage's timer heap (0: none): an update that
+    # leaves the next deadline where it was pushes nothing (not state: recomputed on load)
+    timer: int = field(default=0, compare=False, repr=False)
 
     if TYPE_CHECKING:  # for the type checker: the ReturnState fields, properties (_delegate)
         return_id: str = ""
@@ -694,7 +697,7 @@ del _name
 
 # the order of a case's values in recovery state (flows/state.py), as before ReturnState: the
 # ReturnState fields after wismo_after_delivered, ``ret`` itself not stored
-_CORE = [f.name for f in fields(OrderCase) if f.name != "ret"]
+_CORE = [f.name for f in fields(OrderCase) if f.name not in ("ret", "timer")]
 _AT = _CORE.index("wismo_after_delivered") + 1
 STATE_FIELDS: tuple[str, ...] = (*_CORE[:_AT], *RETURN_FIELDS, *_CORE[_AT:])
 

@@ -409,12 +409,13 @@ class CaseCodec(_Base):
 
         # deadlines follow the config (return window, journey thresholds, promise re-checks)
         rechecks = cfg.promise_rechecks_us
-        stage.timers = [
-            (d, oid)
-            for oid, case in stage.cases.items()
-            if (d := case.next_deadline(cfg.return_window_us, stage.journey, rechecks))
-        ]
-        heapq.heapify(stage.timers)
+        timers = []
+        for oid, case in stage.cases.items():
+            case.timer = case.next_deadline(cfg.return_window_us, stage.journey, rechecks)
+            if case.timer:
+                timers.append((case.timer, oid))
+        heapq.heapify(timers)
+        stage.timers = timers
         keep = max(TOMBSTONE_US, cfg.settled_grace_us)
         stage.tomb_heap = [(t + keep, oid) for oid, t in stage.tombstones.items()]
         heapq.heapify(stage.tomb_heap)

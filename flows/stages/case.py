@@ -83,7 +83,8 @@ class CaseStage(_Stage):
         deadline = case.next_deadline(
             self.cfg.return_window_us, self.journey, self.cfg.promise_rechecks_us
         )
-        if deadline:
+        if deadline and deadline != case.timer:
+            case.timer = deadline
             heapq.heappush(self.timers, (deadline, case.order_id))
 
     def _fire_timers(self, until: int, out: Emit) -> None:
@@ -94,7 +95,11 @@ class CaseStage(_Stage):
         while timers and timers[0][0] < until:
             deadline, order_id = heapq.heappop(timers)
             case = self.cases.get(order_id)
-            if case is None or case.next_deadline(window, self.journey, rechecks) != deadline:
+            if case is None:
+                continue
+            if case.timer == deadline:  # its entry is out of the heap now (see _schedule)
+                case.timer = 0
+            if case.next_deadline(window, self.journey, rechecks) != deadline:
                 continue  # stale timer
             if case.core_deadline(window, rechecks) == deadline:
                 changes = case.on_time(deadline, window, rechecks)
@@ -467,7 +472,8 @@ class CaseStage(_Stage):
             deadline = case.next_deadline(
                 cfg.return_window_us, self.journey, cfg.promise_rechecks_us
             )
-            if deadline:
+            if deadline and deadline != case.timer:  # unchanged: its entry is in the heap
+                case.timer = deadline
                 heapq.heappush(self.timers, (deadline, case.order_id))
 
 
