@@ -1,7 +1,8 @@
 """``salvage`` with wall-clock stamps at three points of each event's way (``latency.py
 --breakdown``): read from Kafka by the source, applied by its case shard (out of the event-time
-reorderer: the watermark let it go), its trigger decided by the dispatch stage (sent on to the
-ordered output stage), and the trigger handed to the ``interventions`` producer.
+reorderer: the watermark let it go), its trigger built by the dispatch stage (in Kafka mode
+published from there: ``StageConfig.direct_triggers``), and the trigger handed to the
+``interventions`` producer.
 
 Run as the ``salvage`` command line (``python benchmarks/_latency_trace.py run --follow``); the
 stamps (event id -> wall time, first time seen) are written as JSON to ``$BENCH_TRACE_OUT`` when
@@ -27,7 +28,7 @@ STAMPS: dict[str, dict[str, float]] = {"read": {}, "case": {}, "dispatch": {}, "
 def _wrap() -> None:
     read, applied, decided, sunk = (STAMPS[k] for k in ("read", "case", "dispatch", "sink"))
     next_batch = sources._KafkaPartition.next_batch
-    send = dispatch.DispatchStage.send
+    build_trigger = dispatch.build_trigger
     apply_event = case.CaseStage._apply_event
     write_batch = kafka._KafkaOutputPartition.write_batch
 
@@ -45,10 +46,10 @@ def _wrap() -> None:
         applied.setdefault(ev.event_id, time.time())
         return apply_event(self, case_, t, tie, ev, inferred, out)
 
-    def traced_send(self, route, dest, t, tie, payload):  # type: ignore[no-untyped-def]
-        if type(payload) is tuple and payload and payload[0] == "trigger":
-            decided.setdefault(payload[1].source_event_id, time.time())
-        return send(self, route, dest, t, tie, payload)
+    def traced_build_trigger(decision, **kw):  # type: ignore[no-untyped-def]
+        trig = build_trigger(decision, **kw)
+        decided.setdefault(trig.source_event_id, time.time())
+        return trig
 
     def traced_write_batch(self, items):  # type: ignore[no-untyped-def]
         if "interventions" in self._topic:
@@ -59,7 +60,7 @@ def _wrap() -> None:
 
     sources._KafkaPartition.next_batch = traced_next_batch  # type: ignore[method-assign]
     case.CaseStage._apply_event = traced_apply_event  # type: ignore[method-assign]
-    dispatch.DispatchStage.send = traced_send  # type: ignore[method-assign]
+    dispatch.build_trigger = traced_build_trigger
     kafka._KafkaOutputPartition.write_batch = traced_write_batch  # type: ignore[method-assign]
 
 

@@ -361,7 +361,7 @@ HOPS = (
     "scheduled send -> read by the source",
     "read -> applied by its case shard (watermark)",
     "applied -> trigger decided (context, models, dispatch)",
-    "decided -> trigger to the producer (output stage)",
+    "decided -> trigger to the producer (Kafka sink step)",
     "producer -> read back (output topic)",
 )
 

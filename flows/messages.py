@@ -57,6 +57,7 @@ class Route(StrEnum):
     KPI = "kpi"  # a KPI fact (context, dispatch): Prometheus counters
     SCORE = "score"  # a per-prediction log record (benchmarks)
     MODEL_STATE = "model_state"  # a model shard's checkpoint (flows/model_sink.py)
+    TRIGGER = "trigger"  # Kafka mode: a trigger, published from its dispatch shard (direct)
 
 
 class Event(NamedTuple):

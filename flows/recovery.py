@@ -408,6 +408,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         cfg,
         model_exports=spec.model_dir is not None,
         model_shards=spec.model_shards,
+        direct_triggers=not spec.file_mode,
     )
     store = StateStore(spec.state_dir, inline=spec.inline_state)
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
@@ -448,6 +449,11 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     for out in OUTPUTS:
         if out.item == "dlq":
             items = op.merge("dead_letters", split.falses, *taps["dead_letters"])
+        elif out.item == "trigger" and cfg.direct_triggers:
+            # from the dispatch shards; the ordered stage's triggers too (none, unless a resume
+            # from state written when triggers went through it still holds some)
+            ordered_triggers = op.flat_map_batch(out.sink, ordered, _only(out.item))
+            items = op.merge("all_triggers", ordered_triggers, *taps["triggers"])
         else:
             items = op.flat_map_batch(out.sink, ordered, _only(out.item))
         streams[out.item] = items

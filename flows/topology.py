@@ -52,6 +52,7 @@ TAPS: dict[tuple[str, Route], str] = {
     ("dispatch", Route.SCORE): "scores",
     ("dispatch", Route.CASE_RECORD): "cases",
     ("models", Route.MODEL_STATE): "model_states",
+    ("dispatch", Route.TRIGGER): "triggers",  # StageConfig.direct_triggers (Kafka mode)
 }
 
 

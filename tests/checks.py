@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from salvage.config import Settings
-from salvage.connectors.parse import RawRecord
-from salvage.features.eventtime import END
 from salvage.flows.messages import Batch, Event, Route
 from salvage.flows.plain import PlainLoop
 from salvage.flows.recovery import _StageLogic
-from salvage.flows.sources import file_layout, file_part_id
+from salvage.flows.sources import file_part_id
 from salvage.flows.stages import StageConfig
 from salvage.flows.topology import StageSpec, graph, stage_config
 from salvage.policy.config import load_policy
+from tests.flowkit import feed_log
 
 Calls = list[list[Any]]  # the item lists of one shard's successive on_batch calls
 
@@ -52,18 +51,7 @@ class Recording:
             self.calls.setdefault(name, {}).setdefault(key, []).append(list(items))
 
         loop = PlainLoop(self.cfg, lambda k, p: self.outputs.append((k, p)), None, inspect)
-        layout = file_layout(part, s)  # the file source's own parse + clocks
-        lines = log.read_bytes().splitlines()
-        for start in range(0, len(lines), batch):
-            items: list = []
-            for n, value in enumerate(lines[start : start + batch], start + 1):
-                if value.strip():
-                    layout.handle(RawRecord(str(log), 0, n, value), items)
-            final = start + batch >= len(lines)
-            if final:
-                layout.release_held(items)
-            layout.tick(items, END if final else None)
-            loop.feed(items)
+        feed_log(loop, log, s, batch)  # the file source's own parse + clocks
 
     def spec(self, name: str) -> StageSpec:
         return next(st for st in graph(self.cfg) if st.name == name)

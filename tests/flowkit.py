@@ -56,3 +56,24 @@ def run_file_flow(
 
 def jsonl(data: bytes) -> list[dict]:
     return [json.loads(x) for x in data.splitlines()]
+
+
+def feed_log(loop: Any, log: Path, s: Settings, batch: int = 500) -> None:
+    """Feed a log through a :class:`~salvage.flows.plain.PlainLoop` as the file source reads it
+    (its layout's parse, clocks and ticks), ``batch`` lines per source batch, to the end."""
+    from salvage.connectors.parse import RawRecord
+    from salvage.features.eventtime import END
+    from salvage.flows.sources import file_layout, file_part_id
+
+    layout = file_layout(file_part_id(0, log), s)
+    lines = log.read_bytes().splitlines()
+    for start in range(0, len(lines), batch):
+        items: list = []
+        for n, value in enumerate(lines[start : start + batch], start + 1):
+            if value.strip():
+                layout.handle(RawRecord(str(log), 0, n, value), items)
+        final = start + batch >= len(lines)
+        if final:
+            layout.release_held(items)
+        layout.tick(items, END if final else None)
+        loop.feed(items)

@@ -176,6 +176,10 @@ class StageConfig:
     # dispatch skips decide() when policy.engine.could_decide says no rule or guardrail can hold
     # (same decisions: see could_decide); off: decide() on every update (the equality tests)
     decide_gate: bool = True
+    # Kafka mode: triggers leave from their dispatch shard (Route.TRIGGER, in the shard's
+    # event-time order, which is each customer's) instead of through the total-order output
+    # stage, one hop and one watermark wait earlier; file mode keeps the total order
+    direct_triggers: bool = False
     policy: Policy = field(default_factory=load_policy)
 
     def case_keys(self) -> list[str]:

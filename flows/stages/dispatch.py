@@ -165,7 +165,12 @@ class DispatchStage(_Stage):
                     _TRIGGERS(action.value).inc()
                     for reason in decision.reason_codes:
                         metrics.TRIGGER_REASONS.labels(action.value, reason).inc()
-                    self.send(Route.OUTPUT, OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig))
+                    if cfg.direct_triggers:
+                        out.append((Route.TRIGGER, trig))
+                    else:
+                        self.send(
+                            Route.OUTPUT, OUT_KEY, t, f"t|{trig.trigger_id}", ("trigger", trig)
+                        )
         if decision_doc is not None and self.cfg.case_records:
             self.last_decision[view.order_id] = decision_doc
         if self.cfg.case_records:

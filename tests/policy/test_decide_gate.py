@@ -15,18 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from salvage.config import Settings
-from salvage.connectors.parse import RawRecord
 from salvage.connectors.simulator import SCENARIOS, write_log
 from salvage.features.customer import CustomerContext
-from salvage.features.eventtime import END
 from salvage.features.order_case import OrderCase
 from salvage.flows.messages import Batch, Event, Route
 from salvage.flows.plain import PlainLoop
-from salvage.flows.sources import file_layout, file_part_id
+from salvage.flows.sources import file_part_id
 from salvage.flows.topology import stage_config
 from salvage.policy.config import Policy, holds, known_features, load_policy
 from salvage.policy.engine import could_decide, decide, gate_source
 from salvage.scoring.baseline import ScoreResult
+from tests.flowkit import feed_log
 
 FEATURES = sorted(set(OrderCase("o").features(0)) | set(CustomerContext("c").features(0)))
 RULE_NAMES = sorted(known_features())
@@ -165,18 +164,7 @@ def _run(log: Path, gate: bool) -> tuple[list[tuple[str, Any]], dict[str, int]]:
                 assert ok or d is None, (view.order_id, f, scored.scores)
 
     loop = PlainLoop(cfg, lambda k, p: seen.append((k, dump(p))), on_tap, inspect)
-    layout = file_layout(part, s)
-    lines = log.read_bytes().splitlines()
-    for start in range(0, len(lines), 500):
-        items: list = []
-        for n, value in enumerate(lines[start : start + 500], start + 1):
-            if value.strip():
-                layout.handle(RawRecord(str(log), 0, n, value), items)
-        final = start + 500 >= len(lines)
-        if final:
-            layout.release_held(items)
-        layout.tick(items, END if final else None)
-        loop.feed(items)
+    feed_log(loop, log, s)
     return seen, counts
 
 
