@@ -656,10 +656,16 @@ class ScoreBatch:
         s_rec, s_ab = self.rounded[j], self.rounded[j + 1]
         if snapshot:
             preds = self.preds
-            values = array("f", (preds[j], r_rec, preds[j + 1], r_ab))
             b = self.row_bytes
-            values.frombytes(self.buf[r * b : r * b + b])
-            ms._keep(order_id, t, values, returned, risk)
+            row = self.buf[r * b : r * b + b]
+            if ms._overwrite_latest(
+                order_id, t, preds[j], r_rec, preds[j + 1], r_ab, row, returned, risk
+            ):
+                pass
+            else:
+                values = array("f", (preds[j], r_rec, preds[j + 1], r_ab))
+                values.frombytes(row)
+                ms._keep(order_id, t, values, returned, risk)
         if rec_m.active or ab_m.active:
             # (the rule scores are rounded already: round is idempotent)
             scores = ScoreResult(
@@ -895,6 +901,39 @@ class ModelSet:
         values = array("f", (p_rec, r_rec, p_ab, r_ab))
         values.extend(raw)
         self._keep(order_id, t, values, returned, risk)
+
+    def _overwrite_latest(
+        self,
+        order_id: str,
+        t: int,
+        p_rec: float,
+        r_rec: float,
+        p_ab: float,
+        r_ab: float,
+        row: memoryview,
+        returned: bool,
+        risk: bool,
+    ) -> bool:
+        """:meth:`_keep` of a plain update (no return, no risk signal) of a case whose newest
+        snapshot is a "latest" of the same inputs: that one is rewritten in place (the same
+        values and time :meth:`_keep` would store, without a new array and Snapshot per update:
+        most updates are these). False: nothing done, :meth:`_keep` it."""
+        if returned or risk:
+            return False
+        snaps = self.pending.get(order_id)
+        if not snaps:
+            return False
+        last = snaps[-1]
+        v = last.v
+        if last.kind != "latest" or 4 * len(v) != 16 + len(row):
+            return False
+        last.t = t
+        v[0] = p_rec
+        v[1] = r_rec
+        v[2] = p_ab
+        v[3] = r_ab
+        memoryview(v).cast("B")[16:] = row
+        return True
 
     def _keep(self, order_id: str, t: int, values: array, returned: bool, risk: bool) -> None:
         """Keep a snapshot's packed values (see :class:`Snapshot`) as the case's "return",

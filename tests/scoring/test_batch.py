@@ -193,3 +193,26 @@ def test_round_is_idempotent_on_the_rule_scores():
     for i in range(100_000):
         p = round(1 / (1 + math.exp(-(i - 50_000) / 5000)), 6)
         assert round(p, 6) == p
+
+
+def test_plain_updates_keep_the_latest_snapshot_as_the_reference_does():
+    """Most updates are plain (no return, no risk signal) on a case whose newest snapshot is a
+    "latest": the batch path rewrites that one in place (``ModelSet._overwrite_latest``); the
+    snapshots, times and values included, are the reference's, through risk and return
+    snapshots and a close."""
+    steps = []
+    for i in range(40):
+        order = i % 3
+        values = {k: float((i * 3 + j) % 7) for j, k in enumerate(FEATURES)}
+        changes = ("delay_signal",) if i in (7, 8, 20) else ("scan",) if i % 2 else ()
+        returned = order == 1 and i > 25
+        action = "close" if i == 33 else "update"
+        steps.append((order, action, (values, "as-is"), changes, "kept", returned, ""))
+    items = [_item(i, s) for i, s in enumerate(steps)]
+    python, numba = (
+        _run("python", [items[:17], items[17:]]),
+        _run("numba", [items[:17], items[17:]]),
+    )
+    pending = numba[1][1]
+    assert {s[2] for snaps in pending.values() for s in snaps} == {"latest", "risk", "return"}
+    assert python == numba
