@@ -104,10 +104,12 @@ class _Parser:
     within the tolerance or a re-published copy, is applied and decides nothing). At the end of
     input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
-    it, and a log's sparse tail is normal. In Kafka mode the reference is also the highest clock
-    of the other partitions read by this process (``frontier``) once this partition is caught up
-    and quiet: its last events are then not held when the rest of the stream has moved on with
-    them (while data flows, a partition is judged on its own clock only).
+    it, and a log's sparse tail is normal. In Kafka mode the same holds once the partition is
+    caught up (a fresh end-offset check) and its process quiet (``idle_s``): that is where a
+    following run's input ends for now. (The reference there used to be the highest clock of the
+    other partitions *this process* read: in a cluster of several processes that is only part of
+    the stream, and a sparse partition's tail stayed held for good, so its events were never
+    applied.)
     The first event of a partition is exempt. While events are held, a Kafka partition's resume
     position (its snapshot) stays at the first held one, so a restart re-reads them (file mode
     keeps them in its snapshot instead).
@@ -121,13 +123,8 @@ class _Parser:
         max_t: int,
         max_future_us: int = 0,
         max_jump_us: int = 0,
-        frontier: dict[str, int] | None = None,
     ) -> None:
         self.part_id = part_id
-        self.frontier = frontier
-        # the frontier counts only for a partition that is caught up and quiet (set around
-        # release_held by the Kafka partition): in a burst the others may be days ahead
-        self.after_idle = False
         self.clock = PartitionClock(tolerance_us, max_lateness_us, max_t)
         self.last_tick: int | None = None
         self.max_future_us = max_future_us  # 0: no check
@@ -193,12 +190,11 @@ class _Parser:
         ref = self.clock.max_t
         if ref == BEGIN:
             return False  # a partition's first event is exempt
-        if self.frontier and self.after_idle:
-            ref = max(ref, max(self.frontier.values()))
         return t - ref > self.max_jump_us
 
     def release_held(self, out: list[Item], everything: bool = False) -> None:
-        """Apply the held events that the frontier now confirms (all of them: ``everything``)."""
+        """Apply the held events that are no jump from the clock now (all of them:
+        ``everything``)."""
         if not self.held or not (everything or not self._jumps(self.held[0][2])):
             return
         held, self.held = self.held, []
@@ -250,8 +246,6 @@ class _Parser:
         if eff != t:
             metrics.LATE.labels(_STREAM_VALUE[result.event_type]).inc()
         out.append(Event(eff, tie, result))
-        if self.frontier is not None:
-            self.frontier[self.part_id] = self.clock.max_t
 
     def tick(self, out: list[Item], wm: int | None = None) -> None:
         wm = self.clock.watermark if wm is None else wm
@@ -419,8 +413,6 @@ class _KafkaLayout:
             if eff != t:
                 metrics.LATE.labels(_STREAM_VALUE[result.event_type]).inc()
             out.append(_new_event(Event, (eff, tie, result)))
-            if parser.frontier is not None:
-                parser.frontier[parser.part_id] = clock.max_t
         if clock.max_t != before and (  # else _moved has nothing to do: checked here
             before == BEGIN or self._low is None or before - clock.tolerance_us <= self._low
         ):
@@ -832,7 +824,6 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         idle_s: float,
         resume,
         lag_interval_s: float = 1.0,
-        frontier: dict[str, int] | None = None,
         committed: bool = False,
         wakes: _Wakes | None = None,
         pace: _Pace | None = None,
@@ -848,9 +839,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
         self._part = kafka_part_id(topic, partition)
         self._offset = offset
         tol, late, _, future, jump = parser_args
-        self._parser = _Parser(
-            kafka_part_id(topic, partition), tol, late, max_t, future, jump, frontier
-        )
+        self._parser = _Parser(kafka_part_id(topic, partition), tol, late, max_t, future, jump)
         self._batch = batch_size
         self._pace = pace if pace is not None else _Pace(0.0, batch_size)
         self._to_end = to_end
@@ -945,10 +934,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
                 self._wake(now, self._parser.clock.watermark)  # data waits: hold from its clock
             else:
                 self._wakes.checked(self._part, check[0])
-                if self._parser.held:  # caught up: judge them against the rest of the stream
-                    self._parser.after_idle = True
-                    self._parser.release_held(out)
-                    self._parser.after_idle = False
+                # caught up and quiet: the partition's input ends here for now; what it holds
+                # is its tail (applied, as at the end of a file)
+                self._parser.release_held(out, everything=True)
                 if not self._idle:
                     self._idle = True
                     self._holding = False
@@ -1171,8 +1159,6 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
         self._idle_s = idle_s
         self._batch = batch_size
         self._lag_interval_s = lag_interval_s
-        # highest clock of each partition this process reads (the clock bound's reference)
-        self._frontier: dict[str, int] = {}
         self._wakes = _Wakes(self.part_ids())  # wake-ups settled by offsets, in this process
         self._pace = _Pace(batch_ms / 1000, batch_size)  # time-bounded reads, in this process
         self._probe = _EndOffsets(self._conf)  # fresh end-offset checks, in this process
@@ -1202,7 +1188,6 @@ class KafkaEventSource(FixedPartitionedSource[Item, tuple]):
             self._idle_s,
             resume_state,
             self._lag_interval_s,
-            self._frontier,
             self._committed,
             self._wakes,
             self._pace,

@@ -340,6 +340,70 @@ def test_follow_on_preloaded_topics_emits_file_modes_triggers_once_quiet(
 
 
 @pytest.mark.integration
+def test_a_two_process_cluster_following_kafka_emits_file_modes_triggers(
+    kafka_broker, log, file_mode, unique_name, salvage_cli, tmp_path
+):
+    """Scale-out in Kafka mode (the cluster tests run file mode): two ``salvage run --follow``
+    processes (``--addresses``, ``--process-id``) on preloaded topics, shard keys balanced over
+    their workers and one model shard (file mode's count, so the results compare), publish
+    exactly file mode's trigger ids, each once. Both processes read input and both publish
+    triggers: each dispatch shard publishes its own (``StageConfig.direct_triggers``).
+
+    This test found a bug: a sparse partition's tail events held by the clock bound (a jump of
+    more than 6 h from its own last event) were confirmed against the highest clock of the
+    partitions *this process* read; in a cluster that can stay behind them for good, and a
+    support contact was never applied (one trigger missing, another one fired instead). A
+    partition caught up and quiet now applies what it holds, as the end of a file does."""
+    settings = _settings(kafka_broker.bootstrap, unique_name("cl"))
+    ensure_topics(
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        3,
+    )
+    publish_log(settings, log)
+    expected = {t["trigger_id"] for t in jsonl(file_mode["interventions"])}
+    addresses = f"127.0.0.1:{_free_port()},127.0.0.1:{_free_port()}"
+    ports = [_free_port(), _free_port()]
+    procs = [
+        salvage_cli(
+            *("run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary"),
+            *("--addresses", addresses, "--process-id", str(i)),
+            env=_follow_env(settings, ports[i], SALVAGE_MODEL_SHARDS="1"),
+        )
+        for i in range(2)
+    ]
+    got: list[str] = []
+    reader = _reader(settings, settings.topics.interventions)
+    try:
+        deadline = time.monotonic() + 120
+        last_new = time.monotonic()
+        while len(set(got)) < len(expected) and time.monotonic() < deadline:
+            for proc in procs:
+                assert proc.poll() is None, proc.err_path.read_text()
+            fresh = [json.loads(m.value())["trigger_id"] for m in reader.consume(1000, 0.2)]
+            got += fresh
+            if fresh:
+                last_new = time.monotonic()
+            elif got and time.monotonic() - last_new > 15:  # quiet: nothing more is coming
+                break
+        quiet = time.monotonic() + 2.0  # nothing more comes
+        while time.monotonic() < quiet:
+            got += [json.loads(m.value())["trigger_id"] for m in reader.consume(1000, 0.2)]
+        totals = [_scrape(port) or {} for port in ports]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
+    finally:
+        reader.close()
+    assert len(got) == len(set(got))  # each once
+    assert set(got) == expected
+    for t in totals:  # both processes read input and published triggers
+        assert t.get("salvage_events_total", 0) > 0 and t.get("salvage_triggers_total", 0) > 0
+    assert sum(t["salvage_triggers_total"] for t in totals) == len(expected)
+
+
+@pytest.mark.integration
 def test_follow_with_streams_published_behind_the_orders_equals_file_mode(
     kafka_broker, log, file_mode, unique_name, salvage_cli, tmp_path
 ):
