@@ -32,6 +32,7 @@ from salvage.config import Settings
 from salvage.connectors.outputs import OUTPUTS, DeadLetter, OutputStream
 from salvage.connectors.parse import set_dead_letter_max_bytes
 from salvage.flows.journal import EpochJournal, JournalError, JournalRef
+from salvage.flows.messages import Route
 from salvage.flows.model_sink import write_checkpoints
 from salvage.flows.sources import EventLogSource, KafkaEventSource, clock_settings
 from salvage.flows.stages import StageConfig
@@ -440,6 +441,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     ordered = steps["output"]
     taps: dict[str, list] = {}
     for (stage, route), name in TAPS.items():
+        if route is Route.TRIGGER and not cfg.direct_triggers:
+            continue  # file mode: triggers go through the ordered output stage
         taps.setdefault(name, []).append(
             op.flat_map_batch(f"{stage}_{name}", steps[stage], _only(route))
         )
