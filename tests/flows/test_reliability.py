@@ -809,6 +809,53 @@ def _us(second: int) -> int:
 
 
 @pytest.mark.integration
+def test_a_quiet_partition_applies_the_jump_it_holds(kafka_conf, unique_name):
+    """The clock bound holds an event more than 6 h past its partition's last one until later
+    events confirm or reject it. A partition that then stays caught up and quiet has its input
+    end there for now: it applies what it holds, at the events' own times, before it goes idle,
+    as the end of a file does. (It used to judge them against the highest clock of the
+    partitions its own process read; alone, or in a cluster behind the rest of the stream, that
+    kept them held for good, never applied.)"""
+    scans = unique_name("deliveries-jump")
+    ensure_topics(kafka_conf, [scans], 1)
+    source = KafkaEventSource(
+        kafka_conf,
+        {"deliveries": scans},
+        {scans: 1},
+        tolerance_us=60_000_000,
+        max_lateness_us=7 * 86_400_000_000,
+        max_jump_us=6 * 3_600_000_000,  # the default clock bound
+        to_end=False,
+        idle_s=0.3,
+    )
+    part = source.build_part("in", kafka_part_id(scans, 0), None)
+    producer = Producer(kafka_conf)
+    producer.produce(scans, _scan(0, _at(0)), partition=0)
+    later = "2026-03-04T10:00:00Z"  # two days after _at(0): a jump
+    producer.produce(scans, _scan(1, later), partition=0)
+    assert producer.flush(10) == 0
+    events: list[Event] = []
+    idle = False
+    clear_stop()
+    try:
+        deadline = time.monotonic() + 20
+        while not idle:
+            assert time.monotonic() < deadline, f"not idle; emitted {events}"
+            for item in part.next_batch():
+                if isinstance(item, Event):
+                    events.append(item)
+                elif isinstance(item, Tick) and item.watermark == IDLE:
+                    idle = True
+            time.sleep(0.01)
+    finally:
+        part.close()
+    assert [(e.payload.event_id, e.t) for e in events] == [
+        ("S00000", to_us(datetime.fromisoformat(_at(0)))),
+        ("S00001", to_us(datetime.fromisoformat(later))),
+    ]
+
+
+@pytest.mark.integration
 def test_a_sparse_partition_follows_the_stream_by_checked_clocks(kafka_conf, unique_name):
     """A partition with nothing to read does not hold the watermark while the rest of the stream
     flows (issue 15, latency): a fresh end-offset check that finds it caught up moves its clock
