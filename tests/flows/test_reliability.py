@@ -252,15 +252,18 @@ def _follow_env(settings: Settings, port: int | None = None, **extra: str) -> di
     return env
 
 
-def _live_source(conf: dict, topics: dict[str, str], idle_s: float) -> KafkaEventSource:
+def _live_source(
+    conf: dict, topics: dict[str, str], idle_s: float, max_jump_us: int = 0
+) -> KafkaEventSource:
     """A following Kafka source over one-partition ``topics`` (stream -> topic), the default
-    tolerance (60 s) and lateness bound (7 days)."""
+    tolerance (60 s) and lateness bound (7 days); no clock bound unless ``max_jump_us``."""
     return KafkaEventSource(
         conf,
         topics,
         dict.fromkeys(topics.values(), 1),
         tolerance_us=60_000_000,
         max_lateness_us=7 * 86_400_000_000,
+        max_jump_us=max_jump_us,
         to_end=False,
         idle_s=idle_s,
     )
@@ -818,16 +821,8 @@ def test_a_quiet_partition_applies_the_jump_it_holds(kafka_conf, unique_name):
     kept them held for good, never applied.)"""
     scans = unique_name("deliveries-jump")
     ensure_topics(kafka_conf, [scans], 1)
-    source = KafkaEventSource(
-        kafka_conf,
-        {"deliveries": scans},
-        {scans: 1},
-        tolerance_us=60_000_000,
-        max_lateness_us=7 * 86_400_000_000,
-        max_jump_us=6 * 3_600_000_000,  # the default clock bound
-        to_end=False,
-        idle_s=0.3,
-    )
+    # the default clock bound: 6 h
+    source = _live_source(kafka_conf, {"deliveries": scans}, 0.3, max_jump_us=6 * 3_600_000_000)
     part = source.build_part("in", kafka_part_id(scans, 0), None)
     producer = Producer(kafka_conf)
     producer.produce(scans, _scan(0, _at(0)), partition=0)
