@@ -22,7 +22,7 @@ For each rate, on fresh topics of one embedded broker (Tansu, 4 partitions per t
    (returns then 1.5% of the events: the simulation's first days have few).
    ``--breakdown`` splits each measured trigger's latency into its hops (read by the source,
    released by the watermark to its case shard, decided by dispatch, handed to the producer by
-   the output stage, read back).
+   the sink step (in Kafka mode triggers leave from their dispatch shard), read back).
 
 **No coordinated omission.** Event i is scheduled at t0 + i / rate (wall clock) and its latency
 runs from that scheduled time, not from when the producer got round to sending it: a stalled

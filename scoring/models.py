@@ -658,11 +658,9 @@ class ScoreBatch:
             preds = self.preds
             b = self.row_bytes
             row = self.buf[r * b : r * b + b]
-            if ms._overwrite_latest(
+            if not ms._overwrite_latest(
                 order_id, t, preds[j], r_rec, preds[j + 1], r_ab, row, returned, risk
             ):
-                pass
-            else:
                 values = array("f", (preds[j], r_rec, preds[j + 1], r_ab))
                 values.frombytes(row)
                 ms._keep(order_id, t, values, returned, risk)

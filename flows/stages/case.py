@@ -83,7 +83,7 @@ class CaseStage(_Stage):
         deadline = case.next_deadline(
             self.cfg.return_window_us, self.journey, self.cfg.promise_rechecks_us
         )
-        if deadline and deadline != case.timer:
+        if deadline and deadline != case.timer:  # unchanged: its entry is in the heap already
             case.timer = deadline
             heapq.heappush(self.timers, (deadline, case.order_id))
 
@@ -466,15 +466,7 @@ class CaseStage(_Stage):
             case.lane != "unknown" and case.promised_at
         ):
             self._lane_fact(case, ev, t, changes)
-        if case.status is Status.CLOSED:
-            self._after_update(case, t)
-        else:  # _after_update of an open case: its next deadline
-            deadline = case.next_deadline(
-                cfg.return_window_us, self.journey, cfg.promise_rechecks_us
-            )
-            if deadline and deadline != case.timer:  # unchanged: its entry is in the heap
-                case.timer = deadline
-                heapq.heappush(self.timers, (deadline, case.order_id))
+        self._after_update(case, t)
 
 
 _RETURNS_EVENTS = frozenset(k for k, s in STREAM_OF.items() if s is Stream.RETURNS)
