@@ -365,7 +365,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
 
         conf = s.kafka.as_librdkafka_dict()
         for stream in OUTPUTS:
-            sinks[stream.sink] = KafkaOutputSink(conf, s.topics.output(stream))
+            sinks[stream.sink] = KafkaOutputSink(conf, s.topics.output(stream), warm=True)
     if spec.file_mode or spec.out_dir is not None:
         # uplift inputs (salvage.uplift): files in the run's out dir, in file and Kafka mode
         out = spec.out_dir or Path("out")

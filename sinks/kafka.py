@@ -25,7 +25,9 @@ partition as when a Java/Kafka Streams producer writes it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, NoReturn, Self
@@ -415,9 +417,11 @@ class TopicProducer:
 
     def _release(self) -> None:
         """Drop the librdkafka handle now (its callbacks reference us: a cycle GC frees late),
-        so its connections close with it instead of lingering after the dataflow ends."""
+        so its connections close with it instead of lingering after the dataflow ends. Every
+        reference to it goes: the bound ``produce`` held the handle too."""
         self._callbacks = {}
         self._producer = None  # type: ignore[assignment]
+        self._produce = _closed_produce
 
     def __enter__(self) -> Self:
         return self
@@ -437,6 +441,38 @@ class TopicProducer:
             self._push_metrics()
             if remaining:
                 log.error("%d Kafka messages left unacknowledged on error exit", remaining)
+
+
+def _closed_produce(*_args: Any, **_kwargs: Any) -> NoReturn:
+    raise RuntimeError("this Kafka producer is closed")
+
+
+WARM_UNCLAIMED_S = 30.0
+"""How long a warm producer waits for its sink partition (:class:`KafkaOutputSink`)."""
+
+
+class _Warm:
+    """Producers built ahead of their sink partitions, taken at most once each; what is not
+    taken within :data:`WARM_UNCLAIMED_S`, or when the sink goes, is released."""
+
+    def __init__(self, producers: dict[str, TopicProducer]) -> None:
+        self._lock = threading.Lock()
+        self._producers = producers
+        timer = threading.Timer(WARM_UNCLAIMED_S, self.release)
+        timer.daemon = True
+        timer.start()
+
+    def take(self, part: str) -> TopicProducer | None:
+        with self._lock:
+            return self._producers.pop(part, None)
+
+    def release(self) -> None:
+        """Release the producers no partition took (a part another process owns, or a stream
+        that got no message yet: its first message then builds a producer, as without warming)."""
+        with self._lock:
+            unclaimed, self._producers = list(self._producers.values()), {}
+        for producer in unclaimed:
+            producer._release()
 
 
 class _KafkaOutputPartition(StatefulSinkPartition[KafkaItem, None]):
@@ -481,6 +517,13 @@ class KafkaOutputSink(FixedPartitionedSink[KafkaItem, None]):
         bound for long epochs; the epoch's close always waits).
     :param parts: Sink partitions (producers) per topic across the cluster.
     :param producer_conf: Extra librdkafka settings (override the defaults).
+    :param warm: Build each partition's producer now, when the flow is built, instead of at
+        its first message. Bytewax builds a sink partition when the first item reaches it, and
+        a new idempotent producer's first delivery waits ~0.5 s for its producer id (librdkafka
+        asks for it on a 500 ms timer until it has a connection): built early, the first
+        message goes out as fast as the others. A producer no partition takes within
+        :data:`WARM_UNCLAIMED_S` (a part another process owns, a stream that got nothing yet),
+        or by the time the sink goes, is released.
     """
 
     def __init__(
@@ -494,6 +537,7 @@ class KafkaOutputSink(FixedPartitionedSink[KafkaItem, None]):
         max_unacked: int = 50_000,
         parts: int = 1,
         producer_conf: Mapping[str, str | int | bool] | None = None,
+        warm: bool = False,
     ) -> None:
         if parts < 1:
             raise ValueError(f"parts must be >= 1, got {parts}")
@@ -505,18 +549,27 @@ class KafkaOutputSink(FixedPartitionedSink[KafkaItem, None]):
         self._max_unacked = max_unacked
         self._parts = [str(i) for i in range(parts)]
         self._producer_conf = dict(producer_conf or {})
+        self._warm: _Warm | None = None  # producers built now, taken by build_part
+        if warm:
+            self._warm = _Warm({p: self._producer(f"salvage-{topic}-{p}") for p in self._parts})
+            weakref.finalize(self, self._warm.release)
 
-    def list_parts(self) -> list[str]:
-        return self._parts
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaOutputPartition:
-        extra: dict[str, str | int | bool] = {"client.id": f"salvage-{step_id}-{for_part}"}
+    def _producer(self, client_id: str) -> TopicProducer:
+        extra: dict[str, str | int | bool] = {"client.id": client_id}
         extra.update(self._producer_conf)
-        producer = TopicProducer(
+        return TopicProducer(
             self._client_conf,
             message_timeout_ms=self._message_timeout_ms,
             linger_ms=self._linger_ms,
             flush_timeout=self._flush_timeout,
             extra_conf=extra,
         )
+
+    def list_parts(self) -> list[str]:
+        return self._parts
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaOutputPartition:
+        producer = self._warm.take(for_part) if self._warm is not None else None
+        if producer is None:
+            producer = self._producer(f"salvage-{step_id}-{for_part}")
         return _KafkaOutputPartition(producer, self._topic, self._max_unacked)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,6 +22,7 @@ from salvage.connectors.broker import (
     free_port,
     topic_partitions,
 )
+from salvage.sinks import kafka as kafka_sink
 from salvage.sinks.kafka import KafkaDeliveryError, KafkaOutputSink, TopicProducer, kafka_item
 
 integration = pytest.mark.integration
@@ -380,3 +382,63 @@ def test_sink_partition_bounds_what_waits_unacknowledged(
     part.write_batch([("k", b"%d" % i) for i in range(5, 16)])  # 16 > 10: waits for them
     assert len(part._producer) == 0 and part._producer.delivered == 16
     part.close()
+
+
+@integration
+def test_a_closed_producer_lets_go_of_its_librdkafka_handle(kafka_conf: dict[str, str]) -> None:
+    """``close`` drops every reference to the librdkafka handle, so its threads and connections
+    end with it, not whenever the cyclic GC runs (the bound ``produce`` used to keep it)."""
+    producer = TopicProducer(kafka_conf)
+    handle = producer._producer
+    producer.close()
+    assert sys.getrefcount(handle) == 2  # ``handle`` and getrefcount's argument: nobody else
+    with pytest.raises(RuntimeError, match="closed"):
+        producer.produce("any", b"k", b"v")
+
+
+@integration
+def test_a_warm_sink_builds_its_producers_with_the_flow_and_releases_the_unclaimed(
+    kafka_conf: dict[str, str], unique_name: Callable[[str], str]
+) -> None:
+    """``warm``: each partition's producer is built with the sink, before Bytewax builds the
+    partition at its first item (a new idempotent producer's first delivery waits ~0.5 s for its
+    producer id); a partition takes its own once; what no partition takes goes with the sink."""
+    topic = unique_name("warm")
+    ensure_topics(kafka_conf, [topic], partitions=1)
+    sink = KafkaOutputSink(kafka_conf, topic, parts=2, warm=True)
+    assert sink._warm is not None
+    built = dict(sink._warm._producers)
+    assert set(built) == {"0", "1"} and all(p._producer is not None for p in built.values())
+    part = sink.build_part("out", "0", None)
+    assert part._producer is built["0"]
+    again = sink.build_part("out", "0", None)  # taken once: a rebuilt partition gets a new one
+    assert again._producer is not built["0"]
+    again.close()
+    part.write_batch([("k", b"warm")])
+    part.snapshot()
+    assert part._producer.delivered == 1
+    assert [m.value() for m in _read_assigned(kafka_conf, topic, 1)] == [b"warm"]
+    part.close()
+    unclaimed = built["1"]
+    handle = unclaimed._producer
+    del sink  # part "1" never got an item here (another process's, say): released now
+    assert unclaimed._producer is None and sys.getrefcount(handle) == 2
+
+
+@integration
+def test_warm_producers_nobody_takes_are_released_after_a_while(
+    kafka_conf: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm producer left unclaimed (its partition belongs to another process of the cluster)
+    does not hold a connection for the whole run: it is released after ``WARM_UNCLAIMED_S``."""
+    monkeypatch.setattr(kafka_sink, "WARM_UNCLAIMED_S", 0.2)
+    sink = KafkaOutputSink(kafka_conf, "unused-topic", warm=True)
+    assert sink._warm is not None
+    producer = sink._warm._producers["0"]
+    deadline = time.monotonic() + 10
+    while producer._producer is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert producer._producer is None
+    fresh = sink.build_part("out", "0", None)
+    assert fresh._producer is not producer  # built afresh, at its first item, as without warm
+    fresh.close()
