@@ -551,10 +551,12 @@ class KafkaOutputSink(FixedPartitionedSink[KafkaItem, None]):
         self._producer_conf = dict(producer_conf or {})
         self._warm: _Warm | None = None  # producers built now, taken by build_part
         if warm:
-            self._warm = _Warm({p: self._producer(f"salvage-{topic}-{p}") for p in self._parts})
+            self._warm = _Warm(
+                {p: self._topic_producer(f"salvage-{topic}-{p}") for p in self._parts}
+            )
             weakref.finalize(self, self._warm.release)
 
-    def _producer(self, client_id: str) -> TopicProducer:
+    def _topic_producer(self, client_id: str) -> TopicProducer:
         extra: dict[str, str | int | bool] = {"client.id": client_id}
         extra.update(self._producer_conf)
         return TopicProducer(
@@ -571,5 +573,5 @@ class KafkaOutputSink(FixedPartitionedSink[KafkaItem, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaOutputPartition:
         producer = self._warm.take(for_part) if self._warm is not None else None
         if producer is None:
-            producer = self._producer(f"salvage-{step_id}-{for_part}")
+            producer = self._topic_producer(f"salvage-{step_id}-{for_part}")
         return _KafkaOutputPartition(producer, self._topic, self._max_unacked)

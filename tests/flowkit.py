@@ -9,8 +9,11 @@ from typing import Any
 from bytewax.testing import cluster_main
 
 from salvage.config import Settings
+from salvage.connectors.parse import RawRecord
 from salvage.connectors.simulator import write_log
+from salvage.features.eventtime import END
 from salvage.flows.recovery import FlowSpec, build_flow
+from salvage.flows.sources import file_layout, file_part_id
 
 _LOGS: dict[tuple, Path] = {}
 
@@ -61,10 +64,6 @@ def jsonl(data: bytes) -> list[dict]:
 def feed_log(loop: Any, log: Path, s: Settings, batch: int = 500) -> None:
     """Feed a log through a :class:`~salvage.flows.plain.PlainLoop` as the file source reads it
     (its layout's parse, clocks and ticks), ``batch`` lines per source batch, to the end."""
-    from salvage.connectors.parse import RawRecord
-    from salvage.features.eventtime import END
-    from salvage.flows.sources import file_layout, file_part_id
-
     layout = file_layout(file_part_id(0, log), s)
     lines = log.read_bytes().splitlines()
     for start in range(0, len(lines), batch):
