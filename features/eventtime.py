@@ -72,8 +72,30 @@ def iso(us: int) -> str:
 
     >>> iso(1772445600000000), iso(1772445600000000 + DAY_US + 250_000)
     ('2026-03-02T10:00:00Z', '2026-03-03T10:00:00.250000Z')
+
+    The text of ``from_us(us).isoformat()`` with ``Z`` for ``+00:00`` (a hypothesis test checks
+    it over the whole datetime range), made from the day's date, cached, and the time of day from
+    tables: every case-store document and output record prints times, and the datetime round
+    trip cost ~3.4 µs a call (now ~0.6-0.8).
     """
-    return from_us(us).isoformat().replace("+00:00", "Z")
+    day, rest = divmod(us, DAY_US)
+    prefix = _DAY_PREFIX.get(day)
+    if prefix is None:
+        # the date part as isoformat prints it (and its errors for a day out of range)
+        prefix = from_us(day * DAY_US).isoformat()[:11]
+        if len(_DAY_PREFIX) >= 4096:
+            _DAY_PREFIX.clear()
+        _DAY_PREFIX[day] = prefix
+    secs, micros = divmod(rest, 1_000_000)
+    minutes, s = divmod(secs, 60)
+    if micros:
+        return f"{prefix}{_HH_MM[minutes]}{_SS[s]}.{micros:06d}Z"
+    return prefix + _HH_MM[minutes] + _SS[s] + "Z"
+
+
+_DAY_PREFIX: dict[int, str] = {}  # day since the epoch -> "YYYY-MM-DDT"
+_HH_MM = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]  # by minute of the day
+_SS = [f"{s:02d}" for s in range(60)]
 
 
 HOUR_US = 3_600 * 1_000_000

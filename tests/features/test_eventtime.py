@@ -1,14 +1,59 @@
 import random
+from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salvage.features.eventtime import END, IDLE, PartitionClock, Reorderer, from_us, to_us
+from salvage.features import eventtime
+from salvage.features.eventtime import (
+    END,
+    IDLE,
+    PartitionClock,
+    Reorderer,
+    from_us,
+    iso,
+    to_us,
+)
+
+_FIRST_US = to_us(datetime(1, 1, 1, tzinfo=UTC))
+_LAST_US = to_us(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
 
 
 def test_time_round_trip():
     for us in (0, 1, 1_772_445_600_123_456):
         assert to_us(from_us(us)) == us
+
+
+def _iso_reference(us: int) -> str:
+    """How iso printed a time before its tables (the datetime round trip)."""
+    return from_us(us).isoformat().replace("+00:00", "Z")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.integers(_FIRST_US, _LAST_US),  # anywhere in the datetime range
+        st.integers(0, 4_000_000_000_000_000),  # the event times of real logs
+        st.integers(0, 4_000_000_000).map(lambda s: s * 1_000_000),  # whole seconds
+        st.integers(-50_000, 50_000).map(lambda d: d * eventtime.DAY_US),  # midnights
+    )
+)
+def test_iso_prints_what_the_datetime_round_trip_printed(us: int) -> None:
+    assert iso(us) == _iso_reference(us)
+    assert iso(us) == _iso_reference(us)  # again, from the day cache
+
+
+def test_iso_day_cache_is_bounded_and_out_of_range_days_fail_as_before() -> None:
+    eventtime._DAY_PREFIX.clear()
+    for day in range(5000):
+        assert iso(day * eventtime.DAY_US + 1) == _iso_reference(day * eventtime.DAY_US + 1)
+    assert 0 < len(eventtime._DAY_PREFIX) <= 4096
+    for us in (_LAST_US + 1, _FIRST_US - 1):
+        with pytest.raises((ValueError, OverflowError)):
+            _iso_reference(us)
+        with pytest.raises((ValueError, OverflowError)):
+            iso(us)
 
 
 def test_partition_clock_restamps_late_events_and_rejects_too_late():
