@@ -32,6 +32,7 @@ from salvage.flows.sources import file_part_id
 from salvage.flows.stages import StageConfig
 from salvage.flows.topology import StageSpec, graph, stage_config
 from salvage.policy.config import load_policy
+from salvage.sinks.redis_store import latest_per_order
 from tests.flowkit import feed_log
 
 Calls = list[list[Any]]  # the item lists of one shard's successive on_batch calls
@@ -122,10 +123,23 @@ class _Driver:
         return self.logic.stage
 
 
-def _run(driver: _Driver, calls: Calls) -> list[str]:
+def _run(driver: _Driver, calls: Calls, stored: list[dict] | None = None) -> list[str]:
+    """The canonical emissions of ``calls``. ``stored``: gets the case store's contents after
+    each call (case-store records are not in the lines then)."""
     out: list[str] = []
+    store: dict[str, tuple[int, Any]] = {}
     for call in calls:
-        out += canon(driver.feed(call))
+        emitted = driver.feed(call)
+        if stored is not None:
+            records = [p for r, p in emitted if r is Route.CASE_RECORD]
+            emitted = [(r, p) for r, p in emitted if r is not Route.CASE_RECORD]
+            # what the Redis sink writes for a batch: each order's highest version (CaseStore
+            # writes it only over a lower or equal one)
+            for order_id, (version, doc) in latest_per_order(records).items():
+                if order_id not in store or version >= store[order_id][0]:
+                    store[order_id] = (version, doc)
+            stored.append(dict(store))
+        out += canon(emitted)
     return out
 
 
@@ -179,16 +193,25 @@ def check_order_independence(rec: Recording, name: str, seed: int = 7) -> None:
 
 
 def check_batching_independence(rec: Recording, name: str) -> None:
+    """Fewer, larger calls emit the same items to every destination; the case store (dispatch
+    writes one document per order and call, its latest) holds the same after each larger call."""
     spec = rec.spec(name)
     key, calls = rec.busiest(name)
     coarse = [calls[i] + calls[i + 1] for i in range(0, len(calls) - 1, 2)]
     if len(calls) % 2:
         coarse.append(calls[-1])
-    want = per_destination(_run(_Driver(spec, key, rec.cfg), calls))
-    got = per_destination(_run(_Driver(spec, key, rec.cfg), coarse))
+    fine_store: list[dict] = []
+    coarse_store: list[dict] = []
+    want = per_destination(_run(_Driver(spec, key, rec.cfg), calls, fine_store))
+    got = per_destination(_run(_Driver(spec, key, rec.cfg), coarse, coarse_store))
     assert got.keys() == want.keys(), name
     for dest in want:
         assert got[dest] == want[dest], f"{name} -> {dest}"
+    # the fine run's store at the end of each pair of calls (and of the odd last one)
+    at_coarse = fine_store[1::2] + (fine_store[-1:] if len(calls) % 2 else [])
+    assert coarse_store == at_coarse, f"{name}: case store"
+    if name == "dispatch":
+        assert coarse_store[-1], "the recording has no case-store record"
 
 
 CHECKS: tuple[Callable[[Recording, str], None], ...] = (

@@ -45,6 +45,9 @@ class DispatchStage(_Stage):
         self.assigned: set[str] = set()  # orders with an uplift (ITT) assignment, until close
         self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
         self.last_sweep = 0
+        # this call's latest update per order, for its case-store document (_flush_records);
+        # empty between calls (not state)
+        self._records: dict[str, tuple] = {}
 
     def apply(self, released, low: int, out: Emit) -> None:
         for t, _tie, (view, features, scored, events) in released:
@@ -59,6 +62,8 @@ class DispatchStage(_Stage):
                 )
             if scored is not None:  # None: a settled case's late fact (no decision)
                 self._update(t, view, features, scored, out)
+        if self._records:
+            self._flush_records(out)
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
             stale = [c for c, ts in self.contacted.items() if ts and low - ts[-1] > 30 * DAY_US]
@@ -67,6 +72,41 @@ class DispatchStage(_Stage):
             today = low // DAY_US
             for key in [k for k in self.spent if k[1] < today - 1]:
                 del self.spent[key]
+
+    def _flush_records(self, out: Emit) -> None:
+        """One case-store document per order updated in this call: its latest update's. The
+        Redis sink keeps the highest version of each
+        order in a batch (``sinks.redis_store.latest_per_order``), so the store ends each call
+        holding what a document per update gave; the earlier updates' documents, never stored
+        then either, are no longer built and serialised."""
+        records, self._records = self._records, {}
+        for order_id, (t, view, features, scored, decision, last, triggered) in records.items():
+            scores = scored.scores
+            record = {
+                "order_id": order_id,
+                "customer_id": view.customer_id,
+                "status": view.status,
+                "outcome": view.outcome,
+                "updated_at": iso(t),
+                "lane": view.lane,
+                "campaign": view.campaign,
+                "sku_family": view.sku_family,
+                "features": features,
+                "scores": {
+                    "recoverability": scores.recoverability,
+                    "abuse": scores.abuse,
+                    "model_version": scores.model_version,
+                    "rules": {
+                        "recoverability": scored.rules.recoverability,
+                        "abuse": scored.rules.abuse,
+                    },
+                    "models": scored.shadow,
+                },
+                "decision": decision,
+                "last_decision": last,
+                "triggered": triggered,
+            }
+            out.append((Route.CASE_RECORD, (order_id, t, case_json(record))))
 
     def _disposition(self, t: int, view: CaseView) -> None:
         """A graded return: recommend restock / open box / refurbish / donate / dispose."""
@@ -174,31 +214,20 @@ class DispatchStage(_Stage):
         if decision_doc is not None and self.cfg.case_records:
             self.last_decision[view.order_id] = decision_doc
         if self.cfg.case_records:
-            record = {
-                "order_id": view.order_id,
-                "customer_id": view.customer_id,
-                "status": view.status,
-                "outcome": view.outcome,
-                "updated_at": iso(t),
-                "lane": view.lane,
-                "campaign": view.campaign,
-                "sku_family": view.sku_family,
-                "features": features,
-                "scores": {
-                    "recoverability": scores.recoverability,
-                    "abuse": scores.abuse,
-                    "model_version": scores.model_version,
-                    "rules": {
-                        "recoverability": scored.rules.recoverability,
-                        "abuse": scored.rules.abuse,
-                    },
-                    "models": scored.shadow,
-                },
-                "decision": decision_doc,
-                "last_decision": decision_doc or self.last_decision.get(view.order_id),
-                "triggered": self.sent.get(view.order_id, []),
-            }
-            out.append((Route.CASE_RECORD, (view.order_id, t, case_json(record))))
+            # the case-store document of the order's latest update in this call, made in _flush
+            # (what it reads is fixed now: the triggered list gains entries only from later
+            # updates of the same order, which then replace this one)
+            records = self._records
+            records.pop(view.order_id, None)  # re-inserted last: documents leave in that order
+            records[view.order_id] = (
+                t,
+                view,
+                features,
+                scored,
+                decision_doc,
+                decision_doc or self.last_decision.get(view.order_id),
+                self.sent.get(view.order_id, []),
+            )
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
             self._outcome(t, view)
