@@ -75,10 +75,10 @@ class DispatchStage(_Stage):
 
     def _flush_records(self, out: Emit) -> None:
         """One case-store document per order updated in this call: its latest update's. The
-        Redis sink keeps the highest version of each
-        order in a batch (``sinks.redis_store.latest_per_order``), so the store ends each call
-        holding what a document per update gave; the earlier updates' documents, never stored
-        then either, are no longer built and serialised."""
+        Redis sink keeps the highest version of each order in a batch
+        (``sinks.redis_store.latest_per_order``), so the store ends each call holding what a
+        document per update gave; the earlier updates' documents, never stored then either, are
+        no longer built and serialised."""
         records, self._records = self._records, {}
         for order_id, (t, view, features, scored, decision, last, triggered) in records.items():
             scores = scored.scores
@@ -214,9 +214,9 @@ class DispatchStage(_Stage):
         if decision_doc is not None and self.cfg.case_records:
             self.last_decision[view.order_id] = decision_doc
         if self.cfg.case_records:
-            # the case-store document of the order's latest update in this call, made in _flush
-            # (what it reads is fixed now: the triggered list gains entries only from later
-            # updates of the same order, which then replace this one)
+            # the case-store document of the order's latest update in this call, made by
+            # _flush_records at the end of the call (what it reads is fixed now: the triggered
+            # list gains entries only from later updates of the same order, which replace this)
             records = self._records
             records.pop(view.order_id, None)  # re-inserted last: documents leave in that order
             records[view.order_id] = (
