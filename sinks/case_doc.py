@@ -1,8 +1,9 @@
 """Case-store documents as JSON, with orjson.
 
-Dispatch serialises each case record when it makes it (:func:`case_json`): the record's dicts are
-hot then, and bytes held until the sink's flush are small and not tracked by the cyclic GC; the
-Redis sink (:mod:`salvage.sinks.redis_store`) writes the latest per order of each batch. Measured
+Dispatch serialises one case record per order and call, from the order's latest update in the
+call, at the end of the call (:func:`case_json`): the record's dicts are still hot then, and bytes
+held until the sink's flush are small and not tracked by the cyclic GC; the Redis sink
+(:mod:`salvage.sinks.redis_store`) writes the latest per order of each batch. Measured
 (benchmarks/throughput.py --case-records, CPU time): ``json.dumps`` at emission ~27-50 µs/event
 for case records in all; the dict kept until the sink's flush and serialised there (the record
 cold by then) ~23-32; orjson at emission ~14-18.
