@@ -133,12 +133,11 @@ def _run(driver: _Driver, calls: Calls, stored: list[dict] | None = None) -> lis
         if stored is not None:
             records = [p for r, p in emitted if r is Route.CASE_RECORD]
             emitted = [(r, p) for r, p in emitted if r is not Route.CASE_RECORD]
-            # what the Redis sink writes for a batch: each order's highest version (CaseStore
-            # writes it only over a lower or equal one)
-            for order_id, (version, doc) in latest_per_order(records).items():
-                if order_id not in store or version >= store[order_id][0]:
-                    store[order_id] = (version, doc)
-            stored.append(dict(store))
+            # the store after the Redis sink wrote this batch: the version guard (a write
+            # applies over a lower or equal version) is latest_per_order over what it held
+            held = [(order_id, version, doc) for order_id, (version, doc) in store.items()]
+            store = latest_per_order(held + records)
+            stored.append(store)
         out += canon(emitted)
     return out
 
