@@ -43,15 +43,24 @@ def sim_log(
 
 
 def run_file_flow(
-    inputs: list[Path], out_dir: Path, workers: int = 1, **settings: Any
+    inputs: list[Path],
+    out_dir: Path,
+    workers: int = 1,
+    extra_sinks: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> dict[str, bytes]:
-    """Run file mode to the end; return the output files' bytes (name -> bytes)."""
+    """Run file mode to the end; return the output files' bytes (name -> bytes).
+    ``extra_sinks``: as :class:`FlowSpec`'s (a case-store sink, say)."""
     # file mode lays the log out as Kafka topics of ``topic_partitions`` partitions (lateness is
     # judged per partition): 3, as the Kafka-mode tests' topics (tests.helpers.kafka_settings)
     base: dict[str, Any] = {"redis_url": "", "shards": 4, "topic_partitions": 3}
     base.update(settings)
     spec = FlowSpec(
-        Settings(**base), inputs=inputs, out_dir=out_dir, case_store=bool(base["redis_url"])
+        Settings(**base),
+        inputs=inputs,
+        out_dir=out_dir,
+        case_store=bool(base["redis_url"]),
+        extra_sinks=extra_sinks or {},
     )
     cluster_main(build_flow(spec), [], 0, worker_count_per_proc=workers)
     return {name: (out_dir / f"{name}.jsonl").read_bytes() for name in OUTPUT_FILES}

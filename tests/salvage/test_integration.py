@@ -49,9 +49,13 @@ def _topic_settings(bootstrap: str, suffix: str, partitions: int = 3, **extra) -
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_kafka_mode_matches_file_mode(kafka_broker, late_log, tmp_path, unique_name, workers):
+def test_kafka_mode_matches_file_mode(
+    kafka_broker, late_log, tmp_path, unique_name, workers, redis_url, redis_key_prefix
+):
     """At the default reorder tolerance, every trigger identical (decided_at included): file mode
-    judges lateness per (stream, partition of order_id), as Kafka holds a replayed log."""
+    judges lateness per (stream, partition of order_id), as Kafka holds a replayed log. The case
+    store too: dispatch writes one document per order and call, and Kafka mode's calls are
+    other slices of the stream than file mode's, yet every order ends with the same document."""
     log = late_log
     settings = _topic_settings(kafka_broker.bootstrap, unique_name("t"))
     ensure_topics(
@@ -61,12 +65,22 @@ def test_kafka_mode_matches_file_mode(kafka_broker, late_log, tmp_path, unique_n
     )
     counts = publish_log(settings, log)
     assert sum(counts.values()) == sum(1 for x in log.read_bytes().splitlines() if x.strip())
-    spec = FlowSpec(settings, to_end=True, case_store=False, out_dir=tmp_path / "kafka")
+    kafka_cases = RedisCaseSink(redis_url, key_prefix=f"{redis_key_prefix}k:", ttl_seconds=600)
+    spec = FlowSpec(
+        settings,
+        to_end=True,
+        case_store=False,
+        out_dir=tmp_path / "kafka",
+        extra_sinks={"cases": kafka_cases},
+    )
     cluster_main(build_flow(spec), [], 0, worker_count_per_proc=workers)
 
     got = tmp_path / "interventions.jsonl"
     n = consume_topic(settings, settings.topics.interventions, got, group=unique_name("g"))
-    file_out = run_file_flow([log], tmp_path / "file", topic_partitions=3)
+    file_cases = RedisCaseSink(redis_url, key_prefix=f"{redis_key_prefix}f:", ttl_seconds=600)
+    file_out = run_file_flow(
+        [log], tmp_path / "file", extra_sinks={"cases": file_cases}, topic_partitions=3
+    )
     expected = jsonl(file_out["interventions"])
     assert n == len(expected) > 0
     by_id = {t["trigger_id"]: t for t in jsonl(got.read_bytes())}
@@ -74,6 +88,15 @@ def test_kafka_mode_matches_file_mode(kafka_broker, late_log, tmp_path, unique_n
     # Kafka mode writes the uplift's inputs into its out dir, the same bytes as file mode
     assert (tmp_path / "kafka" / "assignments.jsonl").read_bytes() == file_out["assignments"]
     assert (tmp_path / "kafka" / "outcomes.jsonl").read_bytes() == file_out["outcomes"]
+    # the case store: the same document and version for every order
+    orders = {
+        json.loads(x)["order_id"] for x in log.read_bytes().splitlines() if b'"order_placed"' in x
+    }
+    in_kafka = CaseStore(redis_url, key_prefix=f"{redis_key_prefix}k:")
+    in_file = CaseStore(redis_url, key_prefix=f"{redis_key_prefix}f:")
+    kafka_docs = {o: in_kafka.get(o) for o in sorted(orders)}
+    assert all(d is not None for d in kafka_docs.values())
+    assert kafka_docs == {o: in_file.get(o) for o in sorted(orders)}
 
 
 def test_case_store_holds_latest_features_scores_and_decision(
