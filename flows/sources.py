@@ -160,6 +160,69 @@ class _Parser:
             return
         self.handle_event(raw, result, out, mark)
 
+    def handle_value(
+        self,
+        source: str,
+        partition: int,
+        offset: int,
+        value: bytes,
+        stream: Stream | None,
+        out: list[Item],
+        mark: Any = None,
+    ) -> None:
+        """:meth:`handle` of ``RawRecord(source, partition, offset, value, stream)`` (a Kafka
+        message), as :meth:`_KafkaLayout.handle_line` does for a file's line: the common case (a
+        record the fast parse accepts, of the partition's stream, applied on time or late while
+        nothing is held) in :meth:`handle_parsed`, without a record. The record is built only for
+        what needs it (a dead letter, a held event, or anything else :meth:`handle` decides:
+        then it does)."""
+        result = parse_fast(value) if len(value) <= MAX_EVENT_BYTES else None
+        if result is None or (stream is not None and STREAM_OF[result.event_type] != stream):
+            self.handle(RawRecord(source, partition, offset, value, stream), out, mark)
+            return
+        self.handle_parsed(source, partition, offset, value, stream, result, out, mark)
+
+    def handle_parsed(
+        self,
+        source: str,
+        partition: int,
+        offset: int,
+        value: bytes,
+        stream: Stream | None,
+        result,
+        out: list[Item],
+        mark: Any = None,
+    ) -> None:
+        """:meth:`handle_event` of ``RawRecord(source, partition, offset, value, stream)`` and
+        ``result`` (what the fast parse made of the value), with an event applied on time or late
+        while nothing is held in this frame; :meth:`handle_event` (with the record) for the rest."""
+        clock = self.clock
+        before = clock.max_t
+        t = (result.occurred_at - _EPOCH) // _ONE_US  # to_us, inline
+        wm = BEGIN if before == BEGIN else before - clock.tolerance_us  # clock.watermark
+        if (
+            self.held  # held events: this one may confirm or reject them
+            or (self.max_future_us and t - time.time_ns() // 1000 > self.max_future_us)
+            or (self.max_jump_us and t - before > self.max_jump_us)  # maybe a jump
+            or (t < wm and wm - t > clock.max_lateness_us)  # too late: a dead letter
+        ):
+            raw = RawRecord(source, partition, offset, value, stream)
+            self.handle_event(raw, result, out, mark)
+            return
+        # _apply, inline, for an event applied here
+        tie = "%s|%08x" % (result.event_id, zlib.crc32(value))  # noqa: UP031 (faster)
+        if t >= wm:
+            eff = t
+            if t > before:
+                clock.max_t = t
+        else:
+            eff = wm
+        if eff < self.floor:
+            eff = self.floor
+        if eff != t:
+            metrics.LATE.labels(_STREAM_VALUE[result.event_type]).inc()
+        out.append(_new_event(Event, (eff, tie, result)))
+
     def handle_event(self, raw: RawRecord, result, out: list[Item], mark: Any = None) -> None:
         """Clock one parsed event (see :meth:`handle`)."""
         t = to_us(result.occurred_at)
@@ -369,9 +432,10 @@ class _KafkaLayout:
 
     def handle_line(self, source: str, line_no: int, value: bytes, out: list[Item]) -> None:
         """:meth:`handle` of ``RawRecord(source, 0, line_no, value)`` (a line of an event log),
-        with the common case in one frame: a record the fast parse accepts, applied on time or
-        late on a partition that holds nothing. The record is built only for what needs it (a
-        dead letter, a held event, or anything else :meth:`handle` decides: then it does)."""
+        with the common case in two frames (this and :meth:`_Parser.handle_parsed`): a record
+        the fast parse accepts, applied on time or late on a partition that holds nothing. The
+        record is built only for what needs it (a dead letter, a held event, or anything else
+        :meth:`handle` decides: then it does)."""
         result = parse_fast(value) if len(value) <= MAX_EVENT_BYTES else None
         if result is None:  # pydantic decides (a dead letter, or a record only it accepts)
             self.handle(RawRecord(source, 0, line_no, value), out)
@@ -391,28 +455,7 @@ class _KafkaLayout:
             parser = row[slot] = self.parts.get(key) or self._new(key)
         clock = parser.clock
         before = clock.max_t
-        t = (result.occurred_at - _EPOCH) // _ONE_US  # to_us, inline
-        wm = BEGIN if before == BEGIN else before - clock.tolerance_us  # clock.watermark
-        if (
-            parser.held  # held events: this one may confirm or reject them
-            or (parser.max_future_us and t - time.time_ns() // 1000 > parser.max_future_us)
-            or (parser.max_jump_us and t - before > parser.max_jump_us)  # maybe a jump
-            or (t < wm and wm - t > clock.max_lateness_us)  # too late: a dead letter
-        ):
-            parser.handle_event(RawRecord(source, 0, line_no, value), result, out)
-        else:  # _Parser.handle_event and _apply, inline, for an event applied here
-            tie = "%s|%08x" % (result.event_id, zlib.crc32(value))  # noqa: UP031 (faster)
-            if t >= wm:
-                eff = t
-                if t > before:
-                    clock.max_t = t
-            else:
-                eff = wm
-            if eff < parser.floor:
-                eff = parser.floor
-            if eff != t:
-                metrics.LATE.labels(_STREAM_VALUE[result.event_type]).inc()
-            out.append(_new_event(Event, (eff, tie, result)))
+        parser.handle_parsed(source, 0, line_no, value, None, result, out)
         if clock.max_t != before and (  # else _moved has nothing to do: checked here
             before == BEGIN or self._low is None or before - clock.tolerance_us <= self._low
         ):
@@ -891,6 +934,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._awake = datetime.now(UTC) + timedelta(seconds=self._backoff_s)
         got_data = False
         wm_before = self._parser.clock.watermark
+        handle = self._parser.handle_value  # handle(RawRecord(...), out, offset), inlined
+        topic, partition, stream = self._topic, self._partition, self._stream
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -902,8 +947,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, tuple]):
             self._eof = False
             offset = int(msg.offset() or 0)  # a message (not an error) always has one
             self._offset = offset + 1
-            raw = RawRecord(self._topic, self._partition, offset, msg.value() or b"", self._stream)
-            self._parser.handle(raw, out, msg.offset())
+            handle(topic, partition, offset, msg.value() or b"", stream, out, offset)
         now = time.monotonic()
         if got_data:
             self._seen.note(now, self._parser.clock.max_t)

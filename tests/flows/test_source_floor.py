@@ -10,12 +10,12 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salvage.connectors.events import STREAM_OF
+from salvage.connectors.events import STREAM_OF, Stream
 from salvage.connectors.parse import RawRecord
 from salvage.features.customer import CustomerContext
 from salvage.features.eventtime import BEGIN, DAY_US, END, Reorderer
 from salvage.flows import sources
-from salvage.flows.sources import _KafkaLayout
+from salvage.flows.sources import _KafkaLayout, _Parser
 
 TYPES = sorted(STREAM_OF)
 
@@ -193,15 +193,18 @@ def _line(doc: dict, minute: int, how: str) -> bytes:
     return value[:-3] if how == "bad-json" else value
 
 
+# a partition's clock settings (minutes; future: seconds) and the lines it reads
+CLOCKS = {
+    "picks": lines,
+    "tol": st.sampled_from([0, 5, 30]),
+    "late": st.sampled_from([10, 60, 10**6]),
+    "jump": st.sampled_from([0, 40, 120]),
+    "future": st.sampled_from([0, 3600]),
+}
+
+
 @settings(max_examples=150, deadline=None)
-@given(
-    picks=lines,
-    tol=st.sampled_from([0, 5, 30]),
-    late=st.sampled_from([10, 60, 10**6]),
-    jump=st.sampled_from([0, 40, 120]),
-    future=st.sampled_from([0, 3600]),
-    cut=st.integers(0, 80),
-)
+@given(**CLOCKS, cut=st.integers(0, 80))
 def test_handle_line_is_handle_of_the_record(picks, tol, late, jump, future, cut) -> None:
     """handle_line (the file source's path: a line, its common case inline) gives the items and
     the state that handle gives for RawRecord(source, 0, line, value)."""
@@ -224,3 +227,51 @@ def test_handle_line_is_handle_of_the_record(picks, tol, late, jump, future, cut
             layout.tick(out, END)
     assert outs[0] == outs[1]
     assert [repr(x) for x in outs[0]] == [repr(x) for x in outs[1]]
+
+
+# --------------------------------------------- the Kafka source's message path (handle_value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(**CLOCKS, cut=st.integers(0, 40), stream=st.sampled_from([None, *Stream]))
+def test_handle_value_is_handle_of_the_record(picks, tol, late, jump, future, cut, stream) -> None:
+    """handle_value (the Kafka source's path: a message, its common case inline) gives the items
+    and the parser state that handle gives for RawRecord(topic, partition, offset, value,
+    stream), the message's offset as the resume mark: dead letters (a record of another stream
+    among them), held events, late ones, a raised floor."""
+    us = 60_000_000
+    args = (tol * us, late * us, BEGIN, future * 1_000_000, jump * us)
+    fast, ref = _Parser("orders:2", *args), _Parser("orders:2", *args)
+    outs: list[list] = [[], []]
+    wall = SimpleNamespace(time_ns=lambda: WALL_US * 1000)
+    with mock.patch.object(sources, "time", wall):
+        for i, (k, minute, how) in enumerate(picks):
+            value, offset = _line(DOCS[k], minute, how), 1_000 + i
+            fast.handle_value("orders", 2, offset, value, stream, outs[0], offset)
+            ref.handle(RawRecord("orders", 2, offset, value, stream), outs[1], offset)
+            if i == cut:  # a floor: no event leaves before it (what a file's tick promises)
+                fast.floor = ref.floor = int((T0 + timedelta(minutes=120)).timestamp() * 1e6)
+            assert (fast.clock.max_t, fast.held) == (ref.clock.max_t, ref.held)
+        for parser, out in zip((fast, ref), outs, strict=True):
+            parser.release_held(out, everything=True)
+            parser.tick(out, END)
+    assert outs[0] == outs[1]
+    assert [repr(x) for x in outs[0]] == [repr(x) for x in outs[1]]
+
+
+def test_handle_value_builds_no_record_for_an_event_applied_on_time() -> None:
+    """The point of handle_value: a valid message of its stream, on time, becomes an Event
+    without a RawRecord (one is built only for a dead letter or a held event)."""
+    built: list = []
+
+    def counting(*a):
+        built.append(a)
+        return RawRecord(*a)
+
+    doc = next(d for d in DOCS if STREAM_OF[d["event_type"]] is Stream.DELIVERIES)
+    parser, out = _Parser("deliveries:0", 0, 60_000_000, BEGIN), []
+    with mock.patch.object(sources, "RawRecord", counting):
+        parser.handle_value("deliveries", 0, 5, _line(doc, 0, "ok"), Stream.DELIVERIES, out, 5)
+        assert [type(x) for x in out] == [sources.Event] and built == []
+        parser.handle_value("deliveries", 0, 6, _line(doc, 0, "ok"), Stream.ORDERS, out, 6)
+        assert type(out[-1]).__name__ == "DeadLetter" and len(built) == 1  # wrong stream
