@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 from river import compose, drift, linear_model, metrics, optim, preprocessing
 
-from salvage.fastpickle import fast_pickle
+from salvage.fastpickle import fast_pickle, slot_maker
 from salvage.scoring import baseline, dense
 from salvage.scoring.baseline import RULE_FEATURES, RULES_VERSION, ScoreResult
 from salvage.scoring.dense import CLIP
+from salvage.scoring.rounding import round6
 
 RETAINED = frozenset({"kept", "exchange", "store_credit", "return_cancelled"})
 LOST = frozenset({"refund", "chargeback"})
@@ -583,18 +584,20 @@ class ScoreBatch:
         index = {name: i for i, name in enumerate(names)}
         if all(f in index for f in RULE_FEATURES):
             cols = np.array([index[f] for f in RULE_FEATURES], dtype=np.int64)
-            rec_p, ab_p = k.rule_scores(X, cols)
-            rec = rec_p.tolist()
-            ab = ab_p.tolist()
+            rec_a, ab_a = k.rule_scores(X, cols)
             python_rules = slow
         else:
-            rec, ab = [0.0] * m, [0.0] * m
+            rec_a, ab_a = np.zeros(m), np.zeros(m)
             python_rules = list(range(m))
-        for r in python_rules:  # scoring/baseline.py on the dict, as RuleScorer.score
-            rec[r] = baseline.recoverability(xs[r])
-            ab[r] = baseline.abuse(xs[r])
-        self.rec_r = list(map(round, rec, repeat(6)))
-        self.ab_r = list(map(round, ab, repeat(6)))
+        if python_rules:
+            rec, ab = rec_a.tolist(), ab_a.tolist()
+            for r in python_rules:  # scoring/baseline.py on the dict, as RuleScorer.score
+                rec[r] = baseline.recoverability(xs[r])
+                ab[r] = baseline.abuse(xs[r])
+            rec_a, ab_a = np.array(rec, dtype=np.float64), np.array(ab, dtype=np.float64)
+        # round(x, 6) of each, as RuleScorer.score (bit for bit, see scoring/rounding.py)
+        self.rec_r = round6(rec_a)
+        self.ab_r = round6(ab_a)
         log_slots = np.array(inp.log_slots, dtype=np.int64)
         self.xp, self.returned = k.prepare_rows(
             X,
@@ -630,8 +633,8 @@ class ScoreBatch:
         out = self.k.predict_pairs(
             rec_m.state, rec_m.intercept, ab_m.state, ab_m.intercept, self.xp, self.returned, r, hi
         )
-        self.preds = preds = out.ravel().tolist()
-        self.rounded = list(map(round, preds, repeat(6)))
+        self.preds = out.ravel().tolist()
+        self.rounded = round6(out)  # round(p, 6) of each, bit for bit
         self.lo, self.hi = r, hi
         # what can change the models' predictions or tags: learning (Adam's steps move on every
         # step) and promotion / demotion (which flip ``active``)
@@ -650,7 +653,7 @@ class ScoreBatch:
             self._predict(r)
         j = 2 * (r - self.lo)
         r_rec, r_ab = self.rec_r[r], self.ab_r[r]
-        rules = ScoreResult(r_rec, r_ab, RULES_VERSION)
+        rules = _score_result(r_rec, r_ab, RULES_VERSION)
         ms.scored += 1
         ms.rules_prior_sum += r_rec
         s_rec, s_ab = self.rounded[j], self.rounded[j + 1]
@@ -666,7 +669,7 @@ class ScoreBatch:
                 ms._keep(order_id, t, values, returned, risk)
         if rec_m.active or ab_m.active:
             # (the rule scores are rounded already: round is idempotent)
-            scores = ScoreResult(
+            scores = _score_result(
                 s_rec if rec_m.active else r_rec, s_ab if ab_m.active else r_ab, self.version
             )
         else:  # the rules drive: what ModelSet.score returns equals them (one frozen object)
@@ -712,6 +715,11 @@ class Scored:
     scores: ScoreResult  # what the policy acts on
     shadow: dict[str, float]  # model predictions, recorded whether active or not
     rules: ScoreResult
+
+
+# ScoreResult(...) setting the slots directly (two per case update; the frozen dataclass's
+# __init__ costs about twice as much); equal objects (tests/scoring/test_batch.py compares them)
+_score_result = slot_maker(ScoreResult)
 
 
 def recoverability_label(facts: dict[str, Any]) -> bool | None:
