@@ -34,6 +34,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 BEGIN = -(2**62)
@@ -145,6 +147,10 @@ class PartitionClock:
         if wm - t > self.max_lateness_us:
             return None
         return wm
+
+
+_first = itemgetter(0)
+_t_tie = itemgetter(0, 1)
 
 
 class Reorderer:
@@ -282,6 +288,34 @@ class Reorderer:
             t, tie, _, payload = pop(heap)
             append((t, tie, payload))
         return out
+
+    def release_runs(self, runs: list[list[tuple[int, str, Any]]]) -> list | None:
+        """``push_many`` of each of ``runs`` (batches from upstream shards, in the order they
+        came), then :meth:`release`, when that releases every item: nothing else is buffered,
+        none of the items is below the low watermark now and all are below the next one. Then
+        the answer is a stable sort of the runs by ``(t, tiebreak)``, which is the heap's order
+        (its sequence number orders ties by arrival), without a heap push and pop per item (a
+        sort merges the runs in C; each upstream's output is mostly in order already).
+        Otherwise None, and nothing changed: push and release as usual.
+
+        >>> r = Reorderer(["p0", "p1"])
+        >>> r.tick("p0", 30); r.tick("p1", 40)
+        >>> r.release_runs([[(10, "b", 1), (20, "a", 2)], [(10, "a", 3), (25, "a", 4)]]), r.low
+        ([(10, 'a', 3), (10, 'b', 1), (20, 'a', 2), (25, 'a', 4)], 30)
+        >>> r.release_runs([[(35, "a", 5)]]), len(r)  # 35 is not released yet (low 30): no
+        (None, 0)
+        """
+        if self._heap:
+            return None
+        items = runs[0] if len(runs) == 1 else list(chain.from_iterable(runs))
+        if not items:
+            return None
+        low = self.compute_low()
+        if min(map(_first, items)) < self.low or max(map(_first, items)) >= low:
+            return None
+        self.low = low
+        self._seq += len(items)  # as push_many would count them
+        return sorted(items, key=_t_tie)
 
     def pending(self) -> list[tuple[int, str, Any]]:
         """Everything still buffered, in order (used at shutdown for diagnostics)."""

@@ -215,6 +215,11 @@ class _Stage(ABC):
             box = self._outbox[(route, dest)] = []
         box.append((t, tie, payload))
 
+    def _push_many(self, items: list[tuple[int, str, Any]]) -> None:
+        late = self.reorderer.push_many(items)  # _push on each, in order
+        if late:
+            metrics.LATE_AFTER_IDLE.inc(late)
+
     def _push(self, t: int, tie: str, payload: Any) -> None:
         if not self.reorderer.push(t, tie, payload):
             # Only possible after an idle upstream wakes up (live mode): apply at the watermark.
@@ -232,13 +237,15 @@ class _Stage(ABC):
         came, apply what the new low watermark releases and return what the stage emits."""
         out: Emit = []
         ticked = False
+        runs: list[list[tuple[int, str, Any]]] = []  # the call's batches, not pushed yet
         for item in items:
             kind = type(item)
             if kind is Batch:
-                late = self.reorderer.push_many(item.items)  # _push on each, in order
-                if late:
-                    metrics.LATE_AFTER_IDLE.inc(late)
+                runs.append(item.items)
             elif kind is Event:
+                for run in runs:  # pushed in the order they came
+                    self._push_many(run)
+                runs = []
                 self._push(item.t, item.tie, item.payload)
             elif kind is Tick:
                 self.reorderer.tick(item.source, item.watermark, item.seen)
@@ -249,7 +256,13 @@ class _Stage(ABC):
                 raise TypeError(f"{self.name}: not a stage item: {item!r:.200}")
         if ticked:
             before = self.reorderer.low
-            released = self.reorderer.release()
+            # nothing else buffered and all of the call's batches released by its tick(s):
+            # merged by a sort, as push_many + release would order them (release_runs)
+            released = self.reorderer.release_runs(runs) if runs else None
+            if released is None:
+                for run in runs:
+                    self._push_many(run)
+                released = self.reorderer.release()
             self.apply(released, self.reorderer.low, out)
             if self._outbox:
                 for (route, dest), batch in self._outbox.items():
@@ -257,6 +270,9 @@ class _Stage(ABC):
                 self._outbox = {}
             if self.reorderer.low != before:
                 out.append((Route.TICK, Tick(self.name, self.reorderer.low, self.seen_t)))
+        else:
+            for run in runs:
+                self._push_many(run)
         _flush_metrics()  # the batch's counter increments, one inc per labelled child
         return out
 
