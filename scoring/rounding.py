@@ -24,8 +24,9 @@ from itertools import repeat
 
 import numpy as np
 
-# below this many values numpy's fixed cost per call exceeds Python's per-value cost
-_MIN_VECTOR = 24
+# below this many values numpy's fixed cost (~8 µs a call) exceeds Python's ~0.27 µs a value
+# (measured: 24 values 6.9 µs in Python, 8.3 vectorised; 32 values 9.0 and 8.4)
+_MIN_VECTOR = 32
 _MAX_EXACT = 2.0**52  # beyond this, y - trunc(y) is not exact: Python decides
 
 
