@@ -54,6 +54,8 @@ class CustomerContext:
             self.first_seen = t
         if t > self.last_seen:
             self.last_seen = t
+        if _OBSERVED.isdisjoint(changes):  # e.g. a carrier scan: nothing to fold (most updates)
+            return
         for change in changes:
             if change == "placed":
                 self.orders += 1
@@ -134,3 +136,9 @@ class CustomerContext:
             if self.last_return_at
             else -1.0,
         }
+
+
+# the change codes observe() folds into a customer's history (any other changes nothing)
+_OBSERVED = frozenset(
+    {"placed", "return_requested", "contact", "graded", "chargeback", "reviewed", "closed"}
+)

@@ -212,6 +212,13 @@ def could_decide(policy: Policy, f: dict[str, float], scores) -> bool:
     return bool(_compiled(policy)[2](f, scores.recoverability, scores.abuse))
 
 
+def gate_of(policy: Policy) -> Gate:
+    """The compiled test :func:`could_decide` runs: ``could_decide(policy, f, scores)`` is
+    ``bool(gate_of(policy)(f, scores.recoverability, scores.abuse))`` (for a caller that tests
+    many updates against one policy)."""
+    return _compiled(policy)[2]
+
+
 def _compiled(policy: Policy) -> tuple[Policy, dict, Gate]:
     """``(policy, policy.compiled_rules(), decision_gate(policy))``, looked up by the policy's
     id: its private attributes (``_compiled``, ``_gate``) are slow pydantic attributes to read

@@ -40,6 +40,11 @@ CUSTOMER_IDLE_US = 400 * DAY_US  # customer context evicted after this long with
 RISK_SIGNALS = frozenset({"delay_signal", "promise_missed", "contact", "return_requested"})
 
 
+# per stage, customer id -> destination shard key, remembered (the key's crc32 costs more than
+# the lookup); cleared when it reaches this size (not state: rebuilt as updates come)
+DEST_CACHE = 1 << 16
+
+
 def shard_of(key: str, shards: int) -> int:
     """Stable across processes and runs (unlike ``hash``)."""
     return zlib.crc32(key.encode()) % shards
@@ -214,6 +219,14 @@ class _Stage(ABC):
         if box is None:
             box = self._outbox[(route, dest)] = []
         box.append((t, tie, payload))
+
+    def _box(self, route: Route, dest: str) -> list[tuple[int, str, Any]]:
+        """The list :meth:`send` appends ``dest``'s items of ``route`` to (for a caller that
+        appends many items itself)."""
+        box = self._outbox.get((route, dest))
+        if box is None:
+            box = self._outbox[(route, dest)] = []
+        return box
 
     def _push_many(self, items: list[tuple[int, str, Any]]) -> None:
         late = self.reorderer.push_many(items)  # _push on each, in order

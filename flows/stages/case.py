@@ -28,6 +28,7 @@ from salvage.flows.stages.base import (
     _EVENTS,
     _JOURNEY_ALERTS,
     _STATUS_UPDATES,
+    DEST_CACHE,
     INTENT_KEY,
     OUT_KEY,
     TOMBSTONE_US,
@@ -66,7 +67,10 @@ class CaseStage(_Stage):
         # derived from the config (not state): the customer stage's shard keys, by shard, and
         # each lane's lane-monitor key (lanes are few)
         self._ctx_keys = [ctx_key(i) for i in range(cfg.cust_shards)]
+        self._ctx_dest: dict[str, str] = {}  # customer id -> its context shard's key
         self._lane_dest: dict[str, str] = {}
+        # this call's applied events by type, for the events counter (not state)
+        self._kinds: dict[str, int] = {}
         self._configure(cfg)
 
     def _configure(self, cfg: StageConfig) -> None:
@@ -80,9 +84,13 @@ class CaseStage(_Stage):
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
-        deadline = case.next_deadline(
-            self.cfg.return_window_us, self.journey, self.cfg.promise_rechecks_us
-        )
+        # case.next_deadline(window, self.journey, rechecks), inline: a journey deadline needs a
+        # received return, so a case without a ReturnState has none (most cases)
+        cfg = self.cfg
+        deadline = case.core_deadline(cfg.return_window_us, cfg.promise_rechecks_us)
+        if case.ret is not None and self.journey is not None:
+            j = journey.deadline(case, self.journey)
+            deadline = min(deadline, j) if deadline and j else deadline or j
         if deadline and deadline != case.timer:  # unchanged: its entry is in the heap already
             case.timer = deadline
             heapq.heappush(self.timers, (deadline, case.order_id))
@@ -232,10 +240,17 @@ class CaseStage(_Stage):
             ret.return_value,
             ret.received_at,
         )
-        # ctx_key(shard_of(customer_id, cust_shards))
-        ctx_keys = self._ctx_keys
-        dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
-        self.send(Route.CONTEXT, dest, t, f"{source_id}|{case.order_id}", view)
+        dest = self._ctx_dest.get(customer_id)
+        if dest is None:  # ctx_key(shard_of(customer_id, cust_shards)), remembered
+            ctx_keys = self._ctx_keys
+            dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
+            if len(self._ctx_dest) >= DEST_CACHE:
+                self._ctx_dest.clear()
+            self._ctx_dest[customer_id] = dest
+        box = self._outbox.get((Route.CONTEXT, dest))  # self.send(Route.CONTEXT, ...), inline
+        if box is None:
+            box = self._outbox[(Route.CONTEXT, dest)] = []
+        box.append((t, f"{source_id}|{case.order_id}", view))
 
     def _settled_fact(self, ev, t: int, inferred: str | None = None) -> bool:
         """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
@@ -316,6 +331,15 @@ class CaseStage(_Stage):
         letter = dead_letter(raw, kind, message, raw_event.event_id, raw_event.order_id)
         metrics.DEAD_LETTERS.labels(kind.value).inc()
         out.append((Route.DEAD_LETTER, letter))
+
+    def _count_events(self) -> None:
+        """The events applied in this call, into the events counter (one inc per type)."""
+        for kind, n in self._kinds.items():
+            counter = _EVENTS_OF.get(kind)
+            if counter is None:
+                counter = _EVENTS_OF[kind] = _EVENTS(STREAM_OF[kind].value)
+            counter.inc(n)
+        self._kinds = {}
 
     # -- duplicates and orphans ----------------------------------------------------
     def _known_digest(self, order_id: str, event_id: str) -> int | None:
@@ -438,6 +462,8 @@ class CaseStage(_Stage):
                 if adopted:  # applied right after their order, at its time, in their order
                     pending.extend((t, a_tie, a_ev) for _t, a_tie, a_ev in reversed(adopted))
             self._apply_event(case, t, tie, ev, inferred, out)
+        if self._kinds:
+            self._count_events()
         horizon = self.horizon(low)
         self._fire_timers(horizon, out)
         self._expire_tombstones(horizon)
@@ -454,11 +480,22 @@ class CaseStage(_Stage):
         cfg = self.cfg
         kind = ev.event_type
         changes = case.apply(ev, t, cfg.return_window_us, inferred)
-        _remember_digest(case, _tie_digest(tie))
-        counter = _EVENTS_OF.get(kind)
-        if counter is None:
-            counter = _EVENTS_OF[kind] = _EVENTS(STREAM_OF[kind].value)
-        counter.inc()
+        # _remember_digest(case, _tie_digest(tie)), inline when the one new id's digest is all
+        # that is missing (not: the oldest id forgotten, or a case restored without digests)
+        try:
+            digests = case.digests
+        except AttributeError:  # a case from a snapshot taken before digests existed
+            digests = None
+        if digests is not None and len(digests) == 4 * len(case.seen) - 4:
+            try:
+                digest = int(tie.rpartition("|")[2], 16) or 1
+            except ValueError:
+                digest = 0
+            case.digests = digests + digest.to_bytes(4, "little")
+        else:
+            _remember_digest(case, _tie_digest(tie))
+        kinds = self._kinds  # counted per call (_count_events)
+        kinds[kind] = kinds.get(kind, 0) + 1
         self._emit_view(case, t, ev.event_id, changes, out)
         if kind in _RETURNS_EVENTS:
             self._journey(case, ev, t)
@@ -466,7 +503,10 @@ class CaseStage(_Stage):
             case.lane != "unknown" and case.promised_at
         ):
             self._lane_fact(case, ev, t, changes)
-        self._after_update(case, t)
+        if case.status is Status.CLOSED:
+            self._after_update(case, t)
+        else:  # self._after_update(case, t) of an open case
+            self._schedule(case)
 
 
 _RETURNS_EVENTS = frozenset(k for k, s in STREAM_OF.items() if s is Stream.RETURNS)

@@ -23,7 +23,7 @@ from salvage.flows.stages.base import (
 from salvage.policy import guardrails
 from salvage.policy.config import MAX_CONTACT_LOG
 from salvage.policy.disposition import decide_disposition
-from salvage.policy.engine import CUSTOMER_FACING, could_decide, decide, holdout_unit
+from salvage.policy.engine import CUSTOMER_FACING, Gate, decide, gate_of, holdout_unit
 from salvage.policy.triggers import build_trigger, decision_record, held_out, is_forced, trigger_id
 from salvage.sinks import metrics
 from salvage.sinks.case_doc import case_json
@@ -48,20 +48,37 @@ class DispatchStage(_Stage):
         # this call's latest update per order, for its case-store document (_flush_records);
         # empty between calls (not state)
         self._records: dict[str, tuple] = {}
+        self._gate: Gate | None = None  # set per call (apply)
 
     def apply(self, released, low: int, out: Emit) -> None:
+        # the policy's compiled gate for this call (None: decide() on every update)
+        self._gate = gate = gate_of(self.cfg.policy) if self.cfg.decide_gate else None
+        records = self.cfg.case_records
         for t, _tie, (view, features, scored, events) in released:
             if events:
                 for ev in events:
                     out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
                     tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
                     self.send(Route.OUTPUT, OUT_KEY, t, tie, ("model_event", out_ev))
-            if "placed" in view.changes:  # uplift: customers' orders (repeat-order effects)
+            changes = view.changes
+            if "placed" in changes:  # uplift: customers' orders (repeat-order effects)
                 self.send(
                     Route.OUTPUT, OUT_KEY, t, f"p|{view.order_id}", ("order", placed(view, t))
                 )
-            if scored is not None:  # None: a settled case's late fact (no decision)
-                self._update(t, view, features, scored, out)
+            if scored is None:  # a settled case's late fact (no decision)
+                continue
+            if (  # most updates: _update would only record them (no grade, risk, close, action)
+                gate is not None
+                and view.outcome is None
+                and view.status != "closed"
+                and RISK_SIGNALS.isdisjoint(changes)
+                and "graded" not in changes
+                and not gate(features, scored.scores.recoverability, scored.scores.abuse)
+            ):
+                if records:
+                    self._record(t, view, features, scored, None)
+                continue
+            self._update(t, view, features, scored, out)
         if self._records:
             self._flush_records(out)
         if low < END and low - self.last_sweep > DAY_US:
@@ -157,7 +174,10 @@ class DispatchStage(_Stage):
         cfg = self.cfg
         policy = cfg.policy
         resolved = closed or view.outcome is not None
-        if resolved or (cfg.decide_gate and not could_decide(policy, features, scores)):
+        gate = self._gate  # could_decide(policy, features, scores), inline
+        if resolved or (
+            gate is not None and not gate(features, scores.recoverability, scores.abuse)
+        ):
             decision = None  # what decide() returns here, without its merged dicts and EVs
         else:
             decision = decide(policy, features, scores, resolved=False)
@@ -214,20 +234,7 @@ class DispatchStage(_Stage):
         if decision_doc is not None and self.cfg.case_records:
             self.last_decision[view.order_id] = decision_doc
         if self.cfg.case_records:
-            # the case-store document of the order's latest update in this call, made by
-            # _flush_records at the end of the call (what it reads is fixed now: the triggered
-            # list gains entries only from later updates of the same order, which replace this)
-            records = self._records
-            records.pop(view.order_id, None)  # re-inserted last: documents leave in that order
-            records[view.order_id] = (
-                t,
-                view,
-                features,
-                scored,
-                decision_doc,
-                decision_doc or self.last_decision.get(view.order_id),
-                self.sent.get(view.order_id, []),
-            )
+            self._record(t, view, features, scored, decision_doc)
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
             self._outcome(t, view)
@@ -253,6 +260,23 @@ class DispatchStage(_Stage):
             self.sent.pop(view.order_id, None)
             self.held_out.pop(view.order_id, None)
             self.last_decision.pop(view.order_id, None)
+
+    def _record(self, t: int, view: CaseView, features, scored, decision_doc) -> None:
+        """Keep the update for the case-store document of the order's latest update in this
+        call, made by _flush_records at the end of the call (what it reads is fixed now: the
+        triggered list gains entries only from later updates of the same order, which replace
+        this)."""
+        records = self._records
+        records.pop(view.order_id, None)  # re-inserted last: documents leave in that order
+        records[view.order_id] = (
+            t,
+            view,
+            features,
+            scored,
+            decision_doc,
+            decision_doc or self.last_decision.get(view.order_id),
+            self.sent.get(view.order_id, []),
+        )
 
     def _assign(
         self, t: int, view: CaseView, features, action: Action, forced: bool, suppressed: str

@@ -220,3 +220,23 @@ def test_the_generated_case_view_constructor_makes_the_same_view() -> None:
     made, reference = _case_view(*values), CaseView(*values)
     assert type(made) is CaseView
     assert made == reference and repr(made) == repr(reference)
+
+
+def test_observe_skips_only_changes_it_has_no_branch_for() -> None:
+    """CustomerContext.observe returns early when no change is in ``_OBSERVED``: that set must be
+    exactly the change codes its loop has a branch for (read from its source), or an update
+    would be skipped that the loop folds in."""
+    import inspect
+    import re
+
+    from salvage.features import customer
+
+    source = inspect.getsource(customer.CustomerContext.observe)
+    handled = set(re.findall(r'change == "([a-z_]+)"', source))
+    assert handled == customer._OBSERVED
+    ctx = customer.CustomerContext("c1")
+    view = type("View", (), {"order_value": 80.0})()
+    ctx.observe(5, ("scan", "delay_signal"), view)  # nothing to fold: first and last seen only
+    assert (ctx.first_seen, ctx.last_seen, ctx.orders, ctx.spend) == (5, 5, 0, 0.0)
+    ctx.observe(7, ("scan", "placed"), view)  # one handled code among others is folded
+    assert (ctx.last_seen, ctx.orders, ctx.spend) == (7, 1, 80.0)
