@@ -40,11 +40,6 @@ CUSTOMER_IDLE_US = 400 * DAY_US  # customer context evicted after this long with
 RISK_SIGNALS = frozenset({"delay_signal", "promise_missed", "contact", "return_requested"})
 
 
-# per stage, customer id -> destination shard key, remembered (the key's crc32 costs more than
-# the lookup); cleared when it reaches this size (not state: rebuilt as updates come)
-DEST_CACHE = 1 << 16
-
-
 def shard_of(key: str, shards: int) -> int:
     """Stable across processes and runs (unlike ``hash``)."""
     return zlib.crc32(key.encode()) % shards

@@ -28,7 +28,6 @@ from salvage.flows.stages.base import (
     _EVENTS,
     _JOURNEY_ALERTS,
     _STATUS_UPDATES,
-    DEST_CACHE,
     INTENT_KEY,
     OUT_KEY,
     TOMBSTONE_US,
@@ -67,7 +66,6 @@ class CaseStage(_Stage):
         # derived from the config (not state): the customer stage's shard keys, by shard, and
         # each lane's lane-monitor key (lanes are few)
         self._ctx_keys = [ctx_key(i) for i in range(cfg.cust_shards)]
-        self._ctx_dest: dict[str, str] = {}  # customer id -> its context shard's key
         self._lane_dest: dict[str, str] = {}
         # this call's applied events by type, for the events counter (not state)
         self._kinds: dict[str, int] = {}
@@ -240,13 +238,9 @@ class CaseStage(_Stage):
             ret.return_value,
             ret.received_at,
         )
-        dest = self._ctx_dest.get(customer_id)
-        if dest is None:  # ctx_key(shard_of(customer_id, cust_shards)), remembered
-            ctx_keys = self._ctx_keys
-            dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
-            if len(self._ctx_dest) >= DEST_CACHE:
-                self._ctx_dest.clear()
-            self._ctx_dest[customer_id] = dest
+        # ctx_key(shard_of(customer_id, cust_shards))
+        ctx_keys = self._ctx_keys
+        dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
         box = self._outbox.get((Route.CONTEXT, dest))  # self.send(Route.CONTEXT, ...), inline
         if box is None:
             box = self._outbox[(Route.CONTEXT, dest)] = []

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from zlib import crc32
+
 from salvage.flows.messages import Emit, Route
 from salvage.flows.model_sink import checkpoint
 from salvage.flows.stages.base import (
     _MODEL_CHANGES,
-    DEST_CACHE,
     RISK_SIGNALS,
     StageConfig,
     _Stage,
@@ -28,7 +29,6 @@ class ModelStage(_Stage):
         self.cfg = cfg
         self.rules = RuleScorer()
         self.models = ModelSet(cfg.model)
-        self._dest_of: dict[str, str] = {}  # customer id -> its dispatch shard's key
         for name in ("recoverability", "abuse"):  # series exist from the start (increase() works)
             _MODEL_CHANGES["promoted"](name)
             _MODEL_CHANGES["demoted"](name)
@@ -52,7 +52,6 @@ class ModelStage(_Stage):
             batch = models.batch(xs, cuts)
         shards = self.cfg.cust_shards
         dests = [disp_key(i) for i in range(shards)]
-        dest_of = self._dest_of
         outbox: dict[str, list] = {}  # this call's dispatch boxes, by key
         for t, tie, (view, features) in released:
             # ModelSet.expire_awaiting, called only when a wait ran out before t
@@ -83,12 +82,8 @@ class ModelStage(_Stage):
                 scored = models.score(
                     view.order_id, t, features, rules, view.returned, not closed, risk
                 )
-            disp = dest_of.get(view.customer_id)
-            if disp is None:  # dests[shard_of(view.customer_id, shards)], remembered
-                disp = dests[shard_of(view.customer_id, shards)]
-                if len(dest_of) >= DEST_CACHE:
-                    dest_of.clear()
-                dest_of[view.customer_id] = disp
+            # dests[shard_of(view.customer_id, shards)], inline
+            disp = dests[crc32(view.customer_id.encode()) % shards]
             box = outbox.get(disp)  # self.send(Route.DISPATCH, disp, ...), inline
             if box is None:
                 box = outbox[disp] = self._box(Route.DISPATCH, disp)
