@@ -6,7 +6,8 @@
 File mode, no case store, 8 shards, the log split by order id over --files input files (one input
 partition each, so two processes can each read one). Reports the flow's own time (what `salvage
 run` prints as "done in", without interpreter start-up) and the wall time of the command, events/s
-and the speed-up over 1 x 1; and checks every configuration wrote byte-identical outputs.
+and the speed-up over 1 x 1, and each process's CPU seconds (user + system: how evenly a cluster
+shares the work); and checks every configuration wrote byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def split(log: Path, files: int, work: Path) -> list[Path]:
 
 
 def run(
-    inputs: list[Path], out: Path, processes: int, workers: int, work: Path, model_shards: int = 1
+    inputs: list[Path], out: Path, processes: int, workers: int, work: Path, model_shards: int = 0
 ) -> dict:
     from salvage.connectors.broker import free_port
 
@@ -73,9 +74,13 @@ def run(
                     stdin=subprocess.DEVNULL,
                 )
             )
+    cpu = []  # user + system seconds of each process (how evenly a cluster shares the work)
     for p, log in zip(procs, logs, strict=True):
-        if p.wait() != 0:
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
             raise RuntimeError(f"{p.args} failed:\n{log.read_text()[-3000:]}")
+        cpu.append(usage.ru_utime + usage.ru_stime)
     wall = time.perf_counter() - started
     flow_s = max(
         float(m.group(1))
@@ -85,7 +90,7 @@ def run(
     digest = hashlib.sha256()
     for name in OUTPUTS:
         digest.update((out / f"{name}.jsonl").read_bytes())
-    return {"wall": wall, "flow": flow_s, "sha": digest.hexdigest()}
+    return {"wall": wall, "flow": flow_s, "sha": digest.hexdigest(), "cpu": cpu}
 
 
 def main() -> None:
@@ -96,8 +101,9 @@ def main() -> None:
     ap.add_argument(
         "--model-shards",
         type=int,
-        default=1,
-        help="SALVAGE_MODEL_SHARDS for every configuration (outputs are compared per count)",
+        default=0,
+        help="SALVAGE_MODEL_SHARDS for every configuration (outputs are compared per count); "
+        "default 0, the product's: one model shard per process",
     )
     args = ap.parse_args()
     log = sim_log(args.events, args.work)
@@ -123,6 +129,7 @@ def main() -> None:
                 f"{r['wall']:.1f}",
                 f"{ref['wall'] / r['wall']:.2f}",
                 "yes" if r["sha"] == ref["sha"] else "NO",
+                " / ".join(f"{c:.1f}" for c in r["cpu"]),
             ]
         )
     print(f"\nscaling, {args.events:,} events in {args.files} files, {machine()}")
@@ -136,6 +143,7 @@ def main() -> None:
                 "wall s",
                 "speed-up (wall)",
                 "same outputs",
+                "CPU s per process",
             ],
             rows,
         )
