@@ -462,7 +462,12 @@ class OrderCase:
         """The next event time at which time alone changes this case or raises a journey alert
         (0: none)."""
         core = self.core_deadline(return_window_us, rechecks)
-        j = journey.deadline(self, journey_cfg) if journey_cfg is not None else 0
+        # a journey alert needs a received return: a case without a ReturnState has none (most)
+        j = (
+            journey.deadline(self, journey_cfg)
+            if journey_cfg is not None and self.ret is not None
+            else 0
+        )
         return min(core, j) if core and j else core or j
 
     def core_deadline(

@@ -209,7 +209,7 @@ def could_decide(policy: Policy, f: dict[str, float], scores) -> bool:
     >>> could_decide(policy, f | {"slippage_hours": 30.0}, ScoreResult(0.4, 0.02, "rules-v1"))
     True
     """
-    return bool(_compiled(policy)[2](f, scores.recoverability, scores.abuse))
+    return bool(gate_of(policy)(f, scores.recoverability, scores.abuse))
 
 
 def gate_of(policy: Policy) -> Gate:

@@ -210,14 +210,11 @@ class _Stage(ABC):
 
     def send(self, route: Route, dest: str, t: int, tie: str, payload: Any) -> None:
         """Queue a data item for ``dest``; one batch item per destination leaves per call."""
-        box = self._outbox.get((route, dest))
-        if box is None:
-            box = self._outbox[(route, dest)] = []
-        box.append((t, tie, payload))
+        self._box(route, dest).append((t, tie, payload))
 
     def _box(self, route: Route, dest: str) -> list[tuple[int, str, Any]]:
-        """The list :meth:`send` appends ``dest``'s items of ``route`` to (for a caller that
-        appends many items itself)."""
+        """The list :meth:`send` appends ``dest``'s items of ``route`` to (a caller that sends
+        many items may append to it itself)."""
         box = self._outbox.get((route, dest))
         if box is None:
             box = self._outbox[(route, dest)] = []

@@ -82,13 +82,9 @@ class CaseStage(_Stage):
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
-        # case.next_deadline(window, self.journey, rechecks), inline: a journey deadline needs a
-        # received return, so a case without a ReturnState has none (most cases)
-        cfg = self.cfg
-        deadline = case.core_deadline(cfg.return_window_us, cfg.promise_rechecks_us)
-        if case.ret is not None and self.journey is not None:
-            j = journey.deadline(case, self.journey)
-            deadline = min(deadline, j) if deadline and j else deadline or j
+        deadline = case.next_deadline(
+            self.cfg.return_window_us, self.journey, self.cfg.promise_rechecks_us
+        )
         if deadline and deadline != case.timer:  # unchanged: its entry is in the heap already
             case.timer = deadline
             heapq.heappush(self.timers, (deadline, case.order_id))
@@ -241,10 +237,7 @@ class CaseStage(_Stage):
         # ctx_key(shard_of(customer_id, cust_shards))
         ctx_keys = self._ctx_keys
         dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
-        box = self._outbox.get((Route.CONTEXT, dest))  # self.send(Route.CONTEXT, ...), inline
-        if box is None:
-            box = self._outbox[(Route.CONTEXT, dest)] = []
-        box.append((t, f"{source_id}|{case.order_id}", view))
+        self._box(Route.CONTEXT, dest).append((t, f"{source_id}|{case.order_id}", view))
 
     def _settled_fact(self, ev, t: int, inferred: str | None = None) -> bool:
         """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
@@ -474,20 +467,7 @@ class CaseStage(_Stage):
         cfg = self.cfg
         kind = ev.event_type
         changes = case.apply(ev, t, cfg.return_window_us, inferred)
-        # _remember_digest(case, _tie_digest(tie)), inline when the one new id's digest is all
-        # that is missing (not: the oldest id forgotten, or a case restored without digests)
-        try:
-            digests = case.digests
-        except AttributeError:  # a case from a snapshot taken before digests existed
-            digests = None
-        if digests is not None and len(digests) == 4 * len(case.seen) - 4:
-            try:
-                digest = int(tie.rpartition("|")[2], 16) or 1
-            except ValueError:
-                digest = 0
-            case.digests = digests + digest.to_bytes(4, "little")
-        else:
-            _remember_digest(case, _tie_digest(tie))
+        _remember_digest(case, _tie_digest(tie))
         kinds = self._kinds  # counted per call (_count_events)
         kinds[kind] = kinds.get(kind, 0) + 1
         self._emit_view(case, t, ev.event_id, changes, out)
@@ -497,10 +477,7 @@ class CaseStage(_Stage):
             case.lane != "unknown" and case.promised_at
         ):
             self._lane_fact(case, ev, t, changes)
-        if case.status is Status.CLOSED:
-            self._after_update(case, t)
-        else:  # self._after_update(case, t) of an open case
-            self._schedule(case)
+        self._after_update(case, t)
 
 
 _RETURNS_EVENTS = frozenset(k for k, s in STREAM_OF.items() if s is Stream.RETURNS)

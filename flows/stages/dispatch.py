@@ -52,33 +52,19 @@ class DispatchStage(_Stage):
 
     def apply(self, released, low: int, out: Emit) -> None:
         # the policy's compiled gate for this call (None: decide() on every update)
-        self._gate = gate = gate_of(self.cfg.policy) if self.cfg.decide_gate else None
-        records = self.cfg.case_records
+        self._gate = gate_of(self.cfg.policy) if self.cfg.decide_gate else None
         for t, _tie, (view, features, scored, events) in released:
             if events:
                 for ev in events:
                     out_ev = {**ev, "at": iso(ev["t"]), "shard": self.cfg.model_shard_of(view)}
                     tie = f"m|{ev['model']}|{ev['change']}|{ev['labels']}|{out_ev['shard']}"
                     self.send(Route.OUTPUT, OUT_KEY, t, tie, ("model_event", out_ev))
-            changes = view.changes
-            if "placed" in changes:  # uplift: customers' orders (repeat-order effects)
+            if "placed" in view.changes:  # uplift: customers' orders (repeat-order effects)
                 self.send(
                     Route.OUTPUT, OUT_KEY, t, f"p|{view.order_id}", ("order", placed(view, t))
                 )
-            if scored is None:  # a settled case's late fact (no decision)
-                continue
-            if (  # most updates: _update would only record them (no grade, risk, close, action)
-                gate is not None
-                and view.outcome is None
-                and view.status != "closed"
-                and RISK_SIGNALS.isdisjoint(changes)
-                and "graded" not in changes
-                and not gate(features, scored.scores.recoverability, scored.scores.abuse)
-            ):
-                if records:
-                    self._record(t, view, features, scored, None)
-                continue
-            self._update(t, view, features, scored, out)
+            if scored is not None:  # None: a settled case's late fact (no decision)
+                self._update(t, view, features, scored, out)
         if self._records:
             self._flush_records(out)
         if low < END and low - self.last_sweep > DAY_US:
@@ -234,7 +220,20 @@ class DispatchStage(_Stage):
         if decision_doc is not None and self.cfg.case_records:
             self.last_decision[view.order_id] = decision_doc
         if self.cfg.case_records:
-            self._record(t, view, features, scored, decision_doc)
+            # the case-store document of the order's latest update in this call, made by
+            # _flush_records at the end of the call (what it reads is fixed now: the triggered
+            # list gains entries only from later updates of the same order, which replace this)
+            records = self._records
+            records.pop(view.order_id, None)  # re-inserted last: documents leave in that order
+            records[view.order_id] = (
+                t,
+                view,
+                features,
+                scored,
+                decision_doc,
+                decision_doc or self.last_decision.get(view.order_id),
+                self.sent.get(view.order_id, []),
+            )
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
             self._outcome(t, view)
@@ -260,23 +259,6 @@ class DispatchStage(_Stage):
             self.sent.pop(view.order_id, None)
             self.held_out.pop(view.order_id, None)
             self.last_decision.pop(view.order_id, None)
-
-    def _record(self, t: int, view: CaseView, features, scored, decision_doc) -> None:
-        """Keep the update for the case-store document of the order's latest update in this
-        call, made by _flush_records at the end of the call (what it reads is fixed now: the
-        triggered list gains entries only from later updates of the same order, which replace
-        this)."""
-        records = self._records
-        records.pop(view.order_id, None)  # re-inserted last: documents leave in that order
-        records[view.order_id] = (
-            t,
-            view,
-            features,
-            scored,
-            decision_doc,
-            decision_doc or self.last_decision.get(view.order_id),
-            self.sent.get(view.order_id, []),
-        )
 
     def _assign(
         self, t: int, view: CaseView, features, action: Action, forced: bool, suppressed: str

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from zlib import crc32
-
 from salvage.flows.messages import Emit, Route
 from salvage.flows.model_sink import checkpoint
 from salvage.flows.stages.base import (
@@ -82,8 +80,7 @@ class ModelStage(_Stage):
                 scored = models.score(
                     view.order_id, t, features, rules, view.returned, not closed, risk
                 )
-            # dests[shard_of(view.customer_id, shards)], inline
-            disp = dests[crc32(view.customer_id.encode()) % shards]
+            disp = dests[shard_of(view.customer_id, shards)]
             box = outbox.get(disp)  # self.send(Route.DISPATCH, disp, ...), inline
             if box is None:
                 box = outbox[disp] = self._box(Route.DISPATCH, disp)

@@ -1,6 +1,6 @@
 """The case stage keeps each open case's payload digests (4 bytes per id) parallel to the event
-ids it remembers (``OrderCase.seen``): appended per event on the common path, realigned by
-``_remember_digest`` when the oldest id is forgotten or a restored case has no digests."""
+ids it remembers (``OrderCase.seen``, ``_remember_digest``), also when the oldest id is forgotten
+and when a restored case has no digests."""
 
 from __future__ import annotations
 
