@@ -76,6 +76,28 @@ class DispatchStage(_Stage):
             for key in [k for k in self.spent if k[1] < today - 1]:
                 del self.spent[key]
 
+    @staticmethod
+    def ignores(cfg: StageConfig, gate: Gate | None, view: CaseView, features, scored) -> bool:
+        """Would :meth:`apply` do nothing with this scored update of an open case (no output, no
+        state touched)? True when it has no model events (the caller checks), is no placement,
+        grade, risk signal or closing, no case-store document is made (``case_records`` off)
+        and the compiled gate says no rule can hold, or the case already has its outcome. The
+        model stage then does not send it (most updates: a carrier scan in transit); ``gate``:
+        ``gate_of(cfg.policy)``, None when ``cfg.decide_gate`` is off (then nothing is)."""
+        changes = view.changes
+        return (
+            gate is not None
+            and not cfg.case_records
+            and RISK_SIGNALS.isdisjoint(changes)
+            and "placed" not in changes
+            and view.status != "closed"
+            and not ("graded" in changes and view.grade)
+            and (
+                view.outcome is not None
+                or not gate(features, scored.scores.recoverability, scored.scores.abuse)
+            )
+        )
+
     def _flush_records(self, out: Emit) -> None:
         """One case-store document per order updated in this call: its latest update's. The
         Redis sink keeps the highest version of each order in a batch

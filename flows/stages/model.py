@@ -13,6 +13,8 @@ from salvage.flows.stages.base import (
     model_key,
     shard_of,
 )
+from salvage.flows.stages.dispatch import DispatchStage
+from salvage.policy.engine import gate_of
 from salvage.scoring.baseline import RuleScorer
 from salvage.scoring.models import ModelSet
 from salvage.sinks import metrics
@@ -48,7 +50,11 @@ class ModelStage(_Stage):
                 cut = False
                 xs.append(features)
             batch = models.batch(xs, cuts)
-        shards = self.cfg.cust_shards
+        cfg = self.cfg
+        # updates dispatch would do nothing with are not sent (DispatchStage.ignores)
+        gate = gate_of(cfg.policy) if cfg.decide_gate else None
+        ignores = DispatchStage.ignores
+        shards = cfg.cust_shards
         dests = [disp_key(i) for i in range(shards)]
         outbox: dict[str, list] = {}  # this call's dispatch boxes, by key
         for t, tie, (view, features) in released:
@@ -80,6 +86,8 @@ class ModelStage(_Stage):
                 scored = models.score(
                     view.order_id, t, features, rules, view.returned, not closed, risk
                 )
+            if not events and not risk and ignores(cfg, gate, view, features, scored):
+                continue
             disp = dests[shard_of(view.customer_id, shards)]
             box = outbox.get(disp)  # self.send(Route.DISPATCH, disp, ...), inline
             if box is None:

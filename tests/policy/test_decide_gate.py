@@ -21,6 +21,7 @@ from salvage.features.order_case import OrderCase
 from salvage.flows.messages import Batch, Event, Route
 from salvage.flows.plain import PlainLoop
 from salvage.flows.sources import file_part_id
+from salvage.flows.stages.dispatch import DispatchStage
 from salvage.flows.topology import stage_config
 from salvage.policy.config import Policy, holds, known_features, load_policy
 from salvage.policy.engine import could_decide, decide, gate_source
@@ -128,12 +129,14 @@ def _log(tmp: Path, scenario: str) -> Path:
     return path
 
 
-def _run(log: Path, gate: bool) -> tuple[list[tuple[str, Any]], dict[str, int]]:
+def _run(
+    log: Path, gate: bool, records: bool = True
+) -> tuple[list[tuple[str, Any]], dict[str, int]]:
     """Everything a plain-loop run emits (outputs and taps, serialised, in order) and how many
     dispatch updates the gate let through / rejected / decided."""
     s = Settings(redis_url="", shards=2, metrics_port=0)
     part = file_part_id(0, log)
-    cfg = stage_config(s, (part,), case_records=True, score_log=True)
+    cfg = stage_config(s, (part,), case_records=records, score_log=True)
     cfg = replace(cfg, decide_gate=gate)
     seen: list[tuple[str, Any]] = []
     counts = {"updates": 0, "rejected": 0, "decided": 0}
@@ -178,6 +181,40 @@ def test_every_scenario_decides_the_same_with_the_skip(tmp_path: Path, scenario:
     assert triggers, "no triggers: the comparison would prove nothing"
     assert [p for k, p in without if k == "trigger"] == triggers  # byte-identical triggers
     assert without == with_skip  # and every other output, case record and KPI fact
+
+
+@pytest.mark.parametrize("scenario", ["steady-state", "silent-carrier-incident", "closed-loop"])
+def test_updates_dispatch_ignores_are_not_sent(
+    tmp_path: Path, scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without case records, the model stage keeps back the updates dispatch would do nothing
+    with (DispatchStage.ignores): most of them, and the outputs are those of a run that sends
+    every update and decides on each (no gate)."""
+    log = _log(tmp_path, scenario)
+    kept = {True: 0, False: 0}
+    ignores = DispatchStage.ignores
+
+    def counted(*args: Any) -> bool:
+        answer = ignores(*args)
+        kept[answer] += 1
+        return answer
+
+    monkeypatch.setattr(DispatchStage, "ignores", staticmethod(counted))
+    with_skip, counts = _run(log, gate=True, records=False)
+    assert kept[True] > kept[False] > 0, kept  # most updates stay back
+    assert counts["updates"] <= kept[False] + counts["decided"], (counts, kept)
+    skipped = kept[True]
+    kept[True] = kept[False] = 0
+    without, all_counts = _run(log, gate=False, records=False)
+    assert kept[True] == 0  # without the gate every update goes to dispatch
+    assert all_counts["updates"] > counts["updates"] + skipped // 2, (all_counts, counts)
+    triggers = [p for k, p in with_skip if k == "trigger"]
+    assert triggers and [p for k, p in without if k == "trigger"] == triggers
+    # every output of the ordered output stage, in order; the taps (KPI facts, score records)
+    # are each shard's own, in no order across shards: the same ones
+    taps = {str(r) for r in (Route.KPI, Route.SCORE, Route.CASE_RECORD, Route.DEAD_LETTER)}
+    assert [x for x in without if x[0] not in taps] == [x for x in with_skip if x[0] not in taps]
+    assert sorted(without) == sorted(with_skip)
 
 
 def test_a_policy_that_has_gated_still_pickles() -> None:
