@@ -20,6 +20,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import (
     DynamicSink,
@@ -167,6 +168,60 @@ def _stateful(step: str, up, factory: Callable[[str], Any], cfg: StageConfig, st
 # not the two per item of ``op.filter`` / ``op.filter_map`` / ``op.flat_map`` (shim + generator).
 
 
+class _WholeBatches(FixedPartitionedSource[list, Any]):
+    """A source whose partitions hand Bytewax each ``next_batch`` as *one* item (the list of
+    what the wrapped partition read: events, ticks, dead letters), so that no Bytewax step runs
+    per event before the routing step splits the batch by shard (``op.input`` and a per-item
+    ``op.branch`` cost about a microsecond per event)."""
+
+    def __init__(self, source: FixedPartitionedSource) -> None:
+        self.source = source
+
+    def list_parts(self) -> list[str]:
+        return self.source.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WholeBatch:
+        return _WholeBatch(self.source.build_part(step_id, for_part, resume_state))
+
+
+class _WholeBatch(StatefulSourcePartition[list, Any]):
+    def __init__(self, part: StatefulSourcePartition) -> None:
+        self.part = part
+
+    def next_batch(self) -> list[list]:
+        items = list(self.part.next_batch())
+        return [items] if items else []
+
+    def next_awake(self) -> Any:
+        return self.part.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.part.snapshot()
+
+    def close(self) -> None:
+        self.part.close()
+
+
+_DEAD = ""  # the key of a source's dead letters after routing (no stage key is empty)
+
+
+def _route_batches(route: Callable[[list], list[tuple[str, Any]]]) -> Callable[[list], list]:
+    """The routing step over whole source batches (:class:`_WholeBatches`): each batch's events
+    and ticks routed and keyed, its dead letters as ``(_DEAD, letter)``."""
+
+    def f(batches: list[list]) -> list:
+        out: list = []
+        for items in batches:
+            letters = [item for item in items if isinstance(item, DeadLetter)]
+            if letters:
+                out += [(_DEAD, letter) for letter in letters]
+                items = [item for item in items if not isinstance(item, DeadLetter)]
+            out += [(k, (k, item)) for k, item in route(items)]
+        return out
+
+    return f
+
+
 def _for_keys(keys: tuple[str, ...]) -> Callable[[list], list]:
     wanted = frozenset(keys)
     return lambda batch: [kv for kv in batch if kv[0] in wanted]
@@ -180,11 +235,6 @@ def _from_stage(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[list
 def _only(route: str) -> Callable[[list], list]:
     """The payloads of one route in a batch of a stateful step's ``(key, (route, payload))``."""
     return lambda batch: [kv[1][1] for kv in batch if kv[1][0] == route]
-
-
-def _with_key(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], list]:
-    """Bytewax's stateful steps do not tell the logic its key: values carry it, ``(key, item)``."""
-    return lambda x: [(k, (k, item)) for k, item in route(x)]
 
 
 # ----------------------------------------------------------------------------- file sink
@@ -415,10 +465,12 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     metrics.OPEN_CASES.clear()  # this flow owns the per-shard gauge from now on
     metrics.LANE_ALERT_OPEN.clear()  # and the open-alert counts (a resume re-adds its own)
     flow = Dataflow("salvage-recovery")
-    raw = op.input("input", flow, source)
-    # the source's items: dead letters to their sink, events and ticks into the graph
-    split = op.branch("source_items", raw, lambda item: not isinstance(item, DeadLetter))
-    from_source = op.flat_map_batch("route_source", split.trues, _with_key(route_source(cfg)))
+    raw = op.input("input", flow, _WholeBatches(source))
+    # the source's batches routed: events and ticks into the graph, dead letters to their sink
+    routed = op.flat_map_batch("route_source", raw, _route_batches(route_source(cfg)))
+    split = op.branch("source_items", routed, lambda kv: kv[0] != _DEAD)
+    from_source = split.trues
+    source_letters = op.map("source_dead_letters", split.falses, lambda kv: kv[1])
 
     steps: dict[str, Any] = {}  # stage name -> its emitted (route, payload) stream
     for st in graph(cfg):
@@ -451,7 +503,7 @@ def build_flow(spec: FlowSpec) -> Dataflow:
     streams: dict[str, Any] = {}
     for out in OUTPUTS:
         if out.item == "dlq":
-            items = op.merge("dead_letters", split.falses, *taps["dead_letters"])
+            items = op.merge("dead_letters", source_letters, *taps["dead_letters"])
         elif out.item == "trigger" and cfg.direct_triggers:
             # from the dispatch shards; the ordered stage's triggers too (none, unless a resume
             # from state written when triggers went through it still holds some)
