@@ -19,6 +19,11 @@ of start-up: building the stages, loading the model kernels and whatever a first
 in both runs and cancel. Both trees read the same log; each run takes ~0.5-1.5 min (two at a
 time, one per core).
 
+``--flow full`` counts the full Bytewax flow instead (``throughput.py``'s ``run_full``: one worker,
+sinks that only hash), on copies of the log's first A and B lines, with counting on from just
+before the flow is built: Bytewax's own per-item work is in it, which the plain loop leaves out
+(what a change to the dataflow's steps saves shows only here).
+
 Needs valgrind (Debian: ``apt-get install valgrind``). The last line (for scripts)::
 
     instr_per_event=N baseline_instr_per_event=M ratio=R
@@ -44,6 +49,7 @@ from _common import DEFAULT_WORK, ROOT, machine, say, sim_log, table
 CHILD = r"""
 import os, subprocess, sys
 tree, log, n, counted = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "count"
+flow = sys.argv[5]
 sys.path[:0] = [os.path.join(tree, "benchmarks"), tree]
 import salvage
 if not os.path.realpath(salvage.__file__).startswith(os.path.realpath(tree) + os.sep):
@@ -53,17 +59,25 @@ from pathlib import Path
 pid = str(os.getpid())
 if counted:
     subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-_, pipe, lines = throughput.run_plain(Path(log), int(os.environ.get("SHARDS", "8")), limit=n)
+shards = int(os.environ.get("SHARDS", "8"))
+if flow == "full":  # the log's first n lines, copied by the parent
+    import tempfile
+    with tempfile.TemporaryDirectory() as work:
+        _, outs, _ = throughput.run_full(Path(f"{log}.first{n}"), shards, Path(work))
+    lines, triggers = n, outs["triggers"]
+else:
+    _, pipe, lines = throughput.run_plain(Path(log), shards, limit=n)
+    triggers = pipe.triggers
 if counted:
     subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
-print(f"lines={lines} triggers={pipe.triggers}", file=sys.stderr)
+print(f"lines={lines} triggers={triggers}", file=sys.stderr)
 """
 
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 _LINES = re.compile(r"lines=(\d+) triggers=(\d+)")
 
 
-def _child(tree: Path, log: Path, events: int, shards: int, counted: bool):
+def _child(tree: Path, log: Path, events: int, shards: int, counted: bool, flow: str = "plain"):
     # valgrind's emulated CPU is not the host's, and numba's cache is keyed by the CPU: with the
     # host's, every run under valgrind would compile the kernels again (billions of instructions,
     # not the same in every run). Generic-CPU kernels hit the cache inside and outside valgrind.
@@ -74,7 +88,7 @@ def _child(tree: Path, log: Path, events: int, shards: int, counted: bool):
         "NUMBA_CPU_NAME": "generic",
     }
     cmd = [sys.executable, "-c", CHILD, str(tree), str(log), str(events)]
-    cmd.append("count" if counted else "warm")
+    cmd += ["count" if counted else "warm", flow]
     if counted:
         grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
         cmd = [*grind, "--callgrind-out-file=/dev/null", *cmd]
@@ -84,15 +98,18 @@ def _child(tree: Path, log: Path, events: int, shards: int, counted: bool):
 def warm(tree: Path, log: Path, shards: int) -> None:
     """One short run without valgrind, so that the model kernels are compiled into the tree's
     numba cache (a fresh worktree has none) before anything is counted."""
-    proc = _child(tree, log, 2_000, shards, counted=False)
+    proc = _child(tree, log, 2_000, shards, counted=False, flow="plain")
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.splitlines()[-15:])
         raise SystemExit(f"warm-up run failed for {tree}:\n{tail}")
 
 
-def count(tree: Path, log: Path, events: int, shards: int) -> tuple[int, int, int]:
-    """(instructions, lines read, triggers) of the plain loop of ``tree`` on ``events`` events."""
-    proc = _child(tree, log, events, shards, counted=True)
+def count(
+    tree: Path, log: Path, events: int, shards: int, flow: str = "plain"
+) -> tuple[int, int, int]:
+    """(instructions, lines read, triggers) of the plain loop (or the full flow) of ``tree`` on
+    ``events`` events."""
+    proc = _child(tree, log, events, shards, counted=True, flow=flow)
     collected = _COLLECTED.search(proc.stderr)
     lines = _LINES.search(proc.stderr)
     if proc.returncode != 0 or collected is None or lines is None:
@@ -120,6 +137,12 @@ def main() -> None:
     ap.add_argument("--log-events", type=int, default=200_000, help="simulator log length")
     ap.add_argument("--shards", type=int, default=8, help="logical shards per stage")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="where logs are cached")
+    ap.add_argument(
+        "--flow",
+        choices=("plain", "full"),
+        default="plain",
+        help="what is counted: the plain loop (default) or the full Bytewax flow",
+    )
     args = ap.parse_args()
     a, b = args.events
     if not 0 < a < b <= args.log_events:
@@ -138,6 +161,11 @@ def main() -> None:
         raise SystemExit(f"--against {args.against}: {base_rev.stderr.strip()}")
     rev = base_rev.stdout.strip()
     log = sim_log(args.log_events, args.work)
+    if args.flow == "full":  # the full flow reads whole files: the first A and B lines
+        with log.open("rb") as src:
+            head = [line for _, line in zip(range(b), src, strict=False)]
+        for n in (a, b):
+            Path(f"{log}.first{n}").write_bytes(b"".join(head[:n]))
     wt = Path(tempfile.mkdtemp(prefix="salvage-instr-")) / rev
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), rev],
@@ -154,7 +182,8 @@ def main() -> None:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = {
-                (name, n): pool.submit(count, tree, log, n, args.shards) for name, tree, n in jobs
+                (name, n): pool.submit(count, tree, log, n, args.shards, args.flow)
+                for name, tree, n in jobs
             }
             results = {}
             for key, fut in futures.items():
@@ -185,7 +214,8 @@ def main() -> None:
     for row, name in zip(rows, trees, strict=True):
         row.append(f"{per_event[name] / base:.4f}")
     print(
-        f"\ninstructions per event, plain loop, events {a + 1:,}-{b:,} of {log.name}, "
+        f"\ninstructions per event, {'full flow' if args.flow == 'full' else 'plain loop'}, "
+        f"events {a + 1:,}-{b:,} of {log.name}, "
         f"{args.shards} shards, {machine()}"
     )
     print(
