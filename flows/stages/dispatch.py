@@ -77,13 +77,16 @@ class DispatchStage(_Stage):
                 del self.spent[key]
 
     @staticmethod
-    def ignores(cfg: StageConfig, gate: Gate | None, view: CaseView, features, scored) -> bool:
+    def ignores(
+        cfg: StageConfig, gate: Gate | None, view: CaseView, features, rec: float, abuse: float
+    ) -> bool:
         """Would :meth:`apply` do nothing with this scored update of an open case (no output, no
         state touched)? True when it has no model events (the caller checks), is no placement,
         grade, risk signal or closing, no case-store document is made (``case_records`` off)
         and the compiled gate says no rule can hold, or the case already has its outcome. The
-        model stage then does not send it (most updates: a carrier scan in transit); ``gate``:
-        ``gate_of(cfg.policy)``, None when ``cfg.decide_gate`` is off (then nothing is)."""
+        model stage then does not send it (most updates: a carrier scan in transit); ``rec``,
+        ``abuse``: its scores (``scored.scores``); ``gate``: ``gate_of(cfg.policy)``, None when
+        ``cfg.decide_gate`` is off (then nothing is)."""
         changes = view.changes
         return (
             gate is not None
@@ -92,10 +95,7 @@ class DispatchStage(_Stage):
             and "placed" not in changes
             and view.status != "closed"
             and not ("graded" in changes and view.grade)
-            and (
-                view.outcome is not None
-                or not gate(features, scored.scores.recoverability, scored.scores.abuse)
-            )
+            and (view.outcome is not None or not gate(features, rec, abuse))
         )
 
     def _flush_records(self, out: Emit) -> None:

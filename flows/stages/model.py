@@ -80,14 +80,22 @@ class ModelStage(_Stage):
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             risk = not RISK_SIGNALS.isdisjoint(view.changes)
             if batch is not None:
-                scored = batch.score(view.order_id, t, view.returned, not closed, risk)
+                rec, ab = batch.values(view.order_id, t, view.returned, not closed, risk)
+                if not events and not risk and ignores(cfg, gate, view, features, rec, ab):
+                    continue  # (its Scored is not even built)
+                scored = batch.scored()
             else:
                 rules = self.rules.score(features)
                 scored = models.score(
                     view.order_id, t, features, rules, view.returned, not closed, risk
                 )
-            if not events and not risk and ignores(cfg, gate, view, features, scored):
-                continue
+                s = scored.scores
+                if (
+                    not events
+                    and not risk
+                    and ignores(cfg, gate, view, features, s.recoverability, s.abuse)
+                ):
+                    continue
             disp = dests[shard_of(view.customer_id, shards)]
             box = outbox.get(disp)  # self.send(Route.DISPATCH, disp, ...), inline
             if box is None:
