@@ -79,23 +79,20 @@ class ModelStage(_Stage):
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             risk = not RISK_SIGNALS.isdisjoint(view.changes)
-            if batch is not None:
+            if batch is not None:  # (its Scored is built only if it is sent)
                 rec, ab = batch.values(view.order_id, t, view.returned, not closed, risk)
-                if not events and not risk and ignores(cfg, gate, view, features, rec, ab):
-                    continue  # (its Scored is not even built)
-                scored = batch.scored()
+                scored = None
             else:
                 rules = self.rules.score(features)
                 scored = models.score(
                     view.order_id, t, features, rules, view.returned, not closed, risk
                 )
-                s = scored.scores
-                if (
-                    not events
-                    and not risk
-                    and ignores(cfg, gate, view, features, s.recoverability, s.abuse)
-                ):
-                    continue
+                rec, ab = scored.scores.recoverability, scored.scores.abuse
+            if not events and not risk and ignores(cfg, gate, view, features, rec, ab):
+                continue
+            if scored is None:
+                assert batch is not None
+                scored = batch.scored()
             disp = dests[shard_of(view.customer_id, shards)]
             box = outbox.get(disp)  # self.send(Route.DISPATCH, disp, ...), inline
             if box is None:
