@@ -211,11 +211,8 @@ def _route_batches(route: Callable[[list], list[tuple[str, Any]]]) -> Callable[[
 
     def f(batches: list[list]) -> list:
         out: list = []
-        for items in batches:
-            letters = [item for item in items if isinstance(item, DeadLetter)]
-            if letters:
-                out += [(_DEAD, letter) for letter in letters]
-                items = [item for item in items if not isinstance(item, DeadLetter)]
+        for items in batches:  # (route_source passes over the dead letters)
+            out += [(_DEAD, item) for item in items if isinstance(item, DeadLetter)]
             out += [(k, (k, item)) for k, item in route(items)]
         return out
 

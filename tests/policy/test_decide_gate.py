@@ -202,7 +202,6 @@ def test_updates_dispatch_ignores_are_not_sent(
     monkeypatch.setattr(DispatchStage, "ignores", staticmethod(counted))
     with_skip, counts = _run(log, gate=True, records=False)
     assert kept[True] > kept[False] > 0, kept  # most updates stay back
-    assert counts["updates"] <= kept[False] + counts["decided"], (counts, kept)
     skipped = kept[True]
     kept[True] = kept[False] = 0
     without, all_counts = _run(log, gate=False, records=False)
