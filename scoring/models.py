@@ -530,7 +530,6 @@ class ScoreBatch:
         "gen",
         "hi",
         "k",
-        "last",
         "lo",
         "ms",
         "names",
@@ -620,8 +619,6 @@ class ScoreBatch:
         self.preds: list[float] = []  # p_rec, p_abuse of rows lo.. (hi excluded), flat
         self.rounded: list[float] = []  # the same, rounded to 6 digits (Scored.shadow)
         self.version = RULES_VERSION
-        # the last row values() took: its model and rule scores (for scored())
-        self.last: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def _predict(self, r: int) -> None:
         """Both models' predictions from row ``r`` to the next cut, with the models as they are."""
@@ -648,16 +645,15 @@ class ScoreBatch:
         self, order_id: str, t: int, returned: bool, snapshot: bool = True, risk: bool = False
     ) -> Scored:
         """:meth:`ModelSet.score` of the next row (its rule scores are the batch's)."""
-        self.values(order_id, t, returned, snapshot, risk)
-        return self.scored()
+        return self.scored(self.values(order_id, t, returned, snapshot, risk)[2])
 
     def values(
         self, order_id: str, t: int, returned: bool, snapshot: bool = True, risk: bool = False
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, tuple[float, float, float, float]]:
         """What :meth:`score` does for the next row (counts, snapshot), without building its
-        :class:`Scored`: returns the scores the policy acts on, ``(recoverability, abuse)``
-        (what ``score(...).scores`` holds). :meth:`scored` then builds that row's Scored, if
-        wanted (before the models learn again)."""
+        :class:`Scored`: ``(recoverability, abuse, row)``, the scores the policy acts on (what
+        ``score(...).scores`` holds) and the row's model and rule scores, from which
+        :meth:`scored` builds its Scored if wanted (before the models learn again)."""
         r = self.row
         self.row = r + 1
         ms = self.ms
@@ -679,13 +675,16 @@ class ScoreBatch:
                 values = array("f", (preds[j], r_rec, preds[j + 1], r_ab))
                 values.frombytes(row)
                 ms._keep(order_id, t, values, returned, risk)
-        self.last = (s_rec, s_ab, r_rec, r_ab)
         # (the rule scores are rounded already: round is idempotent)
-        return (s_rec if rec_m.active else r_rec, s_ab if ab_m.active else r_ab)
+        return (
+            s_rec if rec_m.active else r_rec,
+            s_ab if ab_m.active else r_ab,
+            (s_rec, s_ab, r_rec, r_ab),
+        )
 
-    def scored(self) -> Scored:
-        """The :class:`Scored` of the row :meth:`values` took last."""
-        s_rec, s_ab, r_rec, r_ab = self.last
+    def scored(self, row: tuple[float, float, float, float]) -> Scored:
+        """The :class:`Scored` of a ``row`` :meth:`values` returned (its model and rule scores)."""
+        s_rec, s_ab, r_rec, r_ab = row
         rules = _score_result(r_rec, r_ab, RULES_VERSION)
         rec_m, ab_m = self.ms.recoverability, self.ms.abuse
         if rec_m.active or ab_m.active:

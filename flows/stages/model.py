@@ -80,7 +80,7 @@ class ModelStage(_Stage):
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             risk = not RISK_SIGNALS.isdisjoint(view.changes)
             if batch is not None:  # (its Scored is built only if it is sent)
-                rec, ab = batch.values(view.order_id, t, view.returned, not closed, risk)
+                rec, ab, row = batch.values(view.order_id, t, view.returned, not closed, risk)
                 scored = None
             else:
                 rules = self.rules.score(features)
@@ -92,7 +92,7 @@ class ModelStage(_Stage):
                 continue
             if scored is None:
                 assert batch is not None
-                scored = batch.scored()
+                scored = batch.scored(row)
             disp = dests[shard_of(view.customer_id, shards)]
             box = outbox.get(disp)  # self.send(Route.DISPATCH, disp, ...), inline
             if box is None:
