@@ -48,11 +48,10 @@ class DispatchStage(_Stage):
         # this call's latest update per order, for its case-store document (_flush_records);
         # empty between calls (not state)
         self._records: dict[str, tuple] = {}
-        self._gate: Gate | None = None  # set per call (apply)
 
     def apply(self, released, low: int, out: Emit) -> None:
         # the policy's compiled gate for this call (None: decide() on every update)
-        self._gate = gate_of(self.cfg.policy) if self.cfg.decide_gate else None
+        gate = gate_of(self.cfg.policy) if self.cfg.decide_gate else None
         for t, _tie, (view, features, scored, events) in released:
             if events:
                 for ev in events:
@@ -64,7 +63,7 @@ class DispatchStage(_Stage):
                     Route.OUTPUT, OUT_KEY, t, f"p|{view.order_id}", ("order", placed(view, t))
                 )
             if scored is not None:  # None: a settled case's late fact (no decision)
-                self._update(t, view, features, scored, out)
+                self._update(t, view, features, scored, out, gate)
         if self._records:
             self._flush_records(out)
         if low < END and low - self.last_sweep > DAY_US:
@@ -153,7 +152,11 @@ class DispatchStage(_Stage):
         _DISPOSITIONS(doc["route"]).inc()
         self.send(Route.OUTPUT, OUT_KEY, t, f"d|{doc['disposition_id']}", ("disposition", doc))
 
-    def _update(self, t: int, view: CaseView, features, scored, out: Emit) -> None:
+    def _update(
+        self, t: int, view: CaseView, features, scored, out: Emit, gate: Gate | None
+    ) -> None:
+        """One scored update of an open case; ``gate``: the policy's compiled gate (None:
+        ``decide`` on every update)."""
         changes = view.changes
         if "graded" in changes and view.grade:
             self._disposition(t, view)
@@ -182,7 +185,7 @@ class DispatchStage(_Stage):
         cfg = self.cfg
         policy = cfg.policy
         resolved = closed or view.outcome is not None
-        gate = self._gate  # could_decide(policy, features, scores), inline
+        # gate: could_decide(policy, features, scores), inline
         if resolved or (
             gate is not None and not gate(features, scores.recoverability, scores.abuse)
         ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,16 @@ def _sent(stage) -> list:
     """Triggers queued for the output stage (then cleared)."""
     box = stage._outbox.pop(("out", OUT_KEY), [])
     return [payload for _, _, (kind, payload) in box if kind == "trigger"]
+
+
+def test_a_dispatch_stage_pickles_after_a_call():
+    """The compiled gate is looked up per call, never kept on the stage: a stage that has decided
+    still pickles (benchmarks/memory.py and snapshots.py measure the whole-shard pickle)."""
+    stage = _stage(load_policy_with(holdout=0.0))
+    _update(stage, 0, "o1", _features(slippage_hours=30.0, delayed_scans=1.0))
+    _update(stage, HOUR_US, "o2", _features())
+    copy = pickle.loads(pickle.dumps(stage, protocol=pickle.HIGHEST_PROTOCOL))
+    assert copy.sent == stage.sent == {"o1": ["proactive_reassurance"]}
 
 
 def test_once_per_order_and_contact_caps():
