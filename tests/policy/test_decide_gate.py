@@ -24,7 +24,7 @@ from salvage.flows.sources import file_part_id
 from salvage.flows.stages.dispatch import DispatchStage
 from salvage.flows.topology import stage_config
 from salvage.policy.config import Policy, holds, known_features, load_policy
-from salvage.policy.engine import could_decide, decide, gate_source
+from salvage.policy.engine import could_decide, decide, gate_of, gate_source
 from salvage.scoring.baseline import ScoreResult
 from tests.flowkit import feed_log
 
@@ -192,21 +192,24 @@ def test_updates_dispatch_ignores_are_not_sent(
     every update and decides on each (no gate)."""
     log = _log(tmp_path, scenario)
     kept = {True: 0, False: 0}
+    open_kept = 0  # kept back with no outcome yet: what _run counts as a dispatch update
     ignores = DispatchStage.ignores
 
     def counted(*args: Any) -> bool:
+        nonlocal open_kept
         answer = ignores(*args)
         kept[answer] += 1
+        open_kept += answer and args[2].outcome is None
         return answer
 
     monkeypatch.setattr(DispatchStage, "ignores", staticmethod(counted))
     with_skip, counts = _run(log, gate=True, records=False)
     assert kept[True] > kept[False] > 0, kept  # most updates stay back
-    skipped = kept[True]
     kept[True] = kept[False] = 0
     without, all_counts = _run(log, gate=False, records=False)
     assert kept[True] == 0  # without the gate every update goes to dispatch
-    assert all_counts["updates"] > counts["updates"] + skipped // 2, (all_counts, counts)
+    # dispatch saw exactly the updates kept back less
+    assert all_counts["updates"] == counts["updates"] + open_kept, (all_counts, counts)
     triggers = [p for k, p in with_skip if k == "trigger"]
     assert triggers and [p for k, p in without if k == "trigger"] == triggers
     # every output of the ordered output stage, in order; the taps (KPI facts, score records)
@@ -214,6 +217,37 @@ def test_updates_dispatch_ignores_are_not_sent(
     taps = {str(r) for r in (Route.KPI, Route.SCORE, Route.CASE_RECORD, Route.DEAD_LETTER)}
     assert [x for x in without if x[0] not in taps] == [x for x in with_skip if x[0] not in taps]
     assert sorted(without) == sorted(with_skip)
+
+
+@pytest.mark.parametrize("scenario", ["steady-state", "launch-week-backlog", "closed-loop"])
+def test_dispatch_does_nothing_with_what_it_ignores(
+    tmp_path: Path, scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DispatchStage.ignores`` restates when ``_update`` has nothing to do: checked on the
+    update itself. In a run that sends dispatch every update, each one the shipped policy's gate
+    would keep back leaves dispatch's state as it was and emits nothing."""
+    checked = 0
+    update = DispatchStage._update
+
+    def state(stage: DispatchStage) -> bytes:
+        parts = (stage.contacted, stage.sent, stage.first_score, stage.held_out)
+        more = (stage.last_decision, stage.assigned, stage.spent, stage._records, stage._outbox)
+        return pickle.dumps((*parts, *more))
+
+    def watched(stage: DispatchStage, t: int, view, features, scored, out: list, gate) -> None:
+        nonlocal checked
+        s = scored.scores
+        gate = gate_of(stage.cfg.policy)  # the shipped gate (this run decides without it)
+        ignored = DispatchStage.ignores(stage.cfg, gate, view, features, s.recoverability, s.abuse)
+        before, emitted = state(stage), len(out)
+        update(stage, t, view, features, scored, out)
+        if ignored:
+            checked += 1
+            assert state(stage) == before and len(out) == emitted, (view.order_id, view.changes)
+
+    monkeypatch.setattr(DispatchStage, "_update", watched)
+    _run(_log(tmp_path, scenario), gate=False, records=False)
+    assert checked > 100, checked
 
 
 def test_a_policy_that_has_gated_still_pickles() -> None:
