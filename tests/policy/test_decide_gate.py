@@ -237,10 +237,12 @@ def test_dispatch_does_nothing_with_what_it_ignores(
     def watched(stage: DispatchStage, t: int, view, features, scored, out: list, gate) -> None:
         nonlocal checked
         s = scored.scores
-        gate = gate_of(stage.cfg.policy)  # the shipped gate (this run decides without it)
-        ignored = DispatchStage.ignores(stage.cfg, gate, view, features, s.recoverability, s.abuse)
+        shipped = gate_of(stage.cfg.policy)  # (this run decides without it: gate is None)
+        ignored = DispatchStage.ignores(
+            stage.cfg, shipped, view, features, s.recoverability, s.abuse
+        )
         before, emitted = state(stage), len(out)
-        update(stage, t, view, features, scored, out)
+        update(stage, t, view, features, scored, out, gate)
         if ignored:
             checked += 1
             assert state(stage) == before and len(out) == emitted, (view.order_id, view.changes)
