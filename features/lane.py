@@ -8,6 +8,11 @@ send only a pick-up and a delivery scan, so the promise itself is the signal tha
 * it was delivered after the promise;
 * a delay / exception / lost / returned scan arrived, or the carrier's ETA moved past the promise.
 
+A shipment is judged once (``shipments_total``, and the baseline) and dropped when its promise
+leaves the longest window. A fact that would add a shipment whose promise is already past the
+longest window is ignored: it was judged and dropped already if the lane saw it before (a parcel
+scanned again long after its promise), and no window can count it.
+
 Every ``step_us`` of event time the lane is evaluated: for each test window ``w`` in
 ``windows_us`` the cohort is the shipments whose promise fell in ``(now - w, now]`` (all resolved:
 on time or late). The lane's **own** baseline ``b`` is a slowly decayed late rate of the shipments
@@ -219,6 +224,11 @@ class LaneMonitor:
         if ix is not None and ix.grace != cfg.late_grace_us:
             ix = self.index = None  # rebuilt at the next evaluation
         if rec is None:
+            if promise <= t - cfg.windows_us[-1]:
+                # past every window: its record (if it had one) was judged and dropped, and a
+                # fact re-adding it would be judged a second time (a parcel scanned again after
+                # its promise plus the longest window); no window can count it either
+                return
             rec = self.shipments[order_id] = [promise, False, 0, False]
             if not self.next_eval:
                 self.next_eval = t - t % cfg.step_us + cfg.step_us

@@ -372,3 +372,30 @@ def test_late_silent_parcels_are_reassured_by_the_promise_rechecks(silent):
     assert len(timed) >= 100
     offsets = {(_ts(t["decided_at"]) - promise[t["order_id"]]) / timedelta(hours=1) for t in timed}
     assert offsets <= {6.0, 24.0, 72.0}, offsets
+
+
+def test_a_parcel_seen_again_after_leaving_every_window_is_judged_once():
+    """A shipment is judged once, then dropped when its promise leaves the longest window; a scan
+    long after that (the case stage sends a lane fact per scan) must not add it back and have it
+    judged, and teach the baseline, a second time."""
+    cfg = LaneConfig(warmup_shipments=0)
+    longest = cfg.windows_us[-1]
+    monitor = LaneMonitor("dhl:DE>FR")
+    monitor.observe(D, "o1", 3 * D, "shipped", cfg)
+    monitor.observe(3 * D - HOUR_US, "o1", 3 * D, "delivered", cfg)
+    monitor.advance(3 * D + longest + cfg.step_us + 1, cfg)
+    assert "o1" not in monitor.shipments  # judged, then dropped
+    judged = (monitor.shipments_total, monitor.delayed_total, monitor.base_volume)
+    assert judged[0] == 1 and judged[1] == 0 and judged[2] > 0
+    for kind in ("shipped", "late", "delivered"):  # each a fact that would add it back
+        t = 40 * D
+        monitor.advance(t, cfg)
+        monitor.observe(t, "o1", 3 * D, kind, cfg)
+        assert "o1" not in monitor.shipments
+        monitor.advance(45 * D, cfg)
+        assert (monitor.shipments_total, monitor.delayed_total) == (1, 0)
+    # the baseline only decayed: it was not taught the parcel again
+    assert monitor.base_volume <= judged[2]
+    # a parcel still inside the windows is added as before
+    monitor.observe(45 * D, "o2", 45 * D + D, "shipped", cfg)
+    assert "o2" in monitor.shipments
