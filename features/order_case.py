@@ -219,6 +219,10 @@ class OrderCase:
     # the deadline of this case's entry in its case stage's timer heap (0: none): an update that
     # leaves the next deadline where it was pushes nothing (not state: recomputed on load)
     timer: int = field(default=0, compare=False, repr=False)
+    # the lane monitor holds (or has judged) this shipment: the case stage sent it a fact with
+    # this lane and promise, so a repeated "shipped" fact would change nothing (not state: a
+    # restored case sends one more, which the monitor ignores)
+    lane_noted: bool = field(default=False, compare=False, repr=False)
 
     if TYPE_CHECKING:  # for the type checker: the ReturnState fields, properties (_delegate)
         return_id: str = ""
@@ -304,6 +308,7 @@ class OrderCase:
         self.courier = shared(ev.courier)
         self.lane = shared(lane_of(ev.courier, ev.origin_region, ev.destination_region))
         self.promised_at = to_us(ev.promised_delivery_at)
+        self.lane_noted = False  # a new lane or promise: the monitor must hear of it again
         value = margin = 0.0
         units = 0
         best = -1.0
@@ -702,7 +707,7 @@ del _name
 
 # the order of a case's values in recovery state (flows/state.py), as before ReturnState: the
 # ReturnState fields after wismo_after_delivered, ``ret`` itself not stored
-_CORE = [f.name for f in fields(OrderCase) if f.name not in ("ret", "timer")]
+_CORE = [f.name for f in fields(OrderCase) if f.name not in ("ret", "timer", "lane_noted")]
 _AT = _CORE.index("wismo_after_delivered") + 1
 STATE_FIELDS: tuple[str, ...] = (*_CORE[:_AT], *RETURN_FIELDS, *_CORE[_AT:])
 

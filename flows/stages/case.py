@@ -178,19 +178,28 @@ class CaseStage(_Stage):
 
     def _lane_fact(self, case: OrderCase, ev, t: int, changes: list[str]) -> None:
         """A shipment cohort fact for the lane monitor: shipped (or first scanned) with a
-        promise, a delay signal, or delivered (the monitor judges on time / late itself)."""
+        promise, a delay signal, or delivered (the monitor judges on time / late itself).
+
+        A "shipped" fact is sent once per lane and promise (``OrderCase.lane_noted``): the
+        monitor ignores a repeat, whether it still holds the shipment or has judged and dropped
+        it (``LaneMonitor.observe``), so most scans send nothing."""
         kind = ev.event_type
         if kind == "carrier_scan":
             if "delivered" in changes:
                 fact = "delivered"
             elif "delay_signal" in changes:
                 fact = "late"
+            elif case.lane_noted:
+                return  # a repeat: the monitor holds this shipment, or judged and dropped it
             else:
                 fact = "shipped"
         elif kind == "order_shipped":
+            if case.lane_noted:
+                return
             fact = "shipped"
         else:
             return
+        case.lane_noted = True  # (the caller sends facts only with a lane and a promise)
         dest = self._lane_dest.get(case.lane)
         if dest is None:
             dest = self._lane_dest[case.lane] = lane_key(shard_of(case.lane, self.cfg.lane_shards))
