@@ -220,8 +220,9 @@ class OrderCase:
     # leaves the next deadline where it was pushes nothing (not state: recomputed on load)
     timer: int = field(default=0, compare=False, repr=False)
     # the lane monitor holds (or has judged) this shipment: the case stage sent it a fact with
-    # this lane and promise, so a repeated "shipped" fact would change nothing (not state: a
-    # restored case sends one more, which the monitor ignores)
+    # this lane and promise, so a repeated "shipped" fact would change nothing (stored with the
+    # case, so a restored stage sends what the original would; state written before it existed
+    # reads False: one more fact per case, which the monitor ignores)
     lane_noted: bool = field(default=False, compare=False, repr=False)
 
     if TYPE_CHECKING:  # for the type checker: the ReturnState fields, properties (_delegate)
@@ -707,7 +708,7 @@ del _name
 
 # the order of a case's values in recovery state (flows/state.py), as before ReturnState: the
 # ReturnState fields after wismo_after_delivered, ``ret`` itself not stored
-_CORE = [f.name for f in fields(OrderCase) if f.name not in ("ret", "timer", "lane_noted")]
+_CORE = [f.name for f in fields(OrderCase) if f.name not in ("ret", "timer")]
 _AT = _CORE.index("wismo_after_delivered") + 1
 STATE_FIELDS: tuple[str, ...] = (*_CORE[:_AT], *RETURN_FIELDS, *_CORE[_AT:])
 

@@ -336,8 +336,13 @@ def test_the_return_fields_live_in_a_return_state_allocated_by_the_first_of_them
         *("label_cost", "received_at", "graded_at", "grade", "abuse_flags", "refunded_amount"),
         *("refund_at", "review_verdict", "reviewed_at", "resolved_at", "journey_rank"),
         *("journey_sent", "journey_alerted", "status", "outcome", "closed_at", "events"),
-        *("last_event_at", "seen", "digests", "has_order"),
+        *("last_event_at", "seen", "digests", "has_order", "lane_noted"),
     )
     for c in (case, OrderCase("o2")):
         assert CASE.decoder(None)(CASE.encode(c)) == c
+    # lane_noted (compare=False) is kept; state written before it existed reads False
+    case.lane_noted = True
+    assert CASE.decoder(None)(CASE.encode(case)).lane_noted is True
+    before = CASE.names[:-1]
+    assert CASE.decoder(before)(CASE.encode(case)[:-1]).lane_noted is False
     assert CASE.decoder(None)(CASE.encode(OrderCase("o2"))).ret is None
