@@ -240,6 +240,26 @@ def _metrics_up(port: int) -> bool:
         return False
 
 
+# a Prometheus-like scraper in its own process (``--scrape-seconds``): GET /metrics on a fixed
+# schedule, one JSON line per scrape (start offset s, duration ms, bytes) to argv[3]
+_SCRAPER = """
+import json, sys, time, urllib.request
+port, every, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+start = time.monotonic()
+n = 0
+with open(out, "a") as f:
+    while True:
+        n += 1
+        t = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            size = len(r.read())
+        done = time.monotonic()
+        f.write(json.dumps([t - start, (done - t) * 1e3, size]) + "\\n")
+        f.flush()
+        time.sleep(max(0.0, start + n * every - time.monotonic()))
+"""
+
+
 def pipeline(
     conf: dict,
     bootstrap: str,
@@ -251,6 +271,7 @@ def pipeline(
     env_extra: dict[str, str] | None = None,
     cooldown: float = 0.0,
     breakdown: bool = False,
+    scrape_s: float = 0.0,
 ) -> dict:
     from salvage.connectors.broker import ensure_topics, free_port
 
@@ -297,6 +318,7 @@ def pipeline(
             stderr=f,
             stdin=subprocess.DEVNULL,
         )
+    scraper: subprocess.Popen | None = None
     try:
         deadline = time.monotonic() + 60
         while not _metrics_up(port):
@@ -310,6 +332,12 @@ def pipeline(
         index = {records[i][2]: i for i in range(total)}  # source event id -> its slot i
         reader = Reader(conf, outs["interventions"], 4, fetch_wait_ms, triggers=True)
         reader.start()
+        scrapes_path = DEFAULT_WORK / f"latency-scrapes-{tag}.jsonl"
+        if scrape_s > 0:  # scraped as Prometheus would, from the first event on
+            scraper = subprocess.Popen(
+                [sys.executable, "-c", _SCRAPER, str(port), str(scrape_s), str(scrapes_path)],
+                stdin=subprocess.DEVNULL,
+            )
         prod = producer(conf)
 
         def send(i: int) -> None:
@@ -328,6 +356,13 @@ def pipeline(
                 seen, quiet_since = reader.count, time.monotonic()
         last_arrival = reader.last_arrival
         arrivals = reader.stop()
+        scrapes: list[list[float]] = []
+        if scraper is not None:
+            scraper.terminate()
+            scraper.wait(timeout=30)
+            if scrapes_path.exists():
+                scrapes = [json.loads(x) for x in scrapes_path.read_text().splitlines()]
+                scrapes_path.unlink()
         # each measured trigger: (its event's scheduled send time, its arrival, the event's id)
         measured = []
         for src, now in arrivals:
@@ -347,8 +382,11 @@ def pipeline(
             "triggers": len(arrivals),
             "kept_up": total / drained_s if drained_s else float("nan"),
             "catch_up_s": max(0.0, drained_s - produced_s),
+            "scrapes": scrapes,
         }
     finally:
+        if scraper is not None and scraper.poll() is None:
+            scraper.kill()
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -445,6 +483,15 @@ def main() -> None:
         "57%% of those events, 0-4%% before)",
     )
     ap.add_argument(
+        "--scrape-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="scrape the pipeline's /metrics every S seconds while it runs, from a process of its "
+        "own, as Prometheus does (deploy/prometheus.yml: 15); each scrape renders every series in "
+        "the worker's process. 0 (default): no scrape",
+    )
+    ap.add_argument(
         "--series",
         action="store_true",
         help="also print the pipeline's latency second by second of the run (by scheduled send "
@@ -486,6 +533,7 @@ def main() -> None:
                     extra_env,
                     args.cooldown,
                     args.breakdown,
+                    args.scrape_seconds,
                 )
                 # latency from each event's scheduled send time
                 lat = [arrival - sched for sched, arrival, _ in res["measured"]]
@@ -510,6 +558,9 @@ def main() -> None:
                     ]
                 )
                 say(f"  p50/p95/p99 {p50:,.0f}/{p95:,.0f}/{p99:,.0f} ms ({len(lat):,} triggers)")
+                if res["scrapes"]:
+                    each = (f"{ms:,.0f} ms ({n / 1024:,.0f} KiB)" for _, ms, n in res["scrapes"])
+                    say(f"  /metrics scraped {len(res['scrapes'])} times: " + ", ".join(each))
                 if args.series:
                     say(series([sched - res["t0"] for sched, _, _ in res["measured"]], lat))
                 if args.breakdown and res["stamps"] is not None:
