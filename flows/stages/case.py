@@ -183,23 +183,17 @@ class CaseStage(_Stage):
         A "shipped" fact is sent once per lane and promise (``OrderCase.lane_noted``): the
         monitor ignores a repeat, whether it still holds the shipment or has judged and dropped
         it (``LaneMonitor.observe``), so most scans send nothing."""
-        kind = ev.event_type
-        if kind == "carrier_scan":
-            if "delivered" in changes:
-                fact = "delivered"
-            elif "delay_signal" in changes:
-                fact = "late"
-            elif case.lane_noted:
-                return  # a repeat: the monitor holds this shipment, or judged and dropped it
-            else:
-                fact = "shipped"
-        elif kind == "order_shipped":
-            if case.lane_noted:
-                return
-            fact = "shipped"
+        # (called for carrier scans and shipments with a lane and a promise; only a scan's
+        # changes hold "delivered" or "delay_signal")
+        if "delivered" in changes:
+            fact = "delivered"
+        elif "delay_signal" in changes:
+            fact = "late"
+        elif case.lane_noted:
+            return  # a repeat: the monitor holds this shipment, or judged and dropped it
         else:
-            return
-        case.lane_noted = True  # (the caller sends facts only with a lane and a promise)
+            fact = "shipped"
+        case.lane_noted = True
         dest = self._lane_dest.get(case.lane)
         if dest is None:
             dest = self._lane_dest[case.lane] = lane_key(shard_of(case.lane, self.cfg.lane_shards))
