@@ -58,6 +58,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 from _common import DEFAULT_WORK, ROOT, machine, say, sim_log, table
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -222,42 +223,40 @@ def baseline(
     return [now - (t0 + i / rate) for i, now in arrivals if isinstance(i, int) and i >= skip]
 
 
+def _metrics(port: int, timeout: float) -> bytes:
+    """The pipeline's /metrics, as a scrape gets it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        return r.read()
+
+
 def _counter(port: int, name: str) -> float:
     """Sum of a counter's samples on the pipeline's /metrics (0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    families = text_string_to_metric_families(text)
+    families = text_string_to_metric_families(_metrics(port, 5).decode())
     return sum(s.value for fam in families for s in fam.samples if s.name == name)
 
 
 def _metrics_up(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            return r.status == 200
+        _metrics(port, 1)
+        return True
     except OSError:
         return False
 
 
-# a Prometheus-like scraper in its own process (``--scrape-seconds``): GET /metrics on a fixed
-# schedule, one JSON line per scrape (start offset s, duration ms, bytes) to argv[3]
-_SCRAPER = """
-import json, sys, time, urllib.request
-port, every, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-start = time.monotonic()
-n = 0
-with open(out, "a") as f:
+def _scrape(port: int, every: float, out: Any) -> None:
+    """``--scrape-seconds``, in a process of its own: scrape /metrics every ``every`` seconds,
+    on a fixed schedule as Prometheus does, putting ``(start offset s, duration ms, bytes)`` on
+    the queue ``out`` for each scrape, until terminated."""
+    start = time.monotonic()
+    n = 0
     while True:
         n += 1
         t = time.monotonic()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-            size = len(r.read())
-        done = time.monotonic()
-        f.write(json.dumps([t - start, (done - t) * 1e3, size]) + "\\n")
-        f.flush()
+        size = len(_metrics(port, 30))
+        out.put((t - start, (time.monotonic() - t) * 1e3, size))
         time.sleep(max(0.0, start + n * every - time.monotonic()))
-"""
 
 
 def pipeline(
@@ -318,7 +317,7 @@ def pipeline(
             stderr=f,
             stdin=subprocess.DEVNULL,
         )
-    scraper: subprocess.Popen | None = None
+    scraper: Any = None  # the --scrape-seconds process
     try:
         deadline = time.monotonic() + 60
         while not _metrics_up(port):
@@ -332,12 +331,11 @@ def pipeline(
         index = {records[i][2]: i for i in range(total)}  # source event id -> its slot i
         reader = Reader(conf, outs["interventions"], 4, fetch_wait_ms, triggers=True)
         reader.start()
-        scrapes_path = DEFAULT_WORK / f"latency-scrapes-{tag}.jsonl"
         if scrape_s > 0:  # scraped as Prometheus would, from the first event on
-            scraper = subprocess.Popen(
-                [sys.executable, "-c", _SCRAPER, str(port), str(scrape_s), str(scrapes_path)],
-                stdin=subprocess.DEVNULL,
-            )
+            ctx = mp.get_context("spawn")
+            scraped: Any = ctx.Queue()
+            scraper = ctx.Process(target=_scrape, args=(port, scrape_s, scraped), daemon=True)
+            scraper.start()
         prod = producer(conf)
 
         def send(i: int) -> None:
@@ -356,13 +354,12 @@ def pipeline(
                 seen, quiet_since = reader.count, time.monotonic()
         last_arrival = reader.last_arrival
         arrivals = reader.stop()
-        scrapes: list[list[float]] = []
+        scrapes: list[tuple[float, float, int]] = []
         if scraper is not None:
             scraper.terminate()
-            scraper.wait(timeout=30)
-            if scrapes_path.exists():
-                scrapes = [json.loads(x) for x in scrapes_path.read_text().splitlines()]
-                scrapes_path.unlink()
+            scraper.join(timeout=30)
+            while not scraped.empty():
+                scrapes.append(scraped.get())
         # each measured trigger: (its event's scheduled send time, its arrival, the event's id)
         measured = []
         for src, now in arrivals:
@@ -385,7 +382,7 @@ def pipeline(
             "scrapes": scrapes,
         }
     finally:
-        if scraper is not None and scraper.poll() is None:
+        if scraper is not None and scraper.is_alive():
             scraper.kill()
         proc.terminate()
         try:
