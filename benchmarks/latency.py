@@ -187,10 +187,44 @@ def series(at: list[float], lat: list[float]) -> str:
     return table(["second", "triggers", "p50 ms", "max ms"], rows)
 
 
-def producer(conf: dict) -> Producer:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far, its threads included (Linux
+    ``/proc``; ``None`` elsewhere or once the process is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShare:
+    """The CPU that processes used between :meth:`start` and :meth:`stop`, as % of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._t0 = 0.0
+        self._c0: dict[str, float | None] = {}
+        self.share: dict[str, float | None] = dict.fromkeys(pids)
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+
+    def stop(self) -> None:
+        dt = time.monotonic() - self._t0
+        for k, p in self.pids.items():
+            c0, c1 = self._c0.get(k), cpu_seconds(p)
+            self.share[k] = None if c0 is None or c1 is None or dt <= 0 else 100 * (c1 - c0) / dt
+
+    def text(self, k: str) -> str:
+        v = self.share.get(k)
+        return "n/a" if v is None else f"{v:.0f}"
+
+
+def producer(conf: dict, linger_ms: int = 5) -> Producer:
     from salvage.sinks.kafka import producer_config
 
-    pconf = producer_config(conf)
+    pconf = producer_config(conf, linger_ms=linger_ms)
     try:
         return Producer(pconf)
     except Exception:  # a librdkafka build without lz4
@@ -199,7 +233,7 @@ def producer(conf: dict) -> Producer:
 
 
 def baseline(
-    conf: dict, rate: float, seconds: float, warmup: float, fetch_wait_ms: int
+    conf: dict, rate: float, seconds: float, warmup: float, fetch_wait_ms: int, linger_ms: int = 5
 ) -> list[float]:
     from salvage.connectors.broker import ensure_topics
 
@@ -208,7 +242,7 @@ def baseline(
     skip = int(rate * warmup)
     reader = Reader(conf, topic, 4, fetch_wait_ms, triggers=False)
     reader.start()
-    prod = producer(conf)
+    prod = producer(conf, linger_ms)
     total = int(rate * (seconds + warmup))
 
     def send(i: int) -> None:
@@ -271,6 +305,8 @@ def pipeline(
     cooldown: float = 0.0,
     breakdown: bool = False,
     scrape_s: float = 0.0,
+    linger_ms: int = 5,
+    broker_pid: int | None = None,
 ) -> dict:
     from salvage.connectors.broker import ensure_topics, free_port
 
@@ -336,13 +372,17 @@ def pipeline(
             scraped: Any = ctx.Queue()
             scraper = ctx.Process(target=_scrape, args=(port, scrape_s, scraped), daemon=True)
             scraper.start()
-        prod = producer(conf)
+        prod = producer(conf, linger_ms)
 
         def send(i: int) -> None:
             stream, key, _event_id, value = records[i]
             prod.produce(topics[stream], value, key=key)
 
+        # the CPU the worker and the broker used while the input flowed (they share the cores)
+        cpu = CpuShare({"worker": proc.pid, **({"broker": broker_pid} if broker_pid else {})})
+        cpu.start()
         achieved, t0 = paced(rate, total, send, lambda: prod.poll(0))
+        cpu.stop()
         prod.flush()
         produced_s = time.time() - t0
         # wait until triggers stop arriving (the pipeline has caught up)
@@ -380,6 +420,7 @@ def pipeline(
             "kept_up": total / drained_s if drained_s else float("nan"),
             "catch_up_s": max(0.0, drained_s - produced_s),
             "scrapes": scrapes,
+            "cpu": cpu,
         }
     finally:
         if scraper is not None and scraper.is_alive():
@@ -489,6 +530,15 @@ def main() -> None:
         "the worker's process. 0 (default): no scrape",
     )
     ap.add_argument(
+        "--linger-ms",
+        type=int,
+        default=5,
+        help="linger.ms of the benchmark's producers (baseline and input; default 5, as `salvage "
+        "replay`'s). It counts in the latency (from scheduled send). The embedded broker's fetch "
+        'cost grows with the record batches stored (README "Latency"): fewer, larger batches '
+        "leave the worker more of the machine",
+    )
+    ap.add_argument(
         "--series",
         action="store_true",
         help="also print the pipeline's latency second by second of the run (by scheduled send "
@@ -516,7 +566,7 @@ def main() -> None:
         for rate in args.rates:
             for wait in args.fetch_wait_ms:
                 say(f"rate {rate:,}/s, fetch wait {wait} ms: baseline round trip ...")
-                base = baseline(conf, rate, args.seconds, args.warmup, wait)
+                base = baseline(conf, rate, args.seconds, args.warmup, wait, args.linger_ms)
                 b50, b95, b99 = (pct(base, q) * 1e3 for q in (0.5, 0.95, 0.99))
                 say(f"rate {rate:,}/s, fetch wait {wait} ms: pipeline ...")
                 res = pipeline(
@@ -531,6 +581,8 @@ def main() -> None:
                     args.cooldown,
                     args.breakdown,
                     args.scrape_seconds,
+                    args.linger_ms,
+                    broker.pid,
                 )
                 # latency from each event's scheduled send time
                 lat = [arrival - sched for sched, arrival, _ in res["measured"]]
@@ -552,6 +604,7 @@ def main() -> None:
                         f"{res['kept_up']:,.0f}",
                         f"{res['catch_up_s']:.1f}",
                         f"{res['late_after_idle']:,.0f}",
+                        f"{res['cpu'].text('worker')} / {res['cpu'].text('broker')}",
                     ]
                 )
                 say(f"  p50/p95/p99 {p50:,.0f}/{p95:,.0f}/{p99:,.0f} ms ({len(lat):,} triggers)")
@@ -577,6 +630,7 @@ def main() -> None:
                 "kept up ev/s",
                 "catch-up s",
                 "late after idle",
+                "CPU % worker / broker",
             ],
             rows,
         )
@@ -584,7 +638,8 @@ def main() -> None:
     print(
         "kept up: events / (time from the first produce to the last trigger); catch-up: how long "
         "triggers kept coming after the last produce (a backlog: the pipeline was slower than "
-        "the rate)"
+        "the rate); CPU %: of one core, while the input was produced (2 cores shared by the "
+        "worker, the broker, the paced producer and the reader)"
     )
     if p99_at_target is not None:
         print(

@@ -129,6 +129,11 @@ class EmbeddedBroker:
         return {"bootstrap.servers": self.bootstrap}
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id (``None`` when not started), e.g. to account its CPU."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
