@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("salvage_events_total", "Input events accepted, by stream", ["stream"])
 DEAD_LETTERS = Counter("salvage_dead_letters_total", "Rejected input, by kind", ["kind"])
@@ -110,9 +110,12 @@ GRADING_DELAY = Histogram(
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
-    """Expose /metrics on ``host:port`` (port 0: do nothing)."""
+    """Expose /metrics on ``host:port`` (port 0: do nothing), rendered by
+    :mod:`salvage.sinks.exposition` (prometheus_client's text, from cached lines)."""
     if port:
-        start_http_server(port, addr=host)
+        from salvage.sinks.exposition import serve as serve_exposition
+
+        serve_exposition(port, host)
 
 
 # ------------------------------------------------------------------ consumer lag and review queue

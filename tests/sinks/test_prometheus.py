@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 import redis
 from bytewax.testing import cluster_main
-from prometheus_client import start_http_server
 
 from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics, free_port
@@ -35,6 +34,7 @@ from salvage.dashboards.builder import substitute
 from salvage.dashboards.definitions import DASHBOARDS
 from salvage.flows.recovery import FlowSpec, build_flow
 from salvage.runner import publish_log
+from salvage.sinks.exposition import serve as serve_metrics
 from salvage.sinks.review_queue import RedisReviewSink
 from tests.flowkit import sim_log
 
@@ -180,7 +180,7 @@ def scraped_run(
     salted.write_bytes(log.read_bytes() + b"\n".join(MALFORMED) + b"\n")
 
     port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1")
+    server, thread = serve_metrics(port, "127.0.0.1")  # what `salvage run` serves
     prom = Prom(prometheus_binary, root, port)
     suffix = f"prom-{int(time.time() * 1000)}"
     reviews = f"salvage:reviews:{suffix}"  # a review queue of its own (real Redis)
