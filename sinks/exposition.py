@@ -76,8 +76,13 @@ class Exposition:
         self._prefixes: dict[Any, dict[tuple, str]] = {}  # collector -> sample key -> prefix
         self._rows: dict[Any, dict[tuple, tuple[str, ...]]] = {}  # Counter/Histogram children
         self._floats: dict[float, str] = {}
+        self._lock = threading.Lock()  # one render at a time (two Prometheus replicas scraping)
 
     def render(self) -> bytes:
+        with self._lock:
+            return self._render()
+
+    def _render(self) -> bytes:
         reg = self.registry
         with reg._lock:  # as CollectorRegistry.collect
             collectors = list(reg._collector_to_names)

@@ -268,3 +268,51 @@ def test_the_fast_reads_hold_for_the_installed_prometheus_client() -> None:
     from salvage.sinks import exposition as exposition_module
 
     assert exposition_module._FAST_READS
+
+
+def test_concurrent_scrapes_while_series_change_stay_well_formed() -> None:
+    """Two scrape threads and a writer adding, bumping and removing series: every render parses
+    (prometheus_client's own parser), and once the writer stops a render equals generate_latest."""
+    import threading
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reg = CollectorRegistry()
+    c = Counter("busy", "Busy", ["k"], registry=reg)
+    h = Histogram("busy_spread", "Spread", ["k"], registry=reg, buckets=(1, 10))
+    exposition = Exposition(reg)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            k = str(i % 300)
+            c.labels(k).inc()
+            h.labels(k).observe(i % 17)
+            if i % 7 == 0:
+                try:
+                    c.remove(str((i * 13) % 300))
+                except KeyError:
+                    pass
+            i += 1
+
+    def scrape() -> None:
+        try:
+            for _ in range(30):
+                families = list(text_string_to_metric_families(exposition.render().decode()))
+                assert {f.name for f in families} == {"busy", "busy_spread"}
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    scrapers = [threading.Thread(target=scrape) for _ in range(2)]
+    writer.start()
+    for t in scrapers:
+        t.start()
+    for t in scrapers:
+        t.join(timeout=60)
+    stop.set()
+    writer.join(timeout=10)
+    assert not errors, errors
+    assert exposition.render() == generate_latest(reg)
