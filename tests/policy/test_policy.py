@@ -346,24 +346,30 @@ def test_every_graded_return_gets_a_disposition_in_the_flow(tmp_path):
 
 def test_each_policy_object_decides_by_its_own_rules_even_when_ids_are_reused(tmp_path):
     """Compiled rules once lived in a cache keyed by id(policy); CPython reuses the id of a freed
-    policy, so a new policy could decide by the old one's rules."""
-    import gc
+    policy, so a new policy could decide by the old one's rules. The cache now holds each policy
+    it keys (so its id is not reused meanwhile) and checks the entry is that very object. The
+    reuse itself cannot be forced (100 load/free rounds never gave it, ~57 s of full collections
+    in a test session), so the collision is planted: the other policy's entry under this
+    policy's id."""
+    from salvage.policy import engine
 
     doc = _default_doc()
     doc["actions"]["proactive_reassurance"]["when"] = {"delivered": True, "return_requested": True}
-    variant = _write(tmp_path, doc)
+    variant = load_policy(_write(tmp_path, doc))
+    default = load_policy()
     late = _features(slippage_hours=30.0, delayed_scans=1.0)
-    for _ in range(100):
-        first = load_policy()
-        assert decide(first, late, _scores(0.6), resolved=False).action is (
-            Action.PROACTIVE_REASSURANCE
-        )
-        del first
-        gc.collect()
-        second = load_policy(variant)
-        assert decide(second, late, _scores(0.6), resolved=False) is None
-        del second
-        gc.collect()
+    assert decide(default, late, _scores(0.6), resolved=False).action is (
+        Action.PROACTIVE_REASSURANCE
+    )
+    stale = engine._compiled(default)
+    engine._COMPILED_OF[id(variant)] = stale  # as if `variant` had `default`'s freed id
+    assert decide(variant, late, _scores(0.6), resolved=False) is None
+    assert engine._COMPILED_OF[id(variant)][0] is variant
+    assert bool(engine.gate_of(variant)(late, 0.6, 0.1)) is False
+    engine._COMPILED_OF[id(default)] = engine._compiled(variant)
+    assert decide(default, late, _scores(0.6), resolved=False).action is (
+        Action.PROACTIVE_REASSURANCE
+    )
 
 
 def test_a_forced_review_is_never_held_out_or_budgeted_away():
