@@ -282,13 +282,18 @@ def _metrics_up(port: int) -> bool:
 def _scrape(port: int, every: float, out: Any) -> None:
     """``--scrape-seconds``, in a process of its own: scrape /metrics every ``every`` seconds,
     on a fixed schedule as Prometheus does, putting ``(start offset s, duration ms, bytes)`` on
-    the queue ``out`` for each scrape, until terminated."""
+    the queue ``out`` for each scrape, until terminated. A failed scrape (an error or the 30 s
+    timeout, as Prometheus' ``scrape_timeout`` would) is put as ``(offset, duration, -1)`` and
+    the schedule goes on."""
     start = time.monotonic()
     n = 0
     while True:
         n += 1
         t = time.monotonic()
-        size = len(_metrics(port, 30))
+        try:
+            size = len(_metrics(port, 30))
+        except OSError:  # URLError, a timeout, a refused or reset connection
+            size = -1
         out.put((t - start, (time.monotonic() - t) * 1e3, size))
         time.sleep(max(0.0, start + n * every - time.monotonic()))
 
@@ -609,7 +614,12 @@ def main() -> None:
                 )
                 say(f"  p50/p95/p99 {p50:,.0f}/{p95:,.0f}/{p99:,.0f} ms ({len(lat):,} triggers)")
                 if res["scrapes"]:
-                    each = (f"{ms:,.0f} ms ({n / 1024:,.0f} KiB)" for _, ms, n in res["scrapes"])
+                    each = (
+                        f"{ms:,.0f} ms ({n / 1024:,.0f} KiB)"
+                        if n >= 0
+                        else f"FAILED after {ms:,.0f} ms"
+                        for _, ms, n in res["scrapes"]
+                    )
                     say(f"  /metrics scraped {len(res['scrapes'])} times: " + ", ".join(each))
                 if args.series:
                     say(series([sched - res["t0"] for sched, _, _ in res["measured"]], lat))
