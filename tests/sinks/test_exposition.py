@@ -270,49 +270,60 @@ def test_the_fast_reads_hold_for_the_installed_prometheus_client() -> None:
     assert exposition_module._FAST_READS
 
 
-def test_concurrent_scrapes_while_series_change_stay_well_formed() -> None:
-    """Two scrape threads and a writer adding, bumping and removing series: every render parses
-    (prometheus_client's own parser), and once the writer stops a render equals generate_latest."""
+def test_a_series_added_during_a_render_shows_at_the_next_one() -> None:
+    """The flow adds series while a scrape renders: the render reads a copy of the children
+    (as prometheus_client does), so it neither fails nor half-includes the new one."""
+    reg = CollectorRegistry()
+    c = Counter("growing", "Growing", ["k"], registry=reg)
+    for k in "abc":
+        c.labels(k).inc()
+    exposition = Exposition(reg)
+    real = exposition._text
+    added: list[str] = []
+
+    def text_then_add(value: float) -> str:  # runs inside the render, between two series
+        if not added:
+            added.append("late")
+            c.labels("late").inc(7)
+        return real(value)
+
+    exposition._text = text_then_add  # type: ignore[method-assign]
+    first = exposition.render()
+    assert added and b'k="late"' not in first and first.count(b"growing_total{") == 3
+    assert exposition.render() == generate_latest(reg)
+    assert b'growing_total{k="late"} 7.0' in exposition.render()
+
+
+def test_renders_run_one_at_a_time() -> None:
+    """Two scrapes at once (two Prometheus replicas): the second waits for the first instead of
+    taking the GIL from the flow twice over; both get the whole exposition."""
     import threading
 
-    from prometheus_client.parser import text_string_to_metric_families
-
     reg = CollectorRegistry()
-    c = Counter("busy", "Busy", ["k"], registry=reg)
-    h = Histogram("busy_spread", "Spread", ["k"], registry=reg, buckets=(1, 10))
+    Counter("once", "Once", ["k"], registry=reg).labels("a").inc()
     exposition = Exposition(reg)
-    stop = threading.Event()
-    errors: list[BaseException] = []
+    inner = exposition._render
+    entered, release = threading.Event(), threading.Event()
+    calls = 0
 
-    def write() -> None:
-        i = 0
-        while not stop.is_set():
-            k = str(i % 300)
-            c.labels(k).inc()
-            h.labels(k).observe(i % 17)
-            if i % 7 == 0:
-                try:
-                    c.remove(str((i * 13) % 300))
-                except KeyError:
-                    pass
-            i += 1
+    def held() -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            assert release.wait(10)
+        return inner()
 
-    def scrape() -> None:
-        try:
-            for _ in range(30):
-                families = list(text_string_to_metric_families(exposition.render().decode()))
-                assert {f.name for f in families} == {"busy", "busy_spread"}
-        except BaseException as exc:  # reported by the test thread
-            errors.append(exc)
-
-    writer = threading.Thread(target=write)
-    scrapers = [threading.Thread(target=scrape) for _ in range(2)]
-    writer.start()
-    for t in scrapers:
-        t.start()
-    for t in scrapers:
-        t.join(timeout=60)
-    stop.set()
-    writer.join(timeout=10)
-    assert not errors, errors
-    assert exposition.render() == generate_latest(reg)
+    exposition._render = held  # type: ignore[method-assign]
+    outs: list[bytes] = []
+    first = threading.Thread(target=lambda: outs.append(exposition.render()))
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=lambda: outs.append(exposition.render()))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive() and calls == 1  # waiting for the first render
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert outs == [generate_latest(reg)] * 2

@@ -342,20 +342,32 @@ def test_top_n_preset_and_env(monkeypatch):
 
 
 def test_top_n_bucket_is_bounded_under_threads():
+    """Eight threads claim new values at once. The slot check sleeps (a thread switch inside
+    check-then-claim, which plain calls never give under the GIL): without the lock, 12 slots
+    were taken in this test; with it, exactly 5."""
     import threading
+    import time
 
-    b = kpis.TopN(5)
-    values = [f"v{i}" for i in range(200)]
+    class SlowN(int):
+        def __gt__(self, other: object) -> bool:  # `slots < n` asks n.__gt__(slots)
+            time.sleep(0.002)
+            return int(self) > int(other)  # type: ignore[call-overload]
 
-    def run() -> None:
-        for v in values:
-            b(v)
+    b = kpis.TopN(SlowN(5))
+    start = threading.Barrier(8)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    def run(j: int) -> None:
+        start.wait()
+        for i in range(10):
+            b(f"t{j}-{i}")
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert b.slots == 5
+    values = [f"t{j}-{i}" for j in range(8) for i in range(10)]
     assert len({b(v) for v in values} - {"other"}) == 5
 
 
