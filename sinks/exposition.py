@@ -98,6 +98,13 @@ class Exposition:
                 except (AttributeError, TypeError, KeyError):  # not as this module expects
                     self._prefixes.pop(collector, None)
             out.append(_generic(collector.collect()))
+        if len(self._heads) > len(collectors):  # collectors unregistered since: forget them
+            live = set(collectors)
+            for cache in (self._heads, self._prefixes, self._rows):
+                for gone in [k for k in cache if k not in live]:
+                    del cache[gone]
+            for key in [k for k in self._om_heads if k[0] not in live]:
+                del self._om_heads[key]
         return "".join(out).encode("utf-8")
 
     def _metric(self, c: MetricWrapperBase) -> list[str]:

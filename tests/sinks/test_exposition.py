@@ -327,3 +327,18 @@ def test_renders_run_one_at_a_time() -> None:
     first.join(10)
     second.join(10)
     assert outs == [generate_latest(reg)] * 2
+
+
+def test_an_unregistered_metric_is_forgotten() -> None:
+    reg = CollectorRegistry()
+    kept = Counter("kept", "Kept", ["k"], registry=reg)
+    gone = Counter("gone", "Gone", ["k"], registry=reg)
+    kept.labels("a").inc()
+    gone.labels("a").inc()
+    exposition = Exposition(reg)
+    exposition.render()
+    assert gone in exposition._heads and gone in exposition._rows
+    reg.unregister(gone)
+    out = exposition.render()
+    assert out == generate_latest(reg) and b"gone" not in out
+    assert gone not in exposition._heads and gone not in exposition._rows
