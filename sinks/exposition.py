@@ -98,8 +98,8 @@ class Exposition:
                 except (AttributeError, TypeError, KeyError):  # not as this module expects
                     self._prefixes.pop(collector, None)
             out.append(_generic(collector.collect()))
-        if len(self._heads) > len(collectors):  # collectors unregistered since: forget them
-            live = set(collectors)
+        live = set(collectors)
+        if any(c not in live for c in self._heads):  # unregistered since: forget them
             for cache in (self._heads, self._prefixes, self._rows):
                 for gone in [k for k in cache if k not in live]:
                     del cache[gone]
