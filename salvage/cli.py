@@ -525,17 +525,20 @@ def run(
 
 def _case_store_at_start(settings: Settings, flag_url: str | None, no_case_store: bool) -> bool:
     """Whether ``run`` uses the Redis case store and review queue; strict when Redis was
-    configured explicitly (``--redis-url``, ``SALVAGE_REDIS_URL`` or ``SALVAGE_REDIS_PASSWORD``):
+    configured explicitly (``--redis-url``, ``SALVAGE_REDIS_URL`` or ``SALVAGE_REDIS__URL`` in any
+    case, or ``SALVAGE_REDIS_PASSWORD``):
     down or refusing the password is exit 2 with the reason. Only the built-in default URL
     falls back to running without, and says so."""
+    from salvage.config import env_values
     from salvage.sinks.redis_store import redact_url, redis_problem
 
     if no_case_store or not settings.redis.url:
         console.print("case store: off (--no-case-store or an empty Redis URL)")
         return False
+    redis_env = env_values().get("redis")  # flat or nested, any case: as Settings reads it
     explicit = (
         flag_url is not None
-        or "SALVAGE_REDIS_URL" in os.environ
+        or (isinstance(redis_env, dict) and "url" in redis_env)
         or settings.redis.password is not None
     )
     password = settings.redis.password_value()

@@ -162,7 +162,9 @@ def test_run_stops_with_exit_2_when_the_configured_redis_is_down(
     log = tmp_path / "one.jsonl"
     log.write_bytes(line(order_placed("O1", "2026-03-02T10:00:00Z")) + b"\n")
     args = ["run", "--input", str(log), "--out-dir", str(tmp_path / "out")]
-    for how in ({"SALVAGE_REDIS_URL": server.url}, None):  # the environment, or the flag
+    # the environment (flat, nested, any case: as the settings read it), or the flag
+    envs = ({"SALVAGE_REDIS_URL": server.url}, {"SALVAGE_REDIS__URL": server.url})
+    for how in (*envs, {"salvage_redis__url": server.url}, None):
         extra = [] if how else ["--redis-url", server.url]
         proc = salvage_cli(*args, *extra, env=how)
         assert proc.wait(timeout=60) == 2
