@@ -108,7 +108,9 @@ def _kept_bytes(raw: RawRecord, limit: int) -> tuple[bytes, bool, bool]:
 
     A payload that parses as JSON loses its free-text fields (re-serialized compactly only when
     something was dropped). One that does not parse keeps a prefix, except on the support
-    stream, where unparsed bytes may be a customer's words: nothing is kept there."""
+    stream, where unparsed bytes may be a customer's words: nothing is kept there; nor of a
+    payload over ``MAX_EVENT_BYTES`` that looks like JSON (it is not parsed, so its free text
+    could not be dropped)."""
     value = raw.value
     if len(value) <= MAX_EVENT_BYTES:
         try:
@@ -122,6 +124,9 @@ def _kept_bytes(raw: RawRecord, limit: int) -> tuple[bytes, bool, bool]:
             return value[:limit], len(value) > limit, hit
     if _is_support(raw):
         return b"", bool(value), bool(value)
+    if len(value) > MAX_EVENT_BYTES and value[:64].lstrip()[:1] in (b"{", b"["):
+        # JSON too large to parse, so its free-text fields cannot be dropped: no bytes kept
+        return b"", True, True
     return value[:limit], len(value) > limit, False
 
 

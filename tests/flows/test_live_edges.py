@@ -46,8 +46,8 @@ def test_a_huge_message_is_a_bounded_dead_letter_under_the_producer_limit(size):
     value = b'{"event_type":"carrier_scan","pad":"' + b"x" * size + b'"}'
     dl = parse(RawRecord("deliveries", 0, 41, value, Stream.DELIVERIES))
     assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.TOO_LARGE
-    kept = base64.b64decode(dl.raw_b64)
-    assert kept == value[:4096] and dl.raw_truncated
+    # too large to parse, so free text in it could not be dropped: length and hash only
+    assert dl.raw_b64 == "" and dl.raw_truncated and dl.raw_redacted
     assert dl.raw_len == len(value)
     assert dl.raw_sha256 == hashlib.sha256(value).hexdigest()
     assert len(dl.model_dump_json()) <= dead_letter_size_bound(4096) < PRODUCER_MESSAGE_MAX_BYTES
@@ -71,6 +71,25 @@ def test_free_text_never_reaches_a_dead_letter():
     # the same bytes on the orders stream keep their (bounded) prefix for debugging
     dl = parse(RawRecord("orders", 0, 4, garbled, Stream.ORDERS))
     assert base64.b64decode(dl.raw_b64) == garbled and not dl.raw_redacted
+
+
+def test_a_json_message_too_large_to_redact_keeps_no_bytes():
+    """Over 64 KiB a payload is not parsed, so free text in it could not be dropped: an order
+    with a customer's e-mail and notes keeps only its length and hash, on any stream. Bytes that
+    do not look like JSON keep their prefix for debugging (off the support stream)."""
+    doc = json.loads(line(order_placed("o1", "2026-03-02T10:00:00+00:00")))
+    doc |= {"customer_email": "jane@example.com", "notes": TEXT, "pad": "x" * 70_000}
+    value = json.dumps(doc).encode()
+    for stream in (Stream.ORDERS, None):  # Kafka mode, file mode
+        dl = parse(RawRecord("orders", 0, 5, b"  " + value, stream))
+        assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.TOO_LARGE
+        assert dl.raw_b64 == "" and dl.raw_redacted and dl.raw_truncated
+        assert dl.raw_len == len(value) + 2
+        assert dl.raw_sha256 == hashlib.sha256(b"  " + value).hexdigest()
+    binary = b"\x00\x01" * 40_000
+    dl = parse(RawRecord("orders", 0, 6, binary, Stream.ORDERS))
+    assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.TOO_LARGE
+    assert base64.b64decode(dl.raw_b64) == binary[:4096] and not dl.raw_redacted
 
 
 def test_a_wrong_stream_support_contact_loses_its_text():
@@ -148,7 +167,8 @@ def test_huge_messages_on_deliveries_do_not_stop_the_flow_or_its_resume(
         assert d["kind"] == "too_large" and d["raw_truncated"]
         original = next(v for v in huge.values() if len(v) == d["raw_len"])
         assert d["raw_sha256"] == hashlib.sha256(original).hexdigest()
-        assert base64.b64decode(d["raw_b64"]) == original[:4096]
+        # JSON too large to parse: its free text could not be dropped, so no bytes are kept
+        assert d["raw_b64"] == "" and d["raw_redacted"]
 
 
 # ------------------------------------------------------------------ Redis at start and frozen
