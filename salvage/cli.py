@@ -198,7 +198,11 @@ def config(
 @_clear_errors()
 def generate(
     scenario: Annotated[
-        str, typer.Option(help="steady-state | launch-week-backlog | closed-loop")
+        str,
+        typer.Option(
+            help="steady-state | launch-week-backlog | silent-carrier-incident | "
+            "thin-lane-incident | closed-loop"
+        ),
     ] = "steady-state",
     orders: Annotated[int, typer.Option(min=1, help="Number of orders to simulate")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 1,
