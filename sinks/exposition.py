@@ -9,8 +9,10 @@ scrape costs").
 
 :class:`Exposition` renders the same bytes (tested against ``generate_latest`` on generated
 registries) at a fraction of that: each series' line up to its value (name, sorted and escaped
-labels) is built once, by ``generate_latest`` itself on a one-sample family, and kept; a
-scrape then reads each child's samples and appends the value. Collectors that are not
+labels) is built once, by ``generate_latest`` itself (the new series of a family in one call,
+each at 0.0), and kept; a scrape then appends each series' value, read straight from the
+children of counters and histograms (see :func:`_check_fast_reads`) and from the samples of
+the other metric kinds. Collectors that are not
 prometheus_client's own metric classes (the process, platform and GC collectors, anything
 custom), samples with a timestamp, and anything this module does not recognise are rendered
 by ``generate_latest`` as they are.
