@@ -78,8 +78,21 @@ def dead_letter_max_bytes() -> int:
     return _max_bytes
 
 
-def _redact(node: object) -> tuple[object, bool]:
-    """``node`` with free-text fields dropped at any depth, and whether anything was dropped."""
+class _TooDeep(Exception):
+    """JSON nested deeper than :data:`MAX_REDACT_DEPTH`: not walked, nothing of it kept."""
+
+
+# deeper than any event (pydantic refuses far less); a hostile payload of thousands of nested
+# arrays would otherwise exhaust the stack while its dead letter is built
+MAX_REDACT_DEPTH = 100
+
+
+def _redact(node: object, depth: int = 0) -> tuple[object, bool]:
+    """``node`` with free-text fields dropped at any depth, and whether anything was dropped.
+
+    Raises :class:`_TooDeep` past :data:`MAX_REDACT_DEPTH` levels."""
+    if depth > MAX_REDACT_DEPTH:
+        raise _TooDeep
     if isinstance(node, dict):
         out: dict[str, object] = {}
         hit = False
@@ -87,11 +100,11 @@ def _redact(node: object) -> tuple[object, bool]:
             if _free_text_key(k) and v is not None:
                 hit = True
                 continue
-            out[k], sub = _redact(v)
+            out[k], sub = _redact(v, depth + 1)
             hit = hit or sub
         return out, hit
     if isinstance(node, list):
-        items = [_redact(v) for v in node]
+        items = [_redact(v, depth + 1) for v in node]
         return [v for v, _ in items], any(h for _, h in items)
     return node, False
 
@@ -109,18 +122,28 @@ def _kept_bytes(raw: RawRecord, limit: int) -> tuple[bytes, bool, bool]:
     A payload that parses as JSON loses its free-text fields (re-serialized compactly only when
     something was dropped). One that does not parse keeps a prefix, except on the support
     stream, where unparsed bytes may be a customer's words: nothing is kept there; nor of a
-    payload over ``MAX_EVENT_BYTES`` that looks like JSON (it is not parsed, so its free text
-    could not be dropped)."""
+    payload over ``MAX_EVENT_BYTES`` that looks like JSON, or of JSON nested deeper than
+    :data:`MAX_REDACT_DEPTH` (not parsed or not walked, so its free text could not be dropped).
+    Never raises: hostile input becomes a dead letter, never a stopped flow."""
     value = raw.value
     if len(value) <= MAX_EVENT_BYTES:
         try:
             doc = json.loads(value)
-        except (ValueError, RecursionError):
+        except RecursionError:  # JSON too deep to walk, so not redacted: keep nothing
+            return b"", bool(value), True
+        except ValueError:
             doc = None
         else:
-            redacted, hit = _redact(doc)
-            if hit:
-                value = json.dumps(redacted, separators=(",", ":"), ensure_ascii=False).encode()
+            try:
+                redacted, hit = _redact(doc)
+                if hit:
+                    text = json.dumps(redacted, separators=(",", ":"), ensure_ascii=False)
+                    try:
+                        value = text.encode()
+                    except UnicodeEncodeError:  # a lone surrogate (an escape such as \ud800)
+                        value = json.dumps(redacted, separators=(",", ":")).encode()
+            except (_TooDeep, RecursionError):  # not walked, so not redacted: keep nothing
+                return b"", bool(value), True
             return value[:limit], len(value) > limit, hit
     if _is_support(raw):
         return b"", bool(value), bool(value)

@@ -104,6 +104,15 @@ CORPUS: list[tuple[str, bytes, str]] = [
     ("control characters in a label", _with(channel="w\u0000eb"), "invalid_value"),
     ("byte order mark", b"\xef\xbb\xbf" + line(GOOD), "invalid_json"),
     ("lone surrogate escape", line(GOOD).replace(b'"web"', b'"\\ud800"'), "invalid_json"),
+    # parsed while its dead letter is built, so its free text can be dropped: each of these once
+    # raised there (the stack, a surrogate that cannot be re-encoded) and stopped the flow
+    ("nested arrays, deep enough to parse", b"[" * 500 + b"]" * 500, "invalid_json"),
+    ("nested objects, deep enough to parse", b'{"a":' * 300 + b"1" + b"}" * 300, "invalid_json"),
+    (
+        "lone surrogate beside free text",
+        _with(notes="call me", channel="\ud800"),
+        "invalid_json",
+    ),
 ]
 
 
@@ -114,6 +123,19 @@ def test_each_nasty_record_is_a_precise_dead_letter(name, value, kind):
     assert result.kind == DeadLetterKind(kind), f"{name}: {result.kind} {result.message}"
     assert result.message and len(result.message) <= 500
     assert len(result.raw_b64) <= 4 * (len(value) // 3 + 1)  # the bytes, nothing else
+
+
+def test_hostile_nesting_gives_a_dead_letter_deep_in_a_stack():
+    """The dataflow calls parse deep in Bytewax's stack: nesting that json.loads accepts must not
+    exhaust what is left of it while the dead letter is built (no bytes kept: not redacted)."""
+
+    def at_depth(n: int, value: bytes):
+        return at_depth(n - 1, value) if n else parse(RawRecord("orders.jsonl", 0, 1, value))
+
+    for value in (b"[" * 900 + b"]" * 900, b'{"a":' * 600 + b"1" + b"}" * 600):
+        dl = at_depth(400, value)
+        assert isinstance(dl, DeadLetter) and dl.kind == DeadLetterKind.INVALID_JSON
+        assert dl.raw_b64 == "" and dl.raw_redacted and dl.raw_len == len(value)
 
 
 def test_documented_interpretations_of_odd_but_valid_records():
