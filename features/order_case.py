@@ -392,6 +392,12 @@ class OrderCase:
         kind = ev.event_type
         if kind == "return_requested":
             assert isinstance(ev, ReturnRequested)
+            if self.outcome is Outcome.RETURN_CANCELLED and self.status is not Status.CLOSED:
+                # a new return after a cancelled one: the case's return is open again (else it
+                # would be treated as resolved, and close as cancelled with the new one pending)
+                self.outcome = None
+                self.resolved_at = 0
+                self.return_requested_at = t
             self.return_id = ev.return_id
             self.return_requested_at = self.return_requested_at or t
             self.return_reason = ev.reason.value

@@ -212,6 +212,56 @@ def test_refund_closes_as_lost_and_cancel_before_shipping_closes():
     assert case.outcome is Outcome.REFUND and case.refunded_amount == 80.0
 
 
+def test_a_return_requested_after_a_cancelled_one_opens_the_return_again():
+    """Cancelled, then asked for again: the second return is open (decisions, journey alerts, no
+    close as kept or cancelled while it is pending) and its refund closes the case."""
+    docs = [
+        order_placed("o4", "2026-03-02T10:00:00Z"),
+        event("d", "carrier_scan", "o4", "2026-03-04T10:00:00Z", scan="delivered", courier="dhl"),
+        event(
+            "r1",
+            "return_requested",
+            "o4",
+            "2026-03-05T10:00:00Z",
+            return_id="R1",
+            reason="too_small",
+            items=[{"sku": "sku-1", "qty": 1}],
+            preferred_resolution="refund",
+        ),
+        event("x1", "return_cancelled", "o4", "2026-03-06T10:00:00Z", return_id="R1"),
+    ]
+    case = apply_all([_ev(d) for d in docs])
+    assert case.outcome is Outcome.RETURN_CANCELLED and not case.return_open()
+    again = _ev(
+        event(
+            "r2",
+            "return_requested",
+            "o4",
+            "2026-03-10T10:00:00Z",
+            return_id="R2",
+            reason="damaged",
+            items=[{"sku": "sku-1", "qty": 1}],
+            preferred_resolution="refund",
+        )
+    )
+    t = to_us(again.occurred_at)
+    case.apply(again, t, WINDOW)
+    assert case.return_open() and case.outcome is None and case.status is Status.OPEN
+    assert case.return_requested_at == t and case.return_id == "R2" and not case.resolved_at
+    received = _ev(event("r3", "return_received", "o4", "2026-03-12T10:00:00Z", return_id="R2"))
+    case.apply(received, to_us(received.occurred_at), WINDOW)
+    late = _ev(  # past delivery + the return window: still open, the return is pending
+        event("t", "carrier_scan", "o4", "2026-04-20T10:00:00Z", scan="in_transit", courier="dhl")
+    )
+    case.apply(late, to_us(late.occurred_at), WINDOW)
+    assert case.status is Status.OPEN
+    refund = _ev(
+        event("rf", "refund_issued", "o4", "2026-04-21T10:00:00Z", amount=80.0, currency="EUR")
+    )
+    case.apply(refund, to_us(refund.occurred_at), WINDOW)
+    assert case.outcome is Outcome.REFUND and case.status is Status.CLOSED
+
+
 def test_bracketing_is_seen_in_the_order_lines():
     lines = [
         {
