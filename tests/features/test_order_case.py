@@ -212,38 +212,31 @@ def test_refund_closes_as_lost_and_cancel_before_shipping_closes():
     assert case.outcome is Outcome.REFUND and case.refunded_amount == 80.0
 
 
+def _return_requested(event_id: str, order_id: str, at: str, return_id: str) -> dict:
+    return event(
+        event_id,
+        "return_requested",
+        order_id,
+        at,
+        return_id=return_id,
+        reason="too_small",
+        items=[{"sku": "sku-1", "qty": 1}],
+        preferred_resolution="refund",
+    )
+
+
 def test_a_return_requested_after_a_cancelled_one_opens_the_return_again():
     """Cancelled, then asked for again: the second return is open (decisions, journey alerts, no
     close as kept or cancelled while it is pending) and its refund closes the case."""
     docs = [
         order_placed("o4", "2026-03-02T10:00:00Z"),
         event("d", "carrier_scan", "o4", "2026-03-04T10:00:00Z", scan="delivered", courier="dhl"),
-        event(
-            "r1",
-            "return_requested",
-            "o4",
-            "2026-03-05T10:00:00Z",
-            return_id="R1",
-            reason="too_small",
-            items=[{"sku": "sku-1", "qty": 1}],
-            preferred_resolution="refund",
-        ),
+        _return_requested("r1", "o4", "2026-03-05T10:00:00Z", "R1"),
         event("x1", "return_cancelled", "o4", "2026-03-06T10:00:00Z", return_id="R1"),
     ]
     case = apply_all([_ev(d) for d in docs])
     assert case.outcome is Outcome.RETURN_CANCELLED and not case.return_open()
-    again = _ev(
-        event(
-            "r2",
-            "return_requested",
-            "o4",
-            "2026-03-10T10:00:00Z",
-            return_id="R2",
-            reason="damaged",
-            items=[{"sku": "sku-1", "qty": 1}],
-            preferred_resolution="refund",
-        )
-    )
+    again = _ev(_return_requested("r2", "o4", "2026-03-10T10:00:00Z", "R2"))
     t = to_us(again.occurred_at)
     case.apply(again, t, WINDOW)
     assert case.return_open() and case.outcome is None and case.status is Status.OPEN
