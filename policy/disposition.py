@@ -13,9 +13,11 @@ one wins, and the numbers that decided it go with the decision.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ROUTES = ("restock", "open_box", "refurbish", "donate", "dispose")
+GRADES = ("A", "B", "refurbish", "dispose")  # connectors.events.Grade's values
+RESALE_ROUTES = ("open_box", "refurbish")  # never for an opened item of a hygiene family
 
 
 class Route(BaseModel):
@@ -50,6 +52,31 @@ class DispositionPolicy(BaseModel):
         ),
     }
     holding_cost_per_day: float = Field(0.05, ge=0)
+
+    @model_validator(mode="after")
+    def _every_grade_has_a_route(self) -> DispositionPolicy:
+        """Known route names and grades, and for every grade a route open to every family (not
+        only open box or refurbishment): else a graded return would have no candidate at all,
+        and :func:`decide_disposition` nothing to choose from in the middle of a run."""
+        unknown = sorted(set(self.routes) - set(ROUTES))
+        if unknown:
+            raise ValueError(f"unknown route(s) {unknown}: routes are {list(ROUTES)}")
+        for name, r in self.routes.items():
+            bad = sorted(set(r.grades) - set(GRADES))
+            if bad:
+                raise ValueError(
+                    f"route {name!r}: unknown grade(s) {bad}: grades are {list(GRADES)}"
+                )
+        for grade in GRADES:
+            if not any(
+                grade in r.grades and name not in RESALE_ROUTES for name, r in self.routes.items()
+            ):
+                raise ValueError(
+                    f"grade {grade!r} has no route open to every SKU family (one other than "
+                    f"{' or '.join(RESALE_ROUTES)}, which hygiene families cannot take)"
+                )
+        return self
+
     decay_per_day: dict[str, float] = {  # seasonality: value lost per day of waiting
         "apparel_tops": 0.004,
         "apparel_bottoms": 0.004,
@@ -81,7 +108,7 @@ def decide_disposition(
     for name, r in p.routes.items():
         if grade not in r.grades:
             continue
-        if family in p.hygiene_families and grade != "A" and name in ("open_box", "refurbish"):
+        if family in p.hygiene_families and grade != "A" and name in RESALE_ROUTES:
             continue  # opened cosmetics cannot be resold
         days = waited_days + r.days_to_sale
         resale = r.resale_share * value * (1 - decay) ** days

@@ -307,6 +307,36 @@ def test_compare_shows_what_a_policy_change_would_do(tmp_path):
     assert bad.exit_code == 2
 
 
+_R = {"resale_share": 0.0, "handling_cost": 1.0, "days_to_sale": 0}
+
+
+@pytest.mark.parametrize(
+    ("routes", "said"),
+    [
+        # hygiene families cannot take open box: a B-graded lipstick would have no route
+        (
+            {
+                "open_box": {**_R, "grades": ["A", "B"]},
+                "dispose": {**_R, "grades": ["A", "refurbish", "dispose"]},
+            },
+            "grade 'B' has no route",
+        ),
+        ({"landfill": {**_R, "grades": ["A"]}}, "unknown route(s) ['landfill']"),
+        ({"dispose": {**_R, "grades": ["A", "C"]}}, "unknown grade(s) ['C']"),
+    ],
+)
+def test_a_disposition_policy_that_leaves_a_return_without_a_route_is_refused(
+    tmp_path, routes, said
+):
+    """Found by an audit: such a policy loaded, and the first graded return it could not route
+    raised in the middle of the run (no candidate to choose from)."""
+    doc = _default_doc()
+    doc["disposition"] = {"routes": routes}
+    with pytest.raises(PolicyError) as err:
+        load_policy(_write(tmp_path, doc))
+    assert said in str(err.value) and "disposition" in str(err.value)
+
+
 def test_disposition_routes_by_expected_recovered_value():
     from salvage.policy.disposition import DispositionPolicy, decide_disposition
 
