@@ -15,9 +15,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from salvage.connectors.events import Grade
+
 ROUTES = ("restock", "open_box", "refurbish", "donate", "dispose")
-GRADES = ("A", "B", "refurbish", "dispose")  # connectors.events.Grade's values
+GRADES = tuple(g.value for g in Grade)
 RESALE_ROUTES = ("open_box", "refurbish")  # never for an opened item of a hygiene family
+
+
+def _open_to(name: str, route: Route, grade: str, hygiene: bool) -> bool:
+    """Whether ``route`` (called ``name``) may take an item of ``grade``, of a hygiene family
+    or not: opened cosmetics cannot be resold."""
+    return grade in route.grades and not (hygiene and grade != "A" and name in RESALE_ROUTES)
 
 
 class Route(BaseModel):
@@ -52,31 +60,6 @@ class DispositionPolicy(BaseModel):
         ),
     }
     holding_cost_per_day: float = Field(0.05, ge=0)
-
-    @model_validator(mode="after")
-    def _every_grade_has_a_route(self) -> DispositionPolicy:
-        """Known route names and grades, and for every grade a route open to every family (not
-        only open box or refurbishment): else a graded return would have no candidate at all,
-        and :func:`decide_disposition` nothing to choose from in the middle of a run."""
-        unknown = sorted(set(self.routes) - set(ROUTES))
-        if unknown:
-            raise ValueError(f"unknown route(s) {unknown}: routes are {list(ROUTES)}")
-        for name, r in self.routes.items():
-            bad = sorted(set(r.grades) - set(GRADES))
-            if bad:
-                raise ValueError(
-                    f"route {name!r}: unknown grade(s) {bad}: grades are {list(GRADES)}"
-                )
-        for grade in GRADES:
-            if not any(
-                grade in r.grades and name not in RESALE_ROUTES for name, r in self.routes.items()
-            ):
-                raise ValueError(
-                    f"grade {grade!r} has no route open to every SKU family (one other than "
-                    f"{' or '.join(RESALE_ROUTES)}, which hygiene families cannot take)"
-                )
-        return self
-
     decay_per_day: dict[str, float] = {  # seasonality: value lost per day of waiting
         "apparel_tops": 0.004,
         "apparel_bottoms": 0.004,
@@ -88,6 +71,33 @@ class DispositionPolicy(BaseModel):
     }
     default_decay_per_day: float = 0.003
     hygiene_families: list[str] = ["beauty_skincare", "beauty_makeup"]  # never resold opened
+
+    @model_validator(mode="after")
+    def _every_grade_has_a_route(self) -> DispositionPolicy:
+        """Known route names and grades, and for every grade a route open to every family (as
+        :func:`decide_disposition` filters them): else a graded return would have no candidate,
+        and nothing to choose from in the middle of a run."""
+        unknown = sorted(set(self.routes) - set(ROUTES))
+        if unknown:
+            raise ValueError(f"unknown route(s) {unknown}: routes are {list(ROUTES)}")
+        for name, r in self.routes.items():
+            bad = sorted(set(r.grades) - set(GRADES))
+            if bad:
+                raise ValueError(
+                    f"route {name!r}: unknown grade(s) {bad}: grades are {list(GRADES)}"
+                )
+        for grade in GRADES:
+            for hygiene in {False, bool(self.hygiene_families)}:
+                if not any(_open_to(n, r, grade, hygiene) for n, r in self.routes.items()):
+                    raise ValueError(
+                        f"grade {grade!r} has no route"
+                        + (
+                            " for hygiene families, which cannot take open box or refurbishment"
+                            if hygiene
+                            else ""
+                        )
+                    )
+        return self
 
 
 def decide_disposition(
@@ -104,12 +114,11 @@ def decide_disposition(
     'donate'
     """
     decay = p.decay_per_day.get(family, p.default_decay_per_day)
+    hygiene = family in p.hygiene_families
     candidates = []
     for name, r in p.routes.items():
-        if grade not in r.grades:
+        if not _open_to(name, r, grade, hygiene):
             continue
-        if family in p.hygiene_families and grade != "A" and name in RESALE_ROUTES:
-            continue  # opened cosmetics cannot be resold
         days = waited_days + r.days_to_sale
         resale = r.resale_share * value * (1 - decay) ** days
         # days already waited are sunk: they cost value (decay), not future holding

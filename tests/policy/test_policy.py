@@ -337,6 +337,24 @@ def test_a_disposition_policy_that_leaves_a_return_without_a_route_is_refused(
     assert said in str(err.value) and "disposition" in str(err.value)
 
 
+def test_a_disposition_policy_is_checked_as_returns_are_routed(tmp_path):
+    """Grade A may go to open box for every family (only opened hygiene items of lower grades
+    may not), so a policy whose only A route is open box loads, and routes a lipstick there."""
+    from salvage.policy.disposition import decide_disposition
+
+    doc = _default_doc()
+    doc["disposition"] = {
+        "routes": {
+            "open_box": {**_R, "grades": ["A", "B"]},
+            "dispose": {**_R, "grades": ["B", "refurbish", "dispose"]},
+        }
+    }
+    policy = load_policy(_write(tmp_path, doc))
+    assert decide_disposition(policy.disposition, "A", "beauty_makeup", 20.0, 1)["route"] == (
+        "open_box"
+    )
+
+
 def test_disposition_routes_by_expected_recovered_value():
     from salvage.policy.disposition import DispositionPolicy, decide_disposition
 
