@@ -128,22 +128,15 @@ def _kept_bytes(raw: RawRecord, limit: int) -> tuple[bytes, bool, bool]:
     value = raw.value
     if len(value) <= MAX_EVENT_BYTES:
         try:
-            doc = json.loads(value)
-        except RecursionError:  # JSON too deep to walk, so not redacted: keep nothing
+            redacted, hit = _redact(json.loads(value))
+        except (_TooDeep, RecursionError):  # too deep to walk, so not redacted: keep nothing
             return b"", bool(value), True
-        except ValueError:
-            doc = None
+        except ValueError:  # not JSON: the prefix below
+            pass
         else:
-            try:
-                redacted, hit = _redact(doc)
-                if hit:
-                    text = json.dumps(redacted, separators=(",", ":"), ensure_ascii=False)
-                    try:
-                        value = text.encode()
-                    except UnicodeEncodeError:  # a lone surrogate (an escape such as \ud800)
-                        value = json.dumps(redacted, separators=(",", ":")).encode()
-            except (_TooDeep, RecursionError):  # not walked, so not redacted: keep nothing
-                return b"", bool(value), True
+            if hit:  # (a lone surrogate, such as the escape \ud800, goes back as an escape)
+                text = json.dumps(redacted, separators=(",", ":"), ensure_ascii=False)
+                value = text.encode("utf-8", "backslashreplace")
             return value[:limit], len(value) > limit, hit
     if _is_support(raw):
         return b"", bool(value), bool(value)

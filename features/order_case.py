@@ -397,7 +397,7 @@ class OrderCase:
                 # would be treated as resolved, and close as cancelled with the new one pending)
                 self.outcome = None
                 self.resolved_at = 0
-                self.return_requested_at = t
+                self.return_requested_at = 0  # the new return's, below
             self.return_id = ev.return_id
             self.return_requested_at = self.return_requested_at or t
             self.return_reason = ev.reason.value
