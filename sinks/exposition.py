@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client import metrics as metrics_module
 from prometheus_client.exposition import (
@@ -71,8 +72,10 @@ class Exposition:
     line prefixes (module docstring). Safe to call from a scrape thread while the flow updates
     metrics: it takes the same locks as ``generate_latest``."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, fast_reads: bool | None = None):
         self.registry = registry
+        # counters and histograms read from their children (None: as the import-time check says)
+        self.fast_reads = _FAST_READS if fast_reads is None else fast_reads
         self._heads: dict[Any, str] = {}  # collector -> its family's HELP and TYPE lines
         self._om_heads: dict[tuple[Any, str], str] = {}  # (collector, suffix) -> the same
         self._prefixes: dict[Any, dict[tuple, str]] = {}  # collector -> sample key -> prefix
@@ -123,8 +126,7 @@ class Exposition:
                 children: Iterable[tuple[Any, Any]] = list(c._metrics.items())
         else:
             children = (((), c),)
-        floats = self._floats
-        if _FAST_READS and not metrics_module._use_created:
+        if self.fast_reads and not metrics_module._use_created:
             kind = type(c)
             if kind is Counter or kind is Histogram:
                 self._fast(c, kind is Histogram, children, lines)
@@ -144,8 +146,7 @@ class Exposition:
                         prefix = prefixes[key] = self._line(c, labelvalues, suffix, labels, 0.0)[
                             : -len(_SENTINEL)
                         ]
-                    text = floats.get(value) if value else None
-                    line = f"{prefix}{text or self._text(value)}\n"
+                    line = f"{prefix}{self._text(value)}\n"
                 if suffix in _OM_SUFFIXES:
                     if om is None:
                         om = {}
@@ -163,6 +164,10 @@ class Exposition:
     def _text(self, value: float) -> str:
         """``floatToGoString(value)``, kept for the next time (not zeros: 0.0 and -0.0 are equal
         keys with different texts; not NaN: a new key every time)."""
+        if value:
+            text = self._floats.get(value)
+            if text is not None:
+                return text
         text = floatToGoString(value)
         if value and value == value:
             floats = self._floats
@@ -180,7 +185,6 @@ class Exposition:
         rows = self._rows.get(c)
         if rows is None:
             rows = self._rows[c] = {}
-        floats = self._floats
         text = self._text
         children = list(children)
         if len(rows) < len(children) or any(lv not in rows for lv, _ in children):
@@ -191,18 +195,18 @@ class Exposition:
             n += 1
             if not histogram:
                 v = child._value._value
-                lines.append(f"{pre[0]}{(floats.get(v) if v else None) or text(v)}\n")
+                lines.append(f"{pre[0]}{text(v)}\n")
                 continue
             acc = 0.0
             i = 0
             for bucket in child._buckets:
                 acc += bucket._value
-                lines.append(f"{pre[i]}{(floats.get(acc) if acc else None) or text(acc)}\n")
+                lines.append(f"{pre[i]}{text(acc)}\n")
                 i += 1
-            lines.append(f"{pre[i]}{(floats.get(acc) if acc else None) or text(acc)}\n")  # _count
+            lines.append(f"{pre[i]}{text(acc)}\n")  # _count
             if i + 1 < len(pre):  # _sum (a histogram whose first bound is >= 0)
                 v = child._sum._value
-                lines.append(f"{pre[i + 1]}{(floats.get(v) if v else None) or text(v)}\n")
+                lines.append(f"{pre[i + 1]}{text(v)}\n")
         if len(rows) > 2 * n + 64:  # series removed since: drop their prefixes
             self._rows[c] = {}
 
@@ -265,37 +269,25 @@ class Exposition:
 
 
 def _check_fast_reads() -> bool:
-    """Whether :meth:`Exposition._fast` reads what this prometheus_client's ``_child_samples``
-    gives, on a Counter and two Histograms (one with a negative first bound: no ``_sum``)."""
+    """Whether :meth:`Exposition._fast`, which reads counters' and histograms' children instead
+    of their samples, renders what this prometheus_client's ``generate_latest`` renders: on a
+    counter and two histograms (one with a negative first bound, so no ``_sum``), with
+    ``_created`` off as the fast reads need."""
+    created = metrics_module._use_created
+    prometheus_client.disable_created_metrics()
     try:
         reg = CollectorRegistry()
-        c = Counter("check", "", ["k"], registry=reg)
-        c.labels("a").inc(2.5)
+        Counter("check", "", ["k"], registry=reg).labels("a").inc(2.5)
         h = Histogram("check_h", "", ["k"], registry=reg, buckets=(0.5, 2))
         h.labels("a").observe(1)
         h.labels("a").observe(0.25)
-        g = Histogram("check_g", "", registry=reg, buckets=(-1, 3))
-        g.observe(-2)
-        metrics: tuple[Any, ...] = (c, h, g)
-        for metric in metrics:
-            children = list(metric._metrics.items()) if metric._is_parent() else [((), metric)]
-            for _, child in children:
-                expected = [(s[0], s[1], s[2]) for s in child._samples()]
-                if metric is c:
-                    got: list[tuple[str, dict, float]] = [("_total", {}, child._value._value)]
-                else:
-                    got, acc = [], 0.0
-                    for b, bound in zip(child._buckets, child._upper_bounds, strict=True):
-                        acc += b._value
-                        got.append(("_bucket", {"le": floatToGoString(bound)}, acc))
-                    got.append(("_count", {}, acc))
-                    if child._upper_bounds[0] >= 0:
-                        got.append(("_sum", {}, child._sum._value))
-                if [e for e in expected if e[0] != "_created"] != got:
-                    return False
-        return True
-    except (AttributeError, TypeError, ValueError):
+        Histogram("check_g", "", registry=reg, buckets=(-1, 3)).observe(-2)
+        return Exposition(reg, fast_reads=True).render() == generate_latest(reg)
+    except (AttributeError, TypeError, ValueError, KeyError):
         return False
+    finally:
+        if created:
+            prometheus_client.enable_created_metrics()
 
 
 _FAST_READS = _check_fast_reads()
