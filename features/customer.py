@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from salvage.features.eventtime import DAY_US
+from salvage.features.order_case import CASE_FEATURES
 
 
 @dataclass(slots=True)
@@ -63,11 +64,11 @@ class CustomerContext:
             elif change == "return_requested":
                 self.returns += 1
                 self.last_return_at = t
-                if view.features.get("reason_not_received"):
+                if _get(view.features, "reason_not_received", _I_NOT_RECEIVED):
                     self.not_received_claims += 1
             elif change == "contact":
                 self.contacts += 1
-                self.sentiment_sum += view.features.get("last_contact_sentiment", 0.0)
+                self.sentiment_sum += _get(view.features, "last_contact_sentiment", _I_SENTIMENT)
             elif change == "graded" and view.abuse_flags:
                 self.abuse_flags += 1
             elif change == "chargeback":  # after the case settled (in its grace period)
@@ -94,48 +95,74 @@ class CustomerContext:
 
     def merged(self, base: dict[str, float], now: int) -> dict[str, float]:
         """``base | self.features(now)`` (same keys, order and values), without building the
-        customer's dict first (the context stage does this for every case update)."""
+        customer's dict first."""
         f = base.copy()
-        prior_orders = self.orders if self.orders > 1 else 1
-        refunds = self.refunds
-        retained = self.retained_returns
-        f["customer_orders"] = float(self.orders)
-        f["customer_return_rate"] = self.returns / prior_orders
-        f["customer_refund_rate"] = refunds / prior_orders
-        f["customer_retained_return_rate"] = retained / max(retained + refunds, 1)
-        f["customer_mean_sentiment"] = self.sentiment_sum / self.contacts if self.contacts else 0.0
-        f["customer_contacts"] = float(self.contacts)
-        f["customer_abuse_flags"] = float(self.abuse_flags)
-        f["customer_not_received_claims"] = float(self.not_received_claims)
-        f["customer_chargebacks"] = float(self.chargebacks)
-        f["customer_net_value"] = self.spend - self.refunded_value
-        f["customer_tenure_days"] = (now - self.first_seen) / DAY_US if self.first_seen else 0.0
-        f["customer_days_since_return"] = (
-            (now - self.last_return_at) / DAY_US if self.last_return_at else -1.0
-        )
+        f.update(zip(CUSTOMER_FEATURES, self.values(now), strict=True))
         return f
 
     def features(self, now: int) -> dict[str, float]:
-        prior_orders = max(self.orders, 1)
-        return {
-            "customer_orders": float(self.orders),
-            "customer_return_rate": self.returns / prior_orders,
-            "customer_refund_rate": self.refunds / prior_orders,
+        """The customer's features at ``now`` by name (:data:`CUSTOMER_FEATURES`, in that
+        order): :meth:`values` as a dict."""
+        return dict(zip(CUSTOMER_FEATURES, self.values(now), strict=True))
+
+    def values(self, now: int) -> tuple[float, ...]:
+        """:meth:`features`' values in :data:`CUSTOMER_FEATURES` order (the context stage joins
+        them to a case update's values for every update: a tuple, not a dict)."""
+        orders = self.orders
+        prior_orders = orders if orders > 1 else 1
+        refunds = self.refunds
+        retained = self.retained_returns
+        contacts = self.contacts
+        return (
+            float(orders),
+            self.returns / prior_orders,
+            refunds / prior_orders,
             # of the returns that ended, the share the brand kept (exchange, credit, cancelled)
-            "customer_retained_return_rate": self.retained_returns
-            / max(self.retained_returns + self.refunds, 1),
+            retained / (retained + refunds if retained + refunds > 1 else 1),
             # the customer's tone over every contact so far (temperament outlives one order)
-            "customer_mean_sentiment": self.sentiment_sum / self.contacts if self.contacts else 0.0,
-            "customer_contacts": float(self.contacts),
-            "customer_abuse_flags": float(self.abuse_flags),
-            "customer_not_received_claims": float(self.not_received_claims),
-            "customer_chargebacks": float(self.chargebacks),
-            "customer_net_value": self.spend - self.refunded_value,
-            "customer_tenure_days": (now - self.first_seen) / DAY_US if self.first_seen else 0.0,
-            "customer_days_since_return": (now - self.last_return_at) / DAY_US
-            if self.last_return_at
-            else -1.0,
-        }
+            self.sentiment_sum / contacts if contacts else 0.0,
+            float(contacts),
+            float(self.abuse_flags),
+            float(self.not_received_claims),
+            float(self.chargebacks),
+            self.spend - self.refunded_value,
+            (now - self.first_seen) / DAY_US if self.first_seen else 0.0,
+            (now - self.last_return_at) / DAY_US if self.last_return_at else -1.0,
+        )
+
+
+CUSTOMER_FEATURES: tuple[str, ...] = (
+    "customer_orders",
+    "customer_return_rate",
+    "customer_refund_rate",
+    "customer_retained_return_rate",
+    "customer_mean_sentiment",
+    "customer_contacts",
+    "customer_abuse_flags",
+    "customer_not_received_claims",
+    "customer_chargebacks",
+    "customer_net_value",
+    "customer_tenure_days",
+    "customer_days_since_return",
+)
+"""The names of :meth:`CustomerContext.values`, in order (the keys of its features)."""
+
+JOINED_FEATURES: tuple[str, ...] = CASE_FEATURES + CUSTOMER_FEATURES
+"""The names of a case update's joined values (the case's, then its customer's), in order: what
+the context stage sends the model stage (``case.values(t) + customer.values(t)``), and the keys,
+in order, of ``CustomerContext.merged(case.features(t), t)``."""
+
+
+_I_NOT_RECEIVED = CASE_FEATURES.index("reason_not_received")
+_I_SENTIMENT = CASE_FEATURES.index("last_contact_sentiment")
+
+
+def _get(features: dict[str, float] | tuple[float, ...], name: str, i: int) -> float:
+    """A case feature of an update: its values (:data:`CASE_FEATURES` order) or a dict of some
+    of them (a settled case's late fact; 0.0 when absent)."""
+    if type(features) is tuple:
+        return features[i]
+    return features.get(name, 0.0)  # type: ignore[union-attr]
 
 
 # the change codes observe() folds into a customer's history (any other changes nothing)

@@ -605,7 +605,13 @@ class OrderCase:
         return max(0.0, (end - self.promised_at) / HOUR_US)
 
     def features(self, now: int) -> dict[str, float]:
-        """Numeric features known at ``now`` (never anything from the future)."""
+        """Numeric features known at ``now`` (never anything from the future), by name
+        (:data:`CASE_FEATURES`, in that order): :meth:`values` as a dict."""
+        return dict(zip(CASE_FEATURES, self.values(now), strict=True))
+
+    def values(self, now: int) -> tuple[float, ...]:
+        """:meth:`features`' values in :data:`CASE_FEATURES` order (what the case stage sends
+        downstream: a tuple, not a dict per update)."""
         # counts kept as floats (what the features are; exact for any count)
         c24 = c7d = wismo7 = refund7 = fit7 = high7 = sentiment_sum = 0.0
         contacts = self.contacts
@@ -650,40 +656,73 @@ class OrderCase:
         if flags is None:
             flags = _reason_flags(ret.return_reason)
         fit, late, damaged, not_received, changed_mind = flags
-        return {
-            "order_value": order_value,
-            "margin": margin,
-            "margin_rate": margin / order_value if order_value else 0.0,
-            "units": float(n_units),
-            "bracketing_lines": float(self.bracketing_lines),
-            "slippage_hours": slippage,
-            "exception_count": float(self.exception_count),
-            "delayed_scans": float(self.delayed_scan_count),
-            "lost": float(self.lost),
-            "hours_since_last_scan": (now - last_scan_at) / HOUR_US
-            if last_scan_at and not delivered_at
-            else 0.0,
-            "delivered": 1.0 if delivered_at else 0.0,
-            "days_since_delivery": (now - delivered_at) / DAY_US if delivered_at else 0.0,
-            "contacts_24h": c24,
-            "contacts_7d": c7d,
-            "wismo_7d": wismo7,
-            "refund_intent_7d": refund7,
-            "fit_intent_7d": fit7,
-            "urgent_contacts_7d": high7,
-            "mean_sentiment_7d": sentiment_sum / c7d if c7d else 0.0,
-            "last_contact_sentiment": last_sentiment,
-            "wismo_after_delivered": float(self.wismo_after_delivered),
-            "return_requested": 1.0 if ret.return_requested_at else 0.0,
-            "return_share": ret.return_units / n_units if n_units else 0.0,
-            "prefers_exchange": 1.0 if resolution == "exchange" else 0.0,
-            "prefers_refund": 1.0 if resolution == "refund" else 0.0,
-            "reason_fit": fit,
-            "reason_late": late,
-            "reason_damaged": damaged,
-            "reason_not_received": not_received,
-            "reason_changed_mind": changed_mind,
-        }
+        return (
+            order_value,
+            margin,
+            margin / order_value if order_value else 0.0,
+            float(n_units),
+            float(self.bracketing_lines),
+            slippage,
+            float(self.exception_count),
+            float(self.delayed_scan_count),
+            float(self.lost),
+            (now - last_scan_at) / HOUR_US if last_scan_at and not delivered_at else 0.0,
+            1.0 if delivered_at else 0.0,
+            (now - delivered_at) / DAY_US if delivered_at else 0.0,
+            c24,
+            c7d,
+            wismo7,
+            refund7,
+            fit7,
+            high7,
+            sentiment_sum / c7d if c7d else 0.0,
+            last_sentiment,
+            float(self.wismo_after_delivered),
+            1.0 if ret.return_requested_at else 0.0,
+            ret.return_units / n_units if n_units else 0.0,
+            1.0 if resolution == "exchange" else 0.0,
+            1.0 if resolution == "refund" else 0.0,
+            fit,
+            late,
+            damaged,
+            not_received,
+            changed_mind,
+        )
+
+
+CASE_FEATURES: tuple[str, ...] = (
+    "order_value",
+    "margin",
+    "margin_rate",
+    "units",
+    "bracketing_lines",
+    "slippage_hours",
+    "exception_count",
+    "delayed_scans",
+    "lost",
+    "hours_since_last_scan",
+    "delivered",
+    "days_since_delivery",
+    "contacts_24h",
+    "contacts_7d",
+    "wismo_7d",
+    "refund_intent_7d",
+    "fit_intent_7d",
+    "urgent_contacts_7d",
+    "mean_sentiment_7d",
+    "last_contact_sentiment",
+    "wismo_after_delivered",
+    "return_requested",
+    "return_share",
+    "prefers_exchange",
+    "prefers_refund",
+    "reason_fit",
+    "reason_late",
+    "reason_damaged",
+    "reason_not_received",
+    "reason_changed_mind",
+)
+"""The names of :meth:`OrderCase.values`, in order (the keys of :meth:`OrderCase.features`)."""
 
 
 def _delegate(name: str) -> property:

@@ -114,7 +114,9 @@ class CaseView:
     t: int
     source_id: str
     changes: tuple[str, ...]
-    features: dict[str, float]
+    # the case's features at t: OrderCase.values (CASE_FEATURES order), or for a settled case's
+    # late fact a dict of the few it has
+    features: tuple[float, ...] | dict[str, float]
     status: str
     outcome: str | None
     lane: str

@@ -22,6 +22,7 @@ memory (contact caps, once per order, daily budgets, holdout) are applied by the
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -185,6 +186,55 @@ def decision_gate(policy: Policy) -> Gate:
         namespace: dict = {}
         exec(compile(source, f"<policy {policy.version} gate>", "exec"), namespace)
         gate = _GATES[source] = namespace["gate"]
+    return gate
+
+
+RowGate = Callable[[tuple[float, ...], float, float], bool]
+_ROW_GATES: dict[tuple[str, tuple[str, ...]], RowGate | None] = {}
+_FEATURE_REF = re.compile(r"f\[('[a-z0-9_]+')\]")
+
+
+def row_gate(policy: Policy, names: tuple[str, ...]) -> RowGate | None:
+    """:func:`decision_gate` on a tuple of feature values in ``names`` order instead of a dict
+    (each ``f['name']`` of :func:`gate_source` read as ``f[i]``): the same test, for a stage
+    that gets each update's values as a tuple. None when the policy reads a feature that is not
+    in ``names`` (the caller then asks the dict gate).
+
+    >>> from salvage.features.customer import JOINED_FEATURES, CustomerContext
+    >>> from salvage.features.order_case import OrderCase
+    >>> from salvage.policy.config import load_policy
+    >>> policy = load_policy()
+    >>> case, customer = OrderCase("o1"), CustomerContext("c1")
+    >>> late = case.values(0)[:5] + (30.0,) + case.values(0)[6:] + customer.values(0)
+    >>> JOINED_FEATURES[5], row_gate(policy, JOINED_FEATURES)(late, 0.4, 0.02)
+    ('slippage_hours', True)
+    >>> row_gate(policy, ("order_value",)) is None  # the policy reads more than this
+    True
+    """
+    source = policy._gate
+    if source is None:
+        source = policy._gate = gate_source(policy)
+    key = (source, names)
+    if key in _ROW_GATES:
+        return _ROW_GATES[key]
+    index = {name: i for i, name in enumerate(names)}
+    missing = False
+
+    def at(m: re.Match) -> str:
+        nonlocal missing
+        name = m.group(1)[1:-1]
+        if name not in index:
+            missing = True
+            return m.group(0)
+        return f"f[{index[name]}]"
+
+    row_source = _FEATURE_REF.sub(at, source)
+    gate: RowGate | None = None
+    if not missing and not re.search(r"f\[['\"]", row_source):  # every read is by index now
+        namespace: dict = {}
+        exec(compile(row_source, f"<policy {policy.version} row gate>", "exec"), namespace)
+        gate = namespace["gate"]
+    _ROW_GATES[key] = gate
     return gate
 
 

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from river import compose, drift, linear_model, metrics, optim, preprocessing
@@ -544,9 +544,24 @@ class ScoreBatch:
         "xp",
     )
 
-    def __init__(self, ms: ModelSet, xs: list[dict[str, float]], cuts: list[int]) -> None:
-        # the inputs as ModelSet.score fixes them; the set itself takes them at the first row
-        names = ms.feature_names or tuple(sorted({*xs[0], *RULE_INPUTS}))
+    def __init__(
+        self,
+        ms: ModelSet,
+        xs: list[dict[str, float]] | list[tuple[float, ...]],
+        cuts: list[int],
+        row_names: tuple[str, ...] | None = None,
+    ) -> None:
+        tuples: list[tuple[float, ...]] | None = None  # value tuples in row_names order
+        if row_names is not None:
+            names = ms.feature_names or tuple(sorted({*row_names, *RULE_INPUTS}))
+            if set(names) == {*row_names, *RULE_INPUTS} and set(RULE_FEATURES) <= set(names):
+                tuples = cast(list[tuple[float, ...]], xs)
+            else:  # inputs fixed otherwise, or rules read elsewhere: as dicts, exactly
+                xs = [dict(zip(row_names, cast(tuple[float, ...], x), strict=True)) for x in xs]
+        dicts = cast(list[dict[str, float]], xs)
+        if tuples is None:
+            # the inputs as ModelSet.score fixes them; the set itself takes them at the first row
+            names = ms.feature_names or tuple(sorted({*dicts[0], *RULE_INPUTS}))
         inp = ms._inputs
         if inp is None or inp.names != names:
             inp = Inputs(names)
@@ -557,30 +572,38 @@ class ScoreBatch:
         X = np.zeros((m, n))
         base = [i for i, name in enumerate(names) if name not in RULE_INPUTS]
         slow: list[int] = []  # rows read by Inputs.raw's own path
-        keys = list(xs[0])
-        if (
-            len(keys) == len(base)
+        if tuples is not None:  # every input in each tuple, in one order
+            assert row_names is not None
+            index = {name: i for i, name in enumerate(names)}
+            values = np.array(tuples, dtype=np.float64)
+            if values.shape != (m, len(row_names)):
+                raise ValueError(f"value rows of {values.shape[1:]} for {len(row_names)} names")
+            X[:, [index[key] for key in row_names]] = values
+        elif (
+            len(keys := list(dicts[0])) == len(base)
             and set(keys) == {names[i] for i in base}
-            and (list(map(list, xs)).count(keys) == m)
+            and (list(map(list, dicts)).count(keys) == m)
         ):  # every dict has exactly the inputs, in one order: read the values as they are
             index = {name: i for i, name in enumerate(names)}
-            flat = np.fromiter(chain.from_iterable(map(dict.values, xs)), np.float64, m * len(keys))
+            flat = np.fromiter(
+                chain.from_iterable(map(dict.values, dicts)), np.float64, m * len(keys)
+            )
             X[:, [index[key] for key in keys]] = flat.reshape(m, len(keys))
         elif len(base) < 2:  # itemgetter of one name returns the value, not a tuple
             slow = list(range(m))
         else:
             get = itemgetter(*(names[i] for i in base))
             try:
-                flat = np.fromiter(chain.from_iterable(map(get, xs)), np.float64, m * len(base))
+                flat = np.fromiter(chain.from_iterable(map(get, dicts)), np.float64, m * len(base))
                 X[:, base] = flat.reshape(m, len(base))
             except KeyError:  # some dict lacks an input: row by row
-                for r, x in enumerate(xs):
+                for r, x in enumerate(dicts):
                     try:
                         X[r, base] = get(x)
                     except KeyError:
                         slow.append(r)
         for r in slow:
-            X[r] = inp.raw(xs[r])
+            X[r] = inp.raw(dicts[r])
         index = {name: i for i, name in enumerate(names)}
         if all(f in index for f in RULE_FEATURES):
             cols = np.array([index[f] for f in RULE_FEATURES], dtype=np.int64)
@@ -592,8 +615,8 @@ class ScoreBatch:
         if python_rules:
             rec, ab = rec_a.tolist(), ab_a.tolist()
             for r in python_rules:  # scoring/baseline.py on the dict, as RuleScorer.score
-                rec[r] = baseline.recoverability(xs[r])
-                ab[r] = baseline.abuse(xs[r])
+                rec[r] = baseline.recoverability(dicts[r])
+                ab[r] = baseline.abuse(dicts[r])
             rec_a, ab_a = np.array(rec, dtype=np.float64), np.array(ab, dtype=np.float64)
         # round(x, 6) of each, as RuleScorer.score (bit for bit, see scoring/rounding.py)
         self.rec_r = round6(rec_a)
@@ -988,13 +1011,19 @@ class ModelSet:
         """Does this set's engine score a model-stage call's updates together (:meth:`batch`)?"""
         return bool(self.recoverability.engine.batched)
 
-    def batch(self, xs: list[dict[str, float]], cuts: list[int]) -> ScoreBatch | None:
-        """The updates ``xs`` (feature dicts, in the order they will be scored) prepared for
-        :meth:`ScoreBatch.score`, one after the other; ``cuts``: the rows before whose score the
-        models may learn (a label). None: score them one by one (:meth:`score`)."""
+    def batch(
+        self,
+        xs: list[dict[str, float]] | list[tuple[float, ...]],
+        cuts: list[int],
+        row_names: tuple[str, ...] | None = None,
+    ) -> ScoreBatch | None:
+        """The updates ``xs`` (feature dicts, or with ``row_names`` tuples of values in that
+        order; in the order they will be scored) prepared for :meth:`ScoreBatch.score`, one
+        after the other; ``cuts``: the rows before whose score the models may learn (a label).
+        None: score them one by one (:meth:`score`)."""
         if not xs or not self.batched:
             return None
-        return ScoreBatch(self, xs, cuts)
+        return ScoreBatch(self, xs, cuts, row_names)
 
     def label(
         self, order_id: str, t: int, facts: dict[str, Any], review: bool | None = None

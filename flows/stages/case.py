@@ -221,7 +221,7 @@ class CaseStage(_Stage):
             t,
             source_id,
             tuple(changes),
-            case.features(t),
+            case.values(t),
             status._value_,
             outcome._value_ if outcome else None,
             case.lane,

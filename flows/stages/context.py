@@ -16,8 +16,9 @@ from salvage.flows.stages.base import (
 
 
 class ContextStage(_Stage):
-    """Customer context for one customer shard; forwards each case update, with the merged
-    case + customer features, to the model shard of its customer."""
+    """Customer context for one customer shard; forwards each case update, with the joined
+    case + customer values (``JOINED_FEATURES`` order; a dict for a view whose features are one),
+    to the model shard of its customer."""
 
     def __init__(self, shard: int, cfg: StageConfig) -> None:
         super().__init__(ctx_key(shard), cfg.case_keys())
@@ -51,7 +52,10 @@ class ContextStage(_Stage):
                 out.append((Route.KPI, {"kind": "settled", "t": t, "case": view.facts}))
                 box.append((t, tie, (view, None)))
                 continue
-            box.append((t, tie, (view, ctx.merged(view.features, t))))  # view.features | ctx's
+            f = view.features  # the case's values (a view made elsewhere may have a dict)
+            box.append(
+                (t, tie, (view, f + ctx.values(t) if type(f) is tuple else ctx.merged(f, t)))
+            )
         if low < END and low - self.last_sweep > DAY_US:
             self.last_sweep = low
             idle = [c for c, x in self.customers.items() if low - x.last_seen > CUSTOMER_IDLE_US]

@@ -23,7 +23,7 @@ from salvage.flows.stages.base import (
 from salvage.policy import guardrails
 from salvage.policy.config import MAX_CONTACT_LOG
 from salvage.policy.disposition import decide_disposition
-from salvage.policy.engine import CUSTOMER_FACING, Gate, decide, gate_of, holdout_unit
+from salvage.policy.engine import CUSTOMER_FACING, Gate, RowGate, decide, gate_of, holdout_unit
 from salvage.policy.triggers import build_trigger, decision_record, held_out, is_forced, trigger_id
 from salvage.sinks import metrics
 from salvage.sinks.case_doc import case_json
@@ -77,14 +77,20 @@ class DispatchStage(_Stage):
 
     @staticmethod
     def ignores(
-        cfg: StageConfig, gate: Gate | None, view: CaseView, features, rec: float, abuse: float
+        cfg: StageConfig,
+        gate: Gate | RowGate | None,
+        view: CaseView,
+        features,
+        rec: float,
+        abuse: float,
     ) -> bool:
         """Would :meth:`apply` do nothing with this scored update of an open case (no output, no
         state touched)? True when it has no model events (the caller checks), is no placement,
         grade, risk signal or closing, no case-store document is made (``case_records`` off)
         and the compiled gate says no rule can hold, or the case already has its outcome. The
         model stage then does not send it (most updates: a carrier scan in transit); ``rec``,
-        ``abuse``: its scores (``scored.scores``); ``gate``: ``gate_of(cfg.policy)``, None when
+        ``abuse``: its scores (``scored.scores``); ``gate``: ``gate_of(cfg.policy)`` (or for
+        value tuples ``row_gate(cfg.policy, JOINED_FEATURES)``), None when
         ``cfg.decide_gate`` is off (then nothing is)."""
         changes = view.changes
         return (

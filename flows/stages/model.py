@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from salvage.features.customer import JOINED_FEATURES
 from salvage.flows.messages import Emit, Route
 from salvage.flows.model_sink import checkpoint
 from salvage.flows.stages.base import (
@@ -14,7 +15,7 @@ from salvage.flows.stages.base import (
     shard_of,
 )
 from salvage.flows.stages.dispatch import DispatchStage
-from salvage.policy.engine import gate_of
+from salvage.policy.engine import gate_of, row_gate
 from salvage.scoring.baseline import RuleScorer
 from salvage.scoring.models import ModelSet
 from salvage.sinks import metrics
@@ -37,10 +38,16 @@ class ModelStage(_Stage):
         labelled = False
         models = self.models
         batch = None
+        cfg = self.cfg
+        # updates dispatch would do nothing with are not sent (DispatchStage.ignores); the gate
+        # on value tuples (JOINED_FEATURES order), None: those are read as dicts
+        gate = gate_of(cfg.policy) if cfg.decide_gate else None
+        rgate = row_gate(cfg.policy, JOINED_FEATURES) if gate is not None else None
         if models.batched:  # the compiled engine: the call's updates prepared together
-            xs: list[dict[str, float]] = []
-            cuts: list[int] = []  # the rows a label (may) precede
+            xs: list = []
+            cuts: list[int] = []  # the rows before whose score the models may learn (a label)
             cut = False
+            dicts = False  # some update's features are a dict (a view made elsewhere)
             for _, _, (view, features) in released:
                 if features is None:
                     cut = True
@@ -48,11 +55,12 @@ class ModelStage(_Stage):
                 if cut or view.status == "closed":
                     cuts.append(len(xs))
                 cut = False
+                if type(features) is not tuple:
+                    dicts = True
                 xs.append(features)
-            batch = models.batch(xs, cuts)
-        cfg = self.cfg
-        # updates dispatch would do nothing with are not sent (DispatchStage.ignores)
-        gate = gate_of(cfg.policy) if cfg.decide_gate else None
+            if dicts:
+                xs = [_as_dict(x) for x in xs]
+            batch = models.batch(xs, cuts, None if dicts else JOINED_FEATURES)
         ignores = DispatchStage.ignores
         shards = cfg.cust_shards
         dests = [disp_key(i) for i in range(shards)]
@@ -79,6 +87,8 @@ class ModelStage(_Stage):
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             risk = not RISK_SIGNALS.isdisjoint(view.changes)
+            if type(features) is tuple and (batch is None or rgate is None):
+                features = dict(zip(JOINED_FEATURES, features, strict=True))
             if batch is not None:  # (its Scored is built only if it is sent)
                 rec, ab, row = batch.values(view.order_id, t, view.returned, not closed, risk)
                 scored = None
@@ -88,7 +98,11 @@ class ModelStage(_Stage):
                     view.order_id, t, features, rules, view.returned, not closed, risk
                 )
                 rec, ab = scored.scores.recoverability, scored.scores.abuse
-            if not events and not risk and ignores(cfg, gate, view, features, rec, ab):
+            if type(features) is tuple:
+                if not events and not risk and ignores(cfg, rgate, view, features, rec, ab):
+                    continue
+                features = dict(zip(JOINED_FEATURES, features, strict=True))  # for dispatch
+            elif not events and not risk and ignores(cfg, gate, view, features, rec, ab):
                 continue
             if scored is None:
                 assert batch is not None
@@ -117,3 +131,10 @@ class ModelStage(_Stage):
                 metrics.MODEL_LOGLOSS.labels(name, scorer, shard).set(s["logloss"])
                 metrics.MODEL_BRIER.labels(name, scorer, shard).set(s["brier"])
             metrics.MODEL_LABELS.labels(name, shard).set(summary["labels"])
+
+
+def _as_dict(x: dict[str, float] | tuple[float, ...]) -> dict[str, float]:
+    """An update's features as a dict (value tuples are in JOINED_FEATURES order)."""
+    if isinstance(x, tuple):
+        return dict(zip(JOINED_FEATURES, x, strict=True))
+    return x
