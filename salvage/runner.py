@@ -66,6 +66,9 @@ STATE_VERSION = 8  # 3: DispatchStage.assigned (uplift assignments); 4: modules 
 # 6: file sources keep one clock per Kafka-style partition (flows.sources._KafkaLayout);
 # 7: the models' dense state (scoring/dense.py arrays in a msgpack doc, not pickled River models);
 # 8: shard keys balanced over the workers (flows.stages.base.balanced_key): state is keyed by them
+# (not bumped when case views began carrying their features as a tuple, session 23: this version
+# reads older snapshots, whose in-flight views have dicts; a build from before that change cannot
+# resume a snapshot written after it: finish such a run with the newer build)
 
 
 class RecoveryMismatch(ValueError):
