@@ -1,8 +1,9 @@
 """Case updates travel as value tuples, not dicts: the case stage sends ``OrderCase.values``, the
 context stage joins ``CustomerContext.values`` to it (``JOINED_FEATURES`` order) and the model
-stage scores the tuples and gates them with the policy's row gate. Each of these gives exactly
-what the dict it replaces gives: the same scores, snapshots, model state, gate answers and the
-same feature dicts (keys in the same order) for dispatch."""
+stage scores the tuples and gates them with the policy's row gate (equal to the dict gate on
+random policies: ``tests/policy/test_decide_gate.py``). Each of these gives exactly what the dict
+it replaces gives: the same scores, snapshots, model state, gate answers and the same feature
+dicts (keys in the same order) for dispatch."""
 
 from __future__ import annotations
 
@@ -18,10 +19,8 @@ from salvage.features.order_case import CASE_FEATURES, OrderCase
 from salvage.flows.messages import CaseView
 from salvage.flows.stages import ModelStage, StageConfig
 from salvage.policy.config import known_features, load_policy
-from salvage.policy.engine import could_decide, gate_source, row_gate
-from salvage.scoring.baseline import ScoreResult
+from salvage.policy.engine import row_gate
 from salvage.scoring.models import ModelConfig
-from tests.policy.test_decide_gate import features, policies, scores
 from tests.scoring.test_batch import _item as batch_item
 from tests.scoring.test_batch import _state
 
@@ -40,16 +39,6 @@ def test_the_joined_names_are_the_merged_dicts_keys() -> None:
     assert len(set(JOINED_FEATURES)) == len(JOINED_FEATURES)
     # every feature a policy may read is there (so the row gate always compiles)
     assert known_features() <= {*JOINED_FEATURES, "recoverability", "abuse"}
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policy=policies(), f=features, s=scores)
-def test_the_row_gate_is_the_gate(policy, f: dict, s: ScoreResult) -> None:
-    gate = row_gate(policy, JOINED_FEATURES)
-    assert gate is not None
-    values = tuple(f[name] for name in JOINED_FEATURES)
-    answer = gate(values, s.recoverability, s.abuse)
-    assert bool(answer) == could_decide(policy, f, s), gate_source(policy)
 
 
 def test_the_row_gate_reads_by_position() -> None:

@@ -1,5 +1,6 @@
 """Dispatch skips ``decide`` when :func:`salvage.policy.engine.could_decide` says no rule or
-guardrail can hold: the gate is exact (property-tested on random policies and features), and on
+guardrail can hold: the gate is exact (property-tested on random policies and features, and so
+is its by-position form, :func:`salvage.policy.engine.row_gate`), and on
 every simulator scenario a run with the skip emits exactly what a run without it emits."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from salvage.config import Settings
 from salvage.connectors.simulator import SCENARIOS, write_log
-from salvage.features.customer import CustomerContext
+from salvage.features.customer import JOINED_FEATURES, CustomerContext
 from salvage.features.order_case import OrderCase
 from salvage.flows.messages import Batch, Event, Route
 from salvage.flows.plain import PlainLoop
@@ -24,7 +25,7 @@ from salvage.flows.sources import file_part_id
 from salvage.flows.stages.dispatch import DispatchStage
 from salvage.flows.topology import stage_config
 from salvage.policy.config import Policy, holds, known_features, load_policy
-from salvage.policy.engine import could_decide, decide, gate_of, gate_source
+from salvage.policy.engine import could_decide, decide, gate_of, gate_source, row_gate
 from salvage.scoring.baseline import ScoreResult
 from tests.flowkit import feed_log
 
@@ -93,6 +94,11 @@ def _eligible_or_routed(policy: Policy, f: dict, s: ScoreResult) -> bool:
 def test_no_decision_when_the_gate_says_no(policy: Policy, f: dict, s: ScoreResult) -> None:
     gate = could_decide(policy, f, s)
     assert gate == _eligible_or_routed(policy, f, s), gate_source(policy)
+    # the same gate reading a tuple of the values by position (the model stage's)
+    by_position = row_gate(policy, JOINED_FEATURES)
+    assert by_position is not None
+    values = tuple(f[name] for name in JOINED_FEATURES)
+    assert bool(by_position(values, s.recoverability, s.abuse)) == gate, gate_source(policy)
     if not gate:
         assert decide(policy, f, s, resolved=False) is None
 
