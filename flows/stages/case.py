@@ -242,7 +242,7 @@ class CaseStage(_Stage):
         dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
         self._box(Route.CONTEXT, dest).append((t, f"{source_id}|{case.order_id}", view))
 
-    def _settled_fact(self, ev, t: int, inferred: str | None = None) -> bool:
+    def _settled_fact(self, ev, t: int, tie: str, inferred: str | None = None) -> bool:
         """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
         listens"): a grade, support contact, chargeback or review verdict updates the customer's
         history, the abuse label and the KPIs (a ``settled`` case view to the customer stage).
@@ -254,8 +254,11 @@ class CaseStage(_Stage):
         if t - rec.closed_at > self.cfg.settled_grace_us:
             return False
         ids = self.tomb_ids.get(ev.order_id)
-        if ids is not None:  # a redelivery of this late fact is a duplicate too
+        if ids is not None:  # a redelivery of this late fact is a duplicate too (or, with
+            # another payload, inconsistent: its digest is remembered beside its id)
             ids.append(_id_hash(ev.event_id))
+            digests = self.tomb_digests.get(ev.order_id, b"")
+            self.tomb_digests[ev.order_id] = _with_digest(digests, len(ids), _tie_digest(tie))
         changes: list[str] = []
         features: dict[str, float] = {}
         flags: tuple[str, ...] = ()
@@ -434,7 +437,7 @@ class CaseStage(_Stage):
                 if self._duplicate(ev, tie, out):
                     continue
                 if order_id in self.tombstones:
-                    if self._settled_fact(ev, t, inferred):
+                    if self._settled_fact(ev, t, tie, inferred):
                         continue
                     self._dead(
                         ev,
@@ -521,13 +524,20 @@ def _digest_at(digests: bytes, i: int) -> int:
 def _remember_digest(case: OrderCase, digest: int) -> None:
     """Keep ``case.digests`` (4 bytes per id) parallel to ``case.seen`` (which forgets its oldest
     ids)."""
-    n = 4 * len(case.seen)
-    digests = _digests(case) + digest.to_bytes(4, "little")
+    case.digests = _with_digest(_digests(case), len(case.seen), digest)
+
+
+def _with_digest(digests: bytes, n_ids: int, digest: int) -> bytes:
+    """``digests`` with ``digest`` added for the newest of ``n_ids`` remembered ids, kept
+    parallel to them: the oldest dropped, or unknown ones (0) put first for ids remembered
+    without a digest."""
+    n = 4 * n_ids
+    digests += digest.to_bytes(4, "little")
     if len(digests) > n:
         digests = digests[-n:]
     elif len(digests) < n:
         digests = bytes(n - len(digests)) + digests
-    case.digests = digests
+    return digests
 
 
 # a CaseView constructor that sets the slots directly (the view is made on every case update;

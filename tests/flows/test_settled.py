@@ -150,3 +150,28 @@ def test_a_late_chargeback_reaches_the_refunded_kpi_in_its_currency():
     after += [total("salvage_refunded_total", currency="EUR")]
     after += [total("salvage_refund_leakage_total")]
     assert [round(a - b, 6) for a, b in zip(after, before, strict=True)] == [50.0, 50.0, 0.0]
+
+
+def test_a_late_fact_redelivered_is_a_duplicate_and_a_changed_copy_is_inconsistent():
+    """A late fact's id and payload digest are remembered with the closed case's: the same fact
+    again is a duplicate (counted), the same id with another payload an ``inconsistent`` dead
+    letter, as for the events before the close (the first one applied is kept either way)."""
+    from salvage.sinks import metrics
+
+    docs = _story(late_day=20)[:5]  # the refunded case, then its late grade
+    same = dict(docs[4])
+    changed = dict(docs[4], grade="dispose")
+    items = []
+    for i, d in enumerate([*docs, same, changed]):
+        ev = EVENT_ADAPTER.validate_json(json.dumps(d))
+        digest = 0xABC if i < 6 else 0xDEF  # the source's crc32 of each payload
+        t = to_us(ev.occurred_at) + (i >= 5)  # the copies come a microsecond later
+        items.append(Event(t, f"{ev.event_id}|{digest:08x}", ev))
+    stage = CaseStage(0, _cfg())
+    duplicates = metrics.DUPLICATES._value.get()
+    out = stage.on_batch([*items, Tick(SRC, END, items[-1].t)])
+    dead = [p for r, p in out if r == "dlq"]
+    assert [(d.kind.value, d.event_id) for d in dead] == [("inconsistent", "g1")]
+    assert metrics.DUPLICATES._value.get() - duplicates == 1
+    views = [view for r, p in out if r == "ctx" for _, _, view in p[1].items]
+    assert [v.source_id for v in views].count("g1") == 1  # applied once: the first copy
