@@ -287,7 +287,10 @@ def run(
     ] = None,
     out_dir: Annotated[
         Path,
-        typer.Option(help="Where outputs go (Kafka mode: the uplift inputs and metrics snapshot)"),
+        typer.Option(
+            envvar="SALVAGE_OUT_DIR",
+            help="Where outputs go (Kafka mode: the uplift inputs and metrics snapshot)",
+        ),
     ] = Path("out"),
     workers: Annotated[
         int | None,
@@ -614,7 +617,9 @@ def _generate_closed_loop(
 
 @app.command()
 def uplift(
-    out_dir: Annotated[Path, typer.Option(help="A finished run's output directory")] = Path("out"),
+    out_dir: Annotated[
+        Path, typer.Option(envvar="SALVAGE_OUT_DIR", help="A finished run's output directory")
+    ] = Path("out"),
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """Intention-to-treat uplift of a finished run: treated - holdout, 95% intervals."""

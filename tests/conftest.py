@@ -136,14 +136,18 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def salvage_cli(tmp_path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start ``salvage ARGS...`` as a real subprocess (cwd: the repo), env overrides applied.
 
-    Metrics endpoint off and ``SALVAGE_*`` from the caller's environment dropped, so a developer's
-    shell settings cannot leak into a test. stdout/stderr go to files under ``tmp_path``.
+    Metrics endpoint off, ``--out-dir`` under ``tmp_path`` unless given (``SALVAGE_OUT_DIR``), and
+    ``SALVAGE_*`` from the caller's environment dropped, so a developer's shell settings cannot
+    leak into a test. stdout/stderr go to files under ``tmp_path``.
     """
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         full = {k: v for k, v in os.environ.items() if not k.startswith("SALVAGE_")}
         full.update({"SALVAGE_METRICS_PORT": "0", "PYTHONPATH": REPO_ROOT})
+        # `run` and `uplift` write and read --out-dir (default: out/ in the cwd, the repo): each
+        # test its own, so tests running side by side (pytest -n) do not share one
+        full["SALVAGE_OUT_DIR"] = str(tmp_path / "out")
         full.update(env or {})
         n = len(procs)
         out = (tmp_path / f"cli{n}.out").open("wb")

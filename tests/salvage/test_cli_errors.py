@@ -93,3 +93,17 @@ def test_run_refuses_a_log_file_mode_cannot_read(tmp_path, head, kind):
     _expect_clear_failure(
         [*args[:2], str(tmp_path / "missing.jsonl"), *args[3:]], "no such event log"
     )
+
+
+def test_the_out_dir_comes_from_salvage_out_dir_when_not_given(tmp_path):
+    """`run` and `uplift` take --out-dir from SALVAGE_OUT_DIR (containers, parallel tests);
+    an explicit --out-dir wins."""
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    other.mkdir()
+    result = runner.invoke(app, ["uplift"], env={"SALVAGE_OUT_DIR": str(empty)})
+    assert result.exit_code == 2, result.output
+    assert f"{empty}: no " in result.stderr
+    result = runner.invoke(app, ["uplift", "--out-dir", str(other)], env={"SALVAGE_OUT_DIR": "x"})
+    assert result.exit_code == 2, result.output
+    assert f"{other}: no " in result.stderr
