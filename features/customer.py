@@ -112,13 +112,14 @@ class CustomerContext:
         prior_orders = orders if orders > 1 else 1
         refunds = self.refunds
         retained = self.retained_returns
+        ended = retained + refunds  # returns that ended
         contacts = self.contacts
         return (
             float(orders),
             self.returns / prior_orders,
             refunds / prior_orders,
             # of the returns that ended, the share the brand kept (exchange, credit, cancelled)
-            retained / (retained + refunds if retained + refunds > 1 else 1),
+            retained / (ended if ended > 1 else 1),
             # the customer's tone over every contact so far (temperament outlives one order)
             self.sentiment_sum / contacts if contacts else 0.0,
             float(contacts),
@@ -160,9 +161,7 @@ _I_SENTIMENT = CASE_FEATURES.index("last_contact_sentiment")
 def _get(features: dict[str, float] | tuple[float, ...], name: str, i: int) -> float:
     """A case feature of an update: its values (:data:`CASE_FEATURES` order) or a dict of some
     of them (a settled case's late fact; 0.0 when absent)."""
-    if type(features) is tuple:
-        return features[i]
-    return features.get(name, 0.0)  # type: ignore[union-attr]
+    return features[i] if isinstance(features, tuple) else features.get(name, 0.0)
 
 
 # the change codes observe() folds into a customer's history (any other changes nothing)

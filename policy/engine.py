@@ -25,6 +25,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from salvage.connectors.outputs import Action, Priority
 from salvage.policy.config import _OPS, Policy, holds
@@ -178,27 +179,37 @@ def decision_gate(policy: Policy) -> Gate:
     """:func:`gate_source` compiled, once per distinct source (the names and numbers in it come
     from the validated policy: known feature names, numbers parsed by the rule grammar). The
     policy keeps the source, not the function, so it still pickles (stage snapshots)."""
-    source = policy._gate
-    if source is None:
-        source = policy._gate = gate_source(policy)
+    source = _source_of(policy)
     gate = _GATES.get(source)
     if gate is None:
-        namespace: dict = {}
-        exec(compile(source, f"<policy {policy.version} gate>", "exec"), namespace)
-        gate = _GATES[source] = namespace["gate"]
+        gate = _GATES[source] = _compile_gate(source, f"<policy {policy.version} gate>")
     return gate
 
 
+def _source_of(policy: Policy) -> str:
+    """The policy's :func:`gate_source`, made once and kept on the policy."""
+    source = policy._gate
+    if source is None:
+        source = policy._gate = gate_source(policy)
+    return source
+
+
+def _compile_gate(source: str, filename: str) -> Any:
+    namespace: dict = {}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace["gate"]
+
+
 RowGate = Callable[[tuple[float, ...], float, float], bool]
-_ROW_GATES: dict[tuple[str, tuple[str, ...]], RowGate | None] = {}
-_FEATURE_REF = re.compile(r"f\[('[a-z0-9_]+')\]")
+_ROW_GATES: dict[tuple[str, tuple[str, ...]], RowGate] = {}
+_FEATURE_REF = re.compile(r"f\['([a-z0-9_]+)'\]")
 
 
-def row_gate(policy: Policy, names: tuple[str, ...]) -> RowGate | None:
+def row_gate(policy: Policy, names: tuple[str, ...]) -> RowGate:
     """:func:`decision_gate` on a tuple of feature values in ``names`` order instead of a dict
     (each ``f['name']`` of :func:`gate_source` read as ``f[i]``): the same test, for a stage
-    that gets each update's values as a tuple. None when the policy reads a feature that is not
-    in ``names`` (the caller then asks the dict gate).
+    that gets each update's values as a tuple. A policy reads only known features
+    (:func:`~salvage.policy.config.known_features`); one that ``names`` lacks is a ValueError.
 
     >>> from salvage.features.customer import JOINED_FEATURES, CustomerContext
     >>> from salvage.features.order_case import OrderCase
@@ -208,33 +219,21 @@ def row_gate(policy: Policy, names: tuple[str, ...]) -> RowGate | None:
     >>> late = case.values(0)[:5] + (30.0,) + case.values(0)[6:] + customer.values(0)
     >>> JOINED_FEATURES[5], row_gate(policy, JOINED_FEATURES)(late, 0.4, 0.02)
     ('slippage_hours', True)
-    >>> row_gate(policy, ("order_value",)) is None  # the policy reads more than this
-    True
+    >>> row_gate(policy, ("order_value",))
+    Traceback (most recent call last):
+    ...
+    ValueError: the policy's gate reads features not in names: ['delayed_scans', ...]
     """
-    source = policy._gate
-    if source is None:
-        source = policy._gate = gate_source(policy)
-    key = (source, names)
-    if key in _ROW_GATES:
-        return _ROW_GATES[key]
-    index = {name: i for i, name in enumerate(names)}
-    missing = False
-
-    def at(m: re.Match) -> str:
-        nonlocal missing
-        name = m.group(1)[1:-1]
-        if name not in index:
-            missing = True
-            return m.group(0)
-        return f"f[{index[name]}]"
-
-    row_source = _FEATURE_REF.sub(at, source)
-    gate: RowGate | None = None
-    if not missing and not re.search(r"f\[['\"]", row_source):  # every read is by index now
-        namespace: dict = {}
-        exec(compile(row_source, f"<policy {policy.version} row gate>", "exec"), namespace)
-        gate = namespace["gate"]
-    _ROW_GATES[key] = gate
+    source = _source_of(policy)
+    gate = _ROW_GATES.get((source, names))
+    if gate is None:
+        index = {name: i for i, name in enumerate(names)}
+        missing = sorted({m[1] for m in _FEATURE_REF.finditer(source)} - index.keys())
+        if missing or 'f["' in source:  # (the rule grammar's names never need double quotes)
+            raise ValueError(f"the policy's gate reads features not in names: {missing}")
+        row_source = _FEATURE_REF.sub(lambda m: f"f[{index[m[1]]}]", source)
+        gate = _compile_gate(row_source, f"<policy {policy.version} row gate>")
+        _ROW_GATES[(source, names)] = gate
     return gate
 
 

@@ -39,10 +39,10 @@ class ModelStage(_Stage):
         models = self.models
         batch = None
         cfg = self.cfg
-        # updates dispatch would do nothing with are not sent (DispatchStage.ignores); the gate
-        # on value tuples (JOINED_FEATURES order), None: those are read as dicts
+        # updates dispatch would do nothing with are not sent (DispatchStage.ignores): the gate
+        # on feature dicts, and the same on value tuples (JOINED_FEATURES order)
         gate = gate_of(cfg.policy) if cfg.decide_gate else None
-        rgate = row_gate(cfg.policy, JOINED_FEATURES) if gate is not None else None
+        rgate = row_gate(cfg.policy, JOINED_FEATURES) if cfg.decide_gate else None
         if models.batched:  # the compiled engine: the call's updates prepared together
             xs: list = []
             cuts: list[int] = []  # the rows before whose score the models may learn (a label)
@@ -87,23 +87,22 @@ class ModelStage(_Stage):
                 for ev in events:
                     _MODEL_CHANGES[ev["change"]](ev["model"]).inc()
             risk = not RISK_SIGNALS.isdisjoint(view.changes)
-            if type(features) is tuple and (batch is None or rgate is None):
-                features = dict(zip(JOINED_FEATURES, features, strict=True))
             if batch is not None:  # (its Scored is built only if it is sent)
                 rec, ab, row = batch.values(view.order_id, t, view.returned, not closed, risk)
                 scored = None
-            else:
+            else:  # the python engine reads dicts
+                features = _as_dict(features)
                 rules = self.rules.score(features)
                 scored = models.score(
                     view.order_id, t, features, rules, view.returned, not closed, risk
                 )
                 rec, ab = scored.scores.recoverability, scored.scores.abuse
-            if type(features) is tuple:
-                if not events and not risk and ignores(cfg, rgate, view, features, rec, ab):
+            by_position = type(features) is tuple
+            if not events and not risk:
+                if ignores(cfg, rgate if by_position else gate, view, features, rec, ab):
                     continue
-                features = dict(zip(JOINED_FEATURES, features, strict=True))  # for dispatch
-            elif not events and not risk and ignores(cfg, gate, view, features, rec, ab):
-                continue
+            if by_position:
+                features = _as_dict(features)  # dispatch reads a dict
             if scored is None:
                 assert batch is not None
                 scored = batch.scored(row)

@@ -13,9 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from salvage.features.customer import CUSTOMER_FEATURES, JOINED_FEATURES, CustomerContext
+from salvage.features.customer import JOINED_FEATURES
 from salvage.features.eventtime import DAY_US
-from salvage.features.order_case import CASE_FEATURES, OrderCase
 from salvage.flows.messages import CaseView
 from salvage.flows.stages import ModelStage, StageConfig
 from salvage.policy.config import known_features, load_policy
@@ -31,11 +30,8 @@ _VALUES = st.one_of(
 _ROW = st.fixed_dictionaries({k: _VALUES for k in JOINED_FEATURES})
 
 
-def test_the_joined_names_are_the_merged_dicts_keys() -> None:
-    case, ctx = OrderCase("o1"), CustomerContext("c1")
-    assert tuple(case.features(0)) == CASE_FEATURES
-    assert tuple(ctx.features(0)) == CUSTOMER_FEATURES
-    assert tuple(ctx.merged(case.features(0), 0)) == JOINED_FEATURES
+def test_the_joined_names_are_distinct_and_cover_what_a_policy_reads() -> None:
+    # a case and a customer feature of one name would shadow each other in merged()'s dict
     assert len(set(JOINED_FEATURES)) == len(JOINED_FEATURES)
     # every feature a policy may read is there (so the row gate always compiles)
     assert known_features() <= {*JOINED_FEATURES, "recoverability", "abuse"}
@@ -48,13 +44,11 @@ def test_the_row_gate_reads_by_position() -> None:
     quiet = dict.fromkeys(JOINED_FEATURES, 0.0) | {"order_value": 80.0, "margin": 50.0}
     late = quiet | {"slippage_hours": 30.0}
     gate = row_gate(policy, JOINED_FEATURES)
-    assert gate is not None
     as_row = lambda f: tuple(f[k] for k in JOINED_FEATURES)  # noqa: E731
     assert not gate(as_row(quiet), 0.4, 0.02)
     assert gate(as_row(late), 0.4, 0.02)
     reordered = tuple(reversed(JOINED_FEATURES))
     other = row_gate(policy, reordered)
-    assert other is not None
     assert other(tuple(late[k] for k in reordered), 0.4, 0.02)
     assert not other(as_row(late), 0.4, 0.02)  # the same values read in the other order
 

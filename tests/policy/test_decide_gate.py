@@ -96,7 +96,6 @@ def test_no_decision_when_the_gate_says_no(policy: Policy, f: dict, s: ScoreResu
     assert gate == _eligible_or_routed(policy, f, s), gate_source(policy)
     # the same gate reading a tuple of the values by position (the model stage's)
     by_position = row_gate(policy, JOINED_FEATURES)
-    assert by_position is not None
     values = tuple(f[name] for name in JOINED_FEATURES)
     assert bool(by_position(values, s.recoverability, s.abuse)) == gate, gate_source(policy)
     if not gate:
