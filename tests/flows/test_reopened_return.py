@@ -1,15 +1,20 @@
-"""A return requested again after a cancelled one, through the whole file-mode flow: the second
-return is open, so the case stays open past the return window while it is pending, its journey
-is announced under its own return id, and its refund closes the case as a refund (no dead
-letter, no close as cancelled). ``test_order_case.py`` checks the state machine alone."""
+"""A return requested again after a cancelled one, through the whole flow, in file mode and in
+Kafka ``--follow`` mode: the second return is open, so the case stays open past the return
+window while it is pending, its journey is announced under its own return id, and its refund
+closes the case as a refund (no dead letter, no close as cancelled). ``test_order_case.py``
+checks the state machine alone."""
 
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
+from salvage.connectors.broker import ensure_topics
+from salvage.runner import publish_log
 from tests.flowkit import jsonl, run_file_flow
-from tests.helpers import event, order_placed
+from tests.helpers import event, kafka_settings, order_placed, read_to_end, topic_reader
 
 
 def _requested(event_id: str, at: str, return_id: str) -> dict:
@@ -25,7 +30,7 @@ def _requested(event_id: str, at: str, return_id: str) -> dict:
     )
 
 
-def test_a_return_asked_again_after_a_cancel_is_followed_to_its_refund(tmp_path: Path) -> None:
+def _log(tmp_path: Path) -> Path:
     docs = [
         order_placed("o4", "2026-03-02T10:00:00Z"),
         event("d", "carrier_scan", "o4", "2026-03-04T10:00:00Z", scan="delivered", courier="dhl"),
@@ -50,15 +55,61 @@ def test_a_return_asked_again_after_a_cancel_is_followed_to_its_refund(tmp_path:
     ]
     log = tmp_path / "reopened.jsonl"
     log.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    out = run_file_flow([log], tmp_path / "out")
-    assert jsonl(out["dead_letters"]) == []
-    (outcome,) = [o for o in jsonl(out["outcomes"]) if o["order_id"] == "o4"]
+    return log
+
+
+STAGES = [("R2", "label_issued"), ("R2", "received"), ("R2", "graded"), ("R2", "refund_issued")]
+
+
+def _check(outcomes: list[dict], updates: list[dict], dead: list[dict]) -> None:
+    assert dead == []
+    (outcome,) = [o for o in outcomes if o["order_id"] == "o4"]
     assert (outcome["outcome"], outcome["closed_at"]) == ("refund", "2026-04-21T10:00:00Z")
     assert outcome["refunded_amount"] == 80.0 and not outcome["retained"]
-    stages = [(u["return_id"], u["stage"]) for u in jsonl(out["status_updates"])]
-    assert stages == [
-        ("R2", "label_issued"),
-        ("R2", "received"),
-        ("R2", "graded"),
-        ("R2", "refund_issued"),
-    ]
+    assert [(u["return_id"], u["stage"]) for u in updates] == STAGES
+
+
+def test_a_return_asked_again_after_a_cancel_is_followed_to_its_refund(tmp_path: Path) -> None:
+    out = run_file_flow([_log(tmp_path)], tmp_path / "out")
+    _check(jsonl(out["outcomes"]), jsonl(out["status_updates"]), jsonl(out["dead_letters"]))
+
+
+def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path):
+    suffix = unique_name("reopened")
+    settings = kafka_settings(
+        kafka_broker.bootstrap, suffix, topic_status_updates=f"return-status-{suffix}"
+    )
+    ensure_topics(
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        3,
+    )
+    publish_log(settings, _log(tmp_path))
+    env = {
+        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SALVAGE_TOPIC_PARTITIONS": "3",
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
+        "SALVAGE_TOPIC_STATUS_UPDATES": settings.topics.status_updates,
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+    }
+    out_dir = tmp_path / "kafka-out"
+    proc = salvage_cli(
+        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary",
+        "--out-dir", str(out_dir), env=env,
+    )  # fmt: skip
+    reader = topic_reader(settings, settings.topics.status_updates)
+    updates: list[dict] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(updates) < len(STAGES):  # the refund's update comes last
+            assert time.monotonic() < deadline, updates
+            assert proc.poll() is None, proc.err_path.read_text()
+            updates += [json.loads(m.value()) for m in reader.consume(100, 0.2) if not m.error()]
+        proc.send_signal(signal.SIGTERM)  # drained: what it wrote is complete
+        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
+    finally:
+        reader.close()
+    updates.sort(key=lambda u: u["occurred_at"])  # (one per partition order across partitions)
+    outcomes = jsonl((out_dir / "outcomes.jsonl").read_bytes())
+    _check(outcomes, updates, read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5))

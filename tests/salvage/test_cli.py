@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -99,6 +100,18 @@ def test_generate_is_deterministic(tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     result = runner.invoke(app, ["generate", "--scenario", "nope", "--out", str(tmp_path / "c")])
     assert result.exit_code == 2
+
+
+def test_generate_help_names_every_scenario():
+    """The --scenario help is written out (the simulator is imported only when generating, so
+    `salvage` starts without it): it must name every scenario the simulator has."""
+    from salvage.connectors.simulator import SCENARIOS
+
+    result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    text = result.output.split("--scenario", 1)[1].split("--orders", 1)[0]
+    listed = set(re.findall(r"[a-z]+(?:-[a-z]+)+", text))
+    assert {*SCENARIOS, "closed-loop"} <= listed, sorted({*SCENARIOS, "closed-loop"} - listed)
 
 
 def test_generate_starts_the_log_where_asked(tmp_path):
