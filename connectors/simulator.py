@@ -369,7 +369,16 @@ _TEXTS: dict[str, tuple[str, ...]] = {
 }
 # ---- the "realistic-text" variant: real-style phrasing (colloquial, misspelled, mixed-intent,
 # only half labelled), drawn from its own random stream so the rest of the log is unchanged
-VARIANTS: tuple[str, ...] = ("bracketing-unflagged", "realistic-text")
+VARIANTS: tuple[str, ...] = ("bracketing-unflagged", "realistic-text", "split-returns")
+# split-returns: a customer sending back two or more units of an order (a return that is
+# received, graded and settled) sends them in two parcels, two returns of one order: the first
+# unit as requested, the rest requested SPLIT_DELAY_DAYS later (so the second return is still open
+# at the first one's refund, or comes after it), each with its own label, scans, grade and
+# settlement; refunds and store credit split by units (their total as without the variant)
+SPLIT_RETURN_PROB = 0.6
+SPLIT_DELAY_DAYS = (0.5, 12.0)
+_SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
+_ENVELOPE = frozenset({"event_id", "event_type", "occurred_at", "order_id", "schema_version"})
 REALISTIC_INTENT_MISSING_PROB = 0.5
 _REAL_TEXTS: dict[str, tuple[str, ...]] = {
     "where_is_my_order": (
@@ -723,6 +732,8 @@ class _World:
         self.bracketing_unflagged = "bracketing-unflagged" in variants
         self.realistic_text = "realistic-text" in variants
         self.text_rng = random.Random(f"text-{seed}")
+        self.split_returns = "split-returns" in variants
+        self.split_rng = random.Random(f"split-{seed}")  # own stream, as text_rng
         if orders < 0:
             raise ValueError("orders must be >= 0")
         start = DEFAULT_START if start is None else start
@@ -1814,12 +1825,49 @@ class _World:
         return k
 
     def _finish(self, st: _Story, truth: dict, final: int) -> _Story:
+        if self.split_returns:
+            self._split_return(st, truth)
         last = max(item[0] for item in st.items)
         final = max(final, last)
         truth["final_at"] = _iso(final)
         st.items.sort()  # by (emit time, creation index); indices are unique
         st.items.append((final, len(st.items), truth))
         return st
+
+    def _split_return(self, st: _Story, truth: dict) -> None:
+        """The split-returns variant (see :data:`SPLIT_RETURN_PROB`) on one order's story."""
+        events = [item[2] for item in st.items]
+        req = next((e for e in events if e["event_type"] == "return_requested"), None)
+        if req is None:
+            return
+        rid = req["return_id"]
+        own = [item for item in st.items if item[2].get("return_id") == rid]
+        kinds = {item[2]["event_type"] for item in own}
+        units = sum(i["qty"] for i in req["items"])
+        if (
+            units < 2
+            or "return_received" not in kinds
+            or kinds.isdisjoint(_SETTLEMENTS)
+            or self.split_rng.random() >= SPLIT_RETURN_PROB
+        ):
+            return
+        first, *rest = req["items"]
+        others = ([{**first, "qty": first["qty"] - 1}] if first["qty"] > 1 else []) + rest
+        req["items"] = [{**first, "qty": 1}]
+        rid2 = f"{rid[:-1]}2" if rid.endswith("R1") else f"{rid}-2"
+        shift = int(self.split_rng.uniform(*SPLIT_DELAY_DAYS) * DAY)
+        for emit, _, e in sorted(own, key=lambda item: item[:2]):
+            fields = {k: v for k, v in e.items() if k not in _ENVELOPE}
+            fields["return_id"] = rid2
+            if e is req:
+                fields["items"] = others
+            if "amount" in e:  # the first parcel's share by units, the rest to the second
+                first_share = round(e["amount"] / units, 2)
+                fields["amount"] = round(e["amount"] - first_share, 2)
+                e["amount"] = first_share
+            occurred = int(datetime.fromisoformat(e["occurred_at"]).timestamp())
+            st.add(occurred + shift, e["event_type"], fields, emit + shift)
+        truth["split_return"] = rid2
 
     # ------------------------------------------------------------ the merged stream
 

@@ -233,7 +233,9 @@ def generate(
         typer.Option(
             help="Repeatable: bracketing-unflagged (bracketing returns grading never flags; "
             "truth still says abuse) | realistic-text (real-style support phrasing, misspelled "
-            "and mixed-intent, half labelled)",
+            "and mixed-intent, half labelled) | split-returns (two or more units sent back in "
+            "two parcels: two returns of one order, the second still open at the first one's "
+            "refund or coming after it)",
         ),
     ] = None,
 ) -> None:
