@@ -64,7 +64,11 @@ class CustomerContext:
             elif change == "return_requested":
                 self.returns += 1
                 self.last_return_at = t
-                if _get(view.features, "reason_not_received", _I_NOT_RECEIVED):
+                if (
+                    "not_received_claim" in changes  # another return of an open case's order
+                    if "other_return" in changes
+                    else _get(view.features, "reason_not_received", _I_NOT_RECEIVED)
+                ):
                     self.not_received_claims += 1
             elif change == "contact":
                 self.contacts += 1
@@ -73,6 +77,9 @@ class CustomerContext:
                 self.abuse_flags += 1
             elif change == "chargeback":  # after the case settled (in its grace period)
                 self.chargebacks += 1
+                self.refunded_value += view.refunded_amount
+            elif change == "late_refund":  # another return's, after the case settled
+                self.refunds += 1
                 self.refunded_value += view.refunded_amount
             elif (
                 change == "reviewed"
@@ -166,5 +173,14 @@ def _get(features: dict[str, float] | tuple[float, ...], name: str, i: int) -> f
 
 # the change codes observe() folds into a customer's history (any other changes nothing)
 _OBSERVED = frozenset(
-    {"placed", "return_requested", "contact", "graded", "chargeback", "reviewed", "closed"}
+    {
+        "placed",
+        "return_requested",
+        "contact",
+        "graded",
+        "chargeback",
+        "late_refund",
+        "reviewed",
+        "closed",
+    }
 )

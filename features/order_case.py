@@ -116,6 +116,9 @@ class ReturnState:
     journey_rank: int = -1
     journey_sent: int = 0
     journey_alerted: int = 0
+    # other returns of the order requested while this one is open: (return id, units), in the
+    # order requested (see OrderCase._other_return)
+    other_returns: tuple[tuple[str, int], ...] = ()
 
 
 RETURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReturnState))
@@ -246,6 +249,7 @@ class OrderCase:
         journey_rank: int = -1
         journey_sent: int = 0
         journey_alerted: int = 0
+        other_returns: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, order_id: str, **values: Any) -> OrderCase:
@@ -390,6 +394,13 @@ class OrderCase:
 
     def _returns(self, ev, t: int) -> list[str]:
         kind = ev.event_type
+        if self.is_other_return(ev) or (
+            kind == "return_requested"
+            and ev.return_id != self.return_id
+            and self.return_open()
+            and self.status is Status.OPEN
+        ):
+            return self._other_return(ev, t)
         if kind == "return_requested":
             assert isinstance(ev, ReturnRequested)
             if self.outcome is Outcome.RETURN_CANCELLED and self.status is not Status.CLOSED:
@@ -421,22 +432,22 @@ class OrderCase:
             self.grade = ev.grade.value
             self.abuse_flags = tuple(sorted({f.value for f in ev.abuse_flags}))
             return ["graded"]
-        if kind == "refund_issued":
-            assert isinstance(ev, RefundIssued)
-            self.refunded_amount = round(self.refunded_amount + ev.amount, 2)
-            self.refund_at = self.refund_at or t
-            self._close(Outcome.REFUND, t)
-            return ["outcome"]
-        if kind == "exchange_completed":
-            assert isinstance(ev, ExchangeCompleted)
-            self._close(Outcome.EXCHANGE, t)
-            return ["outcome"]
-        if kind == "store_credit_issued":
-            assert isinstance(ev, StoreCreditIssued)
-            self._close(Outcome.STORE_CREDIT, t)
-            return ["outcome"]
+        if kind in ("refund_issued", "exchange_completed", "store_credit_issued"):
+            return self._resolve(ev, t)
         if kind == "return_cancelled":
             assert isinstance(ev, ReturnCancelled)
+            ret = self.ret
+            if ret is not None and ret.other_returns and self.status is Status.OPEN:
+                # another return of the order is still open: the case follows it from now on
+                # (its progress so far was not followed: the journey starts at its next stage)
+                (rid, units), *rest = ret.other_returns
+                ret.other_returns = tuple(rest)
+                ret.return_id = rid
+                self._set_return_units(units + sum(n for _, n in rest))
+                ret.label_issued_at = ret.received_at = ret.graded_at = 0
+                ret.grade = ""
+                ret.journey_rank, ret.journey_sent, ret.journey_alerted = -1, 0, 0
+                return ["return_cancelled"]
             # The return is off; the order is kept unless something else happens.
             self.resolved_at = t
             self.outcome = Outcome.RETURN_CANCELLED
@@ -451,6 +462,89 @@ class OrderCase:
             self.reviewed_at = self.reviewed_at or t
             return ["reviewed"]
         return []  # return_in_transit: nothing decision-relevant beyond the event count
+
+    def is_other_return(self, ev) -> bool:
+        """Is ``ev`` an event of another return of this order, requested while the case's own
+        return was open (``other_returns``)?"""
+        ret = self.ret
+        if ret is None or not ret.other_returns:
+            return False
+        rid = getattr(ev, "return_id", None)
+        return (
+            rid is not None and rid != ret.return_id and any(r == rid for r, _ in ret.other_returns)
+        )
+
+    def _other_return(self, ev, t: int) -> list[str]:
+        """A second return of the order while the case's return is open (a customer sending back
+        two items of one order in two parcels). The case keeps following its first return (its
+        id, reason, resolution, journey and timestamps); the other return adds its units to the
+        return's units and value, its label cost and its abuse flags, and a cancellation takes
+        its units back. Its refund, exchange or store credit resolves the case as the first
+        return's would (the case closes at the first resolution); what comes after the close
+        (the other return's own resolution, say) is a settled case's late fact
+        (``flows/stages/case.py``, ``Settled``): counted, and its refund is refunded value."""
+        kind = ev.event_type
+        ret = self.ret
+        assert ret is not None
+        rid = ev.return_id
+        if kind == "return_requested":
+            assert isinstance(ev, ReturnRequested)
+            if any(r == rid for r, _ in ret.other_returns):
+                return []  # a repeated request of that return
+            units = sum(i.qty for i in ev.items)
+            ret.other_returns = (*ret.other_returns, (rid, units))
+            self._set_return_units(ret.return_units + units)
+            # (the features keep the first return's reason: the customer's history counts this
+            # request's own "not received" claim by its change code)
+            claim = ["not_received_claim"] if ev.reason.value == "not_received" else []
+            return ["return_requested", "other_return", *claim]
+        if kind == "return_cancelled":
+            units = next(n for r, n in ret.other_returns if r == rid)
+            ret.other_returns = tuple((r, n) for r, n in ret.other_returns if r != rid)
+            self._set_return_units(ret.return_units - units)
+            return ["return_progress"]
+        if kind == "return_label_issued":
+            assert isinstance(ev, ReturnLabelIssued)
+            self.label_cost += ev.label_cost
+            return ["return_progress"]
+        if kind == "return_graded":
+            assert isinstance(ev, ReturnGraded)
+            flags = tuple(sorted({*ret.abuse_flags, *(f.value for f in ev.abuse_flags)}))
+            if flags == ret.abuse_flags:
+                return []
+            self.abuse_flags = flags
+            return ["graded"]
+        if kind in ("refund_issued", "exchange_completed", "store_credit_issued"):
+            # the other return is resolved first: the case settles with it (its outcome, its
+            # id: the first return's own events after the close are then late facts)
+            ret.other_returns = tuple((r, n) for r, n in ret.other_returns if r != rid)
+            ret.return_id = rid
+            return self._resolve(ev, t)
+        return []  # received, in transit: the case follows its first return's progress
+
+    def _resolve(self, ev, t: int) -> list[str]:
+        """A refund, an exchange or a store credit: the case's outcome (it closes)."""
+        kind = ev.event_type
+        if kind == "refund_issued":
+            assert isinstance(ev, RefundIssued)
+            self.refunded_amount = round(self.refunded_amount + ev.amount, 2)
+            self.refund_at = self.refund_at or t
+            self._close(Outcome.REFUND, t)
+        elif kind == "exchange_completed":
+            assert isinstance(ev, ExchangeCompleted)
+            self._close(Outcome.EXCHANGE, t)
+        else:
+            assert isinstance(ev, StoreCreditIssued)
+            self._close(Outcome.STORE_CREDIT, t)
+        return ["outcome"]
+
+    def _set_return_units(self, units: int) -> None:
+        """The return's units (at most the order's, when known) and the value they are worth."""
+        if self.n_units:
+            units = min(units, self.n_units)
+        self.return_units = max(units, 0)
+        unit_value = self.order_value / self.n_units if self.n_units else 0.0
+        self.return_value = round(min(self.order_value, unit_value * self.return_units), 2)
 
     # ------------------------------------------------------------------ lifecycle
 

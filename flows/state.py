@@ -221,6 +221,7 @@ CASE = Record(
         ),
         "seen": _tuple,
         "abuse_flags": _tuple,
+        "other_returns": lambda v: tuple((r, n) for r, n in v),
     },
     STATE_FIELDS,  # (the ReturnState fields among them, as attributes of the case)
     OrderCase.of,

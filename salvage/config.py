@@ -165,8 +165,9 @@ class DataflowSettings(Group):
     settled_grace_days: float = Field(
         45.0,
         ge=0,
-        description="after a case settles: grades, contacts, chargebacks and review verdicts "
-        "still update customer history, labels and KPIs for this long (not dead letters)",
+        description="after a case settles: grades, contacts, chargebacks, review verdicts and "
+        "another return's events still update customer history, labels and KPIs for this long "
+        "(not dead letters)",
     )
     promise_recheck_hours: tuple[float, ...] = Field(
         (6.0, 24.0, 72.0),

@@ -380,16 +380,21 @@ def _order(s: _State, fact: dict[str, Any]) -> None:
         REPEAT_ORDERS.inc()
 
 
+_LATE_BASIS = {"chargeback_filed": "late_chargeback", "refund_issued": "late_return"}
+
+
 def _settled(s: _State, fact: dict[str, Any]) -> None:
-    """A chargeback after the case settled: refunded value, never leakage (sinks/leakage.py)."""
+    """A chargeback after the case settled, or the refund of another return of the order:
+    refunded value, never leakage (sinks/leakage.py)."""
     case: dict[str, Any] = fact.get("case") or {}
     amount = float(case.get("amount") or 0.0)
-    if case.get("late") != "chargeback_filed" or amount <= 0:
+    why = _LATE_BASIS.get(case.get("late") or "")
+    if why is None or amount <= 0:
         return
     currency = s.bucket["currency"](case.get("currency"))
     none = s.bucket["campaign"]("")  # a settled record keeps no campaign / family / lane
     s.refunded(currency, none, none, none, none).inc(amount)
-    s.by_basis(currency, "late_chargeback").inc(amount)
+    s.by_basis(currency, why).inc(amount)
 
 
 def _case(s: _State, fact: dict[str, Any]) -> None:

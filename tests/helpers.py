@@ -129,8 +129,13 @@ def read_to_end(settings, topic: str, timeout_s: float = 30.0, quiet_s: float = 
         consumer.close()
 
 
-def metric_total(name: str) -> float:
-    """The sum of a metric's samples in the default registry."""
+def metric_total(name: str, **labels: str) -> float:
+    """The sum of a metric's samples in the default registry (those with ``labels``, if given)."""
     from prometheus_client import REGISTRY
 
-    return sum(s.value for m in REGISTRY.collect() for s in m.samples if s.name == name)
+    return sum(
+        s.value
+        for m in REGISTRY.collect()
+        for s in m.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )

@@ -249,7 +249,18 @@ class CaseStage(_Stage):
         False: not such a fact, or the grace period is over (the caller dead-letters it)."""
         rec = self.settled.get(ev.order_id)
         kind = ev.event_type
-        if rec is None or kind not in SETTLED_FACTS:
+        if rec is None:
+            return False
+        # an event of another return of the order than the one the case settled with (a second
+        # parcel sent back, a return after the window): counted; its request and its refund
+        # update the customer's history and the refunded value
+        other_return = (
+            kind in _RETURNS_EVENTS
+            and kind not in SETTLED_FACTS
+            and (rid := getattr(ev, "return_id", None)) is not None
+            and rid != rec.return_id
+        )
+        if not other_return and kind not in SETTLED_FACTS:
             return False
         if t - rec.closed_at > self.cfg.settled_grace_us:
             return False
@@ -276,6 +287,16 @@ class CaseStage(_Stage):
         elif kind == "chargeback_filed":
             amount = float(ev.amount)
             changes.append("chargeback")
+        elif other_return:
+            if kind == "return_requested":
+                reason = ev.reason.value
+                features = {"reason_not_received": float(reason == "not_received")}
+                changes.append("return_requested")
+            elif kind == "refund_issued":
+                amount = float(ev.amount)
+                changes.append("late_refund")
+            # (a label, the parcel's progress, an exchange, a store credit, a cancellation:
+            # counted only)
         else:  # review_resolved
             if not rec.verdict:
                 rec.verdict = ev.verdict.value
@@ -311,7 +332,7 @@ class CaseStage(_Stage):
                 "reviewed_at": rec.reviewed_at,
                 "late": kind,
                 "amount": amount,
-                "currency": ev.currency if kind == "chargeback_filed" else "",
+                "currency": ev.currency if kind in ("chargeback_filed", "refund_issued") else "",
                 "flagged": flagged,
             },
         )
@@ -477,8 +498,8 @@ class CaseStage(_Stage):
         kinds = self._kinds  # counted per call (_count_events)
         kinds[kind] = kinds.get(kind, 0) + 1
         self._emit_view(case, t, ev.event_id, changes, out)
-        if kind in _RETURNS_EVENTS:
-            self._journey(case, ev, t)
+        if kind in _RETURNS_EVENTS and getattr(ev, "return_id", None) in (None, case.return_id):
+            self._journey(case, ev, t)  # (another return of the order has no journey)
         if (kind == "carrier_scan" or kind == "order_shipped") and (
             case.lane != "unknown" and case.promised_at
         ):
@@ -561,6 +582,8 @@ class Settled:
     flagged: bool  # a grade with abuse flags was already counted in the customer's history
     verdict: str = ""
     reviewed_at: int = 0
+    # the return the case settled with ("": none); another return's events are late facts
+    return_id: str = ""
 
     @classmethod
     def of(cls, case: OrderCase) -> Settled:
@@ -571,6 +594,7 @@ class Settled:
             bool(case.abuse_flags),
             case.review_verdict,
             case.reviewed_at,
+            case.return_id,
         )
 
 

@@ -11,7 +11,7 @@ from salvage.features.eventtime import DAY_US, END, to_us
 from salvage.flows.messages import Event, Tick
 from salvage.flows.stages import CaseStage, ContextStage, ModelStage, StageConfig
 from salvage.scoring.models import ModelConfig
-from tests.helpers import event, order_placed
+from tests.helpers import event, metric_total, order_placed
 
 SRC = "t#0"
 
@@ -120,18 +120,9 @@ def test_grace_zero_is_the_old_behaviour():
 def test_a_late_chargeback_reaches_the_refunded_kpi_in_its_currency():
     """The settled KPI fact of a chargeback carries its amount and currency: refunded value (basis
     ``late_chargeback``), never leakage (sinks/leakage.py)."""
-    from prometheus_client import REGISTRY
-
     from salvage.sinks import kpis
 
-    def total(name: str, **labels: str) -> float:
-        return sum(
-            s.value
-            for m in REGISTRY.collect()
-            for s in m.samples
-            if s.name == name and labels.items() <= s.labels.items()
-        )
-
+    total = metric_total
     kpis.configure()
     basis = {"currency": "EUR", "basis": "late_chargeback"}
     before = [total("salvage_refunded_by_basis_total", **basis)]

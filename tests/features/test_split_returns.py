@@ -1,0 +1,197 @@
+"""Two returns of one order (a customer sending back units of one order in two parcels): the case
+follows its first return, the other one adds its units, label cost and abuse flags, and the
+first settlement of either closes the case under that return's id."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from salvage.connectors.events import EVENT_ADAPTER
+from salvage.features.eventtime import DAY_US, HOUR_US, iso, to_us
+from salvage.features.order_case import OrderCase, Outcome, Status
+from tests.helpers import event, order_placed
+
+WINDOW = 30 * DAY_US
+T0 = to_us(datetime(2026, 3, 2, 10, tzinfo=UTC))  # the order's placement
+
+
+def _at(hours: float) -> str:
+    """An ISO time ``hours`` after delivery (2026-03-04 10:00)."""
+    return iso(T0 + 2 * DAY_US + int(hours * HOUR_US))
+
+
+def _apply(case: OrderCase, doc: dict) -> list[str]:
+    ev = EVENT_ADAPTER.validate_json(json.dumps(doc))
+    return case.apply(ev, to_us(ev.occurred_at), WINDOW)
+
+
+def _delivered(units: int = 3) -> OrderCase:
+    case = OrderCase("o1")
+    _apply(case, order_placed("o1", "2026-03-02T10:00:00Z", price=40.0, qty=units))
+    _apply(case, event("d1", "carrier_scan", "o1", _at(0), scan="delivered", courier="dhl"))
+    return case
+
+
+def _request(rid: str, hours: float, qty: int) -> dict:
+    return event(
+        f"{rid}-req",
+        "return_requested",
+        "o1",
+        _at(hours),
+        return_id=rid,
+        reason="too_small",
+        items=[{"sku": "sku-1", "qty": qty}],
+        preferred_resolution="refund",
+    )
+
+
+def _step(rid: str, kind: str, hours: float, **fields) -> dict:
+    return event(f"{rid}-{kind}", kind, "o1", _at(hours), return_id=rid, **fields)
+
+
+def _refund(rid: str, hours: float, amount: float) -> dict:
+    return _step(rid, "refund_issued", hours, amount=amount, currency="EUR")
+
+
+def test_a_second_return_adds_to_the_first_and_the_first_settlement_closes_the_case() -> None:
+    case = _delivered(3)
+    assert _apply(case, _request("R1", 10, 1)) == ["return_requested"]
+    assert (case.return_units, case.return_value) == (1, 40.0)
+    assert _apply(case, _step("R1", "return_label_issued", 11, courier="dhl", label_cost=4.5))
+    assert _apply(case, _step("R1", "return_received", 40))
+    received = case.received_at
+    # the second parcel: its units and value add up, the case keeps following R1
+    assert _apply(case, _request("R2", 50, 2)) == ["return_requested", "other_return"]
+    assert (case.return_id, case.return_units, case.return_value) == ("R1", 3, 120.0)
+    assert case.other_returns == (("R2", 2),)
+    assert case.return_reason == "too_small" and case.return_open()
+    # its label costs money too; its receipt does not move R1's
+    _apply(case, _step("R2", "return_label_issued", 51, courier="dhl", label_cost=5.0))
+    assert case.label_cost == 9.5
+    assert _apply(case, _step("R2", "return_received", 70)) == []
+    assert case.received_at == received
+    # its grade's abuse flags count (an R1 grade without flags does not clear them)
+    graded = _step("R2", "return_graded", 71, grade="refurbish", abuse_flags=["worn"])
+    assert _apply(case, graded) == ["graded"]
+    assert case.abuse_flags == ("worn",) and case.grade == ""
+    # R1's refund settles the case; R2 stays what a settled case hears later
+    assert _apply(case, _refund("R1", 80, 40.0)) == ["outcome", "closed"]
+    assert (case.status, case.outcome, case.return_id) == (Status.CLOSED, Outcome.REFUND, "R1")
+    assert case.refunded_amount == 40.0
+
+
+def test_the_other_return_settling_first_closes_the_case_under_its_id() -> None:
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 2))
+    assert _apply(case, _step("R2", "exchange_completed", 60)) == ["outcome", "closed"]
+    assert (case.outcome, case.return_id, case.other_returns) == (Outcome.EXCHANGE, "R2", ())
+
+
+def test_cancelling_the_other_return_takes_its_units_back() -> None:
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 2))
+    _apply(case, _step("R2", "return_cancelled", 20))
+    assert (case.return_units, case.return_value, case.other_returns) == (1, 40.0, ())
+    assert case.return_open() and case.outcome is None
+
+
+def test_cancelling_the_first_return_hands_the_case_to_the_other() -> None:
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _step("R1", "return_received", 30))
+    _apply(case, _request("R2", 40, 2))
+    assert _apply(case, _step("R1", "return_cancelled", 41)) == ["return_cancelled"]
+    assert (case.return_id, case.return_units, case.other_returns) == ("R2", 2, ())
+    assert case.received_at == 0 and case.journey_rank == -1  # R2's journey starts afresh
+    assert case.return_open() and case.outcome is None
+    # the return window passes: the case stays open for R2 (not "cancelled, kept")
+    late = T0 + 2 * DAY_US + WINDOW + DAY_US
+    assert case.next_deadline(WINDOW) != 0 and case.status is Status.OPEN
+    case.on_time(late, WINDOW)
+    assert case.status is Status.OPEN
+    assert _apply(case, _refund("R2", 24 * 35, 80.0)) == ["outcome", "closed"]
+    assert (case.outcome, case.return_id, case.refunded_amount) == (Outcome.REFUND, "R2", 80.0)
+
+
+def test_repeated_requests_of_the_other_return_count_once() -> None:
+    case = _delivered(2)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 1))
+    assert _apply(case, {**_request("R2", 13, 1), "event_id": "R2-req-again"}) == []
+    assert case.other_returns == (("R2", 1),) and case.return_units == 2
+
+
+_LIFE = ("return_label_issued", "return_in_transit", "return_received", "return_graded")
+_ENDS = ("refund_issued", "exchange_completed", "store_credit_issued", "return_cancelled")
+
+
+def _lifecycle(rid: str, qty: int, steps: int, end: str | None) -> list[tuple[str, str, dict]]:
+    """One return's events in their order: (return id, event type, fields)."""
+    kinds = ["return_requested", *_LIFE[:steps], *([end] if end else [])]
+    return [(rid, kind, {"qty": qty} if kind == "return_requested" else {}) for kind in kinds]
+
+
+def _doc(rid: str, kind: str, fields: dict, i: int) -> dict:
+    hours = 10 + 5 * i
+    if kind == "return_requested":
+        return _request(rid, hours, fields["qty"])
+    extra: dict = {}
+    if kind == "return_label_issued":
+        extra = {"courier": "dhl", "label_cost": 5.0}
+    elif kind == "return_graded":
+        extra = {"grade": "B", "abuse_flags": ["worn"] if rid == "R2" else []}
+    elif kind in ("refund_issued", "store_credit_issued"):
+        extra = {"amount": 40.0, "currency": "EUR"}
+    return {**_step(rid, kind, hours, **extra), "event_id": f"{rid}-{kind}-{i}"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    units=st.integers(2, 5),
+    q1=st.integers(1, 3),
+    q2=st.integers(1, 3),
+    s1=st.integers(0, 4),
+    s2=st.integers(0, 4),
+    e1=st.sampled_from((None, *_ENDS)),
+    e2=st.sampled_from((None, *_ENDS)),
+    order=st.randoms(use_true_random=False),
+)
+def test_any_interleaving_of_two_returns_keeps_the_case_consistent(
+    units, q1, q2, s1, s2, e1, e2, order
+) -> None:
+    """Two returns' lifecycles, interleaved at random (each in its own order, R1 requested
+    first), on an open delivered case: the case never fails, its units stay within the order,
+    it closes exactly at the first refund / exchange / store credit (with that outcome, under that
+    return's id), and while open its return is open unless every requested return was cancelled."""
+    # (one return asking for more units than were ordered is not capped)
+    q1, q2 = min(q1, units), min(q2, units)
+    one, two = _lifecycle("R1", q1, s1, e1), _lifecycle("R2", q2, s2, e2)
+    merged = [one.pop(0)]
+    while one or two:
+        src = one if one and (not two or order.random() < 0.5) else two
+        merged.append(src.pop(0))
+    case = _delivered(units)
+    state: dict[str, str] = {}  # return id -> "open" | "cancelled"
+    for i, (rid, kind, fields) in enumerate(merged):
+        settles = kind in _ENDS[:3]
+        changes = _apply(case, _doc(rid, kind, fields, i))
+        assert 0 <= case.return_units <= units
+        if kind == "return_requested":
+            state[rid] = "open"
+        elif kind == "return_cancelled":
+            state[rid] = "cancelled"
+        if settles:
+            outcome = {"refund_issued": "refund", "exchange_completed": "exchange"}
+            assert "closed" in changes and case.status is Status.CLOSED
+            assert case.outcome is Outcome(outcome.get(kind, "store_credit"))
+            assert case.return_id == rid
+            return  # what follows is a settled case's (flows/stages/case.py)
+        assert case.status is Status.OPEN
+        assert case.return_open() == ("open" in state.values())
+        assert case.return_id in state

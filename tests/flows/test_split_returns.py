@@ -1,0 +1,168 @@
+"""Two returns of one order through the stages and the whole flow: the other return's events
+that come after the case settled (its own refund, a return after the window) are a settled
+case's late facts (counted; the request and the refund reach the customer's history and the
+refunded value, basis ``late_return``), not ``unknown_order`` dead letters; the money refunded
+adds up to every refund in the log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from salvage.connectors.simulator import write_log
+from salvage.features.eventtime import DAY_US
+from salvage.sinks import kpis
+from tests.flowkit import jsonl, run_file_flow
+from tests.flows.test_settled import _cfg, _run
+from tests.helpers import event, metric_total, order_placed
+
+
+def _request(rid: str, at: str, reason: str = "too_small") -> dict:
+    return event(
+        f"{rid}-req",
+        "return_requested",
+        "o1",
+        at,
+        return_id=rid,
+        reason=reason,
+        items=[{"sku": "sku-1", "qty": 1}],
+        preferred_resolution="refund",
+    )
+
+
+def _refund(rid: str, at: str, amount: float) -> dict:
+    return event(
+        f"{rid}-refund", "refund_issued", "o1", at, return_id=rid, amount=amount, currency="EUR"
+    )
+
+
+def _two_parcels() -> list[dict]:
+    """Two units, two returns: R2 is requested while R1 is open and refunded after R1's refund
+    settled the case; then R1's refund again under a new event id (a second refund of the return
+    the case settled with: not another return's, so still a dead letter)."""
+    return [
+        order_placed("o1", "2026-03-02T10:00:00Z", price=60.0, qty=2),
+        event("d1", "carrier_scan", "o1", "2026-03-04T09:00:00Z", scan="delivered", courier="dhl"),
+        _request("R1", "2026-03-05T10:00:00Z"),
+        _request("R2", "2026-03-06T10:00:00Z", reason="not_received"),
+        _refund("R1", "2026-03-09T10:00:00Z", 60.0),
+        event(
+            "R2-label",
+            "return_label_issued",
+            "o1",
+            "2026-03-09T12:00:00Z",
+            return_id="R2",
+            courier="dhl",
+            label_cost=4.0,
+        ),
+        event("R2-recv", "return_received", "o1", "2026-03-11T10:00:00Z", return_id="R2"),
+        _refund("R2", "2026-03-12T10:00:00Z", 60.0),
+        {**_refund("R1", "2026-03-13T10:00:00Z", 60.0), "event_id": "R1-refund-again"},
+    ]
+
+
+def test_the_other_returns_events_after_the_close_are_late_facts() -> None:
+    kpis.configure()
+    late_basis = {"currency": "EUR", "basis": "late_return"}
+    before = [metric_total("salvage_refunded_by_basis_total", **late_basis)]
+    before += [metric_total("salvage_refund_leakage_total")]
+    case, ctx, _model, dead, kpi = _run(_two_parcels(), _cfg())
+    # only R1's second refund is refused: the case settled with R1
+    assert [(d.kind.value, d.event_id) for d in dead] == [("unknown_order", "R1-refund-again")]
+    assert case.settled["o1"].return_id == "R1"
+    c = ctx.customers["c1"]
+    assert (c.returns, c.not_received_claims) == (2, 1)  # both requests (R2's before the close)
+    assert (c.refunds, c.refunded_value) == (2, 120.0)  # R1's at the close, R2's as a late fact
+    settled = [k["case"] for k in kpi if k["kind"] == "settled"]
+    # (R2's label and receipt after the close are counted, and change no history)
+    assert [(f["late"], f["amount"], f["currency"]) for f in settled] == [
+        ("refund_issued", 60.0, "EUR")
+    ]
+    for fact in kpi:
+        kpis.observe(fact)
+    after = [metric_total("salvage_refunded_by_basis_total", **late_basis)]
+    after += [metric_total("salvage_refund_leakage_total")]
+    # refunded value, and not leakage: the case had settled, so no decision could be taken
+    assert [round(a - b, 6) for a, b in zip(after, before, strict=True)] == [60.0, 0.0]
+
+
+def test_a_return_after_the_window_is_heard_within_the_grace_period_only() -> None:
+    """A delivered order closes kept at the end of its return window; a return requested and
+    refunded after that is a late fact within the settled grace period, a dead letter after."""
+    kept = [
+        order_placed("o1", "2026-03-02T10:00:00Z", price=60.0),
+        event("d1", "carrier_scan", "o1", "2026-03-04T09:00:00Z", scan="delivered", courier="dhl"),
+    ]
+    late = [_request("R1", "2026-04-10T10:00:00Z"), _refund("R1", "2026-04-15T10:00:00Z", 60.0)]
+    case, ctx, _model, dead, kpi = _run(kept + late, _cfg(settled_grace_us=45 * DAY_US))
+    assert dead == []
+    assert case.settled["o1"].outcome == "kept" and case.settled["o1"].return_id == ""
+    assert (ctx.customers["c1"].returns, ctx.customers["c1"].refunded_value) == (1, 60.0)
+    assert [k["case"]["late"] for k in kpi if k["kind"] == "settled"] == [
+        "return_requested",
+        "refund_issued",
+    ]
+    _case, ctx, _model, dead, _kpi = _run(kept + late, _cfg(settled_grace_us=5 * DAY_US))
+    assert [d.kind.value for d in dead] == ["unknown_order", "unknown_order"]
+    assert ctx.customers["c1"].returns == 0
+
+
+def test_split_returns_through_the_flow_lose_no_refund(tmp_path: Path) -> None:
+    """The simulator's split-returns variant through file mode: no dead letters, every refund
+    and chargeback of the log in the refunded KPI, the late returns' under ``late_return``."""
+    log = tmp_path / "split.jsonl"
+    write_log("steady-state", 2500, 11, log, variants=("split-returns",))
+    events = [json.loads(line) for line in log.read_bytes().splitlines()]
+    money = sum(
+        e["amount"] for e in events if e["event_type"] in ("refund_issued", "chargeback_filed")
+    )
+    split = {e["order_id"] for e in events if e.get("return_id", "").endswith("-R2")}
+    assert len(split) >= 20
+    kpis_before = metric_total("salvage_refunded_total")
+    late_before = metric_total("salvage_refunded_by_basis_total", basis="late_return")
+    out = run_file_flow([log], tmp_path / "out")
+    assert jsonl(out["dead_letters"]) == []
+    assert round(metric_total("salvage_refunded_total") - kpis_before, 2) == round(money, 2)
+    assert metric_total("salvage_refunded_by_basis_total", basis="late_return") > late_before
+    # the journey follows each case's first return: the second one's progress is not announced
+    # under either id (at most its settlement, when it settled the case)
+    updates = [u for u in jsonl(out["status_updates"]) if u["order_id"] in split]
+    assert {u["order_id"] for u in updates if u["return_id"].endswith("-R1")} == split
+    second = {u["stage"] for u in updates if u["return_id"].endswith("-R2")}
+    assert second <= {"refund_issued", "store_credit_issued", "exchange_completed"}
+    assert len(updates) == len({u["update_id"] for u in updates})
+
+
+def test_the_other_returns_and_the_settled_return_id_survive_a_snapshot() -> None:
+    """Recovery state keeps a case's other returns and a settled case's return id: a stage
+    loaded from a snapshot taken in between goes on as the original."""
+    from salvage.connectors.events import EVENT_ADAPTER
+    from salvage.features.eventtime import END, to_us
+    from salvage.flows.messages import Event, Tick
+    from salvage.flows.stages import CaseStage
+    from salvage.flows.state import StageState
+
+    items = []
+    for d in _two_parcels():
+        ev = EVENT_ADAPTER.validate_json(json.dumps(d))
+        items.append(Event(to_us(ev.occurred_at), ev.event_id, ev))
+    cfg = _cfg()
+    src = cfg.sources[0]
+
+    def run(stage: CaseStage, batch: list, wm: int) -> list:
+        return stage.on_batch([*batch, Tick(src, wm, batch[-1].t)])
+
+    for cut in (4, 5):  # R2 open beside R1; then settled with R1, R2 still to come
+        whole, half = CaseStage(0, cfg), CaseStage(0, cfg)
+        wm = items[cut].t - 1
+        expected = run(whole, items[:cut], wm) + run(whole, items[cut:], END)
+        first = run(half, items[:cut], wm)
+        if cut == 4:
+            assert half.cases["o1"].other_returns == (("R2", 1),)
+        else:
+            assert half.settled["o1"].return_id == "R1"
+        header, entries = StageState(half).full()
+        loaded = CaseStage(0, cfg)
+        StageState(loaded).load(header, entries, cfg)
+        assert loaded.cases == half.cases and loaded.settled == half.settled
+        assert first + run(loaded, items[cut:], END) == expected
