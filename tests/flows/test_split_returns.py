@@ -6,15 +6,27 @@ adds up to every refund in the log."""
 
 from __future__ import annotations
 
+import base64
 import json
+import signal
+import time
 from pathlib import Path
 
+from salvage.connectors.broker import ensure_topics
 from salvage.connectors.simulator import write_log
 from salvage.features.eventtime import DAY_US
+from salvage.runner import publish_log
 from salvage.sinks import kpis
 from tests.flowkit import jsonl, run_file_flow
 from tests.flows.test_settled import _cfg, _run
-from tests.helpers import event, metric_total, order_placed
+from tests.helpers import (
+    event,
+    kafka_settings,
+    metric_total,
+    order_placed,
+    read_to_end,
+    topic_reader,
+)
 
 
 def _request(rid: str, at: str, reason: str = "too_small") -> dict:
@@ -166,3 +178,61 @@ def test_the_other_returns_and_the_settled_return_id_survive_a_snapshot() -> Non
         StageState(loaded).load(header, entries, cfg)
         assert loaded.cases == half.cases and loaded.settled == half.settled
         assert first + run(loaded, items[cut:], END) == expected
+
+
+def _metric(prom: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (with ``labels``) in a Prometheus exposition."""
+    total = 0.0
+    for line in prom.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path):
+    """Two parcels through ``salvage run --follow`` on the embedded broker: the only dead letter
+    is the settled return's second refund; the other return's refund after the close is in the
+    refunded value (basis ``late_return``) of the metrics snapshot written at the drain."""
+    suffix = unique_name("split")
+    settings = kafka_settings(kafka_broker.bootstrap, suffix)
+    ensure_topics(
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        3,
+    )
+    log = tmp_path / "two.jsonl"
+    log.write_text("".join(json.dumps(d) + "\n" for d in _two_parcels()))
+    publish_log(settings, log)
+    env = {
+        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SALVAGE_TOPIC_PARTITIONS": "3",
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+        "SALVAGE_TOPIC_STATUS_UPDATES": settings.topics.status_updates,
+    }
+    out_dir = tmp_path / "kafka-out"
+    proc = salvage_cli(
+        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary",
+        "--out-dir", str(out_dir), env=env,
+    )  # fmt: skip
+    reader = topic_reader(settings, settings.topics.dead_letters)
+    dead: list[dict] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not dead:  # the log's last event (in event time) is the refused refund
+            assert time.monotonic() < deadline
+            assert proc.poll() is None, proc.err_path.read_text()
+            dead += [json.loads(m.value()) for m in reader.consume(100, 0.2) if not m.error()]
+        proc.send_signal(signal.SIGTERM)  # drained: the metrics snapshot is complete
+        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
+    finally:
+        reader.close()
+    dead += read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5)[len(dead) :]
+    assert [(d["kind"], json.loads(base64.b64decode(d["raw_b64"]))["event_id"]) for d in dead] == [
+        ("unknown_order", "R1-refund-again")
+    ]
+    prom = (out_dir / "metrics.prom").read_text()
+    assert _metric(prom, "salvage_refunded_total") == 120.0
+    assert _metric(prom, "salvage_refunded_by_basis_total", basis="late_return") == 60.0
+    assert _metric(prom, "salvage_settled_facts_total", stream="returns") == 3.0
