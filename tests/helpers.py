@@ -139,3 +139,30 @@ def metric_total(name: str, **labels: str) -> float:
         for s in m.samples
         if s.name == name and labels.items() <= s.labels.items()
     )
+
+
+def start_follow(salvage_cli: Any, bootstrap: str, settings: Any, log: Any, out_dir: Any) -> Any:
+    """Create ``settings``' topics (3 partitions), publish the event log ``log`` to them and start
+    ``salvage run --follow`` on them (4 shards, no Redis, no summary, outputs in ``out_dir``) with
+    the ``salvage_cli`` fixture; returns its process."""
+    from salvage.connectors.broker import ensure_topics
+    from salvage.runner import publish_log
+
+    ensure_topics(
+        settings.kafka.as_librdkafka_dict(),
+        list(settings.topics.inputs().values()) + settings.topics.outputs(),
+        3,
+    )
+    publish_log(settings, log)
+    env = {
+        "SALVAGE_KAFKA_BOOTSTRAP": bootstrap,
+        "SALVAGE_TOPIC_PARTITIONS": "3",
+        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
+        "SALVAGE_TOPIC_STATUS_UPDATES": settings.topics.status_updates,
+        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
+        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
+    }
+    return salvage_cli(
+        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary",
+        "--out-dir", str(out_dir), env=env,
+    )  # fmt: skip

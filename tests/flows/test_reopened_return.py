@@ -11,10 +11,15 @@ import signal
 import time
 from pathlib import Path
 
-from salvage.connectors.broker import ensure_topics
-from salvage.runner import publish_log
 from tests.flowkit import jsonl, run_file_flow
-from tests.helpers import event, kafka_settings, order_placed, read_to_end, topic_reader
+from tests.helpers import (
+    event,
+    kafka_settings,
+    order_placed,
+    read_to_end,
+    start_follow,
+    topic_reader,
+)
 
 
 def _requested(event_id: str, at: str, return_id: str) -> dict:
@@ -79,25 +84,8 @@ def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, t
     settings = kafka_settings(
         kafka_broker.bootstrap, suffix, topic_status_updates=f"return-status-{suffix}"
     )
-    ensure_topics(
-        settings.kafka.as_librdkafka_dict(),
-        list(settings.topics.inputs().values()) + settings.topics.outputs(),
-        3,
-    )
-    publish_log(settings, _log(tmp_path))
-    env = {
-        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-        "SALVAGE_TOPIC_PARTITIONS": "3",
-        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
-        "SALVAGE_TOPIC_STATUS_UPDATES": settings.topics.status_updates,
-        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
-        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
-    }
     out_dir = tmp_path / "kafka-out"
-    proc = salvage_cli(
-        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary",
-        "--out-dir", str(out_dir), env=env,
-    )  # fmt: skip
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, _log(tmp_path), out_dir)
     reader = topic_reader(settings, settings.topics.status_updates)
     updates: list[dict] = []
     try:

@@ -12,10 +12,8 @@ import signal
 import time
 from pathlib import Path
 
-from salvage.connectors.broker import ensure_topics
 from salvage.connectors.simulator import write_log
 from salvage.features.eventtime import DAY_US
-from salvage.runner import publish_log
 from salvage.sinks import kpis
 from tests.flowkit import jsonl, run_file_flow
 from tests.flows.test_settled import _cfg, _run
@@ -25,6 +23,7 @@ from tests.helpers import (
     metric_total,
     order_placed,
     read_to_end,
+    start_follow,
     topic_reader,
 )
 
@@ -195,27 +194,10 @@ def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, t
     refunded value (basis ``late_return``) of the metrics snapshot written at the drain."""
     suffix = unique_name("split")
     settings = kafka_settings(kafka_broker.bootstrap, suffix)
-    ensure_topics(
-        settings.kafka.as_librdkafka_dict(),
-        list(settings.topics.inputs().values()) + settings.topics.outputs(),
-        3,
-    )
     log = tmp_path / "two.jsonl"
     log.write_text("".join(json.dumps(d) + "\n" for d in _two_parcels()))
-    publish_log(settings, log)
-    env = {
-        "SALVAGE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-        "SALVAGE_TOPIC_PARTITIONS": "3",
-        **{f"SALVAGE_TOPIC_{s.upper()}": t for s, t in settings.topics.inputs().items()},
-        "SALVAGE_TOPIC_DEAD_LETTERS": settings.topics.dead_letters,
-        "SALVAGE_TOPIC_INTERVENTIONS": settings.topics.interventions,
-        "SALVAGE_TOPIC_STATUS_UPDATES": settings.topics.status_updates,
-    }
     out_dir = tmp_path / "kafka-out"
-    proc = salvage_cli(
-        "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary",
-        "--out-dir", str(out_dir), env=env,
-    )  # fmt: skip
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, out_dir)
     reader = topic_reader(settings, settings.topics.dead_letters)
     dead: list[dict] = []
     try:
