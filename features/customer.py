@@ -81,6 +81,8 @@ class CustomerContext:
             elif change == "late_refund":  # another return's, after the case settled
                 self.refunds += 1
                 self.refunded_value += view.refunded_amount
+            elif change == "late_retained":  # another return exchanged / credited, after it
+                self.retained_returns += 1
             elif (
                 change == "reviewed"
                 and view.status == "settled"
@@ -180,6 +182,7 @@ _OBSERVED = frozenset(
         "graded",
         "chargeback",
         "late_refund",
+        "late_retained",
         "reviewed",
         "closed",
     }

@@ -66,6 +66,7 @@ SETTLED = frozenset(s for s, r in STAGE_RANK.items() if r == 4)
 WITH_REFUND_DATE = frozenset({JourneyStage.RECEIVED, JourneyStage.GRADED})
 STAGE_BIT = {s: 1 << i for i, s in enumerate(JourneyStage)}
 KIND_BIT = {k: 1 << i for i, k in enumerate(JourneyAlertKind)}
+ALL_ALERTS = sum(KIND_BIT.values())  # journey_alerted with every kind raised: no alert to come
 # Customers who asked for these (or did not say) are waiting for money back.
 REFUND_PREFERENCES = frozenset({"refund", ""})
 

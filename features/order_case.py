@@ -116,9 +116,12 @@ class ReturnState:
     journey_rank: int = -1
     journey_sent: int = 0
     journey_alerted: int = 0
-    # other returns of the order requested while this one is open: (return id, units), in the
-    # order requested (see OrderCase._other_return)
-    other_returns: tuple[tuple[str, int], ...] = ()
+    # other returns of the order requested while this one is open (see OrderCase._other_return):
+    # (return id, units, reason, preferred resolution) in the order requested; the abuse flags
+    # their grades gave; the ids of those cancelled since
+    other_returns: tuple[tuple[str, int, str, str], ...] = ()
+    other_flags: tuple[str, ...] = ()
+    other_closed: tuple[str, ...] = ()
 
 
 RETURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReturnState))
@@ -249,7 +252,9 @@ class OrderCase:
         journey_rank: int = -1
         journey_sent: int = 0
         journey_alerted: int = 0
-        other_returns: tuple[tuple[str, int], ...] = ()
+        other_returns: tuple[tuple[str, int, str, str], ...] = ()
+        other_flags: tuple[str, ...] = ()
+        other_closed: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, order_id: str, **values: Any) -> OrderCase:
@@ -413,9 +418,9 @@ class OrderCase:
             self.return_requested_at = self.return_requested_at or t
             self.return_reason = ev.reason.value
             self.preferred_resolution = ev.preferred_resolution.value
-            self.return_units = sum(i.qty for i in ev.items)
-            unit_value = self.order_value / self.n_units if self.n_units else 0.0
-            self.return_value = round(min(self.order_value, unit_value * self.return_units), 2)
+            # (with the other returns' units, if any: a repeated request keeps them)
+            others = self.ret.other_returns if self.ret is not None else ()
+            self._set_return_units(sum(i.qty for i in ev.items) + sum(o[1] for o in others))
             return ["return_requested"]
         if kind == "return_label_issued":
             assert isinstance(ev, ReturnLabelIssued)
@@ -430,7 +435,9 @@ class OrderCase:
             assert isinstance(ev, ReturnGraded)
             self.graded_at = self.graded_at or t  # a re-grade does not move the label's time
             self.grade = ev.grade.value
-            self.abuse_flags = tuple(sorted({f.value for f in ev.abuse_flags}))
+            # (the other returns' flags stay: a clean grade of this one does not clear them)
+            kept = self.ret.other_flags if self.ret is not None else ()
+            self.abuse_flags = tuple(sorted({*(f.value for f in ev.abuse_flags), *kept}))
             return ["graded"]
         if kind in ("refund_issued", "exchange_completed", "store_credit_issued"):
             return self._resolve(ev, t)
@@ -438,15 +445,18 @@ class OrderCase:
             assert isinstance(ev, ReturnCancelled)
             ret = self.ret
             if ret is not None and ret.other_returns and self.status is Status.OPEN:
-                # another return of the order is still open: the case follows it from now on
-                # (its progress so far was not followed: the journey starts at its next stage)
-                (rid, units), *rest = ret.other_returns
+                # another return of the order is still open: the case follows it from now on.
+                # Its progress so far was not followed: its journey announces its next stages,
+                # and raises no alerts (they would be judged on progress it does not know)
+                (rid, units, reason, resolution), *rest = ret.other_returns
                 ret.other_returns = tuple(rest)
-                ret.return_id = rid
-                self._set_return_units(units + sum(n for _, n in rest))
+                ret.other_closed = (*ret.other_closed, ret.return_id)
+                ret.return_id, ret.return_reason, ret.preferred_resolution = rid, reason, resolution
+                self._set_return_units(units + sum(o[1] for o in rest))
                 ret.label_issued_at = ret.received_at = ret.graded_at = 0
                 ret.grade = ""
-                ret.journey_rank, ret.journey_sent, ret.journey_alerted = -1, 0, 0
+                ret.journey_rank, ret.journey_sent = -1, 0
+                ret.journey_alerted = journey.ALL_ALERTS
                 return ["return_cancelled"]
             # The return is off; the order is kept unless something else happens.
             self.resolved_at = t
@@ -464,44 +474,54 @@ class OrderCase:
         return []  # return_in_transit: nothing decision-relevant beyond the event count
 
     def is_other_return(self, ev) -> bool:
-        """Is ``ev`` an event of another return of this order, requested while the case's own
-        return was open (``other_returns``)?"""
+        """Is ``ev`` an event of another return of this order than the one the case follows, one
+        requested while the case's return was open (``other_returns``, or cancelled since)?"""
         ret = self.ret
-        if ret is None or not ret.other_returns:
+        if ret is None or not (ret.other_returns or ret.other_closed):
             return False
         rid = getattr(ev, "return_id", None)
         return (
-            rid is not None and rid != ret.return_id and any(r == rid for r, _ in ret.other_returns)
+            rid is not None
+            and rid != ret.return_id
+            and (rid in ret.other_closed or any(o[0] == rid for o in ret.other_returns))
         )
 
     def _other_return(self, ev, t: int) -> list[str]:
-        """A second return of the order while the case's return is open (a customer sending back
+        """Another return of the order while the case's return is open (a customer sending back
         two items of one order in two parcels). The case keeps following its first return (its
-        id, reason, resolution, journey and timestamps); the other return adds its units to the
-        return's units and value, its label cost and its abuse flags, and a cancellation takes
-        its units back. Its refund, exchange or store credit resolves the case as the first
-        return's would (the case closes at the first resolution); what comes after the close
-        (the other return's own resolution, say) is a settled case's late fact
-        (``flows/stages/case.py``, ``Settled``): counted, and its refund is refunded value."""
+        id, reason, resolution, journey and timestamps); the other one adds its units to the
+        return's units and value, its label cost and its grade's abuse flags, and a cancellation
+        takes its units back (later events of a cancelled one change nothing). Its refund,
+        exchange or store credit settles the case (the first settlement closes it): the case
+        then takes that return's id, reason and resolution, and the first return becomes the
+        other one, which a settled case hears later (``flows/stages/case.py``, ``Settled``)."""
         kind = ev.event_type
         ret = self.ret
         assert ret is not None
         rid = ev.return_id
+        entry = next((o for o in ret.other_returns if o[0] == rid), None)
         if kind == "return_requested":
             assert isinstance(ev, ReturnRequested)
-            if any(r == rid for r, _ in ret.other_returns):
+            if entry is not None:
                 return []  # a repeated request of that return
             units = sum(i.qty for i in ev.items)
-            ret.other_returns = (*ret.other_returns, (rid, units))
+            reason = ev.reason.value
+            ret.other_closed = tuple(r for r in ret.other_closed if r != rid)  # asked again
+            ret.other_returns = (
+                *ret.other_returns,
+                (rid, units, reason, ev.preferred_resolution.value),
+            )
             self._set_return_units(ret.return_units + units)
             # (the features keep the first return's reason: the customer's history counts this
             # request's own "not received" claim by its change code)
-            claim = ["not_received_claim"] if ev.reason.value == "not_received" else []
+            claim = ["not_received_claim"] if reason == "not_received" else []
             return ["return_requested", "other_return", *claim]
+        if entry is None:
+            return []  # an event of a cancelled other return
         if kind == "return_cancelled":
-            units = next(n for r, n in ret.other_returns if r == rid)
-            ret.other_returns = tuple((r, n) for r, n in ret.other_returns if r != rid)
-            self._set_return_units(ret.return_units - units)
+            ret.other_returns = tuple(o for o in ret.other_returns if o[0] != rid)
+            ret.other_closed = (*ret.other_closed, rid)
+            self._set_return_units(ret.return_units - entry[1])
             return ["return_progress"]
         if kind == "return_label_issued":
             assert isinstance(ev, ReturnLabelIssued)
@@ -509,16 +529,20 @@ class OrderCase:
             return ["return_progress"]
         if kind == "return_graded":
             assert isinstance(ev, ReturnGraded)
-            flags = tuple(sorted({*ret.abuse_flags, *(f.value for f in ev.abuse_flags)}))
-            if flags == ret.abuse_flags:
+            flags = {f.value for f in ev.abuse_flags}
+            ret.other_flags = tuple(sorted({*ret.other_flags, *flags}))
+            merged = tuple(sorted({*ret.abuse_flags, *flags}))
+            if merged == ret.abuse_flags:
                 return []
-            self.abuse_flags = flags
+            self.abuse_flags = merged
             return ["graded"]
         if kind in ("refund_issued", "exchange_completed", "store_credit_issued"):
-            # the other return is resolved first: the case settles with it (its outcome, its
-            # id: the first return's own events after the close are then late facts)
-            ret.other_returns = tuple((r, n) for r, n in ret.other_returns if r != rid)
-            ret.return_id = rid
+            # the other return settles first: the case settles with it, and its own return is
+            # now the other one (open: heard after the close)
+            own_units = ret.return_units - sum(o[1] for o in ret.other_returns)
+            own = (ret.return_id, own_units, ret.return_reason, ret.preferred_resolution)
+            ret.other_returns = tuple(o if o[0] != rid else own for o in ret.other_returns)
+            ret.return_id, _, ret.return_reason, ret.preferred_resolution = entry
             return self._resolve(ev, t)
         return []  # received, in transit: the case follows its first return's progress
 
@@ -539,10 +563,8 @@ class OrderCase:
         return ["outcome"]
 
     def _set_return_units(self, units: int) -> None:
-        """The return's units (at most the order's, when known) and the value they are worth."""
-        if self.n_units:
-            units = min(units, self.n_units)
-        self.return_units = max(units, 0)
+        """The returns' units and the value they are worth (at most the order's)."""
+        self.return_units = units
         unit_value = self.order_value / self.n_units if self.n_units else 0.0
         self.return_value = round(min(self.order_value, unit_value * self.return_units), 2)
 

@@ -221,7 +221,9 @@ CASE = Record(
         ),
         "seen": _tuple,
         "abuse_flags": _tuple,
-        "other_returns": lambda v: tuple((r, n) for r, n in v),
+        "other_returns": lambda v: tuple(tuple(o) for o in v),
+        "other_flags": _tuple,
+        "other_closed": _tuple,
     },
     STATE_FIELDS,  # (the ReturnState fields among them, as attributes of the case)
     OrderCase.of,
@@ -233,7 +235,7 @@ LANE = Record(LaneMonitor)
 def _settled_record() -> Record:
     from salvage.flows.stages import Settled
 
-    return Record(Settled)
+    return Record(Settled, {"returns": Settled.decode_returns})
 
 
 # ----------------------------------------------------------------------------- keyed maps

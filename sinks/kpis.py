@@ -380,21 +380,30 @@ def _order(s: _State, fact: dict[str, Any]) -> None:
         REPEAT_ORDERS.inc()
 
 
-_LATE_BASIS = {"chargeback_filed": "late_chargeback", "refund_issued": "late_return"}
-
-
 def _settled(s: _State, fact: dict[str, Any]) -> None:
-    """A chargeback after the case settled, or the refund of another return of the order:
-    refunded value, never leakage (sinks/leakage.py)."""
+    """After the case settled: a chargeback (refunded value, never leakage: it disputes a
+    decision already taken), or the refund of another return of the order (refunded value; its
+    leakage basis as a closed case's, from that return's reason, when its request was heard;
+    ``late_return``, not leakage, when it was not). See sinks/leakage.py."""
     case: dict[str, Any] = fact.get("case") or {}
     amount = float(case.get("amount") or 0.0)
-    why = _LATE_BASIS.get(case.get("late") or "")
-    if why is None or amount <= 0:
+    late = case.get("late")
+    if late not in ("chargeback_filed", "refund_issued") or amount <= 0:
         return
     currency = s.bucket["currency"](case.get("currency"))
     none = s.bucket["campaign"]("")  # a settled record keeps no campaign / family / lane
     s.refunded(currency, none, none, none, none).inc(amount)
+    if late == "chargeback_filed":
+        why = "late_chargeback"
+    elif case.get("return_reason"):
+        flags = case.get("abuse_flags") or (["flagged"] if case.get("flagged") else [])
+        facts = {**case, "delivered_at": 1, "abuse_flags": flags}  # (it heard: delivered)
+        why = leakage.basis(facts, fact.get("customer"))
+    else:
+        why = "late_return"
     s.by_basis(currency, why).inc(amount)
+    if why in leakage.LEAKED:
+        s.leakage(currency, none, none, none, none).inc(amount)
 
 
 def _case(s: _State, fact: dict[str, Any]) -> None:

@@ -20,9 +20,10 @@ the case, so the case's facts at close are those facts), never from a model scor
 Value is the refunded amount (refunds + chargebacks of the case), in the case's currency (one
 series per currency, never converted). A chargeback filed **after** the case settled, within
 ``SALVAGE_SETTLED_GRACE_DAYS``, adds to the refunded value (basis ``late_chargeback``) but not to
-leakage: it disputes a decision already taken. So does the refund of another return of the order
-that comes after the case settled (basis ``late_return``: a second parcel sent back, or a return
-after the window). Counters never go down, so a fact that arrives after
+leakage: it disputes a decision already taken. The refund of another return of the order that
+comes after the case settled (a second parcel sent back, a return after the window) has the basis
+its return's reason gives, as a closed case's; ``late_return`` (not leakage) when that return's
+request was never heard. Counters never go down, so a fact that arrives after
 the refund (a late grade's abuse flag) does not move value out of leakage: the definition is about
 what was known at the refund.
 

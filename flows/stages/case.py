@@ -8,7 +8,7 @@ import time
 import zlib
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from salvage.connectors.events import STREAM_OF, Stream
 from salvage.connectors.outputs import (
@@ -20,7 +20,7 @@ from salvage.connectors.parse import RawRecord, dead_letter
 from salvage.fastpickle import slot_maker
 from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
-from salvage.features.order_case import NO_RETURN, OrderCase, Status
+from salvage.features.order_case import NO_RETURN, OrderCase, Outcome, Status
 from salvage.flows.items import Overdue
 from salvage.flows.messages import CaseView, Emit, InferredContact, Route
 from salvage.flows.stages.base import (
@@ -162,7 +162,8 @@ class CaseStage(_Stage):
         _JOURNEY_ALERTS(notice.kind.value).inc()
         self.send(Route.OUTPUT, OUT_KEY, notice.t, f"j|{alert.alert_id}", ("journey_alert", alert))
 
-    def _after_update(self, case: OrderCase, t: int) -> None:
+    def _after_update(self, case: OrderCase, t: int, ev: Any = None) -> None:
+        """``ev``: the event applied (None: a timer)."""
         if case.status is Status.CLOSED:
             del self.cases[case.order_id]
             self.tombstones[case.order_id] = t
@@ -170,7 +171,7 @@ class CaseStage(_Stage):
             self.tomb_digests[case.order_id] = _digests(case)
             grace = self.cfg.settled_grace_us
             if grace > 0:
-                self.settled[case.order_id] = Settled.of(case)
+                self.settled[case.order_id] = Settled.of(case, ev)
             heapq.heappush(self.tomb_heap, (t + max(TOMBSTONE_US, grace), case.order_id))
             _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
@@ -252,15 +253,9 @@ class CaseStage(_Stage):
         if rec is None:
             return False
         # an event of another return of the order than the one the case settled with (a second
-        # parcel sent back, a return after the window): counted; its request and its refund
-        # update the customer's history and the refunded value
-        other_return = (
-            kind in _RETURNS_EVENTS
-            and kind not in SETTLED_FACTS
-            and (rid := getattr(ev, "return_id", None)) is not None
-            and rid != rec.return_id
-        )
-        if not other_return and kind not in SETTLED_FACTS:
+        # parcel, a return after the window): see Settled.returns
+        other = kind in _RETURNS_EVENTS and kind not in SETTLED_FACTS and rec.hears(ev)
+        if not other and kind not in SETTLED_FACTS:
             return False
         if t - rec.closed_at > self.cfg.settled_grace_us:
             return False
@@ -272,6 +267,7 @@ class CaseStage(_Stage):
             self.tomb_digests[ev.order_id] = _with_digest(digests, len(ids), _tie_digest(tie))
         changes: list[str] = []
         features: dict[str, float] = {}
+        returned: dict[str, str] = {}
         flags: tuple[str, ...] = ()
         amount = 0.0
         flagged = rec.flagged  # before this fact
@@ -287,16 +283,22 @@ class CaseStage(_Stage):
         elif kind == "chargeback_filed":
             amount = float(ev.amount)
             changes.append("chargeback")
-        elif other_return:
+        elif other:
+            entry = rec.other_return(ev)  # (id, reason, preferred resolution) if known
             if kind == "return_requested":
-                reason = ev.reason.value
-                features = {"reason_not_received": float(reason == "not_received")}
-                changes.append("return_requested")
+                if entry is None:  # (a repeated request changes nothing)
+                    reason = ev.reason.value
+                    features = {"reason_not_received": float(reason == "not_received")}
+                    changes.append("return_requested")
             elif kind == "refund_issued":
                 amount = float(ev.amount)
                 changes.append("late_refund")
-            # (a label, the parcel's progress, an exchange, a store credit, a cancellation:
-            # counted only)
+                if entry is not None:  # its reason decides the leakage basis (sinks/leakage.py)
+                    returned = {"return_reason": entry[1], "preferred_resolution": entry[2]}
+            elif kind in ("exchange_completed", "store_credit_issued"):
+                changes.append("late_retained")
+            # (a label, the parcel's progress, a cancellation: counted only)
+            rec.heard(ev)
         else:  # review_resolved
             if not rec.verdict:
                 rec.verdict = ev.verdict.value
@@ -334,6 +336,7 @@ class CaseStage(_Stage):
                 "amount": amount,
                 "currency": ev.currency if kind in ("chargeback_filed", "refund_issued") else "",
                 "flagged": flagged,
+                **returned,
             },
         )
         dest = ctx_key(shard_of(rec.customer_id, self.cfg.cust_shards))
@@ -493,18 +496,20 @@ class CaseStage(_Stage):
     ) -> None:
         cfg = self.cfg
         kind = ev.event_type
+        # an event of another return than the one the case follows has no journey of its own
+        other = kind in _RETURNS_EVENTS and case.is_other_return(ev)
         changes = case.apply(ev, t, cfg.return_window_us, inferred)
         _remember_digest(case, _tie_digest(tie))
         kinds = self._kinds  # counted per call (_count_events)
         kinds[kind] = kinds.get(kind, 0) + 1
         self._emit_view(case, t, ev.event_id, changes, out)
-        if kind in _RETURNS_EVENTS and getattr(ev, "return_id", None) in (None, case.return_id):
-            self._journey(case, ev, t)  # (another return of the order has no journey)
+        if kind in _RETURNS_EVENTS and not (other or case.is_other_return(ev)):
+            self._journey(case, ev, t)
         if (kind == "carrier_scan" or kind == "order_shipped") and (
             case.lane != "unknown" and case.promised_at
         ):
             self._lane_fact(case, ev, t, changes)
-        self._after_update(case, t)
+        self._after_update(case, t, ev)
 
 
 _RETURNS_EVENTS = frozenset(k for k, s in STREAM_OF.items() if s is Stream.RETURNS)
@@ -571,6 +576,11 @@ SETTLED_FACTS = frozenset(
 )
 
 
+# Settled.returns with other returns: (the settled return's id, or None; settlements to come;
+# the other returns known, each (id, reason, preferred resolution))
+ReturnsHeard = tuple[str | None, int, tuple[tuple[str, str, str], ...]]
+
+
 @dataclass(slots=True)
 class Settled:
     """What a settled case keeps for its grace period: ~120 B with its dict entry (the id strings
@@ -582,11 +592,19 @@ class Settled:
     flagged: bool  # a grade with abuse flags was already counted in the customer's history
     verdict: str = ""
     reviewed_at: int = 0
-    # the return the case settled with ("": none); another return's events are late facts
-    return_id: str = ""
+    # Which returns of the order it still hears (events of another return than the one it
+    # settled with are late facts, see CaseStage._settled_fact), only for a delivered order that
+    # closed kept, returned or settled (not cancelled, undelivered, expired or charged back):
+    # - None: none (such a close, or a record from before this field: as then, dead letters);
+    # - the id of the return it settled with ("": none), when no other one was open;
+    # - (that id, or None when the settling refund named no return; how many settlements of
+    #   other returns are still to come; the other returns known: (id, reason, preferred
+    #   resolution), ...), when there were other returns open, or some were heard since.
+    returns: str | ReturnsHeard | None = None
 
     @classmethod
-    def of(cls, case: OrderCase) -> Settled:
+    def of(cls, case: OrderCase, ev: Any = None) -> Settled:
+        """The record of ``case``, closed by the event ``ev`` (None: by a timer)."""
         return cls(
             case.customer_id,
             case.closed_at,
@@ -594,8 +612,76 @@ class Settled:
             bool(case.abuse_flags),
             case.review_verdict,
             case.reviewed_at,
-            case.return_id,
+            cls._returns_of(case, ev),
         )
+
+    @staticmethod
+    def _returns_of(case: OrderCase, ev: Any) -> str | ReturnsHeard | None:
+        if not case.delivered_at or case.outcome not in _HEARS_RETURNS:
+            return None
+        ret = case.ret
+        if ret is None or not ret.other_returns:
+            return case.return_id
+        others = tuple((o[0], o[2], o[3]) for o in ret.other_returns)
+        if ev is not None and ev.event_type in _SETTLEMENTS and ev.return_id is None:
+            # which return the refund settled is not known: any of them may come again
+            own = (ret.return_id, ret.return_reason, ret.preferred_resolution)
+            return (None, len(others), (own, *others))
+        return (ret.return_id, len(others), others)
+
+    def hears(self, ev: Any) -> bool:
+        """Is ``ev`` (a returns event) one of another return than the one the case settled with?
+        (A settlement naming no return is, while other returns' settlements are to come.)"""
+        info = self.returns
+        if info is None:
+            return False
+        rid = getattr(ev, "return_id", None)
+        if type(info) is str:
+            return rid is not None and rid != info
+        settled, remaining, _ = cast(ReturnsHeard, info)
+        if rid is None:
+            return ev.event_type in _SETTLEMENTS and remaining > 0
+        return rid != settled
+
+    def other_return(self, ev: Any) -> tuple[str, str, str] | None:
+        """The known other return ``ev`` is of: (id, reason, preferred resolution), or None."""
+        info = self.returns
+        if type(info) is not tuple:
+            return None
+        rid = getattr(ev, "return_id", None)
+        known = info[2]
+        if rid is None:  # (a settlement naming no return: the first one still open)
+            return known[0] if known else None
+        return next((o for o in known if o[0] == rid), None)
+
+    def heard(self, ev: Any) -> None:
+        """Keep track of another return's request (its reason), settlement or cancellation."""
+        info = self.returns
+        if info is None:
+            return
+        settled, remaining, known = (info, 0, ()) if isinstance(info, str) else info
+        kind = ev.event_type
+        entry = self.other_return(ev)
+        if kind == "return_requested" and entry is None:
+            entry = (ev.return_id, ev.reason.value, ev.preferred_resolution.value)
+            self.returns = (settled, remaining + 1, (*known, entry))
+        elif entry is not None and (kind in _SETTLEMENTS or kind == "return_cancelled"):
+            rest = tuple(o for o in known if o is not entry)
+            self.returns = (settled, max(remaining - 1, 0), rest)
+
+    @staticmethod
+    def decode_returns(v: Any) -> str | ReturnsHeard | None:
+        """``returns`` as the recovery codec reads it back (lists to tuples)."""
+        if v is None or isinstance(v, str):
+            return v
+        settled, remaining, known = v
+        return (settled, remaining, tuple(tuple(o) for o in known))
+
+
+_HEARS_RETURNS = frozenset(
+    {Outcome.KEPT, Outcome.RETURN_CANCELLED, Outcome.REFUND, Outcome.EXCHANGE, Outcome.STORE_CREDIT}
+)
+_SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
 
 
 def case_upstreams(cfg: StageConfig) -> list[str]:

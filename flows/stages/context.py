@@ -49,7 +49,9 @@ class ContextStage(_Stage):
                 box = outbox[key] = []
             if view.status == "settled":
                 # a late fact of a settled case: history (above), KPIs and labels; never scored
-                out.append((Route.KPI, {"kind": "settled", "t": t, "case": view.facts}))
+                # (with the customer's features: a late refund's leakage basis reads them)
+                fact = {"kind": "settled", "t": t, "case": view.facts, "customer": ctx.features(t)}
+                out.append((Route.KPI, fact))
                 box.append((t, tie, (view, None)))
                 continue
             f = view.features  # the case's values (a view made elsewhere may have a dict)

@@ -1,8 +1,8 @@
 """Two returns of one order through the stages and the whole flow: the other return's events
 that come after the case settled (its own refund, a return after the window) are a settled
 case's late facts (counted; the request and the refund reach the customer's history and the
-refunded value, basis ``late_return``), not ``unknown_order`` dead letters; the money refunded
-adds up to every refund in the log."""
+refunded value, with the leakage basis of that return's reason), not ``unknown_order`` dead
+letters; the money refunded adds up to every refund in the log."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import json
 import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from salvage.connectors.simulator import write_log
 from salvage.features.eventtime import DAY_US
@@ -47,15 +49,15 @@ def _refund(rid: str, at: str, amount: float) -> dict:
     )
 
 
-def _two_parcels() -> list[dict]:
-    """Two units, two returns: R2 is requested while R1 is open and refunded after R1's refund
-    settled the case; then R1's refund again under a new event id (a second refund of the return
-    the case settled with: not another return's, so still a dead letter)."""
+def _two_parcels(reason: str = "not_received") -> list[dict]:
+    """Two units, two returns: R2 (``reason``) is requested while R1 is open and refunded after
+    R1's refund settled the case; then R1's refund again under a new event id (a second refund
+    of the return the case settled with: not another return's, so still a dead letter)."""
     return [
         order_placed("o1", "2026-03-02T10:00:00Z", price=60.0, qty=2),
         event("d1", "carrier_scan", "o1", "2026-03-04T09:00:00Z", scan="delivered", courier="dhl"),
         _request("R1", "2026-03-05T10:00:00Z"),
-        _request("R2", "2026-03-06T10:00:00Z", reason="not_received"),
+        _request("R2", "2026-03-06T10:00:00Z", reason=reason),
         _refund("R1", "2026-03-09T10:00:00Z", 60.0),
         event(
             "R2-label",
@@ -72,69 +74,119 @@ def _two_parcels() -> list[dict]:
     ]
 
 
-def test_the_other_returns_events_after_the_close_are_late_facts() -> None:
+def _kpi_deltas(kpi: list[dict], bases: tuple[str, ...]) -> list[float]:
+    """What observing the KPI facts adds to the refunded value of each basis, then to leakage."""
     kpis.configure()
-    late_basis = {"currency": "EUR", "basis": "late_return"}
-    before = [metric_total("salvage_refunded_by_basis_total", **late_basis)]
-    before += [metric_total("salvage_refund_leakage_total")]
-    case, ctx, _model, dead, kpi = _run(_two_parcels(), _cfg())
+
+    def read() -> list[float]:
+        by_basis = [metric_total("salvage_refunded_by_basis_total", basis=b) for b in bases]
+        return [*by_basis, metric_total("salvage_refund_leakage_total")]
+
+    before = read()
+    for fact in kpi:
+        kpis.observe(fact)
+    return [round(a - b, 6) for a, b in zip(read(), before, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("reason", "basis", "leaked", "claims"),
+    [("too_small", "fit", 60.0, 0), ("not_received", "not_received", 0.0, 1)],
+)
+def test_the_other_returns_events_after_the_close_are_late_facts(
+    reason: str, basis: str, leaked: float, claims: int
+) -> None:
+    """... and its refund has the leakage basis of its own reason, as a closed case's would
+    (the policy could act on its request: the case was open)."""
+    case, ctx, _model, dead, kpi = _run(_two_parcels(reason), _cfg())
     # only R1's second refund is refused: the case settled with R1
     assert [(d.kind.value, d.event_id) for d in dead] == [("unknown_order", "R1-refund-again")]
-    assert case.settled["o1"].return_id == "R1"
+    assert case.settled["o1"].returns == ("R1", 0, ())  # R2 heard to its settlement
     c = ctx.customers["c1"]
-    assert (c.returns, c.not_received_claims) == (2, 1)  # both requests (R2's before the close)
+    assert (c.returns, c.not_received_claims) == (2, claims)  # both requests, before the close
     assert (c.refunds, c.refunded_value) == (2, 120.0)  # R1's at the close, R2's as a late fact
     settled = [k["case"] for k in kpi if k["kind"] == "settled"]
     # (R2's label and receipt after the close are counted, and change no history)
-    assert [(f["late"], f["amount"], f["currency"]) for f in settled] == [
-        ("refund_issued", 60.0, "EUR")
+    assert [(f["late"], f["amount"], f.get("return_reason")) for f in settled] == [
+        ("refund_issued", 60.0, reason)
     ]
-    for fact in kpi:
-        kpis.observe(fact)
-    after = [metric_total("salvage_refunded_by_basis_total", **late_basis)]
-    after += [metric_total("salvage_refund_leakage_total")]
-    # refunded value, and not leakage: the case had settled, so no decision could be taken
-    assert [round(a - b, 6) for a, b in zip(after, before, strict=True)] == [60.0, 0.0]
+    late = [k for k in kpi if k["kind"] == "settled"]
+    assert _kpi_deltas(late, (basis, "late_return")) == [60.0, 0.0, leaked]
 
 
 def test_a_return_after_the_window_is_heard_within_the_grace_period_only() -> None:
     """A delivered order closes kept at the end of its return window; a return requested and
-    refunded after that is a late fact within the settled grace period, a dead letter after."""
+    refunded after that is a late fact within the settled grace period (its request counted
+    once, its refund with its reason's basis; a refund of a return never requested:
+    ``late_return``, not leakage), a dead letter after."""
     kept = [
         order_placed("o1", "2026-03-02T10:00:00Z", price=60.0),
         event("d1", "carrier_scan", "o1", "2026-03-04T09:00:00Z", scan="delivered", courier="dhl"),
     ]
-    late = [_request("R1", "2026-04-10T10:00:00Z"), _refund("R1", "2026-04-15T10:00:00Z", 60.0)]
+    late = [
+        _request("R1", "2026-04-10T10:00:00Z"),
+        {**_request("R1", "2026-04-11T10:00:00Z"), "event_id": "R1-req-again"},
+        _refund("R1", "2026-04-15T10:00:00Z", 60.0),
+        _refund("R9", "2026-04-16T10:00:00Z", 20.0),
+    ]
     case, ctx, _model, dead, kpi = _run(kept + late, _cfg(settled_grace_us=45 * DAY_US))
     assert dead == []
-    assert case.settled["o1"].outcome == "kept" and case.settled["o1"].return_id == ""
-    assert (ctx.customers["c1"].returns, ctx.customers["c1"].refunded_value) == (1, 60.0)
-    assert [k["case"]["late"] for k in kpi if k["kind"] == "settled"] == [
+    assert case.settled["o1"].outcome == "kept"
+    assert (ctx.customers["c1"].returns, ctx.customers["c1"].refunded_value) == (1, 80.0)
+    settled = [k for k in kpi if k["kind"] == "settled"]
+    assert [k["case"]["late"] for k in settled] == [
         "return_requested",
         "refund_issued",
+        "refund_issued",
     ]
+    assert _kpi_deltas(settled, ("fit", "late_return")) == [60.0, 20.0, 60.0]
     _case, ctx, _model, dead, _kpi = _run(kept + late, _cfg(settled_grace_us=5 * DAY_US))
-    assert [d.kind.value for d in dead] == ["unknown_order", "unknown_order"]
+    assert [d.kind.value for d in dead] == ["unknown_order"] * 4
     assert ctx.customers["c1"].returns == 0
+
+
+def test_an_order_that_never_arrived_or_was_cancelled_hears_no_return() -> None:
+    """Returns are heard after a delivered order settled, not after it was cancelled."""
+    cancelled = [
+        order_placed("o1", "2026-03-02T10:00:00Z", price=60.0),
+        event("x", "order_cancelled", "o1", "2026-03-02T12:00:00Z", reason="customer_request"),
+        _request("R1", "2026-03-10T10:00:00Z"),
+        _refund("R1", "2026-03-12T10:00:00Z", 60.0),
+    ]
+    case, _ctx, _model, dead, _kpi = _run(cancelled, _cfg())
+    assert case.settled["o1"].returns is None
+    assert [(d.kind.value, d.event_id) for d in dead] == [
+        ("unknown_order", "R1-req"),
+        ("unknown_order", "R1-refund"),
+    ]
 
 
 def test_split_returns_through_the_flow_lose_no_refund(tmp_path: Path) -> None:
     """The simulator's split-returns variant through file mode: no dead letters, every refund
-    and chargeback of the log in the refunded KPI, the late returns' under ``late_return``."""
-    log = tmp_path / "split.jsonl"
-    write_log("steady-state", 2500, 11, log, variants=("split-returns",))
-    events = [json.loads(line) for line in log.read_bytes().splitlines()]
-    money = sum(
-        e["amount"] for e in events if e["event_type"] in ("refund_issued", "chargeback_filed")
-    )
+    and chargeback of the log in the refunded KPI, and about the leakage of the same log without
+    the variant (the second parcels' refunds have their reasons' bases, as the first's)."""
+    results = {}
+    for variants in ((), ("split-returns",)):
+        log = tmp_path / f"log{len(variants)}.jsonl"
+        write_log("steady-state", 2500, 11, log, variants=variants)
+        events = [json.loads(line) for line in log.read_bytes().splitlines()]
+        paid = ("refund_issued", "chargeback_filed")
+        money = sum(e["amount"] for e in events if e["event_type"] in paid)
+        before = [
+            metric_total(n) for n in ("salvage_refunded_total", "salvage_refund_leakage_total")
+        ]
+        out = run_file_flow([log], tmp_path / f"out{len(variants)}")
+        after = [
+            metric_total(n) for n in ("salvage_refunded_total", "salvage_refund_leakage_total")
+        ]
+        assert jsonl(out["dead_letters"]) == []
+        refunded, leaked = (a - b for a, b in zip(after, before, strict=True))
+        assert round(refunded, 2) == round(money, 2)
+        results[variants] = (events, out, refunded, leaked)
+    events, out, refunded, leaked = results[("split-returns",)]
+    plain_leaked = results[()][3]
+    assert abs(leaked - plain_leaked) <= 0.02 * refunded, (leaked, plain_leaked, refunded)
     split = {e["order_id"] for e in events if e.get("return_id", "").endswith("-R2")}
     assert len(split) >= 20
-    kpis_before = metric_total("salvage_refunded_total")
-    late_before = metric_total("salvage_refunded_by_basis_total", basis="late_return")
-    out = run_file_flow([log], tmp_path / "out")
-    assert jsonl(out["dead_letters"]) == []
-    assert round(metric_total("salvage_refunded_total") - kpis_before, 2) == round(money, 2)
-    assert metric_total("salvage_refunded_by_basis_total", basis="late_return") > late_before
     # the journey follows each case's first return: the second one's progress is not announced
     # under either id (at most its settlement, when it settled the case)
     updates = [u for u in jsonl(out["status_updates"]) if u["order_id"] in split]
@@ -169,9 +221,9 @@ def test_the_other_returns_and_the_settled_return_id_survive_a_snapshot() -> Non
         expected = run(whole, items[:cut], wm) + run(whole, items[cut:], END)
         first = run(half, items[:cut], wm)
         if cut == 4:
-            assert half.cases["o1"].other_returns == (("R2", 1),)
+            assert half.cases["o1"].other_returns == (("R2", 1, "not_received", "refund"),)
         else:
-            assert half.settled["o1"].return_id == "R1"
+            assert half.settled["o1"].returns == ("R1", 1, (("R2", "not_received", "refund"),))
         header, entries = StageState(half).full()
         loaded = CaseStage(0, cfg)
         StageState(loaded).load(header, entries, cfg)
@@ -191,7 +243,7 @@ def _metric(prom: str, name: str, **labels: str) -> float:
 def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path):
     """Two parcels through ``salvage run --follow`` on the embedded broker: the only dead letter
     is the settled return's second refund; the other return's refund after the close is in the
-    refunded value (basis ``late_return``) of the metrics snapshot written at the drain."""
+    refunded value of the metrics snapshot written at the drain (basis: its reason's)."""
     suffix = unique_name("split")
     settings = kafka_settings(kafka_broker.bootstrap, suffix)
     log = tmp_path / "two.jsonl"
@@ -216,5 +268,57 @@ def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, t
     ]
     prom = (out_dir / "metrics.prom").read_text()
     assert _metric(prom, "salvage_refunded_total") == 120.0
-    assert _metric(prom, "salvage_refunded_by_basis_total", basis="late_return") == 60.0
+    assert _metric(prom, "salvage_refunded_by_basis_total", basis="not_received") == 60.0
     assert _metric(prom, "salvage_settled_facts_total", stream="returns") == 3.0
+
+
+def _journey(docs: list[dict]) -> list[tuple[str, str]]:
+    """(return id, stage) of each status update and (return id, kind) of each alert the case
+    stage sends for ``docs``."""
+    from salvage.connectors.events import EVENT_ADAPTER
+    from salvage.features.eventtime import END, to_us
+    from salvage.flows.messages import Event, Tick
+    from salvage.flows.stages import CaseStage
+
+    cfg = _cfg()
+    items = []
+    for d in docs:
+        ev = EVENT_ADAPTER.validate_json(json.dumps(d))
+        items.append(Event(to_us(ev.occurred_at), ev.event_id, ev))
+    out = CaseStage(0, cfg).on_batch([*items, Tick(cfg.sources[0], END, items[-1].t)])
+    notes = [item for r, p in out if r == "out" for _, _, item in p[1].items]
+    return [
+        (p.return_id, p.stage.value if k == "status_update" else p.kind.value) for k, p in notes
+    ]
+
+
+def test_the_journey_follows_the_first_return_only() -> None:
+    """The other return's label, receipt and grade announce nothing, and judge no alert on the
+    first return's progress; when it settles the case first, nothing is announced for it."""
+    docs = _two_parcels("too_small")[:4]  # placed, delivered, R1 and R2 requested
+    docs += [
+        event("R2-label", "return_label_issued", "o1", "2026-03-06T12:00:00Z", return_id="R2",
+              courier="dhl", label_cost=4.0),
+        event("R2-recv", "return_received", "o1", "2026-03-08T10:00:00Z", return_id="R2"),
+        event("R1-label", "return_label_issued", "o1", "2026-03-08T11:00:00Z", return_id="R1",
+              courier="dhl", label_cost=4.0),
+        _refund("R2", "2026-03-09T10:00:00Z", 60.0),
+    ]  # fmt: skip
+    assert _journey(docs) == [("R1", "label_issued")]
+
+
+def test_a_settled_record_from_before_returns_were_heard_hears_none() -> None:
+    """A recovery snapshot written before ``Settled.returns`` existed loads with None: the
+    settled case hears no return (as then: its return's second refund stays a dead letter,
+    rather than every return event becoming another return's)."""
+    from salvage.connectors.events import EVENT_ADAPTER
+    from salvage.flows.state import _settled_record
+
+    record = _settled_record()
+    before = tuple(n for n in record.names if n != "returns")
+    old = record.decoder(before)(["c1", 5, "refund", False, "", 0])
+    assert old.returns is None
+    again = EVENT_ADAPTER.validate_json(json.dumps(_refund("R1", "2026-03-13T10:00:00Z", 60.0)))
+    assert not old.hears(again)
+    new = record.decoder(None)([*record.encode(old)[:-1], ("R1", 1, [["R2", "fit", "refund"]])])
+    assert new.returns == ("R1", 1, (("R2", "fit", "refund"),)) and not new.hears(again)
