@@ -73,7 +73,7 @@ class CustomerContext:
             elif change == "contact":
                 self.contacts += 1
                 self.sentiment_sum += _get(view.features, "last_contact_sentiment", _I_SENTIMENT)
-            elif change == "graded" and view.abuse_flags:
+            elif change == "graded" and view.abuse_flags and "clean_grade" not in changes:
                 self.abuse_flags += 1
             elif change == "chargeback":  # after the case settled (in its grace period)
                 self.chargebacks += 1

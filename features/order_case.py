@@ -118,10 +118,10 @@ class ReturnState:
     journey_alerted: int = 0
     # other returns of the order requested while this one is open (see OrderCase._other_return):
     # (return id, units, reason, preferred resolution) in the order requested; the abuse flags
-    # their grades gave; the ids of those cancelled since
+    # their grades gave; those cancelled since (at most MAX_OTHER_RETURNS of each)
     other_returns: tuple[tuple[str, int, str, str], ...] = ()
     other_flags: tuple[str, ...] = ()
-    other_closed: tuple[str, ...] = ()
+    other_closed: tuple[tuple[str, int, str, str], ...] = ()
 
 
 RETURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReturnState))
@@ -254,7 +254,7 @@ class OrderCase:
         journey_alerted: int = 0
         other_returns: tuple[tuple[str, int, str, str], ...] = ()
         other_flags: tuple[str, ...] = ()
-        other_closed: tuple[str, ...] = ()
+        other_closed: tuple[tuple[str, int, str, str], ...] = ()
 
     @classmethod
     def of(cls, order_id: str, **values: Any) -> OrderCase:
@@ -399,15 +399,16 @@ class OrderCase:
 
     def _returns(self, ev, t: int) -> list[str]:
         kind = ev.event_type
-        if self.is_other_return(ev) or (
-            kind == "return_requested"
-            and ev.return_id != self.return_id
-            and self.return_open()
-            and self.status is Status.OPEN
-        ):
+        if kind == "return_requested":
+            if ev.return_id != self.return_id and self.return_open():
+                return self._other_return(ev, t)  # (the case is open: apply returns early)
+        elif self.is_other_return(ev):
             return self._other_return(ev, t)
         if kind == "return_requested":
             assert isinstance(ev, ReturnRequested)
+            ret = self.ret
+            if ret is not None and ret.other_closed:  # a cancelled other return, asked again
+                ret.other_closed = tuple(o for o in ret.other_closed if o[0] != ev.return_id)
             if self.outcome is Outcome.RETURN_CANCELLED and self.status is not Status.CLOSED:
                 # a new return after a cancelled one: the case's return is open again (else it
                 # would be treated as resolved, and close as cancelled with the new one pending)
@@ -437,20 +438,25 @@ class OrderCase:
             self.grade = ev.grade.value
             # (the other returns' flags stay: a clean grade of this one does not clear them)
             kept = self.ret.other_flags if self.ret is not None else ()
-            self.abuse_flags = tuple(sorted({*(f.value for f in ev.abuse_flags), *kept}))
-            return ["graded"]
+            flags = {f.value for f in ev.abuse_flags}
+            self.abuse_flags = tuple(sorted({*flags, *kept}))
+            # (a clean grade is not an abuse flag for the customer's history, whatever the other
+            # returns' grades flagged)
+            return ["graded", "clean_grade"] if kept and not flags else ["graded"]
         if kind in ("refund_issued", "exchange_completed", "store_credit_issued"):
             return self._resolve(ev, t)
         if kind == "return_cancelled":
             assert isinstance(ev, ReturnCancelled)
             ret = self.ret
-            if ret is not None and ret.other_returns and self.status is Status.OPEN:
+            if ret is not None and ret.other_returns and ev.return_id == ret.return_id:
                 # another return of the order is still open: the case follows it from now on.
                 # Its progress so far was not followed: its journey announces its next stages,
                 # and raises no alerts (they would be judged on progress it does not know)
                 (rid, units, reason, resolution), *rest = ret.other_returns
+                own_units = ret.return_units - sum(o[1] for o in ret.other_returns)
+                own = (ret.return_id, own_units, ret.return_reason, ret.preferred_resolution)
                 ret.other_returns = tuple(rest)
-                ret.other_closed = (*ret.other_closed, ret.return_id)
+                ret.other_closed = (*ret.other_closed, own)[-MAX_OTHER_RETURNS:]
                 ret.return_id, ret.return_reason, ret.preferred_resolution = rid, reason, resolution
                 self._set_return_units(units + sum(o[1] for o in rest))
                 ret.label_issued_at = ret.received_at = ret.graded_at = 0
@@ -458,6 +464,8 @@ class OrderCase:
                 ret.journey_rank, ret.journey_sent = -1, 0
                 ret.journey_alerted = journey.ALL_ALERTS
                 return ["return_cancelled"]
+            if ret is not None and ret.other_returns and ev.return_id != ret.return_id:
+                return []  # a return the case does not know of, while others are open
             # The return is off; the order is kept unless something else happens.
             self.resolved_at = t
             self.outcome = Outcome.RETURN_CANCELLED
@@ -483,7 +491,7 @@ class OrderCase:
         return (
             rid is not None
             and rid != ret.return_id
-            and (rid in ret.other_closed or any(o[0] == rid for o in ret.other_returns))
+            and any(o[0] == rid for o in (*ret.other_returns, *ret.other_closed))
         )
 
     def _other_return(self, ev, t: int) -> list[str]:
@@ -502,11 +510,11 @@ class OrderCase:
         entry = next((o for o in ret.other_returns if o[0] == rid), None)
         if kind == "return_requested":
             assert isinstance(ev, ReturnRequested)
-            if entry is not None:
-                return []  # a repeated request of that return
+            if entry is not None or len(ret.other_returns) >= MAX_OTHER_RETURNS:
+                return []  # a repeated request of that return (or one too many: bounded state)
             units = sum(i.qty for i in ev.items)
             reason = ev.reason.value
-            ret.other_closed = tuple(r for r in ret.other_closed if r != rid)  # asked again
+            ret.other_closed = tuple(o for o in ret.other_closed if o[0] != rid)  # asked again
             ret.other_returns = (
                 *ret.other_returns,
                 (rid, units, reason, ev.preferred_resolution.value),
@@ -516,11 +524,17 @@ class OrderCase:
             # request's own "not received" claim by its change code)
             claim = ["not_received_claim"] if reason == "not_received" else []
             return ["return_requested", "other_return", *claim]
+        settles = kind in ("refund_issued", "exchange_completed", "store_credit_issued")
         if entry is None:
-            return []  # an event of a cancelled other return
+            # a cancelled other return: only its settlement counts (money moved after all)
+            entry = next((o for o in ret.other_closed if o[0] == rid), None)
+            if entry is None or not settles:
+                return []
+            ret.other_closed = tuple(o for o in ret.other_closed if o[0] != rid)
+            ret.other_returns = (*ret.other_returns, (entry[0], 0, entry[2], entry[3]))
         if kind == "return_cancelled":
             ret.other_returns = tuple(o for o in ret.other_returns if o[0] != rid)
-            ret.other_closed = (*ret.other_closed, rid)
+            ret.other_closed = (*ret.other_closed, entry)[-MAX_OTHER_RETURNS:]
             self._set_return_units(ret.return_units - entry[1])
             return ["return_progress"]
         if kind == "return_label_issued":
@@ -528,15 +542,13 @@ class OrderCase:
             self.label_cost += ev.label_cost
             return ["return_progress"]
         if kind == "return_graded":
+            # (its own grade decides its disposition: the case stage puts it in the view)
             assert isinstance(ev, ReturnGraded)
             flags = {f.value for f in ev.abuse_flags}
             ret.other_flags = tuple(sorted({*ret.other_flags, *flags}))
-            merged = tuple(sorted({*ret.abuse_flags, *flags}))
-            if merged == ret.abuse_flags:
-                return []
-            self.abuse_flags = merged
-            return ["graded"]
-        if kind in ("refund_issued", "exchange_completed", "store_credit_issued"):
+            self.abuse_flags = tuple(sorted({*ret.abuse_flags, *flags}))
+            return ["graded"] if flags or not ret.abuse_flags else ["graded", "clean_grade"]
+        if settles:
             # the other return settles first: the case settles with it, and its own return is
             # now the other one (open: heard after the close)
             own_units = ret.return_units - sum(o[1] for o in ret.other_returns)
@@ -874,6 +886,7 @@ _AT = _CORE.index("wismo_after_delivered") + 1
 STATE_FIELDS: tuple[str, ...] = (*_CORE[:_AT], *RETURN_FIELDS, *_CORE[_AT:])
 
 _WEEK_US = 7 * DAY_US
+MAX_OTHER_RETURNS = 16  # other returns of one order a case keeps (open, and cancelled)
 
 
 def shared(label: str) -> str:

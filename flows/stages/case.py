@@ -20,7 +20,7 @@ from salvage.connectors.parse import RawRecord, dead_letter
 from salvage.fastpickle import slot_maker
 from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
-from salvage.features.order_case import NO_RETURN, OrderCase, Outcome, Status
+from salvage.features.order_case import MAX_OTHER_RETURNS, NO_RETURN, OrderCase, Outcome, Status
 from salvage.flows.items import Overdue
 from salvage.flows.messages import CaseView, Emit, InferredContact, Route
 from salvage.flows.stages.base import (
@@ -211,7 +211,9 @@ class CaseStage(_Stage):
             self.tomb_digests.pop(order_id, None)
             self.settled.pop(order_id, None)
 
-    def _emit_view(self, case: OrderCase, t: int, source_id: str, changes, out: Emit) -> None:
+    def _emit_view(
+        self, case: OrderCase, t: int, source_id: str, changes, out: Emit, grade: str | None = None
+    ) -> None:
         status = case.status
         outcome = case.outcome
         customer_id = case.customer_id
@@ -234,7 +236,7 @@ class CaseStage(_Stage):
             bool(ret.return_requested_at),
             ret.abuse_flags,
             case.facts() if status is Status.CLOSED else None,
-            ret.grade,
+            ret.grade if grade is None else grade,
             ret.return_value,
             ret.received_at,
         )
@@ -502,7 +504,9 @@ class CaseStage(_Stage):
         _remember_digest(case, _tie_digest(tie))
         kinds = self._kinds  # counted per call (_count_events)
         kinds[kind] = kinds.get(kind, 0) + 1
-        self._emit_view(case, t, ev.event_id, changes, out)
+        # (another return's grade: its own grade decides its disposition)
+        grade = ev.grade.value if other and kind == "return_graded" else None
+        self._emit_view(case, t, ev.event_id, changes, out, grade)
         if kind in _RETURNS_EVENTS and not (other or case.is_other_return(ev)):
             self._journey(case, ev, t)
         if (kind == "carrier_scan" or kind == "order_shipped") and (
@@ -577,8 +581,8 @@ SETTLED_FACTS = frozenset(
 
 
 # Settled.returns with other returns: (the settled return's id, or None; settlements to come;
-# the other returns known, each (id, reason, preferred resolution))
-ReturnsHeard = tuple[str | None, int, tuple[tuple[str, str, str], ...]]
+# the other returns known, each (id, reason, preferred resolution, still open))
+ReturnsHeard = tuple[str | None, int, tuple[tuple[str, str, str, bool], ...]]
 
 
 @dataclass(slots=True)
@@ -619,13 +623,15 @@ class Settled:
     def _returns_of(case: OrderCase, ev: Any) -> str | ReturnsHeard | None:
         if not case.delivered_at or case.outcome not in _HEARS_RETURNS:
             return None
+        settling = ev is not None and ev.event_type in _SETTLEMENTS
         ret = case.ret
         if ret is None or not ret.other_returns:
-            return case.return_id
-        others = tuple((o[0], o[2], o[3]) for o in ret.other_returns)
-        if ev is not None and ev.event_type in _SETTLEMENTS and ev.return_id is None:
+            # (a refund of a return never requested settles with that return's id)
+            return case.return_id or (settling and ev.return_id) or ""
+        others = tuple((o[0], o[2], o[3], True) for o in ret.other_returns)
+        if settling and ev.return_id is None:
             # which return the refund settled is not known: any of them may come again
-            own = (ret.return_id, ret.return_reason, ret.preferred_resolution)
+            own = (ret.return_id, ret.return_reason, ret.preferred_resolution, True)
             return (None, len(others), (own, *others))
         return (ret.return_id, len(others), others)
 
@@ -643,31 +649,36 @@ class Settled:
             return ev.event_type in _SETTLEMENTS and remaining > 0
         return rid != settled
 
-    def other_return(self, ev: Any) -> tuple[str, str, str] | None:
-        """The known other return ``ev`` is of: (id, reason, preferred resolution), or None."""
+    def other_return(self, ev: Any) -> tuple[str, str, str, bool] | None:
+        """The known other return ``ev`` is of: (id, reason, preferred resolution, still open),
+        or None. A settlement naming no return: the first one still open."""
         info = self.returns
         if type(info) is not tuple:
             return None
         rid = getattr(ev, "return_id", None)
         known = info[2]
-        if rid is None:  # (a settlement naming no return: the first one still open)
-            return known[0] if known else None
+        if rid is None:
+            return next((o for o in known if o[3]), None)
         return next((o for o in known if o[0] == rid), None)
 
     def heard(self, ev: Any) -> None:
-        """Keep track of another return's request (its reason), settlement or cancellation."""
+        """Keep track of another return's request (its reason), settlement or cancellation (its
+        reason is kept: a second refund of it still has its basis)."""
         info = self.returns
         if info is None:
             return
         settled, remaining, known = (info, 0, ()) if isinstance(info, str) else info
         kind = ev.event_type
         entry = self.other_return(ev)
-        if kind == "return_requested" and entry is None:
-            entry = (ev.return_id, ev.reason.value, ev.preferred_resolution.value)
-            self.returns = (settled, remaining + 1, (*known, entry))
-        elif entry is not None and (kind in _SETTLEMENTS or kind == "return_cancelled"):
-            rest = tuple(o for o in known if o is not entry)
-            self.returns = (settled, max(remaining - 1, 0), rest)
+        if kind == "return_requested":
+            if entry is None and len(known) < MAX_OTHER_RETURNS:
+                new = (ev.return_id, ev.reason.value, ev.preferred_resolution.value, True)
+                self.returns = (settled, remaining + 1, (*known, new))
+        elif (
+            entry is not None and entry[3] and (kind in _SETTLEMENTS or kind == "return_cancelled")
+        ):
+            done = tuple(o if o is not entry else (*o[:3], False) for o in known)
+            self.returns = (settled, max(remaining - 1, 0), done)
 
     @staticmethod
     def decode_returns(v: Any) -> str | ReturnsHeard | None:
@@ -675,13 +686,15 @@ class Settled:
         if v is None or isinstance(v, str):
             return v
         settled, remaining, known = v
-        return (settled, remaining, tuple(tuple(o) for o in known))
+        entries = tuple((o[0], o[1], o[2], len(o) < 4 or bool(o[3])) for o in known)
+        return (settled, remaining, entries)
 
 
 _HEARS_RETURNS = frozenset(
     {Outcome.KEPT, Outcome.RETURN_CANCELLED, Outcome.REFUND, Outcome.EXCHANGE, Outcome.STORE_CREDIT}
 )
 _SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
+_ENDINGS = _SETTLEMENTS | {"return_cancelled"}
 
 
 def case_upstreams(cfg: StageConfig) -> list[str]:

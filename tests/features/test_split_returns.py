@@ -80,7 +80,7 @@ def test_a_second_return_adds_to_the_first_and_the_first_settlement_closes_the_c
     assert _apply(case, graded) == ["graded"]
     assert case.abuse_flags == ("worn",) and case.grade == ""
     clean = _step("R1", "return_graded", 72, grade="A", abuse_flags=[])
-    assert _apply(case, clean) == ["graded"]
+    assert _apply(case, clean) == ["graded", "clean_grade"]  # (no abuse flag of its own)
     assert case.abuse_flags == ("worn",) and case.grade == "A"
     # R1's refund settles the case; R2 stays what a settled case hears later
     assert _apply(case, _refund("R1", 80, 40.0)) == ["outcome", "closed"]
@@ -219,3 +219,58 @@ def test_any_interleaving_of_two_returns_keeps_the_case_consistent(
         assert case.return_id in state
         if case.return_open():
             assert case.return_units == sum(qty[r] for r, v in state.items() if v == "open")
+
+
+def test_a_cancellation_of_a_return_the_case_does_not_know_changes_nothing() -> None:
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 2))
+    assert _apply(case, _step("R9", "return_cancelled", 13)) == []
+    assert (case.return_id, case.return_units, case.return_open()) == ("R1", 3, True)
+    assert _apply(case, _refund("R1", 20, 40.0)) == ["outcome", "closed"]
+    assert (case.return_id, case.refunded_amount) == ("R1", 40.0)
+
+
+def test_a_cancelled_other_return_still_settles_if_money_moves() -> None:
+    """A refund of a cancelled other return is not dropped: it settles the case."""
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 2))
+    _apply(case, _step("R2", "return_cancelled", 13))
+    assert _apply(case, _refund("R2", 20, 80.0)) == ["outcome", "closed"]
+    assert (case.return_id, case.refunded_amount, case.outcome) == ("R2", 80.0, Outcome.REFUND)
+
+
+def test_asking_again_for_a_cancelled_other_return_after_the_first_was_cancelled_reopens() -> None:
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 2))
+    _apply(case, _step("R2", "return_cancelled", 13))
+    _apply(case, _step("R1", "return_cancelled", 14))
+    assert not case.return_open() and case.outcome is Outcome.RETURN_CANCELLED
+    assert _apply(case, {**_request("R2", 15, 2), "event_id": "R2-again"}) == ["return_requested"]
+    assert (case.return_id, case.return_units, case.return_open()) == ("R2", 2, True)
+    assert case.outcome is None and case.other_closed == ()
+
+
+def test_three_returns_hand_over_in_turn_with_their_units() -> None:
+    case = _delivered(6)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 2))
+    _apply(case, _request("R3", 14, 3))
+    assert case.return_units == 6
+    _apply(case, _step("R1", "return_cancelled", 15))
+    assert (case.return_id, case.return_units) == ("R2", 5)
+    _apply(case, _step("R2", "return_cancelled", 16))
+    assert (case.return_id, case.return_units, case.return_open()) == ("R3", 3, True)
+
+
+def test_other_returns_are_bounded() -> None:
+    from salvage.features.order_case import MAX_OTHER_RETURNS
+
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    for i in range(MAX_OTHER_RETURNS + 5):
+        _apply(case, {**_request(f"X{i}", 11, 1), "event_id": f"x{i}"})
+    assert len(case.other_returns) == MAX_OTHER_RETURNS
+    assert case.return_units == 1 + MAX_OTHER_RETURNS

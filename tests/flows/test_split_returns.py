@@ -100,7 +100,7 @@ def test_the_other_returns_events_after_the_close_are_late_facts(
     case, ctx, _model, dead, kpi = _run(_two_parcels(reason), _cfg())
     # only R1's second refund is refused: the case settled with R1
     assert [(d.kind.value, d.event_id) for d in dead] == [("unknown_order", "R1-refund-again")]
-    assert case.settled["o1"].returns == ("R1", 0, ())  # R2 heard to its settlement
+    assert case.settled["o1"].returns == ("R1", 0, (("R2", reason, "refund", False),))
     c = ctx.customers["c1"]
     assert (c.returns, c.not_received_claims) == (2, claims)  # both requests, before the close
     assert (c.refunds, c.refunded_value) == (2, 120.0)  # R1's at the close, R2's as a late fact
@@ -223,7 +223,11 @@ def test_the_other_returns_and_the_settled_return_id_survive_a_snapshot() -> Non
         if cut == 4:
             assert half.cases["o1"].other_returns == (("R2", 1, "not_received", "refund"),)
         else:
-            assert half.settled["o1"].returns == ("R1", 1, (("R2", "not_received", "refund"),))
+            assert half.settled["o1"].returns == (
+                "R1",
+                1,
+                (("R2", "not_received", "refund", True),),
+            )
         header, entries = StageState(half).full()
         loaded = CaseStage(0, cfg)
         StageState(loaded).load(header, entries, cfg)
@@ -267,8 +271,9 @@ def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, t
         ("unknown_order", "R1-refund-again")
     ]
     prom = (out_dir / "metrics.prom").read_text()
-    assert _metric(prom, "salvage_refunded_total") == 120.0
-    assert _metric(prom, "salvage_refunded_by_basis_total", basis="not_received") == 60.0
+    assert _metric(prom, "salvage_refunded_total", currency="EUR") == 120.0
+    late = {"basis": "not_received", "currency": "EUR"}
+    assert _metric(prom, "salvage_refunded_by_basis_total", **late) == 60.0
     assert _metric(prom, "salvage_settled_facts_total", stream="returns") == 3.0
 
 
@@ -320,5 +325,70 @@ def test_a_settled_record_from_before_returns_were_heard_hears_none() -> None:
     assert old.returns is None
     again = EVENT_ADAPTER.validate_json(json.dumps(_refund("R1", "2026-03-13T10:00:00Z", 60.0)))
     assert not old.hears(again)
-    new = record.decoder(None)([*record.encode(old)[:-1], ("R1", 1, [["R2", "fit", "refund"]])])
-    assert new.returns == ("R1", 1, (("R2", "fit", "refund"),)) and not new.hears(again)
+    stored = ("R1", 1, [["R2", "fit", "refund", True]])  # (as msgpack gives it back)
+    new = record.decoder(None)([*record.encode(old)[:-1], stored])
+    assert new.returns == ("R1", 1, (("R2", "fit", "refund", True),)) and not new.hears(again)
+
+
+def test_a_settled_case_keeps_its_other_returns_reasons_and_counts() -> None:
+    """After the close: a second refund of another return keeps its reason's basis, and so does
+    one after its cancellation; its request repeated is counted once; a refund naming no return
+    when none is open, or repeating the settling return's id, is a dead letter; a late exchange
+    counts as a retained return."""
+    docs = _two_parcels("damaged")[:5]  # R1 and R2 requested, R1's refund settles the case
+    docs += [
+        _refund("R2", "2026-03-12T10:00:00Z", 30.0),
+        {**_refund("R2", "2026-03-12T11:00:00Z", 30.0), "event_id": "R2-refund-2"},
+        {**_request("R2", "2026-03-12T12:00:00Z"), "event_id": "R2-req-again"},
+        {
+            **_refund("R2", "2026-03-12T13:00:00Z", 5.0),
+            "event_id": "R2-refund-3",
+            "return_id": None,
+        },
+        _request("R3", "2026-03-13T10:00:00Z"),
+        event("R3-x", "exchange_completed", "o1", "2026-03-14T10:00:00Z", return_id="R3"),
+    ]
+    case, ctx, _model, dead, kpi = _run(docs, _cfg())
+    assert [d.event_id for d in dead] == ["R2-refund-3"]  # no id, nothing open any more
+    c = ctx.customers["c1"]
+    assert (c.returns, c.refunds, c.refunded_value, c.retained_returns) == (3, 3, 120.0, 1)
+    late = [k for k in kpi if k["kind"] == "settled"]
+    assert _kpi_deltas(late, ("damaged", "late_return")) == [60.0, 0.0, 60.0]
+    known = case.settled["o1"].returns
+    assert known == (
+        "R1",
+        0,
+        (("R2", "damaged", "refund", False), ("R3", "too_small", "refund", False)),
+    )
+
+
+def test_a_refund_of_a_return_never_requested_settles_with_its_id() -> None:
+    again = {**_refund("R1", "2026-03-10T10:00:00Z", 60.0), "event_id": "R1-refund-again"}
+    docs = [*_two_parcels()[:2], _refund("R1", "2026-03-09T10:00:00Z", 60.0), again]
+    case, ctx, _model, dead, _kpi = _run(docs, _cfg())
+    assert case.settled["o1"].returns == "R1"
+    assert [d.event_id for d in dead] == ["R1-refund-again"]
+    assert ctx.customers["c1"].refunded_value == 60.0
+
+
+@pytest.mark.parametrize("first", ["R1", "R2"])
+def test_each_parcel_gets_its_own_disposition_and_flags_count_once(tmp_path, first) -> None:
+    """The other return's grade decides its own disposition; the customer's abuse-flag count is
+    one (R2's worn) whichever grade comes first."""
+    grades = {
+        "R1": event("R1-grade", "return_graded", "o1", "", return_id="R1", grade="A"),
+        "R2": event("R2-grade", "return_graded", "o1", "", return_id="R2", grade="dispose",
+                    abuse_flags=["worn"]),
+    }  # fmt: skip
+    order = [first, "R2" if first == "R1" else "R1"]
+    docs = _two_parcels("too_small")[:4]
+    for hour, rid in zip((10, 11), order, strict=True):
+        docs.append({**grades[rid], "occurred_at": f"2026-03-08T{hour}:00:00Z"})
+    log = tmp_path / "two.jsonl"
+    log.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    run_file_flow([log], tmp_path / "out")
+    dispositions = jsonl((tmp_path / "out" / "dispositions.jsonl").read_bytes())
+    assert sorted(d["grade"] for d in dispositions) == ["A", "dispose"], dispositions
+    case, ctx, _model, _dead, _kpi = _run(docs, _cfg())
+    assert ctx.customers["c1"].abuse_flags == 1
+    assert case.cases["o1"].abuse_flags == ("worn",)
