@@ -125,6 +125,9 @@ class ReturnState:
 
 
 RETURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReturnState))
+MAX_OTHER_RETURNS = 16  # other returns of one order a case keeps (open, and cancelled)
+# the events that settle a return (and close its case)
+SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
 NO_RETURN = ReturnState()  # what a case without a ReturnState reads (never written)
 
 
@@ -400,15 +403,12 @@ class OrderCase:
     def _returns(self, ev, t: int) -> list[str]:
         kind = ev.event_type
         if kind == "return_requested":
+            assert isinstance(ev, ReturnRequested)
             if ev.return_id != self.return_id and self.return_open():
                 return self._other_return(ev, t)  # (the case is open: apply returns early)
-        elif self.is_other_return(ev):
-            return self._other_return(ev, t)
-        if kind == "return_requested":
-            assert isinstance(ev, ReturnRequested)
             ret = self.ret
             if ret is not None and ret.other_closed:  # a cancelled other return, asked again
-                ret.other_closed = tuple(o for o in ret.other_closed if o[0] != ev.return_id)
+                ret.other_closed = _without(ret.other_closed, ev.return_id)
             if self.outcome is Outcome.RETURN_CANCELLED and self.status is not Status.CLOSED:
                 # a new return after a cancelled one: the case's return is open again (else it
                 # would be treated as resolved, and close as cancelled with the new one pending)
@@ -423,6 +423,8 @@ class OrderCase:
             others = self.ret.other_returns if self.ret is not None else ()
             self._set_return_units(sum(i.qty for i in ev.items) + sum(o[1] for o in others))
             return ["return_requested"]
+        if self.is_other_return(ev):
+            return self._other_return(ev, t)
         if kind == "return_label_issued":
             assert isinstance(ev, ReturnLabelIssued)
             self.label_issued_at = t
@@ -443,7 +445,7 @@ class OrderCase:
             # (a clean grade is not an abuse flag for the customer's history, whatever the other
             # returns' grades flagged)
             return ["graded", "clean_grade"] if kept and not flags else ["graded"]
-        if kind in ("refund_issued", "exchange_completed", "store_credit_issued"):
+        if kind in SETTLEMENTS:
             return self._resolve(ev, t)
         if kind == "return_cancelled":
             assert isinstance(ev, ReturnCancelled)
@@ -453,10 +455,8 @@ class OrderCase:
                 # Its progress so far was not followed: its journey announces its next stages,
                 # and raises no alerts (they would be judged on progress it does not know)
                 (rid, units, reason, resolution), *rest = ret.other_returns
-                own_units = ret.return_units - sum(o[1] for o in ret.other_returns)
-                own = (ret.return_id, own_units, ret.return_reason, ret.preferred_resolution)
+                ret.other_closed = (*ret.other_closed, _own_entry(ret))[-MAX_OTHER_RETURNS:]
                 ret.other_returns = tuple(rest)
-                ret.other_closed = (*ret.other_closed, own)[-MAX_OTHER_RETURNS:]
                 ret.return_id, ret.return_reason, ret.preferred_resolution = rid, reason, resolution
                 self._set_return_units(units + sum(o[1] for o in rest))
                 ret.label_issued_at = ret.received_at = ret.graded_at = 0
@@ -514,7 +514,7 @@ class OrderCase:
                 return []  # a repeated request of that return (or one too many: bounded state)
             units = sum(i.qty for i in ev.items)
             reason = ev.reason.value
-            ret.other_closed = tuple(o for o in ret.other_closed if o[0] != rid)  # asked again
+            ret.other_closed = _without(ret.other_closed, rid)  # asked again
             ret.other_returns = (
                 *ret.other_returns,
                 (rid, units, reason, ev.preferred_resolution.value),
@@ -524,16 +524,16 @@ class OrderCase:
             # request's own "not received" claim by its change code)
             claim = ["not_received_claim"] if reason == "not_received" else []
             return ["return_requested", "other_return", *claim]
-        settles = kind in ("refund_issued", "exchange_completed", "store_credit_issued")
+        settles = kind in SETTLEMENTS
         if entry is None:
             # a cancelled other return: only its settlement counts (money moved after all)
             entry = next((o for o in ret.other_closed if o[0] == rid), None)
             if entry is None or not settles:
                 return []
-            ret.other_closed = tuple(o for o in ret.other_closed if o[0] != rid)
+            ret.other_closed = _without(ret.other_closed, rid)
             ret.other_returns = (*ret.other_returns, (entry[0], 0, entry[2], entry[3]))
         if kind == "return_cancelled":
-            ret.other_returns = tuple(o for o in ret.other_returns if o[0] != rid)
+            ret.other_returns = _without(ret.other_returns, rid)
             ret.other_closed = (*ret.other_closed, entry)[-MAX_OTHER_RETURNS:]
             self._set_return_units(ret.return_units - entry[1])
             return ["return_progress"]
@@ -551,8 +551,7 @@ class OrderCase:
         if settles:
             # the other return settles first: the case settles with it, and its own return is
             # now the other one (open: heard after the close)
-            own_units = ret.return_units - sum(o[1] for o in ret.other_returns)
-            own = (ret.return_id, own_units, ret.return_reason, ret.preferred_resolution)
+            own = _own_entry(ret)
             ret.other_returns = tuple(o if o[0] != rid else own for o in ret.other_returns)
             ret.return_id, _, ret.return_reason, ret.preferred_resolution = entry
             return self._resolve(ev, t)
@@ -886,7 +885,19 @@ _AT = _CORE.index("wismo_after_delivered") + 1
 STATE_FIELDS: tuple[str, ...] = (*_CORE[:_AT], *RETURN_FIELDS, *_CORE[_AT:])
 
 _WEEK_US = 7 * DAY_US
-MAX_OTHER_RETURNS = 16  # other returns of one order a case keeps (open, and cancelled)
+
+ReturnEntry = tuple[str, int, str, str]  # another return: (id, units, reason, resolution)
+
+
+def _own_entry(ret: ReturnState) -> ReturnEntry:
+    """The return a case follows, as an entry of ``other_returns`` (its units: the case's less
+    the other returns')."""
+    units = ret.return_units - sum(o[1] for o in ret.other_returns)
+    return (ret.return_id, units, ret.return_reason, ret.preferred_resolution)
+
+
+def _without(entries: tuple[ReturnEntry, ...], return_id: str) -> tuple[ReturnEntry, ...]:
+    return tuple(o for o in entries if o[0] != return_id)
 
 
 def shared(label: str) -> str:

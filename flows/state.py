@@ -209,6 +209,11 @@ def _tuple(v: Any) -> tuple:
     return tuple(v)
 
 
+def _tuples(v: Any) -> tuple:
+    """A tuple of tuples (msgpack gives lists of lists back)."""
+    return tuple(map(tuple, v))
+
+
 CASE = Record(
     OrderCase,
     {
@@ -221,9 +226,9 @@ CASE = Record(
         ),
         "seen": _tuple,
         "abuse_flags": _tuple,
-        "other_returns": lambda v: tuple(tuple(o) for o in v),
+        "other_returns": _tuples,
         "other_flags": _tuple,
-        "other_closed": _tuple,
+        "other_closed": _tuples,
     },
     STATE_FIELDS,  # (the ReturnState fields among them, as attributes of the case)
     OrderCase.of,

@@ -8,7 +8,7 @@ import time
 import zlib
 from array import array
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from salvage.connectors.events import STREAM_OF, Stream
 from salvage.connectors.outputs import (
@@ -20,7 +20,14 @@ from salvage.connectors.parse import RawRecord, dead_letter
 from salvage.fastpickle import slot_maker
 from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
-from salvage.features.order_case import MAX_OTHER_RETURNS, NO_RETURN, OrderCase, Outcome, Status
+from salvage.features.order_case import (
+    MAX_OTHER_RETURNS,
+    NO_RETURN,
+    SETTLEMENTS,
+    OrderCase,
+    Outcome,
+    Status,
+)
 from salvage.flows.items import Overdue
 from salvage.flows.messages import CaseView, Emit, InferredContact, Route
 from salvage.flows.stages.base import (
@@ -297,10 +304,10 @@ class CaseStage(_Stage):
                 changes.append("late_refund")
                 if entry is not None:  # its reason decides the leakage basis (sinks/leakage.py)
                     returned = {"return_reason": entry[1], "preferred_resolution": entry[2]}
-            elif kind in ("exchange_completed", "store_credit_issued"):
+            elif kind in SETTLEMENTS:  # an exchange, a store credit
                 changes.append("late_retained")
             # (a label, the parcel's progress, a cancellation: counted only)
-            rec.heard(ev)
+            rec.heard(ev, entry)
         else:  # review_resolved
             if not rec.verdict:
                 rec.verdict = ev.verdict.value
@@ -507,7 +514,7 @@ class CaseStage(_Stage):
         # (another return's grade: its own grade decides its disposition)
         grade = ev.grade.value if other and kind == "return_graded" else None
         self._emit_view(case, t, ev.event_id, changes, out, grade)
-        if kind in _RETURNS_EVENTS and not (other or case.is_other_return(ev)):
+        if kind in _RETURNS_EVENTS and not other:
             self._journey(case, ev, t)
         if (kind == "carrier_scan" or kind == "order_shipped") and (
             case.lane != "unknown" and case.promised_at
@@ -623,7 +630,7 @@ class Settled:
     def _returns_of(case: OrderCase, ev: Any) -> str | ReturnsHeard | None:
         if not case.delivered_at or case.outcome not in _HEARS_RETURNS:
             return None
-        settling = ev is not None and ev.event_type in _SETTLEMENTS
+        settling = ev is not None and ev.event_type in SETTLEMENTS
         ret = case.ret
         if ret is None or not ret.other_returns:
             # (a refund of a return never requested settles with that return's id)
@@ -635,48 +642,48 @@ class Settled:
             return (None, len(others), (own, *others))
         return (ret.return_id, len(others), others)
 
+    def _heard(self) -> ReturnsHeard | None:
+        """``returns`` as (settled return id, settlements to come, other returns known)."""
+        info = self.returns
+        return (info, 0, ()) if isinstance(info, str) else info
+
     def hears(self, ev: Any) -> bool:
         """Is ``ev`` (a returns event) one of another return than the one the case settled with?
         (A settlement naming no return is, while other returns' settlements are to come.)"""
-        info = self.returns
-        if info is None:
+        heard = self._heard()
+        if heard is None:
             return False
+        settled, remaining, _ = heard
         rid = getattr(ev, "return_id", None)
-        if type(info) is str:
-            return rid is not None and rid != info
-        settled, remaining, _ = cast(ReturnsHeard, info)
         if rid is None:
-            return ev.event_type in _SETTLEMENTS and remaining > 0
+            return ev.event_type in SETTLEMENTS and remaining > 0
         return rid != settled
 
     def other_return(self, ev: Any) -> tuple[str, str, str, bool] | None:
         """The known other return ``ev`` is of: (id, reason, preferred resolution, still open),
         or None. A settlement naming no return: the first one still open."""
-        info = self.returns
-        if type(info) is not tuple:
+        heard = self._heard()
+        if heard is None:
             return None
         rid = getattr(ev, "return_id", None)
-        known = info[2]
         if rid is None:
-            return next((o for o in known if o[3]), None)
-        return next((o for o in known if o[0] == rid), None)
+            return next((o for o in heard[2] if o[3]), None)
+        return next((o for o in heard[2] if o[0] == rid), None)
 
-    def heard(self, ev: Any) -> None:
+    def heard(self, ev: Any, entry: tuple[str, str, str, bool] | None) -> None:
         """Keep track of another return's request (its reason), settlement or cancellation (its
-        reason is kept: a second refund of it still has its basis)."""
-        info = self.returns
-        if info is None:
+        reason is kept: a second refund of it still has its basis); ``entry``: its
+        :meth:`other_return`."""
+        heard = self._heard()
+        if heard is None:
             return
-        settled, remaining, known = (info, 0, ()) if isinstance(info, str) else info
+        settled, remaining, known = heard
         kind = ev.event_type
-        entry = self.other_return(ev)
         if kind == "return_requested":
             if entry is None and len(known) < MAX_OTHER_RETURNS:
                 new = (ev.return_id, ev.reason.value, ev.preferred_resolution.value, True)
                 self.returns = (settled, remaining + 1, (*known, new))
-        elif (
-            entry is not None and entry[3] and (kind in _SETTLEMENTS or kind == "return_cancelled")
-        ):
+        elif entry is not None and entry[3] and kind in _ENDINGS:
             done = tuple(o if o is not entry else (*o[:3], False) for o in known)
             self.returns = (settled, max(remaining - 1, 0), done)
 
@@ -693,8 +700,7 @@ class Settled:
 _HEARS_RETURNS = frozenset(
     {Outcome.KEPT, Outcome.RETURN_CANCELLED, Outcome.REFUND, Outcome.EXCHANGE, Outcome.STORE_CREDIT}
 )
-_SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
-_ENDINGS = _SETTLEMENTS | {"return_cancelled"}
+_ENDINGS = SETTLEMENTS | {"return_cancelled"}
 
 
 def case_upstreams(cfg: StageConfig) -> list[str]:

@@ -274,3 +274,23 @@ def test_other_returns_are_bounded() -> None:
         _apply(case, {**_request(f"X{i}", 11, 1), "event_id": f"x{i}"})
     assert len(case.other_returns) == MAX_OTHER_RETURNS
     assert case.return_units == 1 + MAX_OTHER_RETURNS
+
+
+def test_the_other_returns_survive_the_recovery_codec_as_they_were() -> None:
+    """Open and cancelled other returns, and their flags, round-trip through recovery state
+    (msgpack) as the same tuples: a restored case equals the original."""
+    import msgpack
+
+    from salvage.flows.state import CASE
+
+    case = _delivered(3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, _request("R2", 12, 1))
+    _apply(case, _request("R3", 13, 1))
+    _apply(case, _step("R2", "return_graded", 14, grade="B", abuse_flags=["worn"]))
+    _apply(case, _step("R2", "return_cancelled", 15))
+    assert case.other_returns and case.other_closed and case.other_flags
+    stored = msgpack.unpackb(msgpack.packb(CASE.encode(case)))
+    restored = CASE.decoder(None)(stored)
+    assert restored == case
+    assert restored.other_closed == (("R2", 1, "too_small", "refund"),)
