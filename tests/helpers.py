@@ -166,3 +166,25 @@ def start_follow(salvage_cli: Any, bootstrap: str, settings: Any, log: Any, out_
         "run", "--follow", "--shards", "4", "--redis-url", "", "--no-summary",
         "--out-dir", str(out_dir), env=env,
     )  # fmt: skip
+
+
+def drain_when(proc: Any, settings: Any, topic: str, enough: Any, timeout_s: float = 90) -> list:
+    """Read ``topic`` (JSON values) until ``enough(messages)``, then SIGTERM ``proc`` (a
+    ``salvage_cli`` process: it drains, so what it wrote is complete) and wait for its exit 0;
+    returns the messages read."""
+    import signal
+    import time
+
+    reader = topic_reader(settings, topic)
+    got: list[dict] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not enough(got):
+            assert time.monotonic() < deadline, got
+            assert proc.poll() is None, proc.err_path.read_text()
+            got += [json.loads(m.value()) for m in reader.consume(100, 0.2) if not m.error()]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
+    finally:
+        reader.close()
+    return got

@@ -7,18 +7,16 @@ checks the state machine alone."""
 from __future__ import annotations
 
 import json
-import signal
-import time
 from pathlib import Path
 
 from tests.flowkit import jsonl, run_file_flow
 from tests.helpers import (
+    drain_when,
     event,
     kafka_settings,
     order_placed,
     read_to_end,
     start_follow,
-    topic_reader,
 )
 
 
@@ -86,18 +84,9 @@ def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, t
     )
     out_dir = tmp_path / "kafka-out"
     proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, _log(tmp_path), out_dir)
-    reader = topic_reader(settings, settings.topics.status_updates)
-    updates: list[dict] = []
-    try:
-        deadline = time.monotonic() + 90
-        while len(updates) < len(STAGES):  # the refund's update comes last
-            assert time.monotonic() < deadline, updates
-            assert proc.poll() is None, proc.err_path.read_text()
-            updates += [json.loads(m.value()) for m in reader.consume(100, 0.2) if not m.error()]
-        proc.send_signal(signal.SIGTERM)  # drained: what it wrote is complete
-        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
-    finally:
-        reader.close()
+    topic = settings.topics.status_updates
+    # the refund's update comes last
+    updates = drain_when(proc, settings, topic, lambda got: len(got) >= len(STAGES))
     updates.sort(key=lambda u: u["occurred_at"])  # (one per partition order across partitions)
     outcomes = jsonl((out_dir / "outcomes.jsonl").read_bytes())
     _check(outcomes, updates, read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5))

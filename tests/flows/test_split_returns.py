@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -20,13 +18,13 @@ from salvage.sinks import kpis
 from tests.flowkit import jsonl, run_file_flow
 from tests.flows.test_settled import _cfg, _run
 from tests.helpers import (
+    drain_when,
     event,
     kafka_settings,
     metric_total,
     order_placed,
     read_to_end,
     start_follow,
-    topic_reader,
 )
 
 
@@ -254,18 +252,8 @@ def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, t
     log.write_text("".join(json.dumps(d) + "\n" for d in _two_parcels()))
     out_dir = tmp_path / "kafka-out"
     proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, out_dir)
-    reader = topic_reader(settings, settings.topics.dead_letters)
-    dead: list[dict] = []
-    try:
-        deadline = time.monotonic() + 90
-        while not dead:  # the log's last event (in event time) is the refused refund
-            assert time.monotonic() < deadline
-            assert proc.poll() is None, proc.err_path.read_text()
-            dead += [json.loads(m.value()) for m in reader.consume(100, 0.2) if not m.error()]
-        proc.send_signal(signal.SIGTERM)  # drained: the metrics snapshot is complete
-        assert proc.wait(timeout=30) == 0, proc.err_path.read_text()
-    finally:
-        reader.close()
+    # the log's last event (in event time) is the refused refund: once it is out, drain
+    dead = drain_when(proc, settings, settings.topics.dead_letters, bool)
     dead += read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5)[len(dead) :]
     assert [(d["kind"], json.loads(base64.b64decode(d["raw_b64"]))["event_id"]) for d in dead] == [
         ("unknown_order", "R1-refund-again")
