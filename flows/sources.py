@@ -719,8 +719,9 @@ class _EndOffsets:
     ``(sent, offsets)``: the monotonic time the query was sent and the (low, high) offsets
     (``None``: the broker did not answer). :meth:`answer` gives the newest one if it was sent at
     or after a given time, else ``None`` (ask again). At 2,000 events/s on 16 partitions the
-    synchronous checks held the worker 28% of its time (README "Performance"). The thread starts
-    with the first question and ends when the last partition of the process closes."""
+    synchronous checks held the worker 28% of its time (docs/issue-15-passes.md, third pass).
+    The thread starts with the first question and ends when the last partition of the process
+    closes."""
 
     def __init__(self, conf: dict) -> None:
         self._conf = conf
@@ -817,10 +818,10 @@ class _Pace:
     most ``budget_s / cost`` messages (at least :data:`MIN_PACED_READ`), so a backlog is worked
     off in batches of about ``budget_s`` each. ``budget_s`` 0: no time bound.
 
-    Measured (README "Performance"): no difference at 2,000 or 10,000 events/s within the noise
-    of a shared machine (batches there are small, or the worker is saturated either way). A
-    variant that shared the budget among the partitions with data (a whole round in
-    ``budget_s``) cut what one worker kept up with at 10,000 events/s from ~6,250 to ~4,500
+    Measured (docs/issue-15-passes.md, first pass): no difference at 2,000 or 10,000 events/s
+    within the noise of a shared machine (batches there are small, or the worker is saturated
+    either way). A variant that shared the budget among the partitions with data (a whole round
+    in ``budget_s``) cut what one worker kept up with at 10,000 events/s from ~6,250 to ~4,500
     events/s: per-round costs (a tick per partition through every stage) grow with the rounds."""
 
     def __init__(self, budget_s: float, max_batch: int, clock=time.thread_time) -> None:
