@@ -369,7 +369,13 @@ _TEXTS: dict[str, tuple[str, ...]] = {
 }
 # ---- the "realistic-text" variant: real-style phrasing (colloquial, misspelled, mixed-intent,
 # only half labelled), drawn from its own random stream so the rest of the log is unchanged
-VARIANTS: tuple[str, ...] = ("bracketing-unflagged", "realistic-text", "split-returns")
+VARIANTS: tuple[str, ...] = (
+    "bracketing-unflagged",
+    "realistic-text",
+    "split-returns",
+    "goodwill",
+    "split-refunds",
+)
 # split-returns: a customer sending back two or more units of an order (a return that is
 # received, graded and settled) sends them in two parcels, two returns of one order: the first
 # unit as requested, the rest requested SPLIT_DELAY_DAYS later (so the second return is still open
@@ -377,6 +383,20 @@ VARIANTS: tuple[str, ...] = ("bracketing-unflagged", "realistic-text", "split-re
 # settlement; refunds and store credit split by units (their total as without the variant)
 SPLIT_RETURN_PROB = 0.6
 SPLIT_DELAY_DAYS = (0.5, 12.0)
+# goodwill: a brand that says sorry for a late parcel with money, the order kept: a parcel
+# delivered more than GOODWILL_LATE_HOURS after its promise gets, with GOODWILL_PROB, a refund or a
+# store credit naming no return (GOODWILL_SHARE of the order's value) GOODWILL_AFTER_HOURS after
+# delivery, when no return was requested (and nothing settled) by then
+GOODWILL_PROB = 0.5
+GOODWILL_LATE_HOURS = 24.0
+GOODWILL_SHARE = (0.05, 0.2)
+GOODWILL_AFTER_HOURS = (2.0, 36.0)
+# split-refunds: a return's refund paid in two parts (the item, then the shipping fee or a
+# correction): with SPLIT_REFUND_PROB, a refund naming a return keeps SPLIT_REFUND_FIRST of its
+# amount, and the rest comes SPLIT_REFUND_DELAY_DAYS later under a new event id (same return)
+SPLIT_REFUND_PROB = 0.5
+SPLIT_REFUND_FIRST = (0.6, 0.95)
+SPLIT_REFUND_DELAY_DAYS = (0.5, 5.0)
 _SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
 _ENVELOPE = frozenset({"event_id", "event_type", "occurred_at", "order_id", "schema_version"})
 REALISTIC_INTENT_MISSING_PROB = 0.5
@@ -520,6 +540,11 @@ def _day_str(day: int) -> str:
 
 
 _TIME_OF_DAY: list[str] = []  # "THH:MM:SSZ" for every second of a day, built on first use
+
+
+def _seconds(iso_time: str) -> int:
+    """An event's ISO time back as epoch seconds (what :func:`_iso` wrote)."""
+    return int(datetime.fromisoformat(iso_time).timestamp())
 
 
 def _iso(ts: int) -> str:
@@ -734,6 +759,10 @@ class _World:
         self.text_rng = random.Random(f"text-{seed}")
         self.split_returns = "split-returns" in variants
         self.split_rng = random.Random(f"split-{seed}")  # own stream, as text_rng
+        self.goodwill = "goodwill" in variants
+        self.goodwill_rng = random.Random(f"goodwill-{seed}")
+        self.split_refunds = "split-refunds" in variants
+        self.refund_rng = random.Random(f"split-refunds-{seed}")
         if orders < 0:
             raise ValueError("orders must be >= 0")
         start = DEFAULT_START if start is None else start
@@ -1827,6 +1856,10 @@ class _World:
     def _finish(self, st: _Story, truth: dict, final: int) -> _Story:
         if self.split_returns:
             self._split_return(st, truth)
+        if self.goodwill:
+            self._goodwill(st, truth)
+        if self.split_refunds:
+            self._split_refunds(st, truth)
         last = max(item[0] for item in st.items)
         final = max(final, last)
         truth["final_at"] = _iso(final)
@@ -1868,6 +1901,50 @@ class _World:
             occurred = int(datetime.fromisoformat(e["occurred_at"]).timestamp())
             st.add(occurred + shift, e["event_type"], fields, emit + shift)
         truth["split_return"] = rid2
+
+    def _goodwill(self, st: _Story, truth: dict) -> None:
+        """The goodwill variant (see :data:`GOODWILL_PROB`) on one order's story."""
+        events = [item[2] for item in st.items]
+        placed = next((e for e in events if e["event_type"] == "order_placed"), None)
+        delivered = next(
+            (e for e in events if e["event_type"] == "carrier_scan" and e["scan"] == "delivered"),
+            None,
+        )
+        if placed is None or delivered is None:
+            return
+        t_delivered = _seconds(delivered["occurred_at"])
+        late_h = (t_delivered - _seconds(placed["promised_delivery_at"])) / HOUR
+        rng = self.goodwill_rng
+        if late_h <= GOODWILL_LATE_HOURS or rng.random() >= GOODWILL_PROB:
+            return
+        t = t_delivered + int(rng.uniform(*GOODWILL_AFTER_HOURS) * HOUR)
+        ends = ("return_requested", "chargeback_filed", "order_cancelled", *_SETTLEMENTS)
+        if any(_seconds(e["occurred_at"]) <= t for e in events if e["event_type"] in ends):
+            return
+        value = round(sum(ln["qty"] * ln["unit_price"] for ln in placed["lines"]), 2)
+        amount = round(value * rng.uniform(*GOODWILL_SHARE), 2)
+        kind = "refund_issued" if rng.random() < 0.5 else "store_credit_issued"
+        st.add(t, kind, {"amount": amount, "currency": placed["currency"]})
+        truth["goodwill"] = {"kind": kind, "amount": amount}
+
+    def _split_refunds(self, st: _Story, truth: dict) -> None:
+        """The split-refunds variant (see :data:`SPLIT_REFUND_PROB`) on one order's story."""
+        rng = self.refund_rng
+        split = []
+        for emit, _, e in sorted(st.items, key=lambda item: item[:2]):
+            if e["event_type"] != "refund_issued" or "return_id" not in e or e["amount"] < 0.02:
+                continue
+            if rng.random() >= SPLIT_REFUND_PROB:
+                continue
+            amount = e["amount"]
+            e["amount"] = first = round(amount * rng.uniform(*SPLIT_REFUND_FIRST), 2)
+            rest = round(amount - first, 2)
+            shift = int(rng.uniform(*SPLIT_REFUND_DELAY_DAYS) * DAY)
+            fields = {"return_id": e["return_id"], "amount": rest, "currency": e["currency"]}
+            st.add(_seconds(e["occurred_at"]) + shift, "refund_issued", fields, emit + shift)
+            split.append({"return_id": e["return_id"], "amounts": [first, rest]})
+        if split:
+            truth["split_refunds"] = split
 
     # ------------------------------------------------------------ the merged stream
 

@@ -283,6 +283,42 @@ RETURN_RECOVERY = Dashboard(
             ),
         ),
         Row(
+            "Goodwill: money paid to keep an order (no return)",
+            (
+                Panel(
+                    "Goodwill paid, by kind",
+                    (
+                        Target(
+                            f"sum by (kind, currency) ({inc('salvage_goodwill_total')})",
+                            "{{kind}} ({{currency}})",
+                        ),
+                    ),
+                    kind="bargauge",
+                    decimals=0,
+                    description="Refunds and store credit naming no return, paid while no "
+                    "return was open and at most half the order's value (an apology for a late "
+                    "parcel): the order is kept. Counted when the case closes. The refunds are "
+                    "also in the refunded value (basis goodwill), never in refund leakage.",
+                    width=12,
+                ),
+                Panel(
+                    "Goodwill by courier lane (top 10)",
+                    (
+                        Target(
+                            top10(
+                                f"sum by (lane, currency) ({inc('salvage_goodwill_total')})",
+                                True,
+                            ),
+                            "{{lane}} ({{currency}})",
+                        ),
+                    ),
+                    kind="bargauge",
+                    decimals=0,
+                    width=12,
+                ),
+            ),
+        ),
+        Row(
             "Return journey: status updates and warehouse breakages",
             (
                 Panel(

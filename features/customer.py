@@ -81,6 +81,8 @@ class CustomerContext:
             elif change == "late_refund":  # another return's, after the case settled
                 self.refunds += 1
                 self.refunded_value += view.refunded_amount
+            elif change == "topup_refund":  # the settled refund's second payment: money only
+                self.refunded_value += view.refunded_amount
             elif change == "late_retained":  # another return exchanged / credited, after it
                 self.retained_returns += 1
             elif (
@@ -182,6 +184,7 @@ _OBSERVED = frozenset(
         "graded",
         "chargeback",
         "late_refund",
+        "topup_refund",
         "late_retained",
         "reviewed",
         "closed",

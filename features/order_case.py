@@ -122,12 +122,21 @@ class ReturnState:
     other_returns: tuple[tuple[str, int, str, str], ...] = ()
     other_flags: tuple[str, ...] = ()
     other_closed: tuple[tuple[str, int, str, str], ...] = ()
+    # goodwill paid while no return was open (see OrderCase._goodwill): cash refunds and store
+    # credit, in the case's currency units; the case stays open
+    goodwill_refunded: float = 0.0
+    goodwill_credit: float = 0.0
 
 
 RETURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReturnState))
 MAX_OTHER_RETURNS = 16  # other returns of one order a case keeps (open, and cancelled)
 # the events that settle a return (and close its case)
 SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
+# A refund or store credit that names no return, while no return is open, and brings what the
+# order got as goodwill to at most this share of its value is goodwill (an apology for a late
+# parcel, "keep it, here is 20% back"): the order is kept, the case stays open. More than that
+# (a lost parcel refunded in full) settles the case, as it did before.
+GOODWILL_MAX_SHARE = 0.5
 NO_RETURN = ReturnState()  # what a case without a ReturnState reads (never written)
 
 
@@ -258,6 +267,8 @@ class OrderCase:
         other_returns: tuple[tuple[str, int, str, str], ...] = ()
         other_flags: tuple[str, ...] = ()
         other_closed: tuple[tuple[str, int, str, str], ...] = ()
+        goodwill_refunded: float = 0.0
+        goodwill_credit: float = 0.0
 
     @classmethod
     def of(cls, order_id: str, **values: Any) -> OrderCase:
@@ -446,6 +457,8 @@ class OrderCase:
             # returns' grades flagged)
             return ["graded", "clean_grade"] if kept and not flags else ["graded"]
         if kind in SETTLEMENTS:
+            if kind != "exchange_completed" and self._goodwill(ev):
+                return ["goodwill"]
             return self._resolve(ev, t)
         if kind == "return_cancelled":
             assert isinstance(ev, ReturnCancelled)
@@ -556,6 +569,21 @@ class OrderCase:
             ret.return_id, _, ret.return_reason, ret.preferred_resolution = entry
             return self._resolve(ev, t)
         return []  # received, in transit: the case follows its first return's progress
+
+    def _goodwill(self, ev: RefundIssued | StoreCreditIssued) -> bool:
+        """Is this refund or store credit goodwill (:data:`GOODWILL_MAX_SHARE`)? If so, it is
+        added to the case's goodwill (the case stays open; its KPIs count it at close)."""
+        value = self.order_value
+        if ev.return_id is not None or self.return_open() or not value:
+            return False
+        paid = round(self.goodwill_refunded + self.goodwill_credit + ev.amount, 2)
+        if paid > round(GOODWILL_MAX_SHARE * value, 2):
+            return False
+        if ev.event_type == "refund_issued":
+            self.goodwill_refunded = round(self.goodwill_refunded + ev.amount, 2)
+        else:
+            self.goodwill_credit = round(self.goodwill_credit + ev.amount, 2)
+        return True
 
     def _resolve(self, ev, t: int) -> list[str]:
         """A refund, an exchange or a store credit: the case's outcome (it closes)."""
@@ -713,6 +741,8 @@ class OrderCase:
             "abuse_flags": list(self.abuse_flags),
             "refunded_amount": self.refunded_amount,
             "refund_at": self.refund_at,
+            "goodwill_refunded": self.goodwill_refunded,
+            "goodwill_credit": self.goodwill_credit,
             "outcome": self.outcome.value if self.outcome else None,
             "closed_at": self.closed_at,
             "review_verdict": self.review_verdict,

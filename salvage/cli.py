@@ -235,7 +235,9 @@ def generate(
             "truth still says abuse) | realistic-text (real-style support phrasing, misspelled "
             "and mixed-intent, half labelled) | split-returns (two or more units sent back in "
             "two parcels: two returns of one order, the second still open at the first one's "
-            "refund or coming after it)",
+            "refund or coming after it) | goodwill (a refund or store credit naming no return "
+            "for a late parcel, the order kept) | split-refunds (a return's refund paid in two "
+            "parts, days apart)",
         ),
     ] = None,
 ) -> None:

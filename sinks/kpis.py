@@ -34,6 +34,11 @@ in seconds). ``D`` = ``campaign, sku_family, lane``:
 ``salvage_refunded_by_basis_total``         value refunded by leakage basis (why it is or is not
                                             leakage; :data:`~salvage.sinks.leakage.BASES`)
                                             {currency, basis}
+``salvage_goodwill_total``                  goodwill paid on closed cases while the order was kept
+                                            (refunds and store credit naming no return, see
+                                            ``OrderCase._goodwill``; the refunds are also in
+                                            ``salvage_refunded_total``, basis ``goodwill``)
+                                            {currency, kind, D}
 ``salvage_returns_total``                   closed cases with a return request {reason, D,
                                             support_reason}
 ``salvage_return_cost_total``               fully loaded cost of returns {currency, component,
@@ -231,6 +236,12 @@ REFUNDED_BY_BASIS = Counter(
     "Value refunded by leakage basis: why it counts as leakage or not (currency units)",
     ["currency", "basis"],
 )
+GOODWILL = Counter(
+    "salvage_goodwill",
+    "Goodwill paid while the order was kept: refunds and store credit naming no return "
+    "(currency units)",
+    ["currency", "kind", *D],
+)
 RETURNS = Counter(
     "salvage_returns",
     "Closed cases with a return request, by return reason",
@@ -301,6 +312,7 @@ class _State:
             REFUNDED,
             LEAKAGE,
             REFUNDED_BY_BASIS,
+            GOODWILL,
             RETURNS,
             RETURN_COST,
             GRADED,
@@ -315,6 +327,7 @@ class _State:
             self.refunded,
             self.leakage,
             self.by_basis,
+            self.goodwill,
             self.returns,
             self.return_cost,
             self.graded,
@@ -382,9 +395,10 @@ def _order(s: _State, fact: dict[str, Any]) -> None:
 
 def _settled(s: _State, fact: dict[str, Any]) -> None:
     """After the case settled: a chargeback (refunded value, never leakage: it disputes a
-    decision already taken), or the refund of another return of the order (refunded value; its
+    decision already taken), the refund of another return of the order (refunded value; its
     leakage basis as a closed case's, from that return's reason, when its request was heard;
-    ``late_return``, not leakage, when it was not). See sinks/leakage.py."""
+    ``late_return``, not leakage, when it was not), or a second payment of the refund the case
+    settled with (``basis``: that refund's). See sinks/leakage.py."""
     case: dict[str, Any] = fact.get("case") or {}
     amount = float(case.get("amount") or 0.0)
     late = case.get("late")
@@ -395,6 +409,13 @@ def _settled(s: _State, fact: dict[str, Any]) -> None:
     s.refunded(currency, none, none, none, none).inc(amount)
     if late == "chargeback_filed":
         why = "late_chargeback"
+    elif case.get("basis"):  # a second payment of the refund the case settled with: its basis,
+        # unless abuse evidence came since (what is known when this money goes out)
+        why = case["basis"]
+        customer = fact.get("customer") or {}
+        abuse = case.get("flagged") or float(customer.get("customer_abuse_flags") or 0.0) > 0
+        if abuse and why != "not_delivered":
+            why = "abuse_evidence"
     elif case.get("return_reason"):
         flags = case.get("abuse_flags") or (["flagged"] if case.get("flagged") else [])
         facts = {**case, "delivered_at": 1, "abuse_flags": flags}  # (it heard: delivered)
@@ -442,6 +463,14 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
         s.by_basis(currency, why).inc(refunded)
         if why in leakage.LEAKED:
             s.leakage(currency, *d, support).inc(refunded)
+    cash = float(get("goodwill_refunded") or 0.0)
+    if cash > 0:  # paid to keep the order: refunded, never leakage (sinks/leakage.py)
+        s.refunded(currency, *d, support).inc(cash)
+        s.by_basis(currency, "goodwill").inc(cash)
+        s.goodwill(currency, "refund", *d).inc(cash)
+    credit = float(get("goodwill_credit") or 0.0)
+    if credit > 0:
+        s.goodwill(currency, "store_credit", *d).inc(credit)
     if first is not None:
         s.scored(SCORE_BINS[min(9, max(0, int(first * 10 + 1e-9)))], retained_s).inc()
 

@@ -23,9 +23,14 @@ series per currency, never converted). A chargeback filed **after** the case set
 leakage: it disputes a decision already taken. The refund of another return of the order that
 comes after the case settled (a second parcel sent back, a return after the window) has the basis
 its return's reason gives, as a closed case's; ``late_return`` (not leakage) when that return's
-request was never heard. Counters never go down, so a fact that arrives after
-the refund (a late grade's abuse flag) does not move value out of leakage: the definition is about
-what was known at the refund.
+request was never heard. Goodwill refunded while the order was kept (a refund naming no return,
+while none was open, of at most ``GOODWILL_MAX_SHARE`` of the order's value: an apology for a
+late parcel; ``OrderCase._goodwill``) is refunded value with the basis ``goodwill``, never
+leakage: it was paid to keep the order, and the case stays open. A second payment of the refund
+a case settled with (the item, then the shipping fee), within the grace period, has that refund's
+basis, or ``abuse_evidence`` when abuse evidence came in between. Counters never go down, so a
+fact that arrives after the refund (a late grade's abuse flag) does not move value out of
+leakage: the definition is about what was known at the refund.
 
 It is a share estimate, not a list of cases: on the simulator a refund's latent recoverability is a
 coin flip inside every reason (it hinges on the customer's temperament and value tier), so no rule
@@ -63,6 +68,7 @@ BASES: tuple[str, ...] = (
     "abuse_evidence",
     "late_chargeback",
     "late_return",
+    "goodwill",
 )
 """Every basis :func:`basis` returns (a closed label vocabulary)."""
 

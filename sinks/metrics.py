@@ -73,8 +73,8 @@ MODEL_PROMOTIONS = Counter("salvage_model_promotions_total", "Shadow -> active",
 MODEL_DEMOTIONS = Counter("salvage_model_demotions_total", "Active -> shadow", ["model"])
 SETTLED_FACTS = Counter(
     "salvage_settled_facts_total",
-    "Grades, contacts, chargebacks, verdicts and another return's events for a settled case "
-    "within its grace period, by stream (kept for customer history, labels and KPIs instead of "
+    "Grades, contacts, chargebacks, verdicts, another return's events and a second payment of "
+    "the settling refund for a settled case within its grace period, by stream (kept for customer history, labels and KPIs instead of "
     "dead letters)",
     ["stream"],
 )

@@ -46,7 +46,7 @@ from salvage.flows.stages.base import (
     lane_key,
     shard_of,
 )
-from salvage.sinks import metrics
+from salvage.sinks import leakage, metrics
 
 
 class CaseStage(_Stage):
@@ -264,7 +264,8 @@ class CaseStage(_Stage):
         # an event of another return of the order than the one the case settled with (a second
         # parcel, a return after the window): see Settled.returns
         other = kind in _RETURNS_EVENTS and kind not in SETTLED_FACTS and rec.hears(ev)
-        if not other and kind not in SETTLED_FACTS:
+        topup = kind == "refund_issued" and not other and rec.tops_up(ev)
+        if not other and not topup and kind not in SETTLED_FACTS:
             return False
         if t - rec.closed_at > self.cfg.settled_grace_us:
             return False
@@ -292,6 +293,10 @@ class CaseStage(_Stage):
         elif kind == "chargeback_filed":
             amount = float(ev.amount)
             changes.append("chargeback")
+        elif topup:  # the settled refund's second payment: money, not another refund
+            amount = float(ev.amount)
+            changes.append("topup_refund")
+            returned = {"basis": rec.basis}
         elif other:
             entry = rec.other_return(ev)  # (id, reason, preferred resolution) if known
             if kind == "return_requested":
@@ -612,6 +617,11 @@ class Settled:
     #   other returns are still to come; the other returns known: (id, reason, preferred
     #   resolution), ...), when there were other returns open, or some were heard since.
     returns: str | ReturnsHeard | None = None
+    # A case that closed with a refund: the leakage basis of that refund without the customer's
+    # history (sinks/leakage.py), for a second refund of the same return (a top-up: refunds of
+    # one return split over two payments) in the grace period. "": none (another close, or a
+    # record from before this field: as then, such a refund is a dead letter)
+    basis: str = ""
 
     @classmethod
     def of(cls, case: OrderCase, ev: Any = None) -> Settled:
@@ -624,6 +634,7 @@ class Settled:
             case.review_verdict,
             case.reviewed_at,
             cls._returns_of(case, ev),
+            leakage.basis(case.facts()) if case.outcome is Outcome.REFUND else "",
         )
 
     @staticmethod
@@ -641,6 +652,19 @@ class Settled:
             own = (ret.return_id, ret.return_reason, ret.preferred_resolution, True)
             return (None, len(others), (own, *others))
         return (ret.return_id, len(others), others)
+
+    def tops_up(self, ev: Any) -> bool:
+        """Is ``ev`` (a refund, not of another return: see :meth:`hears`) a second payment of the
+        refund the case settled with: one naming that return, or none while no other return's
+        settlement is to come?"""
+        if not self.basis:
+            return False
+        heard = self._heard()
+        if heard is None:  # (an undelivered order: no other returns are heard)
+            return True
+        rid = getattr(ev, "return_id", None)
+        settled, remaining, _ = heard
+        return rid == settled if rid is not None else remaining == 0
 
     def _heard(self) -> ReturnsHeard | None:
         """``returns`` as (settled return id, settlements to come, other returns known)."""

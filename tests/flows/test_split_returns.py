@@ -49,8 +49,8 @@ def _refund(rid: str, at: str, amount: float) -> dict:
 
 def _two_parcels(reason: str = "not_received") -> list[dict]:
     """Two units, two returns: R2 (``reason``) is requested while R1 is open and refunded after
-    R1's refund settled the case; then R1's refund again under a new event id (a second refund
-    of the return the case settled with: not another return's, so still a dead letter)."""
+    R1's refund settled the case; then R1's refund again under a new event id (a second payment
+    of the refund the case settled with: a top-up, see tests/flows/test_partial_refunds.py)."""
     return [
         order_placed("o1", "2026-03-02T10:00:00Z", price=60.0, qty=2),
         event("d1", "carrier_scan", "o1", "2026-03-04T09:00:00Z", scan="delivered", courier="dhl"),
@@ -96,19 +96,22 @@ def test_the_other_returns_events_after_the_close_are_late_facts(
     """... and its refund has the leakage basis of its own reason, as a closed case's would
     (the policy could act on its request: the case was open)."""
     case, ctx, _model, dead, kpi = _run(_two_parcels(reason), _cfg())
-    # only R1's second refund is refused: the case settled with R1
-    assert [(d.kind.value, d.event_id) for d in dead] == [("unknown_order", "R1-refund-again")]
+    assert dead == []  # (R1's second refund is a top-up of the refund the case settled with)
     assert case.settled["o1"].returns == ("R1", 0, (("R2", reason, "refund", False),))
     c = ctx.customers["c1"]
     assert (c.returns, c.not_received_claims) == (2, claims)  # both requests, before the close
-    assert (c.refunds, c.refunded_value) == (2, 120.0)  # R1's at the close, R2's as a late fact
+    # R1's at the close, R2's as a late fact; R1's top-up is money, not another refund
+    assert (c.refunds, c.refunded_value) == (2, 180.0)
     settled = [k["case"] for k in kpi if k["kind"] == "settled"]
     # (R2's label and receipt after the close are counted, and change no history)
-    assert [(f["late"], f["amount"], f.get("return_reason")) for f in settled] == [
-        ("refund_issued", 60.0, reason)
+    assert [(f["late"], f["amount"], f.get("return_reason"), f.get("basis")) for f in settled] == [
+        ("refund_issued", 60.0, reason, None),
+        ("refund_issued", 60.0, None, "fit"),  # R1 (too_small): the basis its refund had
     ]
     late = [k for k in kpi if k["kind"] == "settled"]
-    assert _kpi_deltas(late, (basis, "late_return")) == [60.0, 0.0, leaked]
+    fit = 60.0 + (60.0 if basis == "fit" else 0.0)
+    expected = [60.0 if basis != "fit" else fit, fit, 0.0, leaked + 60.0]
+    assert _kpi_deltas(late, (basis, "fit", "late_return")) == expected
 
 
 def test_a_return_after_the_window_is_heard_within_the_grace_period_only() -> None:
@@ -243,26 +246,30 @@ def _metric(prom: str, name: str, **labels: str) -> float:
 
 
 def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path):
-    """Two parcels through ``salvage run --follow`` on the embedded broker: the only dead letter
-    is the settled return's second refund; the other return's refund after the close is in the
-    refunded value of the metrics snapshot written at the drain (basis: its reason's)."""
+    """Two parcels through ``salvage run --follow`` on the embedded broker: the other return's
+    refund after the close and the settled return's second payment are in the refunded value of
+    the metrics snapshot written at the drain (bases: their reasons'); the only dead letter is a
+    refund after the grace period (the log's last event)."""
     suffix = unique_name("split")
     settings = kafka_settings(kafka_broker.bootstrap, suffix)
     log = tmp_path / "two.jsonl"
-    log.write_text("".join(json.dumps(d) + "\n" for d in _two_parcels()))
+    too_late = {**_refund("R1", "2026-05-30T10:00:00Z", 5.0), "event_id": "R1-too-late"}
+    log.write_text("".join(json.dumps(d) + "\n" for d in [*_two_parcels(), too_late]))
     out_dir = tmp_path / "kafka-out"
     proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, out_dir)
     # the log's last event (in event time) is the refused refund: once it is out, drain
     dead = drain_when(proc, settings, settings.topics.dead_letters, bool)
     dead += read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5)[len(dead) :]
     assert [(d["kind"], json.loads(base64.b64decode(d["raw_b64"]))["event_id"]) for d in dead] == [
-        ("unknown_order", "R1-refund-again")
+        ("unknown_order", "R1-too-late")
     ]
     prom = (out_dir / "metrics.prom").read_text()
-    assert _metric(prom, "salvage_refunded_total", currency="EUR") == 120.0
+    assert _metric(prom, "salvage_refunded_total", currency="EUR") == 180.0
     late = {"basis": "not_received", "currency": "EUR"}
     assert _metric(prom, "salvage_refunded_by_basis_total", **late) == 60.0
-    assert _metric(prom, "salvage_settled_facts_total", stream="returns") == 3.0
+    fit = {"basis": "fit", "currency": "EUR"}  # R1's refund at the close, and its top-up
+    assert _metric(prom, "salvage_refunded_by_basis_total", **fit) == 120.0
+    assert _metric(prom, "salvage_settled_facts_total", stream="returns") == 4.0
 
 
 def _journey(docs: list[dict]) -> list[tuple[str, str]]:
@@ -308,20 +315,20 @@ def test_a_settled_record_from_before_returns_were_heard_hears_none() -> None:
     from salvage.flows.state import _settled_record
 
     record = _settled_record()
-    before = tuple(n for n in record.names if n != "returns")
+    before = tuple(n for n in record.names if n not in ("returns", "basis"))
     old = record.decoder(before)(["c1", 5, "refund", False, "", 0])
-    assert old.returns is None
+    assert old.returns is None and old.basis == ""
     again = EVENT_ADAPTER.validate_json(json.dumps(_refund("R1", "2026-03-13T10:00:00Z", 60.0)))
-    assert not old.hears(again)
+    assert not old.hears(again) and not old.tops_up(again)
     stored = ("R1", 1, [["R2", "fit", "refund", True]])  # (as msgpack gives it back)
-    new = record.decoder(None)([*record.encode(old)[:-1], stored])
+    new = record.decoder(None)([*record.encode(old)[:-2], stored, ""])
     assert new.returns == ("R1", 1, (("R2", "fit", "refund", True),)) and not new.hears(again)
 
 
 def test_a_settled_case_keeps_its_other_returns_reasons_and_counts() -> None:
     """After the close: a second refund of another return keeps its reason's basis, and so does
     one after its cancellation; its request repeated is counted once; a refund naming no return
-    when none is open, or repeating the settling return's id, is a dead letter; a late exchange
+    when none is open is a second payment of the settling refund (its basis); a late exchange
     counts as a retained return."""
     docs = _two_parcels("damaged")[:5]  # R1 and R2 requested, R1's refund settles the case
     docs += [
@@ -337,11 +344,11 @@ def test_a_settled_case_keeps_its_other_returns_reasons_and_counts() -> None:
         event("R3-x", "exchange_completed", "o1", "2026-03-14T10:00:00Z", return_id="R3"),
     ]
     case, ctx, _model, dead, kpi = _run(docs, _cfg())
-    assert [d.event_id for d in dead] == ["R2-refund-3"]  # no id, nothing open any more
+    assert dead == []  # R2-refund-3: no id, nothing open any more: R1's refund topped up
     c = ctx.customers["c1"]
-    assert (c.returns, c.refunds, c.refunded_value, c.retained_returns) == (3, 3, 120.0, 1)
+    assert (c.returns, c.refunds, c.refunded_value, c.retained_returns) == (3, 3, 125.0, 1)
     late = [k for k in kpi if k["kind"] == "settled"]
-    assert _kpi_deltas(late, ("damaged", "late_return")) == [60.0, 0.0, 60.0]
+    assert _kpi_deltas(late, ("damaged", "late_return", "fit")) == [60.0, 0.0, 5.0, 65.0]
     known = case.settled["o1"].returns
     assert known == (
         "R1",
@@ -355,8 +362,9 @@ def test_a_refund_of_a_return_never_requested_settles_with_its_id() -> None:
     docs = [*_two_parcels()[:2], _refund("R1", "2026-03-09T10:00:00Z", 60.0), again]
     case, ctx, _model, dead, _kpi = _run(docs, _cfg())
     assert case.settled["o1"].returns == "R1"
-    assert [d.event_id for d in dead] == ["R1-refund-again"]
-    assert ctx.customers["c1"].refunded_value == 60.0
+    assert dead == []  # its second payment is a top-up (basis: the first one's)
+    assert ctx.customers["c1"].refunded_value == 120.0
+    assert ctx.customers["c1"].refunds == 1
 
 
 @pytest.mark.parametrize("first", ["R1", "R2"])

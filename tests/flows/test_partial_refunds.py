@@ -1,0 +1,374 @@
+"""Money paid in parts, through the stages and the whole flow:
+
+* **goodwill** (a refund or store credit naming no return, while none is open, of at most half the
+  order's value: an apology for a late parcel) keeps the case open: the order is kept, a return
+  that comes later is the case's own (the policy can act on it), and the goodwill is counted when
+  the case closes (``salvage_goodwill_total``; the cash in ``salvage_refunded_total``, basis
+  ``goodwill``, never leakage). Before, it closed the case as a refund.
+* **a second payment** of the refund a case settled with (the item, then the shipping fee) is a
+  late fact in the grace period: money in the refunded value with the first payment's basis, not
+  another refund in the customer's history. Before, it was an ``unknown_order`` dead letter and
+  its money was missing from the KPIs.
+
+Both are checked on simulator variants (``goodwill``, ``split-refunds``) against the same log
+without them: every other figure is unchanged."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from salvage.connectors.simulator import write_log
+from salvage.features.eventtime import DAY_US
+from salvage.sinks import kpis
+from tests.flowkit import jsonl, run_file_flow
+from tests.flows.test_settled import _cfg, _run
+from tests.flows.test_split_returns import _kpi_deltas, _metric
+from tests.helpers import drain_when, event, kafka_settings, order_placed, read_to_end, start_follow
+
+DELIVERED = "2026-03-04T09:00:00Z"
+_WORN = {"return_id": "R1", "grade": "B", "abuse_flags": ["worn"]}
+
+
+def _order(oid: str = "o1", price: float = 120.0) -> list[dict]:
+    return [
+        order_placed(oid, "2026-03-02T10:00:00Z", price=price),
+        event(f"{oid}-d", "carrier_scan", oid, DELIVERED, scan="delivered", courier="dhl"),
+    ]
+
+
+def _request(oid: str, at: str, reason: str = "too_small", rid: str = "R1") -> dict:
+    return event(
+        f"{oid}-{rid}-req",
+        "return_requested",
+        oid,
+        at,
+        return_id=rid,
+        reason=reason,
+        items=[{"sku": "sku-1", "qty": 1}],
+        preferred_resolution="refund",
+    )
+
+
+def _pay(eid: str, oid: str, at: str, amount: float, rid: str | None = "R1", **kw) -> dict:
+    fields = {"return_id": rid} if rid else {}
+    kind = kw.pop("kind", "refund_issued")
+    return event(eid, kind, oid, at, amount=amount, currency="EUR", **fields, **kw)
+
+
+# ----------------------------------------------------------------------------- a second payment
+
+
+def test_a_second_payment_of_the_settled_refund_keeps_its_basis() -> None:
+    docs = [
+        *_order(),
+        _request("o1", "2026-03-05T10:00:00Z"),
+        _pay("f1", "o1", "2026-03-08T10:00:00Z", 100.0),
+        _pay("f2", "o1", "2026-03-10T10:00:00Z", 20.0),  # the rest of it, two days later
+        _pay("f3", "o1", "2026-03-11T10:00:00Z", 4.5, rid=None),  # a fee, naming no return
+    ]
+    case, ctx, _model, dead, kpi = _run(docs, _cfg())
+    assert dead == []
+    assert case.settled["o1"].basis == "fit"  # too_small, delivered, no abuse evidence
+    c = ctx.customers["c1"]
+    assert (c.refunds, c.refunded_value) == (1, 124.5)  # one refund, all of its money
+    late = [k for k in kpi if k["kind"] == "settled"]
+    assert [(k["case"]["late"], k["case"]["amount"], k["case"]["basis"]) for k in late] == [
+        ("refund_issued", 20.0, "fit"),
+        ("refund_issued", 4.5, "fit"),
+    ]
+    assert _kpi_deltas(late, ("fit", "late_return")) == [24.5, 0.0, 24.5]
+
+
+def test_abuse_evidence_that_came_since_is_the_second_payments_basis() -> None:
+    """A grade flagging abuse after the first payment: the second one is not leakage (what was
+    known when that money went out), the first one stays as it was counted."""
+    docs = [
+        *_order(),
+        _request("o1", "2026-03-05T10:00:00Z"),
+        _pay("f1", "o1", "2026-03-08T10:00:00Z", 100.0),
+        event("g1", "return_graded", "o1", "2026-03-09T10:00:00Z", **_WORN),
+        _pay("f2", "o1", "2026-03-10T10:00:00Z", 20.0),
+    ]
+    _case, _ctx, _model, dead, kpi = _run(docs, _cfg())
+    assert dead == []
+    late = [k for k in kpi if k["kind"] == "settled"]
+    assert [k["case"]["late"] for k in late] == ["return_graded", "refund_issued"]
+    assert _kpi_deltas(late, ("fit", "abuse_evidence")) == [0.0, 20.0, 0.0]
+
+
+def test_a_lost_parcels_refund_paid_in_two_parts_is_not_delivered_money() -> None:
+    docs = [
+        order_placed("o1", "2026-03-02T10:00:00Z", price=120.0),
+        event("s1", "carrier_scan", "o1", "2026-03-03T09:00:00Z", scan="lost", courier="dhl"),
+        _pay("f1", "o1", "2026-03-08T10:00:00Z", 120.0, rid=None),
+        _pay("f2", "o1", "2026-03-09T10:00:00Z", 6.9, rid=None),  # the shipping fee
+    ]
+    case, ctx, _model, dead, kpi = _run(docs, _cfg())
+    assert dead == [] and case.settled["o1"].basis == "not_delivered"
+    assert ctx.customers["c1"].refunded_value == 126.9
+    late = [k for k in kpi if k["kind"] == "settled"]
+    assert _kpi_deltas(late, ("not_delivered", "late_return")) == [6.9, 0.0, 0.0]
+
+
+def test_only_a_case_settled_by_a_refund_takes_a_second_payment_within_its_grace() -> None:
+    """After the grace period, or after a case that closed otherwise (an exchange: a refund
+    then is another return's, or nothing heard), a refund is a dead letter as before."""
+    refunded = [
+        *_order(),
+        _request("o1", "2026-03-05T10:00:00Z"),
+        _pay("f1", "o1", "2026-03-08T10:00:00Z", 100.0),
+        _pay("f2", "o1", "2026-04-30T10:00:00Z", 20.0),  # 53 days later
+    ]
+    case, ctx, _model, dead, _kpi = _run(refunded, _cfg(settled_grace_us=45 * DAY_US))
+    assert [(d.kind.value, d.event_id) for d in dead] == [("unknown_order", "f2")]
+    assert ctx.customers["c1"].refunded_value == 100.0
+    cancelled = [
+        order_placed("o1", "2026-03-02T10:00:00Z", price=120.0),
+        event("x", "order_cancelled", "o1", "2026-03-02T12:00:00Z", reason="customer_request"),
+        _pay("f2", "o1", "2026-03-04T10:00:00Z", 20.0, rid=None),
+    ]
+    case, _ctx, _model, dead, _kpi = _run(cancelled, _cfg())
+    assert case.settled["o1"].basis == ""
+    assert [d.event_id for d in dead] == ["f2"]
+
+
+def test_the_basis_survives_a_snapshot() -> None:
+    from salvage.connectors.events import EVENT_ADAPTER
+    from salvage.features.eventtime import END, to_us
+    from salvage.flows.messages import Event, Tick
+    from salvage.flows.stages import CaseStage
+    from salvage.flows.state import StageState
+
+    docs = [
+        *_order(),
+        _request("o1", "2026-03-05T10:00:00Z", reason="damaged"),
+        _pay("f1", "o1", "2026-03-08T10:00:00Z", 100.0),
+        _pay("f2", "o1", "2026-03-10T10:00:00Z", 20.0),
+    ]
+    items = []
+    for d in docs:
+        ev = EVENT_ADAPTER.validate_json(json.dumps(d))
+        items.append(Event(to_us(ev.occurred_at), ev.event_id, ev))
+    cfg = _cfg()
+    src = cfg.sources[0]
+    whole, half = CaseStage(0, cfg), CaseStage(0, cfg)
+    wm = items[4].t - 1
+    expected = whole.on_batch([*items[:4], Tick(src, wm, items[3].t)])
+    expected += whole.on_batch([items[4], Tick(src, END, items[4].t)])
+    first = half.on_batch([*items[:4], Tick(src, wm, items[3].t)])
+    assert half.settled["o1"].basis == "damaged"
+    header, entries = StageState(half).full()
+    loaded = CaseStage(0, cfg)
+    StageState(loaded).load(header, entries, cfg)
+    assert loaded.settled == half.settled
+    assert first + loaded.on_batch([items[4], Tick(src, END, items[4].t)]) == expected
+
+
+# ----------------------------------------------------------------------------- goodwill
+
+
+def test_goodwill_keeps_the_case_open_for_the_return_that_follows() -> None:
+    """Goodwill for a late parcel, then a return: the return is the open case's (its refund
+    settles it, once), not a late fact of a case the goodwill closed."""
+    docs = [
+        *_order(),
+        _pay("gw", "o1", "2026-03-04T12:00:00Z", 12.0, rid=None),
+        _request("o1", "2026-03-06T10:00:00Z"),
+        _pay("f1", "o1", "2026-03-09T10:00:00Z", 120.0),
+    ]
+    case, ctx, _model, dead, kpi = _run(docs, _cfg())
+    assert dead == []
+    assert case.settled["o1"].outcome == "refund" and case.settled["o1"].returns == "R1"
+    assert [k for k in kpi if k["kind"] == "settled"] == []  # nothing after the close
+    c = ctx.customers["c1"]
+    assert (c.refunds, c.refunded_value, c.returns) == (1, 120.0, 1)
+
+
+def _case_fact(**case) -> dict:
+    base = {"currency": "EUR", "outcome": "kept", "order_value": 120.0, "delivered_at": 1}
+    return {"kind": "case", "t": 0, "case": {**base, **case}, "triggered": [], "held_out": []}
+
+
+def test_goodwill_is_counted_when_the_case_closes_never_as_leakage() -> None:
+    kpis.configure()
+    names = ("salvage_refunded_total", "salvage_refund_leakage_total")
+    cash = {"basis": "goodwill"}
+
+    def read() -> list[float]:
+        from tests.helpers import metric_total
+
+        return [
+            *(metric_total(n) for n in names),
+            metric_total("salvage_refunded_by_basis_total", **cash),
+            metric_total("salvage_goodwill_total", kind="refund"),
+            metric_total("salvage_goodwill_total", kind="store_credit"),
+        ]
+
+    before = read()
+    kpis.observe(_case_fact(goodwill_refunded=12.0, goodwill_credit=5.0))
+    # a late parcel refunded later for a fit reason: the refund is leakage, the goodwill not
+    kpis.observe(
+        _case_fact(
+            outcome="refund",
+            refunded_amount=100.0,
+            return_reason="too_small",
+            return_requested_at=5,
+            goodwill_refunded=8.0,
+        )
+    )
+    after = read()
+    assert [round(a - b, 6) for a, b in zip(after, before, strict=True)] == [
+        120.0,
+        100.0,
+        20.0,
+        20.0,
+        5.0,
+    ]
+
+
+# ----------------------------------------------------------------------------- simulator variants
+
+
+def _resolved_and_money(log: Path, out_dir: Path) -> tuple[dict, list[dict]]:
+    from prometheus_client import REGISTRY
+
+    def snap() -> dict:
+        keep = {
+            "salvage_cases_resolved_total": "outcome",
+            "salvage_refunded_total": None,
+            "salvage_refund_leakage_total": None,
+            "salvage_refunded_by_basis_total": "basis",
+            "salvage_goodwill_total": "kind",
+            "salvage_settled_facts_total": "stream",
+        }
+        out: dict = {}
+        for m in REGISTRY.collect():
+            for s in m.samples:
+                if s.name in keep:
+                    label = keep[s.name]
+                    key = (s.name, s.labels.get(label) if label else None)
+                    out[key] = out.get(key, 0.0) + s.value
+        return out
+
+    before = snap()
+    out = run_file_flow([log], out_dir)
+    after = snap()
+    delta = {k: round(v - before.get(k, 0.0), 2) for k, v in after.items()}
+    return {k: v for k, v in delta.items() if v}, jsonl(out["dead_letters"])
+
+
+def test_goodwill_variant_changes_only_the_goodwill(tmp_path: Path) -> None:
+    """``--variant goodwill``: every case closes as without it (the same outcomes), leakage is
+    the same to the cent, and the refunded value grows by the goodwill refunded, which the
+    goodwill counter has by kind, to the cent of the log's."""
+    plain, gw = tmp_path / "plain.jsonl", tmp_path / "gw.jsonl"
+    write_log("launch-week-backlog", 2500, 5, plain)
+    write_log("launch-week-backlog", 2500, 5, gw, variants=("goodwill",))
+    known = {json.loads(x)["event_id"] for x in plain.read_bytes().splitlines()}
+    paid = {"refund_issued": 0.0, "store_credit_issued": 0.0}
+    for e in map(json.loads, gw.read_bytes().splitlines()):
+        if e["event_id"] not in known:  # what the variant added: goodwill
+            paid[e["event_type"]] += e["amount"]
+    assert paid["refund_issued"] > 0 and paid["store_credit_issued"] > 0
+    a, dead_a = _resolved_and_money(plain, tmp_path / "a")
+    b, dead_b = _resolved_and_money(gw, tmp_path / "b")
+    assert dead_a == dead_b == []
+    cash, credit = (round(v, 2) for v in paid.values())
+    assert b.pop(("salvage_goodwill_total", "refund")) == cash
+    assert b.pop(("salvage_goodwill_total", "store_credit")) == credit
+    assert b.pop(("salvage_refunded_by_basis_total", "goodwill")) == cash
+    refunded = ("salvage_refunded_total", None)
+    assert round(b.pop(refunded) - a.pop(refunded), 2) == cash
+    assert b == a  # outcomes, leakage, every other basis, late facts
+
+
+def test_split_refunds_variant_loses_no_money(tmp_path: Path) -> None:
+    """``--variant split-refunds``: no dead letters, the same refunded value to the cent as the
+    log without it, one settled fact per second payment, and the same bases, except that a second
+    payment made after the customer's abuse evidence came (another order's grade, between the
+    two payments) is ``abuse_evidence``: what was known when that money went out."""
+    plain, split = tmp_path / "plain.jsonl", tmp_path / "split.jsonl"
+    write_log("steady-state", 2500, 7, plain)
+    write_log("steady-state", 2500, 7, split, variants=("split-refunds",))
+    n_plain = sum(1 for x in plain.read_bytes().splitlines() if b'"refund_issued"' in x)
+    n_split = sum(1 for x in split.read_bytes().splitlines() if b'"refund_issued"' in x)
+    assert n_split - n_plain >= 50
+    a, dead_a = _resolved_and_money(plain, tmp_path / "a")
+    b, dead_b = _resolved_and_money(split, tmp_path / "b")
+    assert dead_a == dead_b == []
+    returns = ("salvage_settled_facts_total", "returns")
+    assert b.pop(returns) - a.pop(returns, 0.0) == n_split - n_plain
+    basis = "salvage_refunded_by_basis_total"
+    moved = round(b.pop((basis, "abuse_evidence")) - a.pop((basis, "abuse_evidence")), 2)
+    refunded = a[("salvage_refunded_total", None)]
+    assert 0 <= moved < 0.01 * refunded
+    leakage = ("salvage_refund_leakage_total", None)
+    assert round(a.pop(leakage) - b.pop(leakage), 2) == moved
+    shrunk = {k: round(a[k] - b.get(k, 0.0), 2) for k in a if k[0] == basis and a[k] != b.get(k)}
+    assert all(v > 0 for v in shrunk.values()) and round(sum(shrunk.values()), 2) == moved
+    assert {k: v for k, v in b.items() if k[0] != basis} == {
+        k: v for k, v in a.items() if k[0] != basis
+    }
+
+
+# ----------------------------------------------------------------------------- Kafka --follow
+
+
+def test_both_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path):
+    """Through ``salvage run --follow`` on the embedded broker: a goodwill refund on one order
+    (closed kept at the end of its return window: counted then), a refund in two payments on
+    another; the only dead letter is a refund after the grace period, the log's last event."""
+    suffix = unique_name("partial")
+    settings = kafka_settings(kafka_broker.bootstrap, suffix)
+    docs = [
+        *_order("o1"),
+        _pay("o1-gw", "o1", "2026-03-05T10:00:00Z", 15.0, rid=None),
+        *_order("o2"),
+        _request("o2", "2026-03-05T10:00:00Z"),
+        _pay("o2-f1", "o2", "2026-03-08T10:00:00Z", 100.0),
+        _pay("o2-f2", "o2", "2026-03-10T10:00:00Z", 20.0),
+        _pay("o2-f3", "o2", "2026-03-13T10:00:00Z", 1.0, rid=None),
+        _pay("o2-late", "o2", "2026-05-30T10:00:00Z", 5.0),
+    ]
+    log = tmp_path / "partial.jsonl"
+    log.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    out_dir = tmp_path / "kafka-out"
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, out_dir)
+    dead = drain_when(proc, settings, settings.topics.dead_letters, bool)
+    dead += read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5)[len(dead) :]
+    assert [(d["kind"], json.loads(base64.b64decode(d["raw_b64"]))["event_id"]) for d in dead] == [
+        ("unknown_order", "o2-late")
+    ]
+    prom = (out_dir / "metrics.prom").read_text()
+    assert _metric(prom, "salvage_refunded_total", currency="EUR") == 136.0
+    assert _metric(prom, "salvage_refunded_by_basis_total", basis="fit") == 121.0
+    assert _metric(prom, "salvage_refunded_by_basis_total", basis="goodwill") == 15.0
+    assert _metric(prom, "salvage_goodwill_total", kind="refund") == 15.0
+    assert _metric(prom, "salvage_cases_resolved_total", outcome="kept") == 1.0
+    assert _metric(prom, "salvage_refund_leakage_total") == 121.0
+
+
+@pytest.mark.parametrize("variant", ["goodwill", "split-refunds"])
+def test_the_variants_leave_every_other_event_as_it_was(tmp_path: Path, variant: str) -> None:
+    plain, var = tmp_path / "plain.jsonl", tmp_path / "var.jsonl"
+    write_log("launch-week-backlog", 1500, 3, plain)
+    write_log("launch-week-backlog", 1500, 3, var, variants=(variant,))
+    a = [json.loads(x) for x in plain.read_bytes().splitlines()]
+    b = [json.loads(x) for x in var.read_bytes().splitlines()]
+    added = [e for e in b if e["event_id"] not in {x["event_id"] for x in a}]
+    assert added and all(e["event_type"] in ("refund_issued", "store_credit_issued") for e in added)
+    by_id = {e["event_id"]: e for e in b}
+    changed = [e for e in a if by_id[e["event_id"]] != e]
+    if variant == "goodwill":
+        assert changed == [] and all("return_id" not in e for e in added)
+    else:  # the first payment keeps part of the amount; the two add up to it
+        assert changed and all(e["event_type"] == "refund_issued" for e in changed)
+        rest = {(e["order_id"], e["return_id"]): e["amount"] for e in added}
+        for e in changed:
+            first = by_id[e["event_id"]]["amount"]
+            assert 0 < first < e["amount"]
+            assert round(first + rest[(e["order_id"], e["return_id"])], 2) == e["amount"]
