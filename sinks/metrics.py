@@ -74,8 +74,8 @@ MODEL_DEMOTIONS = Counter("salvage_model_demotions_total", "Active -> shadow", [
 SETTLED_FACTS = Counter(
     "salvage_settled_facts_total",
     "Grades, contacts, chargebacks, verdicts, another return's events and a second payment of "
-    "the settling refund for a settled case within its grace period, by stream (kept for customer history, labels and KPIs instead of "
-    "dead letters)",
+    "the settling refund for a settled case within its grace period, by stream (kept for "
+    "customer history, labels and KPIs instead of dead letters)",
     ["stream"],
 )
 INTENT_ACCURACY = Gauge(
