@@ -26,9 +26,12 @@ its return's reason gives, as a closed case's; ``late_return`` (not leakage) whe
 request was never heard. Goodwill refunded while the order was kept (a refund naming no return,
 while none was open, of at most ``GOODWILL_MAX_SHARE`` of the order's value: an apology for a
 late parcel; ``OrderCase._goodwill``) is refunded value with the basis ``goodwill``, never
-leakage: it was paid to keep the order, and the case stays open. A second payment of the refund
-a case settled with (the item, then the shipping fee), within the grace period, has that refund's
-basis, or ``abuse_evidence`` when abuse evidence came in between. Counters never go down, so a
+leakage: it was paid to keep the order, and the case stays open. More money for what a case
+settled with, within the grace period, has the basis the case's facts give at its close, or
+``abuse_evidence`` when abuse evidence came in between: a second payment of its refund (the item,
+then the shipping fee), a store credit paid out in cash, a cancelled order's refund
+(``not_delivered``); the price difference refunded after an exchange is ``exchange_difference``,
+never leakage (the customer kept the exchanged goods). Counters never go down, so a
 fact that arrives after the refund (a late grade's abuse flag) does not move value out of
 leakage: the definition is about what was known at the refund.
 
@@ -69,6 +72,7 @@ BASES: tuple[str, ...] = (
     "late_chargeback",
     "late_return",
     "goodwill",
+    "exchange_difference",
 )
 """Every basis :func:`basis` returns (a closed label vocabulary)."""
 

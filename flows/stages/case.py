@@ -293,7 +293,7 @@ class CaseStage(_Stage):
         elif kind == "chargeback_filed":
             amount = float(ev.amount)
             changes.append("chargeback")
-        elif topup:  # the settled refund's second payment: money, not another refund
+        elif topup:  # more money for what the case settled with, not another refund
             amount = float(ev.amount)
             changes.append("topup_refund")
             returned = {"basis": rec.basis}
@@ -617,10 +617,12 @@ class Settled:
     #   other returns are still to come; the other returns known: (id, reason, preferred
     #   resolution), ...), when there were other returns open, or some were heard since.
     returns: str | ReturnsHeard | None = None
-    # A case that closed with a refund: the leakage basis of that refund without the customer's
-    # history (sinks/leakage.py), for a second refund of the same return (a top-up: refunds of
-    # one return split over two payments) in the grace period. "": none (another close, or a
-    # record from before this field: as then, such a refund is a dead letter)
+    # A case that closed with a refund, an exchange, a store credit or a cancellation: the leakage
+    # basis of money refunded on it later without the customer's history (sinks/leakage.py), for
+    # a later refund of the same return in the grace period (a second payment of the refund, the
+    # price difference of an exchange, a store credit paid out in cash, a cancelled order's
+    # refund). "": none (kept, expired, charged back...; or a record from before this field: as
+    # then, such a refund is a dead letter)
     basis: str = ""
 
     @classmethod
@@ -634,7 +636,7 @@ class Settled:
             case.review_verdict,
             case.reviewed_at,
             cls._returns_of(case, ev),
-            leakage.basis(case.facts()) if case.outcome is Outcome.REFUND else "",
+            _later_refund_basis(case),
         )
 
     @staticmethod
@@ -654,9 +656,9 @@ class Settled:
         return (ret.return_id, len(others), others)
 
     def tops_up(self, ev: Any) -> bool:
-        """Is ``ev`` (a refund, not of another return: see :meth:`hears`) a second payment of the
-        refund the case settled with: one naming that return, or none while no other return's
-        settlement is to come?"""
+        """Is ``ev`` (a refund, not of another return: see :meth:`hears`) more money for what the
+        case settled with (see ``basis``): a refund naming that return, or none while no other
+        return's settlement is to come?"""
         if not self.basis:
             return False
         heard = self._heard()
@@ -719,6 +721,16 @@ class Settled:
         settled, remaining, known = v
         entries = tuple((o[0], o[1], o[2], len(o) < 4 or bool(o[3])) for o in known)
         return (settled, remaining, entries)
+
+
+def _later_refund_basis(case: OrderCase) -> str:
+    """:attr:`Settled.basis` of a case closing now."""
+    outcome = case.outcome
+    if outcome is Outcome.EXCHANGE:
+        return "exchange_difference"  # the customer kept the exchanged goods: never leakage
+    if outcome in (Outcome.REFUND, Outcome.STORE_CREDIT, Outcome.CANCELLED):
+        return leakage.basis(case.facts())  # (a cancelled order was never delivered)
+    return ""
 
 
 _HEARS_RETURNS = frozenset(

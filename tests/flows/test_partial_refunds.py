@@ -114,26 +114,66 @@ def test_a_lost_parcels_refund_paid_in_two_parts_is_not_delivered_money() -> Non
     assert _kpi_deltas(late, ("not_delivered", "late_return")) == [6.9, 0.0, 0.0]
 
 
-def test_only_a_case_settled_by_a_refund_takes_a_second_payment_within_its_grace() -> None:
-    """After the grace period, or after a case that closed otherwise (an exchange: a refund
-    then is another return's, or nothing heard), a refund is a dead letter as before."""
+def test_a_later_refund_counts_only_within_the_grace_period() -> None:
     refunded = [
         *_order(),
         _request("o1", "2026-03-05T10:00:00Z"),
         _pay("f1", "o1", "2026-03-08T10:00:00Z", 100.0),
         _pay("f2", "o1", "2026-04-30T10:00:00Z", 20.0),  # 53 days later
     ]
-    case, ctx, _model, dead, _kpi = _run(refunded, _cfg(settled_grace_us=45 * DAY_US))
+    _case, ctx, _model, dead, _kpi = _run(refunded, _cfg(settled_grace_us=45 * DAY_US))
     assert [(d.kind.value, d.event_id) for d in dead] == [("unknown_order", "f2")]
     assert ctx.customers["c1"].refunded_value == 100.0
+
+
+def _settled_then_refund(close: list[dict], refund: dict) -> tuple:
+    case, ctx, _model, dead, kpi = _run([*close, refund], _cfg())
+    late = [k for k in kpi if k["kind"] == "settled"]
+    return case.settled["o1"], ctx.customers["c1"], dead, late
+
+
+def test_money_after_an_exchange_a_store_credit_or_a_cancellation() -> None:
+    """A refund after the case settled otherwise is more money for that settlement: the price
+    difference of an exchange (``exchange_difference``, never leakage), a store credit paid out
+    in cash (its reason's basis: fit, leakage), a cancelled order's refund (``not_delivered``);
+    the customer's net spend comes down by it, and no refund is added to their history."""
+    returned = [*_order(), _request("o1", "2026-03-05T10:00:00Z")]
+    swap = event("x1", "exchange_completed", "o1", "2026-03-09T10:00:00Z", return_id="R1")
+    credit = _pay("sc", "o1", "2026-03-09T10:00:00Z", 120.0, kind="store_credit_issued")
+    exchanged, credited = [*returned, swap], [*returned, credit]
     cancelled = [
         order_placed("o1", "2026-03-02T10:00:00Z", price=120.0),
         event("x", "order_cancelled", "o1", "2026-03-02T12:00:00Z", reason="customer_request"),
-        _pay("f2", "o1", "2026-03-04T10:00:00Z", 20.0, rid=None),
     ]
-    case, _ctx, _model, dead, _kpi = _run(cancelled, _cfg())
-    assert case.settled["o1"].basis == ""
-    assert [d.event_id for d in dead] == ["f2"]
+    cases = (
+        (exchanged, _pay("d", "o1", "2026-03-10T10:00:00Z", 15.0), "exchange_difference", 0.0),
+        (credited, _pay("d", "o1", "2026-03-10T10:00:00Z", 120.0), "fit", 120.0),
+        (cancelled, _pay("d", "o1", "2026-03-03T10:00:00Z", 120.0, rid=None), "not_delivered", 0),
+    )
+    for close, refund, basis, leaked in cases:
+        rec, customer, dead, late = _settled_then_refund(close, refund)
+        assert dead == [] and rec.basis == basis
+        amount = refund["amount"]
+        assert (customer.refunds, customer.refunded_value) == (0, amount)
+        assert _kpi_deltas(late, (basis,)) == [amount, leaked]
+
+
+def test_a_case_closed_kept_or_charged_back_hears_no_later_refund() -> None:
+    """Kept at the end of its window: a refund naming no return then is goodwill after the
+    close (not counted: a dead letter, README "Money paid in parts"); charged back: a refund
+    after a chargeback may be the same money (the bank reverses one of them): a dead letter."""
+    kept = [*_order(), _pay("gw", "o1", "2026-04-20T10:00:00Z", 10.0, rid=None)]
+    case, _ctx, _model, dead, _kpi = _run(kept, _cfg())
+    assert case.settled["o1"].outcome == "kept" and case.settled["o1"].basis == ""
+    assert [d.event_id for d in dead] == ["gw"]
+    claim = {"amount": 120.0, "currency": "EUR", "reason": "item_not_received"}
+    charged = [
+        *_order(),
+        event("cb", "chargeback_filed", "o1", "2026-03-06T10:00:00Z", **claim),
+        _pay("f1", "o1", "2026-03-08T10:00:00Z", 120.0, rid=None),
+    ]
+    case, _ctx, _model, dead, _kpi = _run(charged, _cfg())
+    assert case.settled["o1"].basis == "" and [d.event_id for d in dead] == ["f1"]
 
 
 def test_the_basis_survives_a_snapshot() -> None:
