@@ -81,8 +81,10 @@ class CustomerContext:
             elif change == "late_refund":  # another return's, after the case settled
                 self.refunds += 1
                 self.refunded_value += view.refunded_amount
-            elif change == "topup_refund":  # the settled refund's second payment: money only
+            elif change == "topup_refund":  # more money for a refund heard already: money only
                 self.refunded_value += view.refunded_amount
+            elif change == "goodwill" and view.facts and view.facts.get("kind") == "refund":
+                self.refunded_value += view.facts.get("goodwill", 0.0)  # cash: not a refund
             elif change == "late_retained":  # another return exchanged / credited, after it
                 self.retained_returns += 1
             elif (
@@ -185,6 +187,7 @@ _OBSERVED = frozenset(
         "chargeback",
         "late_refund",
         "topup_refund",
+        "goodwill",
         "late_retained",
         "reviewed",
         "closed",

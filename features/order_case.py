@@ -426,6 +426,8 @@ class OrderCase:
                 self.outcome = None
                 self.resolved_at = 0
                 self.return_requested_at = 0  # the new return's, below
+                # its journey starts afresh (the cancelled one's stages are not the new one's)
+                self.journey_rank, self.journey_sent, self.journey_alerted = -1, 0, 0
             self.return_id = ev.return_id
             self.return_requested_at = self.return_requested_at or t
             self.return_reason = ev.reason.value
@@ -571,10 +573,13 @@ class OrderCase:
         return []  # received, in transit: the case follows its first return's progress
 
     def _goodwill(self, ev: RefundIssued | StoreCreditIssued) -> bool:
-        """Is this refund or store credit goodwill (:data:`GOODWILL_MAX_SHARE`)? If so, it is
-        added to the case's goodwill (the case stays open; its KPIs count it at close)."""
+        """Is this refund or store credit goodwill (:data:`GOODWILL_MAX_SHARE`; never for a
+        parcel scanned lost or returned to sender: that is part of its refund)? If so, it is
+        added to the case's goodwill and the case stays open (the KPIs count it when paid)."""
         value = self.order_value
         if ev.return_id is not None or self.return_open() or not value:
+            return False
+        if self.lost or self.returned_to_sender:  # part of a lost parcel's refund: not goodwill
             return False
         paid = round(self.goodwill_refunded + self.goodwill_credit + ev.amount, 2)
         if paid > round(GOODWILL_MAX_SHARE * value, 2):

@@ -10,6 +10,8 @@
   close);
 * ``kind="settled"``, a late fact of a settled case in its grace period: ``case`` with ``late``
   (the event type), ``amount`` and ``currency`` (a chargeback's);
+* ``kind="goodwill"``, goodwill paid on an open case: ``case`` with ``amount``, ``goodwill_kind``
+  (``refund`` or ``store_credit``), ``currency``, ``campaign``, ``sku_family``, ``lane``;
 * ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
   incl. ``customer_days_since_return``, -1 when the customer never returned anything).
 
@@ -34,7 +36,7 @@ in seconds). ``D`` = ``campaign, sku_family, lane``:
 ``salvage_refunded_by_basis_total``         value refunded by leakage basis (why it is or is not
                                             leakage; :data:`~salvage.sinks.leakage.BASES`)
                                             {currency, basis}
-``salvage_goodwill_total``                  goodwill paid on closed cases while the order was kept
+``salvage_goodwill_total``                  goodwill paid while the order was kept, when paid
                                             (refunds and store credit naming no return, see
                                             ``OrderCase._goodwill``; the refunds are also in
                                             ``salvage_refunded_total``, basis ``goodwill``)
@@ -384,6 +386,27 @@ def observe(fact: dict[str, Any]) -> None:
         _order(_get_state(), fact)
     elif kind == "settled":
         _settled(_get_state(), fact)
+    elif kind == "goodwill":
+        _goodwill(_get_state(), fact)
+
+
+def _goodwill(s: _State, fact: dict[str, Any]) -> None:
+    """Goodwill paid while the order is kept (``OrderCase._goodwill``), counted when paid: its
+    amount by kind, and a refund's in the refunded value with the basis ``goodwill``, never
+    leakage (sinks/leakage.py)."""
+    case: dict[str, Any] = fact.get("case") or {}
+    amount = float(case.get("amount") or 0.0)
+    kind = case.get("goodwill_kind")
+    if amount <= 0 or kind not in ("refund", "store_credit"):
+        return
+    b = s.bucket
+    get = case.get
+    currency = b["currency"](get("currency"))
+    d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    s.goodwill(currency, kind, *d).inc(amount)
+    if kind == "refund":
+        s.refunded(currency, *d, b["support_reason"]("")).inc(amount)
+        s.by_basis(currency, "goodwill").inc(amount)
 
 
 def _order(s: _State, fact: dict[str, Any]) -> None:
@@ -463,14 +486,6 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
         s.by_basis(currency, why).inc(refunded)
         if why in leakage.LEAKED:
             s.leakage(currency, *d, support).inc(refunded)
-    cash = float(get("goodwill_refunded") or 0.0)
-    if cash > 0:  # paid to keep the order: refunded, never leakage (sinks/leakage.py)
-        s.refunded(currency, *d, support).inc(cash)
-        s.by_basis(currency, "goodwill").inc(cash)
-        s.goodwill(currency, "refund", *d).inc(cash)
-    credit = float(get("goodwill_credit") or 0.0)
-    if credit > 0:
-        s.goodwill(currency, "store_credit", *d).inc(credit)
     if first is not None:
         s.scored(SCORE_BINS[min(9, max(0, int(first * 10 + 1e-9)))], retained_s).inc()
 

@@ -219,8 +219,18 @@ class CaseStage(_Stage):
             self.settled.pop(order_id, None)
 
     def _emit_view(
-        self, case: OrderCase, t: int, source_id: str, changes, out: Emit, grade: str | None = None
+        self,
+        case: OrderCase,
+        t: int,
+        source_id: str,
+        changes,
+        out: Emit,
+        grade: str | None = None,
+        goodwill: tuple[str, float] | None = None,
     ) -> None:
+        """The case's update to its customer's context shard. ``goodwill``: the goodwill paid by
+        this update (event type, amount), which the view's facts carry for the KPIs and the
+        customer's history (an open case's view has no facts otherwise)."""
         status = case.status
         outcome = case.outcome
         customer_id = case.customer_id
@@ -242,7 +252,11 @@ class CaseStage(_Stage):
             ret.refunded_amount,
             bool(ret.return_requested_at),
             ret.abuse_flags,
-            case.facts() if status is Status.CLOSED else None,
+            case.facts()
+            if status is Status.CLOSED
+            else None
+            if goodwill is None
+            else {"goodwill": goodwill[1], "kind": _GOODWILL_KIND[goodwill[0]]},
             ret.grade if grade is None else grade,
             ret.return_value,
             ret.received_at,
@@ -306,7 +320,8 @@ class CaseStage(_Stage):
                     changes.append("return_requested")
             elif kind == "refund_issued":
                 amount = float(ev.amount)
-                changes.append("late_refund")
+                # a second payment of a refund heard already is money, not another refund
+                changes.append("late_refund" if entry is None or entry[3] else "topup_refund")
                 if entry is not None:  # its reason decides the leakage basis (sinks/leakage.py)
                     returned = {"return_reason": entry[1], "preferred_resolution": entry[2]}
             elif kind in SETTLEMENTS:  # an exchange, a store credit
@@ -518,9 +533,12 @@ class CaseStage(_Stage):
         kinds[kind] = kinds.get(kind, 0) + 1
         # (another return's grade: its own grade decides its disposition)
         grade = ev.grade.value if other and kind == "return_graded" else None
-        self._emit_view(case, t, ev.event_id, changes, out, grade)
-        if kind in _RETURNS_EVENTS and not other:
-            self._journey(case, ev, t)
+        if changes and changes[0] == "goodwill":  # money, not a return's settlement: no journey
+            self._emit_view(case, t, ev.event_id, changes, out, goodwill=(kind, float(ev.amount)))
+        else:
+            self._emit_view(case, t, ev.event_id, changes, out, grade)
+            if kind in _RETURNS_EVENTS and not other:
+                self._journey(case, ev, t)
         if (kind == "carrier_scan" or kind == "order_shipped") and (
             case.lane != "unknown" and case.promised_at
         ):
@@ -721,6 +739,9 @@ class Settled:
         settled, remaining, known = v
         entries = tuple((o[0], o[1], o[2], len(o) < 4 or bool(o[3])) for o in known)
         return (settled, remaining, entries)
+
+
+_GOODWILL_KIND = {"refund_issued": "refund", "store_credit_issued": "store_credit"}
 
 
 def _later_refund_basis(case: OrderCase) -> str:

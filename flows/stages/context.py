@@ -41,6 +41,17 @@ class ContextStage(_Stage):
             if "placed" in changes:
                 # KPI fact: an order, and how long ago this customer last returned something
                 out.append((Route.KPI, {"kind": "order", "t": t, "customer": ctx.features(t)}))
+            if "goodwill" in changes:  # KPI fact: goodwill paid now (the case stays open)
+                paid = view.facts or {}
+                case = {
+                    "currency": view.currency,
+                    "campaign": view.campaign,
+                    "sku_family": view.sku_family,
+                    "lane": view.lane,
+                    "amount": paid.get("goodwill", 0.0),
+                    "goodwill_kind": paid.get("kind", ""),
+                }
+                out.append((Route.KPI, {"kind": "goodwill", "t": t, "case": case}))
             ctx.observe(t, changes, view)
             # model_key(shard_of(customer_id, model_shards))
             key = model_keys[0 if n_models == 1 else crc32(cid.encode()) % n_models]

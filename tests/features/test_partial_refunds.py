@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from salvage.connectors.events import EVENT_ADAPTER
 from salvage.features.order_case import GOODWILL_MAX_SHARE, OrderCase, Outcome, Status
 from salvage.flows.state import CASE
-from tests.features.test_split_returns import WINDOW, _apply, _at, _delivered, _refund, _request
+from tests.features.test_split_returns import (
+    WINDOW,
+    _apply,
+    _at,
+    _delivered,
+    _refund,
+    _request,
+)
 from tests.helpers import event, order_placed
 
 
@@ -159,3 +166,11 @@ def test_goodwill_property(units: int, returned: str | None, pays: list) -> None
 def test_the_event_contract_takes_payments_naming_no_return(kind: str) -> None:
     ev = EVENT_ADAPTER.validate_json(json.dumps(_goodwill(1, 5, 2.5, kind)))
     assert ev.return_id is None and ev.amount == 2.5
+
+
+def test_part_of_a_lost_parcels_refund_is_not_goodwill() -> None:
+    case = OrderCase("o1")
+    _apply(case, order_placed("o1", "2026-03-02T10:00:00Z", price=60.0, qty=2))
+    _apply(case, event("s1", "carrier_scan", "o1", _at(-20), scan="lost", courier="dhl"))
+    assert _apply(case, _goodwill(1, 5, 60.0)) == ["outcome", "closed"]
+    assert case.outcome is Outcome.REFUND and case.refunded_amount == 60.0

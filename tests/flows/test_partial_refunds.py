@@ -27,7 +27,15 @@ from salvage.sinks import kpis
 from tests.flowkit import jsonl, run_file_flow
 from tests.flows.test_settled import _cfg, _run
 from tests.flows.test_split_returns import _kpi_deltas, _metric
-from tests.helpers import drain_when, event, kafka_settings, order_placed, read_to_end, start_follow
+from tests.helpers import (
+    drain_when,
+    event,
+    kafka_settings,
+    metric_total,
+    order_placed,
+    read_to_end,
+    start_follow,
+)
 
 DELIVERED = "2026-03-04T09:00:00Z"
 _WORN = {"return_id": "R1", "grade": "B", "abuse_flags": ["worn"]}
@@ -225,47 +233,44 @@ def test_goodwill_keeps_the_case_open_for_the_return_that_follows() -> None:
     assert case.settled["o1"].outcome == "refund" and case.settled["o1"].returns == "R1"
     assert [k for k in kpi if k["kind"] == "settled"] == []  # nothing after the close
     c = ctx.customers["c1"]
-    assert (c.refunds, c.refunded_value, c.returns) == (1, 120.0, 1)
+    # the goodwill cash lowers the customer's net value; it is not a refund in their history
+    assert (c.refunds, c.refunded_value, c.returns) == (1, 132.0, 1)
+    paid = [k["case"] for k in kpi if k["kind"] == "goodwill"]
+    assert [(p["amount"], p["goodwill_kind"], p["currency"]) for p in paid] == [
+        (12.0, "refund", "EUR")
+    ]
 
 
-def _case_fact(**case) -> dict:
-    base = {"currency": "EUR", "outcome": "kept", "order_value": 120.0, "delivered_at": 1}
-    return {"kind": "case", "t": 0, "case": {**base, **case}, "triggered": [], "held_out": []}
-
-
-def test_goodwill_is_counted_when_the_case_closes_never_as_leakage() -> None:
+def test_goodwill_is_counted_when_paid_never_as_leakage() -> None:
+    """The goodwill fact counts the money when it is paid (by kind; a refund's cash also in the
+    refunded value, basis ``goodwill``); the case's close does not count it again."""
     kpis.configure()
-    names = ("salvage_refunded_total", "salvage_refund_leakage_total")
-    cash = {"basis": "goodwill"}
 
     def read() -> list[float]:
-        from tests.helpers import metric_total
-
         return [
-            *(metric_total(n) for n in names),
-            metric_total("salvage_refunded_by_basis_total", **cash),
+            metric_total("salvage_refunded_total"),
+            metric_total("salvage_refund_leakage_total"),
+            metric_total("salvage_refunded_by_basis_total", basis="goodwill"),
             metric_total("salvage_goodwill_total", kind="refund"),
             metric_total("salvage_goodwill_total", kind="store_credit"),
         ]
 
+    def paid(amount: float, kind: str) -> dict:
+        case = {"currency": "EUR", "lane": "dhl:DE>FR", "amount": amount, "goodwill_kind": kind}
+        return {"kind": "goodwill", "t": 0, "case": case}
+
     before = read()
-    kpis.observe(_case_fact(goodwill_refunded=12.0, goodwill_credit=5.0))
-    # a late parcel refunded later for a fit reason: the refund is leakage, the goodwill not
-    kpis.observe(
-        _case_fact(
-            outcome="refund",
-            refunded_amount=100.0,
-            return_reason="too_small",
-            return_requested_at=5,
-            goodwill_refunded=8.0,
-        )
-    )
+    kpis.observe(paid(12.0, "refund"))
+    kpis.observe(paid(5.0, "store_credit"))
+    closed = {"currency": "EUR", "outcome": "kept", "order_value": 120.0, "delivered_at": 1}
+    closed |= {"goodwill_refunded": 12.0, "goodwill_credit": 5.0}
+    kpis.observe({"kind": "case", "t": 0, "case": closed, "triggered": [], "held_out": []})
     after = read()
     assert [round(a - b, 6) for a, b in zip(after, before, strict=True)] == [
-        120.0,
-        100.0,
-        20.0,
-        20.0,
+        12.0,
+        0.0,
+        12.0,
+        12.0,
         5.0,
     ]
 
@@ -412,3 +417,78 @@ def test_the_variants_leave_every_other_event_as_it_was(tmp_path: Path, variant:
             first = by_id[e["event_id"]]["amount"]
             assert 0 < first < e["amount"]
             assert round(first + rest[(e["order_id"], e["return_id"])], 2) == e["amount"]
+
+
+# ----------------------------------------------------------------------------- audit findings
+
+
+def test_goodwill_after_a_cancelled_return_announces_nothing_and_the_next_return_is_followed():
+    """Goodwill is not a return's settlement: no status update or journey alert for the
+    cancelled return, and the return asked for afterwards has its whole journey announced."""
+    from tests.flows.test_split_returns import _journey
+
+    def step(rid: str, kind: str, at: str, **kw) -> dict:
+        return event(f"{rid}-{kind}", kind, "o1", at, return_id=rid, **kw)
+
+    label = {"courier": "dhl", "label_cost": 4.0}
+    docs = [
+        *_order(),
+        _request("o1", "2026-03-05T10:00:00Z"),
+        step("R1", "return_label_issued", "2026-03-05T12:00:00Z", **label),
+        step("R1", "return_cancelled", "2026-03-06T10:00:00Z"),
+        _pay("gw", "o1", "2026-03-06T12:00:00Z", 10.0, rid=None),
+        _request("o1", "2026-03-07T10:00:00Z", rid="R2"),
+        step("R2", "return_label_issued", "2026-03-07T12:00:00Z", **label),
+        step("R2", "return_received", "2026-03-09T10:00:00Z"),
+        step("R2", "return_graded", "2026-03-10T10:00:00Z", grade="A"),
+        _pay("f2", "o1", "2026-03-11T10:00:00Z", 120.0, rid="R2"),
+    ]
+    notes = _journey(docs)
+    assert ("R1", "refund_issued") not in notes
+    assert [stage for rid, stage in notes if rid == "R2"][-3:] == [
+        "received",
+        "graded",
+        "refund_issued",
+    ]
+
+
+def test_another_returns_refund_in_two_payments_is_one_refund_in_the_history() -> None:
+    docs = [
+        order_placed("o1", "2026-03-02T10:00:00Z", price=60.0, qty=2),
+        event("d1", "carrier_scan", "o1", DELIVERED, scan="delivered", courier="dhl"),
+        _request("o1", "2026-03-05T10:00:00Z"),
+        _request("o1", "2026-03-06T10:00:00Z", rid="R2"),
+        _pay("f1", "o1", "2026-03-08T10:00:00Z", 50.0),
+        _pay("f1b", "o1", "2026-03-09T10:00:00Z", 10.0),
+        _pay("f2", "o1", "2026-03-10T10:00:00Z", 50.0, rid="R2"),
+        _pay("f2b", "o1", "2026-03-11T10:00:00Z", 10.0, rid="R2"),
+    ]
+    _case, ctx, _model, dead, kpi = _run(docs, _cfg())
+    assert dead == []
+    c = ctx.customers["c1"]
+    assert (c.returns, c.refunds, c.refunded_value) == (2, 2, 120.0)
+    late = [k for k in kpi if k["kind"] == "settled"]
+    assert _kpi_deltas(late, ("fit",)) == [70.0, 70.0]  # both too_small: fit, leakage
+
+
+def test_a_new_return_after_a_cancelled_one_has_its_own_journey() -> None:
+    """R1 got as far as received, then was cancelled; R2's label and receipt are announced
+    (before, the journey kept R1's progress and announced nothing of R2 up to it)."""
+    from tests.flows.test_split_returns import _journey
+
+    def step(rid: str, kind: str, at: str, **kw) -> dict:
+        return event(f"{rid}-{kind}", kind, "o1", at, return_id=rid, **kw)
+
+    label = {"courier": "dhl", "label_cost": 4.0}
+    docs = [
+        *_order(),
+        _request("o1", "2026-03-05T10:00:00Z"),
+        step("R1", "return_label_issued", "2026-03-05T12:00:00Z", **label),
+        step("R1", "return_received", "2026-03-07T10:00:00Z"),
+        step("R1", "return_cancelled", "2026-03-08T10:00:00Z"),
+        _request("o1", "2026-03-09T10:00:00Z", rid="R2"),
+        step("R2", "return_label_issued", "2026-03-09T12:00:00Z", **label),
+        step("R2", "return_received", "2026-03-11T10:00:00Z"),
+    ]
+    notes = _journey(docs)
+    assert {"label_issued", "received"} <= {stage for rid, stage in notes if rid == "R2"}
