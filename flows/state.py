@@ -410,7 +410,13 @@ class CaseCodec(_Base):
         return {
             **super().header(stage),
             "schema": {"case": CASE.names, "settled": self.settled.names},
+            "tomb_sweep": list(getattr(stage, "tomb_sweep", (BEGIN, BEGIN))),
         }
+
+    def load_header(self, stage: Any, doc: dict) -> None:
+        super().load_header(stage, doc)
+        # (a snapshot from before it: the first sweep after the resume forgets nothing)
+        stage.tomb_sweep = tuple(doc.get("tomb_sweep", (BEGIN, BEGIN)))
 
     def finish(self, stage: Any, cfg: Any) -> None:
         from salvage.flows.stages.base import TOMBSTONE_US

@@ -60,6 +60,9 @@ class CaseStage(_Stage):
         self.timers: list[tuple[int, str]] = []
         self.tombstones: dict[str, int] = {}
         self.tomb_heap: list[tuple[int, str]] = []
+        # (limit, seen): the closed cases whose retention ended before limit are forgotten once
+        # the watermark has passed seen (see _expire_tombstones)
+        self.tomb_sweep: tuple[int, int] = (BEGIN, BEGIN)
         # a closed case's event ids, as 64-bit hashes (8 B each, not the strings): a redelivered
         # event of a closed case is a duplicate, not a dead letter
         self.tomb_ids: dict[str, array] = {}
@@ -209,14 +212,29 @@ class CaseStage(_Stage):
             Route.LANES, dest, t, ev.event_id, (case.lane, case.order_id, case.promised_at, fact)
         )
 
-    def _expire_tombstones(self, low: int) -> None:
+    def _expire_tombstones(self, horizon: int) -> None:
+        """Forget the closed cases whose retention (the longer of :data:`TOMBSTONE_US` and the
+        settled grace, from the close) is over, in sweeps: a sweep at ``horizon`` forgets those
+        whose retention ended before the previous sweep's horizon, and only once ``horizon`` is
+        past the latest event time any upstream had seen at the previous sweep (the next sweep
+        is due then). So a closed case is not forgotten while an event of it that was already
+        read waits in the reorder buffer: a partition's last event stays there (the watermark
+        is its time minus the tolerance, and checked clocks bring the other partitions there)
+        until every upstream is idle. Forgotten first, it was taken for an event of an order
+        not seen yet and parked for an order_placed that had come long before: in a quiet
+        ``--follow`` stream for good (the orphan wait is event time on every input), where a
+        file applies it while the case is still remembered (``unknown_order``, case closed)."""
+        limit, seen = self.tomb_sweep
+        if horizon <= seen:
+            return
         heap = self.tomb_heap
-        while heap and heap[0][0] < low:
+        while heap and heap[0][0] < limit:
             _, order_id = heapq.heappop(heap)
             self.tombstones.pop(order_id, None)
             self.tomb_ids.pop(order_id, None)
             self.tomb_digests.pop(order_id, None)
             self.settled.pop(order_id, None)
+        self.tomb_sweep = (horizon, self.seen_t)
 
     def _emit_view(
         self,
