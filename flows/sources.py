@@ -57,8 +57,8 @@ _STOP = threading.Event()
 POLL_BACKOFF_MIN_S = 0.005
 POLL_BACKOFF_MAX_S = 0.010
 # an event more than max_jump ahead of its partition's clock is held; this many such events in a
-# row (each confirming the others) move the clock, an on-time event in between rejects them (a
-# late one decides nothing)
+# row (each confirming the others) move the clock, an on-time event in between applies those it
+# brings within the bound and rejects the others (a late one decides nothing)
 JUMP_CONFIRM = 3
 # a partition waking from idle holds the watermark until every idle partition has checked its end
 # offset afresh at least this long after the wake (what a producer sends together arrives within
@@ -99,9 +99,13 @@ class _Parser:
     by that much. An event further ahead of the partition's latest event time is *held* (not
     applied, the clock does not move); when :data:`JUMP_CONFIRM` such events arrive in a row the
     partition really moved on (a quiet night, a weekend) and they are applied in order; an event in
-    between that moves the clock on (past its latest event time, by less than the bound) rejects the
-    held ones as ``bad_timestamp`` dead letters (one that does not move it, late or a straggler
-    within the tolerance or a re-published copy, is applied and decides nothing). At the end of
+    between that moves the clock on (past its latest event time, by less than the bound) is
+    applied, then the held ones it brought within the bound follow it (the stream caught up with
+    them: on a sparse partition, ``delivered`` at 22:00 held seven hours after ``in_transit`` at
+    15:00, then ``out_for_delivery`` at 19:00, uploaded late by the carrier), and
+    those still beyond it are ``bad_timestamp`` dead letters (one that does not move the clock,
+    late or a straggler within the tolerance or a re-published copy, is applied and decides
+    nothing). At the end of
     input
     (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
     it, and a log's sparse tail is normal. In Kafka mode the same holds once the partition is
@@ -242,8 +246,14 @@ class _Parser:
                 for h_raw, h_event, h_t, _ in held:
                     self._apply(h_raw, h_event, h_t, out)
             return
-        if self.held and t > self.clock.max_t:  # the clock moved on, and not with them
-            self.reject_held(out)
+        if self.held and t > self.clock.max_t:  # the clock moves on, and not with them
+            self._apply(raw, result, t, out)
+            # those it brought within the bound follow it (the stream caught up with them: a
+            # scan uploaded late before them, a sparse partition); the others are rejected
+            self.release_held(out)
+            if self.held:
+                self.reject_held(out)
+            return
         # an event not past the clock (late, or a straggler within the tolerance, or a re-published
         # copy) neither confirms nor refutes a jump: a sparse partition (one stream's share of a
         # Kafka topic) often has a gap > max_jump before such an event
