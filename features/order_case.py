@@ -137,6 +137,8 @@ SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_is
 # parcel, "keep it, here is 20% back"): the order is kept, the case stays open. More than that
 # (a lost parcel refunded in full) settles the case, as it did before.
 GOODWILL_MAX_SHARE = 0.5
+# the resolutions a customer asks for that keep the sale (a cash refund is not what they want)
+_KEEPING = frozenset({"exchange", "store_credit"})
 NO_RETURN = ReturnState()  # what a case without a ReturnState reads (never written)
 
 
@@ -575,12 +577,21 @@ class OrderCase:
     def _goodwill(self, ev: RefundIssued | StoreCreditIssued) -> bool:
         """Is this refund or store credit goodwill (:data:`GOODWILL_MAX_SHARE`; never for a
         parcel scanned lost or returned to sender: that is part of its refund)? If so, it is
-        added to the case's goodwill and the case stays open (the KPIs count it when paid)."""
+        added to the case's goodwill and the case stays open (the KPIs count it when paid).
+
+        While a return is open, a payment naming no return is that return's settlement, except
+        a small cash refund when the customer asked for an exchange or store credit (a fee
+        refunded, an apology: at most the share of the return's value): goodwill, and the
+        return goes on to its exchange or credit."""
         value = self.order_value
-        if ev.return_id is not None or self.return_open() or not value:
+        if ev.return_id is not None or not value:
             return False
         if self.lost or self.returned_to_sender:  # part of a lost parcel's refund: not goodwill
             return False
+        if self.return_open():
+            if ev.event_type != "refund_issued" or self.preferred_resolution not in _KEEPING:
+                return False
+            value = self.return_value or value
         paid = round(self.goodwill_refunded + self.goodwill_credit + ev.amount, 2)
         if paid > round(GOODWILL_MAX_SHARE * value, 2):
             return False

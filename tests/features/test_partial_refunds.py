@@ -174,3 +174,32 @@ def test_part_of_a_lost_parcels_refund_is_not_goodwill() -> None:
     _apply(case, event("s1", "carrier_scan", "o1", _at(-20), scan="lost", courier="dhl"))
     assert _apply(case, _goodwill(1, 5, 60.0)) == ["outcome", "closed"]
     assert case.outcome is Outcome.REFUND and case.refunded_amount == 60.0
+
+
+def _exchange_request(rid: str, hours: float, qty: int) -> dict:
+    return {**_request(rid, hours, qty), "preferred_resolution": "exchange"}
+
+
+def test_a_fee_refunded_while_an_exchange_is_on_its_way_is_goodwill() -> None:
+    """The customer asked for an exchange; a small cash refund naming no return (the return
+    shipping fee, 4.95) is goodwill and the exchange still settles the case (before: the fee
+    closed it as a refund, and the receipt and the exchange were dead letters)."""
+    case = _delivered(units=3)  # one unit returned: 40.00
+    _apply(case, _exchange_request("R1", 10, 1))
+    assert _apply(case, _goodwill(1, 12, 4.95)) == ["goodwill"]
+    assert case.return_open() and case.goodwill_refunded == 4.95
+    swap = event("x1", "exchange_completed", "o1", _at(40), return_id="R1")
+    assert _apply(case, swap) == ["outcome", "closed"]
+    assert case.outcome is Outcome.EXCHANGE and case.refunded_amount == 0.0
+
+
+def test_while_an_exchange_is_open_more_than_half_its_value_or_a_credit_settles_it() -> None:
+    case = _delivered(units=3)
+    _apply(case, _exchange_request("R1", 10, 1))
+    assert _apply(case, _goodwill(1, 12, 20.01)) == ["outcome", "closed"]  # > 20.00
+    assert case.outcome is Outcome.REFUND
+    case = _delivered(units=3)
+    _apply(case, _exchange_request("R1", 10, 1))
+    credit = _goodwill(1, 12, 5.0, "store_credit_issued")
+    assert _apply(case, credit) == ["outcome", "closed"]  # credit is a settlement asked for
+    assert case.outcome is Outcome.STORE_CREDIT
