@@ -361,7 +361,10 @@ class OrderCase:
             self.courier = shared(ev.courier)
 
     def _cancelled(self, ev: OrderCancelled, t: int) -> None:
-        if not self.shipped_at and not self.delivered_at:
+        """The order is off: the case closes, before delivery, shipped or not (a parcel
+        intercepted on its way; its later scans are a settled case's, counted only). After
+        delivery a cancellation changes nothing (the goods are there: a return follows)."""
+        if not self.delivered_at:
             self._close(Outcome.CANCELLED, t)
 
     def _scan(self, ev: CarrierScan, t: int) -> list[str]:

@@ -297,7 +297,9 @@ class CaseStage(_Stage):
         # parcel, a return after the window): see Settled.returns
         other = kind in _RETURNS_EVENTS and kind not in SETTLED_FACTS and rec.hears(ev)
         topup = kind == "refund_issued" and not other and rec.tops_up(ev)
-        if not other and not topup and kind not in SETTLED_FACTS:
+        # a cancelled order's parcel still on its way (intercepted, sent back): counted only
+        parcel = kind in _PARCEL_EVENTS and rec.outcome == "cancelled"
+        if not other and not topup and not parcel and kind not in SETTLED_FACTS:
             return False
         if t - rec.closed_at > self.cfg.settled_grace_us:
             return False
@@ -307,6 +309,9 @@ class CaseStage(_Stage):
             ids.append(_id_hash(ev.event_id))
             digests = self.tomb_digests.get(ev.order_id, b"")
             self.tomb_digests[ev.order_id] = _with_digest(digests, len(ids), _tie_digest(tie))
+        if parcel:
+            metrics.SETTLED_FACTS.labels(STREAM_OF[kind].value).inc()
+            return True
         changes: list[str] = []
         features: dict[str, float] = {}
         returned: dict[str, str] = {}
@@ -623,6 +628,7 @@ def _with_digest(digests: bytes, n_ids: int, digest: int) -> bytes:
 _case_view = slot_maker(CaseView)
 
 
+_PARCEL_EVENTS = frozenset({"carrier_scan", "order_shipped"})
 SETTLED_FACTS = frozenset(
     {"return_graded", "support_contact", "chargeback_filed", "review_resolved"}
 )

@@ -492,3 +492,28 @@ def test_a_new_return_after_a_cancelled_one_has_its_own_journey() -> None:
     ]
     notes = _journey(docs)
     assert {"label_issued", "received"} <= {stage for rid, stage in notes if rid == "R2"}
+
+
+def test_an_order_cancelled_on_its_way_closes_and_its_parcel_is_heard() -> None:
+    """Cancelled after shipment, before delivery (a parcel intercepted): the case closes as
+    cancelled (before: it stayed open, and the policy sent "on its way" messages for a cancelled
+    order); the parcel's scans after it are counted, not dead letters; its refund is
+    ``not_delivered`` money. A cancellation after delivery changes nothing (a return follows)."""
+    docs = [
+        order_placed("o1", "2026-03-02T10:00:00Z", price=120.0),
+        event("sh", "order_shipped", "o1", "2026-03-02T18:00:00Z", courier="dhl"),
+        event("s1", "carrier_scan", "o1", "2026-03-03T08:00:00Z", scan="in_transit", courier="dhl"),
+        event("x", "order_cancelled", "o1", "2026-03-03T10:00:00Z", reason="customer_request"),
+        event("s2", "carrier_scan", "o1", "2026-03-04T08:00:00Z", scan="returned_to_sender",
+              courier="dhl"),
+        _pay("f1", "o1", "2026-03-06T10:00:00Z", 120.0, rid=None),
+    ]  # fmt: skip
+    case, ctx, _model, dead, kpi = _run(docs, _cfg())
+    assert dead == [] and case.settled["o1"].outcome == "cancelled"
+    assert ctx.customers["c1"].refunded_value == 120.0
+    late = [k for k in kpi if k["kind"] == "settled"]
+    assert _kpi_deltas(late, ("not_delivered",)) == [120.0, 0.0]
+    after = [*_order(), event("x", "order_cancelled", "o1", "2026-03-05T10:00:00Z",
+                              reason="customer_request")]  # fmt: skip
+    case, _ctx, _model, dead, _kpi = _run(after, _cfg())
+    assert dead == [] and "o1" in case.cases and case.cases["o1"].outcome is None
