@@ -31,13 +31,18 @@ OUTPUT_FILES = (
 
 
 def sim_log(
-    tmp_root: Path, scenario: str = "launch-week-backlog", orders: int = 600, seed: int = 3
+    tmp_root: Path,
+    scenario: str = "launch-week-backlog",
+    orders: int = 600,
+    seed: int = 3,
+    variants: tuple[str, ...] = (),
 ) -> Path:
-    """A simulator log, generated once per (scenario, orders, seed) per session."""
-    key = (scenario, orders, seed)
+    """A simulator log, generated once per (scenario, orders, seed, variants) per session."""
+    key = (scenario, orders, seed, variants)
     if key not in _LOGS:
-        path = tmp_root / f"{scenario}-{orders}-{seed}.jsonl"
-        write_log(scenario, orders, seed, path, tmp_root / f"{scenario}-{orders}-{seed}.truth")
+        name = "-".join((scenario, str(orders), str(seed), *variants))
+        path = tmp_root / f"{name}.jsonl"
+        write_log(scenario, orders, seed, path, tmp_root / f"{name}.truth", variants=variants)
         _LOGS[key] = path
     return _LOGS[key]
 

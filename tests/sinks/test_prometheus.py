@@ -175,7 +175,8 @@ def scraped_run(
     prometheus_binary: str, kafka_broker, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prom]:
     root = tmp_path_factory.mktemp("prometheus")
-    log = sim_log(root, "launch-week-backlog", orders=1200, seed=5)
+    # (with goodwill: the dashboards' goodwill panels have data)
+    log = sim_log(root, "launch-week-backlog", orders=1200, seed=5, variants=("goodwill",))
     salted = root / "salted.jsonl"
     salted.write_bytes(log.read_bytes() + b"\n".join(MALFORMED) + b"\n")
 
