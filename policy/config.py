@@ -163,6 +163,13 @@ class Guardrails(BaseModel):
     contact_cap_30d: int = Field(3, ge=0)
     max_goodwill_share_of_margin: float = Field(0.3, ge=0, le=1)
     abuse_block: float = Field(0.5, gt=0, le=1, description="no automatic offer at or above")
+    abuse_history_block: int = Field(
+        1,
+        ge=0,
+        description="a claim (a return, a not-arrived contact) of a customer with at least this "
+        "many earlier abuse flags (grades, confirmed reviews) gets no automatic offer and goes "
+        "to human review, whatever its abuse score; 0: off",
+    )
     review_value: Money = Field(400.0, description="ambiguous cases above this go to review")
     ambiguity_band: tuple[float, float] = (0.35, 0.65)
 

@@ -78,6 +78,17 @@ def holdout_unit(order_id: str, policy_version: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def _abuse_history(f: dict[str, float], g) -> bool:
+    """An open claim of a customer with earlier abuse flags (the ``abuse_history_block``
+    guardrail): likely abuse whatever the score, so never rewarded automatically."""
+    n = g.abuse_history_block
+    return bool(
+        n
+        and (f["return_requested"] or f["wismo_after_delivered"])
+        and f["customer_abuse_flags"] >= n
+    )
+
+
 def reasons(f: dict[str, float], abuse: float, recoverability: float, policy: Policy) -> list[str]:
     g = policy.guardrails
     r: list[str] = []
@@ -113,6 +124,8 @@ def reasons(f: dict[str, float], abuse: float, recoverability: float, policy: Po
         r.append("wismo_after_delivered")
     if abuse >= g.abuse_block:
         r.append("abuse_risk_high")
+    if _abuse_history(f, g):
+        r.append("abuse_history")
     if g.ambiguity_band[0] <= recoverability <= g.ambiguity_band[1]:
         r.append("recoverability_ambiguous")
     if f["order_value"] >= g.review_value:
@@ -160,9 +173,14 @@ def gate_source(policy: Policy) -> str:
     """
     g = policy.guardrails
     lo, hi = g.ambiguity_band
+    history = (
+        f"f['customer_abuse_flags'] >= {float(g.abuse_history_block)!r} or "
+        if g.abuse_history_block
+        else ""
+    )
     review = (
         "((f['return_requested'] or f['wismo_after_delivered']) and "
-        f"(abuse >= {float(g.abuse_block)!r} or "
+        f"(abuse >= {float(g.abuse_block)!r} or {history}"
         f"(f['order_value'] >= {float(g.review_value)!r} and "
         f"{float(lo)!r} <= rec <= {float(hi)!r})))"
     )
@@ -222,7 +240,7 @@ def row_gate(policy: Policy, names: tuple[str, ...]) -> RowGate:
     >>> row_gate(policy, ("order_value",))
     Traceback (most recent call last):
     ...
-    ValueError: the policy's gate reads features not in names: ['delayed_scans', ...]
+    ValueError: the policy's gate reads features not in names: ['customer_abuse_flags', ...]
     """
     source = _source_of(policy)
     gate = _ROW_GATES.get((source, names))
@@ -325,8 +343,9 @@ def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> De
     candidates: list[tuple[str, float, str]] = []
     best: tuple[float, Action, float] | None = None
     forced: tuple[float, float] | None = None  # (EV, cost) of a guardrail-forced review
+    history = _abuse_history(f, g)  # (a claim is open)
     review_forced = claim_open and (
-        abuse >= g.abuse_block or (f["order_value"] >= g.review_value and ambiguous)
+        abuse >= g.abuse_block or history or (f["order_value"] >= g.review_value and ambiguous)
     )
     if review_forced:
         shaped.append("review_routing")
@@ -348,6 +367,10 @@ def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> De
             if abuse >= g.abuse_block:
                 candidates.append((action.value, 0.0, "blocked: abuse risk"))
                 shaped.append("abuse_block")
+                continue
+            if history:
+                candidates.append((action.value, 0.0, "blocked: abuse history"))
+                shaped.append("abuse_history_block")
                 continue
             goodwill = ap.goodwill_credit
             cap = g.max_goodwill_share_of_margin * max(f["margin"], 0.0)

@@ -62,6 +62,7 @@ def policies(draw) -> Policy:
     base["guardrails"] = {
         **base["guardrails"],
         "abuse_block": draw(st.sampled_from((0.3, 0.5, 1.0))),
+        "abuse_history_block": draw(st.sampled_from((0, 1, 2))),
         "review_value": draw(st.sampled_from((0.0, 30.0, 400.0))),
         "ambiguity_band": [lo, draw(st.sampled_from((lo, 0.65, 1.0)))],
     }
@@ -84,7 +85,8 @@ def _eligible_or_routed(policy: Policy, f: dict, s: ScoreResult) -> bool:
     claim = bool(f["return_requested"] or f["wismo_after_delivered"])
     ambiguous = g.ambiguity_band[0] <= s.recoverability <= g.ambiguity_band[1]
     high = f["order_value"] >= g.review_value
-    routed = claim and (s.abuse >= g.abuse_block or (high and ambiguous))
+    history = bool(g.abuse_history_block) and f["customer_abuse_flags"] >= g.abuse_history_block
+    routed = claim and (s.abuse >= g.abuse_block or history or (high and ambiguous))
     rules = policy.compiled_rules()
     return routed or any(holds(rules[a], x) for a, ap in policy.actions.items() if ap.enabled)
 

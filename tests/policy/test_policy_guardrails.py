@@ -153,3 +153,39 @@ def test_the_largest_allowed_30_day_cap_is_enforced(tmp_path):
     for i in range(12):  # one a day, all within 30 days
         _update(stage, (i + 1) * DAY_US, f"o{i}", late)
     assert len(_sent(stage)) == MAX_CONTACT_LOG
+
+
+def test_a_repeat_offenders_claim_is_never_rewarded_whatever_its_score(tmp_path):
+    """A customer whose earlier return was graded with an abuse flag (worn) asks for another
+    return: the offer (a free label) is blocked and the claim goes to human review, although the
+    abuse score is low (an independent brand's serial wardrobers scored 0.04-0.38 and got the
+    exchange-first offer on 53 of 79 such returns). Off with ``abuse_history_block: 0``; a parcel
+    on its way (no claim) is not affected."""
+    ret = _features(
+        return_requested=1.0,
+        return_share=1.0,
+        reason_fit=1.0,
+        delivered=1.0,
+        order_value=90.0,
+        margin=40.0,
+        margin_rate=0.44,
+        customer_abuse_flags=1.0,
+    )
+    d = decide(POLICY, ret, _scores(0.5, 0.05), resolved=False)
+    assert d.action is Action.HUMAN_REVIEW
+    assert ("exchange_first_offer", 0.0, "blocked: abuse history") in d.candidates
+    assert "abuse_history" in d.reason_codes and "abuse_history_block" in d.guardrails
+    clean = decide(POLICY, {**ret, "customer_abuse_flags": 0.0}, _scores(0.5, 0.05), resolved=False)
+    assert clean.action is Action.EXCHANGE_FIRST_OFFER
+
+    def off(doc) -> None:
+        doc["guardrails"]["abuse_history_block"] = 0
+
+    d = decide(_policy(tmp_path, off), ret, _scores(0.5, 0.05), resolved=False)
+    assert d.action is Action.EXCHANGE_FIRST_OFFER and "abuse_history" not in d.reason_codes
+    late = _features(slippage_hours=30.0, wismo_7d=1.0, order_value=80.0, margin=50.0,
+                     margin_rate=0.625, customer_abuse_flags=2.0)  # fmt: skip
+    assert decide(POLICY, late, _scores(0.4, 0.02), resolved=False).action in (
+        Action.PROACTIVE_REASSURANCE,
+        Action.DELAY_INTERVENTION,
+    )
