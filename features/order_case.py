@@ -358,7 +358,14 @@ class OrderCase:
     def _shipped(self, ev: OrderShipped, t: int) -> None:
         self.shipped_at = self.shipped_at or t
         if ev.courier:
-            self.courier = shared(ev.courier)
+            courier = shared(ev.courier)
+            old = self.courier
+            if courier != old and self.lane.startswith(f"{old}:"):
+                # the carrier chosen at shipping (the order said "standard", say): the parcel
+                # travels on that carrier's lane, and the lane monitor must hear of it there
+                self.lane = shared(f"{courier}:{self.lane[len(old) + 1 :]}")
+                self.lane_noted = False
+            self.courier = courier
 
     def _cancelled(self, ev: OrderCancelled, t: int) -> None:
         """The order is off: the case closes, before delivery, shipped or not (a parcel

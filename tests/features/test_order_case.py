@@ -391,3 +391,20 @@ def test_the_return_fields_live_in_a_return_state_allocated_by_the_first_of_them
     before = CASE.names[:-1]
     assert CASE.decoder(before)(CASE.encode(case)[:-1]).lane_noted is False
     assert CASE.decoder(None)(CASE.encode(OrderCase("o2"))).ret is None
+
+
+def test_the_carrier_given_at_shipping_sets_the_lane():
+    """An order placed with a service level as its courier ("standard") and shipped with a
+    carrier: the case's lane is the carrier's (a helper's independent brand: every lane alert was
+    attributed to "standard", and a spike on one of two carriers sharing a route never alerted)."""
+    case = OrderCase("o1")
+    placed = order_placed("o1", "2026-03-02T10:00:00Z", courier="standard")
+    case.apply(_ev(placed), to_us(_ev(placed).occurred_at), WINDOW)
+    assert (case.courier, case.lane) == ("standard", "standard:DE>FR")
+    case.lane_noted = True  # (the monitor heard of the placement's lane)
+    shipped = _ev(event("s1", "order_shipped", "o1", "2026-03-02T18:00:00Z", courier="mailhaus"))
+    case.apply(shipped, to_us(shipped.occurred_at), WINDOW)
+    assert (case.courier, case.lane, case.lane_noted) == ("mailhaus", "mailhaus:DE>FR", False)
+    again = _ev(event("s2", "order_shipped", "o1", "2026-03-02T19:00:00Z", courier="mailhaus"))
+    case.apply(again, to_us(again.occurred_at), WINDOW)
+    assert case.lane == "mailhaus:DE>FR"
