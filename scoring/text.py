@@ -1,7 +1,8 @@
 """Support intent from free text: an online bag-of-words naive Bayes classifier.
 
 It learns from contacts that carry an agent-set intent and text, and fills in the intent of contacts
-that have text but no intent, with a confidence; below ``threshold`` the intent stays ``other``.
+that have text but no intent, with a confidence; below ``threshold``, or when fewer than
+``MIN_KNOWN_SHARE`` of the text's terms were ever learned, the intent stays ``other``.
 Accuracy is measured progressively (predict before learn) on the labelled contacts.
 """
 
@@ -16,6 +17,10 @@ from collections import Counter, deque
 from river.feature_extraction.vectorize import strip_accents_unicode
 
 OTHER = "other"
+# a text with fewer of its terms (words and word pairs) known to the model than this share is
+# left to ``other``: naive Bayes is confident on words it never saw (the class with the fewest
+# learned terms wins, the more so the longer the text), e.g. a language no agent labels
+MIN_KNOWN_SHARE = 0.5
 HASH_BUCKETS = 1 << 15  # bounded model size per shard, whatever the texts contain
 _WORD = re.compile(r"[^\W\d_]{2,}")  # letters only: no order numbers, tracking ids or amounts
 
@@ -104,9 +109,11 @@ class IntentClassifier:
     >>> intent, p = clf.infer("Where is my parcel now?")
     >>> intent, round(p, 3)
     ('where_is_my_order', 0.997)
-    >>> intent, p = clf.infer("refund the parcel")  # unsure: below the threshold
+    >>> intent, p = clf.infer("refund my parcel")  # unsure: below the threshold
     >>> intent, round(p, 3)
-    ('other', 0.783)
+    ('other', 0.565)
+    >>> clf.infer("wo ist mein paket bitte")  # words it never learned: it does not guess
+    ('other', 0.0)
 
     Each labelled contact is first predicted (after the warm-up of ``min_examples``), then
     learned: one filled in and right, one left to ``other``:
@@ -135,6 +142,10 @@ class IntentClassifier:
     def _infer_terms(self, terms: dict[str, int]) -> tuple[str, float]:
         if self.examples < self.min_examples:
             return OTHER, 0.0
+        counts = self.model.counts
+        known = sum(n for t, n in terms.items() if t in counts)
+        if known < MIN_KNOWN_SHARE * sum(terms.values()) or not known:
+            return OTHER, 0.0  # mostly words it never learned (another language, say): unsure
         intent, p = self._best(terms)
         return (intent, p) if p >= self.threshold else (OTHER, p)
 
