@@ -395,6 +395,18 @@ def _source(spec: FlowSpec):
     )
 
 
+def _fresh_or_touch(path: Path, spec: FlowSpec) -> None:
+    """An output file exists even when its stream stays empty. A run without recovery starts
+    it empty: a sink partition opens (and truncates) its file only when a first line comes, so a
+    rerun into the same out dir kept the last run's lines of every stream this run left empty
+    (its dead letters, say). A recovered run keeps them: the partitions truncate to their
+    snapshots."""
+    if spec.state_dir is None and not spec.inline_state:
+        path.write_bytes(b"")
+    else:
+        path.touch()
+
+
 def _sinks(spec: FlowSpec) -> dict[str, Any]:
     s = spec.settings
     sinks: dict[str, Any] = {}
@@ -404,7 +416,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         if local:
             out.mkdir(parents=True, exist_ok=True)
             for stream in OUTPUTS:
-                (out / stream.file_name).touch()  # exists even when a stream stays empty
+                _fresh_or_touch(out / stream.file_name, spec)
         for stream in OUTPUTS:
             sinks[stream.sink] = JsonlSink(out / stream.file_name, local)
     else:
@@ -420,7 +432,7 @@ def _sinks(spec: FlowSpec) -> dict[str, Any]:
         for name in RUN_RECORDS:
             if local:
                 out.mkdir(parents=True, exist_ok=True)
-                (out / f"{name}.jsonl").touch()
+                _fresh_or_touch(out / f"{name}.jsonl", spec)
             sinks[name] = JsonlSink(out / f"{name}.jsonl", local)
     if spec.case_store and s.redis.url:
         from salvage.sinks.redis_store import RedisCaseSink
