@@ -408,3 +408,22 @@ def test_the_carrier_given_at_shipping_sets_the_lane():
     again = _ev(event("s2", "order_shipped", "o1", "2026-03-02T19:00:00Z", courier="mailhaus"))
     case.apply(again, to_us(again.occurred_at), WINDOW)
     assert case.lane == "mailhaus:DE>FR"
+
+
+def test_a_promise_at_midnight_is_a_date_delivered_any_time_that_day():
+    """A brand that promises days sends "2026-03-04T00:00:00Z": a parcel delivered that
+    afternoon is on time, and the first promise check is after the end of that day (before, it
+    was at 02:00 that morning, and on-time parcels were told "running late")."""
+    case = OrderCase("o1")
+    placed = _ev(order_placed("o1", "2026-03-02T10:00:00Z", promised="2026-03-04T00:00:00Z"))
+    case.apply(placed, to_us(placed.occurred_at), WINDOW)
+    assert case.promised_at == to_us(placed.promised_delivery_at) + DAY_US
+    assert case.next_deadline(WINDOW) == case.promised_at + 2 * HOUR_US
+    morning = _ev(event("s1", "carrier_scan", "o1", "2026-03-04T07:00:00Z", scan="in_transit",
+                        courier="dhl"))  # fmt: skip
+    case.apply(morning, to_us(morning.occurred_at), WINDOW)
+    assert case.features(to_us(morning.occurred_at))["slippage_hours"] == 0.0
+    exact = _ev(order_placed("o2", "2026-03-02T10:00:00Z", promised="2026-03-04T18:00:00Z"))
+    other = OrderCase("o2")
+    other.apply(exact, to_us(exact.occurred_at), WINDOW)
+    assert other.promised_at == to_us(exact.promised_delivery_at)
