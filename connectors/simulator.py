@@ -1898,8 +1898,7 @@ class _World:
                 first_share = round(e["amount"] / units, 2)
                 fields["amount"] = round(e["amount"] - first_share, 2)
                 e["amount"] = first_share
-            occurred = int(datetime.fromisoformat(e["occurred_at"]).timestamp())
-            st.add(occurred + shift, e["event_type"], fields, emit + shift)
+            st.add(_seconds(e["occurred_at"]) + shift, e["event_type"], fields, emit + shift)
         truth["split_return"] = rid2
 
     def _goodwill(self, st: _Story, truth: dict) -> None:

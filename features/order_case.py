@@ -38,23 +38,6 @@ from salvage.features.eventtime import DAY_US, HOUR_US, to_us
 MAX_CONTACTS = 32  # rolling contact memory per case; older contacts only count in totals
 MAX_SEEN_IDS = 256  # dedupe memory per case: its last 256 event ids (an order has ~10-30 events)
 PROMISE_GRACE_US = 2 * HOUR_US  # a promise is "missed" this long after it passes undelivered
-def promise_us(promised: Any) -> int:
-    """A promised delivery time in µs. A promise at midnight exactly is a *date*, "delivered
-    on that day", as a brand that promises days sends it: the end of that day. (Read as the
-    midnight it starts with, every parcel delivered on its promised day was late, and a
-    helper's independent brand had 16% of its on-time parcels told "running late" at 06:00.)
-
-    >>> from datetime import UTC, datetime
-    >>> from salvage.features.eventtime import iso
-    >>> iso(promise_us(datetime(2026, 9, 3, tzinfo=UTC)))
-    '2026-09-04T00:00:00Z'
-    >>> iso(promise_us(datetime(2026, 9, 3, 18, tzinfo=UTC)))
-    '2026-09-03T18:00:00Z'
-    """
-    t = to_us(promised)
-    return t + DAY_US if t % DAY_US == 0 else t
-
-
 HARD_TTL_US = 120 * DAY_US  # a case is closed this long after placement, whatever happened
 # A late parcel that stays undelivered is looked at again this long after its promise (after the
 # first "missed" check at PROMISE_GRACE_US): each check is a case update, so reassurance or a delay
@@ -103,6 +86,23 @@ DELAY_INTENTS = frozenset({"where_is_my_order", "complaint"})
 FIT_INTENTS = frozenset({"sizing_question", "product_question", "exchange_request"})
 # per promise re-check setting: its offsets past the grace period (the checkpoints after the first)
 _RECHECK_OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def promise_us(promised: Any) -> int:
+    """A promised delivery time in µs. A promise at midnight exactly is a *date*, "delivered
+    on that day", as a brand that promises days sends it: the end of that day. (Read as the
+    midnight it starts with, every parcel delivered on its promised day was late, and a
+    helper's independent brand had 16% of its on-time parcels told "running late" at 06:00.)
+
+    >>> from datetime import UTC, datetime
+    >>> from salvage.features.eventtime import iso
+    >>> iso(promise_us(datetime(2026, 9, 3, tzinfo=UTC)))
+    '2026-09-04T00:00:00Z'
+    >>> iso(promise_us(datetime(2026, 9, 3, 18, tzinfo=UTC)))
+    '2026-09-03T18:00:00Z'
+    """
+    t = to_us(promised)
+    return t + DAY_US if t % DAY_US == 0 else t
 
 
 @dataclass(slots=True)
@@ -784,8 +784,6 @@ class OrderCase:
             "abuse_flags": list(self.abuse_flags),
             "refunded_amount": self.refunded_amount,
             "refund_at": self.refund_at,
-            "goodwill_refunded": self.goodwill_refunded,
-            "goodwill_credit": self.goodwill_credit,
             "outcome": self.outcome.value if self.outcome else None,
             "closed_at": self.closed_at,
             "review_verdict": self.review_verdict,

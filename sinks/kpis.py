@@ -432,13 +432,8 @@ def _settled(s: _State, fact: dict[str, Any]) -> None:
     s.refunded(currency, none, none, none, none).inc(amount)
     if late == "chargeback_filed":
         why = "late_chargeback"
-    elif case.get("basis"):  # a second payment of the refund the case settled with: its basis,
-        # unless abuse evidence came since (what is known when this money goes out)
-        why = case["basis"]
-        customer = fact.get("customer") or {}
-        abuse = case.get("flagged") or float(customer.get("customer_abuse_flags") or 0.0) > 0
-        if abuse and why != "not_delivered":
-            why = "abuse_evidence"
+    elif case.get("basis"):  # more money for what the case settled with
+        why = leakage.later_basis(case["basis"], case, fact.get("customer"))
     elif case.get("return_reason"):
         flags = case.get("abuse_flags") or (["flagged"] if case.get("flagged") else [])
         facts = {**case, "delivered_at": 1, "abuse_flags": flags}  # (it heard: delivered)

@@ -77,6 +77,33 @@ BASES: tuple[str, ...] = (
 """Every basis :func:`basis` returns (a closed label vocabulary)."""
 
 
+def _abuse_evidence(case: Mapping[str, Any], customer: Mapping[str, Any] | None) -> bool:
+    """A grade's abuse flag, a confirmed review, or a customer flagged before."""
+    return bool(
+        case.get("abuse_flags")
+        or case.get("review_verdict") == "abuse_confirmed"
+        or float((customer or {}).get("customer_abuse_flags") or 0.0) > 0
+    )
+
+
+def later_basis(
+    settled: str, case: Mapping[str, Any], customer: Mapping[str, Any] | None = None
+) -> str:
+    """The basis of more money for what a settled case settled with: ``settled`` (the basis its
+    facts gave at the close), or ``abuse_evidence`` when the evidence came since (``case``: the
+    late fact, ``flagged``: a grade with abuse flags heard), in :func:`basis`'s order (a parcel
+    never delivered first).
+
+    >>> later_basis("fit", {}), later_basis("fit", {"flagged": True})
+    ('fit', 'abuse_evidence')
+    >>> later_basis("not_delivered", {}, {"customer_abuse_flags": 1.0})
+    'not_delivered'
+    """
+    if settled != "not_delivered" and (case.get("flagged") or _abuse_evidence({}, customer)):
+        return "abuse_evidence"
+    return settled
+
+
 def basis(case: Mapping[str, Any], customer: Mapping[str, Any] | None = None) -> str:
     """Why a closed case's refunded value is (or is not) leakage: one of :data:`BASES`; leakage
     iff the result is in :data:`LEAKED`. ``case``: :meth:`OrderCase.facts` at close; ``customer``:
@@ -96,11 +123,7 @@ def basis(case: Mapping[str, Any], customer: Mapping[str, Any] | None = None) ->
     """
     if not case.get("delivered_at"):
         return "not_delivered"
-    if (
-        case.get("abuse_flags")
-        or case.get("review_verdict") == "abuse_confirmed"
-        or float((customer or {}).get("customer_abuse_flags") or 0.0) > 0
-    ):
+    if _abuse_evidence(case, customer):
         return "abuse_evidence"
     reason = case.get("return_reason") or ""
     if not reason:

@@ -113,15 +113,16 @@ class CaseStage(_Stage):
                 case.timer = 0
             if case.next_deadline(window, self.journey, rechecks) != deadline:
                 continue  # stale timer
+            facts = None
             if case.core_deadline(window, rechecks) == deadline:
                 changes = case.on_time(deadline, window, rechecks)
                 if changes:
-                    self._emit_view(case, deadline, f"~timer:{order_id}", changes, out)
+                    facts = self._emit_view(case, deadline, f"~timer:{order_id}", changes, out)
             if self.journey is not None and journey.deadline(case, self.journey) == deadline:
                 # journey alerts go straight to the output: no case view, so no new decision
                 for alert in journey.on_time(case, deadline, self.journey):
                     self._journey_alert(case, alert, f"~timer:{order_id}")
-            self._after_update(case, deadline)
+            self._after_update(case, deadline, None, facts)
 
     def _journey(self, case: OrderCase, ev, t: int) -> None:
         """Status updates and breakage alerts caused by a returns event (after case.apply)."""
@@ -172,8 +173,11 @@ class CaseStage(_Stage):
         _JOURNEY_ALERTS(notice.kind.value).inc()
         self.send(Route.OUTPUT, OUT_KEY, notice.t, f"j|{alert.alert_id}", ("journey_alert", alert))
 
-    def _after_update(self, case: OrderCase, t: int, ev: Any = None) -> None:
-        """``ev``: the event applied (None: a timer)."""
+    def _after_update(
+        self, case: OrderCase, t: int, ev: Any = None, facts: dict | None = None
+    ) -> None:
+        """``ev``: the event applied (None: a timer); ``facts``: the closing view's, if it
+        closed the case (built once per close)."""
         if case.status is Status.CLOSED:
             del self.cases[case.order_id]
             self.tombstones[case.order_id] = t
@@ -181,7 +185,7 @@ class CaseStage(_Stage):
             self.tomb_digests[case.order_id] = _digests(case)
             grace = self.cfg.settled_grace_us
             if grace > 0:
-                self.settled[case.order_id] = Settled.of(case, ev)
+                self.settled[case.order_id] = Settled.of(case, ev, facts)
             heapq.heappush(self.tomb_heap, (t + max(TOMBSTONE_US, grace), case.order_id))
             _CLOSED(case.outcome.value if case.outcome else "unknown").inc()
         else:
@@ -245,11 +249,18 @@ class CaseStage(_Stage):
         out: Emit,
         grade: str | None = None,
         goodwill: tuple[str, float] | None = None,
-    ) -> None:
-        """The case's update to its customer's context shard. ``goodwill``: the goodwill paid by
-        this update (event type, amount), which the view's facts carry for the KPIs and the
-        customer's history (an open case's view has no facts otherwise)."""
+    ) -> dict | None:
+        """The case's update to its customer's context shard; returns the view's facts.
+        ``goodwill``: the goodwill paid by this update (event type, amount), which the view's
+        facts carry for the KPIs and the customer's history (an open case's view has no facts
+        otherwise)."""
         status = case.status
+        if status is Status.CLOSED:
+            facts = case.facts()
+        elif goodwill is not None:
+            facts = {"goodwill": goodwill[1], "kind": _GOODWILL_KIND[goodwill[0]]}
+        else:
+            facts = None
         outcome = case.outcome
         customer_id = case.customer_id
         ret = case.ret or NO_RETURN  # (case.refunded_amount ... without their properties)
@@ -270,11 +281,7 @@ class CaseStage(_Stage):
             ret.refunded_amount,
             bool(ret.return_requested_at),
             ret.abuse_flags,
-            case.facts()
-            if status is Status.CLOSED
-            else None
-            if goodwill is None
-            else {"goodwill": goodwill[1], "kind": _GOODWILL_KIND[goodwill[0]]},
+            facts,
             ret.grade if grade is None else grade,
             ret.return_value,
             ret.received_at,
@@ -283,6 +290,7 @@ class CaseStage(_Stage):
         ctx_keys = self._ctx_keys
         dest = ctx_keys[zlib.crc32(customer_id.encode()) % len(ctx_keys)]
         self._box(Route.CONTEXT, dest).append((t, f"{source_id}|{case.order_id}", view))
+        return facts
 
     def _settled_fact(self, ev, t: int, tie: str, inferred: str | None = None) -> bool:
         """A late fact for a settled case in its grace period (DESIGN §11: "a case settles, then
@@ -557,16 +565,17 @@ class CaseStage(_Stage):
         # (another return's grade: its own grade decides its disposition)
         grade = ev.grade.value if other and kind == "return_graded" else None
         if changes and changes[0] == "goodwill":  # money, not a return's settlement: no journey
-            self._emit_view(case, t, ev.event_id, changes, out, goodwill=(kind, float(ev.amount)))
+            paid = (kind, float(ev.amount))
+            facts = self._emit_view(case, t, ev.event_id, changes, out, goodwill=paid)
         else:
-            self._emit_view(case, t, ev.event_id, changes, out, grade)
+            facts = self._emit_view(case, t, ev.event_id, changes, out, grade)
             if kind in _RETURNS_EVENTS and not other:
                 self._journey(case, ev, t)
         if (kind == "carrier_scan" or kind == "order_shipped") and (
             case.lane != "unknown" and case.promised_at
         ):
             self._lane_fact(case, ev, t, changes)
-        self._after_update(case, t, ev)
+        self._after_update(case, t, ev, facts)
 
 
 _RETURNS_EVENTS = frozenset(k for k, s in STREAM_OF.items() if s is Stream.RETURNS)
@@ -668,8 +677,9 @@ class Settled:
     basis: str = ""
 
     @classmethod
-    def of(cls, case: OrderCase, ev: Any = None) -> Settled:
-        """The record of ``case``, closed by the event ``ev`` (None: by a timer)."""
+    def of(cls, case: OrderCase, ev: Any = None, facts: dict | None = None) -> Settled:
+        """The record of ``case``, closed by the event ``ev`` (None: by a timer); ``facts``:
+        its :meth:`~OrderCase.facts` at the close, if already built."""
         return cls(
             case.customer_id,
             case.closed_at,
@@ -678,7 +688,7 @@ class Settled:
             case.review_verdict,
             case.reviewed_at,
             cls._returns_of(case, ev),
-            _later_refund_basis(case),
+            _later_refund_basis(case, facts),
         )
 
     @staticmethod
@@ -768,13 +778,14 @@ class Settled:
 _GOODWILL_KIND = {"refund_issued": "refund", "store_credit_issued": "store_credit"}
 
 
-def _later_refund_basis(case: OrderCase) -> str:
-    """:attr:`Settled.basis` of a case closing now."""
+def _later_refund_basis(case: OrderCase, facts: dict | None = None) -> str:
+    """:attr:`Settled.basis` of a case closing now (``facts``: its facts, if already built)."""
     outcome = case.outcome
     if outcome is Outcome.EXCHANGE:
         return "exchange_difference"  # the customer kept the exchanged goods: never leakage
     if outcome in (Outcome.REFUND, Outcome.STORE_CREDIT, Outcome.CANCELLED):
-        return leakage.basis(case.facts())  # (a cancelled order was never delivered)
+        # (a cancelled order was never delivered)
+        return leakage.basis(facts if facts is not None else case.facts())
     return ""
 
 
