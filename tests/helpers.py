@@ -188,3 +188,32 @@ def drain_when(proc: Any, settings: Any, topic: str, enough: Any, timeout_s: flo
     finally:
         reader.close()
     return got
+
+
+def dead_letters_at_drain(proc: Any, settings: Any, timeout_s: float = 90) -> list[dict]:
+    """The dead letters of a ``salvage run --follow`` process (see :func:`start_follow`): drain
+    it (SIGTERM) once the first one is out (a test's log ends with an event that must become
+    one), then read the rest of the topic."""
+    topic = settings.topics.dead_letters
+    dead = drain_when(proc, settings, topic, bool, timeout_s)
+    return dead + read_to_end(settings, topic, quiet_s=0.5)[len(dead) :]
+
+
+def dead_letter_ids(dead: list[dict]) -> list[tuple[str, str]]:
+    """(kind, event id of the raw record) of each dead letter."""
+    import base64
+
+    return [(d["kind"], json.loads(base64.b64decode(d["raw_b64"]))["event_id"]) for d in dead]
+
+
+def prom_total(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (those with ``labels``) in a Prometheus exposition (the
+    ``metrics.prom`` a run writes at its drain)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )

@@ -21,7 +21,7 @@ from salvage.flows.messages import Event, Tick
 from salvage.flows.stages import CaseStage, StageConfig
 from salvage.flows.state import StageState
 from tests.flowkit import jsonl, run_file_flow
-from tests.helpers import drain_when, event, kafka_settings, order_placed, read_to_end, start_follow
+from tests.helpers import dead_letters_at_drain, event, kafka_settings, order_placed, start_follow
 
 CLOSED = "case closed at 2026-03-08T10:00:00Z"
 
@@ -112,8 +112,7 @@ def test_the_last_event_of_a_closed_case_in_kafka_follow_mode(
 
     settings = kafka_settings(kafka_broker.bootstrap, unique_name("tail"))
     proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, tmp_path / "kafka-out")
-    dead = drain_when(proc, settings, settings.topics.dead_letters, bool, timeout_s=45)
-    dead += read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5)[len(dead) :]
+    dead = dead_letters_at_drain(proc, settings, timeout_s=45)
     got = [(d["kind"], d["event_id"], d["message"]) for d in dead]
     assert got == expected
     assert json.loads(base64.b64decode(dead[0]["raw_b64"]))["grade"] == "B"

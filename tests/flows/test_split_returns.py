@@ -6,7 +6,6 @@ letters; the money refunded adds up to every refund in the log."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -18,12 +17,13 @@ from salvage.sinks import kpis
 from tests.flowkit import jsonl, run_file_flow
 from tests.flows.test_settled import _cfg, _run
 from tests.helpers import (
-    drain_when,
+    dead_letter_ids,
+    dead_letters_at_drain,
     event,
     kafka_settings,
     metric_total,
     order_placed,
-    read_to_end,
+    prom_total,
     start_follow,
 )
 
@@ -234,15 +234,6 @@ def test_the_other_returns_and_the_settled_return_id_survive_a_snapshot() -> Non
         assert first + run(loaded, items[cut:], END) == expected
 
 
-def _metric(prom: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples (with ``labels``) in a Prometheus exposition."""
-    total = 0.0
-    for line in prom.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path):
     """Two parcels through ``salvage run --follow`` on the embedded broker: the other return's
     refund after the close and the settled return's second payment are in the refunded value of
@@ -256,18 +247,15 @@ def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, t
     out_dir = tmp_path / "kafka-out"
     proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, out_dir)
     # the log's last event (in event time) is the refused refund: once it is out, drain
-    dead = drain_when(proc, settings, settings.topics.dead_letters, bool)
-    dead += read_to_end(settings, settings.topics.dead_letters, quiet_s=0.5)[len(dead) :]
-    assert [(d["kind"], json.loads(base64.b64decode(d["raw_b64"]))["event_id"]) for d in dead] == [
-        ("unknown_order", "R1-too-late")
-    ]
+    dead = dead_letters_at_drain(proc, settings)
+    assert dead_letter_ids(dead) == [("unknown_order", "R1-too-late")]
     prom = (out_dir / "metrics.prom").read_text()
-    assert _metric(prom, "salvage_refunded_total", currency="EUR") == 180.0
+    assert prom_total(prom, "salvage_refunded_total", currency="EUR") == 180.0
     late = {"basis": "not_received", "currency": "EUR"}
-    assert _metric(prom, "salvage_refunded_by_basis_total", **late) == 60.0
+    assert prom_total(prom, "salvage_refunded_by_basis_total", **late) == 60.0
     fit = {"basis": "fit", "currency": "EUR"}  # R1's refund at the close, and its top-up
-    assert _metric(prom, "salvage_refunded_by_basis_total", **fit) == 120.0
-    assert _metric(prom, "salvage_settled_facts_total", stream="returns") == 4.0
+    assert prom_total(prom, "salvage_refunded_by_basis_total", **fit) == 120.0
+    assert prom_total(prom, "salvage_settled_facts_total", stream="returns") == 4.0
 
 
 def _journey(docs: list[dict]) -> list[tuple[str, str]]:
