@@ -89,3 +89,45 @@ def test_every_event_is_applied_or_dead_lettered_once(hours: list[float]) -> Non
     ids = [f"e{i}" for i in range(len(hours))]
     assert sorted(applied + dead) == sorted(ids)
     assert len(set(applied)) == len(applied)
+
+
+def test_a_late_uploaded_scan_in_kafka_follow_mode(
+    kafka_broker, unique_name, salvage_cli, tmp_path
+):
+    """The same on the embedded broker through ``salvage run --follow``: the delivered scan held
+    behind a late upload is applied (no ``bad_timestamp``), as in file mode. The log ends with a
+    refund after another order's grace period (an ``unknown_order`` dead letter once every
+    partition is idle): the drain's signal."""
+    from tests.helpers import (
+        dead_letter_ids,
+        dead_letters_at_drain,
+        kafka_settings,
+        order_placed,
+        prom_total,
+        start_follow,
+    )
+
+    def scan(eid: str, at: str, code: str) -> dict:
+        return event(eid, "carrier_scan", "d1", at, scan=code, courier="dpd")
+
+    def refund(eid: str, at: str) -> dict:
+        return event(eid, "refund_issued", "o9", at, amount=80.0, currency="EUR")
+
+    docs = [
+        order_placed("d1", "2026-09-01T08:00:00Z", promised="2026-09-02T18:00:00Z"),
+        scan("s1", "2026-09-01T13:00:00Z", "picked_up"),
+        scan("s2", "2026-09-01T15:00:00Z", "in_transit"),
+        scan("s3", "2026-09-01T22:00:00Z", "delivered"),  # 7 h: held
+        scan("s4", "2026-09-01T19:00:00Z", "out_for_delivery"),  # uploaded late
+        order_placed("o9", "2026-09-01T09:00:00Z", customer="c9"),
+        refund("o9-f1", "2026-09-01T12:00:00Z"),
+        refund("o9-late", "2026-11-30T12:00:00Z"),
+    ]
+    settings = kafka_settings(kafka_broker.bootstrap, unique_name("clock"))
+    log = tmp_path / "late-upload.jsonl"
+    log.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, tmp_path / "out")
+    dead = dead_letters_at_drain(proc, settings)
+    assert dead_letter_ids(dead) == [("unknown_order", "o9-late")]
+    prom = (tmp_path / "out" / "metrics.prom").read_text()
+    assert prom_total(prom, "salvage_events_total", stream="deliveries") == 4.0
