@@ -122,7 +122,13 @@ class DeadLetter(_Out):
     ``raw_b64`` holds at most ``SALVAGE_DEAD_LETTER_MAX_BYTES`` (4096) bytes of the payload, with
     free-text fields (support ``text``, notes, names...) dropped when the payload is JSON; on the
     support stream an unparsable payload keeps no bytes at all. ``raw_len`` and ``raw_sha256``
-    always describe the original bytes, so a letter can be matched to its source message."""
+    always describe the original bytes, so a letter can be matched to its source message.
+
+    The case stage's dead letters (``unknown_order``, ``inconsistent``, ``too_late``,
+    ``currency_mismatch``...; ``source`` is ``stage:<shard key>``, ``offset`` -1) come from a
+    validated event, whose original bytes are no longer at hand: ``raw_b64`` is that event
+    re-serialised (the contract's JSON), and ``event_id`` and ``order_id`` name it at its
+    source."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     source: str = Field(description="input topic, or file path in file mode")

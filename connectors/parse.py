@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -236,6 +237,33 @@ def _classify(exc: ValidationError) -> tuple[DeadLetterKind, str]:
     return DeadLetterKind.INVALID_VALUE, msg
 
 
+_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")  # the contracts' Id: printable ASCII, no space
+
+
+def ids_of(value: bytes) -> tuple[str | None, str | None]:
+    """The ``event_id`` and ``order_id`` of a record that failed validation, where its JSON has
+    them as valid ids (the contracts' ``Id``), so its dead letter still names the event and the
+    order (ops look a rejected event up by its id, and the dead-letter topic is keyed by order):
+    ``(None, None)`` for what is not a JSON object, an id of the wrong type or shape is None.
+
+    >>> ids_of(b'{"event_id": "e1", "order_id": "o1", "event_type": "order_teleported"}')
+    ('e1', 'o1')
+    >>> ids_of(b'{"event_id": 7, "order_id": "has space"}'), ids_of(b'[1]'), ids_of(b'{')
+    ((None, None), (None, None), (None, None))
+    """
+    try:
+        doc = json.loads(value)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    event_id, order_id = doc.get("event_id"), doc.get("order_id")
+    return (
+        event_id if isinstance(event_id, str) and _ID.match(event_id) else None,
+        order_id if isinstance(order_id, str) and _ID.match(order_id) else None,
+    )
+
+
 def parse(raw: RawRecord, fast: bool = True):
     """Return a validated event model, or a :class:`DeadLetter`.
 
@@ -258,7 +286,8 @@ def parse(raw: RawRecord, fast: bool = True):
             event = EVENT_ADAPTER.validate_json(value)
         except ValidationError as exc:
             kind, message = _classify(exc)
-            return dead_letter(raw, kind, message)
+            event_id, order_id = ids_of(value)
+            return dead_letter(raw, kind, message, event_id=event_id, order_id=order_id)
         except (ValueError, RecursionError) as exc:  # pragma: no cover - defensive
             return dead_letter(raw, DeadLetterKind.INVALID_JSON, str(exc))
     if raw.stream is not None and STREAM_OF[event.event_type] != raw.stream:

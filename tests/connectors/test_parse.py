@@ -115,6 +115,43 @@ def test_mutated_events_are_accepted_or_dead_lettered(mutation):
         assert result.order_id == doc["order_id"]
 
 
+def _valid_id(value: object) -> str | None:
+    if isinstance(value, str) and 1 <= len(value) <= 128:
+        return value if all("\x21" <= c <= "\x7e" for c in value) else None
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(sorted(GOOD)), json_values, max_size=6),
+    st.sampled_from(["e1", "ord-77/x", "", "a b", "é1", "x" * 128, "x" * 129]),
+)
+def test_a_dead_letter_names_the_event_and_order_it_could_read(mutation, some_id):
+    """A record that fails validation still names its event and order in its dead letter when
+    its JSON carries them as valid ids (what ops search for), and never anything else."""
+    doc = {**GOOD, **mutation}
+    if "order_id" not in mutation:
+        doc["order_id"] = some_id
+    result = _parse(json.dumps(doc, allow_nan=True).encode())
+    if isinstance(result, DeadLetter):
+        assert result.event_id == _valid_id(doc.get("event_id"))
+        assert result.order_id == _valid_id(doc.get("order_id"))
+
+
+def test_a_rejected_event_keeps_its_ids():
+    bad_amount = event("e9", "refund_issued", "o9", "2026-03-09T10:00:00Z", amount=-5.0)
+    letter = _parse(json.dumps(bad_amount).encode())
+    assert isinstance(letter, DeadLetter) and letter.kind is DeadLetterKind.INVALID_VALUE
+    assert (letter.event_id, letter.order_id) == ("e9", "o9")
+    unknown = {**GOOD, "event_type": "order_teleported"}
+    letter = _parse(json.dumps(unknown).encode())
+    assert isinstance(letter, DeadLetter) and letter.kind is DeadLetterKind.UNKNOWN_EVENT_TYPE
+    assert (letter.event_id, letter.order_id) == (GOOD["event_id"], "o1")
+    for broken in (b'{"event_id": "e1", "order_id": "o1"', b"[1, 2]", b'{"event_id": ["e1"]}'):
+        letter = _parse(broken)
+        assert isinstance(letter, DeadLetter) and letter.event_id is None
+
+
 # ---------------------------------------------------------------- the msgspec fast path
 
 
