@@ -2,7 +2,8 @@
 ``tests/features/test_foreign_currency.py`` for the case's rule): each currency's money is
 counted under its own ``currency`` label, never summed with another nor compared with the order's
 value; a payment whose meaning hangs on such a comparison is a ``currency_mismatch`` dead letter
-with its reason, counted, and the case is as without it. Checked on hand-made orders."""
+with its reason, counted, and the case is as without it. Checked on hand-made orders and on the
+simulator's ``foreign-currency`` variant against the same log without it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from salvage.connectors.events import EVENT_ADAPTER
+from salvage.connectors.simulator import FOREIGN_CURRENCY, write_log
 from salvage.features.eventtime import END, to_us
 from salvage.flows.messages import Event, Tick
 from salvage.flows.stages import CaseStage, ContextStage, DispatchStage, ModelStage
@@ -225,3 +227,108 @@ def test_the_dead_letter_leaves_the_case_as_without_it() -> None:
     assert a[0].settled["o2"].outcome == "kept"
     assert a[1].customers["c2"] == b[1].customers["c2"]
     assert a[4] == b[4]  # the KPI facts (the goodwill paid)
+
+
+# ----------------------------------------------------------------------------- the variant
+
+
+def _log_money(log: Path) -> tuple[dict[str, float], dict[str, dict]]:
+    """The log's refunds and chargebacks by currency, and its payment events by id."""
+    paid: dict[str, float] = defaultdict(float)
+    events = {}
+    for e in map(json.loads, log.read_bytes().splitlines()):
+        if e["event_type"] in ("refund_issued", "chargeback_filed", "store_credit_issued"):
+            events[e["event_id"]] = e
+            if e["event_type"] != "store_credit_issued":
+                paid[e["currency"]] += e["amount"]
+    return {c: round(v, 2) for c, v in paid.items()}, events
+
+
+def _by(delta: dict[tuple, float], name: str, at: int = 1) -> dict[str, float]:
+    """One metric's deltas summed by the label at ``at`` (1: its first label)."""
+    out: dict[str, float] = defaultdict(float)
+    for k, v in delta.items():
+        if k[0] == name:
+            out[k[at]] += v
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def test_the_variant_counts_every_currency_apart_and_changes_no_outcome(tmp_path: Path) -> None:
+    """``--variant foreign-currency`` (15% of the payments relabelled GBP, amounts as they were)
+    against the same log without it: no dead letter, the same outcomes and order values, each
+    currency's refunded value equal to that currency's refunds and chargebacks in the log to the
+    cent, and refund leakage and every basis split between EUR and GBP with the same totals.
+    Before, all of it was counted as EUR."""
+    plain, fc = tmp_path / "plain.jsonl", tmp_path / "fc.jsonl"
+    write_log("launch-week-backlog", 2000, 5, plain)
+    write_log("launch-week-backlog", 2000, 5, fc, variants=("foreign-currency",))
+    paid_a, _ = _log_money(plain)
+    paid_b, events = _log_money(fc)
+    assert set(paid_b) == {"EUR", FOREIGN_CURRENCY} and paid_b[FOREIGN_CURRENCY] > 1000
+    a, out_a = _run_flow(plain, tmp_path / "a")
+    b, out_b = _run_flow(fc, tmp_path / "b")
+    assert out_a["dead_letters"] == out_b["dead_letters"] == []
+    assert _by(a, "salvage_refunded_total") == paid_a
+    assert _by(b, "salvage_refunded_total") == paid_b
+    for name in ("salvage_cases_resolved_total", "salvage_closed_order_value_total"):
+        assert _by(b, name) == _by(a, name)
+    leak_a, leak_b = _by(a, "salvage_refund_leakage_total"), _by(b, "salvage_refund_leakage_total")
+    assert leak_b[FOREIGN_CURRENCY] > 0 and round(sum(leak_b.values()), 2) == leak_a["EUR"]
+    basis = "salvage_refunded_by_basis_total"
+    assert {k: round(v, 2) for k, v in _by(b, basis, at=2).items()} == _by(a, basis, at=2)
+    # every other output the same, but the refund's currency told and the outcome's money split
+    for name in ("interventions", "lane_alerts", "journey_alerts", "assignments", "orders"):
+        assert out_a[name] == out_b[name], name
+    updates = [
+        (u, v)
+        for u, v in zip(out_a["status_updates"], out_b["status_updates"], strict=True)
+        if u != v
+    ]
+    assert updates and len(out_a["status_updates"]) == len(out_b["status_updates"])
+    for u, v in updates:
+        assert {k for k in u if u[k] != v[k]} == {"currency"}
+        assert v["currency"] == events[v["source_event_id"]]["currency"] == FOREIGN_CURRENCY
+    assert any("refunded_other" in v for v in out_b["outcomes"])
+    for u, v in zip(out_a["outcomes"], out_b["outcomes"], strict=True):
+        other = v.pop("refunded_other", {})
+        assert round(v.pop("refunded_amount") + sum(other.values()), 2) == u.pop("refunded_amount")
+        assert u == v
+
+
+def test_with_goodwill_only_the_foreign_goodwill_is_dead_lettered(tmp_path: Path) -> None:
+    """``--variant goodwill --variant foreign-currency``: the goodwill paid in GBP (naming no
+    return, none open: goodwill if at most half the order's value, a settlement beyond) is a
+    ``currency_mismatch`` dead letter, every one of them and nothing else; the outcomes are those
+    of the goodwill log without the relabelling, the EUR goodwill is counted to the cent, and
+    each currency's refunded value is the log's less the dead-lettered cash. Before: no dead
+    letter, and the GBP goodwill counted as EUR goodwill."""
+    plain, gw = tmp_path / "plain.jsonl", tmp_path / "gw.jsonl"
+    both = tmp_path / "both.jsonl"
+    write_log("launch-week-backlog", 2000, 5, plain)
+    write_log("launch-week-backlog", 2000, 5, gw, variants=("goodwill",))
+    write_log("launch-week-backlog", 2000, 5, both, variants=("goodwill", "foreign-currency"))
+    _, without = _log_money(plain)
+    paid, events = _log_money(both)
+    goodwill = {i: e for i, e in events.items() if i not in without}  # what the variant added
+    foreign = {i for i, e in goodwill.items() if e["currency"] == FOREIGN_CURRENCY}
+    assert foreign and len(foreign) < len(goodwill)
+    a, out_a = _run_flow(gw, tmp_path / "a")
+    b, out_b = _run_flow(both, tmp_path / "b")
+    assert out_a["dead_letters"] == []
+    letters = out_b["dead_letters"]
+    assert {d["kind"] for d in letters} == {"currency_mismatch"}
+    assert {d["event_id"] for d in letters} == foreign
+    assert b.pop(("salvage_dead_letters_total", "currency_mismatch")) == len(foreign)
+    assert _by(b, "salvage_cases_resolved_total") == _by(a, "salvage_cases_resolved_total")
+    cash = sum(events[i]["amount"] for i in foreign if events[i]["event_type"] == "refund_issued")
+    expected = {**paid, FOREIGN_CURRENCY: round(paid[FOREIGN_CURRENCY] - cash, 2)}
+    assert _by(b, "salvage_refunded_total") == expected
+    for kind, label in (("refund_issued", "refund"), ("store_credit_issued", "store_credit")):
+        eur = [
+            e["amount"] for i, e in goodwill.items() if i not in foreign and e["event_type"] == kind
+        ]
+        assert b.get(("salvage_goodwill_total", "EUR", label), 0.0) == round(sum(eur), 2)
+    assert {k for k in b if k[0] == "salvage_goodwill_total"} <= {
+        ("salvage_goodwill_total", "EUR", "refund"),
+        ("salvage_goodwill_total", "EUR", "store_credit"),
+    }
