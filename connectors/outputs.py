@@ -114,6 +114,7 @@ class DeadLetterKind(StrEnum):
     TOO_LATE = "too_late"
     UNKNOWN_ORDER = "unknown_order"
     INCONSISTENT = "inconsistent"
+    CURRENCY_MISMATCH = "currency_mismatch"
 
 
 class DeadLetter(_Out):

@@ -375,6 +375,7 @@ VARIANTS: tuple[str, ...] = (
     "split-returns",
     "goodwill",
     "split-refunds",
+    "foreign-currency",
 )
 # split-returns: a customer sending back two or more units of an order (a return that is
 # received, graded and settled) sends them in two parcels, two returns of one order: the first
@@ -397,6 +398,14 @@ GOODWILL_AFTER_HOURS = (2.0, 36.0)
 SPLIT_REFUND_PROB = 0.5
 SPLIT_REFUND_FIRST = (0.6, 0.95)
 SPLIT_REFUND_DELAY_DAYS = (0.5, 5.0)
+# foreign-currency: a brand that pays some money out in another currency than the order's (a
+# cross-border store refunding in the shopper's currency, or a data error): with
+# FOREIGN_CURRENCY_PROB, a refund, store credit or chargeback says FOREIGN_CURRENCY, its amount as
+# it was (the simulator has no exchange rate either: each currency's total can be checked against
+# the log without the variant). After the other variants, so their money is relabelled too
+FOREIGN_CURRENCY_PROB = 0.15
+FOREIGN_CURRENCY = "GBP"
+_MONEY = frozenset({"refund_issued", "store_credit_issued", "chargeback_filed"})
 _SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
 _ENVELOPE = frozenset({"event_id", "event_type", "occurred_at", "order_id", "schema_version"})
 REALISTIC_INTENT_MISSING_PROB = 0.5
@@ -763,6 +772,8 @@ class _World:
         self.goodwill_rng = random.Random(f"goodwill-{seed}")
         self.split_refunds = "split-refunds" in variants
         self.refund_rng = random.Random(f"split-refunds-{seed}")
+        self.foreign_currency = "foreign-currency" in variants
+        self.currency_rng = random.Random(f"foreign-currency-{seed}")
         if orders < 0:
             raise ValueError("orders must be >= 0")
         start = DEFAULT_START if start is None else start
@@ -1860,6 +1871,8 @@ class _World:
             self._goodwill(st, truth)
         if self.split_refunds:
             self._split_refunds(st, truth)
+        if self.foreign_currency:
+            self._foreign_currency(st, truth)
         last = max(item[0] for item in st.items)
         final = max(final, last)
         truth["final_at"] = _iso(final)
@@ -1944,6 +1957,18 @@ class _World:
             split.append({"return_id": e["return_id"], "amounts": [first, rest]})
         if split:
             truth["split_refunds"] = split
+
+    def _foreign_currency(self, st: _Story, truth: dict) -> None:
+        """The foreign-currency variant (see :data:`FOREIGN_CURRENCY_PROB`) on one order's
+        story."""
+        rng = self.currency_rng
+        moved = []
+        for _, _, e in st.items:
+            if e["event_type"] in _MONEY and rng.random() < FOREIGN_CURRENCY_PROB:
+                e["currency"] = FOREIGN_CURRENCY
+                moved.append({"event_id": e["event_id"], "amount": e["amount"]})
+        if moved:
+            truth["foreign_currency"] = {"currency": FOREIGN_CURRENCY, "events": moved}
 
     # ------------------------------------------------------------ the merged stream
 

@@ -83,13 +83,15 @@ LEAKAGE_SHARE = Panel(
     "Leakage share of refunds",
     (
         Target(
-            f"sum({inc('salvage_refund_leakage_total')}) / sum({inc('salvage_refunded_total')})",
-            "leakage share",
+            f"sum by (currency) ({inc('salvage_refund_leakage_total')}) / "
+            f"sum by (currency) ({inc('salvage_refunded_total')})",
+            "{{currency}}",
         ),
     ),
     kind="stat",
     unit=PCT,
-    description="Refund leakage / all value refunded (refunds and chargebacks).",
+    description="Refund leakage / all value refunded (refunds and chargebacks), per currency "
+    "(money is never summed across currencies).",
     width=4,
     decimals=1,
 )

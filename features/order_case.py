@@ -143,6 +143,12 @@ class ReturnState:
     # credit, in the case's currency units; the case stays open
     goodwill_refunded: float = 0.0
     goodwill_credit: float = 0.0
+    # money refunded or charged back in another currency than the order's (a cross-border store
+    # refunding in the shopper's currency, or a data error): (currency, amount) per currency, never
+    # added to refunded_amount nor compared with the order's value (no exchange rates here); see
+    # OrderCase.money_refusal. At most MAX_OTHER_CURRENCIES entries (in the flow one: the payment
+    # closes the case)
+    refunded_other: tuple[tuple[str, float], ...] = ()
 
 
 RETURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReturnState))
@@ -154,6 +160,11 @@ SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_is
 # parcel, "keep it, here is 20% back"): the order is kept, the case stays open. More than that
 # (a lost parcel refunded in full) settles the case, as it did before.
 GOODWILL_MAX_SHARE = 0.5
+# currencies other than the order's one case keeps money in (refunded_other); a payment in yet
+# another one is refused (OrderCase.money_refusal), never summed with another currency
+MAX_OTHER_CURRENCIES = 4
+# the events that pay money out, each with its own ``currency``
+MONEY_EVENTS = frozenset({"refund_issued", "store_credit_issued", "chargeback_filed"})
 # the resolutions a customer asks for that keep the sale (a cash refund is not what they want)
 _KEEPING = frozenset({"exchange", "store_credit"})
 NO_RETURN = ReturnState()  # what a case without a ReturnState reads (never written)
@@ -288,6 +299,7 @@ class OrderCase:
         other_closed: tuple[tuple[str, int, str, str], ...] = ()
         goodwill_refunded: float = 0.0
         goodwill_credit: float = 0.0
+        refunded_other: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def of(cls, order_id: str, **values: Any) -> OrderCase:
@@ -442,6 +454,8 @@ class OrderCase:
 
     def _returns(self, ev, t: int) -> list[str]:
         kind = ev.event_type
+        if kind in MONEY_EVENTS and ev.currency != self.currency and self.money_refusal(ev):
+            return []  # (the flow dead-letters it before: see money_refusal)
         if kind == "return_requested":
             assert isinstance(ev, ReturnRequested)
             if ev.return_id != self.return_id and self.return_open():
@@ -516,7 +530,7 @@ class OrderCase:
             return ["return_cancelled"]
         if kind == "chargeback_filed":
             assert isinstance(ev, ChargebackFiled)
-            self.refunded_amount = round(self.refunded_amount + ev.amount, 2)
+            self._refunded(ev.amount, ev.currency)
             self._close(Outcome.CHARGEBACK, t)
             return ["outcome"]
         if kind == "review_resolved":
@@ -601,10 +615,10 @@ class OrderCase:
             return self._resolve(ev, t)
         return []  # received, in transit: the case follows its first return's progress
 
-    def _goodwill(self, ev: RefundIssued | StoreCreditIssued) -> bool:
-        """Is this refund or store credit goodwill (:data:`GOODWILL_MAX_SHARE`; never for a
-        parcel scanned lost or returned to sender: that is part of its refund)? If so, it is
-        added to the case's goodwill and the case stays open (the KPIs count it when paid).
+    def _goodwill_base(self, ev: RefundIssued | StoreCreditIssued) -> float:
+        """The value this refund or store credit would be goodwill against, by its amount
+        (0.0: it is not goodwill, whatever its amount: it names a return, the parcel was scanned
+        lost or returned to sender, a return is open that it settles).
 
         While a return is open, a payment naming no return is that return's settlement, except
         a small cash refund when the customer asked for an exchange or store credit (a fee
@@ -612,13 +626,23 @@ class OrderCase:
         return goes on to its exchange or credit."""
         value = self.order_value
         if ev.return_id is not None or not value:
-            return False
+            return 0.0
         if self.lost or self.returned_to_sender:  # part of a lost parcel's refund: not goodwill
-            return False
+            return 0.0
         if self.return_open():
             if ev.event_type != "refund_issued" or self.preferred_resolution not in _KEEPING:
-                return False
+                return 0.0
             value = self.return_value or value
+        return value
+
+    def _goodwill(self, ev: RefundIssued | StoreCreditIssued) -> bool:
+        """Is this refund or store credit goodwill (:data:`GOODWILL_MAX_SHARE` of
+        :meth:`_goodwill_base`; never for a parcel scanned lost or returned to sender: that is
+        part of its refund)? If so, it is added to the case's goodwill and the case stays open
+        (the KPIs count it when paid)."""
+        value = self._goodwill_base(ev)
+        if not value:
+            return False
         paid = round(self.goodwill_refunded + self.goodwill_credit + ev.amount, 2)
         if paid > round(GOODWILL_MAX_SHARE * value, 2):
             return False
@@ -628,12 +652,64 @@ class OrderCase:
             self.goodwill_credit = round(self.goodwill_credit + ev.amount, 2)
         return True
 
+    def money_refusal(self, ev: RefundIssued | StoreCreditIssued | ChargebackFiled) -> str:
+        """Why a payment in another currency than the order's cannot be applied to this case
+        ('': it can). There are no exchange rates here, so such money is never summed with the
+        order's nor compared with its value. Where what the payment *is* does not depend on its
+        amount (the refund or store credit of a return, a chargeback, a lost parcel's refund), it
+        is applied like any, and its money kept apart by currency (``refunded_other``). Where it
+        does, a refund or store credit naming no return that would be goodwill if it came to at
+        most :data:`GOODWILL_MAX_SHARE` of the order's (or the open return's) value, and the
+        settlement otherwise, Salvage cannot tell which it is: the case stage dead-letters it
+        (``currency_mismatch``) with this reason, and the case is as without it. So is money in
+        a currency past :data:`MAX_OTHER_CURRENCIES` other ones. Applied anyway (``apply``), a
+        refused payment changes nothing."""
+        currency = ev.currency
+        if currency == self.currency:
+            return ""
+        kind = ev.event_type
+        if (
+            not isinstance(ev, ChargebackFiled)
+            and not self.is_other_return(ev)
+            and self._goodwill_base(ev)
+        ):
+            return (
+                f"{kind} of {ev.amount:.2f} {currency} naming no return, on an order in "
+                f"{self.currency}: whether it is goodwill (at most {GOODWILL_MAX_SHARE:.0%} of "
+                "the order's value) or the order's settlement cannot be told without an exchange "
+                "rate; not applied"
+            )
+        other = self.refunded_other
+        if (
+            kind != "store_credit_issued"
+            and len(other) >= MAX_OTHER_CURRENCIES
+            and all(c != currency for c, _ in other)
+        ):
+            return (
+                f"{kind} in {currency}, on an order in {self.currency} that has money in "
+                f"{MAX_OTHER_CURRENCIES} other currencies already; not applied"
+            )
+        return ""
+
+    def _refunded(self, amount: float, currency: str) -> None:
+        """Money refunded or charged back: the order's currency into ``refunded_amount``, any
+        other kept apart by currency (``refunded_other``; never summed together)."""
+        if currency == self.currency:
+            self.refunded_amount = round(self.refunded_amount + amount, 2)
+            return
+        other = self.refunded_other
+        for i, (c, paid) in enumerate(other):
+            if c == currency:
+                self.refunded_other = (*other[:i], (c, round(paid + amount, 2)), *other[i + 1 :])
+                return
+        self.refunded_other = (*other, (shared(currency), round(amount, 2)))
+
     def _resolve(self, ev, t: int) -> list[str]:
         """A refund, an exchange or a store credit: the case's outcome (it closes)."""
         kind = ev.event_type
         if kind == "refund_issued":
             assert isinstance(ev, RefundIssued)
-            self.refunded_amount = round(self.refunded_amount + ev.amount, 2)
+            self._refunded(ev.amount, ev.currency)
             self.refund_at = self.refund_at or t
             self._close(Outcome.REFUND, t)
         elif kind == "exchange_completed":
@@ -782,7 +858,8 @@ class OrderCase:
             "graded_at": self.graded_at,
             "grade": self.grade,
             "abuse_flags": list(self.abuse_flags),
-            "refunded_amount": self.refunded_amount,
+            "refunded_amount": self.refunded_amount,  # in the order's currency
+            "refunded_other": dict(self.refunded_other),  # in others: {currency: amount}
             "refund_at": self.refund_at,
             "outcome": self.outcome.value if self.outcome else None,
             "closed_at": self.closed_at,

@@ -229,6 +229,7 @@ CASE = Record(
         "other_returns": _tuples,
         "other_flags": _tuple,
         "other_closed": _tuples,
+        "refunded_other": _tuples,
     },
     STATE_FIELDS,  # (the ReturnState fields among them, as attributes of the case)
     OrderCase.of,
@@ -240,7 +241,7 @@ LANE = Record(LaneMonitor)
 def _settled_record() -> Record:
     from salvage.flows.stages import Settled
 
-    return Record(Settled, {"returns": Settled.decode_returns})
+    return Record(Settled, {"returns": Settled.decode_returns, "currency": shared})
 
 
 # ----------------------------------------------------------------------------- keyed maps

@@ -237,7 +237,8 @@ def generate(
             "two parcels: two returns of one order, the second still open at the first one's "
             "refund or coming after it) | goodwill (a refund or store credit naming no return "
             "for a late parcel, the order kept) | split-refunds (a return's refund paid in two "
-            "parts, days apart)",
+            "parts, days apart) | foreign-currency (15% of refunds, store credits and "
+            "chargebacks in GBP on EUR orders, amounts unconverted)",
         ),
     ] = None,
 ) -> None:

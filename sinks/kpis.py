@@ -9,14 +9,17 @@
   out: the draw is per order, the share per action), ``customer`` (customer-context features at
   close);
 * ``kind="settled"``, a late fact of a settled case in its grace period: ``case`` with ``late``
-  (the event type), ``amount`` and ``currency`` (a chargeback's);
+  (the event type), ``amount`` and ``currency`` (the payment's own);
 * ``kind="goodwill"``, goodwill paid on an open case: ``case`` with ``amount``, ``goodwill_kind``
   (``refund`` or ``store_credit``), ``currency``, ``campaign``, ``sku_family``, ``lane``;
 * ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
   incl. ``customer_days_since_return``, -1 when the customer never returned anything).
 
 Metrics (all counters end in ``_total``; money is in currency units with a ``currency`` label; times
-in seconds). ``D`` = ``campaign, sku_family, lane``:
+in seconds). Money is never converted nor summed across currencies: a case's refunded value in its
+order's currency (``refunded_amount``) and in any other (``refunded_other``, a cross-border refund)
+are each counted under their own ``currency``, with the case's one leakage basis; the order's
+value (closed, retained) is in the order's. ``D`` = ``campaign, sku_family, lane``:
 
 ==========================================  ====================================================
 ``salvage_cases_resolved_total``            closed cases {outcome, D, support_reason}
@@ -475,12 +478,18 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
 
     first = fact.get("first_recoverability")
     refunded = float(get("refunded_amount") or 0.0)
-    if refunded > 0:
-        s.refunded(currency, *d, support).inc(refunded)
+    # money in other currencies than the order's: each counted in its own, never summed
+    other: dict[str, float] = get("refunded_other") or {}
+    if refunded > 0 or other:
         why = leakage.basis(case, fact.get("customer"))
-        s.by_basis(currency, why).inc(refunded)
-        if why in leakage.LEAKED:
-            s.leakage(currency, *d, support).inc(refunded)
+        leaked = why in leakage.LEAKED
+        paid = [(currency, refunded), *((b["currency"](c), a) for c, a in other.items())]
+        for cur, amount in paid:
+            if amount > 0:
+                s.refunded(cur, *d, support).inc(amount)
+                s.by_basis(cur, why).inc(amount)
+                if leaked:
+                    s.leakage(cur, *d, support).inc(amount)
     if first is not None:
         s.scored(SCORE_BINS[min(9, max(0, int(first * 10 + 1e-9)))], retained_s).inc()
 

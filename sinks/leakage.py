@@ -17,8 +17,10 @@ the case, so the case's facts at close are those facts), never from a model scor
    (a claim against a delivered scan) are not leakage. A chargeback without a return request has
    no reason: it counts when the parcel arrived more than :data:`LATE_HOURS` after its promise.
 
-Value is the refunded amount (refunds + chargebacks of the case), in the case's currency (one
-series per currency, never converted). A chargeback filed **after** the case settled, within
+Value is the refunded amount (refunds + chargebacks of the case), each payment in its own currency
+(one series per currency, never converted nor summed across currencies: a refund in another
+currency than the order's counts in that currency, with the case's basis; see
+``OrderCase.money_refusal``). A chargeback filed **after** the case settled, within
 ``SALVAGE_SETTLED_GRACE_DAYS``, adds to the refunded value (basis ``late_chargeback``) but not to
 leakage: it disputes a decision already taken. The refund of another return of the order that
 comes after the case settled (a second parcel sent back, a return after the window) has the basis

@@ -22,6 +22,7 @@ from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
 from salvage.features.order_case import (
     MAX_OTHER_RETURNS,
+    MONEY_EVENTS,
     NO_RETURN,
     SETTLEMENTS,
     OrderCase,
@@ -131,6 +132,8 @@ class CaseStage(_Stage):
         if self.journey is None or ev.event_type not in journey.STAGE_OF_EVENT:
             return
         amount = getattr(ev, "amount", None)
+        # the money paid, in its own currency (a refund may be in another one than the order's)
+        currency = case.currency if amount is None else ev.currency
         statuses, alerts = journey.on_event(case, ev.event_type, t, amount, self.journey)
         for alert in alerts:
             self._journey_alert(case, alert, ev.event_id)
@@ -145,7 +148,7 @@ class CaseStage(_Stage):
                 preferred_resolution=case.preferred_resolution,
                 expected_refund_date=notice.expected_refund_date,
                 amount=notice.amount,
-                currency=case.currency,
+                currency=currency,
                 policy_version=self.cfg.policy.version,
                 source_event_id=ev.event_id,
             )
@@ -368,6 +371,11 @@ class CaseStage(_Stage):
         metrics.SETTLED_FACTS.labels(STREAM_OF[kind].value).inc()
         if not changes:
             return True  # e.g. a clean re-grade: nothing new for history or labels
+        money = kind in _PAID_OUT
+        # money in another currency than the order's: counted in its own (the KPIs, by the
+        # fact's currency), never summed into the customer's refunded value (a record from
+        # before Settled.currency: as then)
+        history = amount if not money or rec.currency in ("", ev.currency) else 0.0
         view = CaseView(
             order_id=ev.order_id,
             customer_id=rec.customer_id,
@@ -382,7 +390,7 @@ class CaseStage(_Stage):
             sku_family="",
             currency="",
             order_value=0.0,
-            refunded_amount=amount,
+            refunded_amount=history,
             returned=True,
             abuse_flags=flags,
             facts={
@@ -394,7 +402,7 @@ class CaseStage(_Stage):
                 "reviewed_at": rec.reviewed_at,
                 "late": kind,
                 "amount": amount,
-                "currency": ev.currency if kind in ("chargeback_filed", "refund_issued") else "",
+                "currency": ev.currency if money else "",
                 "flagged": flagged,
                 **returned,
             },
@@ -556,6 +564,11 @@ class CaseStage(_Stage):
     ) -> None:
         cfg = self.cfg
         kind = ev.event_type
+        if kind in MONEY_EVENTS and ev.currency != case.currency:
+            refusal = case.money_refusal(ev)
+            if refusal:  # what it is hinges on its amount, in a currency it cannot be compared in
+                self._dead(ev, DeadLetterKind.CURRENCY_MISMATCH, refusal, out)
+                return
         # an event of another return than the one the case follows has no journey of its own
         other = kind in _RETURNS_EVENTS and case.is_other_return(ev)
         changes = case.apply(ev, t, cfg.return_window_us, inferred)
@@ -638,6 +651,7 @@ _case_view = slot_maker(CaseView)
 
 
 _PARCEL_EVENTS = frozenset({"carrier_scan", "order_shipped"})
+_PAID_OUT = frozenset({"refund_issued", "chargeback_filed"})  # money in the refunded value
 SETTLED_FACTS = frozenset(
     {"return_graded", "support_contact", "chargeback_filed", "review_resolved"}
 )
@@ -675,6 +689,9 @@ class Settled:
     # refund). "": none (kept, expired, charged back...; or a record from before this field: as
     # then, such a refund is a dead letter)
     basis: str = ""
+    # the order's currency: a later payment in another one is counted in its own, never summed
+    # into the customer's refunded value ("": a record from before this field, as then)
+    currency: str = ""
 
     @classmethod
     def of(cls, case: OrderCase, ev: Any = None, facts: dict | None = None) -> Settled:
@@ -689,6 +706,7 @@ class Settled:
             case.reviewed_at,
             cls._returns_of(case, ev),
             _later_refund_basis(case, facts),
+            case.currency,
         )
 
     @staticmethod

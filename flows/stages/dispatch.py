@@ -136,6 +136,11 @@ class DispatchStage(_Stage):
                 "last_decision": last,
                 "triggered": triggered,
             }
+            other = _refunded_other(view)
+            if other:  # as the outcome record: money in other currencies than the order's
+                record["currency"] = view.currency
+                record["refunded_amount"] = round(view.refunded_amount, 2)
+                record["refunded_other"] = other
             out.append((Route.CASE_RECORD, (order_id, t, case_json(record))))
 
     def _disposition(self, t: int, view: CaseView) -> None:
@@ -323,13 +328,16 @@ class DispatchStage(_Stage):
     def _outcome(self, t: int, view: CaseView) -> None:
         """The closing outcome of an assigned order (orders still open when the log ends have
         none: they count as retained, DESIGN §11)."""
-        doc = {
+        doc: dict[str, Any] = {
             "order_id": view.order_id,
             "outcome": view.outcome,
             "retained": view.outcome not in ("refund", "chargeback"),
-            "refunded_amount": round(view.refunded_amount, 2),
+            "refunded_amount": round(view.refunded_amount, 2),  # in the order's currency
             "closed_at": iso(t),
         }
+        other = _refunded_other(view)
+        if other:  # money in other currencies (a cross-border refund): apart, never summed
+            doc["refunded_other"] = other
         self.send(Route.OUTPUT, OUT_KEY, t, f"o|{view.order_id}", ("outcome", doc))
 
     def _guardrail(
@@ -348,3 +356,11 @@ class DispatchStage(_Stage):
             shards=self.cfg.cust_shards,
             forced=forced,
         )
+
+
+def _refunded_other(view: CaseView) -> dict[str, float]:
+    """A closing view's money refunded or charged back in other currencies than the order's
+    (``OrderCase.refunded_other``), by currency ({}: none, as on a single-currency log)."""
+    facts = view.facts
+    other = facts.get("refunded_other") if facts else None
+    return {c: round(a, 2) for c, a in other.items()} if other else {}

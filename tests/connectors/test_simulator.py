@@ -548,6 +548,35 @@ def test_split_returns_send_a_second_parcel_and_keep_the_money() -> None:
         )
 
 
+def test_foreign_currency_relabels_only_the_currency_of_some_payments() -> None:
+    """foreign-currency: about FOREIGN_CURRENCY_PROB of the refunds, store credits and
+    chargebacks say FOREIGN_CURRENCY instead of the order's currency, their amounts as they were
+    (no exchange rate); the truth names them; every other byte of the log is as without it."""
+    from salvage.connectors.simulator import FOREIGN_CURRENCY, FOREIGN_CURRENCY_PROB
+
+    plain, _ = _variant(())
+    foreign, truth = _variant(("foreign-currency",))
+    assert len(plain) == len(foreign)
+    moved = [b for a, b in zip(plain, foreign, strict=True) if a != b]
+    for a, b in zip(plain, foreign, strict=True):
+        if a != b:
+            assert {k for k in a if a[k] != b[k]} == {"currency"}
+            assert (a["currency"], b["currency"]) == ("EUR", FOREIGN_CURRENCY)
+            EVENT_ADAPTER.validate_json(json.dumps(b))
+    money = [e for e in plain if e["event_type"] in _MONEY_EVENTS]
+    assert {e["event_type"] for e in moved} == _MONEY_EVENTS
+    assert abs(len(moved) / len(money) - FOREIGN_CURRENCY_PROB) < 0.05
+    named = {
+        m["event_id"]
+        for t in truth.values()
+        for m in t.get("foreign_currency", {}).get("events", ())
+    }
+    assert named == {e["event_id"] for e in moved}
+
+
+_MONEY_EVENTS = {"refund_issued", "store_credit_issued", "chargeback_filed"}
+
+
 # SHA-256 of events + truth (1,200 orders, seed 11), pinned when `_World.order` was split into
 # story builders (issue 14 item 7): the split changed no byte. Together these logs take every story
 # path but the rare chargeback on a lost parcel (cancelled, kept, never delivered, exchange / credit

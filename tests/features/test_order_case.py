@@ -379,7 +379,7 @@ def test_the_return_fields_live_in_a_return_state_allocated_by_the_first_of_them
         *("label_cost", "received_at", "graded_at", "grade", "abuse_flags", "refunded_amount"),
         *("refund_at", "review_verdict", "reviewed_at", "resolved_at", "journey_rank"),
         *("journey_sent", "journey_alerted", "other_returns", "other_flags", "other_closed"),
-        *("goodwill_refunded", "goodwill_credit"),
+        *("goodwill_refunded", "goodwill_credit", "refunded_other"),
         *("status", "outcome", "closed_at", "events"),
         *("last_event_at", "seen", "digests", "has_order", "lane_noted"),
     )

@@ -301,13 +301,13 @@ def test_a_settled_record_from_before_returns_were_heard_hears_none() -> None:
     from salvage.flows.state import _settled_record
 
     record = _settled_record()
-    before = tuple(n for n in record.names if n not in ("returns", "basis"))
+    before = tuple(n for n in record.names if n not in ("returns", "basis", "currency"))
     old = record.decoder(before)(["c1", 5, "refund", False, "", 0])
-    assert old.returns is None and old.basis == ""
+    assert old.returns is None and old.basis == "" and old.currency == ""
     again = EVENT_ADAPTER.validate_json(json.dumps(_refund("R1", "2026-03-13T10:00:00Z", 60.0)))
     assert not old.hears(again) and not old.tops_up(again)
     stored = ("R1", 1, [["R2", "fit", "refund", True]])  # (as msgpack gives it back)
-    new = record.decoder(None)([*record.encode(old)[:-2], stored, ""])
+    new = record.decoder(None)([*record.encode(old)[:-3], stored, "", "EUR"])
     assert new.returns == ("R1", 1, (("R2", "fit", "refund", True),)) and not new.hears(again)
 
 

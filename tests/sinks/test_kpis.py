@@ -287,6 +287,28 @@ def test_a_chargeback_after_settlement_is_refunded_value_not_leakage():
     }
 
 
+def test_money_in_other_currencies_is_counted_in_each_never_summed():
+    """A case refunded partly in another currency than its order's (``refunded_other``: a
+    cross-border refund): each currency's money under its own label, with the case's one
+    leakage basis; the order's value (closed, retained) stays in the order's currency.
+    Before, ``refunded_other`` did not exist and every amount was the order's."""
+    d = Delta()
+    sr = {"support_reason": "refund_request"}
+    kpis.observe(refunded_case(refunded_amount=20.0, refunded_other={"GBP": 40.0, "USD": 5.5}))
+    kpis.observe(refunded_case(refunded_amount=0.0, refunded_other={"GBP": 10.0}))
+    for currency, amount in (("EUR", 20.0), ("GBP", 50.0), ("USD", 5.5)):
+        assert d("salvage_refunded_total", currency=currency, **D, **sr) == amount
+        assert d("salvage_refund_leakage_total", currency=currency, **D, **sr) == amount
+        assert d("salvage_refunded_by_basis_total", currency=currency, basis="fit") == amount
+    closed = {"currency": "EUR", "outcome": "refund", **D}
+    assert d("salvage_closed_order_value_total", **closed) == 240.0
+    assert {dict(k)["currency"] for (n, k) in d.changed() if "currency" in dict(k)} == {
+        "EUR",
+        "GBP",
+        "USD",
+    }
+
+
 def test_default_label_cost_by_courier_and_no_refund_before_request():
     d = Delta()
     # label issued without a cost: the courier default (bluebird 6.10); unknown courier: 5.00
