@@ -275,7 +275,9 @@ class OrderOutcome(_Out):
     )
     retained: bool = Field(description="no refund and no chargeback at the close (DESIGN §11)")
     refunded_amount: float = Field(
-        ge=0, description="refunds and chargebacks of the order up to its close (currency units)"
+        ge=0,
+        description="money refunded on the order up to its close: refunds, chargebacks and "
+        "goodwill cash paid while it was open (currency units)",
     )
     closed_at: AwareDatetime
 

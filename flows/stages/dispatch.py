@@ -276,9 +276,9 @@ class DispatchStage(_Stage):
             )
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
-            self._outcome(t, view)
+            refunded = self._outcome(t, view)
             if self.cfg.settled_grace_us > 0:  # (no grace period: no late money is heard)
-                self.amendable[view.order_id] = (t, round(view.refunded_amount, 2))
+                self.amendable[view.order_id] = (t, refunded)
         if closed:
             # KPI fact: what happened to the case, and what we did about it (metrics only)
             out.append(
@@ -331,17 +331,22 @@ class DispatchStage(_Stage):
         }
         self.send(Route.OUTPUT, OUT_KEY, t, f"a|{view.order_id}", ("assignment", doc))
 
-    def _outcome(self, t: int, view: CaseView) -> None:
+    def _outcome(self, t: int, view: CaseView) -> float:
         """The closing outcome of an assigned order (orders still open when the log ends have
-        none: they count as retained, DESIGN §11)."""
+        none: they count as retained, DESIGN §11), with the money refunded on it up to the
+        close: its refunds and chargebacks, and the goodwill cash paid while it was open (as
+        the KPIs' refunded value). Returns that money."""
+        goodwill = float((view.facts or {}).get("goodwill_refunded") or 0.0)
+        refunded = round(view.refunded_amount + goodwill, 2)
         doc = {
             "order_id": view.order_id,
             "outcome": view.outcome,
             "retained": view.outcome not in ("refund", "chargeback"),
-            "refunded_amount": round(view.refunded_amount, 2),
+            "refunded_amount": refunded,
             "closed_at": iso(t),
         }
         self.send(Route.OUTPUT, OUT_KEY, t, f"o|{view.order_id}", ("outcome", doc))
+        return refunded
 
     def _amend(self, t: int, view: CaseView) -> None:
         """Money paid after an assigned order's case closed (a late fact of its settled case,

@@ -325,9 +325,12 @@ def test_goodwill_variant_changes_only_the_goodwill(tmp_path: Path) -> None:
     write_log("launch-week-backlog", 2500, 5, gw, variants=("goodwill",))
     known = {json.loads(x)["event_id"] for x in plain.read_bytes().splitlines()}
     paid = {"refund_issued": 0.0, "store_credit_issued": 0.0}
+    cash_of: dict[str, float] = {}  # order -> its goodwill cash
     for e in map(json.loads, gw.read_bytes().splitlines()):
         if e["event_id"] not in known:  # what the variant added: goodwill
             paid[e["event_type"]] += e["amount"]
+            if e["event_type"] == "refund_issued":
+                cash_of[e["order_id"]] = round(cash_of.get(e["order_id"], 0.0) + e["amount"], 2)
     assert paid["refund_issued"] > 0 and paid["store_credit_issued"] > 0
     a, dead_a = _resolved_and_money(plain, tmp_path / "a")
     b, dead_b = _resolved_and_money(gw, tmp_path / "b")
@@ -339,6 +342,16 @@ def test_goodwill_variant_changes_only_the_goodwill(tmp_path: Path) -> None:
     refunded = ("salvage_refunded_total", None)
     assert round(b.pop(refunded) - a.pop(refunded), 2) == cash
     assert b == a  # outcomes, leakage, every other basis, late facts
+    # the outcome records: an assigned order's refunded money includes its goodwill cash (as
+    # the KPIs' refunded value does), nothing else changes
+    before = {o["order_id"]: o for o in jsonl((tmp_path / "a" / "outcomes.jsonl").read_bytes())}
+    after = {o["order_id"]: o for o in jsonl((tmp_path / "b" / "outcomes.jsonl").read_bytes())}
+    assert after.keys() == before.keys()
+    assert sum(cash_of.get(oid, 0.0) for oid in after) > 0.5 * cash  # late parcels: assigned
+    for oid, o in after.items():
+        assert o == {**before[oid], "refunded_amount": o["refunded_amount"]}
+        extra = round(o["refunded_amount"] - before[oid]["refunded_amount"], 2)
+        assert extra == cash_of.get(oid, 0.0), oid
 
 
 @pytest.fixture(scope="module")
