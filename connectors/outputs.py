@@ -270,6 +270,60 @@ class Disposition(_Out):
     candidates: list[DispositionCandidate]
 
 
+class OrderOutcome(_Out):
+    """A line of a run's ``outcomes.jsonl`` (its out dir, in file and Kafka mode alike): the
+    closing outcome of an order assigned to an uplift arm (:mod:`salvage.uplift`), written when
+    its case closes. Ids only."""
+
+    order_id: str
+    outcome: str = Field(
+        description="kept, exchange, store_credit, return_cancelled, refund, chargeback, "
+        "cancelled, expired or undelivered"
+    )
+    retained: bool = Field(description="no refund and no chargeback at the close (DESIGN §11)")
+    refunded_amount: float = Field(
+        ge=0,
+        description="money refunded on the order up to its close: refunds, chargebacks and "
+        "goodwill cash paid while it was open (currency units)",
+    )
+    closed_at: AwareDatetime
+
+
+class OutcomeAmended(_Out):
+    """A line of ``outcomes.jsonl`` after an order's :class:`OrderOutcome`: money paid on it
+    after its close, within ``SALVAGE_SETTLED_GRACE_DAYS`` (a refund's later payment, a
+    cancelled order's refund, a store credit paid out in cash, an exchange's price difference,
+    another return's refund, a chargeback), one line per payment, counted in the KPIs' refunded
+    value with ``basis``. Append-only: it restates the outcome (``outcome``, ``retained`` and
+    ``closed_at`` stay the close's) with the order's new refunded total, so the latest line of
+    an order has its total. Ids only."""
+
+    record: Literal["outcome_amended"]
+    order_id: str
+    outcome: str = Field(description="the close's outcome (unchanged)")
+    retained: bool = Field(description="the close's (unchanged)")
+    refunded_amount: float = Field(
+        ge=0, description="the order's refunded total now: the close's plus every later payment"
+    )
+    closed_at: AwareDatetime
+    amended_at: AwareDatetime = Field(description="event time of the payment")
+    late: Literal["refund_issued", "chargeback_filed"] = Field(description="the payment's event")
+    amount: float = Field(gt=0, description="the payment (currency units)")
+    currency: str
+    basis: str = Field(
+        description="its refund-leakage basis, as salvage_refunded_by_basis_total counts it "
+        "(sinks/leakage.py BASES)"
+    )
+    source_event_id: str = Field(description="the payment's event id: one line per payment")
+
+
+OUTCOME_RECORDS: dict[str, type[_Out]] = {
+    "outcome": OrderOutcome,
+    "outcome_amended": OutcomeAmended,
+}
+"""The lines of ``outcomes.jsonl`` by kind (an :class:`OrderOutcome` line has no ``record``)."""
+
+
 @dataclass(frozen=True)
 class OutputStream:
     """One output stream, declared once: sinks, JSON Schemas, the demo's drain and the tests loop

@@ -860,6 +860,9 @@ class OrderCase:
             "abuse_flags": list(self.abuse_flags),
             "refunded_amount": self.refunded_amount,  # in the order's currency
             "refunded_other": dict(self.refunded_other),  # in others: {currency: amount}
+            # goodwill cash paid while the case was open (counted by the KPIs when paid): for
+            # the outcome record's refunded money (DispatchStage._outcome)
+            "goodwill_refunded": self.goodwill_refunded,
             "refund_at": self.refund_at,
             "outcome": self.outcome.value if self.outcome else None,
             "closed_at": self.closed_at,

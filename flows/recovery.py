@@ -229,8 +229,12 @@ def _from_stage(route: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[list
     return lambda batch: [(k, (k, item)) for kv in batch for k, item in route(kv[1])]
 
 
-def _only(route: str) -> Callable[[list], list]:
-    """The payloads of one route in a batch of a stateful step's ``(key, (route, payload))``."""
+def _only(route: str, *more: str) -> Callable[[list], list]:
+    """The payloads of one route (or of several, in the batch's order) in a batch of a stateful
+    step's ``(key, (route, payload))``."""
+    if more:
+        routes = frozenset((route, *more))
+        return lambda batch: [kv[1][1] for kv in batch if kv[1][0] in routes]
     return lambda batch: [kv[1][1] for kv in batch if kv[1][0] == route]
 
 
@@ -328,9 +332,10 @@ RUN_RECORDS = ("assignments", "outcomes", "orders")
 intention-to-treat assignments, the assigned orders' outcomes and every order's placement
 (customer, time: repeat orders) (:mod:`salvage.uplift`)."""
 _RUN_ITEMS = (
-    ("assignments", "g", "assignment"),
-    ("outcomes", "o", "outcome"),
-    ("orders", "c", "order"),
+    ("assignments", "g", ("assignment",)),
+    # a closed order's outcome, then the money paid after its close (salvage.uplift folds them)
+    ("outcomes", "o", ("outcome", "outcome_amended")),
+    ("orders", "c", ("order",)),
 )
 
 
@@ -524,8 +529,8 @@ def build_flow(spec: FlowSpec) -> Dataflow:
         ser = op.map(f"ser_{out.tag}", items, _file_line(out) if spec.file_mode else _message(out))
         op.output(out.step, ser, sinks[out.sink])
     if "assignments" in sinks:  # files only (also in Kafka mode): the uplift's inputs
-        for sink, tag, item in _RUN_ITEMS:
-            records = op.flat_map_batch(sink, ordered, _only(item))
+        for sink, tag, kinds in _RUN_ITEMS:
+            records = op.flat_map_batch(sink, ordered, _only(*kinds))
             ser = op.map(f"ser_{tag}", records, _record_line(tag))
             op.output(f"out_{sink}", ser, sinks[sink])
 

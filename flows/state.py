@@ -464,6 +464,8 @@ class DispatchCodec(_Base):
         KeyedMap("h", "held_out", sorted, lambda v, h: set(v)),
         KeyedMap("d", "last_decision", _same, _same),
         KeyedMap("a", "assigned", lambda v: True, _same, kind="set"),
+        # (a snapshot from before it has none: its closed orders' late money is not amended)
+        KeyedMap("o", "amendable", list, lambda v, h: (int(v[0]), float(v[1]))),
     )
 
     def header(self, stage: Any) -> dict:
@@ -857,6 +859,8 @@ def rebuild(old: Any, cfg: Any) -> Any:
     ):
         if isinstance(old, s.CaseStage) and not hasattr(old, name):
             setattr(old, name, empty())
+    if isinstance(old, s.DispatchStage) and not hasattr(old, "amendable"):
+        old.amendable = {}
     new = fresh(old, cfg)
     header, entries = StageState(old).full()
     StageState(new).load(header, entries, cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from salvage.connectors.events import EVENT_ADAPTER, EVENT_MODELS, STREAM_OF
-from salvage.connectors.outputs import OUTPUTS
+from salvage.connectors.outputs import OUTCOME_RECORDS, OUTPUTS
 
 
 def all_schemas() -> dict[str, dict]:
@@ -26,6 +26,11 @@ def all_schemas() -> dict[str, dict]:
         schema = TypeAdapter(stream.model).json_schema(mode="serialization")
         schema["description"] = f"Output message on the '{stream.name}' topic."
         out[stream.name] = schema
+    for kind, record in OUTCOME_RECORDS.items():  # a run's outcomes.jsonl (salvage uplift)
+        schema = TypeAdapter(record).json_schema(mode="serialization")
+        schema["title"] = kind
+        schema["description"] = " ".join((record.__doc__ or "").split())
+        out[f"outcomes.{kind}"] = schema
     return out
 
 

@@ -11,7 +11,9 @@ Inputs (written by every run into its out dir, file and Kafka mode alike):
   holdout for another action) does not move the order between arms.
 * ``outcomes.jsonl``: the closing outcome of assigned orders. An order is *retained* unless it
   ends with a refund or a chargeback (DESIGN §11), so an order still open when the log ends
-  counts as retained.
+  counts as retained. Money paid after the close (in the settled grace period: a refund's second
+  payment, a chargeback...) follows as ``outcome_amended`` lines, each restating the outcome
+  with the order's new refunded total; :func:`fold_outcomes` folds them in.
 * ``orders.jsonl``: every order's placement (order, customer, time), for the repeat-order effect
   with customers as units: a customer's arm and stratum are those of their *first* assigned order
   (earliest ``decided_at``), and they *repeat* when they place another order in the
@@ -49,6 +51,7 @@ __all__ = [
     "Unit",
     "analyse",
     "bootstrap_diff",
+    "fold_outcomes",
     "load_customers",
     "load_units",
     "mde",
@@ -150,10 +153,50 @@ def _jsonl(path: Path) -> Iterator[dict]:
                 yield json.loads(raw)
 
 
+AMENDED = "outcome_amended"
+"""``record`` of an ``outcomes.jsonl`` line that amends an order's outcome (an outcome line has
+no ``record``)."""
+
+
+def fold_outcomes(records: Iterable[dict]) -> dict[str, dict]:
+    """Each order's outcome from ``outcomes.jsonl`` lines, with the money paid after its close:
+    its ``outcome`` line (the close) and its ``outcome_amended`` lines (one per later payment,
+    each restating the outcome with the order's refunded total so far), as one record: the
+    close's fields, with ``refunded_amount`` the order's total, the largest of its lines' (totals
+    only grow, so repeated or reordered lines, or a missing one, do not change it).
+
+    >>> close = {"order_id": "o1", "outcome": "refund", "refunded_amount": 100.0}
+    >>> later = {**close, "record": AMENDED, "amount": 20.0, "refunded_amount": 120.0}
+    >>> fold_outcomes([close, later])
+    {'o1': {'order_id': 'o1', 'outcome': 'refund', 'refunded_amount': 120.0}}
+    """
+    closes: dict[str, dict] = {}
+    totals: dict[str, float] = {}
+    for r in records:
+        oid = r["order_id"]
+        total = float(r.get("refunded_amount") or 0.0)
+        totals[oid] = max(totals.get(oid, total), total)
+        if r.get("record") != AMENDED or oid not in closes:
+            closes[oid] = r  # (an amendment stands in for a close line not read, or missing)
+    return {
+        oid: {
+            **{k: v for k, v in close.items() if k not in _AMENDMENT_ONLY},
+            "refunded_amount": totals[oid],
+        }
+        for oid, close in closes.items()
+    }
+
+
+_AMENDMENT_ONLY = frozenset(
+    {"record", "amended_at", "late", "amount", "currency", "basis", "source_event_id"}
+)
+
+
 def load_units(out_dir: Path) -> list[Unit]:
-    """The assigned orders of a run, with their outcome (retained when no closing outcome)."""
+    """The assigned orders of a run, with their outcome (retained when no closing outcome) and
+    refunded amount (money paid after the close included: :func:`fold_outcomes`)."""
     out_dir = Path(out_dir)
-    outcome = {o["order_id"]: o for o in _jsonl(out_dir / OUTCOMES)}
+    outcome = fold_outcomes(_jsonl(out_dir / OUTCOMES))
     units = []
     for a in _jsonl(out_dir / ASSIGNMENTS):
         o = outcome.get(a["order_id"], {})

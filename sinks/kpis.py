@@ -424,25 +424,16 @@ def _settled(s: _State, fact: dict[str, Any]) -> None:
     decision already taken), the refund of another return of the order (refunded value; its
     leakage basis as a closed case's, from that return's reason, when its request was heard;
     ``late_return``, not leakage, when it was not), or a second payment of the refund the case
-    settled with (``basis``: that refund's). See sinks/leakage.py."""
+    settled with (``basis``: that refund's). See sinks/leakage.py (``late_money``,
+    ``settled_basis``: the outcomes stream's ``outcome_amended`` records read the same)."""
     case: dict[str, Any] = fact.get("case") or {}
-    amount = float(case.get("amount") or 0.0)
-    late = case.get("late")
-    if late not in ("chargeback_filed", "refund_issued") or amount <= 0:
+    amount = leakage.late_money(case)
+    if not amount:
         return
     currency = s.bucket["currency"](case.get("currency"))
     none = s.bucket["campaign"]("")  # a settled record keeps no campaign / family / lane
     s.refunded(currency, none, none, none, none).inc(amount)
-    if late == "chargeback_filed":
-        why = "late_chargeback"
-    elif case.get("basis"):  # more money for what the case settled with
-        why = leakage.later_basis(case["basis"], case, fact.get("customer"))
-    elif case.get("return_reason"):
-        flags = case.get("abuse_flags") or (["flagged"] if case.get("flagged") else [])
-        facts = {**case, "delivered_at": 1, "abuse_flags": flags}  # (it heard: delivered)
-        why = leakage.basis(facts, fact.get("customer"))
-    else:
-        why = "late_return"
+    why = leakage.settled_basis(case, fact.get("customer"))
     s.by_basis(currency, why).inc(amount)
     if why in leakage.LEAKED:
         s.leakage(currency, none, none, none, none).inc(amount)

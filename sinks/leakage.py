@@ -106,6 +106,51 @@ def later_basis(
     return settled
 
 
+LATE_MONEY = frozenset({"chargeback_filed", "refund_issued"})
+"""The late facts of a settled case that pay money (``facts["late"]``, flows/stages/case.py)."""
+
+
+def late_money(case: Mapping[str, Any]) -> float:
+    """The money a settled case's late fact paid (``case``: its facts): a chargeback's or a
+    refund's amount, 0.0 for any other late fact. What the KPIs add to the refunded value and
+    the outcomes stream to the order's refunded amount (``outcome_amended``).
+
+    >>> late_money({"late": "refund_issued", "amount": 20.0})
+    20.0
+    >>> late_money({"late": "return_graded", "amount": 0.0})
+    0.0
+    """
+    amount = float(case.get("amount") or 0.0)
+    return amount if case.get("late") in LATE_MONEY and amount > 0 else 0.0
+
+
+def settled_basis(case: Mapping[str, Any], customer: Mapping[str, Any] | None = None) -> str:
+    """The basis of the money a settled case's late fact paid (:func:`late_money`; ``case``: its
+    facts, ``customer``: the customer's features then): a chargeback is ``late_chargeback``,
+    more money for what the case settled with has :func:`later_basis`, another return's refund
+    the basis its reason gives a closed case (it was heard: delivered), ``late_return`` when
+    its request was never heard.
+
+    >>> settled_basis({"late": "chargeback_filed", "amount": 5.0})
+    'late_chargeback'
+    >>> settled_basis({"late": "refund_issued", "amount": 5.0, "basis": "fit", "flagged": True})
+    'abuse_evidence'
+    >>> settled_basis({"late": "refund_issued", "amount": 5.0, "return_reason": "damaged"})
+    'damaged'
+    >>> settled_basis({"late": "refund_issued", "amount": 5.0})
+    'late_return'
+    """
+    if case.get("late") == "chargeback_filed":
+        return "late_chargeback"
+    if case.get("basis"):  # more money for what the case settled with
+        return later_basis(case["basis"], case, customer)
+    if case.get("return_reason"):
+        flags = case.get("abuse_flags") or (["flagged"] if case.get("flagged") else [])
+        facts = {**case, "delivered_at": 1, "abuse_flags": flags}  # (it heard: delivered)
+        return basis(facts, customer)
+    return "late_return"
+
+
 def basis(case: Mapping[str, Any], customer: Mapping[str, Any] | None = None) -> str:
     """Why a closed case's refunded value is (or is not) leakage: one of :data:`BASES`; leakage
     iff the result is in :data:`LEAKED`. ``case``: :meth:`OrderCase.facts` at close; ``customer``:

@@ -403,6 +403,7 @@ class CaseStage(_Stage):
                 "late": kind,
                 "amount": amount,
                 "currency": ev.currency if money else "",
+                "order_currency": rec.currency,  # "": a record from before Settled.currency
                 "flagged": flagged,
                 **returned,
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from zlib import crc32
 
 from salvage.features.customer import CustomerContext
@@ -13,6 +14,7 @@ from salvage.flows.stages.base import (
     _Stage,
     ctx_key,
 )
+from salvage.sinks import leakage
 
 
 class ContextStage(_Stage):
@@ -61,8 +63,15 @@ class ContextStage(_Stage):
             if view.status == "settled":
                 # a late fact of a settled case: history (above), KPIs and labels; never scored
                 # (with the customer's features: a late refund's leakage basis reads them)
-                fact = {"kind": "settled", "t": t, "case": view.facts, "customer": ctx.features(t)}
+                facts = view.facts
+                customer = ctx.features(t)
+                fact = {"kind": "settled", "t": t, "case": facts, "customer": customer}
                 out.append((Route.KPI, fact))
+                if facts and leakage.late_money(facts):
+                    # money paid after the close: the basis the KPIs give it goes on, for the
+                    # outcome record's amendment (DispatchStage._amend)
+                    basis = leakage.settled_basis(facts, customer)
+                    view = replace(view, facts={**facts, "refund_basis": basis})
                 box.append((t, tie, (view, None)))
                 continue
             f = view.features  # the case's values (a view made elsewhere may have a dict)

@@ -25,7 +25,7 @@ from salvage.policy.config import MAX_CONTACT_LOG
 from salvage.policy.disposition import decide_disposition
 from salvage.policy.engine import CUSTOMER_FACING, Gate, RowGate, decide, gate_of, holdout_unit
 from salvage.policy.triggers import build_trigger, decision_record, held_out, is_forced, trigger_id
-from salvage.sinks import metrics
+from salvage.sinks import leakage, metrics
 from salvage.sinks.case_doc import case_json
 from salvage.uplift import placed
 
@@ -43,6 +43,9 @@ class DispatchStage(_Stage):
         self.held_out: dict[str, set[str]] = {}  # order -> its held-out actions
         self.last_decision: dict[str, dict] = {}  # order id -> the latest non-empty decision
         self.assigned: set[str] = set()  # orders with an uplift (ITT) assignment, until close
+        # assigned orders closed, for the settled grace period: order id -> (close time, its
+        # refunded amount so far), for the outcome records' amendments (_amend)
+        self.amendable: dict[str, tuple[int, float]] = {}
         self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
         self.last_sweep = 0
         # this call's latest update per order, for its case-store document (_flush_records);
@@ -64,6 +67,8 @@ class DispatchStage(_Stage):
                 )
             if scored is not None:  # None: a settled case's late fact (no decision)
                 self._update(t, view, features, scored, out, gate)
+            elif view.order_id in self.amendable:
+                self._amend(t, view)
         if self._records:
             self._flush_records(out)
         if low < END and low - self.last_sweep > DAY_US:
@@ -74,6 +79,10 @@ class DispatchStage(_Stage):
             today = low // DAY_US
             for key in [k for k in self.spent if k[1] < today - 1]:
                 del self.spent[key]
+            # (the case stage hears no late fact of a case after its grace period)
+            grace = self.cfg.settled_grace_us
+            for order_id in [o for o, (c, _) in self.amendable.items() if low - c > grace]:
+                del self.amendable[order_id]
 
     @staticmethod
     def ignores(
@@ -272,7 +281,9 @@ class DispatchStage(_Stage):
             )
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
-            self._outcome(t, view)
+            refunded = self._outcome(t, view)
+            if self.cfg.settled_grace_us > 0:  # (no grace period: no late money is heard)
+                self.amendable[view.order_id] = (t, refunded)
         if closed:
             # KPI fact: what happened to the case, and what we did about it (metrics only)
             out.append(
@@ -325,20 +336,61 @@ class DispatchStage(_Stage):
         }
         self.send(Route.OUTPUT, OUT_KEY, t, f"a|{view.order_id}", ("assignment", doc))
 
-    def _outcome(self, t: int, view: CaseView) -> None:
+    def _outcome(self, t: int, view: CaseView) -> float:
         """The closing outcome of an assigned order (orders still open when the log ends have
-        none: they count as retained, DESIGN §11)."""
+        none: they count as retained, DESIGN §11), with the money refunded on it up to the
+        close in the order's currency: its refunds and chargebacks, and the goodwill cash paid
+        while it was open (as the KPIs' refunded value); money in other currencies apart
+        (``refunded_other``). Returns the order-currency money."""
+        goodwill = float((view.facts or {}).get("goodwill_refunded") or 0.0)
+        refunded = round(view.refunded_amount + goodwill, 2)
         doc: dict[str, Any] = {
             "order_id": view.order_id,
             "outcome": view.outcome,
             "retained": view.outcome not in ("refund", "chargeback"),
-            "refunded_amount": round(view.refunded_amount, 2),  # in the order's currency
+            "refunded_amount": refunded,  # in the order's currency
             "closed_at": iso(t),
         }
         other = _refunded_other(view)
         if other:  # money in other currencies (a cross-border refund): apart, never summed
             doc["refunded_other"] = other
         self.send(Route.OUTPUT, OUT_KEY, t, f"o|{view.order_id}", ("outcome", doc))
+        return refunded
+
+    def _amend(self, t: int, view: CaseView) -> None:
+        """Money paid after an assigned order's case closed (a late fact of its settled case,
+        in the grace period: a refund's second payment, a cancelled order's refund, a store
+        credit paid out in cash, an exchange's price difference, another return's refund, a
+        chargeback): an ``outcome_amended`` record after its outcome, with the payment, the
+        basis the KPIs give it and the order's new refunded total (in the order's currency: a
+        payment in another leaves it as it was, and the record names the payment's currency).
+        Append-only: the outcome line stays as written; its outcome and ``retained`` stay the
+        close's (as the KPIs')."""
+        facts = view.facts or {}
+        amount = leakage.late_money(facts)
+        if not amount:
+            return
+        closed_at, refunded = self.amendable[view.order_id]
+        currency, ordered_in = facts.get("currency") or "", facts.get("order_currency") or ""
+        if not (currency and ordered_in and currency != ordered_in):  # never summed across
+            refunded = round(refunded + amount, 2)
+            self.amendable[view.order_id] = (closed_at, refunded)
+        doc = {
+            "record": "outcome_amended",
+            "order_id": view.order_id,
+            "outcome": view.outcome,
+            "retained": view.outcome not in ("refund", "chargeback"),
+            "refunded_amount": refunded,
+            "closed_at": iso(closed_at),
+            "amended_at": iso(t),
+            "late": facts["late"],
+            "amount": round(amount, 2),
+            "currency": facts.get("currency") or "",
+            "basis": facts.get("refund_basis") or "",
+            "source_event_id": view.source_id,
+        }
+        tie = f"o|{view.order_id}|{view.source_id}"
+        self.send(Route.OUTPUT, OUT_KEY, t, tie, ("outcome_amended", doc))
 
     def _guardrail(
         self, view: CaseView, action: Action, cost: float, t: int, forced: bool = False

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import jsonschema
 import pytest
 
+from salvage.connectors.outputs import OUTCOME_RECORDS
 from salvage.connectors.simulator import write_log
 from salvage.features.eventtime import DAY_US
 from salvage.sinks import kpis
+from salvage.sinks.leakage import BASES
 from tests.flowkit import jsonl, run_file_flow
 from tests.flows.test_settled import _cfg, _run
 from tests.flows.test_split_returns import _kpi_deltas
@@ -321,9 +325,12 @@ def test_goodwill_variant_changes_only_the_goodwill(tmp_path: Path) -> None:
     write_log("launch-week-backlog", 2500, 5, gw, variants=("goodwill",))
     known = {json.loads(x)["event_id"] for x in plain.read_bytes().splitlines()}
     paid = {"refund_issued": 0.0, "store_credit_issued": 0.0}
+    cash_of: dict[str, float] = {}  # order -> its goodwill cash
     for e in map(json.loads, gw.read_bytes().splitlines()):
         if e["event_id"] not in known:  # what the variant added: goodwill
             paid[e["event_type"]] += e["amount"]
+            if e["event_type"] == "refund_issued":
+                cash_of[e["order_id"]] = round(cash_of.get(e["order_id"], 0.0) + e["amount"], 2)
     assert paid["refund_issued"] > 0 and paid["store_credit_issued"] > 0
     a, dead_a = _resolved_and_money(plain, tmp_path / "a")
     b, dead_b = _resolved_and_money(gw, tmp_path / "b")
@@ -335,22 +342,45 @@ def test_goodwill_variant_changes_only_the_goodwill(tmp_path: Path) -> None:
     refunded = ("salvage_refunded_total", None)
     assert round(b.pop(refunded) - a.pop(refunded), 2) == cash
     assert b == a  # outcomes, leakage, every other basis, late facts
+    # the outcome records: an assigned order's refunded money includes its goodwill cash (as
+    # the KPIs' refunded value does), nothing else changes
+    before = {o["order_id"]: o for o in jsonl((tmp_path / "a" / "outcomes.jsonl").read_bytes())}
+    after = {o["order_id"]: o for o in jsonl((tmp_path / "b" / "outcomes.jsonl").read_bytes())}
+    assert after.keys() == before.keys()
+    assert sum(cash_of.get(oid, 0.0) for oid in after) > 0.5 * cash  # late parcels: assigned
+    for oid, o in after.items():
+        assert o == {**before[oid], "refunded_amount": o["refunded_amount"]}
+        extra = round(o["refunded_amount"] - before[oid]["refunded_amount"], 2)
+        assert extra == cash_of.get(oid, 0.0), oid
 
 
-def test_split_refunds_variant_loses_no_money(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def split_refunds(tmp_path_factory) -> SimpleNamespace:
+    """The same steady-state log with and without ``--variant split-refunds``, each through file
+    mode: the KPI deltas, dead letters and out dirs (``a``: plain, ``b``: split)."""
+    tmp = tmp_path_factory.mktemp("split-refunds")
+    plain, split = tmp / "plain.jsonl", tmp / "split.jsonl"
+    write_log("steady-state", 2500, 7, plain)
+    write_log("steady-state", 2500, 7, split, variants=("split-refunds",))
+    a, dead_a = _resolved_and_money(plain, tmp / "a")
+    b, dead_b = _resolved_and_money(split, tmp / "b")
+    return SimpleNamespace(
+        plain=plain, split=split, a=a, b=b, dead_a=dead_a, dead_b=dead_b, dir_a=tmp / "a",
+        dir_b=tmp / "b",
+    )  # fmt: skip
+
+
+def test_split_refunds_variant_loses_no_money(split_refunds: SimpleNamespace) -> None:
     """``--variant split-refunds``: no dead letters, the same refunded value to the cent as the
     log without it, one settled fact per second payment, and the same bases, except that a second
     payment made after the customer's abuse evidence came (another order's grade, between the
     two payments) is ``abuse_evidence``: what was known when that money went out."""
-    plain, split = tmp_path / "plain.jsonl", tmp_path / "split.jsonl"
-    write_log("steady-state", 2500, 7, plain)
-    write_log("steady-state", 2500, 7, split, variants=("split-refunds",))
+    r = split_refunds
+    plain, split, a, b = r.plain, r.split, dict(r.a), dict(r.b)
     n_plain = sum(1 for x in plain.read_bytes().splitlines() if b'"refund_issued"' in x)
     n_split = sum(1 for x in split.read_bytes().splitlines() if b'"refund_issued"' in x)
     assert n_split - n_plain >= 50
-    a, dead_a = _resolved_and_money(plain, tmp_path / "a")
-    b, dead_b = _resolved_and_money(split, tmp_path / "b")
-    assert dead_a == dead_b == []
+    assert r.dead_a == r.dead_b == []
     returns = ("salvage_settled_facts_total", "returns")
     assert b.pop(returns) - a.pop(returns, 0.0) == n_split - n_plain
     basis = "salvage_refunded_by_basis_total"
@@ -364,6 +394,65 @@ def test_split_refunds_variant_loses_no_money(tmp_path: Path) -> None:
     assert {k: v for k, v in b.items() if k[0] != basis} == {
         k: v for k, v in a.items() if k[0] != basis
     }
+
+
+def test_split_refunds_outcomes_carry_the_money_paid_after_the_close(
+    split_refunds: SimpleNamespace,
+) -> None:
+    """The outcomes stream of the split-refunds run: each assigned order's refunded money, its
+    outcome line's plus its ``outcome_amended`` lines', is what the log paid on it (the KPIs'
+    refunded value: the test above), to the cent, and what the plain log's outcome line says;
+    so ``salvage uplift`` reports the same as on the plain log. Before, the outcome lines alone
+    missed the second payments (~10% of the refunded money) and the uplift's refund figures
+    moved with which arm's orders happened to be paid in two parts."""
+    from salvage.schemas import all_schemas
+    from salvage.uplift import fold_outcomes, uplift
+
+    r = split_refunds
+    assert (r.dir_a / "assignments.jsonl").read_bytes() == (
+        r.dir_b / "assignments.jsonl"
+    ).read_bytes()
+    paid: dict[str, float] = {}
+    for e in map(json.loads, r.split.read_bytes().splitlines()):
+        if e["event_type"] in ("refund_issued", "chargeback_filed"):
+            paid[e["order_id"]] = round(paid.get(e["order_id"], 0.0) + e["amount"], 2)
+    plain_lines = jsonl((r.dir_a / "outcomes.jsonl").read_bytes())
+    lines = jsonl((r.dir_b / "outcomes.jsonl").read_bytes())
+    amended = [o for o in lines if o.get("record") == "outcome_amended"]
+    closes = [o for o in lines if "record" not in o]
+
+    # the outcome lines are written at the close, as without the variant, with the money
+    # paid by then (the first payment); the amendments follow them
+    def _close(o: dict) -> tuple:
+        return (o["order_id"], o["outcome"], o["retained"], o["closed_at"])
+
+    assert [_close(o) for o in closes] == [_close(o) for o in plain_lines]
+    at_close = round(sum(o["refunded_amount"] for o in closes), 2)
+    late = round(sum(o["amount"] for o in amended), 2)
+    total = round(sum(paid.get(o["order_id"], 0.0) for o in closes), 2)
+    assert len(amended) >= 30 and late > 0.05 * total  # what the outcome lines alone missed
+    assert round(at_close + late, 2) == total
+    folded = fold_outcomes(lines)
+    assert {k: v["refunded_amount"] for k, v in folded.items()} == {
+        o["order_id"]: paid.get(o["order_id"], 0.0) for o in closes
+    }
+    assert folded == {o["order_id"]: o for o in plain_lines}
+    # each amendment: after its order's close, the order's running total, a KPI basis
+    seen: dict[str, float] = {o["order_id"]: o["refunded_amount"] for o in closes}
+    for o in amended:
+        seen[o["order_id"]] = round(seen[o["order_id"]] + o["amount"], 2)
+        assert o["refunded_amount"] == seen[o["order_id"]] and o["amended_at"] > o["closed_at"]
+        assert o["basis"] in BASES and o["late"] == "refund_issued"
+    # every line within its published schema (salvage schemas: outcomes.<kind>)
+    schemas = all_schemas()
+    for o in lines:
+        kind = o.get("record", "outcome")
+        jsonschema.Draft202012Validator(schemas[f"outcomes.{kind}"]).validate(o)
+        assert OUTCOME_RECORDS[kind].model_validate(o)
+    assert uplift(r.dir_b) == uplift(r.dir_a)
+    # through the total-order output stage: the same bytes with other worker and shard counts
+    other = run_file_flow([r.split], r.dir_b.with_name("b2"), workers=2, shards=3)
+    assert other["outcomes"] == (r.dir_b / "outcomes.jsonl").read_bytes()
 
 
 # ----------------------------------------------------------------------------- Kafka --follow
@@ -398,6 +487,12 @@ def test_both_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_p
     assert prom_total(prom, "salvage_goodwill_total", kind="refund") == 15.0
     assert prom_total(prom, "salvage_cases_resolved_total", outcome="kept") == 1.0
     assert prom_total(prom, "salvage_refund_leakage_total") == 120.0
+    # the outcomes stream: o2's close (its first payment) and the amendment for the second
+    # (o1, goodwill on an order kept, has no assignment), the same bytes as file mode writes
+    outcomes = (out_dir / "outcomes.jsonl").read_bytes()
+    lines = [(o["order_id"], o.get("record"), o["refunded_amount"]) for o in jsonl(outcomes)]
+    assert lines == [("o2", None, 100.0), ("o2", "outcome_amended", 120.0)]
+    assert outcomes == run_file_flow([log], tmp_path / "file-out", shards=4)["outcomes"]
 
 
 @pytest.mark.parametrize("variant", ["goodwill", "split-refunds"])

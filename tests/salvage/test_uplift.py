@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from salvage.cli import app
@@ -16,6 +18,7 @@ from salvage.uplift import (
     Unit,
     analyse,
     bootstrap_diff,
+    fold_outcomes,
     load_customers,
     load_units,
     mde,
@@ -122,6 +125,80 @@ def test_open_orders_count_as_retained(tmp_path):
     units = {u.order_id: u for u in load_units(tmp_path)}
     assert units["A"].retained and units["C"].retained  # A and C never closed
     assert not units["B"].retained and units["B"].refunded == 30.0 and units["B"].margin == 0.0
+
+
+def _outcome_lines(oid: str, outcome: str, at_close: float, later: list[float]) -> list[dict]:
+    """What the dispatch stage writes for one order: its outcome at the close, then one
+    amendment per later payment with the running total (DispatchStage._amend)."""
+    close = {
+        "order_id": oid,
+        "outcome": outcome,
+        "retained": outcome not in ("refund", "chargeback"),
+        "refunded_amount": at_close,
+        "closed_at": "2026-03-08T10:00:00Z",
+    }
+    lines, total = [close], at_close
+    for i, amount in enumerate(later):
+        total = round(total + amount, 2)
+        lines.append(
+            {
+                **close,
+                "record": "outcome_amended",
+                "refunded_amount": total,
+                "amended_at": f"2026-03-{10 + i:02d}T10:00:00Z",
+                "late": "refund_issued" if i % 3 else "chargeback_filed",
+                "amount": amount,
+                "currency": "EUR",
+                "basis": "fit",
+                "source_event_id": f"{oid}-e{i}",
+            }
+        )
+    return lines
+
+
+_MONEY = st.integers(1, 50_000).map(lambda c: c / 100)
+_ORDERS = st.lists(
+    st.tuples(
+        st.sampled_from(["refund", "kept", "exchange", "chargeback", "cancelled"]),
+        st.one_of(st.just(0.0), _MONEY),
+        st.lists(_MONEY, max_size=5),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(orders=_ORDERS, data=st.data())
+def test_folding_the_outcomes_takes_every_later_payment_once_in_any_order(orders, data):
+    """An order's folded refunded amount is its close's plus every later payment, rounded as
+    written; so is its latest line's (a reader keeping an order's last line, as salvage uplift
+    did before amendments, reads the same total); repeated lines, any order of the lines, and a
+    missing line other than the last amendment change nothing."""
+    streams = {
+        f"o{i}": _outcome_lines(f"o{i}", outcome, at_close, later)
+        for i, (outcome, at_close, later) in enumerate(orders)
+    }
+    expected = {}
+    for oid, lines in streams.items():
+        total = lines[0]["refunded_amount"]
+        for line in lines[1:]:
+            total = round(total + line["amount"], 2)
+        expected[oid] = {**lines[0], "refunded_amount": total}
+        assert lines[-1]["refunded_amount"] == total
+    in_order = [x for lines in streams.values() for x in lines]
+    assert fold_outcomes(in_order) == expected
+    assert {x["order_id"]: x["refunded_amount"] for x in in_order} == {
+        k: v["refunded_amount"] for k, v in expected.items()
+    }
+    shaken = in_order + data.draw(st.lists(st.sampled_from(in_order), max_size=8))
+    shaken = data.draw(st.permutations(shaken))
+    assert fold_outcomes(shaken) == expected
+    # a line lost (not an order's last one, nor its only one), its close's included: an
+    # amendment restates the outcome, and the later totals include the lost payment
+    droppable = [x for lines in streams.values() for x in lines[:-1]]
+    if droppable:
+        lost = data.draw(st.sampled_from(droppable))
+        assert fold_outcomes(x for x in shaken if x != lost) == expected
 
 
 def test_customers_are_in_the_arm_of_their_first_assignment_and_repeat_within_90_days(tmp_path):
