@@ -38,7 +38,11 @@ from salvage.features.eventtime import DAY_US, HOUR_US, to_us
 MAX_CONTACTS = 32  # rolling contact memory per case; older contacts only count in totals
 MAX_SEEN_IDS = 256  # dedupe memory per case: its last 256 event ids (an order has ~10-30 events)
 PROMISE_GRACE_US = 2 * HOUR_US  # a promise is "missed" this long after it passes undelivered
-HARD_TTL_US = 120 * DAY_US  # a case is closed this long after placement, whatever happened
+# a case is closed this long after its parcel was due (its promise, or its placement when it has
+# none or it is later), whatever happened (OrderCase.ttl_at). From the promise, not the placement:
+# a pre-order promised 100 days out, delivered on time, would otherwise close as kept 20 days
+# into its 30-day return window, and its return come as an unknown_order dead letter
+HARD_TTL_US = 120 * DAY_US
 # A late parcel that stays undelivered is looked at again this long after its promise (after the
 # first "missed" check at PROMISE_GRACE_US): each check is a case update, so reassurance or a delay
 # intervention can fire on a parcel whose carrier never says anything.
@@ -210,7 +214,10 @@ class OrderCase:
     ('2026-03-04T20:00:00Z', ['promise_missed', 'delay_signal'])
     >>> iso(case.next_deadline(window))  # the first re-check, 6 h after the promise
     '2026-03-05T00:00:00Z'
-    >>> case.on_time(case.placed_at + HARD_TTL_US, window), case.status, case.outcome
+    >>> _ = case.on_time(case.promised_at + HARD_TTL_US - 1, window)  # from the promise, not
+    >>> case.status  # the placement: still open after placement + HARD_TTL_US
+    <Status.OPEN: 'open'>
+    >>> case.on_time(case.promised_at + HARD_TTL_US, window), case.status, case.outcome
     (['closed'], <Status.CLOSED: 'closed'>, <Outcome.UNDELIVERED: 'undelivered'>)
     >>> case.next_deadline(window)  # closed: nothing is due any more
     0
@@ -763,7 +770,7 @@ class OrderCase:
         if self.status is Status.CLOSED:
             return 0
         # the least of: the hard TTL, the next promise checkpoint, the end of the return window
-        best = self.placed_at + HARD_TTL_US if self.placed_at else None
+        best = self.ttl_at() or None
         delivered_at = self.delivered_at
         if delivered_at:
             if not self.return_requested_at or self.outcome is not None:  # no return open
@@ -775,6 +782,15 @@ class OrderCase:
             if check and (best is None or check < best):
                 best = check
         return 0 if best is None else best
+
+    def ttl_at(self) -> int:
+        """When the hard TTL closes this case (0: not placed): :data:`HARD_TTL_US` after the
+        later of its placement and its promise."""
+        placed_at = self.placed_at
+        if not placed_at:
+            return 0
+        promised_at = self.promised_at
+        return (promised_at if promised_at > placed_at else placed_at) + HARD_TTL_US
 
     def _promise_check(self, rechecks: tuple[int, ...]) -> int:
         """The next promise checkpoint of an undelivered parcel (0: none left): the "missed"
@@ -796,7 +812,7 @@ class OrderCase:
         self.last_event_at = max(self.last_event_at, now)
         if self.status is Status.CLOSED:
             return []
-        if self.placed_at and now >= self.placed_at + HARD_TTL_US:
+        if self.placed_at and now >= self.ttl_at():
             if self.return_open():
                 outcome = Outcome.EXPIRED
             elif not self.delivered_at:

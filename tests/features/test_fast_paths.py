@@ -146,7 +146,8 @@ def reference_features(case: OrderCase, now: int) -> dict[str, float]:
 def reference_core_deadline(case: OrderCase, window: int, rechecks: tuple[int, ...]) -> int:
     if case.status is Status.CLOSED:
         return 0
-    candidates = [case.placed_at + HARD_TTL_US] if case.placed_at else []
+    anchor = max(case.placed_at, case.promised_at)  # the TTL runs from when it was due
+    candidates = [anchor + HARD_TTL_US] if case.placed_at else []
     if case.promised_at and not case.delivered_at:
         k = case.promise_checks
         offsets = [o for o in rechecks if o > PROMISE_GRACE_US]
