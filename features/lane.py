@@ -8,8 +8,10 @@ send only a pick-up and a delivery scan, so the promise itself is the signal tha
 * it was delivered after the promise;
 * a delay / exception / lost / returned scan arrived, or the carrier's ETA moved past the promise.
 
-A shipment is judged once (``shipments_total``, and the baseline) and dropped when its promise
-leaves the longest window. A fact that would add a shipment whose promise is already past the
+A shipment is judged once (``shipments_total``, and the baseline), ``baseline_lag_us`` after its
+promise and not before its lateness is known (past promise + ``late_grace_us``: judged earlier, a
+parcel still undelivered would count on time for good), and dropped when its promise leaves the
+longest window. A fact that would add a shipment whose promise is already past the
 longest window is ignored: it was judged and dropped already if the lane saw it before (a parcel
 scanned again long after its promise), and no window can count it.
 
@@ -286,12 +288,15 @@ class LaneMonitor:
         shipments = self.shipments
         leaving_n = leaving_late = 0
         heap = ix.unlearned
+        # judged baseline_lag_us after the promise, and once an undelivered parcel would be late
+        # (past promise + grace): judged earlier, it would count on time for good
         cut = now - cfg.baseline_lag_us
-        if heap and heap[0][0] <= cut and heap[0][0] < now:
+        due = now - grace
+        if heap and heap[0][0] <= cut and heap[0][0] < due:
             frozen = self.alert_open
             skip_from, skip_to = self.skip_from, self.skip_to
             judged = delayed = 0
-            while heap and (promise := heap[0][0]) <= cut and promise < now:
+            while heap and (promise := heap[0][0]) <= cut and promise < due:
                 oid = heappop(heap)[1]
                 rec = shipments.get(oid)
                 if rec is None or rec[3] or rec[0] != promise:
@@ -301,7 +306,7 @@ class LaneMonitor:
                     late = True
                 else:
                     delivered = rec[2]
-                    late = delivered > promise + grace if delivered else now > promise + grace
+                    late = delivered > promise + grace if delivered else True
                 judged += 1
                 delayed += late
                 # an alert's cohort does not teach the baseline (frozen while alerting)

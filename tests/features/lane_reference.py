@@ -1,7 +1,8 @@
 """Test oracle: :class:`ReferenceLaneMonitor` is ``features/lane.py``'s ``LaneMonitor`` as it was
 before the promise index of issue 15 (commit 7b7176b), kept verbatim so that
 ``test_lane_reference.py`` can check the indexed monitor gives the same transitions and state.
-Do not optimise this copy."""
+Do not optimise this copy. Changes of the monitor's behaviour since, made here too: a shipment is
+judged only once an undelivered parcel would be late (past promise + grace)."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ class ReferenceLaneMonitor:
                 continue  # not due yet (a promise exactly now is judged at the next step)
             age = now - promise
             late = self._late(rec, now, cfg)
-            if age >= cfg.baseline_lag_us and not rec[3]:
+            # judged once an undelivered parcel would be late (earlier it would count on time)
+            if age >= cfg.baseline_lag_us and age > cfg.late_grace_us and not rec[3]:
                 rec[3] = True
                 self.shipments_total += 1
                 self.delayed_total += late
