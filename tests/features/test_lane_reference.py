@@ -44,6 +44,19 @@ CONFIGS = (
     LaneConfig(late_grace_us=2 * DAY_US, warmup_shipments=5, min_late=1),
     # judged when an undelivered parcel turns late (not at promise + grace exactly: the step after)
     LaneConfig(step_us=HOUR_US, late_grace_us=3 * HOUR_US, baseline_lag_us=3 * HOUR_US),
+    # alert-prone with short windows and a shift that is the new normal after 2 days: alerts
+    # close as new normals, bridged reopenings, shifts ending
+    LaneConfig(
+        step_us=2 * HOUR_US,
+        windows_us=(6 * HOUR_US, DAY_US),
+        warmup_shipments=0,
+        min_late=1,
+        open_confidence=0.3,
+        close_confidence=0.2,
+        close_min_shipments=4,
+        late_grace_us=HOUR_US,
+        adapt_after_us=2 * DAY_US,
+    ),
     # alert-prone: transitions (with their window counts) on most streams
     LaneConfig(
         warmup_shipments=0,
