@@ -9,22 +9,31 @@ after their promise and 3% of them never."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import fields, replace
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from salvage.config import Settings
+from salvage.connectors.simulator import write_log
 from salvage.features.eventtime import DAY_US, HOUR_US
 from salvage.features.lane import LaneConfig, LaneMonitor, LaneTransition
 from salvage.flows.state import LANE
+from tests.features.test_lane_alerts import _RUN, _onset_and_recovery, _ts
+from tests.flowkit import jsonl
 
 D = DAY_US
 CFG = LaneConfig()
 OFF = replace(CFG, adapt_after_us=0)  # the monitor before: an alert waits for the cohort
+SHIFT = ("silent-carrier-incident", 18200, 1, 350.0)  # 52 days; the lane ~18 parcels a day
 
 
 def _facts(rate_of_day: Callable[[int], float], per_day: float, days: int, seed: int) -> list:
@@ -253,3 +262,76 @@ def test_the_lane_stage_publishes_the_new_normal_and_other_lanes_stay_silent():
     assert '"state":"closed"' in nn and '"reason":"new_normal"' in nn
     assert [a.state for a in alerts][-2:] == ["open", "closed"]  # the spike, after it
     assert alerts[-2].window_end > alerts[reasons.index("new_normal")].window_end
+
+
+# ---------------------------------------------------------------- the simulator, file mode
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory):
+    """``silent-carrier-incident --variant lane-shift``: carriers send only pick-up and delivery;
+    a 3.5-day incident on swiftship:central>central (days 3-6.5), and parcelgo:central>south
+    (~3% late) 30% late for good from day 10, a spike to 80% on top on days 44-48."""
+    scenario, orders, seed, per_day = SHIFT
+    root = tmp_path_factory.mktemp("lane-shift")
+    log, truth = root / "events.jsonl", root / "events.truth"
+    write_log(scenario, orders, seed, log, truth, orders_per_day=per_day, variants=("lane-shift",))
+    out = root / "out"
+    out.mkdir()
+    subprocess.run(  # a child process, as test_lane_alerts' runs (metric label series)
+        [sys.executable, "-c", _RUN, str(log), str(out)],
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    records = [json.loads(x) for x in truth.read_text().splitlines()]
+    return jsonl((out / "lane_alerts.jsonl").read_bytes()), records, log
+
+
+def test_the_simulated_depot_move_alerts_becomes_the_new_normal_and_the_spike_alerts(shifted):
+    alerts, truth, log = shifted
+    (shift,) = (r for r in truth if r["type"] == "lane_shift")
+    assert shift["scans"] == "picked_up+delivered" and shift["end"] is None
+    incidents = {r["lane"]: r for r in truth if r["type"] == "lane_incident"}
+    spike = incidents.pop(shift["lane"])
+    (short,) = incidents.values()
+    by_lane: dict[str, list[dict]] = {}
+    for a in alerts:
+        by_lane.setdefault(a["lane"], []).append(a)
+    assert set(by_lane) == {shift["lane"], short["lane"]}, "other lanes: no alert"
+
+    # the short incident: open within a day of its onset, closed within a day of its recovery
+    t = _onset_and_recovery(log, short)
+    opened, closed = by_lane[short["lane"]]
+    assert (opened["state"], closed["state"]) == ("open", "closed")
+    assert t["onset"] <= _ts(opened["window_end"]) <= t["onset"] + timedelta(days=1)
+    assert _ts(closed["window_end"]) <= t["recovered"] + timedelta(days=1)
+    assert "reason" not in opened and "reason" not in closed
+
+    # the shift: the lane's parcels picked up from its start until the spike
+    truth_shift = _onset_and_recovery(log, shift | {"end": spike["start"]})
+    assert truth_shift["baseline"] <= 0.05 and truth_shift["late_rate"] >= 0.25
+    mine = by_lane[shift["lane"]]
+    first = mine[0]
+    assert first["state"] == "open"
+    assert _ts(first["window_end"]) <= truth_shift["onset"] + timedelta(days=2), first
+    (i,) = (n for n, a in enumerate(mine) if a.get("reason") == "new_normal")
+    new_normal = mine[i]
+    assert new_normal["state"] == "closed"
+    flaps = mine[1:i]  # a close on one lucky cohort, reopened within the longest window
+    assert [a["state"] for a in flaps] == ["closed", "open"] * (len(flaps) // 2)
+    # 28 days after the shift's alert opened, the shift's late rate is the lane's baseline
+    held = _ts(new_normal["window_end"]) - _ts(first["window_end"])
+    assert timedelta(days=28) <= held <= timedelta(days=29), held
+    assert abs(new_normal["baseline_rate"] - truth_shift["late_rate"]) <= 0.05, new_normal
+    assert new_normal["threshold_rate"] > truth_shift["late_rate"]
+
+    # the spike on the new normal: its own alert, closed when its cohort recovered
+    truth_spike = _onset_and_recovery(log, spike)
+    after = mine[i + 1 :]
+    assert [a["state"] for a in after] == ["open", "closed"], after
+    assert _ts(after[0]["window_end"]) <= truth_spike["onset"] + timedelta(days=2), after
+    assert after[0]["baseline_rate"] == pytest.approx(new_normal["baseline_rate"], abs=0.03)
+    assert _ts(after[1]["window_end"]) <= truth_spike["recovered"] + timedelta(days=1)
+    assert "reason" not in after[1]
