@@ -78,6 +78,10 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+class LaneAlertReason(StrEnum):
+    NEW_NORMAL = "new_normal"  # closed: the shift lasted, it is the lane's baseline now
+
+
 class LaneAlert(_Out):
     """A courier-lane delay spike opening or closing. Key: lane."""
 
@@ -97,6 +101,13 @@ class LaneAlert(_Out):
     confidence: float = 0.0  # P(cohort late rate > threshold) under the cohort's posterior
     window_start: AwareDatetime
     window_end: AwareDatetime
+    reason: LaneAlertReason | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # absent unless set: other alerts' bytes unchanged
+        description="why a closed alert closed when it is not the cohort's recovery: "
+        "new_normal (the shift lasted SALVAGE_LANE_ADAPT_AFTER_DAYS and is the lane's baseline "
+        "now: baseline_rate and threshold_rate are the new ones)",
+    )
 
 
 class DeadLetterKind(StrEnum):

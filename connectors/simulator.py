@@ -83,7 +83,8 @@ after the promise, >= 0; for lost / returned parcels up to that scan), plus "seg
 above, or null), "final_at"}`` is emitted when the order's
 story ends (its last event, or the end of the return window for kept orders). ``{"type":
 "lane_incident", "lane", "start", "end", "delay_prob"}`` is emitted at the incident's end; an
-incident applies to shipments *picked up* in ``[start, end)``.
+incident applies to shipments *picked up* in ``[start, end)``. A shift of a lane's normal (the
+``lane-shift`` variant) is ``{"type": "lane_shift", ..., "end": null}``, emitted at its start.
 """
 
 from __future__ import annotations
@@ -376,6 +377,7 @@ VARIANTS: tuple[str, ...] = (
     "goodwill",
     "split-refunds",
     "foreign-currency",
+    "lane-shift",
 )
 # split-returns: a customer sending back two or more units of an order (a return that is
 # received, graded and settled) sends them in two parcels, two returns of one order: the first
@@ -406,6 +408,15 @@ SPLIT_REFUND_DELAY_DAYS = (0.5, 5.0)
 FOREIGN_CURRENCY_PROB = 0.15
 FOREIGN_CURRENCY = "GBP"
 _MONEY = frozenset({"refund_issued", "store_credit_issued", "chargeback_filed"})
+# lane-shift: a carrier moves a depot: from LANE_SHIFT_DAY on (pick-ups, days after start) a share
+# LANE_SHIFT_PROB of one busy lane's parcels (parcelgo central>south, ~5% of orders, ~3% late
+# before) arrive 2-4 days late, for good (on the silent scenarios no delay scan says so);
+# LANE_SHIFT_SPIKE (start, end, delay probability) is an incident on top of that new normal. The
+# log changes from the shift on (the lane's parcels draw their delays from the world's stream).
+LANE_SHIFT_LANE = (1, "central", "south")
+LANE_SHIFT_DAY = 10.0
+LANE_SHIFT_PROB = 0.3
+LANE_SHIFT_SPIKE = (44.0, 48.0, 0.8)
 _SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
 _ENVELOPE = frozenset({"event_id", "event_type", "occurred_at", "order_id", "schema_version"})
 REALISTIC_INTENT_MISSING_PROB = 0.5
@@ -613,14 +624,23 @@ class _Lane:
 
 
 class _Incident:
-    __slots__ = ("delay_prob", "end", "lane", "mean_h", "start")
+    __slots__ = ("backlog", "delay_prob", "end", "lane", "mean_h", "start")
 
-    def __init__(self, lane: str, start: int, end: int, delay_prob: float, mean_h: float) -> None:
+    def __init__(
+        self,
+        lane: str,
+        start: int,
+        end: int,
+        delay_prob: float,
+        mean_h: float,
+        backlog: bool = True,
+    ) -> None:
         self.lane = lane
         self.start = start
-        self.end = end
+        self.end = end  # 0: for good (a shift of the lane's normal, see LANE_SHIFT_DAY)
         self.delay_prob = delay_prob
         self.mean_h = mean_h
+        self.backlog = backlog  # stuck at a hub (parcels lost more often), not ordinary delays
 
 
 class _Story:
@@ -774,6 +794,7 @@ class _World:
         self.refund_rng = random.Random(f"split-refunds-{seed}")
         self.foreign_currency = "foreign-currency" in variants
         self.currency_rng = random.Random(f"foreign-currency-{seed}")
+        self.lane_shift = "lane-shift" in variants
         if orders < 0:
             raise ValueError("orders must be >= 0")
         start = DEFAULT_START if start is None else start
@@ -876,6 +897,15 @@ class _World:
             for dest in rng.sample(REGIONS, 3):
                 lane = self.lanes[(ci, "central", dest)]
                 inc = _Incident(lane.key, start, end, round(rng.uniform(0.55, 0.75), 2), 60.0)
+                self.incidents.setdefault(lane.key, []).append(inc)
+                self.incident_list.append(inc)
+        if self.lane_shift:  # after the scenario's incidents: the later one applies
+            lane = self.lanes[LANE_SHIFT_LANE]
+            at = self.t_start + int(LANE_SHIFT_DAY * DAY)
+            shift = _Incident(lane.key, at, 0, LANE_SHIFT_PROB, 60.0, backlog=False)
+            s0, s1, prob = LANE_SHIFT_SPIKE
+            start, end = self.t_start + int(s0 * DAY), self.t_start + int(s1 * DAY)
+            for inc in (shift, _Incident(lane.key, start, end, prob, 60.0)):
                 self.incidents.setdefault(lane.key, []).append(inc)
                 self.incident_list.append(inc)
 
@@ -1203,8 +1233,10 @@ class _World:
         delay_p, mean_h, lost_p, rts_p = lane.delay_p, lane.delay_mean_h, 0.002, 0.002
         backlog = False
         for inc in self.incidents.get(lane.key, ()):
-            if inc.start <= t_pick < inc.end:
-                delay_p, mean_h, lost_p, backlog = inc.delay_prob, inc.mean_h, 0.012, True
+            if inc.start <= t_pick and (t_pick < inc.end or not inc.end):
+                delay_p, mean_h = inc.delay_prob, inc.mean_h
+                if inc.backlog:
+                    lost_p, backlog = 0.012, True
         nominal_day = t_pick // DAY + lane.transit_days
         jitter = rand()
         if jitter < 0.08 and lane.transit_days >= 2:
@@ -1996,17 +2028,16 @@ class _World:
         seq = 0
         for inc in self.incident_list:
             rec = {
-                "type": "lane_incident",
+                "type": "lane_incident" if inc.end else "lane_shift",
                 "lane": inc.lane,
                 "start": _iso(inc.start),
-                "end": _iso(inc.end),
+                "end": _iso(inc.end) if inc.end else None,
                 "delay_prob": inc.delay_prob,
             }
             if self.silent_scans:
                 rec["scans"] = "picked_up+delivered"
-            buckets.setdefault(inc.end // BUCKET_SECONDS, []).append(
-                (inc.end, seq, [(inc.end, 0, rec)], 0)
-            )
+            at = inc.end or inc.start  # a shift is stated when it starts
+            buckets.setdefault(at // BUCKET_SECONDS, []).append((at, seq, [(at, 0, rec)], 0))
             seq += 1
         push, pop, replace = heapq.heappush, heapq.heappop, heapq.heapreplace
         n_done = 0

@@ -8,8 +8,10 @@ send only a pick-up and a delivery scan, so the promise itself is the signal tha
 * it was delivered after the promise;
 * a delay / exception / lost / returned scan arrived, or the carrier's ETA moved past the promise.
 
-A shipment is judged once (``shipments_total``, and the baseline) and dropped when its promise
-leaves the longest window. A fact that would add a shipment whose promise is already past the
+A shipment is judged once (``shipments_total``, and the baseline), ``baseline_lag_us`` after its
+promise and not before its lateness is known (past promise + ``late_grace_us``: judged earlier, a
+parcel still undelivered would count on time for good), and dropped when its promise leaves the
+longest window. A fact that would add a shipment whose promise is already past the
 longest window is ignored: it was judged and dropped already if the lane saw it before (a parcel
 scanned again long after its promise), and no window can count it.
 
@@ -29,7 +31,16 @@ late rate (``evidence_weight`` pseudo-shipments at the baseline as prior):
   soon as the evidence is there, with no fixed volume gate;
 * **close** (hysteresis) when the most recent cohort holding ``close_min_shipments`` shipments
   (the shortest window that does, else the longest) has ``P(rate > theta) < close_confidence``,
-  or when no shipment at all is left in the longest window.
+  or when no shipment at all is left in the longest window;
+* **close as the new normal** when the *shift* has lasted ``adapt_after_us`` (28 days; 0: never)
+  and its alert is still open. A shift starts when an alert opens and none is in progress; an
+  alert closed and reopened within the longest window continues it (a persistent shift's alert may
+  close on one lucky cohort); closed for longer, it ended (a short incident's, say: its alert
+  closes when the cohort recovers, as above, and it taught the baseline nothing). The shipments
+  judged during the shift, decayed as the baseline is, *become* the baseline (the history before
+  is forgotten): the closing alert carries the new baseline and threshold (``new_normal``), and a
+  later spike above the new normal alerts again. An alert restored from a snapshot older than
+  this rule starts its shift at the first evaluation after the restore.
 """
 
 from __future__ import annotations
@@ -79,6 +90,8 @@ open_confidence (hysteresis)
     close_confidence: float = 0.5  # close when P(rate > threshold) drops below this ...
     close_min_shipments: int = 20  # ... in the shortest window holding this many shipments
     critical_margin: float = 0.35  # severity critical: window rate >= baseline + this
+    # a shift that keeps the lane in alert this long is its new normal (0: never)
+    adapt_after_us: int = 28 * DAY_US
 
     def validate(self) -> LaneConfig:
         """Raise ValueError on settings that cannot work; return self."""
@@ -109,6 +122,15 @@ open_confidence (hysteresis)
             problems.append("warmup_shipments >= 0, min_late >= 1, close_min_shipments >= 1")
         if self.late_grace_us < 0:
             problems.append("late grace must be >= 0")
+        if self.adapt_after_us < 0 or (
+            self.adapt_after_us
+            and self.windows_us
+            and self.adapt_after_us < max(self.windows_us[-1], self.baseline_lag_us + self.step_us)
+        ):
+            problems.append(
+                "adapt_after must be 0 (never) or at least the longest window and the baseline "
+                "lag plus a step (a new normal is learned from judged shipments)"
+            )
         if problems:
             raise ValueError("lane monitor: " + "; ".join(problems))
         return self
@@ -130,6 +152,7 @@ class LaneTransition:
     confidence: float  # P(rate > threshold) under the cohort's posterior
     window_start: int  # promises in (window_start, window_end)
     window_end: int
+    new_normal: bool = False  # closed: the shift lasted adapt_after_us and is the baseline now
 
 
 def beta_sf(x: float, a: float, b: float) -> float:
@@ -206,6 +229,12 @@ class LaneMonitor:
     skip_to: int = 0
     shipments_total: int = 0  # shipments judged (baseline_lag_us after their promise)
     delayed_total: int = 0  # ... of which late
+    # a shift in progress (adapt_after_us): since its first alert opened at shift_from (0: none;
+    # an alert reopening within the longest window of a close continues it), the decayed counts
+    # of the shipments judged, the baseline it becomes once it has lasted adapt_after_us
+    shift_from: int = 0
+    shift_late: float = 0.0
+    shift_volume: float = 0.0
     # derived from ``shipments`` (not part of the state: rebuilt when missing), see _Index
     index: _Index | None = field(
         default=None, repr=False, compare=False, metadata={"derived": True}
@@ -271,10 +300,11 @@ class LaneMonitor:
                 break
         return out
 
-    def _counts(self, now: int, cfg: LaneConfig) -> tuple[list[list[int]], int, int]:
+    def _counts(self, now: int, cfg: LaneConfig) -> tuple[list[list[int]], int, int, int, int]:
         """Judge the shipments whose promise is ``baseline_lag_us`` old (the totals; returns how
-        many may teach the baseline, and how many of those were late), drop those that left the
-        longest window and count the windows' cohorts: ``[volume, late]`` per window.
+        many may teach the baseline, and how many of those were late, then how many were judged
+        and how many of those were late), drop those that left the longest window and count the
+        windows' cohorts: ``[volume, late]`` per window.
 
         Through the index: only the shipments judged or dropped at ``now`` are visited, a
         window's counts are ranges of the index's sorted promises (the same counts as walking
@@ -284,14 +314,16 @@ class LaneMonitor:
             ix = self.index = _Index(self.shipments, cfg.late_grace_us)
         grace = ix.grace
         shipments = self.shipments
-        leaving_n = leaving_late = 0
+        leaving_n = leaving_late = judged = delayed = 0
         heap = ix.unlearned
+        # judged baseline_lag_us after the promise, and once an undelivered parcel would be late
+        # (past promise + grace): judged earlier, it would count on time for good
         cut = now - cfg.baseline_lag_us
-        if heap and heap[0][0] <= cut and heap[0][0] < now:
+        due = now - grace
+        if heap and heap[0][0] <= cut and heap[0][0] < due:
             frozen = self.alert_open
             skip_from, skip_to = self.skip_from, self.skip_to
-            judged = delayed = 0
-            while heap and (promise := heap[0][0]) <= cut and promise < now:
+            while heap and (promise := heap[0][0]) <= cut and promise < due:
                 oid = heappop(heap)[1]
                 rec = shipments.get(oid)
                 if rec is None or rec[3] or rec[0] != promise:
@@ -301,7 +333,7 @@ class LaneMonitor:
                     late = True
                 else:
                     delivered = rec[2]
-                    late = delivered > promise + grace if delivered else now > promise + grace
+                    late = delivered > promise + grace if delivered else True
                 judged += 1
                 delayed += late
                 # an alert's cohort does not teach the baseline (frozen while alerting)
@@ -335,11 +367,22 @@ class LaneMonitor:
                     top_late - bisect_right(late_for_good, lo) + (n_wait if n_wait > 0 else 0),
                 ]
             )
-        return counts, leaving_n, leaving_late
+        return counts, leaving_n, leaving_late, judged, delayed
 
     def _evaluate(self, now: int, cfg: LaneConfig) -> LaneTransition | None:
         windows = cfg.windows_us
-        counts, leaving_n, leaving_late = self._counts(now, cfg)
+        counts, leaving_n, leaving_late, judged, delayed = self._counts(now, cfg)
+        decay = 0.5 ** (cfg.step_us / cfg.baseline_half_life_us)
+        if self.shift_from:
+            if not cfg.adapt_after_us or (
+                not self.alert_open and now - self.skip_to > windows[-1]
+            ):  # it ended: closed for the longest window (or adaptation was switched off)
+                self.shift_from, self.shift_late, self.shift_volume = 0, 0.0, 0.0
+            else:  # every shipment judged during a shift, as the baseline would learn it
+                self.shift_late = decay * self.shift_late + delayed
+                self.shift_volume = decay * self.shift_volume + judged
+        elif self.alert_open and cfg.adapt_after_us:
+            self.shift_from = now  # an alert restored from a snapshot without one: from now on
         base = self.baseline(cfg)
         theta = cfg.threshold(base)
         k = cfg.evidence_weight
@@ -353,7 +396,6 @@ class LaneMonitor:
             # with it); not always: on a thin lane clipping lumpy steps would bias the baseline
             # low. During warm-up the cap is looser (3x) but always on: a lane slow from the
             # start becomes normal within days, an incident at the start still stands out.
-            decay = 0.5 ** (cfg.step_us / cfg.baseline_half_life_us)
             learn: float = leaving_late
             if self.learned < cfg.warmup_shipments:
                 learn = min(leaving_late, (base + 3 * cfg.learn_cap) * leaving_n)
@@ -379,6 +421,8 @@ class LaneMonitor:
                 if best is not None:
                     self.alert_open = True
                     self.skip_from, self.skip_to = now - windows[best[1]], now
+                    if cfg.adapt_after_us and not self.shift_from:
+                        self.shift_from = now
                     transition = self._transition(True, now, best[1], counts, base, best[0], cfg)
         else:
             n_longest = counts[-1][0]
@@ -394,12 +438,29 @@ class LaneMonitor:
                 p = beta_sf(theta, 1.0 + n_late + k_late, 1.0 + n - n_late + k_on_time)
                 if p < cfg.close_confidence:
                     transition = self._transition(False, now, i, counts, base, p, cfg)
+                elif (
+                    cfg.adapt_after_us
+                    and self.shift_from
+                    and now - self.shift_from >= cfg.adapt_after_us
+                    and self.shift_volume > 0.0
+                ):
+                    # the shift lasted: its shipments are the lane's baseline (the history
+                    # before it is forgotten), the alert closes on the new threshold
+                    self.base_late, self.base_volume = self.shift_late, self.shift_volume
+                    self.shift_from, self.shift_late, self.shift_volume = 0, 0.0, 0.0
+                    base = self.baseline(cfg)
+                    theta = cfg.threshold(base)
+                    p = beta_sf(theta, 1.0 + n_late + k * base, 1.0 + n - n_late + k * (1 - base))
+                    transition = self._transition(False, now, i, counts, base, p, cfg, True)
+                    self.skip_from = now  # the shift's shipments judged from now on teach it
             if transition is not None:
                 self.alert_open = False
                 self.skip_to = now
         return transition
 
-    def _transition(self, opened, now, i, counts, base, p, cfg: LaneConfig) -> LaneTransition:
+    def _transition(
+        self, opened, now, i, counts, base, p, cfg: LaneConfig, new_normal: bool = False
+    ) -> LaneTransition:
         n, late = counts[i]
         rate = late / n if n else 0.0
         return LaneTransition(
@@ -414,6 +475,7 @@ class LaneMonitor:
             confidence=round(p, 4),
             window_start=now - cfg.windows_us[i],
             window_end=now,
+            new_normal=new_normal,
         )
 
 

@@ -258,6 +258,13 @@ class LaneSettings(Group):
         0.0, ge=0, description="delivered this long after the promise still counts as on time"
     )
     baseline_half_life_days: float = Field(14.0, gt=0, description="lane baseline memory")
+    adapt_after_days: float = Field(
+        28.0,
+        ge=0,
+        description="a shift that keeps a lane in alert this long (a close reopened within the "
+        "longest window continues it) closes as the lane's new normal: the shift's shipments "
+        "become its baseline; 0: never; else at least the longest window",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LaneSettings:
@@ -277,6 +284,7 @@ class LaneSettings(Group):
             min_late=self.min_late,
             late_grace_us=int(self.late_grace_hours * hour),
             baseline_half_life_us=int(self.baseline_half_life_days * 24 * hour),
+            adapt_after_us=int(self.adapt_after_days * 24 * hour),
         ).validate()
 
 

@@ -591,7 +591,7 @@ def render_html(data: dict) -> str:
             [
                 [
                     a["lane"],
-                    a["state"],
+                    a["state"] + (" (new normal)" if a.get("reason") == "new_normal" else ""),
                     a["severity"],
                     a["window_end"],
                     f"{a['delay_rate']:.0%}",

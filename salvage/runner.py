@@ -659,6 +659,7 @@ def render_summary(s: RunSummary, out_dir: Path | None, console) -> None:
                 f"  {a['window_end']}  {a['lane']:<24} {a['state']:<6} {a['severity']:<8} "
                 f"rate {a['delay_rate']:.0%} vs baseline {a['baseline_rate']:.0%} "
                 f"({a['volume']} shipments)"
+                + (" new normal" if a.get("reason") == "new_normal" else "")
             )
     render_models(console)
     render_uplift(console, out_dir)

@@ -7,6 +7,7 @@ import hashlib
 from salvage.connectors.outputs import (
     AlertState,
     LaneAlert,
+    LaneAlertReason,
     Severity,
 )
 from salvage.features.eventtime import from_us
@@ -91,4 +92,5 @@ def _lane_alert(tr: LaneTransition) -> LaneAlert:
         confidence=tr.confidence,
         window_start=from_us(tr.window_start),
         window_end=from_us(tr.window_end),
+        reason=LaneAlertReason.NEW_NORMAL if tr.new_normal else None,
     )

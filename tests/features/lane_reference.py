@@ -1,7 +1,9 @@
 """Test oracle: :class:`ReferenceLaneMonitor` is ``features/lane.py``'s ``LaneMonitor`` as it was
 before the promise index of issue 15 (commit 7b7176b), kept verbatim so that
 ``test_lane_reference.py`` can check the indexed monitor gives the same transitions and state.
-Do not optimise this copy."""
+Do not optimise this copy. Changes of the monitor's behaviour since, made here too: a shipment is
+judged only once an undelivered parcel would be late (past promise + grace), and a shift that
+lasts ``adapt_after_us`` becomes the lane's baseline (``shift_*``; fix/lane-shift)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ class ReferenceLaneMonitor:
     skip_to: int = 0
     shipments_total: int = 0  # shipments judged (baseline_lag_us after their promise)
     delayed_total: int = 0  # ... of which late
+    shift_from: int = 0  # a shift in progress: its first alert's opening (0: none)
+    shift_late: float = 0.0  # decayed counts of the shipments judged since
+    shift_volume: float = 0.0
 
     # ---------------------------------------------------------------- input
 
@@ -84,7 +89,7 @@ class ReferenceLaneMonitor:
         windows = cfg.windows_us
         longest = windows[-1]
         counts = [[0, 0] for _ in windows]  # [volume, late] per window
-        leaving_n = leaving_late = 0
+        leaving_n = leaving_late = judged = delayed = 0
         gone = []
         for oid, rec in self.shipments.items():
             promise = rec[0]
@@ -92,10 +97,13 @@ class ReferenceLaneMonitor:
                 continue  # not due yet (a promise exactly now is judged at the next step)
             age = now - promise
             late = self._late(rec, now, cfg)
-            if age >= cfg.baseline_lag_us and not rec[3]:
+            # judged once an undelivered parcel would be late (earlier it would count on time)
+            if age >= cfg.baseline_lag_us and age > cfg.late_grace_us and not rec[3]:
                 rec[3] = True
                 self.shipments_total += 1
                 self.delayed_total += late
+                judged += 1
+                delayed += late
                 # an alert's cohort does not teach the baseline (frozen while alerting)
                 if not (self.alert_open or self.skip_from <= promise < self.skip_to):
                     leaving_n += 1
@@ -110,6 +118,15 @@ class ReferenceLaneMonitor:
                     c[1] += late
         for oid in gone:
             del self.shipments[oid]
+        decay = 0.5 ** (cfg.step_us / cfg.baseline_half_life_us)
+        if self.shift_from:
+            if not cfg.adapt_after_us or (not self.alert_open and now - self.skip_to > longest):
+                self.shift_from, self.shift_late, self.shift_volume = 0, 0.0, 0.0
+            else:
+                self.shift_late = decay * self.shift_late + delayed
+                self.shift_volume = decay * self.shift_volume + judged
+        elif self.alert_open and cfg.adapt_after_us:
+            self.shift_from = now
         base = self.baseline(cfg)
         theta = cfg.threshold(base)
         k = cfg.evidence_weight
@@ -124,7 +141,6 @@ class ReferenceLaneMonitor:
             # with it); not always: on a thin lane clipping lumpy steps would bias the baseline
             # low. During warm-up the cap is looser (3x) but always on: a lane slow from the
             # start becomes normal within days, an incident at the start still stands out.
-            decay = 0.5 ** (cfg.step_us / cfg.baseline_half_life_us)
             learn: float = leaving_late
             if self.learned < cfg.warmup_shipments:
                 learn = min(leaving_late, (base + 3 * cfg.learn_cap) * leaving_n)
@@ -147,6 +163,8 @@ class ReferenceLaneMonitor:
                 if best is not None:
                     self.alert_open = True
                     self.skip_from, self.skip_to = now - windows[best[1]], now
+                    if cfg.adapt_after_us and not self.shift_from:
+                        self.shift_from = now
                     transition = self._transition(True, now, best[1], counts, base, best[0], cfg)
         else:
             n_longest = counts[-1][0]
@@ -161,12 +179,27 @@ class ReferenceLaneMonitor:
                 p = confidence(*counts[i])
                 if p < cfg.close_confidence:
                     transition = self._transition(False, now, i, counts, base, p, cfg)
+                elif (
+                    cfg.adapt_after_us
+                    and self.shift_from
+                    and now - self.shift_from >= cfg.adapt_after_us
+                    and self.shift_volume > 0.0
+                ):
+                    self.base_late, self.base_volume = self.shift_late, self.shift_volume
+                    self.shift_from, self.shift_late, self.shift_volume = 0, 0.0, 0.0
+                    base = self.baseline(cfg)
+                    theta = cfg.threshold(base)
+                    p = confidence(*counts[i])
+                    transition = self._transition(False, now, i, counts, base, p, cfg, True)
+                    self.skip_from = now
             if transition is not None:
                 self.alert_open = False
                 self.skip_to = now
         return transition
 
-    def _transition(self, opened, now, i, counts, base, p, cfg: LaneConfig) -> LaneTransition:
+    def _transition(
+        self, opened, now, i, counts, base, p, cfg: LaneConfig, new_normal: bool = False
+    ) -> LaneTransition:
         n, late = counts[i]
         rate = late / n if n else 0.0
         return LaneTransition(
@@ -181,4 +214,5 @@ class ReferenceLaneMonitor:
             confidence=round(p, 4),
             window_start=now - cfg.windows_us[i],
             window_end=now,
+            new_normal=new_normal,
         )

@@ -283,6 +283,21 @@ def test_a_parcel_never_delivered_counts_late_once_its_promise_passes():
     assert tr.opened and tr.late == 12 and tr.window_end == 15 * D + 6 * HOUR_US
 
 
+@pytest.mark.parametrize("grace_h", [24, 36])
+def test_a_grace_at_or_above_the_baseline_lag_judges_undelivered_parcels_late(grace_h):
+    """A shipment is judged (the totals, the baseline) once its lateness is known:
+    ``baseline_lag_us`` after its promise *and* past promise + grace. Judged at the lag alone, a
+    grace >= the lag (24 h) counted every parcel still undelivered then as on time for good: a
+    silent carrier's late parcels taught the baseline 0%."""
+    cfg = LaneConfig(late_grace_us=grace_h * HOUR_US, warmup_shipments=0)
+    monitor = LaneMonitor("l")
+    for i in range(10):
+        monitor.observe(8 * D, f"o{i}", 10 * D, "shipped", cfg)
+    monitor.advance(14 * D, cfg)
+    assert (monitor.shipments_total, monitor.delayed_total) == (10, 10)
+    assert monitor.baseline(cfg) > cfg.prior_rate  # taught late parcels, not on-time ones
+
+
 def test_no_alert_during_warm_up():
     cfg = LaneConfig()
     monitor = LaneMonitor("hot")

@@ -42,8 +42,21 @@ CONFIGS = (
     # judged after leaving the longest window: never taught to the baseline
     LaneConfig(windows_us=(HOUR_US, 6 * HOUR_US), baseline_lag_us=2 * DAY_US, step_us=HOUR_US),
     LaneConfig(late_grace_us=2 * DAY_US, warmup_shipments=5, min_late=1),
-    # judged exactly when an undelivered parcel turns late
+    # judged when an undelivered parcel turns late (not at promise + grace exactly: the step after)
     LaneConfig(step_us=HOUR_US, late_grace_us=3 * HOUR_US, baseline_lag_us=3 * HOUR_US),
+    # alert-prone with short windows and a shift that is the new normal after 2 days: alerts
+    # close as new normals, bridged reopenings, shifts ending
+    LaneConfig(
+        step_us=2 * HOUR_US,
+        windows_us=(6 * HOUR_US, DAY_US),
+        warmup_shipments=0,
+        min_late=1,
+        open_confidence=0.3,
+        close_confidence=0.2,
+        close_min_shipments=4,
+        late_grace_us=HOUR_US,
+        adapt_after_us=2 * DAY_US,
+    ),
     # alert-prone: transitions (with their window counts) on most streams
     LaneConfig(
         warmup_shipments=0,
@@ -216,7 +229,7 @@ def test_a_changed_grace_rebuilds_the_index(cfg, calls, grace):
         (LaneConfig(late_grace_us=HOUR_US), [(DAY_US + HOUR_US, "delivered")], 3 * DAY_US),
         # a promise exactly at an evaluation is not due there (lag 0: not judged there either)
         (LaneConfig(baseline_lag_us=0, step_us=HOUR_US), [(0, "shipped")], DAY_US + HOUR_US),
-        # judged exactly at promise + grace: not late yet
+        # due for judgement exactly at promise + grace: judged (late) at the next step
         (
             LaneConfig(step_us=HOUR_US, late_grace_us=3 * HOUR_US, baseline_lag_us=3 * HOUR_US),
             [(0, "shipped")],
