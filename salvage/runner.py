@@ -547,6 +547,18 @@ class RunSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
+# the counters summarise() reads from the registry (counts: always finite)
+_SUMMARISED = frozenset(
+    {
+        "salvage_events_total",
+        "salvage_suppressed_total",
+        "salvage_cases_closed_total",
+        "salvage_lane_shipments_total",
+        "salvage_lane_delayed_shipments_total",
+    }
+)
+
+
 def summarise(out_dir: Path) -> RunSummary:
     """Read the outputs of a run and this process's metrics registry."""
     from prometheus_client import REGISTRY
@@ -555,7 +567,10 @@ def summarise(out_dir: Path) -> RunSummary:
     lanes: dict[str, list[int]] = {}
     for metric in REGISTRY.collect():
         for sample in metric.samples:
-            name, labels, n = sample.name, sample.labels, int(sample.value)
+            name, labels = sample.name, sample.labels
+            if name not in _SUMMARISED:  # (gauges may be NaN: a one-class window's AUC)
+                continue
+            n = int(sample.value)
             if name == "salvage_events_total":
                 s.events_by_stream[labels["stream"]] += n
             elif name == "salvage_suppressed_total":

@@ -308,8 +308,9 @@ class CaseStage(_Stage):
         # parcel, a return after the window): see Settled.returns
         other = kind in _RETURNS_EVENTS and kind not in SETTLED_FACTS and rec.hears(ev)
         topup = kind == "refund_issued" and not other and rec.tops_up(ev)
-        # a cancelled order's parcel still on its way (intercepted, sent back): counted only
-        parcel = kind in _PARCEL_EVENTS and rec.outcome == "cancelled"
+        # a cancelled order's parcel still on its way (intercepted, sent back), or an exchanged
+        # order's replacement parcel (shipped under the order's id): counted only
+        parcel = kind in _PARCEL_EVENTS and rec.outcome in _PARCEL_AFTER
         if not other and not topup and not parcel and kind not in SETTLED_FACTS:
             return False
         if t - rec.closed_at > self.cfg.settled_grace_us:
@@ -652,6 +653,7 @@ _case_view = slot_maker(CaseView)
 
 
 _PARCEL_EVENTS = frozenset({"carrier_scan", "order_shipped"})
+_PARCEL_AFTER = frozenset({"cancelled", "exchange"})  # outcomes a parcel may still follow
 _PAID_OUT = frozenset({"refund_issued", "chargeback_filed"})  # money in the refunded value
 SETTLED_FACTS = frozenset(
     {"return_graded", "support_contact", "chargeback_filed", "review_resolved"}

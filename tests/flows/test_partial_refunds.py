@@ -607,3 +607,32 @@ def test_an_order_cancelled_on_its_way_closes_and_its_parcel_is_heard() -> None:
                               reason="customer_request")]  # fmt: skip
     case, _ctx, _model, dead, _kpi = _run(after, _cfg())
     assert dead == [] and "o1" in case.cases and case.cases["o1"].outcome is None
+
+
+def test_an_exchanged_orders_replacement_parcel_is_heard() -> None:
+    """After an exchange settled the case, the replacement parcel ships under the order's id:
+    its shipment and scans are counted as the settled case's facts
+    (``salvage_settled_facts_total``, streams orders and deliveries), not ``unknown_order`` dead
+    letters
+    (an independent brand's log: 348 of its 604 dead letters were these, drowning real ones).
+    A parcel event after the grace period is still a dead letter."""
+    streams = ("orders", "deliveries")  # order_shipped, carrier_scan
+    before = [metric_total("salvage_settled_facts_total", stream=s) for s in streams]
+    docs = [
+        *_order(),
+        {**_request("o1", "2026-03-05T10:00:00Z"), "preferred_resolution": "exchange"},
+        _step("R1", "return_received", "2026-03-07T10:00:00Z"),
+        _step("R1", "exchange_completed", "2026-03-08T10:00:00Z", new_sku="sku-2"),
+        event("sh2", "order_shipped", "o1", "2026-03-08T18:00:00Z", courier="dhl"),
+        event("s3", "carrier_scan", "o1", "2026-03-09T08:00:00Z", scan="in_transit",
+              courier="dhl"),
+        event("s4", "carrier_scan", "o1", "2026-03-10T08:00:00Z", scan="delivered",
+              courier="dhl"),
+        event("s5", "carrier_scan", "o1", "2026-06-10T08:00:00Z", scan="delivered",
+              courier="dhl"),  # 94 days later: after the grace period
+    ]  # fmt: skip
+    case, _ctx, _model, dead, _kpi = _run(docs, _cfg())
+    assert case.settled["o1"].outcome == "exchange"
+    assert [(d.kind.value, d.event_id) for d in dead] == [("unknown_order", "s5")]
+    heard = [metric_total("salvage_settled_facts_total", stream=s) for s in streams]
+    assert [a - b for a, b in zip(heard, before, strict=True)] == [1, 2]

@@ -282,3 +282,19 @@ def test_resolve_keeps_the_verdict_until_kafka_has_it(
     finally:
         queue.redis.delete(STREAM, f"{STREAM}:seen")
         queue.redis.close()
+
+
+def test_the_run_summary_survives_a_one_class_auc(tmp_path):
+    """A model whose rolling window holds one class reports its AUC as NaN (no value, never 0):
+    the summary printed at the end of `salvage run` must not crash on it (it did: int(NaN), exit
+    1 with a traceback after the outputs were written, on the first weeks of a new brand)."""
+    from salvage.sinks import metrics
+
+    log = sim_log(tmp_path, "steady-state", orders=40)
+    metrics.MODEL_AUC.labels("abuse", "model", "0").set(float("nan"))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["run", "--input", str(log), "--out-dir", str(out), "--redis-url", ""]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Outputs:" in result.output and (out / "interventions.jsonl").exists()
