@@ -113,14 +113,14 @@ def _suppressed(guardrail: str) -> float:
 
 
 def test_an_order_in_a_currency_without_a_rate_is_reviewed_never_priced(tmp_path: Path) -> None:
-    # 3,000 JPY (about 18 EUR): without a rate it is neither a 3,000 EUR order (a high-value
-    # review, as before) nor an 18 EUR one (an exchange offer priced on a guess): an agent decides
+    # 3,000 BRL (about 470 EUR; the shipped policy has no BRL rate): without a rate it is neither a
+    # 3,000 EUR order (a high-value review) nor a guess (an offer priced on it): an agent decides
     before = _suppressed("no_fx_rate")
-    triggers = _run(tmp_path, [_story("jpy3000", "JPY", 3000.0)])
-    jpy = triggers["jpy3000"]
-    assert jpy["action"] == "human_review"
-    assert jpy["reason_codes"][-1] == "no_fx_rate" and "high_value" not in jpy["reason_codes"]
-    assert (jpy["expected_value"], jpy["cost"], jpy["currency"]) == (0.0, 6.0, "EUR")
+    triggers = _run(tmp_path, [_story("brl3000", "BRL", 3000.0)])
+    brl = triggers["brl3000"]
+    assert brl["action"] == "human_review"
+    assert brl["reason_codes"][-1] == "no_fx_rate" and "high_value" not in brl["reason_codes"]
+    assert (brl["expected_value"], brl["cost"], brl["currency"]) == (0.0, 6.0, "EUR")
     assert _suppressed("no_fx_rate") - before == 1
 
 
