@@ -21,6 +21,7 @@ and the scores ``recoverability`` / ``abuse``): a typo stops start-up with its f
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from pathlib import Path
@@ -33,6 +34,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -230,11 +232,23 @@ class JourneyPolicy(BaseModel):
         )
 
 
+# the order features in the order's currency (money): decide() converts them to the policy's
+MONEY_FEATURES = ("order_value", "margin")
+# a rate outside this range is a typo (a rate given the wrong way round is usually still inside:
+# check the README's definition), not an exchange rate
+FX_RATE_RANGE = (1e-6, 1e6)
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str = Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
+    fx: dict[str, float] = Field(
+        default_factory=dict,
+        description="units of the policy currency per unit of each order currency (the policy "
+        "currency itself: 1, implicitly); an order in a currency not listed is never priced",
+    )
     guardrails: Guardrails = Guardrails()
     actions: dict[Action, ActionPolicy]
     disposition: DispositionPolicy = DispositionPolicy()
@@ -247,6 +261,44 @@ class Policy(BaseModel):
         if self._compiled is None:
             self._compiled = {a: p.when.compiled() for a, p in self.actions.items()}
         return self._compiled
+
+    def fx_rate(self, currency: str | None) -> float | None:
+        """Units of the policy currency per unit of ``currency`` (None or the policy currency:
+        1.0); None when the policy has no rate for it.
+
+        >>> policy = load_policy()
+        >>> policy.fx_rate("EUR"), policy.fx_rate("SEK"), policy.fx_rate("JPY")
+        (1.0, 0.0893, None)
+        """
+        if currency is None or currency == self.currency:
+            return 1.0
+        return self.fx.get(currency)
+
+    @field_validator("fx", mode="before")
+    @classmethod
+    def _no_bool_rates(cls, fx: Any) -> Any:
+        if isinstance(fx, dict):
+            for code, rate in fx.items():
+                if isinstance(rate, bool) or not isinstance(rate, int | float):
+                    raise ValueError(f"{code}: the rate must be a number, not {rate!r}")
+        return fx
+
+    @field_validator("fx")
+    @classmethod
+    def _rates(cls, fx: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        lo, hi = FX_RATE_RANGE
+        currency = info.data.get("currency")
+        for code, rate in fx.items():
+            if not re.fullmatch(r"[A-Z]{3}", code):
+                raise ValueError(f"{code!r} is not an ISO 4217 currency code (three capitals)")
+            if code == currency:
+                raise ValueError(f"{code} is the policy currency (its rate is 1, implicitly)")
+            if not (math.isfinite(rate) and lo <= rate <= hi):
+                raise ValueError(
+                    f"{code}: rate {rate!r} is not a finite number in [{lo:g}, {hi:g}]"
+                    f" ({currency} per {code})"
+                )
+        return fx
 
     @field_validator("actions")
     @classmethod

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from salvage.connectors.outputs import Action, Priority
-from salvage.policy.config import _OPS, Policy, holds
+from salvage.policy.config import _OPS, MONEY_FEATURES, Policy, holds
 
 CUSTOMER_FACING = frozenset(a for a in Action if a is not Action.HUMAN_REVIEW)
 
@@ -65,6 +65,9 @@ class Decision:
     ttl_hours: int
     candidates: tuple[tuple[str, float, str], ...]  # (action, EV, note)
     guardrails: tuple[str, ...]  # stateless guardrails that shaped this decision
+    # an order in another currency than the policy's: (its currency, the policy's rate for it;
+    # None: no rate, nothing priced); None: the order is in the policy currency
+    fx: tuple[str, float | None] | None = None
 
 
 def holdout_unit(order_id: str, policy_version: str) -> float:
@@ -304,7 +307,20 @@ def _compiled(policy: Policy) -> tuple[Policy, dict, Gate]:
 _COMPILED_OF: dict[int, tuple[Policy, dict, Gate]] = {}
 
 
-def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> Decision | None:
+def in_policy_currency(f: dict[str, float], rate: float) -> dict[str, float]:
+    """The features with the order's money (:data:`~salvage.policy.config.MONEY_FEATURES`:
+    value and margin, in the order's currency) converted to the policy currency at ``rate``
+    (policy currency per unit of the order's), rounded to cents as the order's own are.
+
+    >>> in_policy_currency({"order_value": 3000.0, "margin": 1800.0, "margin_rate": 0.6}, 0.0893)
+    {'order_value': 267.9, 'margin': 160.74, 'margin_rate': 0.6}
+    """
+    return {**f, **{name: round(f[name] * rate, 2) for name in MONEY_FEATURES}}
+
+
+def decide(
+    policy: Policy, f: dict[str, float], scores, *, resolved: bool, currency: str | None = None
+) -> Decision | None:
     """The best action for this case update, or None (no forced review and no eligible action with
     positive EV).
 
@@ -327,9 +343,26 @@ def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> De
     (('proactive_reassurance', 3.07, ''), ('delay_intervention', 2.3, ''))
     >>> decide(policy, f, scores, resolved=True) is None  # the case already has its outcome
     True
+
+    ``currency``: the order's (None: the policy's). Its value and margin are converted to the
+    policy currency at the policy's rate (``fx``) before anything is compared with the policy's
+    money, so the decision, its EV and its cost are the policy currency's; an order in a currency
+    the policy has no rate for is priced by nobody (:func:`_unpriced`).
+
+    >>> sek = f | {"order_value": 80.0 / 0.0893, "margin": 50.0 / 0.0893}  # 80 EUR in SEK
+    >>> d = decide(policy, sek, scores, resolved=False, currency="SEK")
+    >>> d.action.value, d.expected_value, d.fx
+    ('proactive_reassurance', 3.07, ('SEK', 0.0893))
     """
     if resolved:
         return None
+    fx: tuple[str, float | None] | None = None
+    if currency is not None and currency != policy.currency:
+        rate = policy.fx.get(currency)
+        if rate is None:
+            return _unpriced(policy, f, scores, currency)
+        fx = (currency, rate)
+        f = in_policy_currency(f, rate)
     g = policy.guardrails
     rec, abuse = scores.recoverability, scores.abuse
     x = {**f, "recoverability": rec, "abuse": abuse}
@@ -408,4 +441,67 @@ def decide(policy: Policy, f: dict[str, float], scores, *, resolved: bool) -> De
         ttl_hours=policy.actions[action].ttl_hours,
         candidates=tuple(candidates),
         guardrails=tuple(dict.fromkeys(shaped)),
+        fx=fx,
+    )
+
+
+def _unpriced(policy: Policy, f: dict[str, float], scores, currency: str) -> Decision | None:
+    """The decision for an order in a currency the policy has no rate for: nothing is priced
+    (its value is not compared with any threshold, no EV is computed) and nothing is offered
+    automatically. What needs no money is decided as usual: a decision is made where
+    :func:`decide` could make one on some value of the order (an open claim at or above the
+    abuse threshold, with an abuse history, or with ambiguous recoverability, whatever its value
+    might be; or an enabled action's rule holding on the features as they are), and it is a
+    human review (reason code and guardrail ``no_fx_rate``; every customer-facing candidate
+    "blocked: no fx rate"), a forced one (never held out nor budgeted away), EV 0.0: an agent
+    prices it. Nothing is decided where no rule holds and no claim could be routed.
+
+    >>> from salvage.features.customer import CustomerContext
+    >>> from salvage.features.order_case import OrderCase
+    >>> from salvage.policy.config import load_policy
+    >>> from salvage.scoring.baseline import ScoreResult
+    >>> f = OrderCase("o1").features(0) | CustomerContext("c1").features(0)
+    >>> f |= {"order_value": 30000.0, "margin": 18000.0, "margin_rate": 0.6,
+    ...       "return_requested": 1.0, "return_share": 1.0, "reason_fit": 1.0}
+    >>> d = decide(load_policy(), f, ScoreResult(0.7, 0.02, "rules-v1"), resolved=False,
+    ...            currency="JPY")
+    >>> d.action.value, d.expected_value, d.cost, d.fx, d.guardrails
+    ('human_review', 0.0, 6.0, ('JPY', None), ('review_routing', 'no_fx_rate'))
+    >>> d.candidates  # doctest: +NORMALIZE_WHITESPACE
+    (('exchange_first_offer', 0.0, 'blocked: no fx rate'),
+     ('human_review', 0.0, 'routed by guardrail'))
+    """
+    g = policy.guardrails
+    rec, abuse = scores.recoverability, scores.abuse
+    x = {**f, "recoverability": rec, "abuse": abuse}
+    claim_open = bool(f["return_requested"] or f["wismo_after_delivered"])
+    ambiguous = g.ambiguity_band[0] <= rec <= g.ambiguity_band[1]
+    routed = claim_open and (abuse >= g.abuse_block or _abuse_history(f, g) or ambiguous)
+    rules = _compiled(policy)[1]
+    candidates: list[tuple[str, float, str]] = []
+    review_rule = False
+    for action, ap in policy.actions.items():
+        if not ap.enabled or not holds(rules[action], x):
+            continue
+        if action is Action.HUMAN_REVIEW:
+            review_rule = True
+        else:
+            candidates.append((action.value, 0.0, "blocked: no fx rate"))
+    if not (routed or review_rule or candidates):
+        return None
+    review = policy.actions[Action.HUMAN_REVIEW]
+    candidates.append(
+        (Action.HUMAN_REVIEW.value, 0.0, "" if review_rule else "routed by guardrail")
+    )
+    codes = [c for c in reasons(f, abuse, rec, policy) if c != "high_value"]  # value: unknown
+    return Decision(
+        action=Action.HUMAN_REVIEW,
+        expected_value=0.0,
+        cost=round(review.cost, 2),
+        priority=Priority.HIGH,
+        reason_codes=(*codes, "no_fx_rate"),
+        ttl_hours=review.ttl_hours,
+        candidates=tuple(candidates),
+        guardrails=("review_routing", "no_fx_rate"),
+        fx=(currency, None),
     )

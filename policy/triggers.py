@@ -26,8 +26,10 @@ def trigger_id(order_id: str, action: str, source_id: str) -> str:
 
 
 def decision_record(decision: Decision) -> dict[str, Any]:
-    """The audit record of a decision (the case store's ``decision``), before guardrails."""
-    return {
+    """The audit record of a decision (the case store's ``decision``), before guardrails. EV
+    and cost are in the policy currency; an order in another currency adds ``fx``: its
+    currency and the rate its value and margin were converted at (None: no rate, not priced)."""
+    doc: dict[str, Any] = {
         "action": decision.action.value,
         "expected_value": decision.expected_value,
         "cost": decision.cost,
@@ -35,6 +37,9 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         "candidates": [list(c) for c in decision.candidates],
         "guardrails": list(decision.guardrails),
     }
+    if decision.fx is not None:
+        doc["fx"] = {"currency": decision.fx[0], "rate": decision.fx[1]}
+    return doc
 
 
 def is_forced(decision: Decision) -> bool:

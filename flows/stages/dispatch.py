@@ -23,7 +23,15 @@ from salvage.flows.stages.base import (
 from salvage.policy import guardrails
 from salvage.policy.config import MAX_CONTACT_LOG
 from salvage.policy.disposition import decide_disposition
-from salvage.policy.engine import CUSTOMER_FACING, Gate, RowGate, decide, gate_of, holdout_unit
+from salvage.policy.engine import (
+    CUSTOMER_FACING,
+    Gate,
+    RowGate,
+    decide,
+    gate_of,
+    holdout_unit,
+    in_policy_currency,
+)
 from salvage.policy.triggers import build_trigger, decision_record, held_out, is_forced, trigger_id
 from salvage.sinks import leakage, metrics
 from salvage.sinks.case_doc import case_json
@@ -95,8 +103,10 @@ class DispatchStage(_Stage):
     ) -> bool:
         """Would :meth:`apply` do nothing with this scored update of an open case (no output, no
         state touched)? True when it has no model events (the caller checks), is no placement,
-        grade, risk signal or closing, no case-store document is made (``case_records`` off)
-        and the compiled gate says no rule can hold, or the case already has its outcome. The
+        grade, risk signal or closing, no case-store document is made (``case_records`` off),
+        the order is in the policy's currency (the gate reads its money as the policy's: dispatch
+        converts another currency's first) and the compiled gate says no rule can hold, or the
+        case already has its outcome. The
         model stage then does not send it (most updates: a carrier scan in transit); ``rec``,
         ``abuse``: its scores (``scored.scores``); ``gate``: ``gate_of(cfg.policy)`` (or for
         value tuples ``row_gate(cfg.policy, JOINED_FEATURES)``), None when
@@ -109,6 +119,7 @@ class DispatchStage(_Stage):
             and "placed" not in changes
             and view.status != "closed"
             and not ("graded" in changes and view.grade)
+            and view.currency == cfg.policy.currency
             and (view.outcome is not None or not gate(features, rec, abuse))
         )
 
@@ -205,19 +216,29 @@ class DispatchStage(_Stage):
         cfg = self.cfg
         policy = cfg.policy
         resolved = closed or view.outcome is not None
-        # gate: could_decide(policy, features, scores), inline
+        # gate: could_decide(policy, features, scores), inline, on the order's money in the
+        # policy currency (an order in a currency without a rate: decide() on every update)
+        currency = view.currency
+        gated = features
+        if gate is not None and currency != policy.currency:
+            rate = policy.fx.get(currency)
+            gated = None if rate is None else in_policy_currency(features, rate)
         if resolved or (
-            gate is not None and not gate(features, scores.recoverability, scores.abuse)
+            gated is not None
+            and gate is not None
+            and not gate(gated, scores.recoverability, scores.abuse)
         ):
             decision = None  # what decide() returns here, without its merged dicts and EVs
         else:
-            decision = decide(policy, features, scores, resolved=False)
+            decision = decide(policy, features, scores, resolved=False, currency=currency)
         decision_doc: dict[str, Any] | None = None
         if decision is not None:
             action = decision.action
             decision_doc = decision_record(decision)
             if "abuse_block" in decision.guardrails:
                 _SUPPRESSED("abuse_block").inc()
+            if "no_fx_rate" in decision.guardrails:  # no automatic offer: a review instead
+                _SUPPRESSED("no_fx_rate").inc()
             forced = is_forced(decision)
             suppressed = self._guardrail(view, action, decision.cost, t, forced)
             self._assign(t, view, features, action, forced, suppressed)
@@ -232,7 +253,7 @@ class DispatchStage(_Stage):
                     order_id=view.order_id,
                     customer_id=view.customer_id,
                     source_id=view.source_id,
-                    currency=view.currency,
+                    currency=policy.currency,  # of its EV and cost
                     recoverability=scores.recoverability,
                     abuse=scores.abuse,
                     model_version=scores.model_version,
