@@ -305,14 +305,19 @@ class OutcomeAmended(_Out):
     after its close, within ``SALVAGE_SETTLED_GRACE_DAYS`` (a refund's later payment, a
     cancelled order's refund, a store credit paid out in cash, an exchange's price difference,
     another return's refund, a chargeback), one line per payment, counted in the KPIs' refunded
-    value with ``basis``. Append-only: it restates the outcome (``outcome``, ``retained`` and
-    ``closed_at`` stay the close's) with the order's new refunded total, so the latest line of
-    an order has its total. Ids only."""
+    value with ``basis``. Append-only: it restates the outcome (``outcome`` and ``closed_at``
+    stay the close's) with the order's new refunded total, so the latest line of an order has
+    its total, and whether the order is still retained (money going back after the close ends
+    it, an exchange's price difference does not). Ids only."""
 
     record: Literal["outcome_amended"]
     order_id: str
     outcome: str = Field(description="the close's outcome (unchanged)")
-    retained: bool = Field(description="the close's (unchanged)")
+    retained: bool = Field(
+        description="the order's after this payment: false once money went back after the close "
+        "(a chargeback, another return's refund, a store credit paid out in cash, a cancelled "
+        "order's refund), except an exchange's price difference; once false, false"
+    )
     refunded_amount: float = Field(
         ge=0, description="the order's refunded total now: the close's plus every later payment"
     )

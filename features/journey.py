@@ -67,6 +67,10 @@ WITH_REFUND_DATE = frozenset({JourneyStage.RECEIVED, JourneyStage.GRADED})
 STAGE_BIT = {s: 1 << i for i, s in enumerate(JourneyStage)}
 KIND_BIT = {k: 1 << i for i, k in enumerate(JourneyAlertKind)}
 ALL_ALERTS = sum(KIND_BIT.values())  # journey_alerted with every kind raised: no alert to come
+# A refund or store credit of less than this (0.00 once rounded to the cent) moves no money: a
+# return denied. It closes the case kept (OrderCase._resolve) and is no stage of the journey: no
+# "refund_issued 0.0" status update, no refund_before_grading alert (on_event)
+NO_MONEY = 0.005
 # Customers who asked for these (or did not say) are waiting for money back.
 REFUND_PREFERENCES = frozenset({"refund", ""})
 
@@ -161,6 +165,8 @@ def on_event(
     stage = STAGE_OF_EVENT.get(event_type)
     if stage is None or (stage in SETTLED and not case.return_requested_at):
         return [], []
+    if stage in SETTLED and amount is not None and amount < NO_MONEY:
+        return [], []  # no money went back (a return denied): nothing to announce
     alerts: list[AlertNotice] = []
     kind = JourneyAlertKind.REFUND_BEFORE_GRADING
     if (

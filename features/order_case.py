@@ -171,6 +171,19 @@ MAX_OTHER_CURRENCIES = 4
 MONEY_EVENTS = frozenset({"refund_issued", "store_credit_issued", "chargeback_filed"})
 # the resolutions a customer asks for that keep the sale (a cash refund is not what they want)
 _KEEPING = frozenset({"exchange", "store_credit"})
+# While a return is open and its goods are not received yet, a refund or store credit naming no
+# return is that return's settlement only when it is plausibly its money: when it brings what
+# the order got as goodwill to more than GOODWILL_MAX_SHARE of the return's value (a refund
+# before receipt, "instant refund at drop-off", is the return's full value, less a fee of a few
+# percent at most). Up to that share it is goodwill (an apology for a late parcel paid while the
+# customer's return is on its way: 5-20% of the value in practice), and the return goes on to
+# its own settlement. Once the goods are received any payment naming no return is the
+# return's: a grade-based partial refund (an item worn or damaged) can be any share of it.
+# (OrderCase._goodwill_base)
+# A refund or store credit of less than journey.NO_MONEY (0.00 once rounded to the cent) moves no
+# money: a return denied (an item worn, out of policy) is closed kept, not refunded
+# (OrderCase._resolve), and the customer is told of no refund (journey.on_event)
+NO_MONEY = journey.NO_MONEY
 NO_RETURN = ReturnState()  # what a case without a ReturnState reads (never written)
 
 
@@ -509,8 +522,13 @@ class OrderCase:
             # returns' grades flagged)
             return ["graded", "clean_grade"] if kept and not flags else ["graded"]
         if kind in SETTLEMENTS:
-            if kind != "exchange_completed" and self._goodwill(ev):
-                return ["goodwill"]
+            if kind != "exchange_completed":
+                if ev.amount < NO_MONEY:  # no money: a return denied (or nothing at all)
+                    if ev.return_id is None and not self.return_open():
+                        return []  # no return it could close: nothing happened
+                    return self._resolve(ev, t)
+                if self._goodwill(ev):
+                    return ["goodwill"]
             return self._resolve(ev, t)
         if kind == "return_cancelled":
             assert isinstance(ev, ReturnCancelled)
@@ -627,17 +645,20 @@ class OrderCase:
         (0.0: it is not goodwill, whatever its amount: it names a return, the parcel was scanned
         lost or returned to sender, a return is open that it settles).
 
-        While a return is open, a payment naming no return is that return's settlement, except
-        a small cash refund when the customer asked for an exchange or store credit (a fee
-        refunded, an apology: at most the share of the return's value): goodwill, and the
-        return goes on to its exchange or credit."""
+        While a return is open, a payment naming no return is goodwill against the return's
+        value (up to the share, it is an apology; beyond it, the return's settlement) while the
+        return's goods are not received, or when it is a cash refund and the customer asked for
+        an exchange or store credit (a fee refunded, an apology); once the goods are received
+        (any other payment naming no return), it is the return's settlement, whatever its amount
+        (a partial refund after grading)."""
         value = self.order_value
         if ev.return_id is not None or not value:
             return 0.0
         if self.lost or self.returned_to_sender:  # part of a lost parcel's refund: not goodwill
             return 0.0
         if self.return_open():
-            if ev.event_type != "refund_issued" or self.preferred_resolution not in _KEEPING:
+            keeping = ev.event_type == "refund_issued" and self.preferred_resolution in _KEEPING
+            if self.received_at and not keeping:
                 return 0.0
             value = self.return_value or value
         return value
@@ -680,10 +701,11 @@ class OrderCase:
             and not self.is_other_return(ev)
             and self._goodwill_base(ev)
         ):
+            whose = "the open return's" if self.return_open() else "the order's"
             return (
                 f"{kind} of {ev.amount:.2f} {currency} naming no return, on an order in "
                 f"{self.currency}: whether it is goodwill (at most {GOODWILL_MAX_SHARE:.0%} of "
-                "the order's value) or the order's settlement cannot be told without an exchange "
+                f"{whose} value) or {whose} settlement cannot be told without an exchange "
                 "rate; not applied"
             )
         other = self.refunded_other
@@ -712,8 +734,14 @@ class OrderCase:
         self.refunded_other = (*other, (shared(currency), round(amount, 2)))
 
     def _resolve(self, ev, t: int) -> list[str]:
-        """A refund, an exchange or a store credit: the case's outcome (it closes)."""
+        """A refund, an exchange or a store credit: the case's outcome (it closes). A refund or
+        store credit of no money (below :data:`NO_MONEY`: a return denied) closes the case kept:
+        no money went back, the customer has the goods (change code ``no_money``; no refund
+        time, nothing refunded, no status update: ``journey.on_event``)."""
         kind = ev.event_type
+        if kind != "exchange_completed" and ev.amount < NO_MONEY:
+            self._close(Outcome.KEPT, t)
+            return ["outcome", "no_money"]
         if kind == "refund_issued":
             assert isinstance(ev, RefundIssued)
             self._refunded(ev.amount, ev.currency)

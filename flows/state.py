@@ -456,6 +456,11 @@ def _same(v: Any, _h: dict | None = None) -> Any:
     return v
 
 
+def _amendable(v: Any, _h: dict | None = None) -> tuple[int, float, bool | None]:
+    """A DispatchStage.amendable entry: (close time, refunded so far, retained so far)."""
+    return (int(v[0]), float(v[1]), bool(v[2]) if len(v) > 2 and v[2] is not None else None)
+
+
 class DispatchCodec(_Base):
     maps = (
         KeyedMap("k", "contacted", _same, _same),
@@ -465,7 +470,8 @@ class DispatchCodec(_Base):
         KeyedMap("d", "last_decision", _same, _same),
         KeyedMap("a", "assigned", lambda v: True, _same, kind="set"),
         # (a snapshot from before it has none: its closed orders' late money is not amended)
-        KeyedMap("o", "amendable", list, lambda v, h: (int(v[0]), float(v[1]))),
+        # (an entry from before ``retained`` was kept has two values: None, the close decides)
+        KeyedMap("o", "amendable", list, _amendable),
     )
 
     def header(self, stage: Any) -> dict:

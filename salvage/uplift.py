@@ -13,7 +13,9 @@ Inputs (written by every run into its out dir, file and Kafka mode alike):
   ends with a refund or a chargeback (DESIGN §11), so an order still open when the log ends
   counts as retained. Money paid after the close (in the settled grace period: a refund's second
   payment, a chargeback...) follows as ``outcome_amended`` lines, each restating the outcome
-  with the order's new refunded total; :func:`fold_outcomes` folds them in.
+  with the order's new refunded total and whether the order is still retained (money going back
+  after the close ends it, but an exchange's price difference); :func:`fold_outcomes` folds them
+  in: an order is retained only if none of its lines says otherwise.
 * ``orders.jsonl``: every order's placement (order, customer, time), for the repeat-order effect
   with customers as units: a customer's arm and stratum are those of their *first* assigned order
   (earliest ``decided_at``), and they *repeat* when they place another order in the
@@ -163,24 +165,31 @@ def fold_outcomes(records: Iterable[dict]) -> dict[str, dict]:
     its ``outcome`` line (the close) and its ``outcome_amended`` lines (one per later payment,
     each restating the outcome with the order's refunded total so far), as one record: the
     close's fields, with ``refunded_amount`` the order's total, the largest of its lines' (totals
-    only grow, so repeated or reordered lines, or a missing one, do not change it).
+    only grow, so repeated or reordered lines, or a missing one, do not change it), and
+    ``retained`` true only if no line says otherwise (a chargeback after a "kept" close ends it;
+    a line without ``retained``, from before it was written, reads as its outcome says).
 
-    >>> close = {"order_id": "o1", "outcome": "refund", "refunded_amount": 100.0}
-    >>> later = {**close, "record": AMENDED, "amount": 20.0, "refunded_amount": 120.0}
+    >>> close = {"order_id": "o1", "outcome": "kept", "retained": True, "refunded_amount": 0.0}
+    >>> later = {**close, "record": AMENDED, "amount": 100.0, "refunded_amount": 100.0,
+    ...          "retained": False}
     >>> fold_outcomes([close, later])
-    {'o1': {'order_id': 'o1', 'outcome': 'refund', 'refunded_amount': 120.0}}
+    {'o1': {'order_id': 'o1', 'outcome': 'kept', 'retained': False, 'refunded_amount': 100.0}}
     """
     closes: dict[str, dict] = {}
     totals: dict[str, float] = {}
+    retained: dict[str, bool] = {}
     for r in records:
         oid = r["order_id"]
         total = float(r.get("refunded_amount") or 0.0)
         totals[oid] = max(totals.get(oid, total), total)
+        kept = bool(r.get("retained", r.get("outcome") not in LOST))
+        retained[oid] = retained.get(oid, True) and kept
         if r.get("record") != AMENDED or oid not in closes:
             closes[oid] = r  # (an amendment stands in for a close line not read, or missing)
     return {
         oid: {
             **{k: v for k, v in close.items() if k not in _AMENDMENT_ONLY},
+            "retained": retained[oid],
             "refunded_amount": totals[oid],
         }
         for oid, close in closes.items()
@@ -194,13 +203,14 @@ _AMENDMENT_ONLY = frozenset(
 
 def load_units(out_dir: Path) -> list[Unit]:
     """The assigned orders of a run, with their outcome (retained when no closing outcome) and
-    refunded amount (money paid after the close included: :func:`fold_outcomes`)."""
+    refunded amount (money paid after the close included, and ending retention but for an
+    exchange's price difference: :func:`fold_outcomes`)."""
     out_dir = Path(out_dir)
     outcome = fold_outcomes(_jsonl(out_dir / OUTCOMES))
     units = []
     for a in _jsonl(out_dir / ASSIGNMENTS):
         o = outcome.get(a["order_id"], {})
-        retained = o.get("outcome") not in LOST
+        retained = bool(o.get("retained", True))
         units.append(
             Unit(
                 order_id=a["order_id"],

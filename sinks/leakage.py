@@ -124,6 +124,28 @@ def late_money(case: Mapping[str, Any]) -> float:
     return amount if case.get("late") in LATE_MONEY and amount > 0 else 0.0
 
 
+def keeps_order(case: Mapping[str, Any], outcome: str | None) -> bool:
+    """Does a settled case's late payment (:func:`late_money` > 0; ``case``: its facts,
+    ``outcome``: the case's outcome at its close) leave the order retained? Retained means no
+    refund and no chargeback (DESIGN §11), so money going back after the close ends it: a
+    chargeback, another return's refund, a store credit paid out in cash, a cancelled order's
+    refund, a refund's second payment. One exception: the price difference refunded after an
+    exchange (more money for the exchange the case settled with: ``basis`` set) -- the customer
+    kept the exchanged goods, as ``exchange_difference`` is never leakage. (Goodwill paid while
+    the case was open never ends it: the order was kept; goodwill after the close is a dead
+    letter.)
+
+    >>> keeps_order({"late": "chargeback_filed", "amount": 100.0}, "kept")
+    False
+    >>> keeps_order({"late": "refund_issued", "amount": 100.0, "return_reason": "quality"},
+    ...             "exchange")
+    False
+    >>> keeps_order({"late": "refund_issued", "amount": 8.0, "basis": "fit"}, "exchange")
+    True
+    """
+    return case.get("late") == "refund_issued" and bool(case.get("basis")) and outcome == "exchange"
+
+
 def settled_basis(case: Mapping[str, Any], customer: Mapping[str, Any] | None = None) -> str:
     """The basis of the money a settled case's late fact paid (:func:`late_money`; ``case``: its
     facts, ``customer``: the customer's features then): a chargeback is ``late_chargeback``,

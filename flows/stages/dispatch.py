@@ -52,8 +52,9 @@ class DispatchStage(_Stage):
         self.last_decision: dict[str, dict] = {}  # order id -> the latest non-empty decision
         self.assigned: set[str] = set()  # orders with an uplift (ITT) assignment, until close
         # assigned orders closed, for the settled grace period: order id -> (close time, its
-        # refunded amount so far), for the outcome records' amendments (_amend)
-        self.amendable: dict[str, tuple[int, float]] = {}
+        # refunded amount so far, retained so far; None: from a snapshot written before it was
+        # kept, the close's outcome decides), for the outcome records' amendments (_amend)
+        self.amendable: dict[str, tuple[int, float, bool | None]] = {}
         self.spent: dict[tuple[str, int], float] = {}  # (action, event-time day) -> spend
         self.last_sweep = 0
         # this call's latest update per order, for its case-store document (_flush_records);
@@ -89,7 +90,7 @@ class DispatchStage(_Stage):
                 del self.spent[key]
             # (the case stage hears no late fact of a case after its grace period)
             grace = self.cfg.settled_grace_us
-            for order_id in [o for o, (c, _) in self.amendable.items() if low - c > grace]:
+            for order_id in [o for o, (c, *_) in self.amendable.items() if low - c > grace]:
                 del self.amendable[order_id]
 
     @staticmethod
@@ -302,9 +303,9 @@ class DispatchStage(_Stage):
             )
         if closed and view.order_id in self.assigned:
             self.assigned.discard(view.order_id)
-            refunded = self._outcome(t, view)
+            refunded, retained = self._outcome(t, view)
             if self.cfg.settled_grace_us > 0:  # (no grace period: no late money is heard)
-                self.amendable[view.order_id] = (t, refunded)
+                self.amendable[view.order_id] = (t, refunded, retained)
         if closed:
             # KPI fact: what happened to the case, and what we did about it (metrics only)
             out.append(
@@ -357,18 +358,20 @@ class DispatchStage(_Stage):
         }
         self.send(Route.OUTPUT, OUT_KEY, t, f"a|{view.order_id}", ("assignment", doc))
 
-    def _outcome(self, t: int, view: CaseView) -> float:
+    def _outcome(self, t: int, view: CaseView) -> tuple[float, bool]:
         """The closing outcome of an assigned order (orders still open when the log ends have
         none: they count as retained, DESIGN §11), with the money refunded on it up to the
         close in the order's currency: its refunds and chargebacks, and the goodwill cash paid
         while it was open (as the KPIs' refunded value); money in other currencies apart
-        (``refunded_other``). Returns the order-currency money."""
+        (``refunded_other``). Returns the order-currency money and whether the order is retained
+        (no refund, no chargeback: goodwill cash paid while it was open does not end it)."""
         goodwill = float((view.facts or {}).get("goodwill_refunded") or 0.0)
         refunded = round(view.refunded_amount + goodwill, 2)
+        retained = view.outcome not in _LOST
         doc: dict[str, Any] = {
             "order_id": view.order_id,
             "outcome": view.outcome,
-            "retained": view.outcome not in ("refund", "chargeback"),
+            "retained": retained,
             "refunded_amount": refunded,  # in the order's currency
             "closed_at": iso(t),
         }
@@ -376,7 +379,7 @@ class DispatchStage(_Stage):
         if other:  # money in other currencies (a cross-border refund): apart, never summed
             doc["refunded_other"] = other
         self.send(Route.OUTPUT, OUT_KEY, t, f"o|{view.order_id}", ("outcome", doc))
-        return refunded
+        return refunded, retained
 
     def _amend(self, t: int, view: CaseView) -> None:
         """Money paid after an assigned order's case closed (a late fact of its settled case,
@@ -385,22 +388,27 @@ class DispatchStage(_Stage):
         chargeback): an ``outcome_amended`` record after its outcome, with the payment, the
         basis the KPIs give it and the order's new refunded total (in the order's currency: a
         payment in another leaves it as it was, and the record names the payment's currency).
-        Append-only: the outcome line stays as written; its outcome and ``retained`` stay the
-        close's (as the KPIs')."""
+        Append-only: the outcome line stays as written, and ``outcome`` is the close's; its
+        ``retained`` is the order's after this payment: false once money went back after the
+        close (a chargeback, another return's refund, a store credit paid out in cash), except
+        an exchange's price difference (``leakage.keeps_order``); once false it stays false."""
         facts = view.facts or {}
         amount = leakage.late_money(facts)
         if not amount:
             return
-        closed_at, refunded = self.amendable[view.order_id]
+        closed_at, refunded, retained = self.amendable[view.order_id]
+        if retained is None:  # (from a snapshot written before it was kept: the close's)
+            retained = view.outcome not in _LOST
+        retained = retained and leakage.keeps_order(facts, view.outcome)
         currency, ordered_in = facts.get("currency") or "", facts.get("order_currency") or ""
         if not (currency and ordered_in and currency != ordered_in):  # never summed across
             refunded = round(refunded + amount, 2)
-            self.amendable[view.order_id] = (closed_at, refunded)
+        self.amendable[view.order_id] = (closed_at, refunded, retained)
         doc = {
             "record": "outcome_amended",
             "order_id": view.order_id,
             "outcome": view.outcome,
-            "retained": view.outcome not in ("refund", "chargeback"),
+            "retained": retained,
             "refunded_amount": refunded,
             "closed_at": iso(closed_at),
             "amended_at": iso(t),
@@ -429,6 +437,9 @@ class DispatchStage(_Stage):
             shards=self.cfg.cust_shards,
             forced=forced,
         )
+
+
+_LOST = frozenset({"refund", "chargeback"})  # the outcomes that are not retained (DESIGN §11)
 
 
 def _refunded_other(view: CaseView) -> dict[str, float]:

@@ -108,9 +108,12 @@ def test_a_foreign_payment_naming_no_return_is_refused_and_changes_nothing() -> 
         ("delivered", _pay("p", 20, 5.0, "GBP", rid=None, kind="store_credit_issued"), True),
         # an exchange asked for: a small cash refund naming no return may be goodwill
         ("exchange", _pay("p", 20, 5.0, "GBP", rid=None), True),
-        # a refund return open: a payment naming no return is its settlement, whatever its size
-        ("refund", _pay("p", 20, 5.0, "GBP", rid=None), False),
-        ("exchange", _pay("p", 20, 5.0, "GBP", rid=None, kind="store_credit_issued"), False),
+        # a return open, its goods not received: goodwill or its settlement, by its amount
+        ("refund", _pay("p", 20, 5.0, "GBP", rid=None), True),
+        ("exchange", _pay("p", 20, 5.0, "GBP", rid=None, kind="store_credit_issued"), True),
+        # its goods received: a payment naming no return is its settlement, whatever its size
+        ("refund+received", _pay("p", 20, 5.0, "GBP", rid=None), False),
+        ("exchange+received", _pay("p", 20, 5.0, "GBP", rid=None, kind="store_credit_issued"), 0),
         # naming a return, a chargeback, a lost parcel: never goodwill
         ("delivered", _pay("p", 20, 5.0, "GBP"), False),
         ("delivered", event("p", "chargeback_filed", "o1", _at(20), amount=5.0, currency="GBP"), 0),
@@ -127,7 +130,10 @@ def test_what_is_refused(setup: str, doc: dict, refused: bool) -> None:
     else:
         case = _delivered(units=3)
         if setup != "delivered":
-            _apply(case, {**_request("R1", 10, 1), "preferred_resolution": setup})
+            resolution, _, received = setup.partition("+")
+            _apply(case, {**_request("R1", 10, 1), "preferred_resolution": resolution})
+            if received:
+                _apply(case, event("R1-r", "return_received", "o1", _at(15), return_id="R1"))
     assert bool(case.money_refusal(_ev(doc))) is bool(refused)
     changes = _apply(case, doc)
     assert (changes == []) is bool(refused)

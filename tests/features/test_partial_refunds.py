@@ -58,8 +58,15 @@ def test_a_full_refund_naming_no_return_still_settles_the_case() -> None:
 
 
 def test_while_a_return_is_open_a_refund_naming_no_return_is_its_refund() -> None:
+    """Plausibly the return's money: more than half the return's value before its goods are
+    received (one unit: 40.00), any amount once they are (a partial refund after grading)."""
     case = _delivered(units=3)
     _apply(case, _request("R1", 10, 1))
+    assert _apply(case, _goodwill(1, 20, 20.01)) == ["outcome", "closed"]
+    assert case.outcome is Outcome.REFUND and case.refunded_amount == 20.01
+    case = _delivered(units=3)
+    _apply(case, _request("R1", 10, 1))
+    _apply(case, event("R1-r", "return_received", "o1", _at(15), return_id="R1"))
     assert _apply(case, _goodwill(1, 20, 10.0)) == ["outcome", "closed"]
     assert case.outcome is Outcome.REFUND and case.refunded_amount == 10.0
 
@@ -130,9 +137,10 @@ _PAY = st.tuples(
 )
 def test_goodwill_property(units: int, returned: str | None, pays: list) -> None:
     """Against a direct restatement of the rule: each payment is goodwill iff it names no
-    return, no return is open and the goodwill with it is at most the share of the order's
-    value; the first one that is not settles the case (nothing after it is applied: the case
-    stage settles it); goodwill is the sum of the goodwill payments by kind, to the cent."""
+    return and the goodwill with it is at most the share of the order's value (no return open)
+    or of the open return's value (its goods not received: 40.00, one unit); the first one
+    that is not settles the case (nothing after it is applied: the case stage settles it);
+    goodwill is the sum of the goodwill payments by kind, to the cent."""
     case = OrderCase("o1")
     _apply(case, order_placed("o1", "2026-03-02T10:00:00Z", price=40.0, qty=units))
     _apply(case, event("d1", "carrier_scan", "o1", _at(0), scan="delivered", courier="dhl"))
@@ -140,14 +148,14 @@ def test_goodwill_property(units: int, returned: str | None, pays: list) -> None
         _apply(case, _request("R1", 1, 1))
         if returned == "cancelled":
             _apply(case, event("R1-c", "return_cancelled", "o1", _at(2), return_id="R1"))
-    value = 40.0 * units
+    value = 40.0 if returned == "open" else 40.0 * units
     cap = round(GOODWILL_MAX_SHARE * value, 2)
     cash = credit = 0.0
     for i, (kind, amount, named) in enumerate(pays):
         doc = event(f"p{i}", kind, "o1", _at(3 + i), amount=amount, currency="EUR")
         if named:
             doc["return_id"] = "R1"
-        expect = not named and returned != "open" and round(cash + credit + amount, 2) <= cap
+        expect = not named and round(cash + credit + amount, 2) <= cap
         changes = _apply(case, doc)
         if not expect:
             assert "outcome" in changes and case.status is Status.CLOSED
@@ -198,6 +206,8 @@ def test_while_an_exchange_is_open_more_than_half_its_value_or_a_credit_settles_
     assert case.outcome is Outcome.REFUND
     case = _delivered(units=3)
     _apply(case, _exchange_request("R1", 10, 1))
+    _apply(case, event("R1-r", "return_received", "o1", _at(11), return_id="R1"))
     credit = _goodwill(1, 12, 5.0, "store_credit_issued")
-    assert _apply(case, credit) == ["outcome", "closed"]  # credit is a settlement asked for
+    # once the goods are received, a store credit is the return's (a resolution asked for)
+    assert _apply(case, credit) == ["outcome", "closed"]
     assert case.outcome is Outcome.STORE_CREDIT
