@@ -9,7 +9,9 @@
   out: the draw is per order, the share per action), ``customer`` (customer-context features at
   close);
 * ``kind="settled"``, a late fact of a settled case in its grace period: ``case`` with ``late``
-  (the event type), ``amount`` and ``currency`` (the payment's own);
+  (the event type), ``amount`` and ``currency`` (the payment's own), the case's ``campaign``,
+  ``sku_family``, ``lane`` and ``last_contact_intent`` (its money is counted under them, as money
+  paid before the close; absent: ``none``);
 * ``kind="goodwill"``, goodwill paid on an open case: ``case`` with ``amount``, ``goodwill_kind``
   (``refund`` or ``store_credit``), ``currency``, ``campaign``, ``sku_family``, ``lane``;
 * ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
@@ -430,13 +432,17 @@ def _settled(s: _State, fact: dict[str, Any]) -> None:
     amount = leakage.late_money(case)
     if not amount:
         return
-    currency = s.bucket["currency"](case.get("currency"))
-    none = s.bucket["campaign"]("")  # a settled record keeps no campaign / family / lane
-    s.refunded(currency, none, none, none, none).inc(amount)
+    b = s.bucket
+    get = case.get
+    # the case's dimensions, as at its close (a record from before they were kept: "none")
+    d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    currency = b["currency"](get("currency"))
+    support = b["support_reason"](get("last_contact_intent"))
+    s.refunded(currency, *d, support).inc(amount)
     why = leakage.settled_basis(case, fact.get("customer"))
     s.by_basis(currency, why).inc(amount)
     if why in leakage.LEAKED:
-        s.leakage(currency, none, none, none, none).inc(amount)
+        s.leakage(currency, *d, support).inc(amount)
 
 
 def _case(s: _State, fact: dict[str, Any]) -> None:

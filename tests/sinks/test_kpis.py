@@ -453,3 +453,27 @@ def test_label_values_outside_their_vocabulary_or_pattern_are_other():
     for i in range(50):
         assert kpis.bucket("campaign", f"user{i}@example.com") == "other"
     assert kpis.bucket("campaign", "launch") == "launch"
+
+
+def test_late_money_counts_under_the_case_dimensions_and_last_contact():
+    """Money paid after the close (a refund's second payment, a chargeback) counts under the
+    case's campaign / SKU family / lane and the intent of the last support contact before it
+    (the settled fact carries them), as money paid before the close. Before, under ``none``
+    (probe defect 5: 120 of 200 EUR refunded and 20 EUR of leakage under ``none``)."""
+    d = Delta()
+    sr = {"support_reason": "refund_request"}
+    kpis.observe(refunded_case(refunded_amount=80.0))  # leakage basis fit, in EUR
+    late = {"order_id": "O1", "outcome": "refund", "currency": "EUR", "order_currency": "EUR",
+            "last_contact_intent": "refund_request", **D}  # fmt: skip
+    topup = {**late, "late": "refund_issued", "amount": 20.0, "basis": "fit"}
+    kpis.observe({"kind": "settled", "t": T0, "case": topup})
+    chargeback = {**late, "late": "chargeback_filed", "amount": 100.0}
+    kpis.observe({"kind": "settled", "t": T0, "case": chargeback})
+    assert d("salvage_refunded_total", currency="EUR", **D, **sr) == 200.0
+    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == 100.0
+    none = {"campaign": "none", "sku_family": "none", "lane": "none"}
+    assert d("salvage_refunded_total", currency="EUR", **none, support_reason="none") == 0.0
+    # a record from before the dimensions were kept: "none", as then
+    old = {"order_id": "O1", "outcome": "refund", "currency": "EUR", "late": "chargeback_filed"}
+    kpis.observe({"kind": "settled", "t": T0, "case": {**old, "amount": 7.0}})
+    assert d("salvage_refunded_total", currency="EUR", **none, support_reason="none") == 7.0
