@@ -1,5 +1,6 @@
 """KPI slices of money paid after a case closed, and of money in many currencies, through the
-flow (the QA probe's repro ``late_fact_money_loses_kpi_slices``, by hand)."""
+flow (the QA probe's repros ``late_fact_money_loses_kpi_slices`` and
+``sixth_currency_summed_in_other``, by hand)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,27 @@ def test_money_paid_after_the_close_keeps_the_case_slices(tmp_path: Path) -> Non
         ("salvage_refund_leakage_total", "0"): 0.0,
     }
     assert round(_money("salvage_refunded_total", **late) - before["late"], 2) == 20.0
+
+
+def test_a_fifth_and_sixth_currency_are_never_summed(tmp_path: Path) -> None:
+    """Six orders in six currencies, each refunded 100 (top-N currency 4): every currency's
+    refunded value is 100 under its own label, none under ``other``; before, the last two were
+    summed as 200 ``other``."""
+    currencies = ("EUR", "SEK", "NOK", "DKK", "GBP", "CHF")
+    docs = []
+    for i, cur in enumerate(currencies):
+        oid = f"cur{i}"
+        docs += [
+            _place(oid, f"2026-03-0{i + 1}T08:00:00Z", currency=cur),
+            _delivered(oid, f"2026-03-0{i + 3}T11:00:00Z"),
+            _refund(f"{oid}-f", oid, f"2026-03-{i + 12}T10:00:00Z", 100.0, cur),
+        ]
+    log = _write(tmp_path / "log.jsonl", docs)
+    kpis.configure()
+    before = {c: _money("salvage_refunded_total", currency=c) for c in (*currencies, "other")}
+    run_file_flow([log], tmp_path / "out")
+    after = {c: _money("salvage_refunded_total", currency=c) for c in (*currencies, "other")}
+    assert {c: round(after[c] - before[c], 2) for c in after} == {
+        **dict.fromkeys(currencies, 100.0),
+        "other": 0.0,
+    }
