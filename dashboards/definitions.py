@@ -6,6 +6,8 @@ Every query uses only metrics the pipeline emits (``sinks/metrics.py``, ``sinks/
 scraping a real run. Template variables ``campaign``, ``sku_family`` and ``lane`` filter with ``=~``
 (All is ``.*``). KPI labels are bucketed top-N with ``other`` (``sinks/kpis.py``), so a lane outside
 the KPI top-N shows under ``other`` in KPI panels while the lane monitor panels show it by name.
+``currency`` is never bucketed (money is never summed across currencies): money in a currency past
+its top-N shows under its own code with campaign, SKU family and lane ``other``.
 """
 
 from __future__ import annotations

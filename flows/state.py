@@ -241,7 +241,8 @@ LANE = Record(LaneMonitor)
 def _settled_record() -> Record:
     from salvage.flows.stages import Settled
 
-    return Record(Settled, {"returns": Settled.decode_returns, "currency": shared})
+    strings = ("currency", "campaign", "sku_family", "lane", "support")
+    return Record(Settled, {"returns": Settled.decode_returns, **dict.fromkeys(strings, shared)})
 
 
 # ----------------------------------------------------------------------------- keyed maps

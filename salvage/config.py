@@ -343,7 +343,13 @@ class KpiSettings(BaseSettings):
     top_n_outcome: int = Field(12, ge=0)
     top_n_grade: int = Field(6, ge=0)
     top_n_reason: int = Field(12, ge=0)
-    top_n_currency: int = Field(4, ge=0)
+    top_n_currency: int = Field(
+        4,
+        ge=0,
+        description="currencies whose money keeps its campaign / SKU family / lane / support "
+        "reason / courier slices (first come); a later currency keeps its own `currency` label, "
+        "those slices `other`",
+    )
     preset_campaign: list[str] = []
     preset_sku_family: list[str] = []
     preset_lane: list[str] = []

@@ -9,7 +9,9 @@
   out: the draw is per order, the share per action), ``customer`` (customer-context features at
   close);
 * ``kind="settled"``, a late fact of a settled case in its grace period: ``case`` with ``late``
-  (the event type), ``amount`` and ``currency`` (the payment's own);
+  (the event type), ``amount`` and ``currency`` (the payment's own), the case's ``campaign``,
+  ``sku_family``, ``lane`` and ``last_contact_intent`` (its money is counted under them, as money
+  paid before the close; absent: ``none``);
 * ``kind="goodwill"``, goodwill paid on an open case: ``case`` with ``amount``, ``goodwill_kind``
   (``refund`` or ``store_credit``), ``currency``, ``campaign``, ``sku_family``, ``lane``;
 * ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
@@ -58,10 +60,13 @@ value (closed, retained) is in the order's. ``D`` = ``campaign, sku_family, lane
                                             rate = this / ``salvage_returns_total``
 ==========================================  ====================================================
 
-Label bounding: every label value goes through a :class:`TopN` bucket per label name. The first
-``N`` distinct values seen by this process claim a slot and keep it; every later value is reported
-as ``other``. The placeholder values ``none``, ``unknown`` and ``other`` never take a slot. ``N``
-per label is configurable (:class:`KpiSettings`, env ``SALVAGE_KPI_TOP_N_<LABEL>``, e.g.
+Label bounding: every label value goes through a :class:`TopN` bucket per label name, but for
+``currency`` (money is never summed across currencies): its label is the ISO 4217 code
+(:data:`ISO_4217`, never folded), and its top-N says which currencies keep the breakdown; money in
+a later one has ``D``, ``support_reason`` and ``courier`` folded to ``other`` (:func:`_money`).
+The first ``N`` distinct values seen by this process claim a slot and keep it; every later value is
+reported as ``other``. The placeholder values ``none``, ``unknown`` and ``other`` never take a
+slot. ``N`` per label is configurable (:class:`KpiSettings`, env ``SALVAGE_KPI_TOP_N_<LABEL>``, e.g.
 ``SALVAGE_KPI_TOP_N_LANE=40``); ``preset`` values claim their slots first, so a deployment that
 needs stable buckets across restarts lists its important campaigns/lanes there
 (``SALVAGE_KPI_PRESET_LANE='["swiftship:central>north"]'``). Slots are per process: two processes
@@ -69,7 +74,7 @@ of a cluster may bucket a late newcomer differently (both still bounded).
 
 Label vetting (before a value may take a slot): labels with a closed vocabulary (``action``,
 ``outcome``, ``grade``, ``reason``, ``support_reason``) only take its values, ``currency`` only
-ISO-4217-shaped codes; the free-form ones (``campaign``, ``sku_family``, ``courier``, and each
+ISO 4217 codes; the free-form ones (``campaign``, ``sku_family``, ``courier``, and each
 part of a ``lane``/``lane_monitor`` ``courier:origin>destination``) only take slug-like values
 (letters, digits and ``_ . + / & -``, at most four words and 48 characters, no ``@``, ``,`` or
 quotes, no run of 6 or more digits). Anything else, an email, a phone or order number, an address
@@ -111,7 +116,21 @@ US = 1_000_000
 _SLUG = re.compile(r"(?=.{1,48}$)[A-Za-z0-9][A-Za-z0-9_.+/&-]*(?: [A-Za-z0-9_.+/&-]+){0,3}")
 _ID_LIKE = re.compile(r"[0-9]{6}")
 _LANE = re.compile(r"([^:>]+):([^:>]+)>([^:>]+)")
-_CURRENCY = re.compile(r"[A-Z]{3}")
+ISO_4217 = frozenset(
+    """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN
+    BWP BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP
+    ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IQD IRR
+    ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD
+    MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR
+    PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL
+    THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF
+    XAG XAU XBA XBB XBC XBD XCD XCG XDR XOF XPD XPF XPT XSU XTS XUA XXX YER ZAR ZMW ZWG ZWL
+    """.split()
+)
+"""The ``currency`` label's vocabulary: the ISO 4217 codes (current ones, and the few withdrawn
+since 2023 that old data may still carry): a closed set of about 180, so every currency can keep
+its own label value (money is never summed across currencies; see :func:`_money`)."""
 
 
 def slug_label(value: str) -> bool:
@@ -140,7 +159,7 @@ VETTING: dict[str, Callable[[str], bool]] = {
     "outcome": _closed(Outcome),
     "grade": _closed(Grade),
     "reason": _closed(ReturnReason),
-    "currency": lambda v: _CURRENCY.fullmatch(v) is not None,
+    "currency": ISO_4217.__contains__,
 }
 """Per label: which values may be exported (others are ``other``); see the module docstring."""
 
@@ -377,6 +396,34 @@ def claimed(label: str) -> Container[str]:
     return _get_state().bucket[label]._map
 
 
+FOLDED: tuple[str, str, str] = (OTHER, OTHER, OTHER)
+"""``D`` of money in a currency past the currency top-N (see :func:`_money`)."""
+
+
+def currency_code(value: Any) -> str:
+    """The ``currency`` label value of money in ``value``: its ISO 4217 code, never folded
+    (``none``: no currency; ``other``: a code outside ISO 4217, bad data)."""
+    if not value:
+        return "none"
+    return value if value in ISO_4217 else OTHER
+
+
+Dims = tuple[str, str, str]
+"""Bounded values of ``D``."""
+
+
+def _money(s: _State, raw: Any, d: Dims) -> tuple[str, Dims, bool]:
+    """(currency label, dimensions, broken down) of money in the currency ``raw`` with the
+    bounded dimensions ``d``. Every currency keeps its own label (money is never summed across
+    currencies); the first ``top_n_currency`` of them (a :class:`TopN`) also keep their
+    breakdown, money in a later one is counted with its dimensions (``D``, support reason,
+    courier) folded to ``other``: its own totals stay whole, at a few series per currency."""
+    code = currency_code(raw)
+    if s.bucket["currency"](raw) == code:
+        return code, d, True
+    return code, FOLDED, False
+
+
 # ---------------------------------------------------------------------------------- observe
 
 
@@ -404,11 +451,11 @@ def _goodwill(s: _State, fact: dict[str, Any]) -> None:
         return
     b = s.bucket
     get = case.get
-    currency = b["currency"](get("currency"))
     d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    currency, d, whole = _money(s, get("currency"), d)
     s.goodwill(currency, kind, *d).inc(amount)
     if kind == "refund":
-        s.refunded(currency, *d, b["support_reason"]("")).inc(amount)
+        s.refunded(currency, *d, "none" if whole else OTHER).inc(amount)
         s.by_basis(currency, "goodwill").inc(amount)
 
 
@@ -430,13 +477,17 @@ def _settled(s: _State, fact: dict[str, Any]) -> None:
     amount = leakage.late_money(case)
     if not amount:
         return
-    currency = s.bucket["currency"](case.get("currency"))
-    none = s.bucket["campaign"]("")  # a settled record keeps no campaign / family / lane
-    s.refunded(currency, none, none, none, none).inc(amount)
+    b = s.bucket
+    get = case.get
+    # the case's dimensions, as at its close (a record from before they were kept: "none")
+    d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    currency, d, whole = _money(s, get("currency"), d)
+    support = b["support_reason"](get("last_contact_intent")) if whole else OTHER
+    s.refunded(currency, *d, support).inc(amount)
     why = leakage.settled_basis(case, fact.get("customer"))
     s.by_basis(currency, why).inc(amount)
     if why in leakage.LEAKED:
-        s.leakage(currency, none, none, none, none).inc(amount)
+        s.leakage(currency, *d, support).inc(amount)
 
 
 def _case(s: _State, fact: dict[str, Any]) -> None:
@@ -447,7 +498,9 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
     support = b["support_reason"](get("last_contact_intent"))
     raw_outcome = get("outcome") or "unknown"
     outcome = b["outcome"](raw_outcome)
-    currency = b["currency"](get("currency"))
+    # money in the order's currency: its dimensions (md), folded past the currency top-N
+    currency, md, whole = _money(s, get("currency"), d)
+    msupport = support if whole else OTHER
     retained = raw_outcome in RETAINED
     retained_s = "true" if retained else "false"
     held_out = set(
@@ -457,7 +510,7 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
 
     s.resolved(outcome, *d, support).inc()
     if value:
-        s.closed_value(currency, outcome, *d).inc(value)
+        s.closed_value(currency, outcome, *md).inc(value)
 
     actions: Iterable[str] = dict.fromkeys(fact.get("triggered") or ()) or ("none",)
     for a in actions:
@@ -465,7 +518,7 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
         holdout = "true" if a in held_out else "false"
         s.by_action(action, holdout, retained_s, *d).inc()
         if retained and value:
-            s.retained_revenue(currency, action, holdout, *d).inc(value)
+            s.retained_revenue(currency, action, holdout, *md).inc(value)
 
     first = fact.get("first_recoverability")
     refunded = float(get("refunded_amount") or 0.0)
@@ -474,23 +527,27 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
     if refunded > 0 or other:
         why = leakage.basis(case, fact.get("customer"))
         leaked = why in leakage.LEAKED
-        paid = [(currency, refunded), *((b["currency"](c), a) for c, a in other.items())]
-        for cur, amount in paid:
+        paid: list[tuple[tuple[str, Dims, str], float]] = [((currency, md, msupport), refunded)]
+        for code, amount_in in other.items():
+            cur, od, owhole = _money(s, code, d)
+            paid.append(((cur, od, support if owhole else OTHER), amount_in))
+        for (cur, pd, psupport), amount in paid:
             if amount > 0:
-                s.refunded(cur, *d, support).inc(amount)
+                s.refunded(cur, *pd, psupport).inc(amount)
                 s.by_basis(cur, why).inc(amount)
                 if leaked:
-                    s.leakage(cur, *d, support).inc(amount)
+                    s.leakage(cur, *pd, psupport).inc(amount)
     if first is not None:
         s.scored(SCORE_BINS[min(9, max(0, int(first * 10 + 1e-9)))], retained_s).inc()
 
     requested = int(get("return_requested_at") or 0)
     if requested:
         s.returns(b["reason"](get("return_reason")), *d, support).inc()
-        courier = b["courier"](get("courier"))
+        courier = b["courier"](get("courier"))  # (claims its slot first come, as before)
+        courier = courier if whole else OTHER
         for component, amount in s.cost.components(case).items():
             if amount:
-                s.return_cost(currency, component, courier, *d).inc(amount)
+                s.return_cost(currency, component, courier, *md).inc(amount)
         refund_at = int(get("refund_at") or 0)
         if refund_at >= requested and refund_at:
             s.time_to_refund(*d).observe((refund_at - requested) / US)

@@ -28,6 +28,7 @@ from salvage.features.order_case import (
     OrderCase,
     Outcome,
     Status,
+    shared,
 )
 from salvage.flows.items import Overdue
 from salvage.flows.messages import CaseView, Emit, InferredContact, Route
@@ -339,6 +340,7 @@ class CaseStage(_Stage):
             intent = ev.intent.value if ev.intent is not None else inferred or "other"
             features = {"last_contact_sentiment": ev.sentiment or 0.0}
             changes += ["contact", f"intent:{intent}"]
+            rec.support = shared(intent)
         elif kind == "chargeback_filed":
             amount = float(ev.amount)
             changes.append("chargeback")
@@ -405,6 +407,11 @@ class CaseStage(_Stage):
                 "amount": amount,
                 "currency": ev.currency if money else "",
                 "order_currency": rec.currency,  # "": a record from before Settled.currency
+                # the KPI dimensions, as the case's ("": a record from before them: "none")
+                "campaign": rec.campaign,
+                "sku_family": rec.sku_family,
+                "lane": rec.lane,
+                "last_contact_intent": rec.support,
                 "flagged": flagged,
                 **returned,
             },
@@ -667,8 +674,9 @@ ReturnsHeard = tuple[str | None, int, tuple[tuple[str, str, str, bool], ...]]
 
 @dataclass(slots=True)
 class Settled:
-    """What a settled case keeps for its grace period: ~120 B with its dict entry (the id strings
-    are shared with the tombstone and the customer context), next to the event-id hashes."""
+    """What a settled case keeps for its grace period: ~150 B with its dict entry (the id strings
+    are shared with the tombstone and the customer context, the label strings with the cases:
+    interned), next to the event-id hashes."""
 
     customer_id: str
     closed_at: int
@@ -695,6 +703,15 @@ class Settled:
     # the order's currency: a later payment in another one is counted in its own, never summed
     # into the customer's refunded value ("": a record from before this field, as then)
     currency: str = ""
+    # the case's KPI dimensions (the case's shared strings: 8 B each here): money paid later is
+    # counted under them, as money paid before the close ("": a record from before these fields,
+    # counted under "none" as then)
+    campaign: str = ""
+    sku_family: str = ""
+    lane: str = ""
+    # the intent of the last support contact, the case's or one heard since: the KPIs'
+    # support_reason of money paid later, as of money paid before the close
+    support: str = ""
 
     @classmethod
     def of(cls, case: OrderCase, ev: Any = None, facts: dict | None = None) -> Settled:
@@ -710,6 +727,10 @@ class Settled:
             cls._returns_of(case, ev),
             _later_refund_basis(case, facts),
             case.currency,
+            case.campaign,
+            case.sku_family,
+            case.lane,
+            shared(case.contacts[-1][1]) if case.contacts else "",
         )
 
     @staticmethod

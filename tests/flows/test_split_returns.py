@@ -7,6 +7,7 @@ letters; the money refunded adds up to every refund in the log."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,14 +302,20 @@ def test_a_settled_record_from_before_returns_were_heard_hears_none() -> None:
     from salvage.flows.state import _settled_record
 
     record = _settled_record()
-    before = tuple(n for n in record.names if n not in ("returns", "basis", "currency"))
+    added = ("returns", "basis", "currency", "campaign", "sku_family", "lane", "support")
+    before = tuple(n for n in record.names if n not in added)
     old = record.decoder(before)(["c1", 5, "refund", False, "", 0])
     assert old.returns is None and old.basis == "" and old.currency == ""
+    # (no KPI dimensions either: its late money is counted under "none", as then)
+    assert (old.campaign, old.sku_family, old.lane, old.support) == ("", "", "", "")
     again = EVENT_ADAPTER.validate_json(json.dumps(_refund("R1", "2026-03-13T10:00:00Z", 60.0)))
     assert not old.hears(again) and not old.tops_up(again)
     stored = ("R1", 1, [["R2", "fit", "refund", True]])  # (as msgpack gives it back)
-    new = record.decoder(None)([*record.encode(old)[:-3], stored, "", "EUR"])
+    dims = ["bw-26", "shoes", "dhl:a>b", "complaint"]
+    new = record.decoder(None)([*record.encode(old)[:6], stored, "", "EUR", *dims])
     assert new.returns == ("R1", 1, (("R2", "fit", "refund", True),)) and not new.hears(again)
+    assert [new.campaign, new.sku_family, new.lane, new.support] == dims
+    assert new.lane is sys.intern("dhl:a>b")  # shared, as the cases' labels
 
 
 def test_a_settled_case_keeps_its_other_returns_reasons_and_counts() -> None:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from salvage.sinks import kpis
@@ -453,3 +455,120 @@ def test_label_values_outside_their_vocabulary_or_pattern_are_other():
     for i in range(50):
         assert kpis.bucket("campaign", f"user{i}@example.com") == "other"
     assert kpis.bucket("campaign", "launch") == "launch"
+
+
+def test_late_money_counts_under_the_case_dimensions_and_last_contact():
+    """Money paid after the close (a refund's second payment, a chargeback) counts under the
+    case's campaign / SKU family / lane and the intent of the last support contact before it
+    (the settled fact carries them), as money paid before the close. Before, under ``none``
+    (probe defect 5: 120 of 200 EUR refunded and 20 EUR of leakage under ``none``)."""
+    d = Delta()
+    sr = {"support_reason": "refund_request"}
+    kpis.observe(refunded_case(refunded_amount=80.0))  # leakage basis fit, in EUR
+    late = {"order_id": "O1", "outcome": "refund", "currency": "EUR", "order_currency": "EUR",
+            "last_contact_intent": "refund_request", **D}  # fmt: skip
+    topup = {**late, "late": "refund_issued", "amount": 20.0, "basis": "fit"}
+    kpis.observe({"kind": "settled", "t": T0, "case": topup})
+    chargeback = {**late, "late": "chargeback_filed", "amount": 100.0}
+    kpis.observe({"kind": "settled", "t": T0, "case": chargeback})
+    assert d("salvage_refunded_total", currency="EUR", **D, **sr) == 200.0
+    assert d("salvage_refund_leakage_total", currency="EUR", **D, **sr) == 100.0
+    none = {"campaign": "none", "sku_family": "none", "lane": "none"}
+    assert d("salvage_refunded_total", currency="EUR", **none, support_reason="none") == 0.0
+    # a record from before the dimensions were kept: "none", as then
+    old = {"order_id": "O1", "outcome": "refund", "currency": "EUR", "late": "chargeback_filed"}
+    kpis.observe({"kind": "settled", "t": T0, "case": {**old, "amount": 7.0}})
+    assert d("salvage_refunded_total", currency="EUR", **none, support_reason="none") == 7.0
+
+
+SIX = ("EUR", "SEK", "NOK", "DKK", "GBP", "CHF")
+
+
+def test_money_in_a_currency_past_the_top_n_keeps_its_own_label():
+    """Six currencies, ``top_n_currency=4``: the first four keep their breakdown, the later two
+    are counted each under its own ``currency`` with the other dimensions ``other``; nothing is
+    summed under ``currency="other"``. Before, the two were summed as 200 ``other`` (probe
+    defect 6)."""
+    d = Delta()
+    sr = {"support_reason": "refund_request"}
+    for cur in SIX:
+        kpis.observe(refunded_case(currency=cur, refunded_amount=100.0))
+    folded = {"campaign": "other", "sku_family": "other", "lane": "other"}
+    for cur in SIX[:4]:
+        assert d("salvage_refunded_total", currency=cur, **D, **sr) == 100.0
+        assert d("salvage_closed_order_value_total", currency=cur, outcome="refund", **D) == 120
+    for cur in SIX[4:]:
+        assert d("salvage_refunded_total", currency=cur, **folded, support_reason="other") == 100
+        assert d("salvage_refund_leakage_total", currency=cur, **folded, support_reason="other")
+        assert d("salvage_refunded_by_basis_total", currency=cur, basis="fit") == 100.0
+        closed = {"currency": cur, "outcome": "refund", **folded}
+        assert d("salvage_closed_order_value_total", **closed) == 120.0
+        cost = d("salvage_return_cost_total", currency=cur, component="return_label",
+                 courier="other", **folded)  # fmt: skip
+        assert cost == 4.5
+    assert {dict(k[1])["currency"] for k in d.changed() if "currency" in dict(k[1])} == set(SIX)
+    # a late payment and goodwill in a folded currency: the same
+    late = {"order_id": "O1", "outcome": "refund", "currency": "CHF", "late": "chargeback_filed",
+            "amount": 5.0, "last_contact_intent": "complaint", **D}  # fmt: skip
+    kpis.observe({"kind": "settled", "t": T0, "case": late})
+    assert d("salvage_refunded_total", currency="CHF", **folded, support_reason="other") == 105
+    gw = {"amount": 3.0, "goodwill_kind": "refund", "currency": "GBP", **D}
+    kpis.observe({"kind": "goodwill", "t": T0, "case": gw})
+    assert d("salvage_goodwill_total", currency="GBP", kind="refund", **folded) == 3.0
+    assert d("salvage_refunded_total", currency="GBP", **folded, support_reason="other") == 103
+
+
+def test_currency_label_is_iso_4217_never_top_n_folded():
+    assert kpis.currency_code("DKK") == "DKK" and kpis.currency_code("") == "none"
+    assert kpis.currency_code("QQQ") == "other"  # a shape the contract lets through, not a code
+    assert len(kpis.ISO_4217) < 200 and all(len(c) == 3 for c in kpis.ISO_4217)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(sorted(kpis.ISO_4217)),
+            st.sampled_from(sorted(kpis.ISO_4217)),
+            st.floats(0.01, 1000.0).map(lambda x: round(x, 2)),
+            st.floats(0.0, 1000.0).map(lambda x: round(x, 2)),
+            st.sampled_from(["c1", "c2", "c3", "c4", "c5", "c6"]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(0, 5),
+)
+def test_money_is_never_summed_across_currencies(payments, top_n):
+    """Whatever the currencies, their order and the top-N: the refunded value per ``currency``
+    label is exactly the money paid in that currency (in the order's, another one's and late),
+    no ``other`` currency, and a currency past the top-N has one refunded series."""
+    kpis.configure(kpis.KpiSettings(top_n_currency=top_n), CostModel())
+    d = Delta()
+    paid: dict[str, float] = {}
+    for order_cur, other_cur, amount, extra, campaign, late in payments:
+        if late:
+            fact = {"order_id": "O1", "outcome": "refund", "currency": order_cur,
+                    "late": "chargeback_filed", "amount": amount, "campaign": campaign}  # fmt: skip
+            kpis.observe({"kind": "settled", "t": T0, "case": fact})
+        else:
+            other = {other_cur: extra} if other_cur != order_cur and extra else {}
+            kpis.observe(refunded_case(currency=order_cur, refunded_amount=amount,
+                                       campaign=campaign, refunded_other=other))  # fmt: skip
+            for cur, a in other.items():
+                paid[cur] = paid.get(cur, 0.0) + a
+        paid[order_cur] = paid.get(order_cur, 0.0) + amount
+    got: dict[str, float] = {}
+    series: dict[str, int] = {}
+    for (name, labels), delta in d.changed().items():
+        if name == "salvage_refunded_total":
+            cur = dict(labels)["currency"]
+            got[cur] = got.get(cur, 0.0) + delta
+            series[cur] = series.get(cur, 0) + 1
+    assert set(got) == set(paid)
+    for cur, amount in paid.items():
+        assert math.isclose(got[cur], amount, rel_tol=1e-9, abs_tol=1e-6)
+    assert sum(n > 1 for n in series.values()) <= top_n
