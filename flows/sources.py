@@ -105,15 +105,17 @@ class _Parser:
       partition whose other source lags), whatever stragglers came in between;
     * confirmed when :data:`JUMP_CONFIRM` are held (in a row or not): the earliest of them is
       applied (the partition really moved on, a quiet night, a weekend; the others are at least
-      as far ahead) and the rest held afresh from there (but one read before it and more than
-      twice the bound ahead of it: the stream moved on without it);
-    * ``bad_timestamp`` only when the stream moved on by a whole bound without reaching it (the
-      clock advanced ``max_jump`` since it was held and it is still beyond the bound): an event
-      up to twice the bound ahead of its partition's clock is never rejected. (Until session 26
-      the first event that moved the clock on without bringing it within the bound rejected it:
-      a straggler from a batched source, an hour on, made a valid refund 7 h ahead a dead
-      letter.) Late, straggling or re-published events that do not move the clock decide
-      nothing.
+      as far ahead) and the rest held afresh from there; one read before it, more than twice
+      the bound ahead of it, that no event read after it reaches (nothing supports it: a
+      future-dated event on a sparse partition) is ``bad_timestamp`` there;
+    * ``bad_timestamp`` only when the stream moved on by a whole bound without reaching it: the
+      events read after it, applied as they came, moved the clock ``max_jump`` (held events
+      caught up with or confirmed do not count: on a sparse partition every event is a jump) and
+      it is still beyond the bound; so an event up to twice the bound ahead of its partition's
+      clock is never rejected. Or at a confirmation, as above. (Until session 26 the first event
+      that moved the clock on without bringing it within the bound rejected it: a straggler
+      from a batched source, an hour on, made a valid refund 7 h ahead a dead letter.) Late,
+      straggling or re-published events that do not move the clock decide nothing.
 
     At the end of input (file mode, ``--to-end``) what is still held is applied: nothing after it
     can be made late by it, and a log's sparse tail is normal. In Kafka mode the same holds once
@@ -147,9 +149,12 @@ class _Parser:
         self.last_tick: int | None = None
         self.max_future_us = max_future_us  # 0: no check
         self.max_jump_us = max_jump_us  # 0: no bound
-        # held events (raw, event, time, resume mark, the clock when held), in the order read;
+        # held events (raw, event, time, resume mark, ``moved`` when held), in the order read;
         # see the class docstring
         self.held: list[tuple[RawRecord, Any, int, Any, int]] = []
+        # how far events applied as they were read (not held ones caught up with or confirmed)
+        # moved the clock while something was held: the stream moving on (see _settle)
+        self.moved = 0
         # no event leaves before this time (file mode: what the file's tick already promised,
         # see _KafkaLayout); BEGIN: the clock's own watermark is the only bound
         self.floor = BEGIN
@@ -259,7 +264,7 @@ class _Parser:
         clock = self.clock
         if clock.max_t == BEGIN:  # the partition's first event: pending until the next one
             if not self.held:
-                self.held.append((raw, result, t, mark, BEGIN))
+                self.held.append((raw, result, t, mark, self.moved))
                 return
             f_raw, f_event, f_t, f_mark, _ = self.held.pop()
             if f_t - t > self.max_jump_us:
@@ -267,13 +272,12 @@ class _Parser:
                 # future-dated first event would make the partition's valid events too_late);
                 # the clock starts here and the first is a held jump like any other
                 self._apply(raw, result, t, out)
-                self.held.append((f_raw, f_event, f_t, f_mark, clock.max_t))
-                self._settle(out)
+                self.held.append((f_raw, f_event, f_t, f_mark, self.moved))
                 return
             self._apply(f_raw, f_event, f_t, out)  # the first is confirmed: as before
         before = clock.max_t
         if t - before > self.max_jump_us:
-            self.held.append((raw, result, t, mark, before))
+            self.held.append((raw, result, t, mark, self.moved))
             if len(self.held) >= JUMP_CONFIRM:
                 self._settle(out)
             return
@@ -282,6 +286,7 @@ class _Parser:
         # the stream moved on without them; one not past the clock (late, a straggler within the
         # tolerance, a re-published copy) decides nothing
         if self.held and clock.max_t != before:
+            self.moved += clock.max_t - before
             self._settle(out)
 
     def _settle(self, out: list[Item]) -> None:
@@ -302,24 +307,47 @@ class _Parser:
                 raw, event, t, _, _ = held.pop(i)
                 self._apply(raw, event, t, out)
                 continue
-            gone = [h for h in held if c - h[4] >= jump]
+            moved = self.moved
+            gone = [h for h in held if moved - h[4] >= jump]
             if gone:
-                held[:] = [h for h in held if c - h[4] < jump]
+                held[:] = [h for h in held if moved - h[4] < jump]
                 for raw, event, t, _, since in gone:
-                    self._reject(raw, event, t, since, out)
+                    self._reject(
+                        raw,
+                        event,
+                        t,
+                        f"events read after it moved the clock on "
+                        f"{(moved - since) / 3_600e6:.1f}h without reaching it",
+                        out,
+                    )
                 continue
             if len(held) >= JUMP_CONFIRM:
                 i = min(range(len(held)), key=lambda k: held[k][2])
                 raw, event, t, _, _ = held.pop(i)
                 self._apply(raw, event, t, out)
-                # held afresh from the new clock: those read after the confirmed event (they
-                # confirmed it) and those within twice the bound of it; one read before it and
-                # further ahead keeps its mark (the stream moved on without it: a future-dated
-                # first event, followed by a sparse partition whose every event is a jump)
+                # the others are held afresh, except one read before the confirmed event, more
+                # than twice the bound ahead of it, that no event read after it reaches: nothing
+                # supports it and the stream moved on without it (a future-dated first event,
+                # then a sparse partition whose every event is a jump)
                 c = clock.max_t
-                held[:] = [
-                    h if k < i and h[2] - c > 2 * jump else (*h[:4], c) for k, h in enumerate(held)
-                ]
+                keep = []
+                for k, h in enumerate(held):
+                    if (
+                        k < i
+                        and h[2] - c > 2 * jump
+                        and all(later[2] < h[2] for later in held[k + 1 :])
+                    ):
+                        self._reject(
+                            h[0],
+                            h[1],
+                            h[2],
+                            "the stream confirmed a jump to an "
+                            "earlier time, and no event read after it reaches it",
+                            out,
+                        )
+                    else:
+                        keep.append((*h[:4], self.moved))
+                held[:] = keep
                 continue
             break
 
@@ -333,15 +361,14 @@ class _Parser:
         for raw, event, t, _, _ in held:
             self._apply(raw, event, t, out)
 
-    def _reject(self, raw: RawRecord, event, t: int, since: int, out: list[Item]) -> None:
+    def _reject(self, raw: RawRecord, event, t: int, why: str, out: list[Item]) -> None:
         """Dead-letter a held event the stream moved on from without reaching it."""
         c = self.clock.max_t
         dl = dead_letter(
             raw,
             DeadLetterKind.BAD_TIMESTAMP,
-            f"occurred_at is {(t - c) / 3_600e6:.1f}h ahead of its partition's latest event, "
-            f"which moved on {(c - since) / 3_600e6:.1f}h since it was held without reaching it "
-            f"(allowed: {self.max_jump_us / 1e6:.0f}s, SALVAGE_MAX_CLOCK_JUMP_SECONDS)",
+            f"occurred_at is {(t - c) / 3_600e6:.1f}h ahead of its partition's latest event; "
+            f"{why} (allowed: {self.max_jump_us / 1e6:.0f}s, SALVAGE_MAX_CLOCK_JUMP_SECONDS)",
             event_id=event.event_id,
             order_id=event.order_id,
         )
@@ -458,7 +485,7 @@ class _KafkaLayout:
             self.floor, parts = state
             for key, (max_t, held) in parts.items():
                 # (a snapshot from before the clock bound kept when each was held: now)
-                self._new(key, max_t).held = [h if len(h) == 5 else (*h, max_t) for h in held]
+                self._new(key, max_t).held = [h if len(h) == 5 else (*h, 0) for h in held]
 
     def _new(self, key: tuple[str, int], max_t: int = BEGIN) -> _Parser:
         tol, late, future, jump = self._args
@@ -468,7 +495,11 @@ class _KafkaLayout:
         return parser
 
     def state(self) -> tuple:
-        parts = {k: (p.clock.max_t, list(p.held)) for k, p in self.parts.items()}
+        # a held event's mark relative to its parser's ``moved`` (which starts at 0 on a resume)
+        parts = {
+            k: (p.clock.max_t, [(*h[:4], h[4] - p.moved) for h in p.held])
+            for k, p in self.parts.items()
+        }
         return (self.floor, parts)
 
     def handle(self, raw: RawRecord, out: list[Item], mark: Any = None) -> None:

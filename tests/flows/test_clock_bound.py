@@ -69,7 +69,7 @@ def test_a_bogus_future_time_is_rejected_when_the_stream_moves_on_without_it() -
     _, _, p = _feed([3, 5, 24 * 400, 6])
     dl = _scan(9, 11)
     p.handle_event(*dl, out)
-    assert "moved on 6.0h since it was held" in out[-1].message
+    assert "moved the clock on 6.0h without reaching it" in out[-1].message
 
 
 def _drained(hours: list[float], jump_h: float = 6.0) -> tuple[list[str], list[str]]:
@@ -129,6 +129,16 @@ def test_one_bogus_time_cannot_be_confirmed_by_events_less_far_ahead() -> None:
     assert applied == ["e0", "e1", "e2", "e3"] and dead == [] and len(p.held) == 1
     applied, dead, p = _feed([0, 1, 9, 10, 24 * 400, 12, 14, 16])
     assert dead == ["e4"] and "e4" not in applied and p.held == []
+
+
+def test_on_a_sparse_partition_a_held_event_that_later_events_reach_is_not_rejected() -> None:
+    """A sparse returns partition (the probe's big log): the clock at 0 h, a refund 24 h ahead
+    (held), a chargeback 6.8 h ahead (held: a jump of its own), a scan at 39.3 h (held): three
+    held confirm the chargeback; the refund, read before it and 17.2 h ahead of it, is reached
+    by the scan read after it, so it is held afresh (not ``bad_timestamp``) and applied later."""
+    assert _drained([0, 24, 6.8, 39.3]) == (["e0", "e2", "e1", "e3"], [])
+    applied, dead, p = _feed([0, 24, 6.8, 39.3, 30])  # the refund follows what reaches it
+    assert (applied, dead, [h[2] for h in p.held]) == (["e0", "e2", "e1", "e4"], [], [_us(39.3)])
 
 
 def _us(hours: float) -> int:
@@ -206,9 +216,14 @@ def test_one_broken_time_anywhere_is_rejected_and_moves_nothing(
 
 def test_only_the_held_events_within_the_bound_follow() -> None:
     """Two held (12 h and 40 h); an event at 9 h brings the first within the bound (applied),
-    not the second (rejected: the clock moved on without it)."""
-    applied, dead, _ = _feed([3, 5, 12, 40, 9])
-    assert applied == ["e0", "e1", "e4", "e2"] and dead == ["e3"]
+    not the second: still held (the events read after it moved the clock 4 h, not a whole
+    bound; before: rejected there), rejected once events read after it moved it 6 h (13 h,
+    15 h: 7 h). The clock's move by the released event (9 h to 12 h) is not the stream moving
+    on without it."""
+    applied, dead, p = _feed([3, 5, 12, 40, 9])
+    assert applied == ["e0", "e1", "e4", "e2"] and dead == [] and len(p.held) == 1
+    applied, dead, p = _feed([3, 5, 12, 40, 9, 13, 15])
+    assert applied == ["e0", "e1", "e4", "e2", "e5", "e6"] and dead == ["e3"] and p.held == []
 
 
 def test_a_late_event_decides_nothing_and_three_jumps_confirm() -> None:
