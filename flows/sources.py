@@ -56,9 +56,8 @@ _STOP = threading.Event()
 # event waits at most 10 ms: 10,000 events/s p99 216-222 ms in 3 runs, 195-283 ms with 40 ms)
 POLL_BACKOFF_MIN_S = 0.005
 POLL_BACKOFF_MAX_S = 0.010
-# an event more than max_jump ahead of its partition's clock is held; this many such events in a
-# row (each confirming the others) move the clock, an on-time event in between applies those it
-# brings within the bound and rejects the others (a late one decides nothing)
+# an event more than max_jump ahead of its partition's clock is held; with this many held, the
+# earliest is applied (confirmed by the others: see _Parser)
 JUMP_CONFIRM = 3
 # a partition waking from idle holds the watermark until every idle partition has checked its end
 # offset afresh at least this long after the wake (what a producer sends together arrives within
@@ -96,27 +95,44 @@ class _Parser:
     """Parse + clock for one partition; shared by the file and Kafka partitions.
 
     **Clock bound** (``max_jump_us``, DESIGN §11): one event may move its partition's clock only
-    by that much. An event further ahead of the partition's latest event time is *held* (not
-    applied, the clock does not move); when :data:`JUMP_CONFIRM` such events arrive in a row the
-    partition really moved on (a quiet night, a weekend) and they are applied in order; an event in
-    between that moves the clock on (past its latest event time, by less than the bound) is
-    applied, then the held ones it brought within the bound follow it (the stream caught up with
-    them: on a sparse partition, ``delivered`` at 22:00 held seven hours after ``in_transit`` at
-    15:00, then ``out_for_delivery`` at 19:00, uploaded late by the carrier), and
-    those still beyond it are ``bad_timestamp`` dead letters (one that does not move the clock,
-    late or a straggler within the tolerance or a re-published copy, is applied and decides
-    nothing). At the end of
-    input
-    (file mode, ``--to-end``) what is still held is applied: nothing after it can be made late by
-    it, and a log's sparse tail is normal. In Kafka mode the same holds once the partition is
-    caught up (a fresh end-offset check) and its process quiet (``idle_s``): that is where a
-    following run's input ends for now. (The reference there used to be the highest clock of the
-    other partitions *this process* read: in a cluster of several processes that is only part of
-    the stream, and a sparse partition's tail stayed held for good, so its events were never
-    applied.)
-    The first event of a partition is exempt. While events are held, a Kafka partition's resume
-    position (its snapshot) stays at the first held one, so a restart re-reads them (file mode
-    keeps them in its snapshot instead).
+    by that much, so that one event with a broken clock cannot move the watermark (every later
+    event would be late, or ``too_late``). An event further ahead of the partition's latest event
+    time is *held* (not applied, the clock does not move) and then (:meth:`_settle`)
+
+    * applied, in the order read, once the clock comes within the bound of it (the stream caught
+      up with it: ``delivered`` at 22:00 held seven hours after ``in_transit`` at 15:00, then
+      ``out_for_delivery`` at 19:00 uploaded late by the carrier; a refund export 8 h ahead of a
+      partition whose other source lags), whatever stragglers came in between;
+    * confirmed when :data:`JUMP_CONFIRM` are held (in a row or not): the earliest of them is
+      applied (the partition really moved on, a quiet night, a weekend; the others are at least
+      as far ahead) and the rest held afresh from there; one read before it, more than twice
+      the bound ahead of it, that no event read after it reaches (nothing supports it: a
+      future-dated event on a sparse partition) is ``bad_timestamp`` there;
+    * ``bad_timestamp`` only when the stream moved on by a whole bound without reaching it: the
+      events read after it, applied as they came, moved the clock ``max_jump`` (held events
+      caught up with or confirmed do not count: on a sparse partition every event is a jump) and
+      it is still beyond the bound; so an event up to twice the bound ahead of its partition's
+      clock is never rejected. Or at a confirmation, as above. (Until session 26 the first event
+      that moved the clock on without bringing it within the bound rejected it: a straggler
+      from a batched source, an hour on, made a valid refund 7 h ahead a dead letter.) Late,
+      straggling or re-published events that do not move the clock decide nothing.
+
+    At the end of input (file mode, ``--to-end``) what is still held is applied: nothing after it
+    can be made late by it, and a log's sparse tail is normal. In Kafka mode the same holds once
+    the partition is caught up (a fresh end-offset check) and its process quiet (``idle_s``):
+    that is where a following run's input ends for now.
+
+    **First event.** A partition's first event has no clock to be judged by; it is *pending*
+    until the next one: applied first if that one is not more than the bound behind it (any
+    normal start), else (the first was far ahead: a future-dated first event in a history replay
+    made every later event of its partition ``too_late``) the next one starts the clock and the
+    first is a held jump like any other. File mode's floor counts a pending partition as started
+    at its first event (as Kafka mode, which waits for every partition, has it).
+
+    While events are held, a Kafka partition's resume position (its snapshot) stays at the first
+    held one, so a restart re-reads them (file mode keeps them in its snapshot instead); at most
+    :data:`JUMP_CONFIRM` ``- 1`` are held after any event, so that position trails by a few
+    events of the partition.
     """
 
     def __init__(
@@ -133,8 +149,12 @@ class _Parser:
         self.last_tick: int | None = None
         self.max_future_us = max_future_us  # 0: no check
         self.max_jump_us = max_jump_us  # 0: no bound
-        # held events (raw, event, time, resume mark), see the class docstring
-        self.held: list[tuple[RawRecord, Any, int, Any]] = []
+        # held events (raw, event, time, resume mark, ``moved`` when held), in the order read;
+        # see the class docstring
+        self.held: list[tuple[RawRecord, Any, int, Any, int]] = []
+        # how far events applied as they were read (not held ones caught up with or confirmed)
+        # moved the clock while something was held: the stream moving on (see _settle)
+        self.moved = 0
         # no event leaves before this time (file mode: what the file's tick already promised,
         # see _KafkaLayout); BEGIN: the clock's own watermark is the only bound
         self.floor = BEGIN
@@ -238,60 +258,133 @@ class _Parser:
             metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
             out.append(dl)
             return
-        # t - max_t > max_jump: _jumps' necessary condition (its reference is >= max_t), inline
-        if self.max_jump_us and t - self.clock.max_t > self.max_jump_us and self._jumps(t):
-            self.held.append((raw, result, t, mark))
-            if len(self.held) >= JUMP_CONFIRM:  # confirmed: the partition moved on
-                held, self.held = self.held, []
-                for h_raw, h_event, h_t, _ in held:
-                    self._apply(h_raw, h_event, h_t, out)
-            return
-        if self.held and t > self.clock.max_t:  # the clock moves on, and not with them
+        if not self.max_jump_us:
             self._apply(raw, result, t, out)
-            # those it brought within the bound follow it (the stream caught up with them: a
-            # scan uploaded late before them, a sparse partition); the others are rejected
-            self.release_held(out)
-            if self.held:
-                self.reject_held(out)
             return
-        # an event not past the clock (late, or a straggler within the tolerance, or a re-published
-        # copy) neither confirms nor refutes a jump: a sparse partition (one stream's share of a
-        # Kafka topic) often has a gap > max_jump before such an event
+        clock = self.clock
+        if clock.max_t == BEGIN:  # the partition's first event: pending until the next one
+            if not self.held:
+                self.held.append((raw, result, t, mark, self.moved))
+                return
+            f_raw, f_event, f_t, f_mark, _ = self.held.pop()
+            if f_t - t > self.max_jump_us:
+                # the next event is far behind the first: the first is the suspect one (a
+                # future-dated first event would make the partition's valid events too_late);
+                # the clock starts here and the first is a held jump like any other
+                self._apply(raw, result, t, out)
+                self.held.append((f_raw, f_event, f_t, f_mark, self.moved))
+                return
+            self._apply(f_raw, f_event, f_t, out)  # the first is confirmed: as before
+        before = clock.max_t
+        if t - before > self.max_jump_us:
+            self.held.append((raw, result, t, mark, self.moved))
+            if len(self.held) >= JUMP_CONFIRM:
+                self._settle(out)
+            return
         self._apply(raw, result, t, out)
+        # an event that moves the clock on may bring held events within the bound, or show that
+        # the stream moved on without them; one not past the clock (late, a straggler within the
+        # tolerance, a re-published copy) decides nothing
+        if self.held and clock.max_t != before:
+            self.moved += clock.max_t - before
+            self._settle(out)
 
-    def _jumps(self, t: int) -> bool:
-        ref = self.clock.max_t
-        if ref == BEGIN:
-            return False  # a partition's first event is exempt
-        return t - ref > self.max_jump_us
+    def _settle(self, out: list[Item]) -> None:
+        """Decide what the held events can be now the clock moved (or one more was held): apply,
+        in their order, those the clock came within the bound of; dead-letter those the stream
+        moved on from by a whole bound (the clock advanced ``max_jump`` since they were held)
+        without reaching them; with :data:`JUMP_CONFIRM` held, apply the earliest (the others, as
+        far or further ahead, confirm the stream is there at least: one bogus time can only be
+        confirmed by ``JUMP_CONFIRM - 1`` events even further ahead) and hold the rest afresh
+        from there."""
+        jump = self.max_jump_us
+        clock = self.clock
+        held = self.held
+        while held:
+            c = clock.max_t
+            i = next((i for i, h in enumerate(held) if h[2] - c <= jump), -1)
+            if i >= 0:
+                raw, event, t, _, _ = held.pop(i)
+                self._apply(raw, event, t, out)
+                continue
+            moved = self.moved
+            gone = [h for h in held if moved - h[4] >= jump]
+            if gone:
+                held[:] = [h for h in held if moved - h[4] < jump]
+                for raw, event, t, _, since in gone:
+                    self._reject(
+                        raw,
+                        event,
+                        t,
+                        f"events read after it moved the clock on "
+                        f"{(moved - since) / 3_600e6:.1f}h without reaching it",
+                        out,
+                    )
+                continue
+            if len(held) >= JUMP_CONFIRM:
+                i = min(range(len(held)), key=lambda k: held[k][2])
+                raw, event, t, _, _ = held.pop(i)
+                self._apply(raw, event, t, out)
+                # the others are held afresh, except one read before the confirmed event, more
+                # than twice the bound ahead of it, that no event read after it reaches: nothing
+                # supports it and the stream moved on without it (a future-dated first event,
+                # then a sparse partition whose every event is a jump)
+                c = clock.max_t
+                keep = []
+                for k, h in enumerate(held):
+                    if (
+                        k < i
+                        and h[2] - c > 2 * jump
+                        and all(later[2] < h[2] for later in held[k + 1 :])
+                    ):
+                        self._reject(
+                            h[0],
+                            h[1],
+                            h[2],
+                            "the stream confirmed a jump to an "
+                            "earlier time, and no event read after it reaches it",
+                            out,
+                        )
+                    else:
+                        keep.append((*h[:4], self.moved))
+                held[:] = keep
+                continue
+            break
 
     def release_held(self, out: list[Item], everything: bool = False) -> None:
-        """Apply the held events that are no jump from the clock now (all of them:
-        ``everything``)."""
-        if not self.held or not (everything or not self._jumps(self.held[0][2])):
+        """End of input (``everything``): apply every held event, in order (see the class
+        docstring); otherwise what :meth:`_settle` decides."""
+        if not everything:
+            self._settle(out)
             return
         held, self.held = self.held, []
-        for raw, event, t, mark in held:
-            if everything or (not self.held and not self._jumps(t)):
-                self._apply(raw, event, t, out)
-            else:  # still waiting behind an earlier held event
-                self.held.append((raw, event, t, mark))
+        for raw, event, t, _, _ in held:
+            self._apply(raw, event, t, out)
 
-    def reject_held(self, out: list[Item]) -> None:
-        """Dead-letter the held events (not confirmed by the events after them)."""
-        held, self.held = self.held, []
-        for raw, event, t, _ in held:
-            dl = dead_letter(
-                raw,
-                DeadLetterKind.BAD_TIMESTAMP,
-                f"occurred_at is {(t - self.clock.max_t) / 3_600e6:.1f}h ahead of its partition's "
-                f"latest event and the next events did not follow it (allowed: "
-                f"{self.max_jump_us / 1e6:.0f}s, SALVAGE_MAX_CLOCK_JUMP_SECONDS)",
-                event_id=event.event_id,
-                order_id=event.order_id,
-            )
-            metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
-            out.append(dl)
+    def _reject(self, raw: RawRecord, event, t: int, why: str, out: list[Item]) -> None:
+        """Dead-letter a held event the stream moved on from without reaching it."""
+        c = self.clock.max_t
+        dl = dead_letter(
+            raw,
+            DeadLetterKind.BAD_TIMESTAMP,
+            f"occurred_at is {(t - c) / 3_600e6:.1f}h ahead of its partition's latest event; "
+            f"{why} (allowed: {self.max_jump_us / 1e6:.0f}s, SALVAGE_MAX_CLOCK_JUMP_SECONDS)",
+            event_id=event.event_id,
+            order_id=event.order_id,
+        )
+        metrics.DEAD_LETTERS.labels(dl.kind.value).inc()
+        out.append(dl)
+
+    def pending_wm(self) -> int | None:
+        """The watermark a partition whose first event is pending stands for (file mode's floor
+        counts it as started there), else None."""
+        if self.clock.max_t == BEGIN and self.held:
+            return self.held[0][2] - self.clock.tolerance_us
+        return None
+
+    def start_wm(self) -> int | None:
+        """The watermark of a started partition, or :meth:`pending_wm`."""
+        return self.clock.watermark if self.clock.max_t != BEGIN else self.pending_wm()
 
     def resume_mark(self) -> Any:
         """The mark of the first held event, or None when nothing is held."""
@@ -391,7 +484,8 @@ class _KafkaLayout:
         if state is not None:
             self.floor, parts = state
             for key, (max_t, held) in parts.items():
-                self._new(key, max_t).held = list(held)
+                # (a snapshot from before the clock bound kept when each was held: now)
+                self._new(key, max_t).held = [h if len(h) == 5 else (*h, 0) for h in held]
 
     def _new(self, key: tuple[str, int], max_t: int = BEGIN) -> _Parser:
         tol, late, future, jump = self._args
@@ -401,7 +495,11 @@ class _KafkaLayout:
         return parser
 
     def state(self) -> tuple:
-        parts = {k: (p.clock.max_t, list(p.held)) for k, p in self.parts.items()}
+        # a held event's mark relative to its parser's ``moved`` (which starts at 0 on a resume)
+        parts = {
+            k: (p.clock.max_t, [(*h[:4], h[4] - p.moved) for h in p.held])
+            for k, p in self.parts.items()
+        }
         return (self.floor, parts)
 
     def handle(self, raw: RawRecord, out: list[Item], mark: Any = None) -> None:
@@ -419,12 +517,16 @@ class _KafkaLayout:
         parser = self.parts.get(key) or self._new(key)
         clock = parser.clock
         before = clock.max_t
+        pending = parser.pending_wm() if before == BEGIN else None
         parser.handle_event(raw, result, out)
         if clock.max_t != before:
-            self._moved(clock, before)
+            self._moved(clock, before, pending)
+        elif before == BEGIN:
+            self._pending(parser)
 
-    def _moved(self, clock: PartitionClock, before: int) -> None:
-        """A partition's clock moved on from ``before``: update the floor."""
+    def _moved(self, clock: PartitionClock, before: int, pending: int | None = None) -> None:
+        """A partition's clock moved on from ``before`` (``pending``: the watermark its pending
+        first event stood for, see :meth:`_pending`): update the floor."""
         # The floor is max(floor, min over the started partitions' watermarks), and only this
         # partition's clock moved (forward). Kept incrementally (the same values as
         # _raise_floor on every move): a partition that starts can only lower the minimum
@@ -434,6 +536,9 @@ class _KafkaLayout:
         if low is None:
             self._raise_floor()
         elif before == BEGIN:
+            if pending is not None and pending <= low:  # it held the minimum, pending
+                self._raise_floor()
+                return
             wm = clock.watermark
             if wm < low:
                 self._low = wm
@@ -465,14 +570,26 @@ class _KafkaLayout:
             parser = row[slot] = self.parts.get(key) or self._new(key)
         clock = parser.clock
         before = clock.max_t
+        pending = parser.pending_wm() if before == BEGIN else None
         parser.handle_parsed(source, 0, line_no, value, None, result, out)
         if clock.max_t != before and (  # else _moved has nothing to do: checked here
             before == BEGIN or self._low is None or before - clock.tolerance_us <= self._low
         ):
-            self._moved(clock, before)
+            self._moved(clock, before, pending)
+        elif before == BEGIN and clock.max_t == BEGIN:
+            self._pending(parser)
+
+    def _pending(self, parser: _Parser) -> None:
+        """A partition's first event is pending (see :class:`_Parser`): the floor counts the
+        partition as started at it, as when it was applied at once (and as Kafka mode, which
+        waits for every partition, has it)."""
+        wm = parser.pending_wm()
+        if wm is not None and self._low is not None and wm < self._low:
+            self._low = wm
 
     def _raise_floor(self) -> None:
-        low = min(p.clock.watermark for p in self.parts.values() if p.clock.max_t != BEGIN)
+        # the started partitions' watermarks, and a pending first event's (see _pending)
+        low = min(w for p in self.parts.values() if (w := p.start_wm()) is not None)
         self._low = low
         if low > self.floor:
             self.floor = low

@@ -151,8 +151,9 @@ class DataflowSettings(Group):
     max_clock_jump_seconds: float = Field(
         6 * 3600.0,
         ge=0,
-        description="one event further ahead of its partition's clock is held until 2 more "
-        "confirm the jump, else bad_timestamp; 0: off",
+        description="one event further ahead of its partition's clock is held until the clock "
+        "comes within this of it or 2 more confirm it; bad_timestamp once the clock moved on this "
+        "much without reaching it; 0: off",
     )
     orphan_wait_seconds: float = Field(
         6 * 3600.0,
