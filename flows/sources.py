@@ -225,7 +225,7 @@ class _Parser:
         # (event_tie, inline: id | content digest of the values as validated, not of the bytes)
         tie = "%s|v%08x" % (  # noqa: UP031 (faster)
             result.event_id,
-            _crc32(DIGEST_ENCODE(tuple(result.__dict__.values()))),
+            _crc32(DIGEST_ENCODE(result.__dict__)),
         )
         if t >= wm:
             eff = t
