@@ -3,7 +3,8 @@
 Every event is one JSON object with ``event_id`` (idempotency key), ``event_type`` (which also
 names its stream), ``occurred_at`` (event time, timezone-aware, normalised to UTC), ``order_id``
 and ``schema_version``. Unknown extra fields are tolerated (ignored); wrong types are not: the
-models run in pydantic's strict mode, so ``"12"`` is not a quantity and ``123`` is not an id.
+models run in pydantic's strict mode, so ``"12"`` is not a quantity and ``123`` is not an id
+(an integral float, ``12.0``, is a quantity: JSON Schema's ``integer`` takes it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -41,11 +43,23 @@ def _utc_in_range(value: datetime) -> datetime:
     return value
 
 
+def _integral(value: object) -> object:
+    """An integral float (``2.0``, ``2e0``) as the int it is: JSON Schema's ``integer`` (the
+    published schemas) accepts it, so the contract does; ``2.5``, ``"2"`` and ``true`` stay
+    wrong types (strict mode)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_integral)
+"""Lets an integer field take an integral float (the fast parse leaves those to pydantic)."""
+
 UtcTime = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x20-\x7e]+$")]
 Money = Annotated[float, Field(ge=0.0, le=MAX_AMOUNT, allow_inf_nan=False)]
-Qty = Annotated[int, Field(ge=1, le=MAX_QTY)]
+Qty = Annotated[int, INTEGRAL, Field(ge=1, le=MAX_QTY)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 REVIEWER_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 ReviewerId = Annotated[str, StringConstraints(pattern=REVIEWER_ID_PATTERN)]

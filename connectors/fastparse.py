@@ -23,7 +23,9 @@ messages). What the fast path leaves to pydantic on purpose:
 * timestamps other than ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+HH:MM)`` (msgspec rounds more than 6
   fractional digits where pydantic truncates; pydantic also takes ``,`` and shorter forms), and
   any timestamp outside the contract's range;
-* ``schema_version`` given as ``1.0`` or ``true`` (pydantic's literal accepts those).
+* ``schema_version`` given as ``1.0`` or ``true`` (pydantic's literal accepts those), and a
+  quantity given as an integral float (``2.0``: the contracts' ``INTEGRAL``, JSON Schema's
+  ``integer`` accepts it).
 
 An unsupported constraint in a contract (a new validator, ``strip_whitespace``...) fails at
 import rather than being approximated: extend :meth:`_Gen.translate` for it.
@@ -40,10 +42,10 @@ from typing import Annotated, Any, Literal, Union
 
 import annotated_types as at
 import msgspec
-from pydantic import AfterValidator, BaseModel, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints
 from pydantic.fields import FieldInfo
 
-from salvage.connectors.events import EVENT_MODELS, MAX_TIME, MIN_TIME, UtcTime
+from salvage.connectors.events import EVENT_MODELS, INTEGRAL, MAX_TIME, MIN_TIME, UtcTime
 
 MAX_CONTAINERS = 200
 """At most this many ``[`` and ``{`` bytes in a record for the fast path (so at most this deep)."""
@@ -202,7 +204,9 @@ class _Gen:
         origin = typing.get_origin(tp)
         if origin is Annotated:
             base, *meta = typing.get_args(tp)
-            if any(isinstance(m, AfterValidator) for m in meta):
+            # an integral float for an int (2.0): msgspec refuses it, so pydantic converts it
+            meta = [m for m in meta if m is not INTEGRAL]
+            if any(isinstance(m, AfterValidator | BeforeValidator) for m in meta):
                 raise TypeError(f"fastparse: unsupported validator in {tp!r}")
             inner, conv, check = self.translate(base)
             kwargs, pattern = _constraints(meta)

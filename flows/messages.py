@@ -62,7 +62,7 @@ class Route(StrEnum):
 
 class Event(NamedTuple):
     """One data item: a payload at its effective event time ``t`` (µs), ordered by ``tie``
-    among equal times (a source's tie is ``event_id|crc32`` of the raw bytes).
+    among equal times (a source's tie is ``event_id|v<crc32>`` of the event's content).
 
     >>> ev = Event(t=1_000, tie="e1|12345", payload={"order_id": "o1"})
     >>> ev.t, ev.tie, ev.payload["order_id"]

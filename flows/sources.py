@@ -31,7 +31,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from salvage.connectors.events import STREAM_OF, Stream
 from salvage.connectors.fastparse import parse_fast
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
-from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, dead_letter, parse
+from salvage.connectors.parse import (
+    DIGEST_ENCODE,
+    MAX_EVENT_BYTES,
+    RawRecord,
+    dead_letter,
+    event_tie,
+    parse,
+)
 from salvage.connectors.partitioning import partition_of
 from salvage.features.eventtime import BEGIN, END, IDLE, PartitionClock, to_us
 from salvage.flows.items import Overdue
@@ -48,6 +55,7 @@ _STREAM_VALUE: dict[str, str] = {k: v.value for k, v in STREAM_OF.items()}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
+_crc32 = zlib.crc32
 _new_event = tuple.__new__  # Event(...) without NamedTuple's Python-level __new__
 
 _STOP = threading.Event()
@@ -234,7 +242,11 @@ class _Parser:
             self.handle_event(raw, result, out, mark)
             return
         # _apply, inline, for an event applied here
-        tie = "%s|%08x" % (result.event_id, zlib.crc32(value))  # noqa: UP031 (faster)
+        # (event_tie, inline: id | content digest of the values as validated, not of the bytes)
+        tie = "%s|v%08x" % (  # noqa: UP031 (faster)
+            result.event_id,
+            _crc32(DIGEST_ENCODE(result.__dict__)),
+        )
         if t >= wm:
             eff = t
             if t > before:
@@ -391,9 +403,10 @@ class _Parser:
         return self.held[0][3] if self.held else None
 
     def _apply(self, raw: RawRecord, result, t: int, out: list[Item]) -> None:
-        # Tiebreak: event id, then a content hash so even conflicting duplicates order stably
-        # (the hash is also the payload digest the case stage compares duplicates by).
-        tie = f"{result.event_id}|{zlib.crc32(raw.value):08x}"
+        # Tiebreak: event id, then a digest of the event's content (its values as validated, so
+        # a re-serialised copy has the same): even conflicting duplicates order stably, and the
+        # digest is the one the case stage compares duplicates by.
+        tie = event_tie(result)
         eff = self.clock.observe(t)
         if eff is None:
             wm = max(self.clock.watermark, self.floor)

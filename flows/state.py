@@ -413,14 +413,22 @@ class CaseCodec(_Base):
             **super().header(stage),
             "schema": {"case": CASE.names, "settled": self.settled.names},
             "tomb_sweep": list(getattr(stage, "tomb_sweep", (BEGIN, BEGIN))),
+            # the duplicate digests are of the events' content (not of their raw bytes)
+            **({"digests": CONTENT_DIGESTS} if getattr(stage, "content_digests", False) else {}),
         }
 
     def load_header(self, stage: Any, doc: dict) -> None:
         super().load_header(stage, doc)
         # (a snapshot from before it: the first sweep after the resume forgets nothing)
         stage.tomb_sweep = tuple(doc.get("tomb_sweep", (BEGIN, BEGIN)))
+        stage.content_digests = doc.get("digests") == CONTENT_DIGESTS
 
     def finish(self, stage: Any, cfg: Any) -> None:
+        if not stage.content_digests:
+            _forget_raw_digests(stage)
+        self._timers(stage, cfg)
+
+    def _timers(self, stage: Any, cfg: Any) -> None:
         from salvage.flows.stages.base import TOMBSTONE_US
 
         # deadlines follow the config (return window, journey thresholds, promise re-checks)
@@ -439,6 +447,34 @@ class CaseCodec(_Base):
             (items[0][0] + cfg.orphan_wait_us, oid) for oid, items in stage.orphans.items() if items
         ]
         heapq.heapify(stage.orphan_heap)
+
+
+CONTENT_DIGESTS = "content"
+"""A case stage's header ``digests``: its duplicate digests are of the events' content
+(:func:`salvage.connectors.parse.content_digest`). Without it (state from before), they are
+crc32s of raw bytes, which a content digest cannot be compared with."""
+
+
+def _forget_raw_digests(stage: Any) -> None:
+    """State from before content digests: its raw-byte digests become unknown (0), so a
+    re-delivered event id remembered then counts as a duplicate whatever its payload (as one
+    remembered before digests existed). Every entry that held one is rewritten at the next
+    snapshot (touched), so none keeps a raw digest under a header that says content."""
+    for order_id, case in dict.items(stage.cases):
+        digests = getattr(case, "digests", b"")
+        if any(digests):
+            case.digests = bytes(len(digests))
+            _touch(stage.cases, order_id)
+    for order_id, digests in dict.items(stage.tomb_digests):
+        if any(digests):
+            dict.__setitem__(stage.tomb_digests, order_id, bytes(len(digests)))
+            _touch(stage.tomb_digests, order_id)
+    stage.content_digests = True
+
+
+def _touch(live: Any, key: Any) -> None:
+    if isinstance(live, TrackedDict):
+        live.touched.add(key)
 
 
 class ContextCodec(_Base):

@@ -16,7 +16,7 @@ from salvage.connectors.outputs import (
     JourneyAlert,
     StatusUpdate,
 )
-from salvage.connectors.parse import RawRecord, dead_letter
+from salvage.connectors.parse import TIE_DIGEST_MARK, RawRecord, dead_letter
 from salvage.fastpickle import slot_maker
 from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
@@ -68,8 +68,11 @@ class CaseStage(_Stage):
         # a closed case's event ids, as 64-bit hashes (8 B each, not the strings): a redelivered
         # event of a closed case is a duplicate, not a dead letter
         self.tomb_ids: dict[str, array] = {}
-        # and their payload digests (crc32, same positions): a conflicting copy is inconsistent
+        # and their content digests (same positions): a conflicting copy is inconsistent
         self.tomb_digests: dict[str, bytes] = {}
+        # the digests are of the events' content (False: raw-byte crc32s, from a snapshot taken
+        # before content digests; flows/state.py forgets those on load)
+        self.content_digests = True
         # events of orders not seen yet, waiting for their order_placed (order id -> items)
         self.orphans: dict[str, list[tuple[int, str, Any]]] = {}
         self.orphan_heap: list[tuple[int, str]] = []
@@ -616,9 +619,14 @@ MAX_ORPHAN_ORDERS = 50_000  # per case shard: orders with events waiting for the
 
 
 def _tie_digest(tie: str) -> int:
-    """The payload digest a source put at the end of an event's tiebreak (``id|crc32hex``)."""
+    """The content digest a source put at the end of an event's tiebreak (``id|v<crc32 hex>``,
+    see :func:`salvage.connectors.parse.event_tie`); 0 (unknown) for a tie from before content
+    digests (``id|<crc32 hex>`` of the raw bytes: an event in flight in a restored snapshot)."""
+    digest = tie.rpartition("|")[2]
+    if digest[:1] != TIE_DIGEST_MARK:
+        return 0
     try:
-        return int(tie.rpartition("|")[2], 16) or 1
+        return int(digest[1:], 16) or 1
     except ValueError:
         return 0
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from salvage.connectors.events import EVENT_MODELS, OrderPlaced, Stream
 from salvage.connectors.fastparse import parse_fast
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
-from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, parse
+from salvage.connectors.parse import MAX_EVENT_BYTES, RawRecord, content_digest, parse
 from salvage.connectors.simulator import SCENARIOS, dumps, generate
 from tests.helpers import event, line, order_placed
 
@@ -185,6 +185,7 @@ def _same(fast: object, slow: object) -> None:
     assert repr(fast.__dict__) == repr(slow.__dict__)  # order, values and types (5 vs 5.0)
     assert fast.__getstate__() == slow.__getstate__()  # fields set, extra, private
     assert fast.model_dump_json() == slow.model_dump_json()
+    assert content_digest(fast) == content_digest(slow)  # the duplicate digest
     for name, value in fast.__dict__.items():
         other = slow.__dict__[name]
         if isinstance(value, datetime):
@@ -288,7 +289,9 @@ _junk = st.one_of(
         ]
     ),
     st.integers(-(2**70), 2**70),
-    st.sampled_from([0, 1, 1000, 1001, 1.0, -0.0, 1e6, 1e6 + 1, 1e400, True, None]),
+    st.sampled_from(
+        [0, 1, 1000, 1001, 1.0, 2.0, 2.5, 1000.0, 1001.0, -0.0, 1e6, 1e6 + 1, 1e400, True, None]
+    ),
 )
 
 

@@ -35,14 +35,14 @@ def _events(n_scans: int) -> list[Event]:
     items = []
     for i, d in enumerate(docs):
         ev = EVENT_ADAPTER.validate_json(json.dumps(d))
-        # the source's tiebreak: event id | crc32 of the payload (here: a made-up digest)
-        items.append(Event(to_us(ev.occurred_at), f"{ev.event_id}|{i + 0x1000:08x}", ev))
+        # the source's tiebreak: event id | v + its content digest (here: a made-up one)
+        items.append(Event(to_us(ev.occurred_at), f"{ev.event_id}|v{i + 0x1000:08x}", ev))
     return items
 
 
 def _digest_of(event_id: str, items: list[Event]) -> int:
     tie = next(e.tie for e in items if e.payload.event_id == event_id)
-    return int(tie.rpartition("|")[2], 16)
+    return int(tie.rpartition("|")[2][1:], 16)
 
 
 def _stage() -> CaseStage:

@@ -111,7 +111,10 @@ def test_a_second_order_placed_with_the_same_id_is_counted_or_inconsistent(
     lines = log.read_bytes().splitlines(keepends=True)
     i = next(i for i, x in enumerate(lines) if b'"order_placed"' in x and i > 10)
     doc = json.loads(lines[i])
-    changed = {**doc, "campaign": "fake"}
+    # a second later: the first one applied in event-time order is kept (among equal times the
+    # content digest in the tiebreak decides, whichever copy that makes first)
+    later = datetime.fromisoformat(doc["occurred_at"]) + timedelta(seconds=1)
+    changed = {**doc, "campaign": "fake", "occurred_at": later.isoformat()}
     path = tmp_path / "again.jsonl"
     path.write_bytes(b"".join([*lines[: i + 1], lines[i], _line(changed), *lines[i + 1 :]]))
     before = _metric("salvage_duplicate_events_total")

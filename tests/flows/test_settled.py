@@ -155,9 +155,9 @@ def test_a_late_fact_redelivered_is_a_duplicate_and_a_changed_copy_is_inconsiste
     items = []
     for i, d in enumerate([*docs, same, changed]):
         ev = EVENT_ADAPTER.validate_json(json.dumps(d))
-        digest = 0xABC if i < 6 else 0xDEF  # the source's crc32 of each payload
+        digest = 0xABC if i < 6 else 0xDEF  # the source's content digest of each
         t = to_us(ev.occurred_at) + (i >= 5)  # the copies come a microsecond later
-        items.append(Event(t, f"{ev.event_id}|{digest:08x}", ev))
+        items.append(Event(t, f"{ev.event_id}|v{digest:08x}", ev))
     stage = CaseStage(0, _cfg())
     duplicates = metrics.DUPLICATES._value.get()
     out = stage.on_batch([*items, Tick(SRC, END, items[-1].t)])
