@@ -267,7 +267,7 @@ class Policy(BaseModel):
         1.0); None when the policy has no rate for it.
 
         >>> policy = load_policy()
-        >>> policy.fx_rate("EUR"), policy.fx_rate("SEK"), policy.fx_rate("JPY")
+        >>> policy.fx_rate("EUR"), policy.fx_rate("SEK"), policy.fx_rate("BRL")
         (1.0, 0.0893, None)
         """
         if currency is None or currency == self.currency:

@@ -464,9 +464,9 @@ def _unpriced(policy: Policy, f: dict[str, float], scores, currency: str) -> Dec
     >>> f |= {"order_value": 30000.0, "margin": 18000.0, "margin_rate": 0.6,
     ...       "return_requested": 1.0, "return_share": 1.0, "reason_fit": 1.0}
     >>> d = decide(load_policy(), f, ScoreResult(0.7, 0.02, "rules-v1"), resolved=False,
-    ...            currency="JPY")
+    ...            currency="BRL")
     >>> d.action.value, d.expected_value, d.cost, d.fx, d.guardrails
-    ('human_review', 0.0, 6.0, ('JPY', None), ('review_routing', 'no_fx_rate'))
+    ('human_review', 0.0, 6.0, ('BRL', None), ('review_routing', 'no_fx_rate'))
     >>> d.candidates  # doctest: +NORMALIZE_WHITESPACE
     (('exchange_first_offer', 0.0, 'blocked: no fx rate'),
      ('human_review', 0.0, 'routed by guardrail'))

@@ -39,6 +39,10 @@ def _hostile(lines: list[bytes], rng: random.Random) -> tuple[list[bytes], set[b
     big["event_id"], big["note"] = "chaos-big", "x" * 70_000
     fake = json.loads(lines[b])
     fake["scan"] = "lost" if fake.get("scan") != "lost" else "delivered"  # same id, other payload
+    # a second later: the original is the first in event-time order, the copy kept out whatever
+    # the copies' digests (at equal times the digest orders them: which one is kept is then
+    # deterministic, but not necessarily the original, which file mode's log has alone)
+    fake["occurred_at"] = (_t(lines[b]) + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
     ahead = json.loads(lines[c])
     ahead["event_id"] = "chaos-ahead"
     ahead["occurred_at"] = (_t(lines[c]) + timedelta(hours=20)).isoformat().replace("+00:00", "Z")
