@@ -206,9 +206,9 @@ def test_a_valid_rate_loads(tmp_path: Path) -> None:
 def test_a_decision_in_any_rated_currency_is_the_one_in_the_policy_currency(
     cents: int, margin_rate: float, rate: float, rec: float, abuse: float, flags: dict
 ) -> None:
-    """The same order, its amounts in ``XXX`` at ``rate`` or in EUR: the same decision (the
+    """The same order, its amounts in ``CHF`` at ``rate`` or in EUR: the same decision (the
     amounts are cents in EUR, so converting back lands on them exactly: no ties to break)."""
-    policy = load_policy().model_copy(update={"fx": {"XXX": rate}})
+    policy = load_policy().model_copy(update={"fx": {"CHF": rate}})
     value = cents / 100
     eur = (
         F0
@@ -223,10 +223,10 @@ def test_a_decision_in_any_rated_currency_is_the_one_in_the_policy_currency(
     other = eur | {"order_value": value / rate, "margin": eur["margin"] / rate}
     scores = ScoreResult(rec, abuse, "rules-v1")
     a = decide(policy, eur, scores, resolved=False, currency="EUR")
-    b = decide(policy, other, scores, resolved=False, currency="XXX")
+    b = decide(policy, other, scores, resolved=False, currency="CHF")
     assert (a is None) == (b is None)
     if a is not None and b is not None:
-        assert b.fx == ("XXX", rate) and a.fx is None
+        assert b.fx == ("CHF", rate) and a.fx is None
         from dataclasses import replace
 
         assert replace(b, fx=None) == a
