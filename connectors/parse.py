@@ -5,15 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from salvage.connectors.events import EVENT_ADAPTER, STREAM_OF, Stream
+from salvage.connectors.events import EVENT_ADAPTER, STREAM_OF, Id, Stream
 from salvage.connectors.fastparse import parse_fast
 from salvage.connectors.outputs import DeadLetter, DeadLetterKind
 
@@ -240,7 +239,16 @@ def _classify(exc: ValidationError) -> tuple[DeadLetterKind, str]:
     return DeadLetterKind.INVALID_VALUE, msg
 
 
-_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")  # the contracts' Id: printable ASCII, no space
+_ID = TypeAdapter(Id)  # the contracts' own id type (printable ASCII, no space, 1-128)
+
+
+def _valid_id(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return _ID.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def ids_of(value: bytes) -> tuple[str | None, str | None]:
@@ -260,11 +268,7 @@ def ids_of(value: bytes) -> tuple[str | None, str | None]:
         return None, None
     if not isinstance(doc, dict):
         return None, None
-    event_id, order_id = doc.get("event_id"), doc.get("order_id")
-    return (
-        event_id if isinstance(event_id, str) and _ID.match(event_id) else None,
-        order_id if isinstance(order_id, str) and _ID.match(order_id) else None,
-    )
+    return _valid_id(doc.get("event_id")), _valid_id(doc.get("order_id"))
 
 
 def _fields(model: BaseModel) -> dict[str, Any]:
