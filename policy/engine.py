@@ -21,6 +21,7 @@ memory (contact caps, once per order, daily budgets, holdout) are applied by the
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from collections.abc import Callable
@@ -204,6 +205,65 @@ def decision_gate(policy: Policy) -> Gate:
     gate = _GATES.get(source)
     if gate is None:
         gate = _GATES[source] = _compile_gate(source, f"<policy {policy.version} gate>")
+    return gate
+
+
+CaseGate = Callable[[tuple[float, ...]], bool]
+_CASE_GATES: dict[tuple[str, tuple[str, ...]], CaseGate] = {}
+
+
+class _OpenAtoms(ast.NodeTransformer):
+    """Takes every comparison or truth test in a gate's source that reads a score (``rec``,
+    ``abuse``) or a feature outside ``known`` as true (see :func:`case_gate`)."""
+
+    def __init__(self, known: dict[str, int]) -> None:
+        self.known = known
+
+    def _reads_outside(self, node: ast.AST) -> bool:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id in ("rec", "abuse"):
+                return True
+            if (
+                isinstance(sub, ast.Subscript)
+                and isinstance(sub.slice, ast.Constant)
+                and sub.slice.value not in self.known
+            ):
+                return True
+        return False
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.Compare | ast.Subscript | ast.Name):  # an atom
+            if self._reads_outside(node):
+                return ast.copy_location(ast.Constant(True), node)
+            return node
+        if isinstance(node, ast.UnaryOp | ast.IfExp | ast.Lambda):  # (the grammar has none)
+            raise ValueError("the policy's gate is not and/or over comparisons: no case gate")
+        return super().generic_visit(node)
+
+
+def case_gate(policy: Policy, names: tuple[str, ...]) -> CaseGate:
+    """An over-approximation of :func:`row_gate` that reads only the features in ``names`` (a
+    prefix of the row: a case's own values, :data:`~salvage.features.order_case.CASE_FEATURES`)
+    and no score: every comparison or test in the gate that reads a score or another feature is
+    taken as true. The gate is ``and`` / ``or`` over such atoms (no negation), so where this
+    says False the real gate says False for any scores and any customer: the case stage need not
+    send the update on (README "Decision points").
+
+    >>> from salvage.features.order_case import CASE_FEATURES, OrderCase
+    >>> from salvage.policy.config import load_policy
+    >>> gate, quiet = case_gate(load_policy(), CASE_FEATURES), OrderCase("o1").values(0)
+    >>> gate(quiet), gate(quiet[:5] + (30.0,) + quiet[6:])  # slippage_hours 30: reassurance
+    (False, True)
+    """
+    source = _source_of(policy)
+    gate = _CASE_GATES.get((source, names))
+    if gate is None:
+        index = {name: i for i, name in enumerate(names)}
+        tree = ast.fix_missing_locations(_OpenAtoms(index).visit(ast.parse(source)))
+        text = _FEATURE_REF.sub(lambda m: f"f[{index[m[1]]}]", ast.unparse(tree))
+        text = text.replace("def gate(f, rec, abuse):", "def gate(f):", 1)
+        gate = _compile_gate(text, f"<policy {policy.version} case gate>")
+        _CASE_GATES[(source, names)] = gate
     return gate
 
 

@@ -176,6 +176,10 @@ class StageConfig:
     # dispatch skips decide() when policy.engine.could_decide says no rule or guardrail can hold
     # (same decisions: see could_decide); off: decide() on every update (the equality tests)
     decide_gate: bool = True
+    # the case stage sends an open case's update on (to context, models and dispatch) only at a
+    # decision point: any change but a quiet scan (case.QUIET_CHANGES), or where some policy rule
+    # could hold (policy.engine.case_gate); off: every update (README "Decision points")
+    decision_points: bool = True
     # Kafka mode: triggers leave from their dispatch shard (Route.TRIGGER, in the shard's
     # event-time order, which is each customer's) instead of through the total-order output
     # stage, one hop and one watermark wait earlier; file mode keeps the total order

@@ -21,6 +21,7 @@ from salvage.fastpickle import slot_maker
 from salvage.features import journey
 from salvage.features.eventtime import BEGIN, END, from_us, iso
 from salvage.features.order_case import (
+    CASE_FEATURES,
     MAX_OTHER_RETURNS,
     MONEY_EVENTS,
     NO_RETURN,
@@ -48,7 +49,19 @@ from salvage.flows.stages.base import (
     lane_key,
     shard_of,
 )
+from salvage.policy.engine import case_gate
 from salvage.sinks import leakage, metrics
+
+# the only change an update may have and still be kept back from the customer's context, the
+# models and dispatch: a carrier scan that delivered nothing and signalled no delay (a shipment,
+# and a return parcel's transit scan, have none); every other update goes on, and these too where
+# some policy rule could hold (see CaseStage._emit_view)
+QUIET_CHANGES = frozenset({"scan"})
+
+
+def _case_gate_of(cfg: StageConfig) -> Any:
+    """The case stage's test for updates to keep back (None: send every update)."""
+    return case_gate(cfg.policy, CASE_FEATURES) if cfg.decision_points else None
 
 
 class CaseStage(_Stage):
@@ -94,6 +107,18 @@ class CaseStage(_Stage):
                 _STATUS_UPDATES(stage.value)
             for kind in self.journey.alerts:
                 _JOURNEY_ALERTS(kind.value)
+        # updates nothing downstream would act on are not sent (see _emit_view)
+        self._case_gate = _case_gate_of(cfg)
+        self._policy_currency = cfg.policy.currency
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_case_gate"]  # a compiled function: rebuilt from the policy (which pickles)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._case_gate = _case_gate_of(self.cfg)
 
     # -- helpers -----------------------------------------------------------------
     def _schedule(self, case: OrderCase) -> None:
@@ -262,12 +287,21 @@ class CaseStage(_Stage):
         facts carry for the KPIs and the customer's history (an open case's view has no facts
         otherwise)."""
         status = case.status
+        values = case.values(t)
         if status is Status.CLOSED:
             facts = case.facts()
         elif goodwill is not None:
             facts = {"goodwill": goodwill[1], "kind": _GOODWILL_KIND[goodwill[0]]}
         else:
             facts = None
+            gate = self._case_gate
+            if (
+                gate is not None
+                and QUIET_CHANGES.issuperset(changes)
+                and case.currency == self._policy_currency
+                and (case.outcome is not None or not gate(values))
+            ):
+                return None
         outcome = case.outcome
         customer_id = case.customer_id
         ret = case.ret or NO_RETURN  # (case.refunded_amount ... without their properties)
@@ -277,7 +311,7 @@ class CaseStage(_Stage):
             t,
             source_id,
             tuple(changes),
-            case.values(t),
+            values,
             status._value_,
             outcome._value_ if outcome else None,
             case.lane,

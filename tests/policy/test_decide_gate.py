@@ -137,14 +137,15 @@ def _log(tmp: Path, scenario: str) -> Path:
 
 
 def _run(
-    log: Path, gate: bool, records: bool = True
+    log: Path, gate: bool, records: bool = True, points: bool = True
 ) -> tuple[list[tuple[str, Any]], dict[str, int]]:
     """Everything a plain-loop run emits (outputs and taps, serialised, in order) and how many
-    dispatch updates the gate let through / rejected / decided."""
+    dispatch updates the gate let through / rejected / decided; ``points``: the case stage sends
+    only decision points (StageConfig.decision_points)."""
     s = Settings(redis_url="", shards=2, metrics_port=0)
     part = file_part_id(0, log)
     cfg = stage_config(s, (part,), case_records=records, score_log=True)
-    cfg = replace(cfg, decide_gate=gate)
+    cfg = replace(cfg, decide_gate=gate, decision_points=points)
     seen: list[tuple[str, Any]] = []
     counts = {"updates": 0, "rejected": 0, "decided": 0}
 
@@ -195,8 +196,8 @@ def test_updates_dispatch_ignores_are_not_sent(
     tmp_path: Path, scenario: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without case records, the model stage keeps back the updates dispatch would do nothing
-    with (DispatchStage.ignores): most of them, and the outputs are those of a run that sends
-    every update and decides on each (no gate)."""
+    with (DispatchStage.ignores): most of the case stage's updates, and the outputs are those of
+    a run that sends every update and decides on each (no gate)."""
     log = _log(tmp_path, scenario)
     kept = {True: 0, False: 0}
     open_kept = 0  # kept back with no outcome yet: what _run counts as a dispatch update
@@ -210,10 +211,12 @@ def test_updates_dispatch_ignores_are_not_sent(
         return answer
 
     monkeypatch.setattr(DispatchStage, "ignores", staticmethod(counted))
-    with_skip, counts = _run(log, gate=True, records=False)
+    # (the case stage sends every update: its own filter, decision points, is tested in
+    # tests/flows/test_decision_points.py)
+    with_skip, counts = _run(log, gate=True, records=False, points=False)
     assert kept[True] > kept[False] > 0, kept  # most updates stay back
     kept[True] = kept[False] = 0
-    without, all_counts = _run(log, gate=False, records=False)
+    without, all_counts = _run(log, gate=False, records=False, points=False)
     assert kept[True] == 0  # without the gate every update goes to dispatch
     # dispatch saw exactly the updates kept back less
     assert all_counts["updates"] == counts["updates"] + open_kept, (all_counts, counts)
@@ -255,7 +258,7 @@ def test_dispatch_does_nothing_with_what_it_ignores(
             assert state(stage) == before and len(out) == emitted, (view.order_id, view.changes)
 
     monkeypatch.setattr(DispatchStage, "_update", watched)
-    _run(_log(tmp_path, scenario), gate=False, records=False)
+    _run(_log(tmp_path, scenario), gate=False, records=False, points=False)
     assert checked > 100, checked
 
 

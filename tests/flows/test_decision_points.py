@@ -1,0 +1,209 @@
+"""Decision points (README "Decision points"): the case stage sends an open case's update on to
+its customer's context, the models and dispatch only when it is one. A carrier scan that
+delivers nothing and signals no delay is kept back unless some policy rule could hold on it,
+which :func:`salvage.policy.engine.case_gate` decides from the case's own values: an
+over-approximation of the policy's gate (property-tested here on random policies, features and
+scores). On every simulator scenario and on variants the simulator's defaults do not produce,
+a run with decision points emits exactly what a run that sends every update emits (while the
+rule baseline drives the policy), and most updates are kept back."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from salvage.config import Settings
+from salvage.connectors.simulator import SCENARIOS, write_log
+from salvage.features.customer import JOINED_FEATURES
+from salvage.features.order_case import CASE_FEATURES
+from salvage.flows.messages import Batch, Event, Route
+from salvage.flows.plain import PlainLoop
+from salvage.flows.sources import file_part_id
+from salvage.flows.topology import stage_config
+from salvage.policy.config import Policy, load_policy
+from salvage.policy.engine import case_gate, gate_source, row_gate
+from tests.flowkit import feed_log
+from tests.helpers import event, line, order_placed
+from tests.policy.test_decide_gate import _log, _run, features, policies
+
+ANY_SCORE = st.one_of(
+    st.sampled_from((0.0, 0.02, 0.2, 0.3, 0.35, 0.5, 0.65, 0.7, 0.9, 1.0)),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=policies(), f=features, rec=ANY_SCORE, abuse=ANY_SCORE)
+def test_the_case_gate_holds_wherever_the_gate_can(
+    policy: Policy, f: dict, rec: float, abuse: float
+) -> None:
+    """Where the policy's gate holds, for any scores and any customer, the case gate holds on
+    the case's values alone: an update it keeps back is one dispatch would do nothing with."""
+    values = tuple(f[name] for name in JOINED_FEATURES)
+    if row_gate(policy, JOINED_FEATURES)(values, rec, abuse):
+        assert case_gate(policy, CASE_FEATURES)(values[: len(CASE_FEATURES)]), gate_source(policy)
+
+
+def test_the_shipped_case_gate() -> None:
+    """On the shipped policy: a quiet parcel in transit cannot trigger anything; a late one, a
+    delivered one with a fit question, and any open claim (the review guardrail reads scores
+    and the customer, so the case gate lets every claim through) can."""
+    gate = case_gate(load_policy(), CASE_FEATURES)
+    quiet = dict.fromkeys(CASE_FEATURES, 0.0) | {"order_value": 80.0, "margin": 50.0}
+
+    def holds(**changed: float) -> bool:
+        return bool(gate(tuple((quiet | changed)[name] for name in CASE_FEATURES)))
+
+    assert not holds()
+    assert not holds(hours_since_last_scan=30.0, slippage_hours=5.9)
+    assert holds(slippage_hours=6.0)
+    assert holds(delayed_scans=1.0)
+    assert not holds(delivered=1.0)
+    assert holds(delivered=1.0, fit_intent_7d=1.0)
+    assert holds(return_requested=1.0, reason_not_received=1.0)
+    assert holds(wismo_after_delivered=1.0, delivered=1.0)
+
+
+def _context_updates(log: Path, points: bool) -> int:
+    """How many case updates reached the customers' context stage in a run."""
+    s = Settings(redis_url="", shards=2, metrics_port=0)
+    cfg = stage_config(s, (file_part_id(0, log),), case_records=False)
+    cfg = replace(cfg, decision_points=points)
+    n = 0
+
+    def inspect(name: str, key: str, items: list) -> None:
+        nonlocal n
+        if name == "context":
+            for item in items:
+                n += len(item.items) if type(item) is Batch else type(item) is Event
+
+    feed_log(PlainLoop(cfg, lambda k, p: None, None, inspect), log, s)
+    return n
+
+
+CASES = [*SCENARIOS, "closed-loop"]
+
+
+def _without_shadow(outputs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The outputs less the shadow models' predictions in score records and case records: the
+    models learn from the latest decision point before a case's close, not from its latest
+    update (README "Decision points"), so a shadow model's predictions differ while the rule
+    baseline drives the policy and nothing else does."""
+    kept = []
+    for kind, payload in outputs:
+        if kind == str(Route.SCORE):
+            doc = json.loads(payload)
+            doc.pop("model")
+            payload = json.dumps(doc, sort_keys=True)
+        elif kind == str(Route.CASE_RECORD):  # (order id, time, the document's JSON bytes)
+            order_id, t, text = json.loads(payload)
+            doc = json.loads(ast.literal_eval(text))
+            doc["scores"].pop("models")
+            payload = json.dumps([order_id, t, doc], sort_keys=True)
+        kept.append((kind, payload))
+    return kept
+
+
+@pytest.mark.parametrize("scenario", CASES)
+def test_decision_points_change_no_output(tmp_path: Path, scenario: str) -> None:
+    log = _log(tmp_path, scenario)
+    points, _ = _run(log, gate=True, records=True, points=True)
+    every, _ = _run(log, gate=True, records=True, points=False)
+    record = str(Route.CASE_RECORD)
+    triggers = [p for k, p in points if k == "trigger"]
+    assert triggers, "no triggers: the comparison would prove nothing"
+    assert [p for k, p in every if k == "trigger"] == triggers  # byte-identical
+    # every output of the ordered output stage, in order; the taps but the case records (KPI
+    # facts, score records, dead letters: each shard's own, in no order across shards) the same
+    points, every = _without_shadow(points), _without_shadow(every)
+    taps = {str(r) for r in (Route.KPI, Route.SCORE, Route.DEAD_LETTER)}
+    assert [x for x in every if x[0] not in taps | {record}] == [
+        x for x in points if x[0] not in taps | {record}
+    ]
+    assert sorted(x for x in every if x[0] in taps) == sorted(x for x in points if x[0] in taps)
+
+    # case records: one per order and dispatch call, from its latest update there, so now from
+    # its latest decision point; where both runs wrote one for the same update, the same one
+    def by_update(outputs: list[tuple[str, str]]) -> dict[tuple, str]:
+        docs = (json.loads(p) for k, p in outputs if k == record)
+        return {(order_id, t): json.dumps(doc, sort_keys=True) for order_id, t, doc in docs}
+
+    docs, all_docs = by_update(points), by_update(every)
+    both = docs.keys() & all_docs.keys()
+    assert len(both) > len(docs) // 2 and len(docs) < len(all_docs), (len(docs), len(all_docs))
+    assert {k: docs[k] for k in both} == {k: all_docs[k] for k in both}
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [("realistic-text",), ("split-returns",), ("bracketing-unflagged",), ("foreign-currency",)],
+)
+def test_decision_points_change_no_output_on_variants(
+    tmp_path: Path, variants: tuple[str, ...]
+) -> None:
+    log = tmp_path / "log.jsonl"
+    write_log("silent-carrier-incident", 300, 7, log, variants=variants)
+    points, _ = _run(log, gate=True, records=False, points=True)
+    every, _ = _run(log, gate=True, records=False, points=False)
+    assert [p for k, p in points if k == "trigger"]
+    assert sorted(_without_shadow(every)) == sorted(_without_shadow(points))
+    assert [p for k, p in every if k == "trigger"] == [p for k, p in points if k == "trigger"]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "share"), [("steady-state", 0.5), ("silent-carrier-incident", 0.8)]
+)
+def test_most_updates_are_kept_back(tmp_path: Path, scenario: str, share: float) -> None:
+    """Most updates of a steady brand are quiet scans; with a carrier incident (many late
+    parcels, on which the reassurance rule could hold) fewer are."""
+    log = _log(tmp_path, scenario)
+    sent, every = _context_updates(log, True), _context_updates(log, False)
+    assert 0 < sent < every * share, (sent, every)
+
+
+def test_quiet_scans_stay_back_and_a_late_one_goes_on(tmp_path: Path) -> None:
+    """One order: its placement goes on, its shipment and a quiet scan stay back, a scan whose
+    carrier ETA is a day past the promise goes on (the reassurance rule could hold), and so does
+    its delivery."""
+    log = tmp_path / "one.jsonl"
+    docs = [
+        order_placed("o1", "2026-03-01T10:00:00Z", promised="2026-03-04T18:00:00Z"),
+        event("sh", "order_shipped", "o1", "2026-03-02T09:00:00Z", courier="dhl"),
+        event("s1", "carrier_scan", "o1", "2026-03-02T18:00:00Z", scan="in_transit",
+              courier="dhl", estimated_delivery_at="2026-03-04T12:00:00Z"),
+        event("s2", "carrier_scan", "o1", "2026-03-03T18:00:00Z", scan="in_transit",
+              courier="dhl", estimated_delivery_at="2026-03-05T20:00:00Z"),
+        event("s3", "carrier_scan", "o1", "2026-03-05T19:00:00Z", scan="delivered",
+              courier="dhl"),
+    ]  # fmt: skip
+    log.write_bytes(b"\n".join(line(d) for d in docs) + b"\n")
+    s = Settings(redis_url="", shards=1, metrics_port=0)
+    sent: dict[bool, list[str]] = {}
+    for points in (True, False):
+        cfg = replace(
+            stage_config(s, (file_part_id(0, log),), case_records=False), decision_points=points
+        )
+        ids: list[str] = []
+
+        def inspect(name: str, key: str, items: list, ids: list[str] = ids) -> None:
+            if name == "context":
+                for item in items:
+                    batch = (
+                        item.items if type(item) is Batch else [item] if type(item) is Event else []
+                    )
+                    for _t, _tie, view in batch:
+                        ids.append(view.source_id)
+
+        feed_log(PlainLoop(cfg, lambda k, p: None, None, inspect), log, s)
+        sent[points] = ids
+    events = {p: [i for i in ids if not i.startswith("~timer:")] for p, ids in sent.items()}
+    assert events[False] == ["o1-placed", "sh", "s1", "s2", "s3"]
+    assert events[True] == ["o1-placed", "s2", "s3"]
+    # the timers' updates after the delivery (the return window closing ...) go on either way
+    assert [i for i in sent[True] if i.startswith("~timer:")]
