@@ -447,21 +447,19 @@ class OnlineModel:
         if self.rules_flag(p_rules):
             self.model_flagged.update(y, p_model)
             self.rules_flagged.update(y, p_rules)
-        m, r = self.model_eval.auc_value(), self.rules_eval.auc_value()
-        mf, rf = self.model_flagged.auc_value(), self.rules_flagged.auc_value()
         enough = (
             self.labels_since_change >= self.cfg.min_labels and self.positives and self.negatives
         )
+        # the rolling AUCs are computed only where a test reads them (each is a pass over the
+        # window), in the order the tests read them
         if not self.active:
-            if (
-                enough
-                and m is not None
-                and r is not None
-                and mf is not None
-                and rf is not None
-                and m >= r + self.cfg.promote_margin
-                and mf >= rf
-            ):
+            if not enough:
+                return None
+            m, r = self.model_eval.auc_value(), self.rules_eval.auc_value()
+            if m is None or r is None or not m >= r + self.cfg.promote_margin:
+                return None
+            mf, rf = self.model_flagged.auc_value(), self.rules_flagged.auc_value()
+            if mf is not None and rf is not None and mf >= rf:
                 self.active = True
                 self.version += 1
                 return self._event(
@@ -478,9 +476,13 @@ class OnlineModel:
             return self._demote(
                 t, f"ADWIN: error rose from {before:.3f} to {self.adwin.estimation:.3f}"
             )
-        if enough and m is not None and r is not None and m < r - self.cfg.demote_margin:
+        if not enough:
+            return None
+        m, r = self.model_eval.auc_value(), self.rules_eval.auc_value()
+        if m is not None and r is not None and m < r - self.cfg.demote_margin:
             return self._demote(t, f"rolling AUC {m:.3f} fell below rules {r:.3f}")
-        if enough and mf is not None and rf is not None and mf < rf - self.cfg.demote_margin:
+        mf, rf = self.model_flagged.auc_value(), self.rules_flagged.auc_value()
+        if mf is not None and rf is not None and mf < rf - self.cfg.demote_margin:
             return self._demote(t, f"AUC on rule-flagged cases {mf:.3f} fell below rules {rf:.3f}")
         return None
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from salvage.features.customer import JOINED_FEATURES
+from salvage.features.eventtime import END
 from salvage.flows.messages import Emit, Route
 from salvage.flows.model_sink import checkpoint
 from salvage.flows.stages.base import (
@@ -20,6 +24,10 @@ from salvage.scoring.baseline import RuleScorer
 from salvage.scoring.models import ModelSet
 from salvage.sinks import metrics
 
+# the models' gauges are exported at most this often (wall time) while labels come: each export
+# is a pass over every rolling window, and a scrape every 15 s reads one value of them
+METRICS_EVERY_S = 1.0
+
 
 class ModelStage(_Stage):
     """Rule baseline + online models for one model shard: score, learn on labels, promote."""
@@ -30,6 +38,8 @@ class ModelStage(_Stage):
         self.cfg = cfg
         self.rules = RuleScorer()
         self.models = ModelSet(cfg.model)
+        self._unexported = False  # labels since the gauges' last export (not state)
+        self._exported_at = 0.0
         for name in ("recoverability", "abuse"):  # series exist from the start (increase() works)
             _MODEL_CHANGES["promoted"](name)
             _MODEL_CHANGES["demoted"](name)
@@ -112,16 +122,26 @@ class ModelStage(_Stage):
                 box = outbox[disp] = self._box(Route.DISPATCH, disp)
             box.append((t, tie, (view, features, scored, events)))
         if labelled:
+            self._unexported = True
+        if self._unexported and (
+            low >= END or time.monotonic() - self._exported_at >= METRICS_EVERY_S
+        ):
             self._export_metrics()
         if self.cfg.model_exports:  # for `salvage models export` (flows/model_sink.py)
             checkpoint(self, low, out)
 
     def _export_metrics(self) -> None:
+        """The models' gauges (rolling AUC, log loss, Brier over their windows: a pass over
+        each window), at most every METRICS_EVERY_S of wall time while labels come, and at the
+        end of the input."""
+        self._unexported = False
+        self._exported_at = time.monotonic()
         shard = str(self.shard)
-        for name, summary in self.models.summary().items():
-            metrics.MODEL_ACTIVE.labels(name, shard).set(1 if summary["active"] else 0)
-            for scorer in ("model", "rules"):
-                s = summary[scorer]
+        for m in (self.models.recoverability, self.models.abuse):
+            name = m.name
+            metrics.MODEL_ACTIVE.labels(name, shard).set(1 if m.active else 0)
+            for scorer, rolling in (("model", m.model_eval), ("rules", m.rules_eval)):
+                s: dict[str, Any] = rolling.summary()
                 # one-class window: NaN, Prometheus' "no value" (never 0)
                 auc = s["auc"]
                 metrics.MODEL_AUC.labels(name, scorer, shard).set(
@@ -129,7 +149,7 @@ class ModelStage(_Stage):
                 )
                 metrics.MODEL_LOGLOSS.labels(name, scorer, shard).set(s["logloss"])
                 metrics.MODEL_BRIER.labels(name, scorer, shard).set(s["brier"])
-            metrics.MODEL_LABELS.labels(name, shard).set(summary["labels"])
+            metrics.MODEL_LABELS.labels(name, shard).set(m.labels)
 
 
 def _as_dict(x: dict[str, float] | tuple[float, ...]) -> dict[str, float]:
