@@ -141,8 +141,13 @@ class CustomerContext:
             float(self.chargebacks),
             self.spend - self.refunded_value,
             (now - self.first_seen) / DAY_US if self.first_seen else 0.0,
-            (now - self.last_return_at) / DAY_US if self.last_return_at else -1.0,
+            self.days_since_return(now),
         )
+
+    def days_since_return(self, now: int) -> float:
+        """``customer_days_since_return`` at ``now``: -1.0 when the customer never returned
+        anything."""
+        return (now - self.last_return_at) / DAY_US if self.last_return_at else -1.0
 
 
 CUSTOMER_FEATURES: tuple[str, ...] = (

@@ -14,8 +14,9 @@
   paid before the close; absent: ``none``);
 * ``kind="goodwill"``, goodwill paid on an open case: ``case`` with ``amount``, ``goodwill_kind``
   (``refund`` or ``store_credit``), ``currency``, ``campaign``, ``sku_family``, ``lane``;
-* ``kind="order"``, once per order placed: ``t`` and ``customer`` (features *before* this order,
-  incl. ``customer_days_since_return``, -1 when the customer never returned anything).
+* ``kind="order"``, once per order placed: ``t`` and ``customer``: the customer's
+  ``customer_days_since_return`` *before* this order (-1 when the customer never returned
+  anything).
 
 Metrics (all counters end in ``_total``; money is in currency units with a ``currency`` label; times
 in seconds). Money is never converted nor summed across currencies: a case's refunded value in its

@@ -42,7 +42,9 @@ class ContextStage(_Stage):
             changes = view.changes
             if "placed" in changes:
                 # KPI fact: an order, and how long ago this customer last returned something
-                out.append((Route.KPI, {"kind": "order", "t": t, "customer": ctx.features(t)}))
+                # (the one customer feature the repeat-rate KPI reads: sinks/kpis.py)
+                since = {"customer_days_since_return": ctx.days_since_return(t)}
+                out.append((Route.KPI, {"kind": "order", "t": t, "customer": since}))
             if "goodwill" in changes:  # KPI fact: goodwill paid now (the case stays open)
                 paid = view.facts or {}
                 case = {
