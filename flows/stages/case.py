@@ -284,7 +284,9 @@ class CaseStage(_Stage):
         grade: str | None = None,
         goodwill: tuple[str, float] | None = None,
     ) -> dict | None:
-        """The case's update to its customer's context shard; returns the view's facts.
+        """The case's update to its customer's context shard, at a decision point (README
+        "Decision points": an open case's update with only quiet changes, on which the case gate
+        says no rule could hold, is kept back: nothing is sent); returns the view's facts.
         ``goodwill``: the goodwill paid by this update (event type, amount), which the view's
         facts carry for the KPIs and the customer's history (an open case's view has no facts
         otherwise)."""
