@@ -207,3 +207,117 @@ def test_quiet_scans_stay_back_and_a_late_one_goes_on(tmp_path: Path) -> None:
     assert events[True] == ["o1-placed", "s2", "s3"]
     # the timers' updates after the delivery (the return window closing ...) go on either way
     assert [i for i in sent[True] if i.startswith("~timer:")]
+
+
+def _late_parcels_log(path: Path) -> list[dict]:
+    """Six orders, each with its own customer: each shipped, scanned in transit on time twice
+    (kept back), then scanned with a carrier ETA a day past its promise (no delay code: only the
+    case gate lets it through, for the reassurance rule), then delivered a day late; two more
+    orders scanned on time and delivered on time; and a last order placed a week later, whose
+    events move every partition's clock past the others' deadlines."""
+    docs: list[dict] = []
+    for i in range(8):
+        oid, late = f"k{i}", i < 6
+        docs += [
+            order_placed(
+                oid, "2026-09-01T08:00:00Z", customer=f"kc{i}", promised="2026-09-04T18:00:00Z"
+            ),
+            event(f"{oid}-sh", "order_shipped", oid, "2026-09-01T16:00:00Z", courier="dhl"),
+            event(
+                f"{oid}-s1",
+                "carrier_scan",
+                oid,
+                "2026-09-02T06:00:00Z",
+                scan="picked_up",
+                courier="dhl",
+                estimated_delivery_at="2026-09-04T12:00:00Z",
+            ),
+            event(
+                f"{oid}-s2",
+                "carrier_scan",
+                oid,
+                "2026-09-02T20:00:00Z",
+                scan="in_transit",
+                courier="dhl",
+                estimated_delivery_at="2026-09-04T12:00:00Z",
+            ),
+        ]
+        if late:
+            docs += [
+                event(
+                    f"{oid}-s3",
+                    "carrier_scan",
+                    oid,
+                    "2026-09-03T20:00:00Z",
+                    scan="in_transit",
+                    courier="dhl",
+                    estimated_delivery_at="2026-09-05T18:00:00Z",
+                ),
+                event(
+                    f"{oid}-d",
+                    "carrier_scan",
+                    oid,
+                    "2026-09-05T17:00:00Z",
+                    scan="delivered",
+                    courier="dhl",
+                ),
+            ]
+        else:
+            docs.append(
+                event(
+                    f"{oid}-d",
+                    "carrier_scan",
+                    oid,
+                    "2026-09-04T10:00:00Z",
+                    scan="delivered",
+                    courier="dhl",
+                )
+            )
+    docs += [
+        order_placed("kz", "2026-09-12T08:00:00Z", customer="kcz", promised="2026-09-30T18:00:00Z"),
+        event("kz-c", "support_contact", "kz", "2026-09-12T09:00:00Z", channel="email",
+              intent="product_question"),
+        event("kz-r", "return_requested", "kz", "2026-09-12T10:00:00Z", return_id="RZ",
+              reason="changed_mind", items=[{"sku": "sku-1", "qty": 1}],
+              preferred_resolution="refund"),
+        event("kz-s", "carrier_scan", "kz", "2026-09-12T11:00:00Z", scan="in_transit",
+              courier="dhl"),
+    ]  # fmt: skip
+    docs.sort(key=lambda d: d["occurred_at"])  # in time order, as the carriers send them
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return docs
+
+
+def test_decision_points_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path):
+    """``salvage run --follow`` on the embedded broker: the late parcels' reassurances (each let
+    through by the case gate alone, from a scan whose carrier ETA slipped) come out, the same
+    triggers as file mode's for those orders, and none for the parcels on time."""
+    from tests.helpers import drain_when, kafka_settings, start_follow
+
+    log = tmp_path / "late.jsonl"
+    _late_parcels_log(log)
+    file_run = salvage_cli(
+        "run", "--input", str(log), "--out-dir", str(tmp_path / "file"), "--redis-url", "",
+        "--no-summary",
+    )  # fmt: skip
+    assert file_run.wait(timeout=120) == 0, file_run.err_path.read_text()
+    lines = (tmp_path / "file" / "interventions.jsonl").read_text().splitlines()
+    expected = {t["trigger_id"]: t for t in map(json.loads, lines) if t["order_id"].startswith("k")}
+    expected = {k: t for k, t in expected.items() if t["order_id"] != "kz"}
+    late = {t["order_id"] for t in expected.values()}
+    # the late parcels (those not held out) got the reassurance; the parcels on time nothing
+    assert late and late <= {f"k{i}" for i in range(6)}, late
+    assert {t["action"] for t in expected.values()} == {"proactive_reassurance"}
+
+    settings = kafka_settings(kafka_broker.bootstrap, unique_name("points"))
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, tmp_path / "out")
+
+    def enough(got: list[dict]) -> bool:
+        return len({t["trigger_id"] for t in got if t["trigger_id"] in expected}) >= len(expected)
+
+    got = drain_when(proc, settings, settings.topics.interventions, enough)
+    mine = {t["trigger_id"]: t for t in got if t["order_id"] in {f"k{i}" for i in range(8)}}
+    assert mine.keys() == expected.keys()
+    for trigger_id, t in mine.items():
+        assert t["action"] == expected[trigger_id]["action"]
+        assert t["decided_at"] == expected[trigger_id]["decided_at"]
