@@ -113,7 +113,7 @@ class CaseStage(_Stage):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_case_gate"]  # a compiled function: rebuilt from the policy (which pickles)
+        state.pop("_case_gate", None)  # a compiled function: rebuilt from the policy (it pickles)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
