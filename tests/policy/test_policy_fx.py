@@ -19,19 +19,9 @@ from salvage.policy.config import PolicyError, load_policy
 from salvage.policy.engine import decide
 from salvage.scoring.baseline import ScoreResult
 from tests.flowkit import jsonl, run_file_flow
+from tests.helpers import event
 
 DEFAULT = Path(__file__).parents[2] / "policy" / "default.yaml"
-
-
-def _ev(eid: str, kind: str, at: str, oid: str, **fields: object) -> dict:
-    return {
-        "event_id": eid,
-        "event_type": kind,
-        "occurred_at": at,
-        "order_id": oid,
-        "schema_version": 1,
-        **fields,
-    }
 
 
 def _story(oid: str, currency: str, price: float) -> list[dict]:
@@ -44,11 +34,11 @@ def _story(oid: str, currency: str, price: float) -> list[dict]:
         "unit_cost": round(price * 0.4, 2),
     }
     return [
-        _ev(
+        event(
             f"{oid}-placed",
             "order_placed",
-            "2026-10-01T08:00:00Z",
             oid,
+            "2026-10-01T08:00:00Z",
             customer_id=f"c-{oid}",
             channel="web",
             lines=[line],
@@ -58,27 +48,27 @@ def _story(oid: str, currency: str, price: float) -> list[dict]:
             origin_region="de-west",
             destination_region="fr-north",
         ),
-        _ev(
+        event(
             f"{oid}-pu",
             "carrier_scan",
-            "2026-10-01T15:00:00Z",
             oid,
+            "2026-10-01T15:00:00Z",
             scan="picked_up",
             courier="dhl",
         ),
-        _ev(
+        event(
             f"{oid}-del",
             "carrier_scan",
-            "2026-10-03T11:00:00Z",
             oid,
+            "2026-10-03T11:00:00Z",
             scan="delivered",
             courier="dhl",
         ),
-        _ev(
+        event(
             f"{oid}-req",
             "return_requested",
-            "2026-10-05T10:00:00Z",
             oid,
+            "2026-10-05T10:00:00Z",
             return_id=f"R{oid}",
             reason="too_small",
             items=[{"sku": "SKU-1", "qty": 1}],
