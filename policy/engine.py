@@ -378,6 +378,18 @@ def in_policy_currency(f: dict[str, float], rate: float) -> dict[str, float]:
     return {**f, **{name: round(f[name] * rate, 2) for name in MONEY_FEATURES}}
 
 
+def values_in_policy_currency(
+    values: tuple[float, ...], names: tuple[str, ...], rate: float
+) -> tuple[float, ...]:
+    """:func:`in_policy_currency` on a tuple of feature values in ``names`` order.
+
+    >>> values_in_policy_currency((3000.0, 1800.0, 0.6), ("order_value", "margin", "x"), 0.0893)
+    (267.9, 160.74, 0.6)
+    """
+    money = {names.index(name) for name in MONEY_FEATURES}
+    return tuple(round(v * rate, 2) if i in money else v for i, v in enumerate(values))
+
+
 def decide(
     policy: Policy, f: dict[str, float], scores, *, resolved: bool, currency: str | None = None
 ) -> Decision | None:

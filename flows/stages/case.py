@@ -49,7 +49,7 @@ from salvage.flows.stages.base import (
     lane_key,
     shard_of,
 )
-from salvage.policy.engine import case_gate
+from salvage.policy.engine import case_gate, values_in_policy_currency
 from salvage.sinks import leakage, metrics
 
 # the only change an update may have and still be kept back from the customer's context, the
@@ -110,6 +110,7 @@ class CaseStage(_Stage):
         # updates nothing downstream would act on are not sent (see _emit_view)
         self._case_gate = _case_gate_of(cfg)
         self._policy_currency = cfg.policy.currency
+        self._fx = cfg.policy.fx
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -299,13 +300,20 @@ class CaseStage(_Stage):
         else:
             facts = None
             gate = self._case_gate
-            if (
-                gate is not None
-                and QUIET_CHANGES.issuperset(changes)
-                and case.currency == self._policy_currency
-                and (case.outcome is not None or not gate(values))
-            ):
-                return None
+            if gate is not None and QUIET_CHANGES.issuperset(changes):
+                # the gate reads money in the policy currency: another currency's is converted
+                # (an order in a currency without a rate goes on: dispatch decides on it)
+                currency = case.currency
+                rate = 1.0 if currency == self._policy_currency else self._fx.get(currency)
+                if rate is not None and (
+                    case.outcome is not None
+                    or not gate(
+                        values
+                        if rate == 1.0
+                        else values_in_policy_currency(values, CASE_FEATURES, rate)
+                    )
+                ):
+                    return None
         outcome = case.outcome
         customer_id = case.customer_id
         ret = case.ret or NO_RETURN  # (case.refunded_amount ... without their properties)

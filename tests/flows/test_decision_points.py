@@ -167,10 +167,15 @@ def test_most_updates_are_kept_back(tmp_path: Path, scenario: str, share: float)
     assert 0 < sent < every * share, (sent, every)
 
 
-def test_quiet_scans_stay_back_and_a_late_one_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("currency", "kept"), [("EUR", True), ("SEK", True), ("BRL", False)])
+def test_quiet_scans_stay_back_and_a_late_one_goes_on(
+    tmp_path: Path, currency: str, kept: bool
+) -> None:
     """One order: its placement goes on, its shipment and a quiet scan stay back, a scan whose
     carrier ETA is a day past the promise goes on (the reassurance rule could hold), and so does
-    its delivery."""
+    its delivery. The same for an order in a currency the policy has a rate for (SEK: the gate
+    reads its money converted); one in a currency without a rate (BRL) has every update go on,
+    for dispatch to decide on."""
     log = tmp_path / "one.jsonl"
     docs = [
         order_placed("o1", "2026-03-01T10:00:00Z", promised="2026-03-04T18:00:00Z"),
@@ -182,6 +187,7 @@ def test_quiet_scans_stay_back_and_a_late_one_goes_on(tmp_path: Path) -> None:
         event("s3", "carrier_scan", "o1", "2026-03-05T19:00:00Z", scan="delivered",
               courier="dhl"),
     ]  # fmt: skip
+    docs[0]["currency"] = currency
     log.write_bytes(b"\n".join(line(d) for d in docs) + b"\n")
     s = Settings(redis_url="", shards=1, metrics_port=0)
     sent: dict[bool, list[str]] = {}
@@ -204,9 +210,35 @@ def test_quiet_scans_stay_back_and_a_late_one_goes_on(tmp_path: Path) -> None:
         sent[points] = ids
     events = {p: [i for i in ids if not i.startswith("~timer:")] for p, ids in sent.items()}
     assert events[False] == ["o1-placed", "sh", "s1", "s2", "s3"]
-    assert events[True] == ["o1-placed", "s2", "s3"]
+    assert events[True] == (["o1-placed", "s2", "s3"] if kept else events[False])
     # the timers' updates after the delivery (the return window closing ...) go on either way
     assert [i for i in sent[True] if i.startswith("~timer:")]
+
+
+def test_decision_points_change_no_output_in_another_currency(tmp_path: Path) -> None:
+    """A brand selling in SEK under the EUR policy (the shipped rates): the case gate reads each
+    order's money converted as dispatch's gate does, keeps most updates back, and the outputs
+    are those of a run that sends every update."""
+    log = tmp_path / "sek.jsonl"
+    with log.open("w") as out:
+        for raw in _log(tmp_path, "steady-state").read_text().splitlines():
+            doc = json.loads(raw)
+            if doc.get("currency") == "EUR":
+                doc["currency"] = "SEK"
+            if "amount" in doc:
+                doc["amount"] = round(doc["amount"] * 11, 2)
+            for item in doc.get("lines") or ():
+                item["unit_price"] = round(item["unit_price"] * 11, 2)
+                item["unit_cost"] = round(item["unit_cost"] * 11, 2)
+            out.write(json.dumps(doc) + "\n")
+    points, _ = _run(log, gate=True, records=False, points=True)
+    every, _ = _run(log, gate=True, records=False, points=False)
+    triggers = [p for k, p in points if k == "trigger"]
+    assert triggers and {json.loads(p)["currency"] for p in triggers} == {"EUR"}  # the policy's
+    assert [p for k, p in every if k == "trigger"] == triggers
+    assert sorted(_without_shadow(every)) == sorted(_without_shadow(points))
+    sent, all_updates = _context_updates(log, True), _context_updates(log, False)
+    assert 0 < sent < all_updates // 2, (sent, all_updates)
 
 
 def _late_parcels_log(path: Path) -> list[dict]:
