@@ -441,17 +441,13 @@ def decide(
     p_lost = 1.0 - rec
     at_risk = f["return_share"] * f["order_value"] if f["return_requested"] else f["order_value"]
     value_at_risk = at_risk * (0.5 + 0.5 * max(f["margin_rate"], 0.0))
-    claim_open = bool(f["return_requested"] or f["wismo_after_delivered"])
-    ambiguous = g.ambiguity_band[0] <= rec <= g.ambiguity_band[1]
     rules = _compiled(policy)[1]
     shaped: list[str] = []
     candidates: list[tuple[str, float, str]] = []
     best: tuple[float, Action, float] | None = None
     forced: tuple[float, float] | None = None  # (EV, cost) of a guardrail-forced review
     history = _abuse_history(f, g)  # (a claim is open)
-    review_forced = claim_open and (
-        abuse >= g.abuse_block or history or (f["order_value"] >= g.review_value and ambiguous)
-    )
+    review_forced = _routed(f, g, rec, abuse, f["order_value"] >= g.review_value)
     if review_forced:
         shaped.append("review_routing")
     for action, ap in policy.actions.items():
@@ -517,6 +513,16 @@ def decide(
     )
 
 
+def _routed(f: dict[str, float], g, rec: float, abuse: float, high_value: bool) -> bool:
+    """Does the review guardrail route this update to human review: an open claim (a return, or
+    "where is my order" after delivery) at or above the abuse threshold, from a customer with an
+    abuse history, or of high value (``high_value``) with ambiguous recoverability?"""
+    if not (f["return_requested"] or f["wismo_after_delivered"]):
+        return False
+    ambiguous = g.ambiguity_band[0] <= rec <= g.ambiguity_band[1]
+    return bool(abuse >= g.abuse_block or _abuse_history(f, g) or (high_value and ambiguous))
+
+
 def _unpriced(policy: Policy, f: dict[str, float], scores, currency: str) -> Decision | None:
     """The decision for an order in a currency the policy has no rate for: nothing is priced
     (its value is not compared with any threshold, no EV is computed) and nothing is offered
@@ -546,9 +552,7 @@ def _unpriced(policy: Policy, f: dict[str, float], scores, currency: str) -> Dec
     g = policy.guardrails
     rec, abuse = scores.recoverability, scores.abuse
     x = {**f, "recoverability": rec, "abuse": abuse}
-    claim_open = bool(f["return_requested"] or f["wismo_after_delivered"])
-    ambiguous = g.ambiguity_band[0] <= rec <= g.ambiguity_band[1]
-    routed = claim_open and (abuse >= g.abuse_block or _abuse_history(f, g) or ambiguous)
+    routed = _routed(f, g, rec, abuse, True)  # (its value is unknown: it could be high)
     rules = _compiled(policy)[1]
     candidates: list[tuple[str, float, str]] = []
     review_rule = False
