@@ -415,6 +415,16 @@ Dims = tuple[str, str, str]
 """Bounded values of ``D``."""
 
 
+def _dims(bucket: dict[str, Any], get: Any) -> Dims:
+    """``D`` of a case record (``get``: its ``dict.get``): its campaign, SKU family and lane,
+    each through its label's bucket."""
+    return (
+        bucket["campaign"](get("campaign")),
+        bucket["sku_family"](get("sku_family")),
+        bucket["lane"](get("lane")),
+    )
+
+
 def _money(s: _State, raw: Any, d: Dims) -> tuple[str, Dims, bool]:
     """(currency label, dimensions, broken down) of money in the currency ``raw`` with the
     bounded dimensions ``d``. Every currency keeps its own label (money is never summed across
@@ -454,7 +464,7 @@ def _goodwill(s: _State, fact: dict[str, Any]) -> None:
         return
     b = s.bucket
     get = case.get
-    d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    d = _dims(b, get)
     currency, d, whole = _money(s, get("currency"), d)
     s.goodwill(currency, kind, *d).inc(amount)
     if kind == "refund":
@@ -483,7 +493,7 @@ def _settled(s: _State, fact: dict[str, Any]) -> None:
     b = s.bucket
     get = case.get
     # the case's dimensions, as at its close (a record from before they were kept: "none")
-    d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    d = _dims(b, get)
     currency, d, whole = _money(s, get("currency"), d)
     support = b["support_reason"](get("last_contact_intent")) if whole else OTHER
     s.refunded(currency, *d, support).inc(amount)
@@ -497,7 +507,7 @@ def _case(s: _State, fact: dict[str, Any]) -> None:
     case: dict[str, Any] = fact.get("case") or {}
     b = s.bucket
     get = case.get
-    d = (b["campaign"](get("campaign")), b["sku_family"](get("sku_family")), b["lane"](get("lane")))
+    d = _dims(b, get)
     support = b["support_reason"](get("last_contact_intent"))
     raw_outcome = get("outcome") or "unknown"
     outcome = b["outcome"](raw_outcome)
