@@ -411,8 +411,9 @@ COURIER_LANES = Dashboard(
                     kind="heatmap",
                     unit=PCT,
                     description="Late / judged shipments per lane: a shipment is judged a day "
-                    "after its promise, late if undelivered by then, delivered late, or flagged "
-                    "by a delay scan or an ETA past the promise (the lane monitor's definition).",
+                    "after its promise, late if undelivered by then or delivered late; a delay "
+                    "scan or an ETA past the promise counts only until the delivery, which "
+                    "decides (the lane monitor's definition).",
                     width=24,
                     height=10,
                 ),

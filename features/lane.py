@@ -1,12 +1,16 @@
 """Per-courier-lane lateness monitor over **shipment cohorts**, in event time.
 
 A shipment joins its lane when it is shipped (or first scanned) with a delivery promise. It counts
-in the cohort of its promise time and is **late** when any of these holds (carriers differ: many
-send only a pick-up and a delivery scan, so the promise itself is the signal that never fails):
+in the cohort of its promise time. Once delivered, its delivery time is the truth: it is **late**
+iff delivered after the promise plus ``late_grace_us``, whatever scans came before. Until then it
+is late when either holds (carriers differ: many send only a pick-up and a delivery scan, so the
+promise itself is the signal that never fails):
 
-* its promise passed and it was not delivered by then (``late_grace_us`` of slack);
-* it was delivered after the promise;
-* a delay / exception / lost / returned scan arrived, or the carrier's ETA moved past the promise.
+* its promise passed (plus ``late_grace_us`` of slack) and it is not delivered yet;
+* a delay signal arrived: a delay / exception / lost / returned scan, or the carrier's ETA moved
+  past the promise. An early warning only: a parcel delivered on time after one counts on time
+  (careful carriers send precautionary delay scans), and a delay signal after the delivery
+  changes nothing.
 
 A shipment is judged once (``shipments_total``, and the baseline), ``baseline_lag_us`` after its
 promise and not before its lateness is known (past promise + ``late_grace_us``: judged earlier, a
@@ -216,7 +220,8 @@ class LaneMonitor:
     """
 
     lane: str
-    # order id -> [promise, late signal seen (bool), delivered at (0: not yet), learned (bool)]
+    # order id -> [promise, late signal seen (bool), delivered at (0: not yet), learned (bool)];
+    # the signal counts only while the parcel is undelivered (the delivery time decides after)
     shipments: dict[str, list] = field(default_factory=dict)
     next_eval: int = 0  # next evaluation time (0: set by the first shipment)
     alert_open: bool = False
@@ -243,7 +248,8 @@ class LaneMonitor:
     # ---------------------------------------------------------------- input
 
     def observe(self, t: int, order_id: str, promise: int, kind: str, cfg: LaneConfig) -> None:
-        """``kind``: ``shipped`` (or any first scan), ``late`` (a delay signal), ``delivered``.
+        """``kind``: ``shipped`` (or any first scan), ``late`` (a delay signal: late until the
+        delivery, which then decides; after the delivery it changes nothing), ``delivered``.
 
         Call :meth:`advance` to ``t`` first (evaluations strictly before ``t``)."""
         if promise <= 0:
@@ -269,11 +275,11 @@ class LaneMonitor:
                 ix.add(order_id, rec)
         elif kind == "late":
             if not rec[1]:
-                if ix is not None:
+                if ix is not None and not rec[2]:  # delivered: its delivery time decides
                     ix.move(rec, _LATE)
                 rec[1] = True
         elif kind == "delivered" and not rec[2] and t:
-            if ix is not None and not rec[1]:
+            if ix is not None:  # by its delivery time, a delay signal before or not
                 ix.move(rec, _LATE if t > rec[0] + ix.grace else _ON_TIME)
             rec[2] = t
 
@@ -329,11 +335,10 @@ class LaneMonitor:
                 if rec is None or rec[3] or rec[0] != promise:
                     continue  # left the longest window before its judgement (lag > longest)
                 rec[3] = True
-                if rec[1]:
-                    late = True
-                else:
-                    delivered = rec[2]
-                    late = delivered > promise + grace if delivered else True
+                # by the delivery time; undelivered past promise + grace: late (a delay signal
+                # or not)
+                delivered = rec[2]
+                late = delivered > promise + grace if delivered else True
                 judged += 1
                 delayed += late
                 # an alert's cohort does not teach the baseline (frozen while alerting)
@@ -343,19 +348,19 @@ class LaneMonitor:
             self.shipments_total += judged
             self.delayed_total += delayed
         windows = cfg.windows_us
-        promises, late_for_good, waiting = ix.promises, ix.late, ix.waiting
+        promises, late_cls, waiting = ix.promises, ix.late, ix.waiting
         cut = now - windows[-1]
         expiry = ix.expiry
         if expiry and expiry[0][0] <= cut:
             while expiry and expiry[0][0] <= cut:
                 del shipments[heappop(expiry)[1]]
             del promises[: bisect_right(promises, cut)]
-            del late_for_good[: bisect_right(late_for_good, cut)]
+            del late_cls[: bisect_right(late_cls, cut)]
             del waiting[: bisect_right(waiting, cut)]
-        # cohort of window w: promises in (now - w, now); late: late for good, or undelivered
-        # and now > promise + grace
+        # cohort of window w: promises in (now - w, now); late: class _LATE (delivered after
+        # promise + grace, or undelivered with a delay signal), or waiting and now > promise + grace
         top_n = bisect_left(promises, now)
-        top_late = bisect_left(late_for_good, now)
+        top_late = bisect_left(late_cls, now)
         top_wait = bisect_left(waiting, min(now, now - grace))
         counts = []
         for w in windows:
@@ -364,7 +369,7 @@ class LaneMonitor:
             counts.append(
                 [
                     top_n - bisect_right(promises, lo),
-                    top_late - bisect_right(late_for_good, lo) + (n_wait if n_wait > 0 else 0),
+                    top_late - bisect_right(late_cls, lo) + (n_wait if n_wait > 0 else 0),
                 ]
             )
         return counts, leaving_n, leaving_late, judged, delayed
@@ -479,8 +484,9 @@ class LaneMonitor:
         )
 
 
-# a shipment's class in the index: late whatever the time (a late signal, or delivered after
-# promise + grace), on time for good (delivered by then, no signal), or waiting (undelivered, no
+# a shipment's class in the index: late whatever the time (delivered after promise + grace, or
+# undelivered with a delay signal: until its delivery, which then decides), on time for good
+# (delivered by promise + grace, a delay signal before or not), or waiting (undelivered, no
 # signal: late once the evaluation time is past promise + grace)
 _LATE, _ON_TIME, _WAITING = 0, 1, 2
 
@@ -528,10 +534,10 @@ class _Index:
         heappush(self.unlearned, entry)
 
     def cls(self, rec: list) -> int:
+        if rec[2]:  # delivered: its delivery time is the truth, whatever the signals
+            return _LATE if rec[2] > rec[0] + self.grace else _ON_TIME
         if rec[1]:
             return _LATE
-        if rec[2]:
-            return _LATE if rec[2] > rec[0] + self.grace else _ON_TIME
         return _WAITING
 
     def move(self, rec: list, to: int) -> None:

@@ -2,8 +2,10 @@
 before the promise index of issue 15 (commit 7b7176b), kept verbatim so that
 ``test_lane_reference.py`` can check the indexed monitor gives the same transitions and state.
 Do not optimise this copy. Changes of the monitor's behaviour since, made here too: a shipment is
-judged only once an undelivered parcel would be late (past promise + grace), and a shift that
-lasts ``adapt_after_us`` becomes the lane's baseline (``shift_*``; fix/lane-shift)."""
+judged only once an undelivered parcel would be late (past promise + grace), a shift that
+lasts ``adapt_after_us`` becomes the lane's baseline (``shift_*``; fix/lane-shift), and a delay
+signal counts a parcel late only while it is undelivered: a delivered parcel is late iff its
+delivery came after promise + grace (lane-ontime)."""
 
 from __future__ import annotations
 
@@ -80,10 +82,12 @@ class ReferenceLaneMonitor:
 
     def _late(self, rec: list, now: int, cfg: LaneConfig) -> bool:
         promise, signal, delivered, _ = rec
-        if signal:
-            return True
         deadline = promise + cfg.late_grace_us
-        return delivered > deadline if delivered else now > deadline
+        if delivered:  # the delivery time decides, whatever the carrier signalled
+            return delivered > deadline
+        if signal:  # a delay scan on a parcel still on its way
+            return True
+        return now > deadline
 
     def _evaluate(self, now: int, cfg: LaneConfig) -> LaneTransition | None:
         windows = cfg.windows_us

@@ -74,7 +74,9 @@ PERSISTED = tuple(f.name for f in fields(ReferenceLaneMonitor))
 @st.composite
 def streams(draw):
     """(kind, ...) calls: observe(t, order, promise, kind) with t non-decreasing, or advance(t);
-    promises from minutes to weeks after the shipment (thin lanes: few orders, long gaps)."""
+    promises from minutes to weeks after the shipment (thin lanes: few orders, long gaps); some
+    parcels get a delay signal and then their delivery, often before the promise (a cautious
+    carrier's precautionary delay scan)."""
     n_orders = draw(st.integers(1, 40))
     calls = []
     # times and promises often on the hour grid: on evaluation times and window edges exactly
@@ -90,7 +92,9 @@ def streams(draw):
             )
         )
         what = draw(
-            st.sampled_from(["shipped", "shipped", "late", "delivered", "delivered", "adv"])
+            st.sampled_from(
+                ["shipped", "shipped", "late", "delivered", "delivered", "adv", "cautious"]
+            )
         )
         if what == "adv":
             calls.append(("advance", t + draw(st.integers(0, 3 * DAY_US))))
@@ -106,6 +110,12 @@ def streams(draw):
                 )
             )
             promises[order] = t - t % HOUR_US + lead if lead % HOUR_US == 0 else t + lead
+        if what == "cautious":
+            # a precautionary delay scan, then the delivery soon after: on time when the promise
+            # (+ grace) is not past yet (a signal must not make such a parcel late)
+            calls.append(("observe", t, f"o{order}", promises[order], "late"))
+            t += draw(st.one_of(st.integers(0, 6 * HOUR_US), st.sampled_from([0, 1])))
+            what = "delivered"
         calls.append(("observe", t, f"o{order}", promises[order], what))
     calls.append(("advance", t + draw(st.integers(0, 20 * DAY_US))))
     return calls
@@ -119,7 +129,7 @@ def _reference_counts(shipments: dict, now: int, cfg: LaneConfig) -> list[list[i
         if promise >= now or age >= cfg.windows_us[-1]:
             continue
         deadline = promise + cfg.late_grace_us
-        late = signal or (delivered > deadline if delivered else now > deadline)
+        late = delivered > deadline if delivered else (signal or now > deadline)
         for i, w in enumerate(cfg.windows_us):
             if age < w:
                 counts[i][0] += 1
