@@ -242,10 +242,17 @@ class LaneMonitor:
 
     # ---------------------------------------------------------------- input
 
-    def observe(self, t: int, order_id: str, promise: int, kind: str, cfg: LaneConfig) -> None:
-        """``kind``: ``shipped`` (or any first scan), ``late`` (a delay signal), ``delivered``.
+    def observe(
+        self, t: int, order_id: str, promise: int, kind: str, cfg: LaneConfig, at: int = 0
+    ) -> None:
+        """``kind``: ``shipped`` (or any first scan), ``late`` (a delay signal), ``delivered``
+        (at ``at``, the delivery's own time, when it differs from ``t``: a scan uploaded late).
 
         Call :meth:`advance` to ``t`` first (evaluations strictly before ``t``)."""
+        if at and kind == "delivered":
+            t_delivered = at
+        else:
+            t_delivered = t
         if promise <= 0:
             return
         rec = self.shipments.get(order_id)
@@ -264,7 +271,7 @@ class LaneMonitor:
             if kind == "late":
                 rec[1] = True
             elif kind == "delivered" and t:
-                rec[2] = t
+                rec[2] = t_delivered
             if ix is not None:
                 ix.add(order_id, rec)
         elif kind == "late":
@@ -274,8 +281,8 @@ class LaneMonitor:
                 rec[1] = True
         elif kind == "delivered" and not rec[2] and t:
             if ix is not None and not rec[1]:
-                ix.move(rec, _LATE if t > rec[0] + ix.grace else _ON_TIME)
-            rec[2] = t
+                ix.move(rec, _LATE if t_delivered > rec[0] + ix.grace else _ON_TIME)
+            rec[2] = t_delivered
 
     # ---------------------------------------------------------------- evaluation
 
