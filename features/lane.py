@@ -247,11 +247,18 @@ class LaneMonitor:
 
     # ---------------------------------------------------------------- input
 
-    def observe(self, t: int, order_id: str, promise: int, kind: str, cfg: LaneConfig) -> None:
+    def observe(
+        self, t: int, order_id: str, promise: int, kind: str, cfg: LaneConfig, at: int = 0
+    ) -> None:
         """``kind``: ``shipped`` (or any first scan), ``late`` (a delay signal: late until the
-        delivery, which then decides; after the delivery it changes nothing), ``delivered``.
+        delivery, which then decides; after the delivery it changes nothing), ``delivered`` (at
+        ``at``, the delivery's own time, when it differs from ``t``: a scan uploaded late).
 
         Call :meth:`advance` to ``t`` first (evaluations strictly before ``t``)."""
+        if at and kind == "delivered":
+            t_delivered = at
+        else:
+            t_delivered = t
         if promise <= 0:
             return
         rec = self.shipments.get(order_id)
@@ -270,7 +277,7 @@ class LaneMonitor:
             if kind == "late":
                 rec[1] = True
             elif kind == "delivered" and t:
-                rec[2] = t
+                rec[2] = t_delivered
             if ix is not None:
                 ix.add(order_id, rec)
         elif kind == "late":
@@ -280,8 +287,8 @@ class LaneMonitor:
                 rec[1] = True
         elif kind == "delivered" and not rec[2] and t:
             if ix is not None:  # by its delivery time, a delay signal before or not
-                ix.move(rec, _LATE if t > rec[0] + ix.grace else _ON_TIME)
-            rec[2] = t
+                ix.move(rec, _LATE if t_delivered > rec[0] + ix.grace else _ON_TIME)
+            rec[2] = t_delivered
 
     # ---------------------------------------------------------------- evaluation
 

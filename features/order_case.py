@@ -405,7 +405,7 @@ class OrderCase:
         )
 
     def _shipped(self, ev: OrderShipped, t: int) -> None:
-        self.shipped_at = self.shipped_at or t
+        self.shipped_at = self.shipped_at or min(to_us(ev.occurred_at), t)  # as _scan's
         if ev.courier:
             courier = shared(ev.courier)
             old = self.courier
@@ -432,7 +432,10 @@ class OrderCase:
         if ev.estimated_delivery_at is not None:
             self.carrier_eta = to_us(ev.estimated_delivery_at)
         if scan is ScanCode.DELIVERED:
-            self.delivered_at = self.delivered_at or t
+            # at the carrier's own time: a scan uploaded late (behind its partition's watermark)
+            # is applied at the watermark, but the parcel arrived when the carrier says it did
+            # (README "Late scans"); never after ``t``, so never from the future
+            self.delivered_at = self.delivered_at or min(to_us(ev.occurred_at), t)
             changes.append("delivered")
         elif scan is ScanCode.EXCEPTION:
             self.exception_count += 1
@@ -447,7 +450,7 @@ class OrderCase:
             self.returned_to_sender = True
             changes.append("delay_signal")
         elif scan is ScanCode.PICKED_UP and not self.shipped_at:
-            self.shipped_at = t
+            self.shipped_at = min(to_us(ev.occurred_at), t)  # the carrier's own time, as above
         if (
             "delay_signal" not in changes
             and self.promised_at

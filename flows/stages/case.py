@@ -247,8 +247,15 @@ class CaseStage(_Stage):
         dest = self._lane_dest.get(case.lane)
         if dest is None:
             dest = self._lane_dest[case.lane] = lane_key(shard_of(case.lane, self.cfg.lane_shards))
+        # a delivered fact carries the delivery's own time (a scan uploaded late is applied at
+        # its partition's watermark: README "Late scans"); the fact is ordered at ``t``
+        at = case.delivered_at if fact == "delivered" else 0
         self.send(
-            Route.LANES, dest, t, ev.event_id, (case.lane, case.order_id, case.promised_at, fact)
+            Route.LANES,
+            dest,
+            t,
+            ev.event_id,
+            (case.lane, case.order_id, case.promised_at, fact, at),
         )
 
     def _expire_tombstones(self, horizon: int) -> None:

@@ -29,7 +29,11 @@ class LaneStage(_Stage):
     def apply(self, released, low: int, out: Emit) -> None:
         lcfg = self.cfg.lane
         lanes = self.lanes
-        for t, _tie, (lane, order_id, promise, fact) in released:
+        for t, _tie, item in released:
+            # (lane, order id, promise, fact, delivered at); a fact from a snapshot taken before
+            # it carried its delivery time has four (delivered at t)
+            lane, order_id, promise, fact = item[:4]
+            at = item[4] if len(item) > 4 else 0
             monitor = lanes.get(lane)
             if monitor is None:
                 monitor = lanes[lane] = LaneMonitor(lane)
@@ -37,7 +41,7 @@ class LaneStage(_Stage):
             # batching of the input
             if monitor.next_eval and monitor.next_eval < t:
                 self._advance(monitor, t, out)
-            monitor.observe(t, order_id, promise, fact, lcfg)
+            monitor.observe(t, order_id, promise, fact, lcfg, at)
         horizon = self.horizon(low)
         # every lane with an evaluation due, in name order; a lane with none due is skipped
         # (advance would do nothing) once its metric label is claimed: the first bucket() call

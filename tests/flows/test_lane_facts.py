@@ -119,11 +119,13 @@ def test_repeated_shipped_facts_are_not_sent(
     repeats_after_windows = 0  # "shipped" repeats of a shipment the monitor dropped
     observe = LaneMonitor.observe
 
-    def counted(m: LaneMonitor, t: int, oid: str, promise: int, kind: str, cfg) -> None:
+    def counted(
+        m: LaneMonitor, t: int, oid: str, promise: int, kind: str, cfg, at: int = 0
+    ) -> None:
         nonlocal repeats_after_windows
         if kind == "shipped" and oid not in m.shipments and 0 < promise <= t - cfg.windows_us[-1]:
             repeats_after_windows += 1
-        observe(m, t, oid, promise, kind, cfg)
+        observe(m, t, oid, promise, kind, cfg, at)
 
     monkeypatch.setattr(CaseStage, "_lane_fact", every_fact)
     monkeypatch.setattr(LaneMonitor, "observe", counted)

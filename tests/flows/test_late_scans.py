@@ -1,0 +1,193 @@
+"""Scans uploaded late (README "Late scans"): a carrier scan behind its partition's watermark is
+applied at the watermark (the case's history stays in event-time order), but the parcel was
+delivered, or picked up, when the carrier says it was. Before, a ``delivered`` scan uploaded a
+day late made an on-time parcel late by a day: its slippage, its case store document, and its
+lane's delay rate (probe defect 3: carriers' handhelds upload in batches)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bytewax.testing import cluster_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics
+from salvage.features.eventtime import HOUR_US, to_us
+from salvage.flows.messages import Route
+from salvage.flows.plain import PlainLoop
+from salvage.flows.recovery import FlowSpec, build_flow
+from salvage.flows.sources import file_part_id
+from salvage.flows.topology import stage_config
+from salvage.runner import publish_log
+from salvage.sinks.redis_store import CaseStore, RedisCaseSink
+from tests.flowkit import feed_log
+from tests.helpers import event, order_placed
+
+PROMISE = "2026-09-03T18:00:00Z"
+DELIVERED = "2026-09-03T15:00:00Z"  # three hours before the promise
+
+
+def _scan(oid: str, i: int, at: str, code: str) -> dict:
+    return event(f"{oid}-s{i}", "carrier_scan", oid, at, scan=code, courier="dhl")
+
+
+def _log(path: Path, delay_h: int) -> Path:
+    """Order ``a`` (promised 09-03 18:00) picked up, in transit, delivered at 15:00 on the
+    promised day; its delivered scan filed ``delay_h`` hours late: behind scans of six other
+    parcels of the lane (on the same carrier partition at ``topic_partitions=1``), whose clock
+    then moves to 09-05 12:00, past the promise and the lane's judgement of ``a``."""
+    docs = [
+        order_placed("a", "2026-09-01T08:00:00Z", customer="ca", promised=PROMISE),
+        _scan("a", 1, "2026-09-01T12:00:00Z", "picked_up"),
+        _scan("a", 2, "2026-09-02T10:00:00Z", "in_transit"),
+    ]
+    others = []
+    for k in range(6):
+        oid = f"b{k}"
+        docs.append(order_placed(oid, "2026-09-02T09:00:00Z", customer=f"cb{k}",
+                                 promised="2026-09-08T18:00:00Z"))  # fmt: skip
+        # a scan of one of them every 3 h from 09-02 12:00 to 09-05 12:00: the partition's
+        # clock moves in steps within its bound (6 h), so a scan filed behind it is late
+        for i in range(k, 25, 6):
+            at = to_us_iso("2026-09-02T12:00:00Z") + 3 * i * HOUR_US
+            others.append(_scan(oid, 1 + i, _iso(at), "in_transit"))
+    delivered = _scan("a", 3, DELIVERED, "delivered")
+    uploaded = to_us_iso(DELIVERED) + delay_h * HOUR_US
+    for doc in sorted(others, key=lambda d: d["occurred_at"]):
+        if delivered is not None and to_us_iso(doc["occurred_at"]) > uploaded:
+            docs.append(delivered)  # filed when uploaded, not when scanned
+            delivered = None
+        docs.append(doc)
+    if delivered is not None:
+        docs.append(delivered)
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def _iso(t: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t / 1e6, UTC).isoformat().replace("+00:00", "Z")
+
+
+def to_us_iso(at: str) -> int:
+    from datetime import datetime
+
+    return to_us(datetime.fromisoformat(at.replace("Z", "+00:00")))
+
+
+def _run_plain(log: Path) -> tuple[dict, list]:
+    """(order ``a``'s last case document, its lane record ``[promise, signal, delivered at,
+    judged]`` and the lane's judged / late totals), by the plain loop on the file source."""
+    s = Settings(redis_url="", shards=2, metrics_port=0, topic_partitions=1)
+    cfg = stage_config(s, (file_part_id(0, log),), case_records=True)
+    docs: list[dict] = []
+
+    def tap(route: Route, payload) -> None:
+        if route is Route.CASE_RECORD and payload[0] == "a":
+            docs.append(json.loads(payload[2]))
+
+    loop = PlainLoop(cfg, lambda kind, payload: None, tap)
+    feed_log(loop, log, s)
+    [monitor] = [
+        m for stage in loop.stages["lanes"].values() for m in stage.lanes.values()
+    ]  # one lane
+    rec = monitor.shipments.get("a")
+    return docs[-1], [rec, monitor.shipments_total, monitor.delayed_total]
+
+
+# the lane judges a shipment LaneConfig.baseline_lag_us (a day) after its promise, on what it
+# knows then: a delivery uploaded within it (here: up to 27 h after the 15:00 scan) counts
+LANE_LAG_H = 27
+
+
+@pytest.mark.parametrize("delay_h", [2, 8, 20, 40])
+def test_a_delivered_scan_uploaded_late_keeps_its_own_time(tmp_path: Path, delay_h: int) -> None:
+    """Filed 2 h late (before the next scan's time: in order), 8, 20 and 40 h late (behind the
+    partition's watermark: applied at it, the last after the lane judged the parcel): the same
+    delivery time and no slippage; on the lane, on time when uploaded before its judgement."""
+    in_order, lane_in_order = _run_plain(_log(tmp_path / "a.jsonl", 0))
+    doc, lane = _run_plain(_log(tmp_path / f"late{delay_h}.jsonl", delay_h))
+    features = doc["features"]
+    assert features["delivered"] == 1.0
+    assert features["slippage_hours"] == 0.0  # before: 5 h at 8 h late, 17 h at 20 h late
+    assert in_order["features"]["slippage_hours"] == 0.0
+    rec, judged, late = lane
+    assert rec is not None and rec[2] == to_us_iso(DELIVERED)  # the carrier's time
+    assert lane_in_order[1:] == [1, 0]  # ``a`` judged, on time
+    if delay_h < LANE_LAG_H:
+        assert (judged, late) == (1, 0)  # before: late at 8 and 20 h
+    else:  # undelivered when judged: late, as a parcel the carrier never scanned in time
+        assert (judged, late) == (1, 1)
+
+
+def test_the_late_scan_was_applied_at_the_watermark(tmp_path: Path) -> None:
+    """The case's history stays in event-time order: the late scan's update is stamped with the
+    watermark it was applied at (its ``updated_at``), while its delivery keeps the scan's time
+    (``days_since_delivery`` counts from it)."""
+    doc, _ = _run_plain(_log(tmp_path / "late.jsonl", 40))
+    updated = to_us_iso(doc["updated_at"])
+    assert updated > to_us_iso(DELIVERED) + 24 * HOUR_US
+    days = doc["features"]["days_since_delivery"]
+    assert days == pytest.approx((updated - to_us_iso(DELIVERED)) / (24 * HOUR_US))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 72))
+def test_any_upload_delay_gives_the_in_order_delivery(delay_h: int) -> None:
+    """Whatever the upload delay (up to three days, within the 7-day lateness bound): the
+    delivery time, the slippage and the lane's judgement are those of the log in order."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base, lane0 = _run_plain(_log(Path(tmp) / "a.jsonl", 0))
+        doc, lane = _run_plain(_log(Path(tmp) / "b.jsonl", delay_h))
+    assert doc["features"]["slippage_hours"] == base["features"]["slippage_hours"] == 0.0
+    assert lane[0] is not None and lane[0][2] == to_us_iso(DELIVERED)
+    if delay_h < LANE_LAG_H:
+        assert lane[1:] == lane0[1:] == [1, 0]
+
+
+@pytest.mark.integration
+def test_kafka_mode_keeps_the_carriers_delivery_time(
+    kafka_broker, tmp_path, unique_name, redis_url, redis_key_prefix
+) -> None:
+    """The same log through Kafka (the embedded broker, one partition per topic): the late
+    scan is behind its partition's watermark there too, and the case store's document shows the
+    parcel delivered on time (slippage 0), as the file run does."""
+    log = _log(tmp_path / "late.jsonl", 40)
+    suffix = unique_name("late")
+    s = Settings(
+        kafka_bootstrap=kafka_broker.bootstrap,
+        redis_url="",
+        shards=2,
+        topic_partitions=1,
+        **{
+            f"topic_{x}": f"{x}-{suffix}"
+            for x in ("orders", "deliveries", "support", "returns", "interventions")
+        },
+        topic_lane_alerts=f"lane-alerts-{suffix}",
+        topic_dead_letters=f"dead-letters-{suffix}",
+    )
+    ensure_topics(
+        s.kafka.as_librdkafka_dict(),
+        list(s.topics.inputs().values()) + s.topics.outputs(),
+        1,
+    )
+    publish_log(s, log)
+    sink = RedisCaseSink(redis_url, key_prefix=redis_key_prefix, ttl_seconds=600)
+    spec = FlowSpec(
+        s, to_end=True, case_store=False, out_dir=tmp_path / "out", extra_sinks={"cases": sink}
+    )
+    cluster_main(build_flow(spec), [], 0, worker_count_per_proc=1)
+    got = CaseStore(redis_url, key_prefix=redis_key_prefix).get("a")
+    assert got is not None
+    doc = got["doc"]
+    assert doc["features"]["delivered"] == 1.0
+    assert doc["features"]["slippage_hours"] == 0.0
+    late_file, _ = _run_plain(log)
+    assert doc["features"] == late_file["features"]
