@@ -95,6 +95,7 @@ def stage_config(
         score_log=score_log,
         policy=load_policy(s.dataflow.policy),
         orphan_wait_us=int(s.dataflow.orphan_wait_seconds * 1e6),
+        anonymous_customers=frozenset(x.lower() for x in s.dataflow.anonymous_customer_ids),
     )
 
 

@@ -25,6 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from salvage.features.customer import ANONYMOUS_CUSTOMER_IDS
 from salvage.sinks.cost_model import CostSettings
 
 if TYPE_CHECKING:
@@ -175,6 +176,12 @@ class DataflowSettings(Group):
         description="re-check a late, undelivered parcel this long after its promise (after the "
         "missed check at +2 h): each check is a case update, so reassurance / delay actions can "
         "fire; increasing, each > 2",
+    )
+    anonymous_customer_ids: tuple[str, ...] = Field(
+        ANONYMOUS_CUSTOMER_IDS,
+        description="customer ids that name nobody (guest checkouts, placeholders; matched "
+        "case-insensitively): each such order is its own customer, sharing no history; [] for "
+        "none",
     )
     source_batch_size: int = Field(
         2000, ge=1, le=100_000, description="events per source read: lower latency vs throughput"

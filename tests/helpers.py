@@ -70,16 +70,16 @@ def kafka_settings(bootstrap: str, suffix: str, **overrides: Any):
     from salvage.config import Settings
 
     topics = ("orders", "deliveries", "support", "returns", "interventions")
-    return Settings(
-        kafka_bootstrap=bootstrap,
-        redis_url="",
-        shards=4,
-        topic_partitions=3,
+    fields: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "redis_url": "",
+        "shards": 4,
+        "topic_partitions": 3,
         **{f"topic_{s}": f"{s}-{suffix}" for s in topics},
-        topic_lane_alerts=f"lane-alerts-{suffix}",
-        topic_dead_letters=f"dead-letters-{suffix}",
-        **overrides,
-    )
+        "topic_lane_alerts": f"lane-alerts-{suffix}",
+        "topic_dead_letters": f"dead-letters-{suffix}",
+    }
+    return Settings(**(fields | overrides))
 
 
 def topic_reader(settings, topic: str):

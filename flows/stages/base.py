@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from salvage.features.customer import ANONYMOUS_CUSTOMER_IDS
 from salvage.features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer
 from salvage.features.lane import LaneConfig
 from salvage.features.order_case import PROMISE_RECHECKS_US
@@ -180,6 +181,9 @@ class StageConfig:
     # decision point: any change but a quiet scan (case.QUIET_CHANGES), or where some policy rule
     # could hold (policy.engine.case_gate); off: every update (README "Decision points")
     decision_points: bool = True
+    # placeholder customer ids (lower-cased): an order placed under one is its own customer
+    # (features.customer.anonymous_customer; README "Anonymous customers")
+    anonymous_customers: frozenset[str] = frozenset(ANONYMOUS_CUSTOMER_IDS)
     # Kafka mode: triggers leave from their dispatch shard (Route.TRIGGER, in the shard's
     # event-time order, which is each customer's) instead of through the total-order output
     # stage, one hop and one watermark wait earlier; file mode keeps the total order

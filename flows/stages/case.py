@@ -19,6 +19,7 @@ from salvage.connectors.outputs import (
 from salvage.connectors.parse import TIE_DIGEST_MARK, RawRecord, dead_letter
 from salvage.fastpickle import slot_maker
 from salvage.features import journey
+from salvage.features.customer import anonymous_customer
 from salvage.features.eventtime import BEGIN, END, from_us, iso
 from salvage.features.order_case import (
     CASE_FEATURES,
@@ -637,6 +638,10 @@ class CaseStage(_Stage):
         # an event of another return than the one the case follows has no journey of its own
         other = kind in _RETURNS_EVENTS and case.is_other_return(ev)
         changes = case.apply(ev, t, cfg.return_window_us, inferred)
+        if kind == "order_placed":  # a placeholder customer id: the order is its own customer
+            case.customer_id = anonymous_customer(
+                case.customer_id, case.order_id, cfg.anonymous_customers
+            )
         _remember_digest(case, _tie_digest(tie))
         kinds = self._kinds  # counted per call (_count_events)
         kinds[kind] = kinds.get(kind, 0) + 1

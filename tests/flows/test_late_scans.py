@@ -25,7 +25,7 @@ from salvage.flows.topology import stage_config
 from salvage.runner import publish_log
 from salvage.sinks.redis_store import CaseStore, RedisCaseSink
 from tests.flowkit import feed_log
-from tests.helpers import event, order_placed
+from tests.helpers import event, kafka_settings, order_placed
 
 PROMISE = "2026-09-03T18:00:00Z"
 DELIVERED = "2026-09-03T15:00:00Z"  # three hours before the promise
@@ -160,19 +160,7 @@ def test_kafka_mode_keeps_the_carriers_delivery_time(
     scan is behind its partition's watermark there too, and the case store's document shows the
     parcel delivered on time (slippage 0), as the file run does."""
     log = _log(tmp_path / "late.jsonl", 40)
-    suffix = unique_name("late")
-    s = Settings(
-        kafka_bootstrap=kafka_broker.bootstrap,
-        redis_url="",
-        shards=2,
-        topic_partitions=1,
-        **{
-            f"topic_{x}": f"{x}-{suffix}"
-            for x in ("orders", "deliveries", "support", "returns", "interventions")
-        },
-        topic_lane_alerts=f"lane-alerts-{suffix}",
-        topic_dead_letters=f"dead-letters-{suffix}",
-    )
+    s = kafka_settings(kafka_broker.bootstrap, unique_name("late"), shards=2, topic_partitions=1)
     ensure_topics(
         s.kafka.as_librdkafka_dict(),
         list(s.topics.inputs().values()) + s.topics.outputs(),

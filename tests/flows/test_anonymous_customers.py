@@ -1,0 +1,161 @@
+"""Anonymous customers (README "Anonymous customers"): a placeholder customer id ("guest", ...)
+names nobody, and many strangers share it. Each order placed under one is its own customer: no
+stranger inherits another's history, and no per-customer cap on contacts counts another's
+messages. Before (probe defect 12), twelve guests whose parcels ran late got three reassurances
+between them: the contact caps of one customer, "guest", suppressed the other nine."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from bytewax.testing import cluster_main
+from hypothesis import given
+from hypothesis import strategies as st
+
+from salvage.config import Settings
+from salvage.connectors.broker import ensure_topics
+from salvage.features.customer import ANONYMOUS_CUSTOMER_IDS, anonymous_customer
+from salvage.flows.messages import Route
+from salvage.flows.plain import PlainLoop
+from salvage.flows.recovery import FlowSpec, build_flow
+from salvage.flows.sources import file_part_id
+from salvage.flows.topology import stage_config
+from salvage.runner import consume_topic, publish_log
+from tests.flowkit import feed_log, jsonl, run_file_flow
+from tests.helpers import event, kafka_settings, order_placed
+
+ANON = frozenset(ANONYMOUS_CUSTOMER_IDS)
+
+
+def _day(d: int, h: int = 10) -> str:
+    return f"2026-09-{d:02d}T{h:02d}:00:00Z"
+
+
+def _log(path: Path, customer: str, n: int = 12) -> Path:
+    """``n`` orders under ``customer``, four a day, each parcel delayed past its promise (a
+    delayed scan moving the carrier's ETA three days on): each is worth a reassurance."""
+    docs = []
+    for i in range(n):
+        oid, d, h = f"g{i}", 1 + i // 4, 8 + i % 4
+        docs += [
+            order_placed(oid, _day(d, h), customer=customer, promised=_day(d + 4, 18)),
+            event(f"{oid}-s1", "carrier_scan", oid, _day(d + 1, h), scan="picked_up",
+                  courier="dhl"),
+            event(f"{oid}-s2", "carrier_scan", oid, _day(d + 3, h), scan="delayed",
+                  courier="dhl", estimated_delivery_at=_day(d + 7, 18)),
+        ]  # fmt: skip
+    docs.sort(key=lambda doc: doc["occurred_at"])
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    return path
+
+
+def _run(log: Path, anonymous: frozenset[str] = ANON) -> tuple[list, dict[str, dict]]:
+    """(the triggers, each order's last case document) by the plain loop on the file source."""
+    s = Settings(redis_url="", shards=2, metrics_port=0, topic_partitions=1)
+    cfg = replace(
+        stage_config(s, (file_part_id(0, log),), case_records=True), anonymous_customers=anonymous
+    )
+    triggers: list = []
+    docs: dict[str, dict] = {}
+
+    def tap(route: Route, payload) -> None:
+        if route is Route.CASE_RECORD:
+            docs[payload[0]] = json.loads(payload[2])
+
+    loop = PlainLoop(cfg, lambda k, p: triggers.append(p) if k == "trigger" else None, tap)
+    feed_log(loop, log, s)
+    return triggers, docs
+
+
+def _capped(docs: dict[str, dict]) -> list[str]:
+    return [
+        o
+        for o, d in docs.items()
+        if (d.get("last_decision") or {}).get("suppressed_by", "").startswith("contact_cap")
+    ]
+
+
+@pytest.mark.parametrize("guest", ["guest", "GUEST", "anonymous", "0"])
+def test_strangers_under_a_placeholder_id_are_customers_of_their_own(
+    tmp_path: Path, guest: str
+) -> None:
+    triggers, docs = _run(_log(tmp_path / "g.jsonl", guest))
+    assert len(docs) == 12
+    for order_id, doc in docs.items():
+        assert doc["customer_id"] == f"{guest}~{order_id}"
+        assert doc["features"]["customer_orders"] == 1.0  # before: 12, the strangers' together
+        assert doc["last_decision"]["action"] == "proactive_reassurance"
+    assert _capped(docs) == []  # before: 9 of 12 suppressed by the contact caps
+    # one each, but for the hold-out group's (recorded, never sent): before, 3 in all
+    assert len(triggers) >= 10
+    assert len({t.customer_id for t in triggers}) == len(triggers)
+    assert {t.customer_id for t in triggers} <= {f"{guest}~g{i}" for i in range(12)}
+
+
+def test_a_real_customer_keeps_one_history_and_the_caps(tmp_path: Path) -> None:
+    """The control: one real customer with the same twelve late orders is one customer, whose
+    contact caps (one message a day, three in 30 days) hold."""
+    triggers, docs = _run(_log(tmp_path / "c.jsonl", "C0042"))
+    assert {d["customer_id"] for d in docs.values()} == {"C0042"}
+    assert max(d["features"]["customer_orders"] for d in docs.values()) == 12.0
+    assert len(triggers) <= 3 and len(_capped(docs)) >= 8
+
+
+def test_the_setting_names_the_placeholders(tmp_path: Path) -> None:
+    """``SALVAGE_ANONYMOUS_CUSTOMER_IDS``: ``[]`` shares the placeholder as before (the caps
+    bite), another list makes its own ids anonymous and "guest" a customer like any other."""
+    log = _log(tmp_path / "g.jsonl", "guest")
+    shared, docs = _run(log, frozenset())
+    assert len(shared) <= 3 and {d["customer_id"] for d in docs.values()} == {"guest"}
+    s = Settings(anonymous_customer_ids=("Walk-In",))
+    cfg = stage_config(s, ("p",), case_records=False)
+    assert cfg.anonymous_customers == frozenset({"walk-in"})
+    _, docs = _run(_log(tmp_path / "w.jsonl", "walk-in"), cfg.anonymous_customers)
+    assert {d["customer_id"] for d in docs.values()} == {f"walk-in~g{i}" for i in range(12)}
+    assert Settings().dataflow.anonymous_customer_ids == ANONYMOUS_CUSTOMER_IDS
+
+
+_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # connectors.events.Id
+IDS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=128)
+
+
+@given(st.sampled_from(ANONYMOUS_CUSTOMER_IDS), IDS, IDS)
+def test_anonymous_ids_are_distinct_per_order_and_valid_ids(
+    guest: str, order_a: str, order_b: str
+) -> None:
+    a, b = anonymous_customer(guest, order_a, ANON), anonymous_customer(guest, order_b, ANON)
+    assert _ID.match(a) and _ID.match(b)
+    assert (a == b) == (order_a == order_b)
+    assert anonymous_customer(guest.upper(), order_a, ANON).lower() == a.lower()
+
+
+@given(IDS, IDS)
+def test_other_ids_are_left_alone(customer: str, order_id: str) -> None:
+    if customer.lower() not in ANON:
+        assert anonymous_customer(customer, order_id, ANON) == customer
+
+
+@pytest.mark.integration
+def test_kafka_mode_sends_each_guest_its_reassurance(
+    kafka_broker, tmp_path: Path, unique_name
+) -> None:
+    """Through Kafka (the embedded broker): the same triggers as the file run, one per guest
+    (less the hold-out group), none suppressed by another stranger's messages."""
+    log = _log(tmp_path / "g.jsonl", "guest")
+    s = kafka_settings(kafka_broker.bootstrap, unique_name("anon"), shards=2, topic_partitions=2)
+    ensure_topics(
+        s.kafka.as_librdkafka_dict(), list(s.topics.inputs().values()) + s.topics.outputs(), 2
+    )
+    publish_log(s, log)
+    cluster_main(build_flow(FlowSpec(s, to_end=True, out_dir=tmp_path / "k")), [], 0)
+    got = tmp_path / "interventions.jsonl"
+    n = consume_topic(s, s.topics.interventions, got, group=unique_name("g"))
+    expected = jsonl(run_file_flow([log], tmp_path / "file", topic_partitions=2)["interventions"])
+    assert n == len(expected) >= 9
+    by_id = {t["trigger_id"]: t for t in jsonl(got.read_bytes())}
+    assert by_id == {t["trigger_id"]: t for t in expected}
+    assert len({t["customer_id"] for t in expected}) == n  # one guest each
