@@ -95,6 +95,7 @@ import heapq
 import json
 import math
 import random
+import zlib
 from array import array
 from bisect import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -378,6 +379,7 @@ VARIANTS: tuple[str, ...] = (
     "split-refunds",
     "foreign-currency",
     "lane-shift",
+    "guest-checkout",
 )
 # split-returns: a customer sending back two or more units of an order (a return that is
 # received, graded and settled) sends them in two parcels, two returns of one order: the first
@@ -417,6 +419,11 @@ LANE_SHIFT_LANE = (1, "central", "south")
 LANE_SHIFT_DAY = 10.0
 LANE_SHIFT_PROB = 0.3
 LANE_SHIFT_SPIKE = (44.0, 48.0, 0.8)
+# guest-checkout: a share GUEST_PROB of customers (chosen per customer, from the seed alone) check
+# out as a guest on every order: their order_placed says customer_id GUEST_ID (the truth keeps the
+# real customer); the rest of the log is unchanged
+GUEST_PROB = 0.3
+GUEST_ID = "guest"
 _SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
 _ENVELOPE = frozenset({"event_id", "event_type", "occurred_at", "order_id", "schema_version"})
 REALISTIC_INTENT_MISSING_PROB = 0.5
@@ -795,6 +802,8 @@ class _World:
         self.foreign_currency = "foreign-currency" in variants
         self.currency_rng = random.Random(f"foreign-currency-{seed}")
         self.lane_shift = "lane-shift" in variants
+        self.guest_checkout = "guest-checkout" in variants
+        self.guest_seed = seed
         if orders < 0:
             raise ValueError("orders must be >= 0")
         start = DEFAULT_START if start is None else start
@@ -1905,6 +1914,8 @@ class _World:
             self._split_refunds(st, truth)
         if self.foreign_currency:
             self._foreign_currency(st, truth)
+        if self.guest_checkout:
+            self._guest_checkout(st, truth)
         last = max(item[0] for item in st.items)
         final = max(final, last)
         truth["final_at"] = _iso(final)
@@ -2001,6 +2012,18 @@ class _World:
                 moved.append({"event_id": e["event_id"], "amount": e["amount"]})
         if moved:
             truth["foreign_currency"] = {"currency": FOREIGN_CURRENCY, "events": moved}
+
+    def _guest_checkout(self, st: _Story, truth: dict) -> None:
+        """The guest-checkout variant (see :data:`GUEST_PROB`) on one order's story: the same
+        customers check out as guests on every order (a digest of the seed and the customer id
+        decides, so no other random stream moves)."""
+        cid = truth["customer_id"]
+        if zlib.crc32(f"{self.guest_seed}:{cid}".encode()) % 10_000 >= GUEST_PROB * 10_000:
+            return
+        for _, _, e in st.items:
+            if e["event_type"] == "order_placed":
+                e["customer_id"] = GUEST_ID
+        truth["guest_checkout"] = True
 
     # ------------------------------------------------------------ the merged stream
 

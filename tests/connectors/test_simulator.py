@@ -609,3 +609,35 @@ def test_pinned_bytes(tmp_path: Path, scenario: str, variants: tuple[str, ...]) 
     write_log(scenario, 1200, 11, events, truth, variants=variants)
     digest = hashlib.sha256(events.read_bytes() + truth.read_bytes()).hexdigest()
     assert digest == PINNED[(scenario, variants)]
+
+
+def test_the_guest_checkout_variant_changes_only_guests_placements(tmp_path) -> None:
+    """``guest-checkout``: the same customers check out as "guest" on every order (the truth keeps
+    who they are); every other line of the log is the one without the variant."""
+    from salvage.connectors.simulator import GUEST_ID, write_log
+
+    base, guests = tmp_path / "base.jsonl", tmp_path / "guests.jsonl"
+    write_log("steady-state", 400, 3, base, tmp_path / "base.truth")
+    write_log("steady-state", 400, 3, guests, tmp_path / "g.truth", variants=("guest-checkout",))
+    a, b = base.read_text().splitlines(), guests.read_text().splitlines()
+    assert len(a) == len(b)
+    truth = {
+        r["order_id"]: r
+        for r in map(json.loads, (tmp_path / "g.truth").read_text().splitlines())
+        if r.get("type") == "order"
+    }
+    as_guest: dict[str, set[bool]] = {}
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        dx, dy = json.loads(x), json.loads(y)
+        assert dx["event_type"] == "order_placed" and dy["customer_id"] == GUEST_ID
+        assert {k: v for k, v in dx.items() if k != "customer_id"} == {
+            k: v for k, v in dy.items() if k != "customer_id"
+        }
+        assert truth[dy["order_id"]]["customer_id"] == dx["customer_id"]
+        assert truth[dy["order_id"]]["guest_checkout"] is True
+    for r in truth.values():  # a customer is a guest on every order or on none
+        as_guest.setdefault(r["customer_id"], set()).add(bool(r.get("guest_checkout")))
+    assert all(len(v) == 1 for v in as_guest.values())
+    assert 0.2 < sum(True in v for v in as_guest.values()) / len(as_guest) < 0.4
