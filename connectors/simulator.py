@@ -380,6 +380,7 @@ VARIANTS: tuple[str, ...] = (
     "foreign-currency",
     "lane-shift",
     "guest-checkout",
+    "batch-uploads",
 )
 # split-returns: a customer sending back two or more units of an order (a return that is
 # received, graded and settled) sends them in two parcels, two returns of one order: the first
@@ -424,6 +425,11 @@ LANE_SHIFT_SPIKE = (44.0, 48.0, 0.8)
 # real customer); the rest of the log is unchanged
 GUEST_PROB = 0.3
 GUEST_ID = "guest"
+# batch-uploads: one carrier's handhelds upload their scans in batches, every BATCH_UPLOAD_HOURS
+# on the hour of the day (00:00, 04:00, ...): a scan's line appears at the first upload after its
+# occurred_at (unchanged), behind the other carriers' scans of the same hours
+BATCH_UPLOAD_COURIER = "parcelgo"
+BATCH_UPLOAD_HOURS = 4
 _SETTLEMENTS = frozenset({"refund_issued", "exchange_completed", "store_credit_issued"})
 _ENVELOPE = frozenset({"event_id", "event_type", "occurred_at", "order_id", "schema_version"})
 REALISTIC_INTENT_MISSING_PROB = 0.5
@@ -803,6 +809,7 @@ class _World:
         self.currency_rng = random.Random(f"foreign-currency-{seed}")
         self.lane_shift = "lane-shift" in variants
         self.guest_checkout = "guest-checkout" in variants
+        self.batch_uploads = "batch-uploads" in variants
         self.guest_seed = seed
         if orders < 0:
             raise ValueError("orders must be >= 0")
@@ -1916,6 +1923,8 @@ class _World:
             self._foreign_currency(st, truth)
         if self.guest_checkout:
             self._guest_checkout(st, truth)
+        if self.batch_uploads:
+            self._batch_uploads(st)
         last = max(item[0] for item in st.items)
         final = max(final, last)
         truth["final_at"] = _iso(final)
@@ -2024,6 +2033,15 @@ class _World:
             if e["event_type"] == "order_placed":
                 e["customer_id"] = GUEST_ID
         truth["guest_checkout"] = True
+
+    def _batch_uploads(self, st: _Story) -> None:
+        """The batch-uploads variant (see :data:`BATCH_UPLOAD_COURIER`) on one order's story: its
+        carrier's scans appear at the next upload (emit time), their ``occurred_at`` as scanned."""
+        every = BATCH_UPLOAD_HOURS * HOUR
+        items = st.items
+        for i, (emit, n, e) in enumerate(items):
+            if e["event_type"] == "carrier_scan" and e.get("courier") == BATCH_UPLOAD_COURIER:
+                items[i] = ((emit // every + 1) * every, n, e)
 
     # ------------------------------------------------------------ the merged stream
 
