@@ -15,7 +15,7 @@ from tests.flowkit import jsonl, run_file_flow
 from tests.helpers import event, order_placed
 
 
-def _log(tmp_path: Path, export_h: int) -> Path:
+def _log(tmp_path: Path, export_h: int, other: str = "o5") -> Path:
     """o4's return: label 03-10 12:00, received 03-12 10:00, graded 03-13 10:00, refunded 03-14
     10:00; its received event filed ``export_h`` hours late, behind other returns of the same
     (one) partition every hour."""
@@ -29,9 +29,9 @@ def _log(tmp_path: Path, export_h: int) -> Path:
               label_cost=5.0, courier="dhl"),
     ]  # fmt: skip
     # another order's returns stream, one event an hour from 03-12 08:00 (its return in transit)
-    docs += [order_placed("o5", "2026-03-02T11:00:00Z", customer="c5")]
+    docs += [order_placed(other, "2026-03-02T11:00:00Z", customer="c5")]
     ticks = [
-        event(f"t{h}", "return_in_transit", "o5", f"2026-03-12T{h:02d}:00:00Z", return_id="R5")
+        event(f"t{h}", "return_in_transit", other, f"2026-03-12T{h:02d}:00:00Z", return_id="R5")
         for h in range(8, 24)
     ]
     received = event("rc", "return_received", "o4", "2026-03-12T10:00:00Z", return_id="R4")
@@ -58,3 +58,32 @@ def test_a_status_update_says_when_its_event_happened(tmp_path: Path, export_h: 
     assert updates["graded"]["occurred_at"] == "2026-03-13T10:00:00Z"
     late = jsonl(out["dead_letters"])
     assert late == []
+
+
+def test_the_same_in_kafka_follow_mode(kafka_broker, unique_name, salvage_cli, tmp_path) -> None:
+    """``salvage run --follow`` on the embedded broker (3 partitions): the other order's returns
+    share o4's partition, so the received event is behind that partition's watermark there too;
+    its status update says 10:00, as in file mode."""
+    from salvage.connectors.partitioning import partition_of
+    from tests.helpers import drain_when, kafka_settings, start_follow
+
+    other = next(
+        f"o{i}" for i in range(5, 500) if partition_of(f"o{i}", 3) == partition_of("o4", 3)
+    )
+    log = _log(tmp_path, 5, other)
+    suffix = unique_name("late-status")
+    settings = kafka_settings(
+        kafka_broker.bootstrap, suffix, topic_status_updates=f"return-status-{suffix}"
+    )
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, tmp_path / "k")
+
+    def mine(got: list[dict]) -> dict[str, dict]:
+        return {u["stage"]: u for u in got if u["order_id"] == "o4"}
+
+    updates = drain_when(
+        proc, settings, settings.topics.status_updates, lambda got: "refund_issued" in mine(got)
+    )
+    file_out = run_file_flow([log], tmp_path / "file", topic_partitions=3)
+    expected = mine(jsonl(file_out["status_updates"]))
+    assert mine(updates)["received"]["occurred_at"] == "2026-03-12T10:00:00Z"
+    assert mine(updates) == expected
