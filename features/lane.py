@@ -255,10 +255,6 @@ class LaneMonitor:
         ``at``, the delivery's own time, when it differs from ``t``: a scan uploaded late).
 
         Call :meth:`advance` to ``t`` first (evaluations strictly before ``t``)."""
-        if at and kind == "delivered":
-            t_delivered = at
-        else:
-            t_delivered = t
         if promise <= 0:
             return
         rec = self.shipments.get(order_id)
@@ -277,7 +273,7 @@ class LaneMonitor:
             if kind == "late":
                 rec[1] = True
             elif kind == "delivered" and t:
-                rec[2] = t_delivered
+                rec[2] = at or t
             if ix is not None:
                 ix.add(order_id, rec)
         elif kind == "late":
@@ -286,9 +282,10 @@ class LaneMonitor:
                     ix.move(rec, _LATE)
                 rec[1] = True
         elif kind == "delivered" and not rec[2] and t:
+            delivered = at or t
             if ix is not None:  # by its delivery time, a delay signal before or not
-                ix.move(rec, _LATE if t_delivered > rec[0] + ix.grace else _ON_TIME)
-            rec[2] = t_delivered
+                ix.move(rec, _LATE if delivered > rec[0] + ix.grace else _ON_TIME)
+            rec[2] = delivered
 
     # ---------------------------------------------------------------- evaluation
 

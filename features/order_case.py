@@ -109,6 +109,14 @@ def promise_us(promised: Any) -> int:
     return t + DAY_US if t % DAY_US == 0 else t
 
 
+def own_time(ev: Any, t: int) -> int:
+    """When ``ev`` happened, as its source says, for an update applied at ``t``: an event
+    uploaded late (behind its partition's watermark) is applied at the watermark, but a parcel
+    arrived, or a return was received, when the carrier or the warehouse says (README "Late
+    scans"); never after ``t``, so never from the future."""
+    return min(to_us(ev.occurred_at), t)
+
+
 @dataclass(slots=True)
 class ReturnState:
     """The part of a case that only a return (or a claim, a review) sets, allocated by the first
@@ -405,7 +413,7 @@ class OrderCase:
         )
 
     def _shipped(self, ev: OrderShipped, t: int) -> None:
-        self.shipped_at = self.shipped_at or min(to_us(ev.occurred_at), t)  # as _scan's
+        self.shipped_at = self.shipped_at or own_time(ev, t)
         if ev.courier:
             courier = shared(ev.courier)
             old = self.courier
@@ -432,10 +440,7 @@ class OrderCase:
         if ev.estimated_delivery_at is not None:
             self.carrier_eta = to_us(ev.estimated_delivery_at)
         if scan is ScanCode.DELIVERED:
-            # at the carrier's own time: a scan uploaded late (behind its partition's watermark)
-            # is applied at the watermark, but the parcel arrived when the carrier says it did
-            # (README "Late scans"); never after ``t``, so never from the future
-            self.delivered_at = self.delivered_at or min(to_us(ev.occurred_at), t)
+            self.delivered_at = self.delivered_at or own_time(ev, t)
             changes.append("delivered")
         elif scan is ScanCode.EXCEPTION:
             self.exception_count += 1
@@ -450,7 +455,7 @@ class OrderCase:
             self.returned_to_sender = True
             changes.append("delay_signal")
         elif scan is ScanCode.PICKED_UP and not self.shipped_at:
-            self.shipped_at = min(to_us(ev.occurred_at), t)  # the carrier's own time, as above
+            self.shipped_at = own_time(ev, t)
         if (
             "delay_signal" not in changes
             and self.promised_at

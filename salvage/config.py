@@ -25,7 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from salvage.features.customer import ANONYMOUS_CUSTOMER_IDS
+from salvage.features.anonymous import ANONYMOUS_CUSTOMER_IDS
 from salvage.sinks.cost_model import CostSettings
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from salvage.features.customer import ANONYMOUS_CUSTOMER_IDS
+from salvage.features.anonymous import ANONYMOUS_CUSTOMER_IDS
 from salvage.features.eventtime import BEGIN, DAY_US, END, HOUR_US, Reorderer
 from salvage.features.lane import LaneConfig
 from salvage.features.order_case import PROMISE_RECHECKS_US

@@ -19,8 +19,8 @@ from salvage.connectors.outputs import (
 from salvage.connectors.parse import TIE_DIGEST_MARK, RawRecord, dead_letter
 from salvage.fastpickle import slot_maker
 from salvage.features import journey
-from salvage.features.customer import anonymous_customer
-from salvage.features.eventtime import BEGIN, END, from_us, iso, to_us
+from salvage.features.anonymous import anonymous_customer
+from salvage.features.eventtime import BEGIN, END, from_us, iso
 from salvage.features.order_case import (
     CASE_FEATURES,
     MAX_OTHER_RETURNS,
@@ -30,6 +30,7 @@ from salvage.features.order_case import (
     OrderCase,
     Outcome,
     Status,
+    own_time,
     shared,
 )
 from salvage.flows.items import Overdue
@@ -170,10 +171,8 @@ class CaseStage(_Stage):
         statuses, alerts = journey.on_event(case, ev.event_type, t, amount, self.journey)
         for alert in alerts:
             self._journey_alert(case, alert, ev.event_id)
-        if statuses:
-            # when it happened, as the warehouse or the payment system says: an event uploaded
-            # late is applied at its partition's watermark (README "Late scans"), never later
-            at = min(to_us(ev.occurred_at), t)
+        if statuses:  # when it happened, as the warehouse or the payment system says
+            at = own_time(ev, t)
         for notice in statuses:
             update = StatusUpdate(
                 update_id=journey.journey_id(case.order_id, case.return_id, notice.stage.value),

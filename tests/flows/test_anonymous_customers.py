@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
-from salvage.features.customer import ANONYMOUS_CUSTOMER_IDS, anonymous_customer
+from salvage.features.anonymous import ANONYMOUS_CUSTOMER_IDS, anonymous_customer
 from salvage.flows.messages import Route
 from salvage.flows.plain import PlainLoop
 from salvage.flows.recovery import FlowSpec, build_flow
