@@ -90,3 +90,34 @@ def feed_log(loop: Any, log: Path, s: Settings, batch: int = 500) -> None:
             layout.release_held(items)
         layout.tick(items, END if final else None)
         loop.feed(items)
+
+
+def plain_case_run(
+    log: Path, partitions: int = 1, **cfg_changes: Any
+) -> tuple[Any, list, dict[str, dict]]:
+    """Run ``log`` through a :class:`~salvage.flows.plain.PlainLoop` (the file source's layout
+    at ``partitions`` partitions per stream, 2 shards, case records on; ``cfg_changes`` replace
+    fields of its :class:`~salvage.flows.stages.StageConfig`): (the loop, with its stages' end
+    state, the triggers, each order's last case-store document)."""
+    from dataclasses import replace
+
+    from salvage.flows.messages import Route
+    from salvage.flows.plain import PlainLoop
+    from salvage.flows.topology import stage_config
+
+    s = Settings(redis_url="", shards=2, metrics_port=0, topic_partitions=partitions)
+    cfg = replace(stage_config(s, (file_part_id(0, log),), case_records=True), **cfg_changes)
+    triggers: list = []
+    docs: dict[str, dict] = {}
+
+    def tap(route: Route, payload: Any) -> None:
+        if route is Route.CASE_RECORD:  # (order id, time, the document's JSON bytes)
+            docs[payload[0]] = json.loads(payload[2])
+
+    def output(kind: str, payload: Any) -> None:
+        if kind == "trigger":
+            triggers.append(payload)
+
+    loop = PlainLoop(cfg, output, tap)
+    feed_log(loop, log, s)
+    return loop, triggers, docs

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from bytewax.testing import cluster_main
 from hypothesis import given
 from hypothesis import strategies as st
 
 from salvage.config import Settings
-from salvage.connectors.broker import ensure_topics
 from salvage.features.anonymous import ANONYMOUS_CUSTOMER_IDS, anonymous_customer
-from salvage.flows.messages import Route
-from salvage.flows.plain import PlainLoop
-from salvage.flows.recovery import FlowSpec, build_flow
-from salvage.flows.sources import file_part_id
 from salvage.flows.topology import stage_config
-from salvage.runner import consume_topic, publish_log
-from tests.flowkit import feed_log, jsonl, run_file_flow
-from tests.helpers import event, kafka_settings, order_placed
+from tests.flowkit import jsonl, plain_case_run, run_file_flow
+from tests.helpers import drain_when, event, kafka_settings, order_placed, start_follow
 
 ANON = frozenset(ANONYMOUS_CUSTOMER_IDS)
 
@@ -55,19 +47,7 @@ def _log(path: Path, customer: str, n: int = 12) -> Path:
 
 def _run(log: Path, anonymous: frozenset[str] = ANON) -> tuple[list, dict[str, dict]]:
     """(the triggers, each order's last case document) by the plain loop on the file source."""
-    s = Settings(redis_url="", shards=2, metrics_port=0, topic_partitions=1)
-    cfg = replace(
-        stage_config(s, (file_part_id(0, log),), case_records=True), anonymous_customers=anonymous
-    )
-    triggers: list = []
-    docs: dict[str, dict] = {}
-
-    def tap(route: Route, payload) -> None:
-        if route is Route.CASE_RECORD:
-            docs[payload[0]] = json.loads(payload[2])
-
-    loop = PlainLoop(cfg, lambda k, p: triggers.append(p) if k == "trigger" else None, tap)
-    feed_log(loop, log, s)
+    _, triggers, docs = plain_case_run(log, anonymous_customers=anonymous)
     return triggers, docs
 
 
@@ -139,26 +119,28 @@ def test_other_ids_are_left_alone(customer: str, order_id: str) -> None:
         assert anonymous_customer(customer, order_id, ANON) == customer
 
 
-@pytest.mark.integration
-def test_kafka_mode_sends_each_guest_its_reassurance(
-    kafka_broker, tmp_path: Path, unique_name
+def test_kafka_follow_mode_sends_each_guest_its_reassurance(
+    kafka_broker, tmp_path: Path, unique_name, salvage_cli
 ) -> None:
-    """Through Kafka (the embedded broker): the same triggers as the file run, one per guest
-    (less the hold-out group), none suppressed by another stranger's messages."""
+    """``salvage run --follow`` on the embedded broker (3 partitions): the same triggers as the
+    file run, one per guest (less the hold-out group), none suppressed by another stranger's
+    messages."""
     log = _log(tmp_path / "g.jsonl", "guest")
-    s = kafka_settings(kafka_broker.bootstrap, unique_name("anon"), shards=2, topic_partitions=2)
-    ensure_topics(
-        s.kafka.as_librdkafka_dict(), list(s.topics.inputs().values()) + s.topics.outputs(), 2
+    expected = {
+        t["trigger_id"]: t
+        for t in jsonl(run_file_flow([log], tmp_path / "file", topic_partitions=3)["interventions"])
+    }
+    assert len(expected) >= 10
+    assert len({t["customer_id"] for t in expected.values()}) == len(expected)  # one guest each
+    settings = kafka_settings(kafka_broker.bootstrap, unique_name("anon"))
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, tmp_path / "k")
+    got = drain_when(
+        proc,
+        settings,
+        settings.topics.interventions,
+        lambda got: len({t["trigger_id"] for t in got}) >= len(expected),
     )
-    publish_log(s, log)
-    cluster_main(build_flow(FlowSpec(s, to_end=True, out_dir=tmp_path / "k")), [], 0)
-    got = tmp_path / "interventions.jsonl"
-    n = consume_topic(s, s.topics.interventions, got, group=unique_name("g"))
-    expected = jsonl(run_file_flow([log], tmp_path / "file", topic_partitions=2)["interventions"])
-    assert n == len(expected) >= 9
-    by_id = {t["trigger_id"]: t for t in jsonl(got.read_bytes())}
-    assert by_id == {t["trigger_id"]: t for t in expected}
-    assert len({t["customer_id"] for t in expected}) == n  # one guest each
+    assert {t["trigger_id"]: t for t in got} == expected
 
 
 def _actions(out: dict[str, bytes]) -> dict[str, int]:

@@ -7,6 +7,7 @@ lane's delay rate (probe defect 3: carriers' handhelds upload in batches)."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -14,28 +15,25 @@ from bytewax.testing import cluster_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salvage.config import Settings
 from salvage.connectors.broker import ensure_topics
-from salvage.features.eventtime import HOUR_US, to_us
-from salvage.flows.messages import Route
-from salvage.flows.plain import PlainLoop
+from salvage.features.eventtime import HOUR_US, iso, to_us
+from salvage.features.lane import LaneMonitor
 from salvage.flows.recovery import FlowSpec, build_flow
-from salvage.flows.sources import file_part_id
-from salvage.flows.topology import stage_config
 from salvage.runner import publish_log
 from salvage.sinks.redis_store import CaseStore, RedisCaseSink
-from tests.flowkit import feed_log
+from tests.flowkit import plain_case_run
 from tests.helpers import event, kafka_settings, order_placed
 
 PROMISE = "2026-09-03T18:00:00Z"
 DELIVERED = "2026-09-03T15:00:00Z"  # three hours before the promise
+OTHERS = tuple(f"b{k}" for k in range(6))
 
 
 def _scan(oid: str, i: int, at: str, code: str) -> dict:
     return event(f"{oid}-s{i}", "carrier_scan", oid, at, scan=code, courier="dhl")
 
 
-def _log(path: Path, delay_h: int) -> Path:
+def _log(path: Path, delay_h: int, others: tuple[str, ...] = OTHERS, tail: tuple = ()) -> Path:
     """Order ``a`` (promised 09-03 18:00) picked up, in transit, delivered at 15:00 on the
     promised day; its delivered scan filed ``delay_h`` hours late: behind scans of six other
     parcels of the lane (on the same carrier partition at ``topic_partitions=1``), whose clock
@@ -45,59 +43,43 @@ def _log(path: Path, delay_h: int) -> Path:
         _scan("a", 1, "2026-09-01T12:00:00Z", "picked_up"),
         _scan("a", 2, "2026-09-02T10:00:00Z", "in_transit"),
     ]
-    others = []
-    for k in range(6):
-        oid = f"b{k}"
+    scans = []
+    for k, oid in enumerate(others):
         docs.append(order_placed(oid, "2026-09-02T09:00:00Z", customer=f"cb{k}",
                                  promised="2026-09-08T18:00:00Z"))  # fmt: skip
         # a scan of one of them every 3 h from 09-02 12:00 to 09-05 12:00: the partition's
         # clock moves in steps within its bound (6 h), so a scan filed behind it is late
         for i in range(k, 25, 6):
             at = to_us_iso("2026-09-02T12:00:00Z") + 3 * i * HOUR_US
-            others.append(_scan(oid, 1 + i, _iso(at), "in_transit"))
+            scans.append(_scan(oid, 1 + i, iso(at), "in_transit"))
     delivered = _scan("a", 3, DELIVERED, "delivered")
     uploaded = to_us_iso(DELIVERED) + delay_h * HOUR_US
-    for doc in sorted(others, key=lambda d: d["occurred_at"]):
+    for doc in sorted(scans, key=lambda d: d["occurred_at"]):
         if delivered is not None and to_us_iso(doc["occurred_at"]) > uploaded:
             docs.append(delivered)  # filed when uploaded, not when scanned
             delivered = None
         docs.append(doc)
     if delivered is not None:
         docs.append(delivered)
+    docs += tail
     path.write_text("".join(json.dumps(d) + "\n" for d in docs))
     return path
 
 
-def _iso(t: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(t / 1e6, UTC).isoformat().replace("+00:00", "Z")
-
-
 def to_us_iso(at: str) -> int:
-    from datetime import datetime
-
     return to_us(datetime.fromisoformat(at.replace("Z", "+00:00")))
 
 
+def _lanes(loop) -> dict[str, LaneMonitor]:
+    return {lane: m for stage in loop.stages["lanes"].values() for lane, m in stage.lanes.items()}
+
+
 def _run_plain(log: Path) -> tuple[dict, list]:
-    """(order ``a``'s last case document, its lane record ``[promise, signal, delivered at,
-    judged]`` and the lane's judged / late totals), by the plain loop on the file source."""
-    s = Settings(redis_url="", shards=2, metrics_port=0, topic_partitions=1)
-    cfg = stage_config(s, (file_part_id(0, log),), case_records=True)
-    docs: list[dict] = []
-
-    def tap(route: Route, payload) -> None:
-        if route is Route.CASE_RECORD and payload[0] == "a":
-            docs.append(json.loads(payload[2]))
-
-    loop = PlainLoop(cfg, lambda kind, payload: None, tap)
-    feed_log(loop, log, s)
-    [monitor] = [
-        m for stage in loop.stages["lanes"].values() for m in stage.lanes.values()
-    ]  # one lane
-    rec = monitor.shipments.get("a")
-    return docs[-1], [rec, monitor.shipments_total, monitor.delayed_total]
+    """(order ``a``'s last case document, [its lane record ``[promise, signal, delivered at,
+    judged]``, the lane's judged and late totals]), by the plain loop on the file source."""
+    loop, _, docs = plain_case_run(log)
+    [monitor] = _lanes(loop).values()  # one lane
+    return docs["a"], [monitor.shipments.get("a"), monitor.shipments_total, monitor.delayed_total]
 
 
 # the lane judges a shipment LaneConfig.baseline_lag_us (a day) after its promise, on what it
@@ -181,24 +163,44 @@ def test_kafka_mode_keeps_the_carriers_delivery_time(
     assert doc["features"] == late_file["features"]
 
 
+def test_kafka_follow_mode_closes_on_the_carriers_delivery_time(
+    kafka_broker, unique_name, salvage_cli, tmp_path
+) -> None:
+    """``salvage run --follow`` on the embedded broker (3 partitions; the other parcels on
+    ``a``'s deliveries partition, so its delivered scan, filed 40 h late, is behind that
+    partition's watermark there too): ``a`` is kept, its return window run out 30 days after the
+    carrier's delivery time (before: after the watermark's, 40 h later), as in file mode. The log
+    ends with the drain's signal (an ``unknown_order``: a refund for a case long closed)."""
+    from salvage.connectors.partitioning import partition_of
+    from tests.flowkit import jsonl, run_file_flow
+    from tests.helpers import dead_letter_ids, drain_when, start_follow
+
+    part = partition_of("a", 3)
+    others = tuple(f"b{i}" for i in range(200) if partition_of(f"b{i}", 3) == part)[:6]
+    tail = (
+        order_placed("o9", "2026-09-01T09:00:00Z", customer="c9"),
+        event("o9-f1", "refund_issued", "o9", "2026-09-01T12:00:00Z", amount=80.0, currency="EUR"),
+        event("o9-late", "refund_issued", "o9", "2026-11-30T12:00:00Z", amount=80.0,
+              currency="EUR"),
+    )  # fmt: skip
+    log = _log(tmp_path / "late.jsonl", 40, others, tail)
+    settings = kafka_settings(kafka_broker.bootstrap, unique_name("late-follow"))
+    proc = start_follow(salvage_cli, kafka_broker.bootstrap, settings, log, tmp_path / "k")
+    dead = drain_when(proc, settings, settings.topics.dead_letters, bool)
+    assert dead_letter_ids(dead) == [("unknown_order", "o9-late")]
+    closed = {o["order_id"]: o for o in jsonl((tmp_path / "k" / "outcomes.jsonl").read_bytes())}
+    assert (closed["a"]["outcome"], closed["a"]["closed_at"]) == ("kept", "2026-10-03T15:00:00Z")
+    in_file = run_file_flow([log], tmp_path / "file", topic_partitions=3)
+    assert closed["a"] == next(o for o in jsonl(in_file["outcomes"]) if o["order_id"] == "a")
+
+
 def _judged(log: Path) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
     """(each order's last slippage, each lane's (judged, late)) by the plain loop."""
-    s = Settings(redis_url="", shards=2, metrics_port=0, topic_partitions=3)
-    cfg = stage_config(s, (file_part_id(0, log),), case_records=True)
-    slippage: dict[str, float] = {}
-
-    def tap(route: Route, payload) -> None:
-        if route is Route.CASE_RECORD:
-            slippage[payload[0]] = json.loads(payload[2])["features"]["slippage_hours"]
-
-    loop = PlainLoop(cfg, lambda kind, payload: None, tap)
-    feed_log(loop, log, s)
-    lanes = {
-        lane: (m.shipments_total, m.delayed_total)
-        for stage in loop.stages["lanes"].values()
-        for lane, m in stage.lanes.items()
+    loop, _, docs = plain_case_run(log, partitions=3)
+    slippage = {o: d["features"]["slippage_hours"] for o, d in docs.items()}
+    return slippage, {
+        lane: (m.shipments_total, m.delayed_total) for lane, m in _lanes(loop).items()
     }
-    return slippage, lanes
 
 
 def test_a_carrier_that_uploads_in_batches_is_judged_as_one_that_does_not(tmp_path: Path) -> None:
